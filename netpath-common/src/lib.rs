@@ -1,0 +1,308 @@
+//! Map keys and values shared by netpath's eBPF programs and its userspace.
+//!
+//! Every type is `#[repr(C)]`, padded explicitly and `Pod`, so both sides agree on
+//! the bytes and the maps carry BTF that `bpftool map dump` can print. IPv4
+//! addresses and ports are kept in network byte order exactly as they sit in the
+//! packet (a `u32`/`u16` holding the wire bytes), so the datapath never swaps.
+#![no_std]
+
+use bytemuck::{Pod, Zeroable};
+
+/// Bumped whenever a map's key or value layout, or a map's kind, changes. Pins
+/// live under a directory named after it, so a netpath never adopts maps laid out
+/// by another version.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Names of the pinned maps and programs, shared so userspace finds what the
+/// object declares.
+pub mod names {
+    pub const CONFIG: &str = "CONFIG";
+    pub const ENDPOINTS: &str = "ENDPOINTS";
+    pub const PORTS: &str = "PORTS";
+    pub const CONNTRACK: &str = "CONNTRACK";
+    pub const CT_REPLY: &str = "CT_REPLY";
+    pub const STATS: &str = "STATS";
+    pub const EVENTS: &str = "EVENTS";
+    pub const SOCK_REVNAT: &str = "SOCK_REVNAT";
+
+    pub const PROG_FROM_CONTAINER: &str = "from_container";
+    pub const PROG_FROM_UPLINK: &str = "from_uplink";
+    pub const PROG_TO_UPLINK: &str = "to_uplink";
+    pub const PROG_XDP_UPLINK: &str = "xdp_uplink";
+    pub const PROG_XDP_PASS: &str = "xdp_pass";
+    pub const PROG_CONNECT4: &str = "sock_connect4";
+    pub const PROG_SENDMSG4: &str = "sock_sendmsg4";
+    pub const PROG_RECVMSG4: &str = "sock_recvmsg4";
+    pub const PROG_GETPEERNAME4: &str = "sock_getpeername4";
+}
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// `Config::flags`: the uplink ingress translations run in XDP, so the TC
+/// ingress program on the uplink only passes what XDP handed up.
+pub const CONFIG_FLAG_XDP: u32 = 1 << 0;
+
+/// Instance-wide settings, the single element of the `CONFIG` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq, Eq)]
+pub struct Config {
+    /// The uplink's primary IPv4 address: the masquerade source and the address
+    /// published ports answer on.
+    pub host_ip: u32,
+    /// The bridge's address, the containers' default gateway.
+    pub gateway_ip: u32,
+    /// The container subnet's network address and mask.
+    pub subnet_addr: u32,
+    pub subnet_mask: u32,
+    pub uplink_ifindex: u32,
+    pub bridge_ifindex: u32,
+    /// `bpf_get_netns_cookie` of the host netns: the socket hooks act only there.
+    pub netns_cookie: u64,
+    /// Host byte order: the reserved range SNAT ports are taken from.
+    pub snat_port_min: u16,
+    pub snat_port_max: u16,
+    pub flags: u32,
+    /// The bridge's MAC, the source MAC of frames redirected into containers.
+    pub gateway_mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+impl Config {
+    #[inline(always)]
+    pub fn in_subnet(&self, addr: u32) -> bool {
+        addr & self.subnet_mask == self.subnet_addr
+    }
+}
+
+/// `ENDPOINTS` key is the container's IPv4 (wire order); this is the value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq, Eq)]
+pub struct Endpoint {
+    /// ifindex of the host-side veth: `bpf_redirect_peer` target, and the only
+    /// interface this address may come from.
+    pub ifindex: u32,
+    /// MAC of the container's `eth0`.
+    pub mac: [u8; 6],
+    pub network_id: u16,
+}
+
+/// `PORTS` key: a published host port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq, Eq, Hash)]
+pub struct PortKey {
+    /// The host address the mapping is bound to, 0 for every host address.
+    pub host_ip: u32,
+    /// Wire order.
+    pub host_port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// `PORTS` value: where a published port leads.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq, Eq)]
+pub struct PortTarget {
+    pub container_ip: u32,
+    /// Wire order.
+    pub container_port: u16,
+    pub _pad: u16,
+}
+
+/// A flow's 5-tuple as a packet carries it when it reaches one of our hooks.
+/// ICMP echo uses the echo identifier as both ports, so the reversed tuple of a
+/// request is the tuple of its reply.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+impl FlowKey {
+    #[inline(always)]
+    pub fn reversed(&self) -> Self {
+        Self {
+            saddr: self.daddr,
+            daddr: self.saddr,
+            sport: self.dport,
+            dport: self.sport,
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// What the datapath does to a flow.
+pub mod nat_kind {
+    /// Container to off-host: source rewritten to the host IP and an SNAT port.
+    pub const MASQUERADE: u8 = 1;
+    /// Outside to a published port: destination rewritten to the container.
+    pub const DNAT: u8 = 2;
+    /// Container to a published port of the host: DNAT to the target and SNAT to
+    /// the gateway, so the reply comes back through us.
+    pub const HAIRPIN: u8 = 3;
+}
+
+/// TCP states as the conntrack tracks them; each has its own timeout.
+pub mod tcp_state {
+    pub const NONE: u8 = 0;
+    pub const SYN_SENT: u8 = 1;
+    pub const SYN_RECV: u8 = 2;
+    pub const ESTABLISHED: u8 = 3;
+    pub const FIN_WAIT: u8 = 4;
+    pub const TIME_WAIT: u8 = 5;
+    pub const CLOSED: u8 = 6;
+}
+
+/// `FlowEntry::flags`.
+pub const FLOW_SEEN_REPLY: u8 = 1 << 0;
+pub const FLOW_FIN_ORIGINAL: u8 = 1 << 1;
+pub const FLOW_FIN_REPLY: u8 = 1 << 2;
+
+/// Direction indexes of `FlowEntry::packets` and `bytes`.
+pub const DIR_ORIGINAL: usize = 0;
+pub const DIR_REPLY: usize = 1;
+
+/// `CONNTRACK` value, keyed by the flow's original tuple. The reply direction has
+/// a second key in `CT_REPLY` (reply tuple → original tuple); the agent's GC
+/// removes the two together, and a reply key whose original is gone is deleted
+/// where it is found. Both maps are plain hashes, not LRU: nothing evicts half a
+/// pair behind our back, and a full table is a counted drop of new flows.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq, Eq)]
+pub struct FlowEntry {
+    /// The tuple replies carry when they reach us, before reverse translation.
+    pub reply: FlowKey,
+    /// `bpf_ktime_get_ns` at creation and at the last packet.
+    pub created_ns: u64,
+    pub last_seen_ns: u64,
+    /// Per direction: `DIR_ORIGINAL`, `DIR_REPLY`.
+    pub packets: [u64; 2],
+    pub bytes: [u64; 2],
+    /// ifindex of the container's host-side veth for flows that start or end in
+    /// a container (0 otherwise): where translated packets are redirected.
+    pub orig_ifindex: u32,
+    pub reply_ifindex: u32,
+    pub nat_kind: u8,
+    pub tcp_state: u8,
+    pub flags: u8,
+    pub _pad: [u8; 5],
+}
+
+/// Verdict counters, indexes into `STATS` (per-CPU array of u64).
+pub mod stat {
+    pub const PASS: u32 = 0;
+    pub const REDIRECT_PEER: u32 = 1;
+    pub const REDIRECT_NEIGH: u32 = 2;
+    pub const REDIRECT: u32 = 3;
+    pub const XDP_REDIRECT: u32 = 4;
+    pub const BRIDGE_FALLBACK: u32 = 5;
+    pub const SOCK_REWRITE: u32 = 6;
+    pub const FLOW_CREATED: u32 = 7;
+    pub const DROP_SPOOFED: u32 = 16;
+    pub const DROP_NO_SNAT_PORT: u32 = 17;
+    pub const DROP_MALFORMED: u32 = 18;
+    pub const DROP_CT_FULL: u32 = 19;
+    pub const DROP_FRAGMENT: u32 = 20;
+    pub const DROP_NO_ROUTE: u32 = 21;
+    pub const PASS_NOT_OURS: u32 = 22;
+    pub const PASS_TTL: u32 = 23;
+    pub const PASS_FRAG_NEEDED: u32 = 24;
+    pub const ICMP_ERROR_TRANSLATED: u32 = 25;
+    pub const XDP_PASS: u32 = 26;
+    pub const STATS_LEN: u32 = 32;
+
+    /// Names for output, indexed like the counters; empty = unused slot.
+    pub const NAMES: [&str; STATS_LEN as usize] = [
+        "pass",
+        "redirect_peer",
+        "redirect_neigh",
+        "redirect",
+        "xdp_redirect",
+        "bridge_fallback",
+        "sock_rewrite",
+        "flow_created",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "drop_spoofed_source",
+        "drop_no_snat_port",
+        "drop_malformed",
+        "drop_conntrack_full",
+        "drop_fragment",
+        "drop_no_route",
+        "pass_not_ours",
+        "pass_ttl_expiring",
+        "pass_frag_needed",
+        "icmp_error_translated",
+        "xdp_pass",
+        "",
+        "",
+        "",
+        "",
+        "",
+    ];
+}
+
+/// `SOCK_REVNAT` key: a host socket whose connect/sendmsg the socket hooks
+/// rewrote to a container, and the container address it was sent to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq, Eq)]
+pub struct SockRevNatKey {
+    pub cookie: u64,
+    pub container_ip: u32,
+    pub container_port: u16,
+    pub _pad: u16,
+}
+
+/// `SOCK_REVNAT` value: the published address the application asked for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq, Eq)]
+pub struct SockRevNatValue {
+    pub orig_ip: u32,
+    pub orig_port: u16,
+    pub _pad: u16,
+}
+
+/// `FlowEvent::kind`.
+pub const EVENT_OPENED: u8 = 1;
+pub const EVENT_CLOSED: u8 = 2;
+
+/// One record of the `EVENTS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq, Eq)]
+pub struct FlowEvent {
+    pub key: FlowKey,
+    pub reply: FlowKey,
+    pub ts_ns: u64,
+    pub kind: u8,
+    pub nat_kind: u8,
+    pub tcp_state: u8,
+    pub _pad: [u8; 5],
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: every type is repr(C), Pod, and has no implicit padding.
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for Endpoint {}
+    unsafe impl aya::Pod for PortKey {}
+    unsafe impl aya::Pod for PortTarget {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowEntry {}
+    unsafe impl aya::Pod for SockRevNatKey {}
+    unsafe impl aya::Pod for SockRevNatValue {}
+    unsafe impl aya::Pod for FlowEvent {}
+}

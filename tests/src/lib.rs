@@ -1,0 +1,1 @@
+//! Test harness: namespaces, netpath instances and servers with RAII cleanup.
