@@ -185,10 +185,6 @@ pub struct FlowEntry {
     /// Per direction: `DIR_ORIGINAL`, `DIR_REPLY`.
     pub packets: [u64; 2],
     pub bytes: [u64; 2],
-    /// ifindex of the container's host-side veth for flows that start or end in
-    /// a container (0 otherwise): where translated packets are redirected.
-    pub orig_ifindex: u32,
-    pub reply_ifindex: u32,
     pub nat_kind: u8,
     pub tcp_state: u8,
     pub flags: u8,

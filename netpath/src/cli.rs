@@ -1,6 +1,365 @@
-use std::process::ExitCode;
+//! Command line: parsing, the mount-namespace fix-up, the runtime, output.
+use std::{net::Ipv4Addr, path::PathBuf, process::ExitCode};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ipnet::Ipv4Net;
+
+use crate::{
+    container::{self, AddRequest, ContainerError, ContainerView},
+    datapath::Accel,
+    instance::{self, InstanceError, ReadyNotifier, StatusView, UpOptions},
+    netns::{self, NetnsError},
+    state::{self, Mode, StateError},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("invalid {what} {value:?}: {hint}")]
+    BadInput {
+        what: &'static str,
+        value: String,
+        hint: String,
+    },
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("cannot write JSON output: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Container(#[from] ContainerError),
+    #[error(transparent)]
+    Instance(#[from] InstanceError),
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+type Result<T> = std::result::Result<T, CliError>;
+
+/// Docker-style bridge networking for containers, with NAT, conntrack and
+/// forwarding in eBPF.
+#[derive(Debug, Parser)]
+#[command(name = "netpath", version)]
+struct Cli {
+    /// Instance to act on; everything of one netpath lives under its name.
+    #[arg(
+        long,
+        global = true,
+        env = "NETPATH_INSTANCE",
+        default_value = "default"
+    )]
+    instance: String,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Build the bridge, load the datapath and run the agent.
+    Up(UpArgs),
+    /// Stop the agent and remove containers, bridge, pins and state.
+    Down,
+    /// Manage containers.
+    #[command(subcommand)]
+    Container(ContainerCommand),
+    /// Run a command in a container's network namespace.
+    Exec(ExecArgs),
+    /// Show the instance, its agent and its containers.
+    Status,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum AccelArg {
+    Tc,
+    Xdp,
+}
+
+impl From<AccelArg> for Accel {
+    fn from(arg: AccelArg) -> Self {
+        match arg {
+            AccelArg::Tc => Accel::Tc,
+            AccelArg::Xdp => Accel::Xdp,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct UpArgs {
+    /// Uplink interface [default: the interface of the default route].
+    #[arg(long, value_name = "IF")]
+    uplink: Option<String>,
+    /// Container subnet [default: 10.77.0.0/16]; the gateway is its first address.
+    #[arg(long, value_name = "CIDR")]
+    subnet: Option<String>,
+    /// Bridge name [default: np0].
+    #[arg(long, value_name = "NAME")]
+    bridge: Option<String>,
+    /// Where the uplink ingress translations run [default: tc].
+    #[arg(long, value_enum)]
+    accel: Option<AccelArg>,
+    /// cgroup v2 directory for the socket hooks [default: the cgroup2 mount].
+    #[arg(long, value_name = "PATH")]
+    cgroup: Option<PathBuf>,
+    /// Run the agent in the background once the instance is up.
+    #[arg(long)]
+    detach: bool,
+    /// Conntrack table size [default: scaled to the host's memory].
+    #[arg(long, value_name = "N")]
+    conntrack_size: Option<u32>,
+}
+
+#[derive(Debug, Subcommand)]
+enum ContainerCommand {
+    /// Create a container's network.
+    Add(AddArgs),
+    /// Remove a container's network.
+    Rm { name: String },
+    /// List containers.
+    Ls,
+}
+
+#[derive(Debug, Args)]
+struct AddArgs {
+    /// 1 to 12 letters, digits, '-' or '_'.
+    name: String,
+    /// Address in the subnet [default: the lowest free one].
+    #[arg(long, value_name = "ADDR")]
+    ip: Option<String>,
+    /// bridge, none, host or container:NAME.
+    #[arg(long, default_value = "bridge", value_name = "MODE")]
+    mode: String,
+    /// Publish a port, as docker -p (not available yet).
+    #[arg(short = 'p', long = "publish", value_name = "SPEC")]
+    publish: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct ExecArgs {
+    name: String,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+fn parse_subnet(text: &str) -> Result<Ipv4Net> {
+    let bad = |hint: String| CliError::BadInput {
+        what: "--subnet",
+        value: text.to_owned(),
+        hint,
+    };
+    let subnet: Ipv4Net = text
+        .parse()
+        .map_err(|_| bad("expected an IPv4 network such as 10.77.0.0/16".to_owned()))?;
+    if subnet.trunc() != subnet {
+        return Err(bad(format!(
+            "host bits are set: did you mean {}?",
+            subnet.trunc()
+        )));
+    }
+    Ok(subnet)
+}
+
+fn parse_ip(text: &str) -> Result<Ipv4Addr> {
+    text.parse().map_err(|_| CliError::BadInput {
+        what: "--ip",
+        value: text.to_owned(),
+        hint: "expected an IPv4 address such as 10.77.0.10".to_owned(),
+    })
+}
+
+fn parse_mode(text: &str) -> Result<Mode> {
+    text.parse().map_err(|hint| CliError::BadInput {
+        what: "--mode",
+        value: text.to_owned(),
+        hint,
+    })
+}
+
+fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn dash<T: ToString>(value: &Option<T>) -> String {
+    value.as_ref().map_or_else(|| "-".to_owned(), T::to_string)
+}
+
+fn print_containers(containers: &[ContainerView]) {
+    println!(
+        "{:<12}  {:<22}  {:<15}  {:<17}  VETH",
+        "NAME", "MODE", "IP", "MAC"
+    );
+    for c in containers {
+        println!(
+            "{:<12}  {:<22}  {:<15}  {:<17}  {}",
+            c.name,
+            c.mode,
+            dash(&c.ip),
+            dash(&c.mac),
+            dash(&c.host_veth)
+        );
+    }
+}
+
+fn print_status(status: &StatusView) {
+    let agent = match (status.agent_pid, status.agent_alive) {
+        (Some(pid), true) => format!("running (pid {pid})"),
+        (Some(pid), false) => format!("not running (stale pid {pid})"),
+        (None, _) => "not running".to_owned(),
+    };
+    println!("instance:   {}", status.instance);
+    println!("uplink:     {} ({})", status.uplink, status.host_ip);
+    println!("bridge:     {} gateway {}", status.bridge, status.gateway);
+    println!("subnet:     {}", status.subnet);
+    println!("accel:      {:?}", status.accel);
+    println!("cgroup:     {}", status.cgroup.display());
+    println!("pins:       {}", status.pin_dir.display());
+    println!("agent:      {agent}");
+    println!("containers: {}", status.containers.len());
+    if !status.containers.is_empty() {
+        print_containers(&status.containers);
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime)
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let instance = cli.instance.as_str();
+    state::validate_instance_name(instance)?;
+    match cli.command {
+        Command::Up(args) => {
+            let options = UpOptions {
+                uplink: args.uplink,
+                subnet: args.subnet.as_deref().map(parse_subnet).transpose()?,
+                bridge: args.bridge,
+                accel: args.accel.map(Accel::from),
+                cgroup: args.cgroup,
+                conntrack_size: args.conntrack_size,
+            };
+            if args.detach {
+                let pid = instance::up_detached(instance)?;
+                println!(
+                    "instance {instance} up, agent pid {pid}, log {}",
+                    state::log_path(instance).display()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            let ready = ReadyNotifier::from_env();
+            runtime()?.block_on(instance::up(instance, &options, ready))?;
+        }
+        Command::Down => {
+            let removed = instance::down(instance)?;
+            if cli.json {
+                print_json(&serde_json::json!({ "instance": instance, "removed": removed }))?;
+            } else if removed {
+                println!("instance {instance} removed");
+            } else {
+                println!("instance {instance} was not up: nothing to remove");
+            }
+        }
+        Command::Container(ContainerCommand::Add(args)) => {
+            let request = AddRequest {
+                mode: parse_mode(&args.mode)?,
+                ip: args.ip.as_deref().map(parse_ip).transpose()?,
+                name: args.name,
+                publish: args.publish,
+            };
+            let added = runtime()?.block_on(container::add(instance, request))?;
+            if cli.json {
+                print_json(&added)?;
+            } else {
+                println!(
+                    "container {} added ({}, ip {})",
+                    added.name,
+                    added.mode,
+                    dash(&added.ip)
+                );
+            }
+        }
+        Command::Container(ContainerCommand::Rm { name }) => {
+            container::remove(instance, &name)?;
+            if cli.json {
+                print_json(&serde_json::json!({ "removed": name }))?;
+            } else {
+                println!("container {name} removed");
+            }
+        }
+        Command::Container(ContainerCommand::Ls) => {
+            let containers = container::list(instance)?;
+            if cli.json {
+                print_json(&containers)?;
+            } else {
+                print_containers(&containers);
+            }
+        }
+        Command::Exec(args) => {
+            // Returns only when the command could not be started.
+            match container::exec(instance, &args.name, &args.command)? {}
+        }
+        Command::Status => {
+            let status = instance::status(instance)?;
+            if cli.json {
+                print_json(&status)?;
+            } else {
+                print_status(&status);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Exit status for errors of our own (bad input, failures).
+const EXIT_FAILURE: u8 = 1;
+/// Exit status when clap rejects the command line.
+const EXIT_USAGE: u8 = 2;
+/// Exit status when `exec` cannot start the command (as a shell does).
+const EXIT_EXEC_FAILED: u8 = 127;
 
 pub fn main() -> ExitCode {
-    println!("netpath: {} bytes of eBPF", crate::datapath::EBPF_OBJECT.len());
-    ExitCode::SUCCESS
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help, --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // One line, like every other error.
+            let text = e.to_string();
+            let line = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ");
+            eprintln!("{line}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    // Must come before any thread or runtime exists: see its doc comment.
+    if let Err(e) = netns::join_parent_mount_namespace_if_private() {
+        eprintln!("error: {e}");
+        return ExitCode::from(EXIT_FAILURE);
+    }
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            match e {
+                CliError::Container(ContainerError::Exec { .. }) => {
+                    ExitCode::from(EXIT_EXEC_FAILED)
+                }
+                _ => ExitCode::from(EXIT_FAILURE),
+            }
+        }
+    }
 }

@@ -1,4 +1,566 @@
 //! Loading, attaching and pinning the eBPF programs and maps.
+//!
+//! Everything lives under `/sys/fs/bpf/netpath/<instance>/v<LAYOUT_VERSION>/`:
+//! maps, the container program and the links that attach programs, so the
+//! datapath outlives the process that set it up, and any later netpath command
+//! (or a restarted agent) works on the same objects. On kernels without tcx
+//! (before 6.6) TC programs attach as clsact filters with a fixed handle, which
+//! stay attached by themselves and which a second attach recognises.
+use std::{
+    fs, io,
+    net::Ipv4Addr,
+    os::fd::{AsFd, AsRawFd},
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        tc::{self, NlOptions, TcAttachOptions},
+    },
+    util::KernelVersion,
+};
+use ipnet::Ipv4Net;
+use netpath_common::{Config, Endpoint, LAYOUT_VERSION, names};
+
+use crate::tables::{Tables, TablesError};
 
 /// The eBPF object built from netpath-ebpf by the build script.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netpath"));
+
+/// Where bpffs is mounted; `netns::enter_shared_mount_namespace` makes sure it is.
+pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
+
+/// Handle and priority of our clsact filters on kernels without tcx: fixed, so
+/// a second attach finds the first instead of stacking another.
+const NL_PRIORITY: u16 = 0xe000;
+const NL_HANDLE: u32 = 0xe000;
+
+/// First port of the default SNAT range (host byte order); the range is written
+/// to `ip_local_reserved_ports` so host sockets never take these ports.
+pub const DEFAULT_SNAT_PORTS: (u16, u16) = (40000, 49999);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error(
+        "{path} holds a datapath pinned by another netpath version (layout {found}, this one is {LAYOUT_VERSION}): run `netpath down` with that version, or remove the directory"
+    )]
+    LayoutMismatch { path: String, found: String },
+    #[error("the datapath of instance {0} is not loaded: run `netpath up` first")]
+    NotLoaded(String),
+    #[error("loading the eBPF programs failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("{what}: {source}")]
+    Program {
+        what: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("pinning {path}: {message}")]
+    Pin { path: String, message: String },
+    #[error(transparent)]
+    Tables(#[from] TablesError),
+    #[error(
+        "kernel {0} is too old: netpath needs Linux 5.10 or newer (bpf_redirect_peer, bpf_redirect_neigh)"
+    )]
+    KernelTooOld(String),
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> DatapathError {
+    let what = what.into();
+    move |source| DatapathError::Io { what, source }
+}
+
+fn prog_err(what: impl Into<String>) -> impl FnOnce(aya::programs::ProgramError) -> DatapathError {
+    let what = what.into();
+    move |source| DatapathError::Program { what, source }
+}
+
+/// Where the uplink ingress translations run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    #[default]
+    Tc,
+    Xdp,
+}
+
+/// Map sizes; 0 means "scale with the host's memory".
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct MapSizes {
+    pub conntrack: u32,
+    pub ports: u32,
+    pub endpoints: u32,
+}
+
+impl MapSizes {
+    /// Fills unset sizes: conntrack gets about 1/512 of memory (two ~100-byte
+    /// entries per flow), clamped to [64 Ki, 4 Mi] flows.
+    pub fn resolved(self) -> Self {
+        let mem_bytes = fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("MemTotal:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|kb| kb.parse::<u64>().ok())
+            })
+            .map_or(1 << 30, |kb| kb * 1024);
+        let flows = (mem_bytes / 512 / 200).clamp(1 << 16, 1 << 22) as u32;
+        Self {
+            conntrack: if self.conntrack == 0 { flows } else { self.conntrack },
+            ports: if self.ports == 0 { 65536 } else { self.ports },
+            endpoints: if self.endpoints == 0 { 4096 } else { self.endpoints },
+        }
+    }
+}
+
+/// What `up` knows once the topology exists.
+#[derive(Clone, Debug)]
+pub struct DatapathConfig {
+    pub instance: String,
+    pub uplink_name: String,
+    pub uplink_ifindex: u32,
+    pub host_ip: Ipv4Addr,
+    pub bridge_name: String,
+    pub bridge_ifindex: u32,
+    pub gateway_ip: Ipv4Addr,
+    pub gateway_mac: [u8; 6],
+    pub subnet: Ipv4Net,
+    pub accel: Accel,
+    /// cgroup v2 directory the socket hooks attach to.
+    pub cgroup: PathBuf,
+    pub map_sizes: MapSizes,
+}
+
+/// A container's attachment point: its host-side veth and its address.
+#[derive(Clone, Debug)]
+pub struct EndpointSpec {
+    pub host_ifname: String,
+    pub host_ifindex: u32,
+    pub ip: Ipv4Addr,
+    /// MAC of the container's eth0.
+    pub mac: [u8; 6],
+}
+
+/// `/sys/fs/bpf/netpath/<instance>`.
+pub fn instance_pin_dir(instance: &str) -> PathBuf {
+    Path::new(BPFFS_ROOT).join("netpath").join(instance)
+}
+
+/// `/sys/fs/bpf/netpath/<instance>/v<LAYOUT_VERSION>`: maps, programs, links.
+pub fn pin_dir(instance: &str) -> PathBuf {
+    instance_pin_dir(instance).join(format!("v{LAYOUT_VERSION}"))
+}
+
+fn link_pin(dir: &Path, what: &str) -> PathBuf {
+    dir.join(format!("link_{what}"))
+}
+
+fn prog_pin(dir: &Path, prog: &str) -> PathBuf {
+    dir.join(format!("prog_{prog}"))
+}
+
+/// Fails when the instance's pin directory holds another layout version.
+fn check_layout(instance: &str) -> Result<(), DatapathError> {
+    let dir = instance_pin_dir(instance);
+    let entries = match fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err(format!("reading {}", dir.display()))(e)),
+    };
+    let ours = format!("v{LAYOUT_VERSION}");
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name != ours {
+            return Err(DatapathError::LayoutMismatch {
+                path: dir.display().to_string(),
+                found: name,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The netns cookie of the calling thread's network namespace, which the
+/// socket hooks compare against to act only in the host netns.
+fn netns_cookie() -> Result<u64, DatapathError> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0")
+        .map_err(io_err("opening a socket to read the netns cookie"))?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: valid fd, output buffer of the advertised size.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io_err(
+            "reading the netns cookie (SO_NETNS_COOKIE needs Linux 5.14 or newer)",
+        )(io::Error::last_os_error()));
+    }
+    Ok(cookie)
+}
+
+/// Before 5.11 BPF memory counts against RLIMIT_MEMLOCK, which starts tiny.
+fn raise_memlock() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        log::debug!("raising RLIMIT_MEMLOCK: {}", io::Error::last_os_error());
+    }
+}
+
+fn check_kernel() -> Result<(), DatapathError> {
+    match KernelVersion::current() {
+        Ok(v) if v < KernelVersion::new(5, 10, 0) => Err(DatapathError::KernelTooOld(format!("{v:?}"))),
+        _ => Ok(()),
+    }
+}
+
+fn use_tcx() -> bool {
+    KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
+}
+
+fn tc_attach_type_name(t: TcAttachType) -> &'static str {
+    match t {
+        TcAttachType::Egress => "egress",
+        _ => "ingress",
+    }
+}
+
+/// Attaches a TC program to `ifname` unless it already is (an adopted pin, or
+/// our clsact filter), and pins the link where links exist.
+fn attach_tc(
+    prog: &mut SchedClassifier,
+    dir: &Path,
+    ifname: &str,
+    attach_type: TcAttachType,
+) -> Result<(), DatapathError> {
+    let what = format!("tc_{ifname}_{}", tc_attach_type_name(attach_type));
+    let pin = link_pin(dir, &what);
+    if use_tcx() {
+        if PinnedLink::from_pin(&pin).is_ok() {
+            return Ok(());
+        }
+        let id = prog
+            .attach_with_options(
+                ifname,
+                attach_type,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .map_err(prog_err(format!("attaching to {ifname} ({})", tc_attach_type_name(attach_type))))?;
+        let link = prog.take_link(id).map_err(prog_err("taking the TC link"))?;
+        let link: FdLink = link.try_into().map_err(|e: aya::programs::links::LinkError| {
+            DatapathError::Pin {
+                path: pin.display().to_string(),
+                message: e.to_string(),
+            }
+        })?;
+        link.pin(&pin).map_err(|e| DatapathError::Pin {
+            path: pin.display().to_string(),
+            message: e.to_string(),
+        })?;
+        return Ok(());
+    }
+    match tc::qdisc_add_clsact(ifname) {
+        Ok(()) => {}
+        Err(tc::TcError::IoError(e)) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(tc::TcError::NetlinkError(_)) => {} // already there
+        Err(e) => {
+            return Err(DatapathError::Pin {
+                path: ifname.to_string(),
+                message: format!("adding the clsact qdisc: {e}"),
+            });
+        }
+    }
+    // Without links there is no handle to adopt: replace our filter (a moment
+    // on the kernel's path, never two copies of the program).
+    let prog_name = prog
+        .info()
+        .ok()
+        .and_then(|i| i.name_as_str().map(str::to_owned));
+    if let Some(name) = prog_name {
+        let _ = tc::qdisc_detach_program(ifname, attach_type, &name);
+    }
+    let options = TcAttachOptions::Netlink(NlOptions {
+        priority: NL_PRIORITY,
+        handle: NL_HANDLE.into(),
+        classid: None,
+    });
+    let id = prog
+        .attach_with_options(ifname, attach_type, options)
+        .map_err(prog_err(format!("attaching to {ifname}")))?;
+    // A clsact filter stays without a process holding it; dropping the link
+    // object would remove it.
+    let link = prog.take_link(id).map_err(prog_err("taking the TC link"))?;
+    std::mem::forget(link);
+    Ok(())
+}
+
+/// A loaded (or adopted) datapath, kept by the agent.
+pub struct Datapath {
+    /// Keeps the freshly loaded programs and maps open for the agent's life.
+    _ebpf: Ebpf,
+    pub tables: Tables,
+}
+
+impl Datapath {
+    /// Loads, attaches and pins everything, or adopts what an earlier `up` of
+    /// this instance pinned (without detaching anything, so no flow drops).
+    pub fn load_or_adopt(cfg: &DatapathConfig) -> Result<Self, DatapathError> {
+        check_kernel()?;
+        check_layout(&cfg.instance)?;
+        raise_memlock();
+        let dir = pin_dir(&cfg.instance);
+        fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        let sizes = cfg.map_sizes.resolved();
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&dir)
+            .map_max_entries(names::CONNTRACK, sizes.conntrack)
+            .map_max_entries(names::CT_REPLY, sizes.conntrack)
+            .map_max_entries(names::PORTS, sizes.ports)
+            .map_max_entries(names::ENDPOINTS, sizes.endpoints)
+            .load(EBPF_OBJECT)?;
+
+        let config = Config {
+            host_ip: u32::from_ne_bytes(cfg.host_ip.octets()),
+            gateway_ip: u32::from_ne_bytes(cfg.gateway_ip.octets()),
+            subnet_addr: u32::from_ne_bytes(cfg.subnet.network().octets()),
+            subnet_mask: u32::from_ne_bytes(cfg.subnet.netmask().octets()),
+            uplink_ifindex: cfg.uplink_ifindex,
+            bridge_ifindex: cfg.bridge_ifindex,
+            netns_cookie: netns_cookie()?,
+            snat_port_min: DEFAULT_SNAT_PORTS.0,
+            snat_port_max: DEFAULT_SNAT_PORTS.1,
+            flags: 0,
+            gateway_mac: cfg.gateway_mac,
+            _pad: [0; 2],
+        };
+        let mut tables = Tables::open(&cfg.instance)?;
+        tables.set_config(&config)?;
+
+        // The container program is pinned so `container add`, a separate
+        // process, can attach it to new veths.
+        let from_container: &mut SchedClassifier = program(&mut ebpf, names::PROG_FROM_CONTAINER)?;
+        let pin = prog_pin(&dir, names::PROG_FROM_CONTAINER);
+        if !pin.exists() {
+            from_container
+                .load()
+                .map_err(prog_err("loading from_container"))?;
+            from_container.pin(&pin).map_err(|e| DatapathError::Pin {
+                path: pin.display().to_string(),
+                message: e.to_string(),
+            })?;
+        }
+
+        for (name, attach_type) in [
+            (names::PROG_FROM_UPLINK, TcAttachType::Ingress),
+            (names::PROG_TO_UPLINK, TcAttachType::Egress),
+        ] {
+            let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
+            prog.load().map_err(prog_err(format!("loading {name}")))?;
+            attach_tc(prog, &dir, &cfg.uplink_name, attach_type)?;
+        }
+        if cfg.accel == Accel::Xdp {
+            attach_xdp(&mut ebpf, &dir, &cfg.uplink_name)?;
+        }
+        attach_sock_hooks(&mut ebpf, &dir, &cfg.cgroup)?;
+        Ok(Self { _ebpf: ebpf, tables })
+    }
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, DatapathError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or_else(|| DatapathError::Program {
+            what: format!("the eBPF object has no program {name}"),
+            source: aya::programs::ProgramError::NotLoaded,
+        })?;
+    prog.try_into().map_err(prog_err(format!("program {name}")))
+}
+
+fn attach_xdp(ebpf: &mut Ebpf, dir: &Path, uplink: &str) -> Result<(), DatapathError> {
+    let pin = link_pin(dir, &format!("xdp_{uplink}"));
+    if PinnedLink::from_pin(&pin).is_ok() {
+        return Ok(());
+    }
+    let prog: &mut Xdp = program(ebpf, names::PROG_XDP_UPLINK)?;
+    prog.load().map_err(prog_err("loading xdp_uplink"))?;
+    let id = match prog.attach(uplink, XdpMode::default()) {
+        Ok(id) => id,
+        Err(e) => {
+            log::warn!("XDP refused on {uplink} ({e}); the uplink ingress translations stay in TC");
+            return Ok(());
+        }
+    };
+    let link = prog.take_link(id).map_err(prog_err("taking the XDP link"))?;
+    let link: FdLink = link.try_into().map_err(|e: aya::programs::links::LinkError| {
+        DatapathError::Pin {
+            path: pin.display().to_string(),
+            message: e.to_string(),
+        }
+    })?;
+    link.pin(&pin).map_err(|e| DatapathError::Pin {
+        path: pin.display().to_string(),
+        message: e.to_string(),
+    })?;
+    Ok(())
+}
+
+fn attach_sock_hooks(ebpf: &mut Ebpf, dir: &Path, cgroup: &Path) -> Result<(), DatapathError> {
+    let cgroup_dir = fs::File::open(cgroup).map_err(io_err(format!("opening cgroup {}", cgroup.display())))?;
+    for name in [
+        names::PROG_CONNECT4,
+        names::PROG_SENDMSG4,
+        names::PROG_RECVMSG4,
+        names::PROG_GETPEERNAME4,
+    ] {
+        let pin = link_pin(dir, name);
+        if PinnedLink::from_pin(&pin).is_ok() {
+            continue;
+        }
+        let prog: &mut CgroupSockAddr = program(ebpf, name)?;
+        prog.load().map_err(prog_err(format!("loading {name}")))?;
+        let id = prog
+            .attach(cgroup_dir.as_fd(), CgroupAttachMode::AllowMultiple)
+            .map_err(prog_err(format!("attaching {name} to {}", cgroup.display())))?;
+        let link = prog.take_link(id).map_err(prog_err("taking the cgroup link"))?;
+        let link: FdLink = link.try_into().map_err(|e: aya::programs::links::LinkError| {
+            DatapathError::Pin {
+                path: pin.display().to_string(),
+                message: e.to_string(),
+            }
+        })?;
+        link.pin(&pin).map_err(|e| DatapathError::Pin {
+            path: pin.display().to_string(),
+            message: e.to_string(),
+        })?;
+    }
+    Ok(())
+}
+
+/// Attaches the container program to a host-side veth and records the endpoint.
+/// Works from any process: it opens the pinned program and maps.
+pub fn attach_endpoint(instance: &str, ep: &EndpointSpec) -> Result<(), DatapathError> {
+    let dir = pin_dir(instance);
+    let pin = prog_pin(&dir, names::PROG_FROM_CONTAINER);
+    if !pin.exists() {
+        return Err(DatapathError::NotLoaded(instance.to_string()));
+    }
+    raise_memlock();
+    let mut tables = Tables::open(instance)?;
+    tables.add_endpoint(
+        ep.ip,
+        &Endpoint {
+            ifindex: ep.host_ifindex,
+            mac: ep.mac,
+            network_id: 0,
+        },
+    )?;
+    let mut prog = SchedClassifier::from_pin(&pin).map_err(prog_err("opening the pinned from_container"))?;
+    attach_tc(&mut prog, &dir, &ep.host_ifname, TcAttachType::Ingress)
+}
+
+/// Undoes `attach_endpoint` (the veth's own deletion removes a clsact filter);
+/// also flushes the endpoint's flows.
+pub fn detach_endpoint(instance: &str, ep: &EndpointSpec) -> Result<(), DatapathError> {
+    let dir = pin_dir(instance);
+    let pin = link_pin(&dir, &format!("tc_{}_ingress", ep.host_ifname));
+    if let Ok(link) = PinnedLink::from_pin(&pin) {
+        // Unpinned and dropped, the link detaches.
+        drop(link.unpin());
+    }
+    match Tables::open(instance) {
+        Ok(mut tables) => {
+            tables.remove_endpoint(ep.ip)?;
+            tables.flush_flows(|key, entry| {
+                let ip = u32::from_ne_bytes(ep.ip.octets());
+                key.saddr == ip || entry.reply.saddr == ip || key.daddr == ip
+            })?;
+            Ok(())
+        }
+        Err(TablesError::NotLoaded(_)) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Removes every pin of the instance, which detaches its programs (clsact
+/// filters on the uplink are removed by name). Idempotent.
+pub fn remove(instance: &str) -> Result<(), DatapathError> {
+    let dir = instance_pin_dir(instance);
+    let uplink = Tables::open(instance)
+        .ok()
+        .and_then(|t| t.config().ok())
+        .and_then(|c| ifname_of(c.uplink_ifindex));
+    if let Some(uplink) = uplink.as_deref()
+        && !use_tcx()
+    {
+        for (name, attach_type) in [
+            (names::PROG_FROM_UPLINK, TcAttachType::Ingress),
+            (names::PROG_TO_UPLINK, TcAttachType::Egress),
+        ] {
+            let _ = tc::qdisc_detach_program(uplink, attach_type, name);
+        }
+    }
+    let versions = match fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err(format!("reading {}", dir.display()))(e)),
+    };
+    for version in versions.flatten() {
+        for entry in fs::read_dir(version.path()).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let is_link = path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("link_"));
+            if is_link && let Ok(link) = PinnedLink::from_pin(&path) {
+                drop(link.unpin());
+                continue;
+            }
+            let _ = fs::remove_file(&path);
+        }
+        let _ = fs::remove_dir(version.path());
+    }
+    fs::remove_dir(&dir).or_else(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            Ok(())
+        } else {
+            Err(io_err(format!("removing {}", dir.display()))(e))
+        }
+    })?;
+    // The shared parent goes too once the last instance is gone.
+    let _ = fs::remove_dir(Path::new(BPFFS_ROOT).join("netpath"));
+    Ok(())
+}
+
+fn ifname_of(ifindex: u32) -> Option<String> {
+    let mut buf = [0u8; libc::IF_NAMESIZE];
+    // SAFETY: the buffer has the size if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr().cast()) };
+    if p.is_null() {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0)?;
+    String::from_utf8(buf[..end].to_vec()).ok()
+}

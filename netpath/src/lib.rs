@@ -1,5 +1,14 @@
 //! netpath: Docker-style bridge networking whose NAT, conntrack and forwarding
 //! run in eBPF programs. The CLI (`cli`) drives the topology (`topology`,
 //! `netns`), the state file (`state`), and the datapath (`datapath`, `tables`).
+pub mod agent;
 pub mod cli;
+pub mod container;
 pub mod datapath;
+pub mod instance;
+pub mod ipam;
+pub mod netns;
+pub mod state;
+pub mod sysctl;
+pub mod tables;
+pub mod topology;

@@ -1,1 +1,216 @@
-fn main() {}
+//! Developer tasks: `cargo xtask build | run | test | demo | bench | vm-test`.
+
+mod demo;
+mod util;
+mod vm;
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+use crate::util::{cargo, is_root, status_ok, workspace_root};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "netpath developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build netpath (its build script also builds the eBPF programs).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build, then run netpath with ARGS as root (via `sudo -E` if needed).
+    Run {
+        #[arg(long)]
+        release: bool,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Build netpath, run its unit tests and the end-to-end tests (root).
+    /// ARGS go to the end-to-end test binaries (filters, --nocapture, ...).
+    Test {
+        #[arg(long)]
+        release: bool,
+        /// Skip `cargo test -p netpath`.
+        #[arg(long)]
+        no_unit: bool,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Show netpath in throw-away namespaces: a host, the outside, two
+    /// containers (root). Cleans up, also on Ctrl-C.
+    Demo {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Benchmarks (not implemented yet).
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// The test suite in qemu on Debian's cloud kernels. ARGS go to every
+    /// test binary in the VMs.
+    VmTest {
+        /// 5.10, 6.1, 6.12 or all.
+        #[arg(long, default_value = "all")]
+        kernel: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> Result<ExitCode> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Build { release } => {
+            let bin = build(release)?;
+            println!("xtask: built {}", bin.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Run { release, args } => run(release, &args),
+        Cmd::Test {
+            release,
+            no_unit,
+            args,
+        } => test(release, no_unit, &args),
+        Cmd::Demo { release } => {
+            require_root("demo")?;
+            let bin = build(release)?;
+            demo::run(&bin)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Bench { .. } => {
+            println!("xtask bench: not implemented yet");
+            Ok(ExitCode::from(2))
+        }
+        Cmd::VmTest { kernel, args } => {
+            vm::vm_test(&kernel, &args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn require_root(what: &str) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "`cargo xtask {what}` needs root (network namespaces, eBPF, cgroups); run it as root, e.g. `sudo -E cargo xtask {what}`"
+        );
+    }
+    Ok(())
+}
+
+fn profile_dir(release: bool) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    let target = if target.is_relative() {
+        workspace_root().join(target)
+    } else {
+        target
+    };
+    target.join(if release { "release" } else { "debug" })
+}
+
+/// `cargo build -p netpath`; returns the binary's path.
+fn build(release: bool) -> Result<PathBuf> {
+    let mut cmd = cargo();
+    cmd.args(["build", "-p", "netpath"]);
+    if release {
+        cmd.arg("--release");
+    }
+    status_ok(&mut cmd).context("building netpath")?;
+    let bin = profile_dir(release).join("netpath");
+    if !bin.exists() {
+        bail!("cargo build succeeded but {} does not exist", bin.display());
+    }
+    Ok(bin)
+}
+
+fn run(release: bool, args: &[String]) -> Result<ExitCode> {
+    let bin = build(release)?;
+    let mut cmd = if is_root() {
+        Command::new(&bin)
+    } else if util::in_path("sudo") {
+        eprintln!("xtask: not root, re-running through sudo -E");
+        let mut c = Command::new("sudo");
+        c.arg("-E").arg(&bin);
+        c
+    } else {
+        bail!("netpath needs root and sudo is not installed: run `cargo xtask run` as root");
+    };
+    let status = cmd
+        .args(args)
+        .status()
+        .with_context(|| format!("running {}", bin.display()))?;
+    Ok(exit_code(status))
+}
+
+fn exit_code(status: std::process::ExitStatus) -> ExitCode {
+    match status.code() {
+        Some(0) => ExitCode::SUCCESS,
+        Some(c) => ExitCode::from(u8::try_from(c).unwrap_or(1)),
+        None => ExitCode::FAILURE,
+    }
+}
+
+fn test(release: bool, no_unit: bool, args: &[String]) -> Result<ExitCode> {
+    require_root("test")?;
+    let bin = build(release)?;
+    let mut results: Vec<(&str, bool)> = Vec::new();
+
+    if !no_unit {
+        println!("xtask: unit tests (cargo test -p netpath)");
+        let mut cmd = cargo();
+        cmd.args(["test", "-p", "netpath"]);
+        if release {
+            cmd.arg("--release");
+        }
+        results.push(("unit (netpath)", status_ok(&mut cmd).is_ok()));
+    }
+
+    println!(
+        "xtask: end-to-end tests (cargo test -p netpath-tests), NETPATH_BIN={}",
+        bin.display()
+    );
+    let mut cmd = cargo();
+    cmd.args(["test", "-p", "netpath-tests"]);
+    if release {
+        cmd.arg("--release");
+    }
+    if !args.is_empty() {
+        cmd.arg("--").args(args);
+    }
+    cmd.env("NETPATH_BIN", &bin);
+    results.push(("end-to-end (netpath-tests)", status_ok(&mut cmd).is_ok()));
+
+    println!();
+    let mut all = true;
+    for (name, ok) in &results {
+        println!("xtask test: {name}: {}", if *ok { "ok" } else { "FAILED" });
+        all &= ok;
+    }
+    if all {
+        println!("xtask test: all passed");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("xtask test: FAILED");
+        Ok(ExitCode::FAILURE)
+    }
+}

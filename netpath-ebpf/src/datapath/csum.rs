@@ -1,0 +1,117 @@
+//! Header rewrites with their checksum fixes, through the kernel's csum helpers:
+//! they know whether the skb is CHECKSUM_PARTIAL (veth traffic usually is), in
+//! which case the L4 field holds only the pseudo-header sum and must be fixed
+//! for address changes (`BPF_F_PSEUDO_HDR`) but not for port changes.
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    programs::TcContext,
+};
+
+use super::parse::{L4, Packet};
+
+pub const IP_CSUM_OFF: usize = 10;
+const IP_SRC_OFF: usize = 12;
+const IP_DST_OFF: usize = 16;
+const IP_TTL_OFF: usize = 8;
+
+/// Offset of the L4 checksum and the flags its fixes need, for a packet whose
+/// L4 header starts at `l4`.
+#[inline(always)]
+fn l4_csum(kind: L4, l4: usize) -> (usize, u64) {
+    match kind {
+        L4::Tcp => (l4 + 16, 0),
+        // A UDP checksum of 0 means "none" and stays 0.
+        L4::Udp => (l4 + 6, BPF_F_MARK_MANGLED_0 as u64),
+        L4::IcmpEcho | L4::IcmpError => (l4 + 2, 0),
+    }
+}
+
+pub type RewriteResult = Result<(), i64>;
+
+/// Rewrites the source (`src == true`) or destination address.
+#[inline(always)]
+pub fn set_addr(ctx: &mut TcContext, pkt: &Packet, src: bool, old: u32, new: u32) -> RewriteResult {
+    if old == new {
+        return Ok(());
+    }
+    let off = pkt.l3 + if src { IP_SRC_OFF } else { IP_DST_OFF };
+    // ICMP's checksum has no pseudo-header: an address change leaves it alone.
+    if matches!(pkt.l4_kind, L4::Tcp | L4::Udp) {
+        let (csum_off, flags) = l4_csum(pkt.l4_kind, pkt.l4);
+        ctx.l4_csum_replace(
+            csum_off,
+            old as u64,
+            new as u64,
+            flags | BPF_F_PSEUDO_HDR as u64 | 4,
+        )?;
+    }
+    ctx.l3_csum_replace(pkt.l3 + IP_CSUM_OFF, old as u64, new as u64, 4)?;
+    ctx.store(off, &new, 0)?;
+    Ok(())
+}
+
+/// Rewrites the source or destination port (the echo id for ICMP echo, where
+/// `src` is ignored: there is one id field).
+#[inline(always)]
+pub fn set_port(ctx: &mut TcContext, pkt: &Packet, src: bool, old: u16, new: u16) -> RewriteResult {
+    if old == new {
+        return Ok(());
+    }
+    let off = match pkt.l4_kind {
+        L4::IcmpEcho => pkt.l4 + 4,
+        _ => pkt.l4 + if src { 0 } else { 2 },
+    };
+    let (csum_off, flags) = l4_csum(pkt.l4_kind, pkt.l4);
+    ctx.l4_csum_replace(csum_off, old as u64, new as u64, flags | 2)?;
+    ctx.store(off, &new, 0)?;
+    Ok(())
+}
+
+/// Decrements the TTL as a router must when we forward between L3 networks.
+#[inline(always)]
+pub fn dec_ttl(ctx: &mut TcContext, pkt: &Packet) -> RewriteResult {
+    let off = pkt.l3 + IP_TTL_OFF;
+    let old: u16 = ctx.load(off)?;
+    let mut bytes = old.to_ne_bytes();
+    bytes[0] = bytes[0].wrapping_sub(1);
+    let new = u16::from_ne_bytes(bytes);
+    ctx.l3_csum_replace(pkt.l3 + IP_CSUM_OFF, old as u64, new as u64, 2)?;
+    ctx.store(off, &new, 0)?;
+    Ok(())
+}
+
+/// Sets both MACs of the Ethernet header.
+#[inline(always)]
+pub fn set_macs(ctx: &mut TcContext, dst: &[u8; 6], src: &[u8; 6]) -> RewriteResult {
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(dst);
+    macs[6..].copy_from_slice(src);
+    ctx.store(0, &macs, 0)?;
+    Ok(())
+}
+
+/// Rewrites an address in the IPv4 header an ICMP error quotes. Only the quoted
+/// header's own checksum changes: the sum over a header whose checksum is
+/// correct is constant, so the ICMP checksum over it stays valid.
+#[inline(always)]
+pub fn set_quoted_addr(ctx: &mut TcContext, inner_l3: usize, src: bool, old: u32, new: u32) -> RewriteResult {
+    if old == new {
+        return Ok(());
+    }
+    let off = inner_l3 + if src { IP_SRC_OFF } else { IP_DST_OFF };
+    ctx.l3_csum_replace(inner_l3 + IP_CSUM_OFF, old as u64, new as u64, 4)?;
+    ctx.store(off, &new, 0)?;
+    Ok(())
+}
+
+/// Rewrites a port (or echo id) of the quoted packet at `off`, fixing the outer
+/// ICMP checksum, which covers it.
+#[inline(always)]
+pub fn set_quoted_port(ctx: &mut TcContext, outer: &Packet, off: usize, old: u16, new: u16) -> RewriteResult {
+    if old == new {
+        return Ok(());
+    }
+    ctx.l4_csum_replace(outer.l4 + 2, old as u64, new as u64, 2)?;
+    ctx.store(off, &new, 0)?;
+    Ok(())
+}

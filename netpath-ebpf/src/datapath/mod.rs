@@ -1,0 +1,302 @@
+//! Program entry points. Each program is a short sequence of the shared steps in
+//! `parse`, `conntrack`, `nat` and `fwd`; see DESIGN.md section 2 for the table
+//! of hooks.
+mod conntrack;
+mod csum;
+mod fwd;
+mod maps;
+mod nat;
+mod parse;
+mod sock;
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+use netpath_common::{Config, FlowKey, IPPROTO_TCP, IPPROTO_UDP, PortKey, PortTarget, nat_kind, stat};
+
+use conntrack::Flow;
+use fwd::Egress;
+use maps::{ENDPOINTS, PORTS, config, count};
+use parse::{L4, Packet, Parsed};
+
+/// TC ingress of each container's host-side veth: everything a container sends.
+#[classifier]
+pub fn from_container(mut ctx: TcContext) -> i32 {
+    let Some(cfg) = config() else {
+        return TC_ACT_OK as i32;
+    };
+    let pkt = match parse::parse(&ctx) {
+        Parsed::Ours(pkt) => pkt,
+        Parsed::NotOurs => return fwd::pass(stat::PASS_NOT_OURS),
+        Parsed::Fragment => return fwd::pass(stat::DROP_FRAGMENT),
+        Parsed::Malformed => return drop(stat::DROP_MALFORMED),
+    };
+    if !source_is_endpoint(&ctx, &pkt) {
+        return drop(stat::DROP_SPOOFED);
+    }
+    if let Some(flow) = conntrack::lookup(&pkt.key) {
+        return forward_flow(&mut ctx, cfg, &pkt, &flow);
+    }
+    if pkt.l4_kind == L4::IcmpError {
+        return icmp_error(&mut ctx, cfg, &pkt);
+    }
+    let dst = pkt.key.daddr;
+    if let Some(ep) = unsafe { ENDPOINTS.get(dst) } {
+        // Same network: straight into the peer's netns, no NAT, no TTL change.
+        let ep = *ep;
+        return fwd::send(&mut ctx, cfg, &pkt, &Egress::Container(ep), false);
+    }
+    let host_local = dst == cfg.host_ip || dst == cfg.gateway_ip;
+    if let Some(target) = published(cfg, &pkt) {
+        // Hairpin: DNAT to the target and SNAT to the gateway, so the target's
+        // reply comes back through us even when it is the sender itself.
+        if pkt.ttl <= 1 {
+            return fwd::pass(stat::PASS_TTL);
+        }
+        let Some(flow) = nat::create_snat_flow(
+            cfg,
+            &pkt,
+            cfg.gateway_ip,
+            target.container_ip,
+            target.container_port,
+            nat_kind::HAIRPIN,
+        ) else {
+            return TC_ACT_SHOT as i32;
+        };
+        return forward_flow(&mut ctx, cfg, &pkt, &flow);
+    }
+    if host_local || cfg.in_subnet(dst) {
+        // The host itself, or broadcast/unknown on the bridge: the kernel's job.
+        return fwd::pass(stat::PASS);
+    }
+    masquerade(&mut ctx, cfg, &pkt, true)
+}
+
+/// TC ingress of the uplink: replies to masqueraded flows, and new and
+/// established flows to published ports.
+#[classifier]
+pub fn from_uplink(mut ctx: TcContext) -> i32 {
+    let Some(cfg) = config() else {
+        return TC_ACT_OK as i32;
+    };
+    let pkt = match parse::parse(&ctx) {
+        Parsed::Ours(pkt) => pkt,
+        Parsed::NotOurs | Parsed::Fragment | Parsed::Malformed => {
+            // Not addressed to anything we translate until proven otherwise:
+            // the host's own traffic must never suffer from our parser.
+            return fwd::pass(stat::PASS_NOT_OURS);
+        }
+    };
+    if let Some(flow) = conntrack::lookup(&pkt.key) {
+        return forward_flow(&mut ctx, cfg, &pkt, &flow);
+    }
+    if pkt.l4_kind == L4::IcmpError {
+        return icmp_error(&mut ctx, cfg, &pkt);
+    }
+    if let Some(target) = published(cfg, &pkt) {
+        if pkt.ttl <= 1 {
+            return fwd::pass(stat::PASS_TTL);
+        }
+        let Some(flow) = nat::create_dnat_flow(&pkt, target.container_ip, target.container_port, nat_kind::DNAT)
+        else {
+            return TC_ACT_SHOT as i32;
+        };
+        return forward_flow(&mut ctx, cfg, &pkt, &flow);
+    }
+    fwd::pass(stat::PASS_NOT_OURS)
+}
+
+/// TC egress of the uplink, the safety net: a container's packet that took the
+/// kernel's path out (say after the kernel fragmented it) is still masqueraded.
+#[classifier]
+pub fn to_uplink(mut ctx: TcContext) -> i32 {
+    let Some(cfg) = config() else {
+        return TC_ACT_OK as i32;
+    };
+    let Parsed::Ours(pkt) = parse::parse(&ctx) else {
+        return TC_ACT_OK as i32;
+    };
+    if !cfg.in_subnet(pkt.key.saddr) || cfg.in_subnet(pkt.key.daddr) {
+        return TC_ACT_OK as i32;
+    }
+    masquerade(&mut ctx, cfg, &pkt, false)
+}
+
+/// Uplink XDP: the ingress translations ahead of the stack (`--accel xdp`).
+#[xdp]
+pub fn xdp_uplink(_ctx: XdpContext) -> u32 {
+    count(stat::XDP_PASS);
+    xdp_action::XDP_PASS
+}
+
+/// Keeps NAPI on for a veth that receives XDP-redirected frames.
+#[xdp]
+pub fn xdp_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[inline(always)]
+fn drop(reason: u32) -> i32 {
+    count(reason);
+    TC_ACT_SHOT as i32
+}
+
+/// Anti-spoofing: the source address must be the endpoint on this veth, with
+/// its MAC.
+#[inline(always)]
+fn source_is_endpoint(ctx: &TcContext, pkt: &Packet) -> bool {
+    let Some(ep) = (unsafe { ENDPOINTS.get(pkt.key.saddr) }) else {
+        return false;
+    };
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let Ok(smac) = ctx.load::<[u8; 6]>(6) else {
+        return false;
+    };
+    ep.ifindex == ifindex && ep.mac == smac
+}
+
+/// The published port a packet is addressed to: a mapping bound to the
+/// destination address, or one bound to every address when the destination is
+/// one of the host's.
+#[inline(always)]
+fn published(cfg: &Config, pkt: &Packet) -> Option<PortTarget> {
+    if pkt.key.proto != IPPROTO_TCP && pkt.key.proto != IPPROTO_UDP {
+        return None;
+    }
+    let mut key = PortKey {
+        host_ip: pkt.key.daddr,
+        host_port: pkt.key.dport,
+        proto: pkt.key.proto,
+        _pad: 0,
+    };
+    if let Some(target) = unsafe { PORTS.get(key) } {
+        return Some(*target);
+    }
+    if pkt.key.daddr != cfg.host_ip && pkt.key.daddr != cfg.gateway_ip {
+        return None;
+    }
+    key.host_ip = 0;
+    unsafe { PORTS.get(key) }.copied()
+}
+
+/// New flow from a container to off-host: SNAT to the host's address. From the
+/// container's veth (`fast`), the packet is then sent straight out; from the
+/// uplink's egress it just continues.
+#[inline(always)]
+fn masquerade(ctx: &mut TcContext, cfg: &Config, pkt: &Packet, fast: bool) -> i32 {
+    if fast {
+        if pkt.ttl <= 1 {
+            return fwd::pass(stat::PASS_TTL);
+        }
+        // Route before translating: what we can't send ourselves goes to the
+        // stack as the container sent it.
+        let natted = FlowKey {
+            saddr: cfg.host_ip,
+            ..pkt.key
+        };
+        let Some(egress) = fwd::route(ctx, &natted) else {
+            return TC_ACT_OK as i32;
+        };
+        let Some(flow) = nat::create_snat_flow(
+            cfg,
+            pkt,
+            cfg.host_ip,
+            pkt.key.daddr,
+            pkt.key.dport,
+            nat_kind::MASQUERADE,
+        ) else {
+            return TC_ACT_SHOT as i32;
+        };
+        conntrack::update(&flow, pkt);
+        if nat::rewrite(ctx, pkt, &flow.target()).is_err() {
+            return drop(stat::DROP_MALFORMED);
+        }
+        return fwd::send(ctx, cfg, pkt, &egress, true);
+    }
+    let flow = match conntrack::lookup(&pkt.key) {
+        Some(flow) => flow,
+        None => match nat::create_snat_flow(
+            cfg,
+            pkt,
+            cfg.host_ip,
+            pkt.key.daddr,
+            pkt.key.dport,
+            nat_kind::MASQUERADE,
+        ) {
+            Some(flow) => flow,
+            None => return TC_ACT_SHOT as i32,
+        },
+    };
+    conntrack::update(&flow, pkt);
+    if nat::rewrite(ctx, pkt, &flow.target()).is_err() {
+        return drop(stat::DROP_MALFORMED);
+    }
+    TC_ACT_OK as i32
+}
+
+/// A packet of a tracked flow: account it, translate it, send it on.
+#[inline(always)]
+fn forward_flow(ctx: &mut TcContext, cfg: &Config, pkt: &Packet, flow: &Flow) -> i32 {
+    if pkt.ttl <= 1 {
+        return fwd::pass(stat::PASS_TTL);
+    }
+    let target = flow.target();
+    let Some(egress) = fwd::route(ctx, &target) else {
+        return TC_ACT_OK as i32;
+    };
+    conntrack::update(flow, pkt);
+    if nat::rewrite(ctx, pkt, &target).is_err() {
+        return drop(stat::DROP_MALFORMED);
+    }
+    fwd::send(ctx, cfg, pkt, &egress, true)
+}
+
+/// An ICMP error (unreachable, frag-needed, time exceeded) about a packet of a
+/// translated flow: translate the outer header towards the flow's endpoint and
+/// the quoted header back to what that endpoint sent, or PMTU discovery and
+/// error reporting break.
+#[inline(always)]
+fn icmp_error(ctx: &mut TcContext, cfg: &Config, pkt: &Packet) -> i32 {
+    let inner = match parse::parse_inner(ctx, pkt.inner_l3) {
+        Parsed::Ours(inner) => inner,
+        _ => return fwd::pass(stat::PASS_NOT_OURS),
+    };
+    // The quoted packet went out; a packet coming back the other way would carry
+    // the reversed tuple, and its translation is what the error needs.
+    let Some(flow) = conntrack::lookup(&inner.key.reversed()) else {
+        return fwd::pass(stat::PASS_NOT_OURS);
+    };
+    let back = flow.target();
+    let quoted = back.reversed();
+    let outer = FlowKey {
+        // Errors from the quoted packet's destination itself speak for the
+        // address the sender believes it talked to.
+        saddr: if pkt.key.saddr == inner.key.daddr {
+            quoted.daddr
+        } else {
+            pkt.key.saddr
+        },
+        daddr: back.daddr,
+        ..pkt.key
+    };
+    let Some(egress) = fwd::route(ctx, &outer) else {
+        return TC_ACT_OK as i32;
+    };
+    let rewritten = csum::set_quoted_addr(ctx, inner.l3, true, inner.key.saddr, quoted.saddr)
+        .and_then(|()| csum::set_quoted_addr(ctx, inner.l3, false, inner.key.daddr, quoted.daddr))
+        .and_then(|()| match inner.l4_kind {
+            L4::IcmpEcho => csum::set_quoted_port(ctx, pkt, inner.l4 + 4, inner.key.sport, quoted.sport),
+            _ => csum::set_quoted_port(ctx, pkt, inner.l4, inner.key.sport, quoted.sport).and_then(
+                |()| csum::set_quoted_port(ctx, pkt, inner.l4 + 2, inner.key.dport, quoted.dport),
+            ),
+        })
+        .and_then(|()| csum::set_addr(ctx, pkt, true, pkt.key.saddr, outer.saddr))
+        .and_then(|()| csum::set_addr(ctx, pkt, false, pkt.key.daddr, outer.daddr));
+    if rewritten.is_err() {
+        return drop(stat::DROP_MALFORMED);
+    }
+    count(stat::ICMP_ERROR_TRANSLATED);
+    fwd::send(ctx, cfg, pkt, &egress, true)
+}

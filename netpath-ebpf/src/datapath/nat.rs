@@ -1,0 +1,93 @@
+//! Address and port translation: choosing NAT ports and rewriting a packet to
+//! the tuple its flow says it must carry.
+use aya_ebpf::{helpers::bpf_get_prandom_u32, programs::TcContext};
+use netpath_common::{Config, FlowKey, stat};
+
+use super::{
+    conntrack::{self, CreateError, Flow},
+    csum::{self, RewriteResult},
+    maps::count,
+    parse::{L4, Packet},
+};
+
+/// Random probes for a free SNAT port before giving up (a counted drop).
+const SNAT_PROBES: u32 = 16;
+
+/// Rewrites the packet from its tuple (`pkt.key`) to `target`.
+#[inline(always)]
+pub fn rewrite(ctx: &mut TcContext, pkt: &Packet, target: &FlowKey) -> RewriteResult {
+    csum::set_addr(ctx, pkt, true, pkt.key.saddr, target.saddr)?;
+    csum::set_addr(ctx, pkt, false, pkt.key.daddr, target.daddr)?;
+    csum::set_port(ctx, pkt, true, pkt.key.sport, target.sport)?;
+    if pkt.l4_kind != L4::IcmpEcho {
+        csum::set_port(ctx, pkt, false, pkt.key.dport, target.dport)?;
+    }
+    Ok(())
+}
+
+/// Creates a flow whose source is translated to `nat_addr` and a port from the
+/// SNAT range, and whose destination is `(dst_addr, dst_port)` after any DNAT.
+/// Keeps the original source port when it lies in the range and is free.
+#[inline(always)]
+pub fn create_snat_flow(
+    cfg: &Config,
+    pkt: &Packet,
+    nat_addr: u32,
+    dst_addr: u32,
+    dst_port: u16,
+    nat_kind: u8,
+) -> Option<Flow> {
+    let min = cfg.snat_port_min as u32;
+    let span = (cfg.snat_port_max as u32).saturating_sub(min) + 1;
+    let orig_port = u16::from_be(pkt.key.sport) as u32;
+    let mut candidate = if orig_port >= min && orig_port - min < span {
+        orig_port
+    } else {
+        min + unsafe { bpf_get_prandom_u32() } % span
+    };
+    let is_echo = pkt.l4_kind == L4::IcmpEcho;
+    for _ in 0..SNAT_PROBES {
+        let port = (candidate as u16).to_be();
+        let reply = FlowKey {
+            saddr: dst_addr,
+            daddr: nat_addr,
+            // Echo replies carry the (translated) id in both "ports".
+            sport: if is_echo { port } else { dst_port },
+            dport: port,
+            proto: pkt.key.proto,
+            _pad: [0; 3],
+        };
+        match conntrack::create(&pkt.key, &reply, nat_kind, pkt) {
+            Ok(flow) => return Some(flow),
+            Err(CreateError::Full) => return None,
+            Err(CreateError::ReplyTaken) => {
+                candidate = min + unsafe { bpf_get_prandom_u32() } % span;
+            }
+        }
+    }
+    count(stat::DROP_NO_SNAT_PORT);
+    None
+}
+
+/// Creates a flow that only translates the destination (a published port
+/// reached from outside): the container sees the client's real address.
+#[inline(always)]
+pub fn create_dnat_flow(pkt: &Packet, dst_addr: u32, dst_port: u16, nat_kind: u8) -> Option<Flow> {
+    let reply = FlowKey {
+        saddr: dst_addr,
+        daddr: pkt.key.saddr,
+        sport: dst_port,
+        dport: pkt.key.sport,
+        proto: pkt.key.proto,
+        _pad: [0; 3],
+    };
+    match conntrack::create(&pkt.key, &reply, nat_kind, pkt) {
+        Ok(flow) => Some(flow),
+        Err(CreateError::ReplyTaken) => {
+            // Another flow already answers from that tuple: not ours to steal.
+            count(stat::DROP_NO_SNAT_PORT);
+            None
+        }
+        Err(CreateError::Full) => None,
+    }
+}

@@ -1,0 +1,463 @@
+//! Containers: `container add`, `rm`, `ls` and `exec`.
+//!
+//! `add` is all or nothing: each completed step registers its undo in a
+//! [`Rollback`] guard, which runs the undos in reverse unless the state file
+//! was written. `rm` and `down` tear a container down with the same undos.
+//!
+//! Removing a container that others share (`--mode container:NAME`) is
+//! refused: the dependents would silently lose their network, so they must be
+//! removed first. `down` removes everything, dependents included.
+use std::{convert::Infallible, net::Ipv4Addr, os::unix::process::CommandExt, path::PathBuf};
+
+use rtnetlink::Handle;
+
+use crate::{
+    datapath::{self, DatapathError, EndpointSpec},
+    ipam::{self, IpamError},
+    netns::{self, NetnsError, NetnsGuard},
+    state::{self, ContainerRecord, InstanceLock, Mode, State, StateError},
+    topology::{self, TopologyError},
+};
+
+/// Longest container name: the host-side veth is `np-NAME`, and interface
+/// names are at most 15 bytes.
+pub const MAX_NAME_LEN: usize = 12;
+/// Prefix of a container's netns name and of its host-side veth.
+const NAME_PREFIX: &str = "np-";
+/// The container's interface inside its netns.
+const CONTAINER_IFNAME: &str = "eth0";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Ipam(#[from] IpamError),
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error("datapath: {0}")]
+    Datapath(#[from] DatapathError),
+    #[error(
+        "invalid container name {0:?}: use 1 to {MAX_NAME_LEN} letters, digits, '-' or '_', starting with a letter or digit"
+    )]
+    BadName(String),
+    #[error("container {0} already exists: pick another name or `netpath container rm {0}` first")]
+    Duplicate(String),
+    #[error("no container named {0}: see `netpath container ls`")]
+    Unknown(String),
+    #[error("--ip only applies to bridge mode, not {0}")]
+    IpNeedsBridge(Mode),
+    #[error(
+        "container {name} is used by {dependents} (--mode container:{name}): remove them first"
+    )]
+    SharedBy { name: String, dependents: String },
+    #[error(
+        "interface {0} already exists in the host netns: remove it or pick another container name"
+    )]
+    HostLinkTaken(String),
+    #[error("publishing is not available yet: drop -p/--publish")]
+    PublishUnavailable,
+    #[error("cannot run {command}: {source}")]
+    Exec {
+        command: String,
+        source: std::io::Error,
+    },
+}
+
+type Result<T> = std::result::Result<T, ContainerError>;
+
+/// What `container add` was asked for.
+#[derive(Clone, Debug)]
+pub struct AddRequest {
+    pub name: String,
+    pub mode: Mode,
+    pub ip: Option<Ipv4Addr>,
+    pub publish: Vec<String>,
+}
+
+/// A container as shown by `ls`: addresses resolved through `container:`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ContainerView {
+    pub name: String,
+    pub mode: String,
+    pub ip: Option<Ipv4Addr>,
+    pub mac: Option<String>,
+    pub host_veth: Option<String>,
+    pub netns: Option<String>,
+}
+
+/// Checks a container name: it ends up in a netns name and an interface name.
+pub fn validate_name(name: &str) -> Result<()> {
+    let mut chars = name.chars();
+    let ok = name.len() <= MAX_NAME_LEN
+        && chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(ContainerError::BadName(name.to_owned()))
+    }
+}
+
+/// The name of a container's netns and of its host-side veth.
+fn prefixed(name: &str) -> String {
+    format!("{NAME_PREFIX}{name}")
+}
+
+/// One undoable step of building a container.
+#[derive(Debug)]
+enum Undo {
+    NetnsHandle(String),
+    HostLink(String),
+    Endpoint {
+        instance: String,
+        spec: EndpointSpec,
+    },
+}
+
+impl Undo {
+    /// Undoes the step. All undos are blocking (no runtime needed) so they
+    /// can run from `Drop`, and tolerate the thing being gone already.
+    fn run(&self) -> std::result::Result<(), ContainerError> {
+        match self {
+            Undo::NetnsHandle(name) => netns::delete_named_netns(name)?,
+            Undo::HostLink(name) => {
+                // Deleting the host end deletes the pair now; leaving it to
+                // the netns teardown would take an unknown while.
+                topology::delete_link_blocking(name)?;
+            }
+            Undo::Endpoint { instance, spec } => datapath::detach_endpoint(instance, spec)?,
+        }
+        Ok(())
+    }
+}
+
+/// Runs `undos` in reverse order, all of them even when some fail; returns
+/// the first failure.
+fn run_undos(undos: impl DoubleEndedIterator<Item = Undo>) -> Result<()> {
+    let mut first_error = None;
+    for undo in undos.rev() {
+        if let Err(e) = undo.run() {
+            log::warn!("cleanup step {undo:?} failed: {e}");
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// Undoes the completed steps of a failed `container add` when dropped,
+/// unless committed.
+#[derive(Default)]
+struct Rollback {
+    undos: Vec<Undo>,
+    committed: bool,
+}
+
+impl Rollback {
+    fn push(&mut self, undo: Undo) {
+        self.undos.push(undo);
+    }
+
+    fn commit(mut self) {
+        self.committed = true;
+    }
+}
+
+impl Drop for Rollback {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = run_undos(std::mem::take(&mut self.undos).into_iter());
+        }
+    }
+}
+
+/// The undos that take a recorded container apart, in build order.
+fn teardown_steps(instance: &str, record: &ContainerRecord) -> Vec<Undo> {
+    let mut steps = Vec::new();
+    if let Some(netns) = &record.netns {
+        steps.push(Undo::NetnsHandle(netns.clone()));
+    }
+    if let Some(host_veth) = &record.host_veth {
+        steps.push(Undo::HostLink(host_veth.clone()));
+        if let (Some(ifindex), Some(ip)) = (record.host_ifindex, record.ip) {
+            let spec = EndpointSpec {
+                host_ifname: host_veth.clone(),
+                host_ifindex: ifindex,
+                ip,
+                mac: record
+                    .mac
+                    .as_deref()
+                    .and_then(topology::parse_mac)
+                    .unwrap_or_default(),
+            };
+            steps.push(Undo::Endpoint {
+                instance: instance.to_owned(),
+                spec,
+            });
+        }
+    }
+    steps
+}
+
+/// Takes a recorded container apart (datapath endpoint, veth, netns).
+pub fn teardown(instance: &str, record: &ContainerRecord) -> Result<()> {
+    run_undos(teardown_steps(instance, record).into_iter())
+}
+
+/// Takes the instance lock and loads the state, which must exist.
+fn lock_and_load(instance: &str) -> Result<(InstanceLock, State)> {
+    let not_up = || StateError::NotUp(instance.to_owned());
+    let lock = InstanceLock::acquire(instance)?.ok_or_else(not_up)?;
+    let state = state::load(instance)?.ok_or_else(not_up)?;
+    Ok((lock, state))
+}
+
+/// `netpath container add`.
+pub async fn add(instance: &str, request: AddRequest) -> Result<ContainerView> {
+    validate_name(&request.name)?;
+    if !request.publish.is_empty() {
+        return Err(ContainerError::PublishUnavailable);
+    }
+    if request.ip.is_some() && request.mode != Mode::Bridge {
+        return Err(ContainerError::IpNeedsBridge(request.mode));
+    }
+    let (_lock, mut state) = lock_and_load(instance)?;
+    if state.containers.contains_key(&request.name) {
+        return Err(ContainerError::Duplicate(request.name));
+    }
+    if let Mode::Container(other) = &request.mode
+        && !state.containers.contains_key(other)
+    {
+        return Err(ContainerError::Unknown(other.clone()));
+    }
+
+    let mut rollback = Rollback::default();
+    let record = match &request.mode {
+        Mode::Bridge => add_bridged(&state, &request, &mut rollback).await?,
+        Mode::None => add_isolated(&request, &mut rollback).await?,
+        Mode::Host | Mode::Container(_) => ContainerRecord {
+            name: request.name.clone(),
+            mode: request.mode.clone(),
+            netns: None,
+            ip: None,
+            mac: None,
+            host_veth: None,
+            host_ifindex: None,
+        },
+    };
+    state.containers.insert(record.name.clone(), record);
+    state::save(&state)?;
+    rollback.commit();
+    Ok(view(&state, &request.name))
+}
+
+/// A netns with only `lo` up.
+async fn add_isolated(request: &AddRequest, rollback: &mut Rollback) -> Result<ContainerRecord> {
+    let netns_name = prefixed(&request.name);
+    let netns_path = create_netns(&netns_name, rollback)?;
+    let inside = topology::connect_in(&netns_path)?;
+    topology::set_up_by_name(&inside, "lo").await?;
+    Ok(ContainerRecord {
+        name: request.name.clone(),
+        mode: Mode::None,
+        netns: Some(netns_name),
+        ip: None,
+        mac: None,
+        host_veth: None,
+        host_ifindex: None,
+    })
+}
+
+fn create_netns(netns_name: &str, rollback: &mut Rollback) -> Result<PathBuf> {
+    let path = netns::create_named_netns(netns_name)?;
+    rollback.push(Undo::NetnsHandle(netns_name.to_owned()));
+    Ok(path)
+}
+
+/// A netns with `eth0` (veth peer of `np-NAME` on the bridge), an address,
+/// a default route via the gateway, and the datapath endpoint.
+async fn add_bridged(
+    state: &State,
+    request: &AddRequest,
+    rollback: &mut Rollback,
+) -> Result<ContainerRecord> {
+    let used = state
+        .containers
+        .values()
+        .filter_map(|c| c.ip.map(|ip| (ip, c.name.as_str())));
+    let ip = ipam::allocate(state.subnet, used, request.ip)?;
+
+    let host = topology::connect()?;
+    let host_veth = prefixed(&request.name);
+    if topology::find_link(&host, &host_veth).await?.is_some() {
+        return Err(ContainerError::HostLinkTaken(host_veth));
+    }
+    let netns_name = prefixed(&request.name);
+    let netns_path = create_netns(&netns_name, rollback)?;
+    let inside = topology::connect_in(&netns_path)?;
+
+    // The pair is made inside the container's netns, where `eth0` cannot
+    // collide with anything, and the host end is then moved out.
+    topology::create_veth(&inside, CONTAINER_IFNAME, &host_veth).await?;
+    let host_end = topology::get_link(&inside, &host_veth).await?.header.index;
+    let host_netns = netns::open_current_netns()?;
+    topology::move_to_netns(&inside, host_end, &host_netns).await?;
+    rollback.push(Undo::HostLink(host_veth.clone()));
+
+    let host_ifindex = topology::get_link(&host, &host_veth).await?.header.index;
+    topology::attach_to_bridge(&host, host_ifindex, state.bridge_ifindex).await?;
+
+    let eth0 = topology::get_link(&inside, CONTAINER_IFNAME).await?;
+    let mac = topology::link_mac(&eth0)
+        .ok_or_else(|| TopologyError::NoMac(CONTAINER_IFNAME.to_owned()))?;
+    configure_container_side(&inside, eth0.header.index, ip, state).await?;
+
+    let spec = EndpointSpec {
+        host_ifname: host_veth.clone(),
+        host_ifindex,
+        ip,
+        mac,
+    };
+    datapath::attach_endpoint(&state.instance, &spec)?;
+    rollback.push(Undo::Endpoint {
+        instance: state.instance.clone(),
+        spec,
+    });
+
+    Ok(ContainerRecord {
+        name: request.name.clone(),
+        mode: Mode::Bridge,
+        netns: Some(netns_name),
+        ip: Some(ip),
+        mac: Some(topology::format_mac(&mac)),
+        host_veth: Some(host_veth),
+        host_ifindex: Some(host_ifindex),
+    })
+}
+
+/// Inside the container: address on eth0, eth0 and lo up, default route.
+async fn configure_container_side(
+    inside: &Handle,
+    eth0_index: u32,
+    ip: Ipv4Addr,
+    state: &State,
+) -> Result<()> {
+    topology::add_ipv4(inside, eth0_index, ip, state.subnet.prefix_len()).await?;
+    topology::set_up(inside, eth0_index).await?;
+    topology::set_up_by_name(inside, "lo").await?;
+    topology::add_default_route(inside, state.gateway).await?;
+    Ok(())
+}
+
+/// `netpath container rm`.
+pub fn remove(instance: &str, name: &str) -> Result<()> {
+    let (_lock, mut state) = lock_and_load(instance)?;
+    let record = state
+        .containers
+        .get(name)
+        .ok_or_else(|| ContainerError::Unknown(name.to_owned()))?;
+    let dependents: Vec<&str> = state
+        .containers
+        .values()
+        .filter(|c| c.mode == Mode::Container(name.to_owned()))
+        .map(|c| c.name.as_str())
+        .collect();
+    if !dependents.is_empty() {
+        return Err(ContainerError::SharedBy {
+            name: name.to_owned(),
+            dependents: dependents.join(", "),
+        });
+    }
+    teardown(instance, record)?;
+    state.containers.remove(name);
+    state::save(&state)?;
+    Ok(())
+}
+
+/// The record whose network a container uses: itself, or the end of its
+/// `container:` chain. None when the chain is broken.
+fn network_owner<'a>(state: &'a State, name: &str) -> Option<&'a ContainerRecord> {
+    let mut current = state.containers.get(name)?;
+    // A chain longer than the number of containers is a loop.
+    for _ in 0..=state.containers.len() {
+        match &current.mode {
+            Mode::Container(other) => current = state.containers.get(other)?,
+            _ => return Some(current),
+        }
+    }
+    None
+}
+
+/// A container as `ls` shows it.
+pub fn view(state: &State, name: &str) -> ContainerView {
+    let record = state.containers.get(name);
+    let owner = network_owner(state, name);
+    ContainerView {
+        name: name.to_owned(),
+        mode: record.map(|r| r.mode.to_string()).unwrap_or_default(),
+        ip: owner.and_then(|o| o.ip),
+        mac: owner.and_then(|o| o.mac.clone()),
+        host_veth: owner.and_then(|o| o.host_veth.clone()),
+        netns: owner.and_then(|o| o.netns.clone()),
+    }
+}
+
+/// `netpath container ls`.
+pub fn list(instance: &str) -> Result<Vec<ContainerView>> {
+    let state = state::load_required(instance)?;
+    Ok(state
+        .containers
+        .keys()
+        .map(|name| view(&state, name))
+        .collect())
+}
+
+/// `netpath exec NAME -- CMD...`: runs CMD in the container's network
+/// namespace by replacing this process, so CMD's exit status is ours.
+pub fn exec(instance: &str, name: &str, command: &[String]) -> Result<Infallible> {
+    let state = state::load_required(instance)?;
+    if !state.containers.contains_key(name) {
+        return Err(ContainerError::Unknown(name.to_owned()));
+    }
+    let owner =
+        network_owner(&state, name).ok_or_else(|| ContainerError::Unknown(name.to_owned()))?;
+    // Host mode has no netns of its own: the command stays in the host's.
+    let _inside = match &owner.netns {
+        Some(netns_name) => Some(NetnsGuard::enter(&netns::named_netns_path(netns_name))?),
+        None => None,
+    };
+    let (program, args) = command.split_first().ok_or_else(|| ContainerError::Exec {
+        command: String::new(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "no command given"),
+    })?;
+    let source = std::process::Command::new(program).args(args).exec();
+    Err(ContainerError::Exec {
+        command: program.clone(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_fit_interface_names() {
+        for good in ["a", "web-1", "db_2", "A23456789012"] {
+            assert!(validate_name(good).is_ok(), "{good}");
+            assert!(prefixed(good).len() <= 15);
+        }
+        for bad in ["", "-a", "_a", "a.b", "a b", "a/b", "A234567890123", "é"] {
+            assert!(validate_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn macs_round_trip() {
+        let mac = [0x02, 0, 0x5e, 0x10, 0xab, 0xff];
+        assert_eq!(topology::parse_mac(&topology::format_mac(&mac)), Some(mac));
+        assert_eq!(topology::parse_mac("zz"), None);
+    }
+}

@@ -1,0 +1,664 @@
+//! Instance lifecycle: `up` (build or adopt the topology, load the datapath,
+//! run the agent), `up --detach`, `down` and `status`.
+use std::{
+    fs::File,
+    hash::{DefaultHasher, Hash, Hasher},
+    io::{self, Read, Write},
+    net::Ipv4Addr,
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::process::CommandExt,
+    },
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use ipnet::Ipv4Net;
+use nix::{
+    errno::Errno,
+    fcntl::{FcntlArg, OFlag, fcntl},
+    poll::{PollFd, PollFlags, PollTimeout, poll},
+    sys::signal::{Signal, kill},
+    unistd::{Pid, geteuid, pipe2},
+};
+
+use crate::{
+    agent::{self, AgentError},
+    container::{self, ContainerError, ContainerView},
+    datapath::{self, Accel, Datapath, DatapathConfig, DatapathError, MapSizes},
+    ipam::{self, IpamError},
+    netns::{self, NetnsError},
+    state::{self, InstanceLock, State, StateError},
+    sysctl::{self, SysctlError},
+    topology::{self, TopologyError},
+};
+
+/// Environment variable naming the fd a detached agent reports readiness on.
+const READY_FD_ENV: &str = "NETPATH_READY_FD";
+/// How long `down` waits for the agent after SIGTERM, then after SIGKILL.
+const AGENT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+const AGENT_KILL_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_SUBNET: &str = "10.77.0.0/16";
+pub const DEFAULT_BRIDGE: &str = "np0";
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstanceError {
+    #[error("netpath must run as root (try sudo)")]
+    NotRoot,
+    #[error(
+        "this kernel has no BTF (/sys/kernel/btf/vmlinux is missing): use a kernel built with CONFIG_DEBUG_INFO_BTF=y"
+    )]
+    NoBtf,
+    #[error(
+        "instance {instance} is already up (agent pid {pid}): run `netpath down` first, or use another --instance"
+    )]
+    AlreadyUp { instance: String, pid: u32 },
+    #[error(
+        "instance {instance} exists with {what} {existing}: run `netpath down` first to change it"
+    )]
+    Conflict {
+        instance: String,
+        what: &'static str,
+        existing: String,
+    },
+    #[error("interface {0} already exists: pass --bridge NAME or remove it")]
+    BridgeExists(String),
+    #[error("invalid bridge name {0:?}: use 1 to 15 letters, digits, '-', '_' or '.'")]
+    BadBridgeName(String),
+    #[error("no cgroup2 mount found in /proc/mounts: mount one or pass --cgroup PATH")]
+    NoCgroup2,
+    #[error("cgroup {0} does not exist: pass an existing cgroup v2 directory with --cgroup")]
+    NoSuchCgroup(PathBuf),
+    #[error("the agent failed to start: {0}")]
+    AgentStart(String),
+    #[error("cannot stop the agent (pid {pid}): {source}")]
+    AgentStop { pid: u32, source: io::Error },
+    #[error("agent: {0}")]
+    Agent(#[from] AgentError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error(transparent)]
+    Ipam(#[from] IpamError),
+    #[error(transparent)]
+    Sysctl(#[from] SysctlError),
+    #[error(transparent)]
+    Container(#[from] ContainerError),
+    #[error("datapath: {0}")]
+    Datapath(#[from] DatapathError),
+}
+
+type Result<T> = std::result::Result<T, InstanceError>;
+
+/// What `up` was asked for; None means "the default, or what the instance
+/// already has when adopting".
+#[derive(Clone, Debug, Default)]
+pub struct UpOptions {
+    pub uplink: Option<String>,
+    pub subnet: Option<Ipv4Net>,
+    pub bridge: Option<String>,
+    pub accel: Option<Accel>,
+    pub cgroup: Option<PathBuf>,
+    pub conntrack_size: Option<u32>,
+}
+
+/// Fails with a one-line hint unless we are root on a kernel with BTF.
+pub fn check_prerequisites() -> Result<()> {
+    if !geteuid().is_root() {
+        return Err(InstanceError::NotRoot);
+    }
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        return Err(InstanceError::NoBtf);
+    }
+    Ok(())
+}
+
+/// The first cgroup2 mount listed in /proc/mounts.
+fn find_cgroup2_mount() -> Result<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/mounts").map_err(|_| InstanceError::NoCgroup2)?;
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let mount_point = fields.nth(1)?;
+            (fields.next()? == "cgroup2").then(|| PathBuf::from(mount_point))
+        })
+        .next()
+        .ok_or(InstanceError::NoCgroup2)
+}
+
+fn validate_bridge_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 15
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(InstanceError::BadBridgeName(name.to_owned()))
+    }
+}
+
+/// A locally administered unicast MAC for the bridge, stable per instance
+/// and bridge name (see `topology::create_bridge` for why it is fixed).
+fn bridge_mac(instance: &str, bridge: &str) -> [u8; 6] {
+    let mut hasher = DefaultHasher::new();
+    (instance, bridge).hash(&mut hasher);
+    let h = hasher.finish().to_be_bytes();
+    [0x02, h[0], h[1], h[2], h[3], h[4]]
+}
+
+/// Runs `undo` when dropped unless disarmed: cleanup for a failed `up`.
+struct OnFailure<F: FnOnce()>(Option<F>);
+
+impl<F: FnOnce()> OnFailure<F> {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl<F: FnOnce()> Drop for OnFailure<F> {
+    fn drop(&mut self) {
+        if let Some(undo) = self.0.take() {
+            undo();
+        }
+    }
+}
+
+/// The write end of the readiness pipe of a detached agent.
+pub struct ReadyNotifier(File);
+
+impl ReadyNotifier {
+    /// Takes the readiness fd passed by `up --detach`, if we are its child.
+    pub fn from_env() -> Option<Self> {
+        let fd: i32 = std::env::var(READY_FD_ENV).ok()?.parse().ok()?;
+        // SAFETY: the variable is removed from our environment just below,
+        // while still single-threaded, so nothing else claims the fd.
+        unsafe { std::env::remove_var(READY_FD_ENV) };
+        // Make sure the number names an open fd before owning it.
+        fcntl(
+            unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
+            FcntlArg::F_GETFD,
+        )
+        .ok()?;
+        // SAFETY: the parent passed us this open fd for us alone to own.
+        let file = unsafe { File::from_raw_fd(fd) };
+        Some(Self(file))
+    }
+
+    fn signal(mut self) {
+        // If the parent is gone there is no one to tell; carry on.
+        let _ = self.0.write_all(b"R");
+    }
+}
+
+/// `netpath up`: builds (or adopts) the instance, loads the datapath, then
+/// runs the agent until SIGINT/SIGTERM.
+pub async fn up(instance: &str, options: &UpOptions, ready: Option<ReadyNotifier>) -> Result<()> {
+    check_prerequisites()?;
+    netns::ensure_bpffs()?;
+    let dir_existed = state::instance_dir(instance).is_dir();
+    state::create_instance_dir(instance)?;
+    let remove_fresh_dir = OnFailure(Some(|| {
+        if !dir_existed {
+            let _ = std::fs::remove_dir_all(state::instance_dir(instance));
+        }
+    }));
+    let lock =
+        InstanceLock::acquire(instance)?.ok_or_else(|| StateError::NotUp(instance.to_owned()))?;
+    if let Some(pid) = state::live_agent_pid(instance) {
+        return Err(InstanceError::AlreadyUp {
+            instance: instance.to_owned(),
+            pid,
+        });
+    }
+
+    let host = topology::connect()?;
+    let (state, created_bridge) = match state::load(instance)? {
+        Some(existing) => (adopt(&host, existing, options).await?, None),
+        None => {
+            let state = build(&host, instance, options).await?;
+            let bridge = state.bridge.clone();
+            (state, Some(bridge))
+        }
+    };
+    let remove_fresh_bridge = OnFailure(Some(|| {
+        if let Some(bridge) = &created_bridge {
+            let _ = topology::delete_link_blocking(bridge);
+        }
+    }));
+
+    sysctl::enable_ipv4_forwarding()?;
+    let datapath = Datapath::load_or_adopt(&datapath_config(&state)?)?;
+    state::save(&state)?;
+    let pid = std::process::id();
+    state::write_pid(instance, pid)?;
+    remove_fresh_bridge.disarm();
+    remove_fresh_dir.disarm();
+    drop(lock);
+
+    println!(
+        "instance {} up: bridge {} {}/{} via uplink {} ({}), agent pid {pid}",
+        state.instance,
+        state.bridge,
+        state.gateway,
+        state.subnet.prefix_len(),
+        state.uplink,
+        state.host_ip
+    );
+    let _ = io::stdout().flush();
+    if let Some(ready) = ready {
+        ready.signal();
+    }
+    let result = agent::run(&state, datapath).await;
+    state::remove_pid_if_ours(instance, pid);
+    Ok(result?)
+}
+
+fn datapath_config(state: &State) -> Result<DatapathConfig> {
+    let gateway_mac = topology::parse_mac(&state.bridge_mac).ok_or_else(|| {
+        TopologyError::NoMac(format!(
+            "{} (state has {:?})",
+            state.bridge, state.bridge_mac
+        ))
+    })?;
+    Ok(DatapathConfig {
+        instance: state.instance.clone(),
+        uplink_name: state.uplink.clone(),
+        uplink_ifindex: state.uplink_ifindex,
+        host_ip: state.host_ip,
+        bridge_name: state.bridge.clone(),
+        bridge_ifindex: state.bridge_ifindex,
+        gateway_ip: state.gateway,
+        gateway_mac,
+        subnet: state.subnet,
+        accel: state.accel,
+        cgroup: state.cgroup.clone(),
+        map_sizes: MapSizes {
+            conntrack: state.conntrack_size,
+            ..MapSizes::default()
+        },
+    })
+}
+
+/// The uplink named `name`, or the default route's: (name, ifindex, IPv4).
+async fn resolve_uplink(
+    host: &rtnetlink::Handle,
+    name: Option<&str>,
+) -> Result<(String, u32, Ipv4Addr)> {
+    let link = match name {
+        Some(name) => topology::get_link(host, name).await?,
+        None => {
+            let index = topology::default_route_ifindex(host).await?;
+            topology::get_link_by_index(host, index).await?
+        }
+    };
+    let index = link.header.index;
+    let name = topology::link_name(&link).unwrap_or_default().to_owned();
+    let ip = topology::primary_ipv4(host, index)
+        .await?
+        .ok_or_else(|| TopologyError::NoIpv4(name.clone()))?;
+    Ok((name, index, ip))
+}
+
+fn resolve_cgroup(requested: Option<&Path>) -> Result<PathBuf> {
+    let cgroup = match requested {
+        Some(path) => path.to_owned(),
+        None => find_cgroup2_mount()?,
+    };
+    if !cgroup.is_dir() {
+        return Err(InstanceError::NoSuchCgroup(cgroup));
+    }
+    Ok(cgroup)
+}
+
+/// A fresh instance: resolve the uplink, create the bridge with the gateway.
+async fn build(host: &rtnetlink::Handle, instance: &str, options: &UpOptions) -> Result<State> {
+    let subnet = match options.subnet {
+        Some(subnet) => subnet,
+        None => DEFAULT_SUBNET
+            .parse()
+            .map_err(|_| IpamError::Exhausted(Ipv4Net::default()))?,
+    };
+    let gateway = ipam::gateway(subnet)?;
+    let bridge = options
+        .bridge
+        .clone()
+        .unwrap_or_else(|| DEFAULT_BRIDGE.to_owned());
+    validate_bridge_name(&bridge)?;
+    let cgroup = resolve_cgroup(options.cgroup.as_deref())?;
+    let (uplink, uplink_ifindex, host_ip) = resolve_uplink(host, options.uplink.as_deref()).await?;
+    if topology::find_link(host, &bridge).await?.is_some() {
+        return Err(InstanceError::BridgeExists(bridge));
+    }
+
+    let mac = bridge_mac(instance, &bridge);
+    let bridge_ifindex = topology::create_bridge(host, &bridge, mac).await?;
+    let remove_bridge = OnFailure(Some(|| {
+        let _ = topology::delete_link_blocking(&bridge);
+    }));
+    topology::add_ipv4(host, bridge_ifindex, gateway, subnet.prefix_len()).await?;
+    remove_bridge.disarm();
+
+    Ok(State {
+        instance: instance.to_owned(),
+        uplink,
+        uplink_ifindex,
+        host_ip,
+        bridge: bridge.clone(),
+        bridge_ifindex,
+        bridge_mac: topology::format_mac(&mac),
+        subnet,
+        gateway,
+        accel: options.accel.unwrap_or_default(),
+        cgroup,
+        conntrack_size: options.conntrack_size.unwrap_or(0),
+        containers: Default::default(),
+    })
+}
+
+/// An instance whose agent died: keep its bridge and containers, refresh
+/// what may have changed (interface indexes, the uplink's address), and
+/// recreate the bridge if it vanished.
+async fn adopt(host: &rtnetlink::Handle, mut state: State, options: &UpOptions) -> Result<State> {
+    let conflict = |what: &'static str, existing: String| InstanceError::Conflict {
+        instance: state.instance.clone(),
+        what,
+        existing,
+    };
+    if options.subnet.is_some_and(|s| s != state.subnet) {
+        return Err(conflict("subnet", state.subnet.to_string()));
+    }
+    if options.bridge.as_ref().is_some_and(|b| *b != state.bridge) {
+        return Err(conflict("bridge", state.bridge.clone()));
+    }
+    if options.uplink.as_ref().is_some_and(|u| *u != state.uplink) {
+        return Err(conflict("uplink", state.uplink.clone()));
+    }
+    if let Some(accel) = options.accel {
+        state.accel = accel;
+    }
+    if let Some(size) = options.conntrack_size {
+        state.conntrack_size = size;
+    }
+    if options.cgroup.is_some() {
+        state.cgroup = resolve_cgroup(options.cgroup.as_deref())?;
+    }
+    let (uplink, uplink_ifindex, host_ip) = resolve_uplink(host, Some(&state.uplink)).await?;
+    (state.uplink, state.uplink_ifindex, state.host_ip) = (uplink, uplink_ifindex, host_ip);
+
+    state.bridge_ifindex = match topology::find_link(host, &state.bridge).await? {
+        Some(link) => link.header.index,
+        None => {
+            let mac = topology::parse_mac(&state.bridge_mac)
+                .unwrap_or_else(|| bridge_mac(&state.instance, &state.bridge));
+            topology::create_bridge(host, &state.bridge, mac).await?
+        }
+    };
+    topology::add_ipv4(
+        host,
+        state.bridge_ifindex,
+        state.gateway,
+        state.subnet.prefix_len(),
+    )
+    .await?;
+    topology::set_up(host, state.bridge_ifindex).await?;
+    for record in state.containers.values_mut() {
+        let Some(veth) = &record.host_veth else {
+            continue;
+        };
+        if let Some(link) = topology::find_link(host, veth).await? {
+            record.host_ifindex = Some(link.header.index);
+            topology::attach_to_bridge(host, link.header.index, state.bridge_ifindex).await?;
+        }
+    }
+    Ok(state)
+}
+
+/// `netpath up --detach`: starts `netpath up` (same arguments) as a daemon
+/// in its own session, logging to agent.log, and returns once it reports
+/// readiness on a pipe, or fails with the end of its log if it dies first.
+pub fn up_detached(instance: &str) -> Result<u32> {
+    check_prerequisites()?;
+    if let Some(pid) = state::live_agent_pid(instance) {
+        return Err(InstanceError::AlreadyUp {
+            instance: instance.to_owned(),
+            pid,
+        });
+    }
+    let start_err = |what: &str| {
+        let what = what.to_owned();
+        move |e: io::Error| InstanceError::AgentStart(format!("{what}: {e}"))
+    };
+    let dir_existed = state::instance_dir(instance).is_dir();
+    state::create_instance_dir(instance)?;
+    let log_path = state::log_path(instance);
+    let log = File::create(&log_path).map_err(start_err("cannot create the agent log"))?;
+    let log_for_stderr = log
+        .try_clone()
+        .map_err(start_err("cannot create the agent log"))?;
+
+    let (read_end, write_end): (OwnedFd, OwnedFd) =
+        pipe2(OFlag::O_CLOEXEC).map_err(|e| start_err("cannot make a pipe")(e.into()))?;
+    let exe = std::env::current_exe().map_err(start_err("cannot find our executable"))?;
+    let args = std::env::args_os().skip(1).filter(|arg| arg != "--detach");
+    let ready_fd = write_end.as_raw_fd();
+    let mut command = Command::new(exe);
+    command
+        .args(args)
+        .env(READY_FD_ENV, ready_fd.to_string())
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_for_stderr);
+    // SAFETY: between fork and exec only async-signal-safe calls are made
+    // (setsid, fcntl), on no memory but the fd number copied in.
+    unsafe {
+        command.pre_exec(move || {
+            // Own session: the agent survives the terminal that ran `up`.
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // Let the readiness pipe's write end survive exec.
+            if libc::fcntl(ready_fd, libc::F_SETFD, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command
+        .spawn()
+        .map_err(start_err("cannot start the agent"))?;
+    drop(write_end);
+
+    let mut byte = [0u8; 1];
+    let mut reader = File::from(read_end);
+    let got = reader.read(&mut byte).unwrap_or(0);
+    if got == 1 {
+        return Ok(child.id());
+    }
+    // EOF: the child exited (or closed the pipe) before it was ready.
+    let _ = child.wait();
+    let last_line = std::fs::read_to_string(&log_path)
+        .ok()
+        .and_then(|log| {
+            log.lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| format!("see {}", log_path.display()));
+    if !dir_existed && state::load(instance).ok().flatten().is_none() {
+        let _ = std::fs::remove_dir_all(state::instance_dir(instance));
+    }
+    Err(InstanceError::AgentStart(
+        last_line.trim_start_matches("error: ").to_owned(),
+    ))
+}
+
+/// Waits up to `timeout` for process `pid` to exit. True when it did.
+fn wait_for_exit(pid: u32, timeout: Duration) -> bool {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if raw < 0 {
+        // ESRCH: gone already. Anything else (pre-5.3 kernel): assume the
+        // caller's kill() check decides.
+        return Errno::last() == Errno::ESRCH || !state::process_alive(pid);
+    }
+    let Ok(raw) = i32::try_from(raw) else {
+        return false;
+    };
+    // SAFETY: pidfd_open just returned this fd, owned by nobody else.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let millis = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+    let mut fds = [PollFd::new(
+        std::os::fd::AsFd::as_fd(&pidfd),
+        PollFlags::POLLIN,
+    )];
+    // A pidfd becomes readable when the process exits.
+    matches!(poll(&mut fds, PollTimeout::from(millis)), Ok(n) if n > 0)
+}
+
+/// Stops the instance's agent if it runs: SIGTERM, then SIGKILL.
+fn stop_agent(instance: &str) -> Result<Option<u32>> {
+    let Some(pid) = state::live_agent_pid(instance) else {
+        return Ok(None);
+    };
+    let target = Pid::from_raw(pid as i32);
+    for (signal, timeout) in [
+        (Signal::SIGTERM, AGENT_STOP_TIMEOUT),
+        (Signal::SIGKILL, AGENT_KILL_TIMEOUT),
+    ] {
+        match kill(target, signal) {
+            Ok(()) => {}
+            Err(Errno::ESRCH) => return Ok(Some(pid)),
+            Err(e) => {
+                return Err(InstanceError::AgentStop {
+                    pid,
+                    source: e.into(),
+                });
+            }
+        }
+        if wait_for_exit(pid, timeout) {
+            return Ok(Some(pid));
+        }
+    }
+    Err(InstanceError::AgentStop {
+        pid,
+        source: io::Error::new(io::ErrorKind::TimedOut, "still running after SIGKILL"),
+    })
+}
+
+/// `netpath down`: removes every trace of the instance, from whatever is
+/// left (a crashed agent, a half-removed instance, or nothing at all).
+pub fn down(instance: &str) -> Result<bool> {
+    stop_agent(instance)?;
+    let lock = InstanceLock::acquire(instance)?;
+    let state = match state::load(instance) {
+        Ok(state) => state,
+        Err(e) => {
+            log::warn!("{e}; removing what can be found without it");
+            None
+        }
+    };
+    let had_something = lock.is_some() || state.is_some();
+    let mut first_error: Option<InstanceError> = None;
+    if let Some(state) = &state {
+        for record in state.containers.values() {
+            if let Err(e) = container::teardown(instance, record) {
+                first_error.get_or_insert(e.into());
+            }
+        }
+        if let Err(e) = topology::delete_link_blocking(&state.bridge) {
+            first_error.get_or_insert(e.into());
+        }
+    }
+    if let Err(e) = datapath::remove(instance) {
+        first_error.get_or_insert(e.into());
+    }
+    if let Some(e) = first_error {
+        // Keep the state so a second `down` can retry what failed.
+        return Err(e);
+    }
+    let dir = state::instance_dir(instance);
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(StateError::Io {
+                what: "remove",
+                path: dir,
+                source,
+            }
+            .into());
+        }
+    }
+    drop(lock);
+    Ok(had_something)
+}
+
+/// What `status` reports.
+#[derive(Debug, serde::Serialize)]
+pub struct StatusView {
+    pub instance: String,
+    pub uplink: String,
+    pub host_ip: Ipv4Addr,
+    pub bridge: String,
+    pub subnet: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    pub accel: Accel,
+    pub cgroup: PathBuf,
+    pub agent_pid: Option<u32>,
+    pub agent_alive: bool,
+    pub pin_dir: PathBuf,
+    pub containers: Vec<ContainerView>,
+}
+
+/// `netpath status`.
+pub fn status(instance: &str) -> Result<StatusView> {
+    let state = state::load_required(instance)?;
+    let agent_pid = state::read_pid(instance);
+    Ok(StatusView {
+        instance: state.instance.clone(),
+        uplink: state.uplink.clone(),
+        host_ip: state.host_ip,
+        bridge: state.bridge.clone(),
+        subnet: state.subnet,
+        gateway: state.gateway,
+        accel: state.accel,
+        cgroup: state.cgroup.clone(),
+        agent_pid,
+        agent_alive: agent_pid.is_some_and(state::process_alive),
+        pin_dir: Path::new(netns::BPFFS_PATH).join("netpath").join(instance),
+        containers: state
+            .containers
+            .keys()
+            .map(|name| container::view(&state, name))
+            .collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bridge_mac_is_local_unicast_and_stable() {
+        let mac = bridge_mac("default", "np0");
+        assert_eq!(mac[0] & 0x03, 0x02);
+        assert_eq!(mac, bridge_mac("default", "np0"));
+        assert_eq!(topology::parse_mac(&topology::format_mac(&mac)), Some(mac));
+    }
+
+    #[test]
+    fn bridge_names_are_checked() {
+        assert!(validate_bridge_name("np0").is_ok());
+        assert!(validate_bridge_name("").is_err());
+        assert!(validate_bridge_name("a234567890123456").is_err());
+        assert!(validate_bridge_name("a/b").is_err());
+    }
+}

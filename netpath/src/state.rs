@@ -1,0 +1,321 @@
+//! The instance's state file, `/run/netpath/<instance>/state.json`, its lock
+//! and the agent's pid file. Every mutating command holds the lock for its
+//! whole read-modify-write, and the file is replaced atomically, so parallel
+//! commands see each other's changes and a crash never leaves half a file.
+use std::{
+    collections::BTreeMap,
+    fmt,
+    fs::File,
+    io::{self, Write},
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    str::FromStr,
+};
+
+use ipnet::Ipv4Net;
+use nix::{
+    fcntl::{Flock, FlockArg},
+    sys::signal::kill,
+    unistd::Pid,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::datapath::Accel;
+
+const RUN_DIR: &str = "/run/netpath";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("instance {0} is not up: run `netpath up` first")]
+    NotUp(String),
+    #[error("cannot {what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("state file {path} is corrupt ({source}): run `netpath down` to clean up")]
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("invalid instance name {0:?}: use letters, digits, '-' and '_' (at most 32)")]
+    BadInstanceName(String),
+}
+
+type Result<T> = std::result::Result<T, StateError>;
+
+fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StateError {
+    let path = path.to_owned();
+    move |source| StateError::Io { what, path, source }
+}
+
+/// How a container is networked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum Mode {
+    /// Own netns, veth into the bridge, an address from the subnet.
+    Bridge,
+    /// Own netns with only `lo`.
+    None,
+    /// The host's network namespace.
+    Host,
+    /// The network namespace of another container.
+    Container(String),
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Mode::Bridge => f.write_str("bridge"),
+            Mode::None => f.write_str("none"),
+            Mode::Host => f.write_str("host"),
+            Mode::Container(other) => write!(f, "container:{other}"),
+        }
+    }
+}
+
+impl FromStr for Mode {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "bridge" => Ok(Mode::Bridge),
+            "none" => Ok(Mode::None),
+            "host" => Ok(Mode::Host),
+            other => match other.strip_prefix("container:") {
+                Some(name) if !name.is_empty() => Ok(Mode::Container(name.to_owned())),
+                _ => Err(format!(
+                    "invalid mode {s:?}: use bridge, none, host or container:NAME"
+                )),
+            },
+        }
+    }
+}
+
+impl From<Mode> for String {
+    fn from(mode: Mode) -> Self {
+        mode.to_string()
+    }
+}
+
+impl TryFrom<String> for Mode {
+    type Error = String;
+
+    fn try_from(s: String) -> std::result::Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+/// One container as recorded by `container add`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub name: String,
+    pub mode: Mode,
+    /// Named netns (`np-NAME`) for bridge and none modes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<Ipv4Addr>,
+    /// MAC of the container's eth0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_veth: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ifindex: Option<u32>,
+}
+
+/// Everything `up` decided, and the containers added since.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct State {
+    pub instance: String,
+    pub uplink: String,
+    pub uplink_ifindex: u32,
+    pub host_ip: Ipv4Addr,
+    pub bridge: String,
+    pub bridge_ifindex: u32,
+    pub bridge_mac: String,
+    pub subnet: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    pub accel: Accel,
+    pub cgroup: PathBuf,
+    #[serde(default)]
+    pub conntrack_size: u32,
+    #[serde(default)]
+    pub containers: BTreeMap<String, ContainerRecord>,
+}
+
+/// Checks an instance name before it becomes part of paths.
+pub fn validate_instance_name(instance: &str) -> Result<()> {
+    let ok = !instance.is_empty()
+        && instance.len() <= 32
+        && instance
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && !instance.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(StateError::BadInstanceName(instance.to_owned()))
+    }
+}
+
+/// The run-time directory of an instance: `/run/netpath/<instance>`.
+pub fn instance_dir(instance: &str) -> PathBuf {
+    Path::new(RUN_DIR).join(instance)
+}
+
+pub fn state_path(instance: &str) -> PathBuf {
+    instance_dir(instance).join("state.json")
+}
+
+pub fn pid_path(instance: &str) -> PathBuf {
+    instance_dir(instance).join("agent.pid")
+}
+
+pub fn log_path(instance: &str) -> PathBuf {
+    instance_dir(instance).join("agent.log")
+}
+
+/// Creates the instance directory (for `up`).
+pub fn create_instance_dir(instance: &str) -> Result<PathBuf> {
+    let dir = instance_dir(instance);
+    std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+    Ok(dir)
+}
+
+/// The exclusive lock of an instance, held until dropped.
+pub struct InstanceLock {
+    _lock: Flock<File>,
+}
+
+impl InstanceLock {
+    /// Waits for and takes the instance lock. Only `up` creates the instance
+    /// directory; every other command gets None when it does not exist, so
+    /// a command on an instance that is not up leaves nothing behind.
+    pub fn acquire(instance: &str) -> Result<Option<Self>> {
+        let dir = instance_dir(instance);
+        if !dir.is_dir() {
+            return Ok(None);
+        }
+        let path = dir.join("lock");
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err("open", &path))?;
+        let lock = Flock::lock(file, FlockArg::LockExclusive)
+            .map_err(|(_, errno)| io_err("lock", &path)(errno.into()))?;
+        Ok(Some(Self { _lock: lock }))
+    }
+}
+
+/// Reads the instance's state; None when the instance is not up.
+pub fn load(instance: &str) -> Result<Option<State>> {
+    let path = state_path(instance);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err("read", &path)(e)),
+    };
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|source| StateError::Corrupt { path, source })
+}
+
+/// Reads the instance's state, which must exist.
+pub fn load_required(instance: &str) -> Result<State> {
+    load(instance)?.ok_or_else(|| StateError::NotUp(instance.to_owned()))
+}
+
+/// Writes `contents` to `path` atomically: a temporary file in the same
+/// directory, fsync, rename over the old one, fsync of the directory.
+fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file = File::create(&tmp).map_err(io_err("create", &tmp))?;
+    file.write_all(contents).map_err(io_err("write", &tmp))?;
+    file.sync_all().map_err(io_err("sync", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err("rename into", path))?;
+    if let Some(dir) = path.parent() {
+        // Makes the rename itself durable; failing here loses nothing now.
+        let _ = File::open(dir).and_then(|d| d.sync_all());
+    }
+    Ok(())
+}
+
+/// Saves the state (the caller holds the instance lock).
+pub fn save(state: &State) -> Result<()> {
+    let path = state_path(&state.instance);
+    let mut json = serde_json::to_vec_pretty(state).map_err(|source| StateError::Corrupt {
+        path: path.clone(),
+        source,
+    })?;
+    json.push(b'\n');
+    write_atomically(&path, &json)
+}
+
+/// Writes the agent's pid file.
+pub fn write_pid(instance: &str, pid: u32) -> Result<()> {
+    write_atomically(&pid_path(instance), format!("{pid}\n").as_bytes())
+}
+
+/// Removes the agent's pid file if it still names `pid`.
+pub fn remove_pid_if_ours(instance: &str, pid: u32) {
+    if read_pid(instance) == Some(pid) {
+        let _ = std::fs::remove_file(pid_path(instance));
+    }
+}
+
+/// The pid in the instance's pid file, if any.
+pub fn read_pid(instance: &str) -> Option<u32> {
+    std::fs::read_to_string(pid_path(instance))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Whether a process with this pid exists and is a netpath (guards against
+/// a pid reused after the agent died without removing its pid file).
+pub fn process_alive(pid: u32) -> bool {
+    let Ok(raw) = i32::try_from(pid) else {
+        return false;
+    };
+    if kill(Pid::from_raw(raw), None).is_err() {
+        return false;
+    }
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|comm| comm.trim() == "netpath")
+        .unwrap_or(true)
+}
+
+/// The pid of the instance's agent if it is running.
+pub fn live_agent_pid(instance: &str) -> Option<u32> {
+    read_pid(instance).filter(|pid| process_alive(*pid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_round_trip() {
+        for text in ["bridge", "none", "host", "container:web"] {
+            let mode: Mode = text.parse().unwrap();
+            assert_eq!(mode.to_string(), text);
+        }
+        assert!("container:".parse::<Mode>().is_err());
+        assert!("macvlan".parse::<Mode>().is_err());
+    }
+
+    #[test]
+    fn instance_names_are_checked() {
+        assert!(validate_instance_name("default").is_ok());
+        assert!(validate_instance_name("t-1_a").is_ok());
+        assert!(validate_instance_name("").is_err());
+        assert!(validate_instance_name("../x").is_err());
+        assert!(validate_instance_name("-x").is_err());
+    }
+}

@@ -1,0 +1,223 @@
+//! Typed access to the pinned maps: the port, endpoint and conntrack tables,
+//! the counters and the configuration. Every command works through these, so
+//! none needs the agent.
+use std::{io, net::Ipv4Addr, path::PathBuf};
+
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
+use netpath_common::{
+    Config, Endpoint, FlowEntry, FlowKey, PortKey, PortTarget, names, stat,
+};
+
+use crate::datapath::pin_dir;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TablesError {
+    #[error("the datapath of instance {0} is not loaded: run `netpath up` first")]
+    NotLoaded(String),
+    #[error("pinned map {path}: {source}")]
+    Map {
+        path: String,
+        #[source]
+        source: MapError,
+    },
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+fn map_err(path: &str) -> impl FnOnce(MapError) -> TablesError + '_ {
+    move |source| TablesError::Map {
+        path: path.to_string(),
+        source,
+    }
+}
+
+/// Host-order view of an address kept in wire order.
+pub fn ip_of(wire: u32) -> Ipv4Addr {
+    Ipv4Addr::from(wire.to_ne_bytes())
+}
+
+/// Wire-order form of an address.
+pub fn wire_ip(ip: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(ip.octets())
+}
+
+/// The instance's pinned maps, opened.
+pub struct Tables {
+    dir: PathBuf,
+    config: Array<MapData, Config>,
+    endpoints: HashMap<MapData, u32, Endpoint>,
+    ports: HashMap<MapData, PortKey, PortTarget>,
+    conntrack: HashMap<MapData, FlowKey, FlowEntry>,
+    ct_reply: HashMap<MapData, FlowKey, FlowKey>,
+    stats: PerCpuArray<MapData, u64>,
+    conntrack_capacity: u32,
+}
+
+/// Verdict and drop counters summed over CPUs, by name.
+pub type Counters = Vec<(&'static str, u64)>;
+
+impl Tables {
+    pub fn open(instance: &str) -> Result<Self, TablesError> {
+        let dir = pin_dir(instance);
+        let open = |name: &str| -> Result<Map, TablesError> {
+            let path = dir.join(name);
+            let data = MapData::from_pin(&path)
+                .map_err(|_| TablesError::NotLoaded(instance.to_string()))?;
+            Map::from_map_data(data).map_err(map_err(name))
+        };
+        let conntrack_capacity = MapData::from_pin(dir.join(names::CONNTRACK))
+            .ok()
+            .and_then(|m| m.info().ok())
+            .map_or(0, |i| i.max_entries());
+        Ok(Self {
+            conntrack_capacity,
+            config: Array::try_from(open(names::CONFIG)?).map_err(map_err(names::CONFIG))?,
+            endpoints: HashMap::try_from(open(names::ENDPOINTS)?).map_err(map_err(names::ENDPOINTS))?,
+            ports: HashMap::try_from(open(names::PORTS)?).map_err(map_err(names::PORTS))?,
+            conntrack: HashMap::try_from(open(names::CONNTRACK)?).map_err(map_err(names::CONNTRACK))?,
+            ct_reply: HashMap::try_from(open(names::CT_REPLY)?).map_err(map_err(names::CT_REPLY))?,
+            stats: PerCpuArray::try_from(open(names::STATS)?).map_err(map_err(names::STATS))?,
+            dir,
+        })
+    }
+
+    /// Directory the maps are pinned in.
+    pub fn dir(&self) -> &PathBuf {
+        &self.dir
+    }
+
+    pub fn config(&self) -> Result<Config, TablesError> {
+        self.config.get(&0, 0).map_err(map_err(names::CONFIG))
+    }
+
+    pub fn set_config(&mut self, config: &Config) -> Result<(), TablesError> {
+        self.config.set(0, config, 0).map_err(map_err(names::CONFIG))
+    }
+
+    pub fn add_endpoint(&mut self, ip: Ipv4Addr, ep: &Endpoint) -> Result<(), TablesError> {
+        self.endpoints
+            .insert(wire_ip(ip), ep, 0)
+            .map_err(map_err(names::ENDPOINTS))
+    }
+
+    pub fn remove_endpoint(&mut self, ip: Ipv4Addr) -> Result<(), TablesError> {
+        match self.endpoints.remove(&wire_ip(ip)) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(names::ENDPOINTS)(e)),
+        }
+    }
+
+    /// Publishes a port. Fails with `Ok(false)` when the key is already there:
+    /// `BPF_NOEXIST` makes the check and the insert one step.
+    pub fn publish(&mut self, key: &PortKey, target: &PortTarget) -> Result<bool, TablesError> {
+        const BPF_NOEXIST: u64 = 1;
+        match self.ports.insert(key, target, BPF_NOEXIST) {
+            Ok(()) => Ok(true),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {
+                Ok(false)
+            }
+            Err(e) => Err(map_err(names::PORTS)(e)),
+        }
+    }
+
+    /// Unpublishes a port and flushes the flows that went through it, so no
+    /// stale translation outlives the mapping.
+    pub fn unpublish(&mut self, key: &PortKey) -> Result<(), TablesError> {
+        let target = match self.ports.get(key, 0) {
+            Ok(t) => t,
+            Err(MapError::KeyNotFound) => return Ok(()),
+            Err(e) => return Err(map_err(names::PORTS)(e)),
+        };
+        match self.ports.remove(key) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_err(names::PORTS)(e)),
+        }
+        self.flush_flows(|orig, entry| {
+            let to_port = orig.dport == key.host_port
+                && orig.proto == key.proto
+                && (key.host_ip == 0 || orig.daddr == key.host_ip);
+            to_port
+                && entry.reply.saddr == target.container_ip
+                && entry.reply.sport == target.container_port
+        })?;
+        Ok(())
+    }
+
+    pub fn ports(&self) -> Result<Vec<(PortKey, PortTarget)>, TablesError> {
+        self.ports
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err(names::PORTS))
+    }
+
+    pub fn flows(&self) -> Result<Vec<(FlowKey, FlowEntry)>, TablesError> {
+        // Entries can vanish between key iteration and lookup (GC, races):
+        // skip those rather than fail.
+        Ok(self
+            .conntrack
+            .iter()
+            .filter_map(Result::ok)
+            .collect::<Vec<_>>())
+    }
+
+    /// Removes flows matching `pred`, both keys of each pair. Returns how many.
+    pub fn flush_flows(
+        &mut self,
+        pred: impl Fn(&FlowKey, &FlowEntry) -> bool,
+    ) -> Result<usize, TablesError> {
+        let doomed: Vec<(FlowKey, FlowKey)> = self
+            .flows()?
+            .into_iter()
+            .filter(|(k, e)| pred(k, e))
+            .map(|(k, e)| (k, e.reply))
+            .collect();
+        for (orig, reply) in &doomed {
+            self.remove_flow(orig, reply)?;
+        }
+        Ok(doomed.len())
+    }
+
+    /// Removes one flow: original key first, so a reply lookup that still finds
+    /// its half sees a dangling key and deletes it itself.
+    pub fn remove_flow(&mut self, orig: &FlowKey, reply: &FlowKey) -> Result<(), TablesError> {
+        match self.conntrack.remove(orig) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_err(names::CONNTRACK)(e)),
+        }
+        match self.ct_reply.remove(reply) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(names::CT_REPLY)(e)),
+        }
+    }
+
+    /// Reply keys whose original is gone (a crash between the two deletes).
+    pub fn dangling_replies(&self) -> Vec<FlowKey> {
+        self.ct_reply
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, orig)| matches!(self.conntrack.get(orig, 0), Err(MapError::KeyNotFound)))
+            .map(|(reply, _)| reply)
+            .collect()
+    }
+
+    pub fn remove_reply(&mut self, reply: &FlowKey) {
+        let _ = self.ct_reply.remove(reply);
+    }
+
+    /// Capacity of the conntrack table.
+    pub fn conntrack_capacity(&self) -> u32 {
+        self.conntrack_capacity
+    }
+
+    pub fn counters(&self) -> Result<Counters, TablesError> {
+        let mut out = Vec::new();
+        for (idx, name) in stat::NAMES.iter().enumerate() {
+            if name.is_empty() {
+                continue;
+            }
+            let values = self.stats.get(&(idx as u32), 0).map_err(map_err(names::STATS))?;
+            out.push((*name, values.iter().sum()));
+        }
+        Ok(out)
+    }
+}

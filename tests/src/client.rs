@@ -1,0 +1,82 @@
+use std::time::Duration;
+
+use crate::cmd::{CmdOutput, Place, run_timeout};
+
+const UDP_CLIENT_PY: &str = r#"
+import sys, socket
+addr, port, payload, sport = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode(), int(sys.argv[4])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+if sport:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", sport))
+s.settimeout(3)
+s.sendto(payload, (addr, port))
+try:
+    data, _ = s.recvfrom(65535)
+except socket.timeout:
+    sys.stderr.write("timeout: no reply from %s:%d\n" % (addr, port))
+    sys.exit(1)
+sys.stdout.buffer.write(data)
+"#;
+
+/// `curl -s --max-time 5 ARGS...` (args: URL and any extra curl options).
+/// stdout is the body; the exit code is curl's (28 = timeout, 7 = refused).
+pub fn curl(place: impl Into<Place>, args: &[&str]) -> CmdOutput {
+    let mut cmd = place.into().command("curl");
+    cmd.args(["-s", "--max-time", "5"]).args(args);
+    run_timeout(&mut cmd, Duration::from_secs(15))
+}
+
+/// GETs `url` from `place` via curl against a [`crate::Server::http`] and
+/// returns the source "ip:port" the server saw, or `None` if curl failed.
+pub fn http_source(place: impl Into<Place>, url: &str) -> Option<String> {
+    let out = curl(place, &[url]);
+    out.success().then(|| out.stdout.trim().to_string())
+}
+
+/// `ping -c 1 -W 2 ADDR`.
+pub fn ping(place: impl Into<Place>, addr: &str) -> CmdOutput {
+    let mut cmd = place.into().command("ping");
+    cmd.args(["-c", "1", "-W", "2", addr]);
+    run_timeout(&mut cmd, Duration::from_secs(10))
+}
+
+pub fn ping_ok(place: impl Into<Place>, addr: &str) -> bool {
+    ping(place, addr).success()
+}
+
+/// Sends one UDP datagram `payload` to `addr:port` from `place` and waits up
+/// to 3 s for one reply, written raw to stdout. Fails (exit 1) on timeout.
+pub fn udp_request(place: impl Into<Place>, addr: &str, port: u16, payload: &str) -> CmdOutput {
+    udp_request_from(place, 0, addr, port, payload)
+}
+
+/// As [`udp_request`], sending from local port `src_port` (0 = any).
+pub fn udp_request_from(
+    place: impl Into<Place>,
+    src_port: u16,
+    addr: &str,
+    port: u16,
+    payload: &str,
+) -> CmdOutput {
+    let mut cmd = place.into().command("python3");
+    cmd.args([
+        "-c",
+        UDP_CLIENT_PY,
+        addr,
+        &port.to_string(),
+        payload,
+        &src_port.to_string(),
+    ]);
+    run_timeout(&mut cmd, Duration::from_secs(15))
+}
+
+/// Asks a [`crate::Server::udp_echo`] at `addr:port` and returns the source
+/// "ip:port" it saw, or `None` without a reply.
+pub fn udp_source(place: impl Into<Place>, addr: &str, port: u16) -> Option<String> {
+    let out = udp_request(place, addr, port, "hello");
+    if !out.success() {
+        return None;
+    }
+    out.stdout.lines().next().map(|l| l.trim().to_string())
+}

@@ -1,0 +1,325 @@
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::cgroup::TestCgroup;
+use crate::cmd::{CmdOutput, Place, run_timeout};
+use crate::names::unique_name;
+use crate::netns::{Netns, kill_netns_processes};
+
+/// Timeout for one netpath invocation.
+const NETPATH_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The netpath binary under test: `$NETPATH_BIN`, else `target/<profile>/netpath`
+/// next to the test executable (`target/<profile>/deps/<test>`).
+pub fn netpath_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("NETPATH_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.pop();
+    }
+    dir.join("netpath")
+}
+
+/// The standard topology: a netns H that plays the host, a netns O that
+/// plays the outside world, and a veth between them.
+///
+/// ```text
+///  H (host)                                O (outside)
+///  up0 198.18.0.1/24  <-- veth -->  out0 198.18.0.2/24
+///  default via 198.18.0.2                lo: 198.19.0.2/32 (REMOTE_IP)
+/// ```
+///
+/// netpath runs in H with a unique `--instance` and a cgroup2 directory of
+/// the lab's own. Drop: `netpath down` (errors ignored), kill what the lab
+/// started, remove leftovers of the instance, the recorded container netns,
+/// H, O and the cgroup.
+pub struct Lab {
+    instance: String,
+    bin: PathBuf,
+    recorded_netns: Mutex<Vec<String>>,
+    children: Mutex<Vec<Child>>,
+    /// Fields below drop after `Drop::drop`, in this order.
+    pub host: Netns,
+    pub outside: Netns,
+    cgroup: TestCgroup,
+}
+
+impl Lab {
+    pub const UPLINK: &'static str = "up0";
+    pub const OUTSIDE_IF: &'static str = "out0";
+    /// H's uplink address: what masqueraded traffic arrives from.
+    pub const HOST_IP: &'static str = "198.18.0.1";
+    /// O's address on the veth; H's default gateway.
+    pub const OUTSIDE_IP: &'static str = "198.18.0.2";
+    /// An address on O's lo, reached from H through the default route.
+    pub const REMOTE_IP: &'static str = "198.19.0.2";
+
+    /// Builds the topology; panics with the reason on failure.
+    #[track_caller]
+    #[allow(clippy::new_without_default)] // builds namespaces: not a Default
+    pub fn new() -> Self {
+        crate::require_root();
+        Self::try_new().unwrap_or_else(|e| panic!("building the lab: {e:#}"))
+    }
+
+    pub fn try_new() -> anyhow::Result<Self> {
+        let cgroup = TestCgroup::new().context("creating the lab's cgroup")?;
+        let host = Netns::try_new("nph")?;
+        let outside = Netns::try_new("npo")?;
+        let lab = Self {
+            instance: unique_name("t"),
+            bin: netpath_bin(),
+            recorded_netns: Mutex::default(),
+            children: Mutex::default(),
+            host,
+            outside,
+            cgroup,
+        };
+        let h = &lab.host;
+        let o = &lab.outside;
+        let steps: [(&Netns, &[&str]); 7] = [
+            (
+                h,
+                &[
+                    "link",
+                    "add",
+                    Self::UPLINK,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    Self::OUTSIDE_IF,
+                    "netns",
+                    o.name(),
+                ],
+            ),
+            (h, &["addr", "add", "198.18.0.1/24", "dev", Self::UPLINK]),
+            (h, &["link", "set", Self::UPLINK, "up"]),
+            (
+                o,
+                &["addr", "add", "198.18.0.2/24", "dev", Self::OUTSIDE_IF],
+            ),
+            (o, &["addr", "add", "198.19.0.2/32", "dev", "lo"]),
+            (o, &["link", "set", Self::OUTSIDE_IF, "up"]),
+            (h, &["route", "add", "default", "via", Self::OUTSIDE_IP]),
+        ];
+        for (ns, args) in steps {
+            let out = ns.exec(&[&["ip"], args].concat());
+            anyhow::ensure!(out.success(), "lab setup step failed:\n{out}");
+        }
+        Ok(lab)
+    }
+
+    /// The unique `--instance` name this lab gives netpath.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    pub fn bin(&self) -> &Path {
+        &self.bin
+    }
+
+    /// The lab's cgroup2 directory (passed to `up --cgroup`).
+    pub fn cgroup_path(&self) -> &Path {
+        self.cgroup.path()
+    }
+
+    /// A netpath `Command` in H: `BIN --instance I` (add args yourself).
+    pub fn netpath_cmd(&self) -> Command {
+        assert!(
+            self.bin.exists(),
+            "netpath binary not found at {}: build it (`cargo build -p netpath`) or set NETPATH_BIN; `cargo xtask test` does both",
+            self.bin.display()
+        );
+        let mut cmd = self.host.place().command(&self.bin);
+        cmd.arg("--instance").arg(&self.instance);
+        cmd
+    }
+
+    /// Runs `netpath --instance I ARGS` in H.
+    pub fn netpath(&self, args: &[&str]) -> CmdOutput {
+        run_timeout(self.netpath_cmd().args(args), NETPATH_TIMEOUT)
+    }
+
+    /// Runs `netpath --instance I --json ARGS` in H, requires success and
+    /// returns stdout parsed as JSON.
+    #[track_caller]
+    pub fn netpath_json(&self, args: &[&str]) -> serde_json::Value {
+        let out = run_timeout(self.netpath_cmd().arg("--json").args(args), NETPATH_TIMEOUT);
+        out.expect_ok("netpath --json");
+        out.json()
+    }
+
+    /// `netpath up --detach --uplink up0 --cgroup <lab cgroup> EXTRA`.
+    pub fn up(&self, extra: &[&str]) -> CmdOutput {
+        let cg = self.cgroup.path().to_string_lossy().into_owned();
+        let mut args = vec!["up", "--detach", "--uplink", Self::UPLINK, "--cgroup", &cg];
+        args.extend_from_slice(extra);
+        self.netpath(&args)
+    }
+
+    /// `up` that must succeed.
+    #[track_caller]
+    pub fn up_ok(&self, extra: &[&str]) -> CmdOutput {
+        let out = self.up(extra);
+        out.expect_ok("netpath up");
+        out
+    }
+
+    pub fn down(&self) -> CmdOutput {
+        self.netpath(&["down"])
+    }
+
+    /// A unique container name: `prefix` (≤ 6 chars, keep it ≤ 3 so
+    /// derived interface names fit) + 6 chars.
+    pub fn container_name(&self, prefix: &str) -> String {
+        unique_name(prefix)
+    }
+
+    /// `netpath container add NAME EXTRA`; records `np-NAME` for cleanup.
+    pub fn container_add(&self, name: &str, extra: &[&str]) -> CmdOutput {
+        self.record_netns(format!("np-{name}"));
+        let mut args = vec!["container", "add", name];
+        args.extend_from_slice(extra);
+        self.netpath(&args)
+    }
+
+    /// `container add` that must succeed.
+    #[track_caller]
+    pub fn container_add_ok(&self, name: &str, extra: &[&str]) -> CmdOutput {
+        let out = self.container_add(name, extra);
+        out.expect_ok("netpath container add");
+        out
+    }
+
+    /// Where container `name` runs: netns `np-NAME`.
+    pub fn container(&self, name: &str) -> Place {
+        Place::netns(format!("np-{name}"))
+    }
+
+    /// The IPv4 address of `eth0` in container `name`, read with `ip`.
+    pub fn container_ip(&self, name: &str) -> Option<String> {
+        let mut cmd = self.container(name).command("ip");
+        cmd.args(["-4", "-o", "addr", "show", "dev", "eth0"]);
+        let out = run_timeout(&mut cmd, Duration::from_secs(10));
+        let word = out
+            .stdout
+            .split_whitespace()
+            .skip_while(|w| *w != "inet")
+            .nth(1)?;
+        Some(word.split('/').next()?.to_string())
+    }
+
+    /// Records a netns name (e.g. `np-web`) to delete on drop if it exists.
+    pub fn record_netns(&self, name: impl Into<String>) {
+        let name = name.into();
+        let mut v = self.recorded_netns.lock().expect("recorded netns lock");
+        if !v.contains(&name) {
+            v.push(name);
+        }
+    }
+
+    /// H, with processes moved into the lab's cgroup before they exec (what
+    /// the cgroup sock_addr hooks see).
+    pub fn host_in_cgroup(&self) -> Place {
+        self.host.place().in_cgroup(self.cgroup.path())
+    }
+
+    /// A `Command` for `program` in H inside the lab's cgroup.
+    pub fn host_cmd_in_cgroup(&self, program: &str) -> Command {
+        self.host_in_cgroup().command(program)
+    }
+
+    /// Spawns `cmd` and keeps it; killed by pid on drop. Returns its pid.
+    #[track_caller]
+    pub fn spawn(&self, cmd: &mut Command) -> u32 {
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {:?}: {e}", cmd.get_program()));
+        let pid = child.id();
+        self.children.lock().expect("children lock").push(child);
+        pid
+    }
+
+    /// Panics unless netpath left nothing of `instance` behind: no
+    /// `/run/netpath/<instance>`, no `/sys/fs/bpf/netpath/<instance>`.
+    #[track_caller]
+    pub fn assert_no_leftovers(instance: &str) {
+        for p in leftover_paths(instance) {
+            assert!(!p.exists(), "leftover after netpath down: {}", p.display());
+        }
+    }
+
+    /// [`Lab::assert_no_leftovers`] for this lab's instance, plus: every
+    /// recorded container netns is gone and H holds only `lo` and `up0`.
+    #[track_caller]
+    pub fn assert_clean(&self) {
+        Self::assert_no_leftovers(&self.instance);
+        for ns in self
+            .recorded_netns
+            .lock()
+            .expect("recorded netns lock")
+            .iter()
+        {
+            let p = Path::new("/run/netns").join(ns);
+            assert!(!p.exists(), "leftover container netns {}", p.display());
+        }
+        let out = self.host.exec(&["ip", "-o", "link", "show"]);
+        out.expect_ok("listing links in H");
+        let links: Vec<&str> = out
+            .stdout
+            .lines()
+            .filter_map(|l| l.split(':').nth(1))
+            .map(|n| n.trim().split('@').next().unwrap_or(""))
+            .collect();
+        assert!(
+            links.iter().all(|n| *n == "lo" || *n == Self::UPLINK),
+            "leftover interfaces in the host netns: {links:?}"
+        );
+    }
+}
+
+fn leftover_paths(instance: &str) -> [PathBuf; 2] {
+    [
+        Path::new("/run/netpath").join(instance),
+        Path::new("/sys/fs/bpf/netpath").join(instance),
+    ]
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if self.bin.exists() {
+            let _ = run_timeout(self.netpath_cmd().arg("down"), Duration::from_secs(60));
+        }
+        if let Ok(mut children) = self.children.lock() {
+            for c in children.iter_mut() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            children.clear();
+        }
+        // A detached agent that `down` did not stop lives in H.
+        kill_netns_processes(self.host.name());
+        let recorded = self
+            .recorded_netns
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default();
+        for ns in recorded {
+            drop(Netns::adopt(ns));
+        }
+        for p in leftover_paths(&self.instance) {
+            if p.exists() {
+                eprintln!("warning: removing leftover {}", p.display());
+                let _ = std::fs::remove_dir_all(&p);
+            }
+        }
+    }
+}
