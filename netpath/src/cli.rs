@@ -171,10 +171,10 @@ fn parse_ip(text: &str) -> Result<Ipv4Addr> {
 }
 
 fn parse_mode(text: &str) -> Result<Mode> {
-    text.parse().map_err(|hint| CliError::BadInput {
+    text.parse().map_err(|_| CliError::BadInput {
         what: "--mode",
         value: text.to_owned(),
-        hint,
+        hint: "use bridge, none, host or container:NAME".to_owned(),
     })
 }
 
@@ -214,7 +214,11 @@ fn print_status(status: &StatusView) {
     println!("uplink:     {} ({})", status.uplink, status.host_ip);
     println!("bridge:     {} gateway {}", status.bridge, status.gateway);
     println!("subnet:     {}", status.subnet);
-    println!("accel:      {:?}", status.accel);
+    let accel = match status.accel {
+        Accel::Tc => "tc",
+        Accel::Xdp => "xdp",
+    };
+    println!("accel:      {accel}");
     println!("cgroup:     {}", status.cgroup.display());
     println!("pins:       {}", status.pin_dir.display());
     println!("agent:      {agent}");

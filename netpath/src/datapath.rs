@@ -356,6 +356,15 @@ impl Datapath {
         };
         let mut tables = Tables::open(&cfg.instance)?;
         tables.set_config(&config)?;
+        // Host sockets must never be given a port our SNAT may hand out.
+        crate::sysctl::write(
+            "net.ipv4.ip_local_reserved_ports",
+            &format!("{}-{}", DEFAULT_SNAT_PORTS.0, DEFAULT_SNAT_PORTS.1),
+        )
+        .map_err(|e| DatapathError::Io {
+            what: "reserving the SNAT port range".to_string(),
+            source: io::Error::other(e.to_string()),
+        })?;
 
         // The container program is pinned so `container add`, a separate
         // process, can attach it to new veths.

@@ -277,8 +277,20 @@ pub fn read_pid(instance: &str) -> Option<u32> {
         .ok()
 }
 
-/// Whether a process with this pid exists and is a netpath (guards against
-/// a pid reused after the agent died without removing its pid file).
+/// The command name and state letter of a process, from /proc/PID/stat.
+fn proc_stat(pid: &str) -> Option<(String, char)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "PID (COMM) STATE ...": COMM may hold spaces and parentheses.
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat.get(open + 1..close)?.to_owned();
+    let state = stat.get(close + 1..)?.trim_start().chars().next()?;
+    Some((comm, state))
+}
+
+/// Whether a process with this pid runs and is a netpath like us. Guards
+/// against a pid reused after the agent died without removing its pid file,
+/// and counts a killed agent its parent has not reaped yet (zombie) as dead.
 pub fn process_alive(pid: u32) -> bool {
     let Ok(raw) = i32::try_from(pid) else {
         return false;
@@ -286,9 +298,13 @@ pub fn process_alive(pid: u32) -> bool {
     if kill(Pid::from_raw(raw), None).is_err() {
         return false;
     }
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|comm| comm.trim() == "netpath")
-        .unwrap_or(true)
+    let ours = proc_stat("self").map(|(comm, _)| comm);
+    match proc_stat(&pid.to_string()) {
+        Some((_, 'Z' | 'X')) => false,
+        Some((comm, _)) => ours.is_none_or(|ours| ours == comm),
+        // Exists (kill worked) but /proc is unreadable: believe kill.
+        None => true,
+    }
 }
 
 /// The pid of the instance's agent if it is running.

@@ -1,19 +1,23 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
 use crate::cmd::Place;
 
-/// `tcpdump -n -l -i IFACE FILTER` in a namespace, started and ready (we read
-/// its "listening on" line, printed once the capture is attached). `stop()`
-/// returns the packet lines; drop kills it.
+type Lines = Arc<(Mutex<Vec<String>>, Condvar)>;
+
+/// `tcpdump --immediate-mode -n -l -i IFACE FILTER` in a namespace, started
+/// and ready (we read its "listening on" line, printed once the capture is
+/// attached). Packets reach us asynchronously: use [`Capture::wait_for`]
+/// before asserting, and for "never seen" checks send a marker packet last
+/// and wait for it. `stop()` returns the lines; drop kills tcpdump.
 pub struct Capture {
     child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
+    lines: Lines,
     done: mpsc::Receiver<()>,
 }
 
@@ -26,7 +30,7 @@ impl Capture {
 
     pub fn try_start(place: impl Into<Place>, iface: &str, filter: &str) -> anyhow::Result<Self> {
         let mut cmd = place.into().command("tcpdump");
-        cmd.args(["-n", "-l", "-i", iface]);
+        cmd.args(["--immediate-mode", "-n", "-l", "-i", iface]);
         cmd.args(filter.split_whitespace());
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -48,16 +52,17 @@ impl Capture {
             }
             let _ = ready_tx.send(Err(seen));
         });
-        let lines: Arc<Mutex<Vec<String>>> = Arc::default();
+        let lines: Lines = Arc::default();
         let (done_tx, done) = mpsc::channel();
         {
             let lines = lines.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stdout).lines() {
                     let Ok(line) = line else { break };
-                    if let Ok(mut v) = lines.lock() {
+                    if let Ok(mut v) = lines.0.lock() {
                         v.push(line);
                     }
+                    lines.1.notify_all();
                 }
                 let _ = done_tx.send(());
             });
@@ -70,6 +75,33 @@ impl Capture {
         }
     }
 
+    /// The packet lines so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.0.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    /// Waits until a line satisfies `pred` (true) or `timeout` passes (false).
+    pub fn wait_for(&self, pred: impl Fn(&str) -> bool, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let (lock, cv) = &*self.lines;
+        let Ok(mut v) = lock.lock() else { return false };
+        let mut checked = 0;
+        loop {
+            if v[checked..].iter().any(|l| pred(l)) {
+                return true;
+            }
+            checked = v.len();
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            v = match cv.wait_timeout(v, left) {
+                Ok((v, _)) => v,
+                Err(_) => return false,
+            };
+        }
+    }
+
     /// Stops the capture (SIGINT, so tcpdump flushes) and returns one line
     /// per packet.
     pub fn stop(mut self) -> Vec<String> {
@@ -77,7 +109,7 @@ impl Capture {
         unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
         let _ = self.child.wait();
         let _ = self.done.recv_timeout(Duration::from_secs(5));
-        self.lines.lock().map(|v| v.clone()).unwrap_or_default()
+        self.lines()
     }
 }
 

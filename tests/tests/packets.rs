@@ -4,12 +4,7 @@
 //! Each test loads its own copy of the object (maps pinned in a private bpffs
 //! directory) and runs inside its own network namespace, where a veth pair and
 //! a permanent neighbour give `bpf_fib_lookup` a deterministic answer.
-use std::{
-    fs,
-    net::Ipv4Addr,
-    os::fd::AsRawFd,
-    path::PathBuf,
-};
+use std::{fs, net::Ipv4Addr, os::fd::AsRawFd, path::PathBuf};
 
 use aya::{
     Ebpf, EbpfLoader, TestRun,
@@ -19,8 +14,9 @@ use aya::{
 use netpath::datapath::EBPF_OBJECT;
 use netpath_common::{Config, Endpoint, PortKey, PortTarget, names, stat};
 use netpath_tests::{
-    Netns, unique_name,
+    Netns,
     packet::{Frame, L4, Parsed, TCP_ACK, TCP_SYN},
+    unique_name,
 };
 
 const TC_ACT_OK: u32 = 0;
@@ -120,7 +116,10 @@ impl Fixture {
         ensure_bpffs();
         let ns = Netns::new("pk");
         let mac = |m: [u8; 6]| {
-            m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+            m.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":")
         };
         for cmd in [
             "ip link add c0 type veth peer name c1".to_string(),
@@ -131,7 +130,10 @@ impl Fixture {
             "ip link set u1 up".to_string(),
             format!("ip addr add {HOST_IP}/24 dev u0"),
             format!("ip addr add {GATEWAY_IP}/16 dev c0"),
-            format!("ip neigh replace {OUTSIDE_IP} lladdr {} dev u0 nud permanent", mac(OUTSIDE_MAC)),
+            format!(
+                "ip neigh replace {OUTSIDE_IP} lladdr {} dev u0 nud permanent",
+                mac(OUTSIDE_MAC)
+            ),
             "sysctl -qw net.ipv4.conf.all.forwarding=1".to_string(),
         ] {
             let args: Vec<&str> = cmd.split_whitespace().collect();
@@ -183,13 +185,18 @@ impl Fixture {
                 )
                 .expect("endpoint");
         }
-        for name in [names::PROG_FROM_CONTAINER, names::PROG_FROM_UPLINK, names::PROG_TO_UPLINK] {
+        for name in [
+            names::PROG_FROM_CONTAINER,
+            names::PROG_FROM_UPLINK,
+            names::PROG_TO_UPLINK,
+        ] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .expect("program")
                 .try_into()
                 .expect("classifier");
-            prog.load().unwrap_or_else(|e| panic!("verifier rejected {name}: {e:?}"));
+            prog.load()
+                .unwrap_or_else(|e| panic!("verifier rejected {name}: {e:?}"));
         }
         Self {
             ebpf,
@@ -269,30 +276,55 @@ fn from_c1(l4: L4) -> Frame {
 }
 
 fn assert_valid(out: &Parsed) {
-    assert!(out.ip_header_ok(), "IPv4 header checksum is wrong: {:02x?}", out.frame);
+    assert!(
+        out.ip_header_ok(),
+        "IPv4 header checksum is wrong: {:02x?}",
+        out.frame
+    );
     assert!(out.l4_csum_ok(), "L4 checksum is wrong: {:02x?}", out.frame);
 }
 
 #[test]
 fn masquerade_tcp_rewrites_source_and_checksums_and_reply_comes_back() {
     let mut fx = Fixture::new();
-    let syn = from_c1(L4::Tcp { sport: 33000, dport: 80, flags: TCP_SYN });
+    let syn = from_c1(L4::Tcp {
+        sport: 33000,
+        dport: 80,
+        flags: TCP_SYN,
+    });
     let (verdict, out) = fx.from_container(&syn);
-    assert_eq!(verdict, TC_ACT_REDIRECT, "masquerade is fast-pathed to the uplink");
+    assert_eq!(
+        verdict, TC_ACT_REDIRECT,
+        "masquerade is fast-pathed to the uplink"
+    );
     let out = Parsed::new(&out);
     assert_eq!(out.src(), HOST_IP);
     assert_eq!(out.dst(), OUTSIDE_IP);
     let nat_port = out.sport();
-    assert!((SNAT_RANGE.0..=SNAT_RANGE.1).contains(&nat_port), "SNAT port {nat_port} outside the range");
+    assert!(
+        (SNAT_RANGE.0..=SNAT_RANGE.1).contains(&nat_port),
+        "SNAT port {nat_port} outside the range"
+    );
     assert_eq!(out.dport(), 80);
     assert_eq!(out.ttl(), 63, "a routed packet loses one TTL");
     assert_eq!(out.dst_mac(), OUTSIDE_MAC, "the FIB's neighbour");
     assert_valid(&out);
 
-    let reply = Frame::new(OUTSIDE_IP, HOST_IP, L4::Tcp { sport: 80, dport: nat_port, flags: TCP_SYN | TCP_ACK })
-        .macs(OUTSIDE_MAC, [0x02, 0, 0, 0, 0, 0x01]);
+    let reply = Frame::new(
+        OUTSIDE_IP,
+        HOST_IP,
+        L4::Tcp {
+            sport: 80,
+            dport: nat_port,
+            flags: TCP_SYN | TCP_ACK,
+        },
+    )
+    .macs(OUTSIDE_MAC, [0x02, 0, 0, 0, 0, 0x01]);
     let (verdict, back) = fx.from_uplink(&reply);
-    assert_eq!(verdict, TC_ACT_REDIRECT, "the reply goes straight into the container");
+    assert_eq!(
+        verdict, TC_ACT_REDIRECT,
+        "the reply goes straight into the container"
+    );
     let back = Parsed::new(&back);
     assert_eq!(back.src(), OUTSIDE_IP);
     assert_eq!(back.dst(), C1_IP);
@@ -306,16 +338,28 @@ fn masquerade_tcp_rewrites_source_and_checksums_and_reply_comes_back() {
 #[test]
 fn masquerade_udp_keeps_a_zero_checksum_zero_and_fixes_a_real_one() {
     let mut fx = Fixture::new();
-    let zero = from_c1(L4::Udp { sport: 41000, dport: 53, zero_csum: true });
+    let zero = from_c1(L4::Udp {
+        sport: 41000,
+        dport: 53,
+        zero_csum: true,
+    });
     let (verdict, out) = fx.from_container(&zero);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     let out = Parsed::new(&out);
     assert_eq!(out.src(), HOST_IP);
-    assert_eq!(out.sport(), 41000, "a source port inside the SNAT range is kept when free");
+    assert_eq!(
+        out.sport(),
+        41000,
+        "a source port inside the SNAT range is kept when free"
+    );
     assert_eq!(out.udp_csum(), 0, "UDP checksum 0 means none and stays 0");
     assert!(out.ip_header_ok());
 
-    let real = from_c1(L4::Udp { sport: 5353, dport: 53, zero_csum: false });
+    let real = from_c1(L4::Udp {
+        sport: 5353,
+        dport: 53,
+        zero_csum: false,
+    });
     let (_, out) = fx.from_container(&real);
     let out = Parsed::new(&out);
     assert_ne!(out.udp_csum(), 0);
@@ -325,30 +369,60 @@ fn masquerade_udp_keeps_a_zero_checksum_zero_and_fixes_a_real_one() {
 #[test]
 fn same_source_port_from_two_containers_gets_distinct_snat_ports() {
     let mut fx = Fixture::new();
-    let a = from_c1(L4::Udp { sport: 42000, dport: 9000, zero_csum: false });
-    let b = Frame::new(C2_IP, OUTSIDE_IP, L4::Udp { sport: 42000, dport: 9000, zero_csum: false })
-        .macs(C2_MAC, GATEWAY_MAC);
+    let a = from_c1(L4::Udp {
+        sport: 42000,
+        dport: 9000,
+        zero_csum: false,
+    });
+    let b = Frame::new(
+        C2_IP,
+        OUTSIDE_IP,
+        L4::Udp {
+            sport: 42000,
+            dport: 9000,
+            zero_csum: false,
+        },
+    )
+    .macs(C2_MAC, GATEWAY_MAC);
     let (_, oa) = fx.from_container(&a);
     let (_, ob) = fx.from_container(&b);
     let (pa, pb) = (Parsed::new(&oa).sport(), Parsed::new(&ob).sport());
     assert_eq!(pa, 42000);
-    assert_ne!(pa, pb, "the second flow must not reuse the first one's port");
+    assert_ne!(
+        pa, pb,
+        "the second flow must not reuse the first one's port"
+    );
     assert!((SNAT_RANGE.0..=SNAT_RANGE.1).contains(&pb));
 }
 
 #[test]
 fn ping_is_masqueraded_with_a_translated_echo_id() {
     let mut fx = Fixture::new();
-    let echo = from_c1(L4::IcmpEcho { request: true, id: 7, seq: 1 });
+    let echo = from_c1(L4::IcmpEcho {
+        request: true,
+        id: 7,
+        seq: 1,
+    });
     let (verdict, out) = fx.from_container(&echo);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     let out = Parsed::new(&out);
     assert_eq!(out.src(), HOST_IP);
     let id = out.echo_id();
-    assert!((SNAT_RANGE.0..=SNAT_RANGE.1).contains(&id), "echo id {id} is NATed like a port");
+    assert!(
+        (SNAT_RANGE.0..=SNAT_RANGE.1).contains(&id),
+        "echo id {id} is NATed like a port"
+    );
     assert_valid(&out);
 
-    let reply = Frame::new(OUTSIDE_IP, HOST_IP, L4::IcmpEcho { request: false, id, seq: 1 });
+    let reply = Frame::new(
+        OUTSIDE_IP,
+        HOST_IP,
+        L4::IcmpEcho {
+            request: false,
+            id,
+            seq: 1,
+        },
+    );
     let (verdict, back) = fx.from_uplink(&reply);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     let back = Parsed::new(&back);
@@ -361,18 +435,38 @@ fn ping_is_masqueraded_with_a_translated_echo_id() {
 fn published_port_is_dnated_keeping_the_client_address() {
     let mut fx = Fixture::new();
     fx.publish(8080, C2_IP, 80, 6);
-    let syn = Frame::new(OUTSIDE_IP, HOST_IP, L4::Tcp { sport: 50000, dport: 8080, flags: TCP_SYN });
+    let syn = Frame::new(
+        OUTSIDE_IP,
+        HOST_IP,
+        L4::Tcp {
+            sport: 50000,
+            dport: 8080,
+            flags: TCP_SYN,
+        },
+    );
     let (verdict, out) = fx.from_uplink(&syn);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     let out = Parsed::new(&out);
-    assert_eq!(out.src(), OUTSIDE_IP, "the container sees the client's real address");
+    assert_eq!(
+        out.src(),
+        OUTSIDE_IP,
+        "the container sees the client's real address"
+    );
     assert_eq!(out.dst(), C2_IP);
     assert_eq!(out.dport(), 80);
     assert_eq!(out.dst_mac(), C2_MAC);
     assert_valid(&out);
 
-    let reply = Frame::new(C2_IP, OUTSIDE_IP, L4::Tcp { sport: 80, dport: 50000, flags: TCP_SYN | TCP_ACK })
-        .macs(C2_MAC, GATEWAY_MAC);
+    let reply = Frame::new(
+        C2_IP,
+        OUTSIDE_IP,
+        L4::Tcp {
+            sport: 80,
+            dport: 50000,
+            flags: TCP_SYN | TCP_ACK,
+        },
+    )
+    .macs(C2_MAC, GATEWAY_MAC);
     let (verdict, back) = fx.from_container(&reply);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     let back = Parsed::new(&back);
@@ -386,19 +480,39 @@ fn published_port_is_dnated_keeping_the_client_address() {
 fn hairpin_to_a_published_port_is_dnated_and_snated_to_the_gateway() {
     let mut fx = Fixture::new();
     fx.publish(8080, C2_IP, 80, 6);
-    let syn = Frame::new(C1_IP, HOST_IP, L4::Tcp { sport: 33333, dport: 8080, flags: TCP_SYN })
-        .macs(C1_MAC, GATEWAY_MAC);
+    let syn = Frame::new(
+        C1_IP,
+        HOST_IP,
+        L4::Tcp {
+            sport: 33333,
+            dport: 8080,
+            flags: TCP_SYN,
+        },
+    )
+    .macs(C1_MAC, GATEWAY_MAC);
     let (verdict, out) = fx.from_container(&syn);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     let out = Parsed::new(&out);
     assert_eq!(out.dst(), C2_IP);
     assert_eq!(out.dport(), 80);
-    assert_eq!(out.src(), GATEWAY_IP, "SNAT to the gateway so the reply comes back through us");
+    assert_eq!(
+        out.src(),
+        GATEWAY_IP,
+        "SNAT to the gateway so the reply comes back through us"
+    );
     assert_valid(&out);
     let nat_port = out.sport();
 
-    let reply = Frame::new(C2_IP, GATEWAY_IP, L4::Tcp { sport: 80, dport: nat_port, flags: TCP_SYN | TCP_ACK })
-        .macs(C2_MAC, GATEWAY_MAC);
+    let reply = Frame::new(
+        C2_IP,
+        GATEWAY_IP,
+        L4::Tcp {
+            sport: 80,
+            dport: nat_port,
+            flags: TCP_SYN | TCP_ACK,
+        },
+    )
+    .macs(C2_MAC, GATEWAY_MAC);
     let (verdict, back) = fx.from_container(&reply);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     let back = Parsed::new(&back);
@@ -410,14 +524,26 @@ fn hairpin_to_a_published_port_is_dnated_and_snated_to_the_gateway() {
 #[test]
 fn icmp_errors_quoting_a_masqueraded_packet_are_translated_inside_and_out() {
     let mut fx = Fixture::new();
-    let probe = from_c1(L4::Udp { sport: 20000, dport: 33434, zero_csum: false });
+    let probe = from_c1(L4::Udp {
+        sport: 20000,
+        dport: 33434,
+        zero_csum: false,
+    });
     let (_, out) = fx.from_container(&probe);
     let sent = Parsed::new(&out);
     let nat_port = sent.sport();
     // Frag-needed from a router, quoting the first 28 bytes of what we sent.
     let quoted = out[14..14 + 28].to_vec();
     let router = Ipv4Addr::new(198, 18, 0, 254);
-    let err = Frame::new(router, HOST_IP, L4::IcmpError { icmp_type: 3, code: 4, quoted });
+    let err = Frame::new(
+        router,
+        HOST_IP,
+        L4::IcmpError {
+            icmp_type: 3,
+            code: 4,
+            quoted,
+        },
+    );
     let (verdict, back) = fx.from_uplink(&err);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     let back = Parsed::new(&back);
@@ -425,21 +551,41 @@ fn icmp_errors_quoting_a_masqueraded_packet_are_translated_inside_and_out() {
     assert_eq!(back.dst(), C1_IP);
     assert_valid(&back);
     let inner = back.quoted();
-    assert_eq!(inner.src(), C1_IP, "the quoted source is the container again");
+    assert_eq!(
+        inner.src(),
+        C1_IP,
+        "the quoted source is the container again"
+    );
     assert_eq!(inner.sport(), 20000);
     assert_ne!(nat_port, 0);
-    assert!(inner.ip_header_ok(), "the quoted header's checksum is fixed too");
+    assert!(
+        inner.ip_header_ok(),
+        "the quoted header's checksum is fixed too"
+    );
 }
 
 #[test]
 fn spoofed_source_is_dropped_and_counted() {
     let mut fx = Fixture::new();
     let before = fx.counter(stat::DROP_SPOOFED);
-    let spoofed = Frame::new(Ipv4Addr::new(10, 77, 0, 99), OUTSIDE_IP, L4::Udp { sport: 1, dport: 2, zero_csum: false })
-        .macs(C1_MAC, GATEWAY_MAC);
+    let spoofed = Frame::new(
+        Ipv4Addr::new(10, 77, 0, 99),
+        OUTSIDE_IP,
+        L4::Udp {
+            sport: 1,
+            dport: 2,
+            zero_csum: false,
+        },
+    )
+    .macs(C1_MAC, GATEWAY_MAC);
     assert_eq!(fx.from_container(&spoofed).0, TC_ACT_SHOT);
     // Right address, wrong MAC.
-    let wrong_mac = from_c1(L4::Udp { sport: 1, dport: 2, zero_csum: false }).macs([0x02, 0xde, 0xad, 0, 0, 1], GATEWAY_MAC);
+    let wrong_mac = from_c1(L4::Udp {
+        sport: 1,
+        dport: 2,
+        zero_csum: false,
+    })
+    .macs([0x02, 0xde, 0xad, 0, 0, 1], GATEWAY_MAC);
     assert_eq!(fx.from_container(&wrong_mac).0, TC_ACT_SHOT);
     assert_eq!(fx.counter(stat::DROP_SPOOFED), before + 2);
 }
@@ -447,7 +593,11 @@ fn spoofed_source_is_dropped_and_counted() {
 #[test]
 fn ip_options_are_parsed_with_the_real_header_length() {
     let mut fx = Fixture::new();
-    let mut with_options = from_c1(L4::Tcp { sport: 40100, dport: 443, flags: TCP_SYN });
+    let mut with_options = from_c1(L4::Tcp {
+        sport: 40100,
+        dport: 443,
+        flags: TCP_SYN,
+    });
     // Four NOPs and an end-of-list: 8 bytes of options, IHL 7.
     with_options.options = vec![1, 1, 1, 1, 0, 0, 0, 0];
     let (verdict, out) = fx.from_container(&with_options);
@@ -463,21 +613,38 @@ fn ip_options_are_parsed_with_the_real_header_length() {
 #[test]
 fn fragments_truncated_and_bogus_headers_are_never_rewritten() {
     let mut fx = Fixture::new();
-    let mut fragment = from_c1(L4::Udp { sport: 40200, dport: 53, zero_csum: false });
+    let mut fragment = from_c1(L4::Udp {
+        sport: 40200,
+        dport: 53,
+        zero_csum: false,
+    });
     fragment.frag = (true, 0);
     let bytes = fragment.bytes();
     let (verdict, out) = fx.run(names::PROG_FROM_CONTAINER, fx.container_ifindex, &bytes);
     assert_eq!(verdict, TC_ACT_OK, "fragments go to the kernel's path");
     assert_eq!(out, bytes, "and untouched");
 
-    let mut truncated = from_c1(L4::Tcp { sport: 40300, dport: 80, flags: TCP_SYN }).bytes();
+    let mut truncated = from_c1(L4::Tcp {
+        sport: 40300,
+        dport: 80,
+        flags: TCP_SYN,
+    })
+    .bytes();
     truncated.truncate(14 + 20 + 10);
     let before = fx.counter(stat::DROP_MALFORMED);
     let (verdict, _) = fx.run(names::PROG_FROM_CONTAINER, fx.container_ifindex, &truncated);
-    assert_eq!(verdict, TC_ACT_SHOT, "a container's broken packet is ours to drop");
+    assert_eq!(
+        verdict, TC_ACT_SHOT,
+        "a container's broken packet is ours to drop"
+    );
     assert_eq!(fx.counter(stat::DROP_MALFORMED), before + 1);
 
-    let mut bogus = from_c1(L4::Tcp { sport: 40400, dport: 80, flags: TCP_SYN }).bytes();
+    let mut bogus = from_c1(L4::Tcp {
+        sport: 40400,
+        dport: 80,
+        flags: TCP_SYN,
+    })
+    .bytes();
     bogus[14] = 0x43; // IHL 3: shorter than the fixed header
     let (verdict, _) = fx.run(names::PROG_FROM_CONTAINER, fx.container_ifindex, &bogus);
     assert_eq!(verdict, TC_ACT_SHOT);

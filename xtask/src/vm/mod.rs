@@ -195,6 +195,8 @@ fn verdict(k: &Kernel, run: &VmRun, r: &Report, smoke: bool, expected: usize) ->
         "VM died".into()
     } else if !r.module_failures.is_empty() {
         "modules failed".into()
+    } else if r.tools != "ok" {
+        format!("tools failed: {}", r.tools)
     } else if !smoke && r.binaries.len() != expected {
         "binaries missing".into()
     } else if r.binaries.iter().any(|b| !b.ok()) {

@@ -14,7 +14,7 @@ use anyhow::{Context as _, Result, bail};
 use super::{build::TestBinary, image::Image};
 
 /// Bump when what `base_image` puts in changes, to rebuild cached bases.
-const BASE_FORMAT: u32 = 1;
+const BASE_FORMAT: u32 = 2;
 
 /// Tools the tests call by name. busybox's `ip` has no netns support, and
 /// its shell runs its own applets whatever PATH says, so these are the
@@ -33,7 +33,12 @@ const REQUIRED_TOOLS: &[&str] = &[
     "/usr/bin/python3",
 ];
 /// Taken along when this machine has them.
-const OPTIONAL_TOOLS: &[&str] = &["/usr/bin/socat", "/usr/sbin/bpftool", "/usr/sbin/iptables"];
+const OPTIONAL_TOOLS: &[&str] = &[
+    "/usr/bin/tcpdump",
+    "/usr/bin/socat",
+    "/usr/sbin/bpftool",
+    "/usr/sbin/iptables",
+];
 
 /// Parts of python's stdlib that no test server needs (about 35 of 54 MB).
 const PYTHON_SKIP: &[&str] = &[
@@ -213,6 +218,13 @@ while read -r m; do
     insmod "$m" || echo "NETPATH-VM-MODULE-FAIL $m"
 done < /etc/netpath-vm/modules
 echo "NETPATH-VM-MODULES $(cut -d' ' -f1 /proc/modules | sort | tr '\n' ' ')"
+# The tools the tests lean on, so a broken image shows as such.
+tools=ok
+{ /usr/sbin/ip netns add vmcheck && nsenter --net=/run/netns/vmcheck /usr/sbin/ip link set lo up \
+    && /usr/sbin/ip netns del vmcheck; } || tools="ip-netns"
+python3 -c 'import http.server, socketserver, socket, json, threading' || tools="$tools python3"
+curl --version >/dev/null || tools="$tools curl"
+echo "NETPATH-VM-TOOLS $tools"
 bins=0
 failed=0
 run_test() {

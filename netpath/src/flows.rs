@@ -1,0 +1,161 @@
+//! `netpath flows` and `netpath stats`: the conntrack table and the counters,
+//! read from the pinned maps.
+use std::{net::Ipv4Addr, time::Duration};
+
+use netpath_common::{
+    DIR_ORIGINAL, DIR_REPLY, FlowEntry, FlowKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, nat_kind,
+    tcp_state,
+};
+use serde::Serialize;
+
+use crate::tables::{Tables, TablesError, ip_of};
+
+/// `CLOCK_MONOTONIC`, the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+pub fn proto_name(proto: u8) -> &'static str {
+    match proto {
+        IPPROTO_TCP => "tcp",
+        IPPROTO_UDP => "udp",
+        IPPROTO_ICMP => "icmp",
+        _ => "other",
+    }
+}
+
+pub fn kind_name(kind: u8) -> &'static str {
+    match kind {
+        nat_kind::MASQUERADE => "masquerade",
+        nat_kind::DNAT => "dnat",
+        nat_kind::HAIRPIN => "hairpin",
+        _ => "none",
+    }
+}
+
+pub fn state_name(proto: u8, state: u8) -> &'static str {
+    if proto != IPPROTO_TCP {
+        return "-";
+    }
+    match state {
+        tcp_state::SYN_SENT => "syn_sent",
+        tcp_state::SYN_RECV => "syn_recv",
+        tcp_state::ESTABLISHED => "established",
+        tcp_state::FIN_WAIT => "fin_wait",
+        tcp_state::TIME_WAIT => "time_wait",
+        tcp_state::CLOSED => "closed",
+        _ => "none",
+    }
+}
+
+/// One direction's addresses as the packet carries them.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Tuple {
+    pub src: Ipv4Addr,
+    pub sport: u16,
+    pub dst: Ipv4Addr,
+    pub dport: u16,
+}
+
+impl Tuple {
+    pub fn of(key: &FlowKey) -> Self {
+        Self {
+            src: ip_of(key.saddr),
+            sport: u16::from_be(key.sport),
+            dst: ip_of(key.daddr),
+            dport: u16::from_be(key.dport),
+        }
+    }
+}
+
+impl std::fmt::Display for Tuple {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{} -> {}:{}", self.src, self.sport, self.dst, self.dport)
+    }
+}
+
+/// A flow as `netpath flows` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct FlowView {
+    pub proto: &'static str,
+    pub kind: &'static str,
+    /// As the initiator sent it.
+    pub original: Tuple,
+    /// As it leaves us, translated (the reverse of the reply tuple).
+    pub translated: Tuple,
+    pub state: &'static str,
+    pub age_secs: f64,
+    pub idle_secs: f64,
+    pub packets_original: u64,
+    pub bytes_original: u64,
+    pub packets_reply: u64,
+    pub bytes_reply: u64,
+}
+
+impl FlowView {
+    pub fn new(key: &FlowKey, entry: &FlowEntry, now_ns: u64) -> Self {
+        let secs = |ns: u64| Duration::from_nanos(now_ns.saturating_sub(ns)).as_secs_f64();
+        Self {
+            proto: proto_name(key.proto),
+            kind: kind_name(entry.nat_kind),
+            original: Tuple::of(key),
+            translated: Tuple::of(&entry.reply.reversed()),
+            state: state_name(key.proto, entry.tcp_state),
+            age_secs: secs(entry.created_ns),
+            idle_secs: secs(entry.last_seen_ns),
+            packets_original: entry.packets[DIR_ORIGINAL],
+            bytes_original: entry.bytes[DIR_ORIGINAL],
+            packets_reply: entry.packets[DIR_REPLY],
+            bytes_reply: entry.bytes[DIR_REPLY],
+        }
+    }
+
+    /// Does the flow involve this address, port (either side, either
+    /// direction) and protocol?
+    pub fn matches(&self, filter: &FlowFilter) -> bool {
+        let tuples = [&self.original, &self.translated];
+        filter.ip.is_none_or(|ip| tuples.iter().any(|t| t.src == ip || t.dst == ip))
+            && filter
+                .port
+                .is_none_or(|p| tuples.iter().any(|t| t.sport == p || t.dport == p))
+            && filter.proto.as_deref().is_none_or(|p| p == self.proto)
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct FlowFilter {
+    pub ip: Option<Ipv4Addr>,
+    pub port: Option<u16>,
+    pub proto: Option<String>,
+}
+
+pub fn list(tables: &Tables, filter: &FlowFilter) -> Result<Vec<FlowView>, TablesError> {
+    let now = monotonic_ns();
+    let mut flows: Vec<FlowView> = tables
+        .flows()?
+        .iter()
+        .map(|(k, e)| FlowView::new(k, e, now))
+        .filter(|f| f.matches(filter))
+        .collect();
+    flows.sort_by(|a, b| a.age_secs.total_cmp(&b.age_secs).reverse());
+    Ok(flows)
+}
+
+/// `netpath stats`.
+#[derive(Clone, Debug, Serialize)]
+pub struct StatsView {
+    pub counters: std::collections::BTreeMap<&'static str, u64>,
+    pub conntrack_entries: usize,
+    pub conntrack_capacity: u32,
+}
+
+pub fn stats(tables: &Tables) -> Result<StatsView, TablesError> {
+    Ok(StatsView {
+        counters: tables.counters()?.into_iter().collect(),
+        conntrack_entries: tables.flows()?.len(),
+        conntrack_capacity: tables.conntrack_capacity(),
+    })
+}

@@ -1,0 +1,395 @@
+//! Published ports: Docker's `-p` syntax, and the `PORTS` map as the one
+//! record of what is published (so `publish ls` and the datapath cannot
+//! disagree). Changes happen under the instance lock; the map insert itself
+//! uses `BPF_NOEXIST`, so a port is never published twice.
+use std::{fmt, fs, net::Ipv4Addr, str::FromStr};
+
+use netpath_common::{IPPROTO_TCP, IPPROTO_UDP, PortKey, PortTarget};
+use serde::Serialize;
+
+use crate::{
+    datapath::DEFAULT_SNAT_PORTS,
+    state::{self, InstanceLock, State, StateError},
+    tables::{Tables, TablesError, ip_of, wire_ip},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error(
+        "invalid port mapping {0:?}: use [hostIP:]hostPort[-end]:containerPort[-end][/tcp|udp], e.g. 8080:80 or 127.0.0.1:5353:53/udp"
+    )]
+    BadSpec(String),
+    #[error("invalid port range in {0:?}: host and container ranges must have the same length")]
+    RangeMismatch(String),
+    #[error("{0} is already published: `netpath publish rm {0}` first, or pick another host port")]
+    Taken(String),
+    #[error("{0} is in use by a process on the host: stop it or pick another host port")]
+    HostSocket(String),
+    #[error(
+        "host port {0} is inside netpath's SNAT range {min}-{max}: pick a port outside it",
+        min = DEFAULT_SNAT_PORTS.0,
+        max = DEFAULT_SNAT_PORTS.1
+    )]
+    InSnatRange(u16),
+    #[error("container {0} has no address of its own to publish to (mode none or host)")]
+    NoAddress(String),
+    #[error("no container named {0}: see `netpath container ls`")]
+    UnknownContainer(String),
+    #[error("instance {0} is not up: run `netpath up` first")]
+    NotUp(String),
+    #[error("{0} is not published: see `netpath publish ls`")]
+    NotPublished(String),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Tables(#[from] TablesError),
+}
+
+type Result<T> = std::result::Result<T, PublishError>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => IPPROTO_TCP,
+            Proto::Udp => IPPROTO_UDP,
+        }
+    }
+
+    fn from_number(n: u8) -> Option<Self> {
+        match n {
+            IPPROTO_TCP => Some(Proto::Tcp),
+            IPPROTO_UDP => Some(Proto::Udp),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        })
+    }
+}
+
+/// The host side of a mapping: `[hostIP:]hostPort/proto`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct HostPort {
+    /// `None`: every host address.
+    pub ip: Option<Ipv4Addr>,
+    pub port: u16,
+    pub proto: Proto,
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.ip {
+            Some(ip) => write!(f, "{ip}:{}/{}", self.port, self.proto),
+            None => write!(f, "{}/{}", self.port, self.proto),
+        }
+    }
+}
+
+impl HostPort {
+    fn key(&self) -> PortKey {
+        PortKey {
+            host_ip: self.ip.map_or(0, wire_ip),
+            host_port: self.port.to_be(),
+            proto: self.proto.number(),
+            _pad: 0,
+        }
+    }
+}
+
+/// One published port, as parsed from a spec (one per port of a range).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    pub host: HostPort,
+    pub container_port: u16,
+}
+
+fn parse_range(text: &str) -> Option<(u16, u16)> {
+    let (start, end) = match text.split_once('-') {
+        Some((a, b)) => (a.parse().ok()?, b.parse().ok()?),
+        None => {
+            let p = text.parse().ok()?;
+            (p, p)
+        }
+    };
+    (start != 0 && start <= end).then_some((start, end))
+}
+
+fn parse_proto(text: &str) -> Option<(&str, Proto)> {
+    match text.rsplit_once('/') {
+        Some((rest, "tcp")) => Some((rest, Proto::Tcp)),
+        Some((rest, "udp")) => Some((rest, Proto::Udp)),
+        Some(_) => None,
+        None => Some((text, Proto::Tcp)),
+    }
+}
+
+/// Parses `[hostIP:]hostPort[-end]:containerPort[-end][/tcp|udp]`.
+pub fn parse_spec(spec: &str) -> Result<Vec<Mapping>> {
+    let bad = || PublishError::BadSpec(spec.to_string());
+    let (rest, proto) = parse_proto(spec).ok_or_else(bad)?;
+    let parts: Vec<&str> = rest.split(':').collect();
+    let (ip, host, container) = match parts.as_slice() {
+        [host, container] => (None, *host, *container),
+        [ip, host, container] => (Some(Ipv4Addr::from_str(ip).map_err(|_| bad())?), *host, *container),
+        _ => return Err(bad()),
+    };
+    let ip = ip.filter(|ip| !ip.is_unspecified());
+    let (hs, he) = parse_range(host).ok_or_else(bad)?;
+    let (cs, ce) = parse_range(container).ok_or_else(bad)?;
+    if he - hs != ce - cs {
+        return Err(PublishError::RangeMismatch(spec.to_string()));
+    }
+    Ok((0..=he - hs)
+        .map(|i| Mapping {
+            host: HostPort {
+                ip,
+                port: hs + i,
+                proto,
+            },
+            container_port: cs + i,
+        })
+        .collect())
+}
+
+/// Parses the host side alone (`[hostIP:]hostPort[-end][/proto]`), or a whole
+/// spec, for `publish rm`.
+pub fn parse_host_side(spec: &str) -> Result<Vec<HostPort>> {
+    if let Ok(mappings) = parse_spec(spec) {
+        return Ok(mappings.into_iter().map(|m| m.host).collect());
+    }
+    let bad = || PublishError::BadSpec(spec.to_string());
+    let (rest, proto) = parse_proto(spec).ok_or_else(bad)?;
+    let (ip, ports) = match rest.rsplit_once(':') {
+        Some((ip, ports)) => (Some(Ipv4Addr::from_str(ip).map_err(|_| bad())?), ports),
+        None => (None, rest),
+    };
+    let ip = ip.filter(|ip| !ip.is_unspecified());
+    let (start, end) = parse_range(ports).ok_or_else(bad)?;
+    Ok((start..=end).map(|port| HostPort { ip, port, proto }).collect())
+}
+
+/// Is a host socket bound to this port (TCP listening, or UDP bound) on this
+/// address or on every address? Read from /proc/net of the host netns.
+fn host_socket_uses(host: &HostPort) -> bool {
+    let file = match host.proto {
+        Proto::Tcp => "/proc/net/tcp",
+        Proto::Udp => "/proc/net/udp",
+    };
+    let Ok(text) = fs::read_to_string(file) else {
+        return false;
+    };
+    text.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(local), Some(st)) = (fields.get(1), fields.get(3)) else {
+            return false;
+        };
+        let Some((addr_hex, port_hex)) = local.split_once(':') else {
+            return false;
+        };
+        let (Ok(addr), Ok(port)) = (u32::from_str_radix(addr_hex, 16), u16::from_str_radix(port_hex, 16)) else {
+            return false;
+        };
+        // /proc prints the address as the host-order u32 of the wire bytes.
+        let addr = Ipv4Addr::from(addr.to_ne_bytes());
+        let listening = host.proto == Proto::Udp || *st == "0A";
+        listening
+            && port == host.port
+            && (addr.is_unspecified() || host.ip.is_none() || host.ip == Some(addr))
+    })
+}
+
+/// A published port as `publish ls` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Published {
+    pub host: HostPort,
+    pub container: Option<String>,
+    pub container_ip: Ipv4Addr,
+    pub container_port: u16,
+}
+
+fn container_ip(state: &State, name: &str) -> Result<Ipv4Addr> {
+    let record = state
+        .containers
+        .get(name)
+        .ok_or_else(|| PublishError::UnknownContainer(name.to_string()))?;
+    let owner = match &record.mode {
+        state::Mode::Container(other) => state.containers.get(other).unwrap_or(record),
+        _ => record,
+    };
+    owner.ip.ok_or_else(|| PublishError::NoAddress(name.to_string()))
+}
+
+/// Publishes `mappings` to the container at `ip`, all or nothing. The caller
+/// holds the instance lock.
+pub fn publish_locked(tables: &mut Tables, ip: Ipv4Addr, mappings: &[Mapping]) -> Result<()> {
+    let existing = tables.ports()?;
+    for m in mappings {
+        if (DEFAULT_SNAT_PORTS.0..=DEFAULT_SNAT_PORTS.1).contains(&m.host.port) {
+            return Err(PublishError::InSnatRange(m.host.port));
+        }
+        // A wildcard mapping and an address-bound one on the same port would
+        // shadow each other: Docker refuses that too.
+        let key = m.host.key();
+        let clash = existing.iter().any(|(k, _)| {
+            k.host_port == key.host_port
+                && k.proto == key.proto
+                && (k.host_ip == 0 || key.host_ip == 0 || k.host_ip == key.host_ip)
+        });
+        if clash {
+            return Err(PublishError::Taken(m.host.to_string()));
+        }
+        if host_socket_uses(&m.host) {
+            return Err(PublishError::HostSocket(m.host.to_string()));
+        }
+    }
+    let mut done: Vec<PortKey> = Vec::new();
+    for m in mappings {
+        let key = m.host.key();
+        let target = PortTarget {
+            container_ip: wire_ip(ip),
+            container_port: m.container_port.to_be(),
+            _pad: 0,
+        };
+        let inserted = tables.publish(&key, &target);
+        if !matches!(inserted, Ok(true)) {
+            for key in &done {
+                let _ = tables.unpublish(key);
+            }
+            return match inserted {
+                Err(e) => Err(e.into()),
+                _ => Err(PublishError::Taken(m.host.to_string())),
+            };
+        }
+        done.push(key);
+    }
+    Ok(())
+}
+
+/// `netpath publish add NAME SPEC...`.
+pub fn add(instance: &str, name: &str, specs: &[String]) -> Result<Vec<Mapping>> {
+    let not_up = || PublishError::NotUp(instance.to_string());
+    let _lock = InstanceLock::acquire(instance)?.ok_or_else(not_up)?;
+    let state = state::load(instance)?.ok_or_else(not_up)?;
+    let ip = container_ip(&state, name)?;
+    let mut mappings = Vec::new();
+    for spec in specs {
+        mappings.extend(parse_spec(spec)?);
+    }
+    let mut tables = Tables::open(instance)?;
+    publish_locked(&mut tables, ip, &mappings)?;
+    Ok(mappings)
+}
+
+/// `netpath publish rm SPEC`: unpublishes and flushes the mapping's flows.
+pub fn remove(instance: &str, spec: &str) -> Result<Vec<HostPort>> {
+    let hosts = parse_host_side(spec)?;
+    let not_up = || PublishError::NotUp(instance.to_string());
+    let _lock = InstanceLock::acquire(instance)?.ok_or_else(not_up)?;
+    let mut tables = Tables::open(instance)?;
+    let existing = tables.ports()?;
+    for host in &hosts {
+        let key = host.key();
+        if !existing.iter().any(|(k, _)| *k == key) {
+            return Err(PublishError::NotPublished(host.to_string()));
+        }
+    }
+    for host in &hosts {
+        tables.unpublish(&host.key())?;
+    }
+    Ok(hosts)
+}
+
+/// Unpublishes every port leading to `ip` (a container going away). The
+/// caller holds the instance lock.
+pub fn remove_for_ip_locked(tables: &mut Tables, ip: Ipv4Addr) -> Result<()> {
+    let wire = wire_ip(ip);
+    for (key, target) in tables.ports()? {
+        if target.container_ip == wire {
+            tables.unpublish(&key)?;
+        }
+    }
+    Ok(())
+}
+
+/// `netpath publish ls`: straight from the `PORTS` map.
+pub fn list(instance: &str) -> Result<Vec<Published>> {
+    let state = state::load(instance)?.ok_or_else(|| PublishError::NotUp(instance.to_string()))?;
+    let tables = Tables::open(instance)?;
+    let mut out: Vec<Published> = tables
+        .ports()?
+        .into_iter()
+        .filter_map(|(k, t)| {
+            let container_ip = ip_of(t.container_ip);
+            let container = state
+                .containers
+                .values()
+                .find(|c| c.ip == Some(container_ip))
+                .map(|c| c.name.clone());
+            Some(Published {
+                host: HostPort {
+                    ip: (k.host_ip != 0).then(|| ip_of(k.host_ip)),
+                    port: u16::from_be(k.host_port),
+                    proto: Proto::from_number(k.proto)?,
+                },
+                container,
+                container_ip,
+                container_port: u16::from_be(t.container_port),
+            })
+        })
+        .collect();
+    out.sort_by_key(|p| (p.host.port, p.host.proto.number(), p.host.ip));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_docker_port_specs() {
+        let m = parse_spec("8080:80").expect("valid");
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].host, HostPort { ip: None, port: 8080, proto: Proto::Tcp });
+        assert_eq!(m[0].container_port, 80);
+
+        let m = parse_spec("127.0.0.1:5353:53/udp").expect("valid");
+        assert_eq!(m[0].host.ip, Some(Ipv4Addr::LOCALHOST));
+        assert_eq!(m[0].host.proto, Proto::Udp);
+
+        let m = parse_spec("9000-9002:7000-7002").expect("valid");
+        assert_eq!(m.iter().map(|m| (m.host.port, m.container_port)).collect::<Vec<_>>(),
+            vec![(9000, 7000), (9001, 7001), (9002, 7002)]);
+
+        let m = parse_spec("0.0.0.0:80:80").expect("valid");
+        assert_eq!(m[0].host.ip, None, "0.0.0.0 means every address");
+    }
+
+    #[test]
+    fn rejects_bad_specs() {
+        for bad in ["", "80", "a:80", "80:b", "0:80", "80:80/sctp", "1.2.3:80:80", "9000-9001:80", "70000:80", "90-80:80-70"] {
+            assert!(parse_spec(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn host_side_for_rm() {
+        let h = parse_host_side("8080").expect("valid");
+        assert_eq!(h, vec![HostPort { ip: None, port: 8080, proto: Proto::Tcp }]);
+        let h = parse_host_side("10.0.0.1:53/udp").expect("valid");
+        assert_eq!(h[0].ip, Some(Ipv4Addr::new(10, 0, 0, 1)));
+        assert_eq!(h[0].proto, Proto::Udp);
+    }
+}

@@ -1,0 +1,361 @@
+//! Issue 2, topology and CLI: what `up`, `container add/rm/ls`, `exec` and
+//! `down` build and remove, observed with `ip` and ping from the namespaces.
+//!
+//! Every test has its own [`Lab`] (its own host netns, instance and
+//! container names), so they run in parallel; the lab's `Drop` cleans up
+//! after a failing test.
+
+use std::path::Path;
+use std::time::Duration;
+
+use netpath_tests::{CmdOutput, Lab, Place, ping, ping_ok, run};
+use serde_json::Value;
+
+const GATEWAY: &str = "10.77.0.1";
+
+/// `container ls --json` as (name -> entry).
+fn containers(lab: &Lab) -> Vec<Value> {
+    match lab.netpath_json(&["container", "ls"]) {
+        Value::Array(entries) => entries,
+        other => panic!("container ls --json is not an array: {other}"),
+    }
+}
+
+/// The address `ls` shows for container `name`.
+fn listed_ip(lab: &Lab, name: &str) -> Option<String> {
+    containers(lab)
+        .into_iter()
+        .find(|c| c["name"] == name)
+        .and_then(|c| c["ip"].as_str().map(str::to_owned))
+}
+
+/// `ip -o link show` in H: the interface names.
+fn host_links(lab: &Lab) -> Vec<String> {
+    let out = lab.host.exec(&["ip", "-o", "link", "show"]);
+    out.expect_ok("listing links in H");
+    out.stdout
+        .lines()
+        .filter_map(|l| l.split(':').nth(1))
+        .map(|n| n.trim().split('@').next().unwrap_or("").to_owned())
+        .collect()
+}
+
+fn netns_exists(name: &str) -> bool {
+    Path::new("/run/netns").join(format!("np-{name}")).exists()
+}
+
+/// Waits (pidfd, no polling) until process `pid` has exited.
+fn wait_for_exit(pid: i32, timeout: Duration) -> bool {
+    // SAFETY: pidfd_open takes a pid and flags; it returns an fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return true; // ESRCH: already gone (and reaped)
+    }
+    let fd = fd as i32;
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd; fd is closed right after.
+    let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
+    // SAFETY: fd came from pidfd_open above and is not used again.
+    unsafe { libc::close(fd) };
+    n > 0
+}
+
+#[track_caller]
+fn expect_error(out: &CmdOutput, needle: &str) {
+    out.expect_fail(needle);
+    let stderr = out.stderr.trim();
+    assert!(
+        stderr.starts_with("error: ") && stderr.lines().count() == 1,
+        "expected a one-line `error: ...`\n{out}"
+    );
+    assert!(stderr.contains(needle), "expected {needle:?} in the error\n{out}");
+}
+
+#[test]
+fn two_containers_reach_each_other_and_the_gateway() {
+    let lab = Lab::new();
+    lab.up_ok(&[]);
+    let a = lab.container_name("a");
+    let b = lab.container_name("b");
+    lab.container_add_ok(&a, &[]);
+    lab.container_add_ok(&b, &[]);
+
+    let ip_a = lab.container_ip(&a).expect("a has an address on eth0");
+    let ip_b = lab.container_ip(&b).expect("b has an address on eth0");
+    assert_ne!(ip_a, ip_b);
+    assert_eq!(listed_ip(&lab, &a).as_deref(), Some(ip_a.as_str()));
+    assert_eq!(listed_ip(&lab, &b).as_deref(), Some(ip_b.as_str()));
+
+    ping(lab.container(&a), &ip_b).expect_ok("a pings b");
+    ping(lab.container(&b), &ip_a).expect_ok("b pings a");
+    ping(lab.container(&a), GATEWAY).expect_ok("a pings the gateway");
+    ping(&lab.host, &ip_a).expect_ok("H pings a");
+
+    // The container side: lo up, eth0 with a default route via the gateway.
+    let routes = lab.container(&a).exec("ip", &["-4", "route", "show", "default"]);
+    assert!(routes.stdout.contains(&format!("via {GATEWAY} dev eth0")), "{routes}");
+    let lo = lab.container(&a).exec("ip", &["-o", "link", "show", "lo"]);
+    assert!(lo.stdout.contains("UP"), "{lo}");
+    // The host side: np-NAME enslaved to the bridge.
+    let port = lab.host.exec(&["ip", "-o", "link", "show", &format!("np-{a}")]);
+    assert!(port.stdout.contains("master np0"), "{port}");
+}
+
+#[test]
+fn exec_runs_in_the_container_and_passes_the_exit_code() {
+    let lab = Lab::new();
+    lab.up_ok(&[]);
+    let a = lab.container_name("a");
+    lab.container_add_ok(&a, &[]);
+    let ip_a = lab.container_ip(&a).expect("a has an address");
+
+    let out = lab.netpath(&["exec", &a, "--", "ip", "-4", "-o", "addr", "show", "dev", "eth0"]);
+    out.expect_ok("exec ip addr");
+    assert!(out.stdout.contains(&ip_a), "{out}");
+
+    let out = lab.netpath(&["exec", &a, "--", "sh", "-c", "exit 7"]);
+    assert_eq!(out.code(), Some(7), "{out}");
+}
+
+#[test]
+fn an_address_released_by_rm_is_reused() {
+    let lab = Lab::new();
+    lab.up_ok(&[]);
+    let a = lab.container_name("a");
+    let b = lab.container_name("b");
+    let c = lab.container_name("c");
+    lab.container_add_ok(&a, &[]);
+    lab.container_add_ok(&b, &[]);
+    let ip_a = listed_ip(&lab, &a).expect("a has an address");
+    assert_eq!(ip_a, "10.77.0.2", "the first container gets the lowest address");
+
+    lab.netpath(&["container", "rm", &a]).expect_ok("rm a");
+    assert!(!netns_exists(&a), "rm removes the netns");
+    assert!(!host_links(&lab).contains(&format!("np-{a}")), "rm removes the veth");
+
+    lab.container_add_ok(&c, &[]);
+    assert_eq!(listed_ip(&lab, &c), Some(ip_a), "c reuses a's address");
+
+    // --ip picks a given free address.
+    let d = lab.container_name("d");
+    lab.container_add_ok(&d, &["--ip", "10.77.3.4"]);
+    assert_eq!(lab.container_ip(&d).as_deref(), Some("10.77.3.4"));
+}
+
+#[test]
+fn parallel_adds_get_distinct_addresses() {
+    let lab = Lab::new();
+    lab.up_ok(&[]);
+    let names: Vec<String> = (0..4).map(|_| lab.container_name("p")).collect();
+    std::thread::scope(|s| {
+        for name in &names {
+            let lab = &lab;
+            s.spawn(move || {
+                lab.container_add_ok(name, &[]);
+            });
+        }
+    });
+    let mut ips: Vec<String> = names
+        .iter()
+        .map(|n| listed_ip(&lab, n).expect("every container is listed"))
+        .collect();
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), names.len(), "addresses are distinct: {ips:?}");
+}
+
+#[test]
+fn mode_none_has_only_lo() {
+    let lab = Lab::new();
+    lab.up_ok(&[]);
+    let n = lab.container_name("n");
+    lab.container_add_ok(&n, &["--mode", "none"]);
+    let links = lab.container(&n).exec("ip", &["-o", "link", "show"]);
+    links.expect_ok("ip link in the none container");
+    let names: Vec<&str> = links
+        .stdout
+        .lines()
+        .filter_map(|l| l.split(':').nth(1))
+        .map(str::trim)
+        .collect();
+    assert_eq!(names, ["lo"], "{links}");
+    assert!(links.stdout.contains("UP"), "lo is up\n{links}");
+    assert!(!host_links(&lab).contains(&format!("np-{n}")), "no veth for none");
+    assert_eq!(listed_ip(&lab, &n), None);
+}
+
+#[test]
+fn mode_host_runs_in_the_host_netns() {
+    let lab = Lab::new();
+    lab.up_ok(&[]);
+    let h = lab.container_name("h");
+    lab.container_add_ok(&h, &["--mode", "host"]);
+    assert!(!netns_exists(&h), "host mode makes no netns");
+    let out = lab.netpath(&["exec", &h, "--", "ip", "-o", "link", "show", Lab::UPLINK]);
+    out.expect_ok("exec in host mode sees H's uplink");
+    let entry = containers(&lab)
+        .into_iter()
+        .find(|c| c["name"] == h.as_str())
+        .expect("listed");
+    assert_eq!(entry["mode"], "host");
+    assert!(entry["ip"].is_null());
+}
+
+#[test]
+fn mode_container_shares_the_other_netns() {
+    let lab = Lab::new();
+    lab.up_ok(&[]);
+    let x = lab.container_name("x");
+    let y = lab.container_name("y");
+    lab.container_add_ok(&x, &[]);
+    lab.container_add_ok(&y, &["--mode", &format!("container:{x}")]);
+    let ip_x = lab.container_ip(&x).expect("x has an address");
+
+    assert!(!netns_exists(&y), "container mode makes no netns of its own");
+    let out = lab.netpath(&["exec", &y, "--", "ip", "-4", "-o", "addr", "show", "dev", "eth0"]);
+    out.expect_ok("exec in y sees x's eth0");
+    assert!(out.stdout.contains(&ip_x), "{out}");
+    assert_eq!(listed_ip(&lab, &y), Some(ip_x), "ls shows x's address for y");
+
+    // x cannot go while y uses its netns; after y, it can.
+    expect_error(&lab.netpath(&["container", "rm", &x]), "remove them first");
+    assert!(netns_exists(&x));
+    lab.netpath(&["container", "rm", &y]).expect_ok("rm y");
+    lab.netpath(&["container", "rm", &x]).expect_ok("rm x");
+    assert!(!netns_exists(&x));
+}
+
+#[test]
+fn down_leaves_nothing_and_is_idempotent() {
+    let lab = Lab::new();
+    lab.up_ok(&[]);
+    let a = lab.container_name("a");
+    let n = lab.container_name("n");
+    let h = lab.container_name("h");
+    let s = lab.container_name("s");
+    lab.container_add_ok(&a, &[]);
+    lab.container_add_ok(&n, &["--mode", "none"]);
+    lab.container_add_ok(&h, &["--mode", "host"]);
+    lab.container_add_ok(&s, &["--mode", &format!("container:{a}")]);
+    let status = lab.netpath_json(&["status"]);
+    assert_eq!(status["agent_alive"], true, "{status}");
+    let pid = status["agent_pid"].as_i64().expect("agent pid") as i32;
+
+    lab.down().expect_ok("down");
+    assert!(wait_for_exit(pid, Duration::from_secs(5)), "down stops the agent");
+    lab.assert_clean();
+    lab.down().expect_ok("a second down");
+    lab.assert_clean();
+    expect_error(&lab.netpath(&["container", "ls"]), "is not up");
+}
+
+#[test]
+fn up_after_the_agent_died_adopts_the_instance() {
+    let lab = Lab::new();
+    lab.up_ok(&[]);
+    let a = lab.container_name("a");
+    lab.container_add_ok(&a, &[]);
+    let ip_a = lab.container_ip(&a).expect("a has an address");
+    let status = lab.netpath_json(&["status"]);
+    let pid = status["agent_pid"].as_i64().expect("agent pid") as i32;
+
+    expect_error(&lab.up(&[]), "already up");
+
+    // SAFETY: kill has no memory preconditions; pid is our test's agent.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    assert!(wait_for_exit(pid, Duration::from_secs(5)));
+    assert_eq!(lab.netpath_json(&["status"])["agent_alive"], false);
+
+    lab.up_ok(&[]);
+    assert_eq!(lab.netpath_json(&["status"])["agent_alive"], true);
+    assert_eq!(listed_ip(&lab, &a), Some(ip_a), "the container stays");
+    assert!(ping_ok(lab.container(&a), GATEWAY), "and keeps its network");
+}
+
+#[test]
+fn bad_input_fails_with_one_line_and_leaves_nothing() {
+    let lab = Lab::new();
+    let x = lab.container_name("x");
+
+    // Before up: nothing exists, and nothing is created.
+    expect_error(&lab.container_add(&x, &[]), "run `netpath up` first");
+    assert!(!Path::new("/run/netpath").join(lab.instance()).exists());
+    assert!(!netns_exists(&x));
+    expect_error(&lab.up(&["--subnet", "10.77.0.0/33"]), "--subnet");
+    expect_error(&lab.up(&["--subnet", "bogus"]), "--subnet");
+    expect_error(&lab.up(&["--uplink", "nosuchif0"]), "nosuchif0");
+    Lab::assert_no_leftovers(lab.instance());
+    assert_eq!(host_links(&lab), ["lo", Lab::UPLINK], "failed ups left links");
+
+    lab.up_ok(&[]);
+    let a = lab.container_name("a");
+    lab.container_add_ok(&a, &["--ip", "10.77.0.9"]);
+    let before = containers(&lab);
+    let links_before = host_links(&lab);
+
+    let x_ns = format!("container:{x}");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["container", "add", &x, "--ip", "10.77.0.9"], "already used"),
+        (vec!["container", "add", &x, "--ip", "10.99.0.2"], "outside the subnet"),
+        (vec!["container", "add", &x, "--ip", GATEWAY], "reserved"),
+        (vec!["container", "add", &x, "--ip", "10.77.0.256"], "invalid --ip"),
+        (vec!["container", "add", &x, "--mode", "bogus"], "invalid --mode"),
+        (vec!["container", "add", &x, "--mode", "none", "--ip", "10.77.0.3"], "bridge mode"),
+        (vec!["container", "add", &a], "already exists"),
+        (vec!["container", "add", "bad.name"], "invalid container name"),
+        (vec!["container", "add", "-x"], ""),
+        (vec!["container", "add", "abcdefghijklm"], "invalid container name"),
+        (vec!["container", "add", &x, "--mode", &x_ns], "no container named"),
+        (vec!["container", "add", &x, "-p", "80:80"], "not available yet"),
+        (vec!["container", "rm", &x], "no container named"),
+        (vec!["exec", &x, "--", "true"], "no container named"),
+        (vec!["up"], "already up"),
+    ];
+    for (args, needle) in cases {
+        lab.record_netns(format!("np-{x}"));
+        let out = lab.netpath(&args);
+        if needle.is_empty() {
+            // Rejected by the argument parser: still one line, non-zero.
+            out.expect_fail(&args.join(" "));
+            assert_eq!(out.stderr.trim().lines().count(), 1, "{out}");
+        } else {
+            expect_error(&out, needle);
+        }
+        assert!(!netns_exists(&x), "{args:?} left a netns");
+        assert_eq!(containers(&lab), before, "{args:?} changed the state");
+        assert_eq!(host_links(&lab), links_before, "{args:?} changed H's links");
+    }
+}
+
+#[test]
+fn up_requires_root() {
+    let lab = Lab::new();
+    let mut cmd = lab.host.place().command("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(lab.bin())
+        .args(["--instance", lab.instance(), "up"]);
+    let out = run(&mut cmd);
+    expect_error(&out, "must run as root");
+    Lab::assert_no_leftovers(lab.instance());
+}
+
+/// `ip netns exec H netpath ...` gives netpath a private mount namespace;
+/// netpath must still leave the container netns handle visible to everyone.
+#[test]
+fn container_netns_survives_ip_netns_exec() {
+    let lab = Lab::new();
+    lab.up_ok(&[]);
+    let a = lab.container_name("a");
+    lab.record_netns(format!("np-{a}"));
+    let mut cmd = Place::here().command("ip");
+    cmd.args(["netns", "exec", lab.host.name()])
+        .arg(lab.bin())
+        .args(["--instance", lab.instance(), "container", "add", &a]);
+    run(&mut cmd).expect_ok("container add through ip netns exec");
+    assert!(netns_exists(&a), "the netns handle is visible outside");
+    ping(lab.container(&a), GATEWAY).expect_ok("and the container works");
+}
