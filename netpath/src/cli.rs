@@ -9,7 +9,10 @@ use crate::{
     datapath::Accel,
     instance::{self, InstanceError, ReadyNotifier, StatusView, UpOptions},
     netns::{self, NetnsError},
+    flows::{self, FlowFilter},
+    publish::{self, PublishError},
     state::{self, Mode, StateError},
+    tables::{Tables, TablesError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +35,10 @@ pub enum CliError {
     Netns(#[from] NetnsError),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    #[error(transparent)]
+    Tables(#[from] TablesError),
 }
 
 type Result<T> = std::result::Result<T, CliError>;
@@ -69,6 +76,40 @@ enum Command {
     Exec(ExecArgs),
     /// Show the instance, its agent and its containers.
     Status,
+    /// Publish container ports on the host (Docker's -p).
+    #[command(subcommand)]
+    Publish(PublishCommand),
+    /// Show the conntrack table: one line per flow, with its counters.
+    Flows(FlowsArgs),
+    /// Show the datapath's verdict and drop counters.
+    Stats,
+}
+
+#[derive(Debug, Subcommand)]
+enum PublishCommand {
+    /// Publish ports of a container: [hostIP:]hostPort[-end]:containerPort[-end][/tcp|udp].
+    Add {
+        name: String,
+        #[arg(required = true)]
+        specs: Vec<String>,
+    },
+    /// Unpublish: [hostIP:]hostPort[-end][/tcp|udp] (or a whole spec).
+    Rm { spec: String },
+    /// List published ports (read from the datapath's port map).
+    Ls,
+}
+
+#[derive(Debug, Args)]
+struct FlowsArgs {
+    /// Only flows of this container.
+    #[arg(long)]
+    container: Option<String>,
+    /// Only flows with this port on either side.
+    #[arg(long)]
+    port: Option<u16>,
+    /// Only tcp, udp or icmp flows.
+    #[arg(long, value_parser = ["tcp", "udp", "icmp"])]
+    proto: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -204,6 +245,27 @@ fn print_containers(containers: &[ContainerView]) {
     }
 }
 
+fn print_flows(list: &[flows::FlowView]) {
+    println!(
+        "{:<5} {:<10} {:<44} {:<44} {:<12} {:>7} {:>7} {:>14} {:>14}",
+        "PROTO", "KIND", "ORIGINAL", "TRANSLATED", "STATE", "AGE", "IDLE", "PKTS ORIG/REP", "BYTES ORIG/REP"
+    );
+    for f in list {
+        println!(
+            "{:<5} {:<10} {:<44} {:<44} {:<12} {:>6.0}s {:>6.0}s {:>14} {:>14}",
+            f.proto,
+            f.kind,
+            f.original.to_string(),
+            f.translated.to_string(),
+            f.state,
+            f.age_secs,
+            f.idle_secs,
+            format!("{}/{}", f.packets_original, f.packets_reply),
+            format!("{}/{}", f.bytes_original, f.bytes_reply),
+        );
+    }
+}
+
 fn print_status(status: &StatusView) {
     let agent = match (status.agent_pid, status.agent_alive) {
         (Some(pid), true) => format!("running (pid {pid})"),
@@ -238,6 +300,15 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 fn run(cli: Cli) -> Result<ExitCode> {
     let instance = cli.instance.as_str();
     state::validate_instance_name(instance)?;
+    // Everything but reading the state changes namespaces, links or /run.
+    if !matches!(
+        cli.command,
+        Command::Status
+            | Command::Container(ContainerCommand::Ls)
+            | Command::Publish(PublishCommand::Ls)
+    ) {
+        instance::check_root()?;
+    }
     match cli.command {
         Command::Up(args) => {
             let options = UpOptions {
@@ -250,14 +321,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             if args.detach {
                 let pid = instance::up_detached(instance)?;
-                println!(
-                    "instance {instance} up, agent pid {pid}, log {}",
-                    state::log_path(instance).display()
-                );
+                let log = state::log_path(instance);
+                if cli.json {
+                    print_json(&serde_json::json!({
+                        "instance": instance,
+                        "agent_pid": pid,
+                        "log": log,
+                    }))?;
+                } else {
+                    println!(
+                        "instance {instance} up, agent pid {pid}, log {}",
+                        log.display()
+                    );
+                }
                 return Ok(ExitCode::SUCCESS);
             }
             let ready = ReadyNotifier::from_env();
-            runtime()?.block_on(instance::up(instance, &options, ready))?;
+            runtime()?.block_on(instance::up(instance, &options, ready, cli.json))?;
         }
         Command::Down => {
             let removed = instance::down(instance)?;
@@ -307,6 +387,79 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Exec(args) => {
             // Returns only when the command could not be started.
             match container::exec(instance, &args.name, &args.command)? {}
+        }
+        Command::Publish(PublishCommand::Add { name, specs }) => {
+            let mappings = publish::add(instance, &name, &specs)?;
+            if cli.json {
+                print_json(&publish::list(instance)?)?;
+            } else {
+                for m in mappings {
+                    println!("published {} -> {name}:{}", m.host, m.container_port);
+                }
+            }
+        }
+        Command::Publish(PublishCommand::Rm { spec }) => {
+            let removed = publish::remove(instance, &spec)?;
+            if cli.json {
+                print_json(&removed)?;
+            } else {
+                for host in removed {
+                    println!("unpublished {host}");
+                }
+            }
+        }
+        Command::Publish(PublishCommand::Ls) => {
+            let list = publish::list(instance)?;
+            if cli.json {
+                print_json(&list)?;
+            } else {
+                println!("{:<24} {:<14} {:<16} PORT", "HOST", "CONTAINER", "IP");
+                for p in list {
+                    println!(
+                        "{:<24} {:<14} {:<16} {}",
+                        p.host.to_string(),
+                        p.container.as_deref().unwrap_or("-"),
+                        p.container_ip,
+                        p.container_port
+                    );
+                }
+            }
+        }
+        Command::Flows(args) => {
+            let ip = match &args.container {
+                Some(name) => Some(
+                    container::view(&state::load_required(instance)?, name)
+                        .ip
+                        .ok_or_else(|| PublishError::UnknownContainer(name.clone()))?,
+                ),
+                None => None,
+            };
+            let filter = FlowFilter {
+                ip,
+                port: args.port,
+                proto: args.proto,
+            };
+            let tables = Tables::open(instance)?;
+            let list = flows::list(&tables, &filter)?;
+            if cli.json {
+                print_json(&list)?;
+            } else {
+                print_flows(&list);
+            }
+        }
+        Command::Stats => {
+            let stats = flows::stats(&Tables::open(instance)?)?;
+            if cli.json {
+                print_json(&stats)?;
+            } else {
+                for (name, value) in &stats.counters {
+                    println!("{name:<24} {value}");
+                }
+                println!(
+                    "{:<24} {}/{}",
+                    "conntrack_entries", stats.conntrack_entries, stats.conntrack_capacity
+                );
+            }
         }
         Command::Status => {
             let status = instance::status(instance)?;

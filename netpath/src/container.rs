@@ -15,6 +15,8 @@ use crate::{
     datapath::{self, DatapathError, EndpointSpec},
     ipam::{self, IpamError},
     netns::{self, NetnsError, NetnsGuard},
+    publish::{self, PublishError},
+    tables::{Tables, TablesError},
     state::{self, ContainerRecord, InstanceLock, Mode, State, StateError},
     topology::{self, TopologyError},
 };
@@ -57,8 +59,10 @@ pub enum ContainerError {
         "interface {0} already exists in the host netns: remove it or pick another container name"
     )]
     HostLinkTaken(String),
-    #[error("publishing is not available yet: drop -p/--publish")]
-    PublishUnavailable,
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    #[error(transparent)]
+    Tables(#[from] TablesError),
     #[error("cannot run {command}: {source}")]
     Exec {
         command: String,
@@ -217,8 +221,10 @@ fn lock_and_load(instance: &str) -> Result<(InstanceLock, State)> {
 /// `netpath container add`.
 pub async fn add(instance: &str, request: AddRequest) -> Result<ContainerView> {
     validate_name(&request.name)?;
-    if !request.publish.is_empty() {
-        return Err(ContainerError::PublishUnavailable);
+    // Parsed before anything is built, so a bad spec leaves nothing behind.
+    let mut mappings = Vec::new();
+    for spec in &request.publish {
+        mappings.extend(publish::parse_spec(spec)?);
     }
     if request.ip.is_some() && request.mode != Mode::Bridge {
         return Err(ContainerError::IpNeedsBridge(request.mode));
@@ -248,7 +254,17 @@ pub async fn add(instance: &str, request: AddRequest) -> Result<ContainerView> {
         },
     };
     state.containers.insert(record.name.clone(), record);
-    state::save(&state)?;
+    let published_ip = view(&state, &request.name).ip;
+    if !mappings.is_empty() {
+        let ip = published_ip.ok_or_else(|| PublishError::NoAddress(request.name.clone()))?;
+        publish::publish_locked(&mut Tables::open(instance)?, ip, &mappings)?;
+    }
+    if let Err(e) = state::save(&state) {
+        if let (Some(ip), false) = (published_ip, mappings.is_empty()) {
+            let _ = publish::remove_for_ip_locked(&mut Tables::open(instance)?, ip);
+        }
+        return Err(e.into());
+    }
     rollback.commit();
     Ok(view(&state, &request.name))
 }
@@ -369,6 +385,13 @@ pub fn remove(instance: &str, name: &str) -> Result<()> {
             name: name.to_owned(),
             dependents: dependents.join(", "),
         });
+    }
+    if let (Mode::Bridge, Some(ip)) = (&record.mode, record.ip) {
+        match Tables::open(instance) {
+            Ok(mut tables) => publish::remove_for_ip_locked(&mut tables, ip)?,
+            Err(TablesError::NotLoaded(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     teardown(instance, record)?;
     state.containers.remove(name);

@@ -452,7 +452,7 @@ fn attach_sock_hooks(ebpf: &mut Ebpf, dir: &Path, cgroup: &Path) -> Result<(), D
         let prog: &mut CgroupSockAddr = program(ebpf, name)?;
         prog.load().map_err(prog_err(format!("loading {name}")))?;
         let id = prog
-            .attach(cgroup_dir.as_fd(), CgroupAttachMode::AllowMultiple)
+            .attach(cgroup_dir.as_fd(), CgroupAttachMode::Single)
             .map_err(prog_err(format!("attaching {name} to {}", cgroup.display())))?;
         let link = prog.take_link(id).map_err(prog_err("taking the cgroup link"))?;
         let link: FdLink = link.try_into().map_err(|e: aya::programs::links::LinkError| {

@@ -106,11 +106,19 @@ pub struct UpOptions {
     pub conntrack_size: Option<u32>,
 }
 
+/// Fails with a one-line hint unless we are root: namespaces, netlink
+/// changes, bpffs and the state directory all need it.
+pub fn check_root() -> Result<()> {
+    if geteuid().is_root() {
+        Ok(())
+    } else {
+        Err(InstanceError::NotRoot)
+    }
+}
+
 /// Fails with a one-line hint unless we are root on a kernel with BTF.
 pub fn check_prerequisites() -> Result<()> {
-    if !geteuid().is_root() {
-        return Err(InstanceError::NotRoot);
-    }
+    check_root()?;
     if !Path::new("/sys/kernel/btf/vmlinux").exists() {
         return Err(InstanceError::NoBtf);
     }
@@ -199,7 +207,12 @@ impl ReadyNotifier {
 
 /// `netpath up`: builds (or adopts) the instance, loads the datapath, then
 /// runs the agent until SIGINT/SIGTERM.
-pub async fn up(instance: &str, options: &UpOptions, ready: Option<ReadyNotifier>) -> Result<()> {
+pub async fn up(
+    instance: &str,
+    options: &UpOptions,
+    ready: Option<ReadyNotifier>,
+    json: bool,
+) -> Result<()> {
     check_prerequisites()?;
     netns::ensure_bpffs()?;
     let dir_existed = state::instance_dir(instance).is_dir();
@@ -227,8 +240,11 @@ pub async fn up(instance: &str, options: &UpOptions, ready: Option<ReadyNotifier
             (state, Some(bridge))
         }
     };
-    let remove_fresh_bridge = OnFailure(Some(|| {
+    // A failed fresh `up` removes what it made, pins included; a failed
+    // adopt leaves everything as it found it, so no flow is lost.
+    let remove_fresh_instance = OnFailure(Some(|| {
         if let Some(bridge) = &created_bridge {
+            let _ = datapath::remove(instance);
             let _ = topology::delete_link_blocking(bridge);
         }
     }));
@@ -238,19 +254,11 @@ pub async fn up(instance: &str, options: &UpOptions, ready: Option<ReadyNotifier
     state::save(&state)?;
     let pid = std::process::id();
     state::write_pid(instance, pid)?;
-    remove_fresh_bridge.disarm();
+    remove_fresh_instance.disarm();
     remove_fresh_dir.disarm();
     drop(lock);
 
-    println!(
-        "instance {} up: bridge {} {}/{} via uplink {} ({}), agent pid {pid}",
-        state.instance,
-        state.bridge,
-        state.gateway,
-        state.subnet.prefix_len(),
-        state.uplink,
-        state.host_ip
-    );
+    print_up_summary(&state, pid, json);
     let _ = io::stdout().flush();
     if let Some(ready) = ready {
         ready.signal();
@@ -258,6 +266,32 @@ pub async fn up(instance: &str, options: &UpOptions, ready: Option<ReadyNotifier
     let result = agent::run(&state, datapath).await;
     state::remove_pid_if_ours(instance, pid);
     Ok(result?)
+}
+
+/// What `up` prints once the instance is up (in the agent log when detached).
+fn print_up_summary(state: &State, pid: u32, json: bool) {
+    if json {
+        let summary = serde_json::json!({
+            "instance": state.instance,
+            "bridge": state.bridge,
+            "gateway": state.gateway,
+            "subnet": state.subnet,
+            "uplink": state.uplink,
+            "host_ip": state.host_ip,
+            "agent_pid": pid,
+        });
+        println!("{summary}");
+    } else {
+        println!(
+            "instance {} up: bridge {} {}/{} via uplink {} ({}), agent pid {pid}",
+            state.instance,
+            state.bridge,
+            state.gateway,
+            state.subnet.prefix_len(),
+            state.uplink,
+            state.host_ip
+        );
+    }
 }
 
 fn datapath_config(state: &State) -> Result<DatapathConfig> {
@@ -556,7 +590,8 @@ fn stop_agent(instance: &str) -> Result<Option<u32>> {
 /// `netpath down`: removes every trace of the instance, from whatever is
 /// left (a crashed agent, a half-removed instance, or nothing at all).
 pub fn down(instance: &str) -> Result<bool> {
-    stop_agent(instance)?;
+    let agent_was_running = stop_agent(instance)?.is_some();
+    let pins_existed = datapath::instance_pin_dir(instance).exists();
     let lock = InstanceLock::acquire(instance)?;
     let state = match state::load(instance) {
         Ok(state) => state,
@@ -565,7 +600,7 @@ pub fn down(instance: &str) -> Result<bool> {
             None
         }
     };
-    let had_something = lock.is_some() || state.is_some();
+    let had_something = agent_was_running || pins_existed || lock.is_some() || state.is_some();
     let mut first_error: Option<InstanceError> = None;
     if let Some(state) = &state {
         for record in state.containers.values() {
@@ -633,7 +668,7 @@ pub fn status(instance: &str) -> Result<StatusView> {
         cgroup: state.cgroup.clone(),
         agent_pid,
         agent_alive: agent_pid.is_some_and(state::process_alive),
-        pin_dir: Path::new(netns::BPFFS_PATH).join("netpath").join(instance),
+        pin_dir: datapath::instance_pin_dir(instance),
         containers: state
             .containers
             .keys()

@@ -165,12 +165,31 @@ impl Lab {
         self.netpath(&args)
     }
 
-    /// `up` that must succeed.
+    /// `up` that must succeed. `up --detach` must also return with its
+    /// stdout/stderr closed (the agent must not keep the caller's pipes).
     #[track_caller]
     pub fn up_ok(&self, extra: &[&str]) -> CmdOutput {
         let out = self.up(extra);
-        out.expect_ok("netpath up");
+        assert!(
+            out.success(),
+            "netpath up failed\n{out}\n--- agent log\n{}",
+            self.agent_log()
+        );
+        assert!(
+            !out.pipes_held_open,
+            "netpath up --detach returned, but the agent kept its stdout/stderr open\n{out}"
+        );
         out
+    }
+
+    /// The agent's log, `/run/netpath/<instance>/agent.log` ("" if none).
+    pub fn agent_log(&self) -> String {
+        std::fs::read_to_string(
+            Path::new("/run/netpath")
+                .join(&self.instance)
+                .join("agent.log"),
+        )
+        .unwrap_or_default()
     }
 
     pub fn down(&self) -> CmdOutput {
@@ -295,6 +314,20 @@ fn leftover_paths(instance: &str) -> [PathBuf; 2] {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.agent_log();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            if !tail.is_empty() {
+                eprintln!(
+                    "--- agent log of instance {} (last {} lines)",
+                    self.instance,
+                    tail.len()
+                );
+                for l in tail.iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+        }
         if self.bin.exists() {
             let _ = run_timeout(self.netpath_cmd().arg("down"), Duration::from_secs(60));
         }

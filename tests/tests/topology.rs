@@ -72,7 +72,10 @@ fn expect_error(out: &CmdOutput, needle: &str) {
         stderr.starts_with("error: ") && stderr.lines().count() == 1,
         "expected a one-line `error: ...`\n{out}"
     );
-    assert!(stderr.contains(needle), "expected {needle:?} in the error\n{out}");
+    assert!(
+        stderr.contains(needle),
+        "expected {needle:?} in the error\n{out}"
+    );
 }
 
 #[test]
@@ -96,12 +99,19 @@ fn two_containers_reach_each_other_and_the_gateway() {
     ping(&lab.host, &ip_a).expect_ok("H pings a");
 
     // The container side: lo up, eth0 with a default route via the gateway.
-    let routes = lab.container(&a).exec("ip", &["-4", "route", "show", "default"]);
-    assert!(routes.stdout.contains(&format!("via {GATEWAY} dev eth0")), "{routes}");
+    let routes = lab
+        .container(&a)
+        .exec("ip", &["-4", "route", "show", "default"]);
+    assert!(
+        routes.stdout.contains(&format!("via {GATEWAY} dev eth0")),
+        "{routes}"
+    );
     let lo = lab.container(&a).exec("ip", &["-o", "link", "show", "lo"]);
     assert!(lo.stdout.contains("UP"), "{lo}");
     // The host side: np-NAME enslaved to the bridge.
-    let port = lab.host.exec(&["ip", "-o", "link", "show", &format!("np-{a}")]);
+    let port = lab
+        .host
+        .exec(&["ip", "-o", "link", "show", &format!("np-{a}")]);
     assert!(port.stdout.contains("master np0"), "{port}");
 }
 
@@ -113,7 +123,9 @@ fn exec_runs_in_the_container_and_passes_the_exit_code() {
     lab.container_add_ok(&a, &[]);
     let ip_a = lab.container_ip(&a).expect("a has an address");
 
-    let out = lab.netpath(&["exec", &a, "--", "ip", "-4", "-o", "addr", "show", "dev", "eth0"]);
+    let out = lab.netpath(&[
+        "exec", &a, "--", "ip", "-4", "-o", "addr", "show", "dev", "eth0",
+    ]);
     out.expect_ok("exec ip addr");
     assert!(out.stdout.contains(&ip_a), "{out}");
 
@@ -131,11 +143,17 @@ fn an_address_released_by_rm_is_reused() {
     lab.container_add_ok(&a, &[]);
     lab.container_add_ok(&b, &[]);
     let ip_a = listed_ip(&lab, &a).expect("a has an address");
-    assert_eq!(ip_a, "10.77.0.2", "the first container gets the lowest address");
+    assert_eq!(
+        ip_a, "10.77.0.2",
+        "the first container gets the lowest address"
+    );
 
     lab.netpath(&["container", "rm", &a]).expect_ok("rm a");
     assert!(!netns_exists(&a), "rm removes the netns");
-    assert!(!host_links(&lab).contains(&format!("np-{a}")), "rm removes the veth");
+    assert!(
+        !host_links(&lab).contains(&format!("np-{a}")),
+        "rm removes the veth"
+    );
 
     lab.container_add_ok(&c, &[]);
     assert_eq!(listed_ip(&lab, &c), Some(ip_a), "c reuses a's address");
@@ -184,7 +202,10 @@ fn mode_none_has_only_lo() {
         .collect();
     assert_eq!(names, ["lo"], "{links}");
     assert!(links.stdout.contains("UP"), "lo is up\n{links}");
-    assert!(!host_links(&lab).contains(&format!("np-{n}")), "no veth for none");
+    assert!(
+        !host_links(&lab).contains(&format!("np-{n}")),
+        "no veth for none"
+    );
     assert_eq!(listed_ip(&lab, &n), None);
 }
 
@@ -215,11 +236,20 @@ fn mode_container_shares_the_other_netns() {
     lab.container_add_ok(&y, &["--mode", &format!("container:{x}")]);
     let ip_x = lab.container_ip(&x).expect("x has an address");
 
-    assert!(!netns_exists(&y), "container mode makes no netns of its own");
-    let out = lab.netpath(&["exec", &y, "--", "ip", "-4", "-o", "addr", "show", "dev", "eth0"]);
+    assert!(
+        !netns_exists(&y),
+        "container mode makes no netns of its own"
+    );
+    let out = lab.netpath(&[
+        "exec", &y, "--", "ip", "-4", "-o", "addr", "show", "dev", "eth0",
+    ]);
     out.expect_ok("exec in y sees x's eth0");
     assert!(out.stdout.contains(&ip_x), "{out}");
-    assert_eq!(listed_ip(&lab, &y), Some(ip_x), "ls shows x's address for y");
+    assert_eq!(
+        listed_ip(&lab, &y),
+        Some(ip_x),
+        "ls shows x's address for y"
+    );
 
     // x cannot go while y uses its netns; after y, it can.
     expect_error(&lab.netpath(&["container", "rm", &x]), "remove them first");
@@ -246,7 +276,10 @@ fn down_leaves_nothing_and_is_idempotent() {
     let pid = status["agent_pid"].as_i64().expect("agent pid") as i32;
 
     lab.down().expect_ok("down");
-    assert!(wait_for_exit(pid, Duration::from_secs(5)), "down stops the agent");
+    assert!(
+        wait_for_exit(pid, Duration::from_secs(5)),
+        "down stops the agent"
+    );
     lab.assert_clean();
     lab.down().expect_ok("a second down");
     lab.assert_clean();
@@ -287,9 +320,22 @@ fn bad_input_fails_with_one_line_and_leaves_nothing() {
     assert!(!netns_exists(&x));
     expect_error(&lab.up(&["--subnet", "10.77.0.0/33"]), "--subnet");
     expect_error(&lab.up(&["--subnet", "bogus"]), "--subnet");
-    expect_error(&lab.up(&["--uplink", "nosuchif0"]), "nosuchif0");
+    let cgroup = lab.cgroup_path().to_string_lossy().into_owned();
+    let bad_uplink = [
+        "up",
+        "--detach",
+        "--uplink",
+        "nosuchif0",
+        "--cgroup",
+        &cgroup,
+    ];
+    expect_error(&lab.netpath(&bad_uplink), "nosuchif0");
     Lab::assert_no_leftovers(lab.instance());
-    assert_eq!(host_links(&lab), ["lo", Lab::UPLINK], "failed ups left links");
+    assert_eq!(
+        host_links(&lab),
+        ["lo", Lab::UPLINK],
+        "failed ups left links"
+    );
 
     lab.up_ok(&[]);
     let a = lab.container_name("a");
@@ -299,18 +345,57 @@ fn bad_input_fails_with_one_line_and_leaves_nothing() {
 
     let x_ns = format!("container:{x}");
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["container", "add", &x, "--ip", "10.77.0.9"], "already used"),
-        (vec!["container", "add", &x, "--ip", "10.99.0.2"], "outside the subnet"),
+        (
+            vec!["container", "add", &x, "--ip", "10.77.0.9"],
+            "already used",
+        ),
+        (
+            vec!["container", "add", &x, "--ip", "10.99.0.2"],
+            "outside the subnet",
+        ),
         (vec!["container", "add", &x, "--ip", GATEWAY], "reserved"),
-        (vec!["container", "add", &x, "--ip", "10.77.0.256"], "invalid --ip"),
-        (vec!["container", "add", &x, "--mode", "bogus"], "invalid --mode"),
-        (vec!["container", "add", &x, "--mode", "none", "--ip", "10.77.0.3"], "bridge mode"),
+        (
+            vec!["container", "add", &x, "--ip", "10.77.0.256"],
+            "invalid --ip",
+        ),
+        (
+            vec!["container", "add", &x, "--mode", "bogus"],
+            "invalid --mode",
+        ),
+        (
+            vec![
+                "container",
+                "add",
+                &x,
+                "--mode",
+                "none",
+                "--ip",
+                "10.77.0.3",
+            ],
+            "bridge mode",
+        ),
         (vec!["container", "add", &a], "already exists"),
-        (vec!["container", "add", "bad.name"], "invalid container name"),
+        (
+            vec!["container", "add", "bad.name"],
+            "invalid container name",
+        ),
         (vec!["container", "add", "-x"], ""),
-        (vec!["container", "add", "abcdefghijklm"], "invalid container name"),
-        (vec!["container", "add", &x, "--mode", &x_ns], "no container named"),
-        (vec!["container", "add", &x, "-p", "80:80"], "not available yet"),
+        (
+            vec!["container", "add", "abcdefghijklm"],
+            "invalid container name",
+        ),
+        (
+            vec!["container", "add", &x, "--mode", &x_ns],
+            "no container named",
+        ),
+        (
+            vec!["container", "add", &x, "-p", "80"],
+            "invalid port mapping",
+        ),
+        (
+            vec!["container", "add", &x, "-p", "45000:80"],
+            "inside netpath's SNAT range",
+        ),
         (vec!["container", "rm", &x], "no container named"),
         (vec!["exec", &x, "--", "true"], "no container named"),
         (vec!["up"], "already up"),
@@ -332,15 +417,25 @@ fn bad_input_fails_with_one_line_and_leaves_nothing() {
 }
 
 #[test]
-fn up_requires_root() {
+fn changing_commands_require_root() {
     let lab = Lab::new();
-    let mut cmd = lab.host.place().command("setpriv");
-    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(lab.bin())
-        .args(["--instance", lab.instance(), "up"]);
-    let out = run(&mut cmd);
-    expect_error(&out, "must run as root");
+    let x = lab.container_name("x");
+    let commands: [&[&str]; 4] = [
+        &["up"],
+        &["down"],
+        &["container", "add", &x],
+        &["container", "rm", &x],
+    ];
+    for args in commands {
+        let mut cmd = lab.host.place().command("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(lab.bin())
+            .args(["--instance", lab.instance()])
+            .args(args);
+        expect_error(&run(&mut cmd), "must run as root");
+    }
     Lab::assert_no_leftovers(lab.instance());
+    assert!(!netns_exists(&x));
 }
 
 /// `ip netns exec H netpath ...` gives netpath a private mount namespace;

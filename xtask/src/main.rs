@@ -45,7 +45,8 @@ enum Cmd {
         args: Vec<String>,
     },
     /// Show netpath in throw-away namespaces: a host, the outside, two
-    /// containers (root). Cleans up, also on Ctrl-C.
+    /// containers (root). Cleans up, also on Ctrl-C. Uses $NETPATH_BIN
+    /// instead of building when set.
     Demo {
         #[arg(long)]
         release: bool,
@@ -92,7 +93,11 @@ fn real_main() -> Result<ExitCode> {
         } => test(release, no_unit, &args),
         Cmd::Demo { release } => {
             require_root("demo")?;
-            let bin = build(release)?;
+            // NETPATH_BIN: demo a netpath built elsewhere (no build here).
+            let bin = match std::env::var_os("NETPATH_BIN") {
+                Some(p) => PathBuf::from(p),
+                None => build(release)?,
+            };
             demo::run(&bin)?;
             Ok(ExitCode::SUCCESS)
         }

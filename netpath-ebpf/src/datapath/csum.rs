@@ -2,10 +2,9 @@
 //! they know whether the skb is CHECKSUM_PARTIAL (veth traffic usually is), in
 //! which case the L4 field holds only the pseudo-header sum and must be fixed
 //! for address changes (`BPF_F_PSEUDO_HDR`) but not for port changes.
-use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
-    programs::TcContext,
-};
+use aya_ebpf::bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR};
+
+use super::ctx::Packet as Ctx;
 
 use super::parse::{L4, Packet};
 
@@ -30,7 +29,7 @@ pub type RewriteResult = Result<(), i64>;
 
 /// Rewrites the source (`src == true`) or destination address.
 #[inline(always)]
-pub fn set_addr(ctx: &mut TcContext, pkt: &Packet, src: bool, old: u32, new: u32) -> RewriteResult {
+pub fn set_addr<C: Ctx>(ctx: &mut C, pkt: &Packet, src: bool, old: u32, new: u32) -> RewriteResult {
     if old == new {
         return Ok(());
     }
@@ -40,20 +39,20 @@ pub fn set_addr(ctx: &mut TcContext, pkt: &Packet, src: bool, old: u32, new: u32
         let (csum_off, flags) = l4_csum(pkt.l4_kind, pkt.l4);
         ctx.l4_csum_replace(
             csum_off,
-            old as u64,
-            new as u64,
+            old,
+            new,
             flags | BPF_F_PSEUDO_HDR as u64 | 4,
         )?;
     }
-    ctx.l3_csum_replace(pkt.l3 + IP_CSUM_OFF, old as u64, new as u64, 4)?;
-    ctx.store(off, &new, 0)?;
+    ctx.l3_csum_replace(pkt.l3 + IP_CSUM_OFF, old, new, 4)?;
+    ctx.store(off, &new)?;
     Ok(())
 }
 
 /// Rewrites the source or destination port (the echo id for ICMP echo, where
 /// `src` is ignored: there is one id field).
 #[inline(always)]
-pub fn set_port(ctx: &mut TcContext, pkt: &Packet, src: bool, old: u16, new: u16) -> RewriteResult {
+pub fn set_port<C: Ctx>(ctx: &mut C, pkt: &Packet, src: bool, old: u16, new: u16) -> RewriteResult {
     if old == new {
         return Ok(());
     }
@@ -62,31 +61,31 @@ pub fn set_port(ctx: &mut TcContext, pkt: &Packet, src: bool, old: u16, new: u16
         _ => pkt.l4 + if src { 0 } else { 2 },
     };
     let (csum_off, flags) = l4_csum(pkt.l4_kind, pkt.l4);
-    ctx.l4_csum_replace(csum_off, old as u64, new as u64, flags | 2)?;
-    ctx.store(off, &new, 0)?;
+    ctx.l4_csum_replace(csum_off, old as u32, new as u32, flags | 2)?;
+    ctx.store(off, &new)?;
     Ok(())
 }
 
 /// Decrements the TTL as a router must when we forward between L3 networks.
 #[inline(always)]
-pub fn dec_ttl(ctx: &mut TcContext, pkt: &Packet) -> RewriteResult {
+pub fn dec_ttl<C: Ctx>(ctx: &mut C, pkt: &Packet) -> RewriteResult {
     let off = pkt.l3 + IP_TTL_OFF;
     let old: u16 = ctx.load(off)?;
     let mut bytes = old.to_ne_bytes();
     bytes[0] = bytes[0].wrapping_sub(1);
     let new = u16::from_ne_bytes(bytes);
-    ctx.l3_csum_replace(pkt.l3 + IP_CSUM_OFF, old as u64, new as u64, 2)?;
-    ctx.store(off, &new, 0)?;
+    ctx.l3_csum_replace(pkt.l3 + IP_CSUM_OFF, old as u32, new as u32, 2)?;
+    ctx.store(off, &new)?;
     Ok(())
 }
 
 /// Sets both MACs of the Ethernet header.
 #[inline(always)]
-pub fn set_macs(ctx: &mut TcContext, dst: &[u8; 6], src: &[u8; 6]) -> RewriteResult {
+pub fn set_macs<C: Ctx>(ctx: &mut C, dst: &[u8; 6], src: &[u8; 6]) -> RewriteResult {
     let mut macs = [0u8; 12];
     macs[..6].copy_from_slice(dst);
     macs[6..].copy_from_slice(src);
-    ctx.store(0, &macs, 0)?;
+    ctx.store(0, &macs)?;
     Ok(())
 }
 
@@ -94,24 +93,24 @@ pub fn set_macs(ctx: &mut TcContext, dst: &[u8; 6], src: &[u8; 6]) -> RewriteRes
 /// header's own checksum changes: the sum over a header whose checksum is
 /// correct is constant, so the ICMP checksum over it stays valid.
 #[inline(always)]
-pub fn set_quoted_addr(ctx: &mut TcContext, inner_l3: usize, src: bool, old: u32, new: u32) -> RewriteResult {
+pub fn set_quoted_addr<C: Ctx>(ctx: &mut C, inner_l3: usize, src: bool, old: u32, new: u32) -> RewriteResult {
     if old == new {
         return Ok(());
     }
     let off = inner_l3 + if src { IP_SRC_OFF } else { IP_DST_OFF };
-    ctx.l3_csum_replace(inner_l3 + IP_CSUM_OFF, old as u64, new as u64, 4)?;
-    ctx.store(off, &new, 0)?;
+    ctx.l3_csum_replace(inner_l3 + IP_CSUM_OFF, old, new, 4)?;
+    ctx.store(off, &new)?;
     Ok(())
 }
 
 /// Rewrites a port (or echo id) of the quoted packet at `off`, fixing the outer
 /// ICMP checksum, which covers it.
 #[inline(always)]
-pub fn set_quoted_port(ctx: &mut TcContext, outer: &Packet, off: usize, old: u16, new: u16) -> RewriteResult {
+pub fn set_quoted_port<C: Ctx>(ctx: &mut C, outer: &Packet, off: usize, old: u16, new: u16) -> RewriteResult {
     if old == new {
         return Ok(());
     }
-    ctx.l4_csum_replace(outer.l4 + 2, old as u64, new as u64, 2)?;
-    ctx.store(off, &new, 0)?;
+    ctx.l4_csum_replace(outer.l4 + 2, old as u32, new as u32, 2)?;
+    ctx.store(off, &new)?;
     Ok(())
 }

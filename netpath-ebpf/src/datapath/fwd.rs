@@ -16,6 +16,7 @@ use netpath_common::{Config, Endpoint, FlowKey, stat};
 
 use super::{
     csum,
+    ctx::Packet as Ctx,
     maps::{ENDPOINTS, count},
     parse::Packet,
 };
@@ -35,7 +36,7 @@ pub enum Egress {
 /// Decides where `tuple` (a packet's tuple after translation) leaves, or `None`
 /// when the kernel's stack must handle it.
 #[inline(always)]
-pub fn route(ctx: &TcContext, tuple: &FlowKey) -> Option<Egress> {
+pub fn route<C: Ctx>(ctx: &C, tuple: &FlowKey) -> Option<Egress> {
     if let Some(ep) = unsafe { ENDPOINTS.get(tuple.daddr) } {
         return Some(Egress::Container(*ep));
     }
@@ -45,12 +46,12 @@ pub fn route(ctx: &TcContext, tuple: &FlowKey) -> Option<Egress> {
     params.sport = tuple.sport;
     params.dport = tuple.dport;
     // tot_len 0: let the kernel judge the skb itself, which handles GSO packets.
-    params.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    params.ifindex = ctx.ifindex();
     params.__bindgen_anon_3.ipv4_src = tuple.saddr;
     params.__bindgen_anon_4.ipv4_dst = tuple.daddr;
     let rc = unsafe {
         fib_lookup(
-            ctx.skb.skb.cast(),
+            ctx.as_raw().cast(),
             &mut params,
             mem::size_of::<bpf_fib_lookup>() as i32,
             0,

@@ -3,6 +3,7 @@
 //! of hooks.
 mod conntrack;
 mod csum;
+mod ctx;
 mod fwd;
 mod maps;
 mod nat;

@@ -1,10 +1,11 @@
 //! Address and port translation: choosing NAT ports and rewriting a packet to
 //! the tuple its flow says it must carry.
-use aya_ebpf::{helpers::bpf_get_prandom_u32, programs::TcContext};
+use aya_ebpf::helpers::bpf_get_prandom_u32;
 use netpath_common::{Config, FlowKey, stat};
 
 use super::{
     conntrack::{self, CreateError, Flow},
+    ctx::Packet as Ctx,
     csum::{self, RewriteResult},
     maps::count,
     parse::{L4, Packet},
@@ -15,7 +16,7 @@ const SNAT_PROBES: u32 = 16;
 
 /// Rewrites the packet from its tuple (`pkt.key`) to `target`.
 #[inline(always)]
-pub fn rewrite(ctx: &mut TcContext, pkt: &Packet, target: &FlowKey) -> RewriteResult {
+pub fn rewrite<C: Ctx>(ctx: &mut C, pkt: &Packet, target: &FlowKey) -> RewriteResult {
     csum::set_addr(ctx, pkt, true, pkt.key.saddr, target.saddr)?;
     csum::set_addr(ctx, pkt, false, pkt.key.daddr, target.daddr)?;
     csum::set_port(ctx, pkt, true, pkt.key.sport, target.sport)?;

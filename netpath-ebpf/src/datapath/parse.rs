@@ -1,7 +1,7 @@
 //! Packet parsing: Ethernet, IPv4 and the L4 fields the datapath needs.
 //! Anything we can't vouch for comes back as `Parsed::NotOurs` (pass) or
 //! `Parsed::Malformed` (drop, counted) — never a half-understood packet.
-use aya_ebpf::programs::TcContext;
+use super::ctx::Packet as Ctx;
 use netpath_common::{FlowKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
 pub const ETH_HLEN: usize = 14;
@@ -69,7 +69,7 @@ struct Ipv4Fixed {
 
 /// Parses an IPv4 header at `l3` and the L4 ports after it.
 #[inline(always)]
-fn parse_ipv4(ctx: &TcContext, l3: usize, inner: bool) -> Parsed {
+fn parse_ipv4<C: Ctx>(ctx: &C, l3: usize, inner: bool) -> Parsed {
     let Ok(ip) = ctx.load::<Ipv4Fixed>(l3) else {
         return Parsed::Malformed;
     };
@@ -156,7 +156,7 @@ fn parse_ipv4(ctx: &TcContext, l3: usize, inner: bool) -> Parsed {
 
 /// Parses an Ethernet frame carrying IPv4.
 #[inline(always)]
-pub fn parse(ctx: &TcContext) -> Parsed {
+pub fn parse<C: Ctx>(ctx: &C) -> Parsed {
     let Ok(proto) = ctx.load::<u16>(12) else {
         return Parsed::NotOurs;
     };
@@ -169,6 +169,6 @@ pub fn parse(ctx: &TcContext) -> Parsed {
 /// Parses the packet an ICMP error quotes (only the first 8 L4 bytes need be
 /// there, as RFC 792 promises). Errors about errors are not ours.
 #[inline(always)]
-pub fn parse_inner(ctx: &TcContext, inner_l3: usize) -> Parsed {
+pub fn parse_inner<C: Ctx>(ctx: &C, inner_l3: usize) -> Parsed {
     parse_ipv4(ctx, inner_l3, true)
 }

@@ -33,7 +33,11 @@ fn cargo_json(workspace: &Path, args: &[&str]) -> Result<Vec<Value>> {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.args(args)
-        .args(["--target", TARGET, "--message-format=json-render-diagnostics"])
+        .args([
+            "--target",
+            TARGET,
+            "--message-format=json-render-diagnostics",
+        ])
         .arg("--target-dir")
         .arg(workspace.join("target/vm"))
         .current_dir(workspace)
@@ -82,7 +86,13 @@ pub fn build(workspace: &Path, with_tests: bool) -> Result<Artifacts> {
             let path = a["executable"].as_str().context("test artifact path")?;
             let mut name: String = format!("{kind}-{target}")
                 .chars()
-                .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
                 .collect();
             while tests.iter().any(|t: &TestBinary| t.name == name) {
                 name.push('_');

@@ -36,11 +36,17 @@ pub struct Series {
 pub const SERIES: &[Series] = &[
     Series {
         name: "5.10",
-        suites: &[("debian", "bullseye"), ("debian-security", "bullseye-security")],
+        suites: &[
+            ("debian", "bullseye"),
+            ("debian-security", "bullseye-security"),
+        ],
     },
     Series {
         name: "6.1",
-        suites: &[("debian", "bookworm"), ("debian-security", "bookworm-security")],
+        suites: &[
+            ("debian", "bookworm"),
+            ("debian-security", "bookworm-security"),
+        ],
     },
     // bookworm-backports is signed with keys every Debian 12 keyring has,
     // which trixie's are not.
@@ -107,7 +113,9 @@ impl Apt {
 
     fn index_age(&self) -> Option<Duration> {
         let stamp = fs::metadata(self.root.join("updated")).ok()?;
-        SystemTime::now().duration_since(stamp.modified().ok()?).ok()
+        SystemTime::now()
+            .duration_since(stamp.modified().ok()?)
+            .ok()
     }
 
     fn update(&self) -> Result<()> {
@@ -152,7 +160,10 @@ pub fn prepare(series: &'static Series, cache: &Path) -> Result<Kernel> {
 
     let fresh = apt.index_age().is_some_and(|a| a < INDEX_MAX_AGE);
     if !offline && !fresh {
-        println!("vm-test: {name}: apt-get update (private lists in {})", apt.root.display());
+        println!(
+            "vm-test: {name}: apt-get update (private lists in {})",
+            apt.root.display()
+        );
         if let Err(e) = apt.update() {
             // A cached kernel is still good when the network is not.
             if current_file.exists() {
@@ -197,7 +208,11 @@ fn build_kernel_dir(apt: &Apt, package: &str, dir: &Path) -> Result<()> {
     }
     fs::create_dir_all(&work)?;
     println!("vm-test: downloading {package}");
-    run_checked(apt.cmd("apt-get").args(["-q", "download", package]).current_dir(&work))?;
+    run_checked(
+        apt.cmd("apt-get")
+            .args(["-q", "download", package])
+            .current_dir(&work),
+    )?;
     let deb = fs::read_dir(&work)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|x| x == "deb"))
@@ -253,7 +268,10 @@ fn build_kernel_dir(apt: &Apt, package: &str, dir: &Path) -> Result<()> {
             decompress(&mdir.join(m))?,
             0o644,
         )?;
-        let deps: Vec<_> = modules.deps[m].iter().map(|d| strip_compression(d)).collect();
+        let deps: Vec<_> = modules.deps[m]
+            .iter()
+            .map(|d| strip_compression(d))
+            .collect();
         dep_lines.push_str(&format!("{plain}: {}\n", deps.join(" ")));
         load_list.push_str(&format!("{image_dir}/{plain}\n"));
     }
@@ -296,11 +314,17 @@ fn module_name(path: &str) -> String {
 
 impl ModuleDeps {
     fn read(mdir: &Path) -> Result<Self> {
-        let text = fs::read_to_string(mdir.join("modules.dep")).context("depmod wrote no modules.dep")?;
+        let text =
+            fs::read_to_string(mdir.join("modules.dep")).context("depmod wrote no modules.dep")?;
         let deps = text
             .lines()
             .filter_map(|l| l.split_once(':'))
-            .map(|(m, d)| (m.to_string(), d.split_whitespace().map(String::from).collect()))
+            .map(|(m, d)| {
+                (
+                    m.to_string(),
+                    d.split_whitespace().map(String::from).collect(),
+                )
+            })
             .collect();
         let builtin = fs::read_to_string(mdir.join("modules.builtin"))
             .unwrap_or_default()

@@ -71,7 +71,10 @@ pub fn vm_test(kernel: &str, extra_test_args: &[String]) -> Result<()> {
         .collect();
     if series.is_empty() {
         let names: Vec<_> = SERIES.iter().map(|s| s.name).collect();
-        bail!("unknown kernel {kernel:?}: use one of {} or all", names.join(", "));
+        bail!(
+            "unknown kernel {kernel:?}: use one of {} or all",
+            names.join(", ")
+        );
     }
     let workspace = workspace_root();
     let cache = env::var_os("NETPATH_VM_CACHE")
@@ -103,11 +106,7 @@ pub fn vm_test(kernel: &str, extra_test_args: &[String]) -> Result<()> {
     let tests_cpio = run_dir.join("tests.cpio");
     let size = userland::tests_image(netpath.as_deref(), &tests, extra_test_args, test_timeout)?
         .write_cpio(&tests_cpio)?;
-    println!(
-        "vm-test: {} test binaries, {} MiB",
-        tests.len(),
-        size >> 20
-    );
+    println!("vm-test: {} test binaries, {} MiB", tests.len(), size >> 20);
 
     let mut initrds = Vec::new();
     for k in &kernels {

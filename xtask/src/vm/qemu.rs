@@ -115,7 +115,10 @@ fn libtest_summary(line: &str) -> Option<(u32, u32, u32)> {
     let count = |what: &str| -> u32 {
         rest.split(';')
             .find_map(|part| {
-                let part = part.trim().trim_start_matches("ok.").trim_start_matches("FAILED.");
+                let part = part
+                    .trim()
+                    .trim_start_matches("ok.")
+                    .trim_start_matches("FAILED.");
                 part.trim().strip_suffix(what)?.trim().parse().ok()
             })
             .unwrap_or(0)

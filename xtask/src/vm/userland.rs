@@ -57,10 +57,16 @@ const PYTHON_SKIP: &[&str] = &[
 ];
 
 const ETC_FILES: &[(&str, &str)] = &[
-    ("/etc/passwd", "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"),
+    (
+        "/etc/passwd",
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+    ),
     ("/etc/group", "root:x:0:\nnogroup:x:65534:\n"),
     ("/etc/hosts", "127.0.0.1 localhost\n::1 localhost\n"),
-    ("/etc/nsswitch.conf", "passwd: files\ngroup: files\nhosts: files\nservices: files\nprotocols: files\n"),
+    (
+        "/etc/nsswitch.conf",
+        "passwd: files\ngroup: files\nhosts: files\nservices: files\nprotocols: files\n",
+    ),
     ("/etc/resolv.conf", ""),
 ];
 
@@ -76,7 +82,10 @@ fn busybox() -> Result<PathBuf> {
 /// mtimes decide whether a cached base is still right.
 pub fn base_fingerprint() -> Result<String> {
     let mut fp = format!("format {BASE_FORMAT}\n");
-    let tools = REQUIRED_TOOLS.iter().chain(OPTIONAL_TOOLS).map(PathBuf::from);
+    let tools = REQUIRED_TOOLS
+        .iter()
+        .chain(OPTIONAL_TOOLS)
+        .map(PathBuf::from);
     for p in tools.chain([busybox()?, python_lib()?]) {
         if let Ok(m) = fs::metadata(&p) {
             fp.push_str(&format!("{} {} {}\n", p.display(), m.len(), m.mtime()));
@@ -103,8 +112,18 @@ pub fn base_image() -> Result<Image> {
         img.symlink(&format!("/{d}"), &format!("usr/{d}"))?;
     }
     for d in [
-        "/usr/bin", "/usr/sbin", "/usr/lib", "/usr/lib64", "/dev", "/proc", "/sys", "/run",
-        "/tmp", "/root", "/etc", "/mnt",
+        "/usr/bin",
+        "/usr/sbin",
+        "/usr/lib",
+        "/usr/lib64",
+        "/dev",
+        "/proc",
+        "/sys",
+        "/run",
+        "/tmp",
+        "/root",
+        "/etc",
+        "/mnt",
     ] {
         img.dir(d)?;
     }

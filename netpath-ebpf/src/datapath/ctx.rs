@@ -1,0 +1,148 @@
+//! One packet interface over TC's skb and XDP's buffer, so parsing, conntrack
+//! and NAT are written once. TC uses the kernel's csum helpers (they know about
+//! CHECKSUM_PARTIAL); XDP sees whole frames and fixes checksums by hand
+//! (RFC 1624 incremental updates).
+use core::{ffi::c_void, mem, ptr};
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::BPF_F_MARK_MANGLED_0,
+    programs::{TcContext, XdpContext},
+};
+
+/// Largest offset we read at: Ethernet + a full IPv4 header + an ICMP header +
+/// a quoted full IPv4 header + 8 bytes. Bounds variable offsets for the verifier.
+const MAX_OFFSET: usize = 14 + 60 + 8 + 60 + 8;
+
+pub trait Packet {
+    fn len(&self) -> u32;
+    /// ifindex of the device the packet is on.
+    fn ifindex(&self) -> u32;
+    fn as_raw(&self) -> *mut c_void;
+    fn load<T: Copy>(&self, off: usize) -> Result<T, i64>;
+    fn store<T: Copy>(&mut self, off: usize, v: &T) -> Result<(), i64>;
+    /// Fixes the checksum at `off` for `old` → `new` (`size` bytes, 2 or 4).
+    fn l3_csum_replace(&mut self, off: usize, old: u32, new: u32, size: u64) -> Result<(), i64>;
+    /// Same for an L4 checksum; `flags` as for `bpf_l4_csum_replace`.
+    fn l4_csum_replace(&mut self, off: usize, old: u32, new: u32, flags: u64) -> Result<(), i64>;
+}
+
+impl Packet for TcContext {
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        TcContext::len(self)
+    }
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        unsafe { (*self.skb.skb).ifindex }
+    }
+    #[inline(always)]
+    fn as_raw(&self) -> *mut c_void {
+        EbpfContext::as_ptr(self)
+    }
+    #[inline(always)]
+    fn load<T: Copy>(&self, off: usize) -> Result<T, i64> {
+        TcContext::load(self, off)
+    }
+    #[inline(always)]
+    fn store<T: Copy>(&mut self, off: usize, v: &T) -> Result<(), i64> {
+        TcContext::store(self, off, v, 0)
+    }
+    #[inline(always)]
+    fn l3_csum_replace(&mut self, off: usize, old: u32, new: u32, size: u64) -> Result<(), i64> {
+        TcContext::l3_csum_replace(self, off, old as u64, new as u64, size)
+    }
+    #[inline(always)]
+    fn l4_csum_replace(&mut self, off: usize, old: u32, new: u32, flags: u64) -> Result<(), i64> {
+        TcContext::l4_csum_replace(self, off, old as u64, new as u64, flags)
+    }
+}
+
+/// One's-complement incremental update of a checksum field (RFC 1624 eqn. 3).
+#[inline(always)]
+fn csum_update(csum: u16, old: u32, new: u32, size: u64) -> u16 {
+    let mut sum = (!csum) as u32;
+    if size == 4 {
+        sum += !(old >> 16) & 0xffff;
+        sum += !old & 0xffff;
+        sum += new >> 16;
+        sum += new & 0xffff;
+    } else {
+        sum += !old & 0xffff;
+        sum += new & 0xffff;
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+impl Packet for XdpContext {
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        (self.data_end() - self.data()) as u32
+    }
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        unsafe { (*self.ctx).ingress_ifindex }
+    }
+    #[inline(always)]
+    fn as_raw(&self) -> *mut c_void {
+        EbpfContext::as_ptr(self)
+    }
+    #[inline(always)]
+    fn load<T: Copy>(&self, off: usize) -> Result<T, i64> {
+        if off > MAX_OFFSET {
+            return Err(-1);
+        }
+        let start = self.data() + off;
+        if start + mem::size_of::<T>() > self.data_end() {
+            return Err(-1);
+        }
+        Ok(unsafe { ptr::read_unaligned(start as *const T) })
+    }
+    #[inline(always)]
+    fn store<T: Copy>(&mut self, off: usize, v: &T) -> Result<(), i64> {
+        if off > MAX_OFFSET {
+            return Err(-1);
+        }
+        let start = self.data() + off;
+        if start + mem::size_of::<T>() > self.data_end() {
+            return Err(-1);
+        }
+        unsafe { ptr::write_unaligned(start as *mut T, *v) };
+        Ok(())
+    }
+    #[inline(always)]
+    fn l3_csum_replace(&mut self, off: usize, old: u32, new: u32, size: u64) -> Result<(), i64> {
+        // Fields hold wire-order bytes; the arithmetic wants big-endian values.
+        let (old, new) = wire_values(old, new, size);
+        let csum = u16::from_be(self.load::<u16>(off)?);
+        self.store(off, &csum_update(csum, old, new, size).to_be())
+    }
+    #[inline(always)]
+    fn l4_csum_replace(&mut self, off: usize, old: u32, new: u32, flags: u64) -> Result<(), i64> {
+        let size = flags & 0xf;
+        let (old, new) = wire_values(old, new, size);
+        let csum = u16::from_be(self.load::<u16>(off)?);
+        let mangled_0 = flags & BPF_F_MARK_MANGLED_0 as u64 != 0;
+        if mangled_0 && csum == 0 {
+            return Ok(());
+        }
+        let mut updated = csum_update(csum, old, new, size);
+        if mangled_0 && updated == 0 {
+            updated = 0xffff;
+        }
+        self.store(off, &updated.to_be())
+    }
+}
+
+/// Values as the kernel helpers take them (wire bytes read as native ints)
+/// turned into big-endian numbers.
+#[inline(always)]
+fn wire_values(old: u32, new: u32, size: u64) -> (u32, u32) {
+    if size == 4 {
+        (u32::from_be(old), u32::from_be(new))
+    } else {
+        (u16::from_be(old as u16) as u32, u16::from_be(new as u16) as u32)
+    }
+}

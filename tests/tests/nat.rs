@@ -1,0 +1,218 @@
+//! End to end: the seed's NAT scenario on real namespaces, real programs and
+//! real packets, with netpath's eBPF datapath in place of iptables.
+use std::time::Duration;
+
+use netpath_tests::{Lab, Place, Server, curl, http_source, ping, ping_ok, udp_source};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A lab with netpath up and two containers; returns their names.
+fn lab_with_two_containers() -> (Lab, String, String) {
+    let lab = Lab::new();
+    lab.up_ok(&[]);
+    let a = lab.container_name("a");
+    let b = lab.container_name("b");
+    lab.container_add_ok(&a, &[]);
+    lab.container_add_ok(&b, &[]);
+    (lab, a, b)
+}
+
+fn counter(lab: &Lab, name: &str) -> u64 {
+    lab.netpath_json(&["stats"])["counters"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counter {name}"))
+}
+
+#[test]
+fn containers_masquerade_to_the_outside_as_the_host() {
+    let (lab, a, b) = lab_with_two_containers();
+    let http = Server::http(&lab.outside, "0.0.0.0", 0);
+    let udp = Server::udp_echo(&lab.outside, "0.0.0.0", 0);
+    let url = format!("http://{}:{}/", Lab::OUTSIDE_IP, http.port());
+    for name in [&a, &b] {
+        let src =
+            http_source(lab.container(name), &url).expect("container reaches the outside over TCP");
+        assert!(
+            src.starts_with(&format!("{}:", Lab::HOST_IP)),
+            "server saw {src}, not the host's address"
+        );
+        let src =
+            udp_source(lab.container(name), Lab::OUTSIDE_IP, udp.port()).expect("UDP round trip");
+        assert!(
+            src.starts_with(&format!("{}:", Lab::HOST_IP)),
+            "UDP server saw {src}"
+        );
+        ping(lab.container(name), Lab::REMOTE_IP).expect_ok("ping through masquerade");
+    }
+    // The flows are in the conntrack map, translated to the host's address.
+    let flows = lab.netpath_json(&["flows"]);
+    let flows = flows.as_array().expect("flows is a list");
+    assert!(flows.iter().any(|f| f["kind"] == "masquerade"
+        && f["proto"] == "tcp"
+        && f["translated"]["src"] == Lab::HOST_IP));
+    assert!(flows.iter().any(|f| f["proto"] == "icmp"));
+    assert!(
+        counter(&lab, "redirect") + counter(&lab, "redirect_neigh") > 0,
+        "fast path used"
+    );
+}
+
+#[test]
+fn published_port_reaches_the_container_with_the_client_address() {
+    let (lab, a, _b) = lab_with_two_containers();
+    let server = Server::http(lab.container(&a), "0.0.0.0", 8001);
+    lab.netpath(&["publish", "add", &a, "8001:8001"])
+        .expect_ok("publish");
+    let url = format!("http://{}:8001/", Lab::HOST_IP);
+    let src = http_source(&lab.outside, &url).expect("outside reaches the published port");
+    assert!(
+        src.starts_with(&format!("{}:", Lab::OUTSIDE_IP)),
+        "the container must see the client's real address, saw {src}"
+    );
+    assert_eq!(server.last_client_ip().as_deref(), Some(Lab::OUTSIDE_IP));
+
+    // UDP, a range, and a mapping bound to one address.
+    let udp = Server::udp_echo(lab.container(&a), "0.0.0.0", 5353);
+    lab.netpath(&["publish", "add", &a, "15353:5353/udp"])
+        .expect_ok("publish udp");
+    let src = udp_source(&lab.outside, Lab::HOST_IP, 15353).expect("UDP through a published port");
+    assert!(src.starts_with(Lab::OUTSIDE_IP));
+    drop(udp);
+
+    let ls = lab.netpath_json(&["publish", "ls"]);
+    let ls = ls.as_array().expect("list");
+    assert_eq!(ls.len(), 2, "publish ls shows what PORTS holds: {ls:?}");
+
+    // Taken ports are refused.
+    let again = lab.netpath(&["publish", "add", &a, "8001:80"]);
+    again.expect_fail("publishing a taken port");
+    assert!(
+        again.stderr.contains("already published"),
+        "{}",
+        again.stderr
+    );
+}
+
+#[test]
+fn port_range_and_host_ip_binding() {
+    let (lab, a, _b) = lab_with_two_containers();
+    let s1 = Server::http(lab.container(&a), "0.0.0.0", 7001);
+    let s2 = Server::http(lab.container(&a), "0.0.0.0", 7002);
+    lab.netpath(&["publish", "add", &a, "9001-9002:7001-7002"])
+        .expect_ok("range");
+    for port in [9001, 9002] {
+        http_source(&lab.outside, &format!("http://{}:{port}/", Lab::HOST_IP))
+            .expect("range member");
+    }
+    drop((s1, s2));
+    let bound = Server::http(lab.container(&a), "0.0.0.0", 7003);
+    lab.netpath(&["publish", "add", &a, &format!("{}:9003:7003", Lab::HOST_IP)])
+        .expect_ok("bound");
+    http_source(&lab.outside, &format!("http://{}:9003/", Lab::HOST_IP))
+        .expect("answers on its address");
+    drop(bound);
+}
+
+#[test]
+fn host_reaches_published_ports_through_socket_hooks_only_in_its_netns() {
+    let (lab, a, _b) = lab_with_two_containers();
+    let _server = Server::http(lab.container(&a), "0.0.0.0", 8080);
+    lab.netpath(&["publish", "add", &a, "18080:8080"])
+        .expect_ok("publish");
+    let host = lab.host_in_cgroup();
+    for addr in [Lab::HOST_IP, "127.0.0.1"] {
+        let url = format!("http://{addr}:18080/");
+        http_source(host.clone(), &url).unwrap_or_else(|| panic!("host process reaches {url}"));
+    }
+    // Another netns in the same cgroup: its 127.0.0.1:18080 is its own, and
+    // nothing listens there.
+    let other = Place::netns(lab.outside.name().to_string()).in_cgroup(lab.cgroup_path());
+    let out = curl(other, &["http://127.0.0.1:18080/"]);
+    assert!(
+        !out.success(),
+        "the hooks must leave other namespaces alone"
+    );
+}
+
+#[test]
+fn hairpin_through_the_host_address_works_for_others_and_itself() {
+    let (lab, a, b) = lab_with_two_containers();
+    let _server = Server::http(lab.container(&a), "0.0.0.0", 8002);
+    lab.netpath(&["publish", "add", &a, "8002:8002"])
+        .expect_ok("publish");
+    let url = format!("http://{}:8002/", Lab::HOST_IP);
+    let from_b =
+        http_source(lab.container(&b), &url).expect("B reaches A through the host's address");
+    assert!(
+        from_b.starts_with("10.77.0.1:"),
+        "hairpin SNATs to the gateway, saw {from_b}"
+    );
+    http_source(lab.container(&a), &url).expect("A reaches itself through the host's address");
+    let flows = lab.netpath_json(&["flows"]);
+    assert!(
+        flows
+            .as_array()
+            .expect("list")
+            .iter()
+            .any(|f| f["kind"] == "hairpin")
+    );
+}
+
+#[test]
+fn container_to_container_takes_the_redirect_peer_path() {
+    let (lab, a, b) = lab_with_two_containers();
+    let b_ip = lab.container_ip(&b).expect("B has an address");
+    let before = counter(&lab, "redirect_peer");
+    assert!(ping_ok(lab.container(&a), &b_ip));
+    let server = Server::http(lab.container(&b), "0.0.0.0", 80);
+    let src = http_source(lab.container(&a), &format!("http://{b_ip}:80/"))
+        .expect("TCP between containers");
+    let a_ip = lab.container_ip(&a).expect("A's address");
+    assert!(
+        src.starts_with(&format!("{a_ip}:")),
+        "no NAT between containers: {src}"
+    );
+    drop(server);
+    assert!(
+        counter(&lab, "redirect_peer") > before,
+        "packets went through bpf_redirect_peer"
+    );
+}
+
+#[test]
+fn removing_a_mapping_flushes_its_flows_and_nothing_of_iptables_is_used() {
+    let (lab, a, _b) = lab_with_two_containers();
+    let udp = Server::udp_echo(lab.container(&a), "0.0.0.0", 6000);
+    lab.netpath(&["publish", "add", &a, "16000:6000/udp"])
+        .expect_ok("publish");
+    udp_source(&lab.outside, Lab::HOST_IP, 16000).expect("UDP through the mapping");
+    let dnat = |lab: &Lab| {
+        lab.netpath_json(&["flows"])
+            .as_array()
+            .expect("list")
+            .iter()
+            .filter(|f| f["kind"] == "dnat" && f["original"]["dport"] == 16000)
+            .count()
+    };
+    assert_eq!(dnat(&lab), 1);
+    lab.netpath(&["publish", "rm", "16000/udp"])
+        .expect_ok("unpublish");
+    assert_eq!(
+        dnat(&lab),
+        0,
+        "a removed mapping leaves no stale UDP flow (Docker's bug)"
+    );
+    drop(udp);
+    assert!(
+        udp_source(&lab.outside, Lab::HOST_IP, 16000).is_none(),
+        "unpublished means unreachable"
+    );
+
+    let nat = lab.host.exec(&["iptables-save", "-t", "nat"]);
+    assert!(
+        !nat.stdout.contains("-j DNAT") && !nat.stdout.contains("MASQUERADE"),
+        "{}",
+        nat.stdout
+    );
+    let _ = WAIT;
+}

@@ -1,0 +1,212 @@
+//! The one topology every mode is measured on.
+//!
+//! ```text
+//!  C (client, "outside")           H (host)                        B (baseline container)
+//!  out0 198.18.0.2/24 <-- veth --> up0 198.18.0.1/24
+//!  10.78.0.0/24 via 198.18.0.1     brb0 10.78.0.1/24 <-- veth --> eth0 10.78.0.2/24
+//!                                  np0 10.77.0.1/16  <-- veth --> np-<name>: 10.77.0.2 (netpath modes)
+//! ```
+//!
+//! Only namespaces created here are touched. [`Lab`]'s `Drop` removes them
+//! (after the servers, killed by pid), also when the bench fails midway.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use super::exec::{Proc, in_ns, run_bounded, wait_tcp};
+use crate::util::{cgroup2_mount, short_suffix};
+
+pub const HOST_IP: &str = "198.18.0.1";
+pub const CLIENT_IP: &str = "198.18.0.2";
+pub const BASE_IP: &str = "10.78.0.2";
+pub const BASE_SUBNET: &str = "10.78.0.0/24";
+pub const BASE_BRIDGE: &str = "brb0";
+pub const NETPATH_IP: &str = "10.77.0.2";
+pub const UPLINK: &str = "up0";
+/// The published port (Docker's `-p 8080:80`) and the iperf3 ports.
+pub const HOST_HTTP_PORT: u16 = 8080;
+pub const HTTP_PORT: u16 = 80;
+pub const IPERF_PORT: u16 = 5201;
+/// iperf3 in C for the masquerade direction.
+pub const OUTSIDE_IPERF_PORT: u16 = 5202;
+/// Scale ports are published 1:1 from here on (below netpath's SNAT range
+/// 40000-49999 and below H's ephemeral range).
+pub const SCALE_BASE_PORT: u16 = 20000;
+
+const CMD_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct Lab {
+    pub sfx: String,
+    pub client: String,
+    pub host: String,
+    pub base: String,
+    pub scratch: PathBuf,
+    pub cgroup: PathBuf,
+    created_ns: Vec<String>,
+    cgroup_created: bool,
+    /// Servers in C; dropped (killed) before the namespaces go.
+    servers: Vec<Proc>,
+}
+
+impl Lab {
+    pub fn new() -> Result<Self> {
+        let sfx = short_suffix();
+        let cg2 = cgroup2_mount().context("no cgroup2 mount in /proc/mounts")?;
+        let scratch = std::env::temp_dir().join(format!("npbench-{sfx}"));
+        std::fs::create_dir_all(&scratch)
+            .with_context(|| format!("creating {}", scratch.display()))?;
+        let mut lab = Self {
+            client: format!("npb-c-{sfx}"),
+            host: format!("npb-h-{sfx}"),
+            base: format!("npb-b-{sfx}"),
+            cgroup: cg2.join(format!("netpath-bench-{sfx}")),
+            sfx,
+            scratch,
+            created_ns: Vec::new(),
+            cgroup_created: false,
+            servers: Vec::new(),
+        };
+        lab.build().context("building the bench topology")?;
+        Ok(lab)
+    }
+
+    /// Runs `program args` in `ns`, bounded; stdout.
+    pub fn sh(&self, ns: &str, program: &str, args: &[&str]) -> Result<String> {
+        run_bounded(in_ns(ns, program).args(args), CMD_TIMEOUT, &self.scratch)
+    }
+
+    fn ip(&self, ns: &str, args: &str) -> Result<()> {
+        let args: Vec<&str> = args.split_whitespace().collect();
+        self.sh(ns, "ip", &args).map(drop)
+    }
+
+    fn sysctl(&self, ns: &str, kv: &str) -> Result<()> {
+        self.sh(ns, "sysctl", &["-qw", kv]).map(drop)
+    }
+
+    fn add_ns(&mut self, name: String) -> Result<()> {
+        run_bounded(
+            std::process::Command::new("ip").args(["netns", "add", &name]),
+            CMD_TIMEOUT,
+            &self.scratch,
+        )?;
+        self.created_ns.push(name);
+        Ok(())
+    }
+
+    fn build(&mut self) -> Result<()> {
+        std::fs::create_dir(&self.cgroup)
+            .with_context(|| format!("creating cgroup {}", self.cgroup.display()))?;
+        self.cgroup_created = true;
+        for ns in [self.client.clone(), self.host.clone(), self.base.clone()] {
+            self.add_ns(ns)?;
+        }
+        let (c, h, b) = (self.client.clone(), self.host.clone(), self.base.clone());
+        for ns in [&c, &h, &b] {
+            self.ip(ns, "link set lo up")?;
+        }
+        // Uplink H <-> C, created in H and its peer moved to C.
+        self.ip(&h, &format!("link add {UPLINK} type veth peer name out0 netns {c}"))?;
+        self.ip(&h, &format!("addr add {HOST_IP}/24 dev {UPLINK}"))?;
+        self.ip(&h, &format!("link set {UPLINK} up"))?;
+        self.ip(&h, &format!("route add default via {CLIENT_IP}"))?;
+        self.ip(&c, &format!("addr add {CLIENT_IP}/24 dev out0"))?;
+        self.ip(&c, "link set out0 up")?;
+        // The `route` mode's path: C reaches the containers through H.
+        self.ip(&c, &format!("route add {BASE_SUBNET} via {HOST_IP}"))?;
+        // The baseline container on a plain Linux bridge, as Docker builds it.
+        self.ip(&h, &format!("link add {BASE_BRIDGE} type bridge"))?;
+        self.ip(&h, &format!("addr add 10.78.0.1/24 dev {BASE_BRIDGE}"))?;
+        self.ip(&h, &format!("link set {BASE_BRIDGE} up"))?;
+        self.ip(&h, &format!("link add vb0 type veth peer name eth0 netns {b}"))?;
+        self.ip(&h, &format!("link set vb0 master {BASE_BRIDGE} up"))?;
+        self.ip(&b, &format!("addr add {BASE_IP}/24 dev eth0"))?;
+        self.ip(&b, "link set eth0 up")?;
+        self.ip(&b, "route add default via 10.78.0.1")?;
+        // Per-netns sysctls of our own H, never the machine's.
+        self.sysctl(&h, "net.ipv4.ip_forward=1")?;
+        for ns in [&c, &b] {
+            // Short connections at high rates: let clients reuse TIME_WAIT ports.
+            self.sysctl(ns, "net.ipv4.tcp_tw_reuse=1")?;
+        }
+        // The outside servers for the masquerade direction.
+        let nginx = self.nginx(&c, CLIENT_IP, &[HTTP_PORT])?;
+        self.servers.push(nginx);
+        let iperf = self.iperf_server(&c, OUTSIDE_IPERF_PORT)?;
+        self.servers.push(iperf);
+        wait_tcp(&c, CLIENT_IP, HTTP_PORT, &self.scratch)?;
+        wait_tcp(&c, CLIENT_IP, OUTSIDE_IPERF_PORT, &self.scratch)?;
+        Ok(())
+    }
+
+    /// nginx as one process (no master, no daemon) in `ns`, answering `ok`
+    /// on each of `ports`, with its config and logs in the scratch dir.
+    pub fn nginx(&self, ns: &str, addr: &str, ports: &[u16]) -> Result<Proc> {
+        let dir = self.scratch.join(format!("nginx-{ns}"));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let d = dir.display();
+        let listens: String = ports
+            .iter()
+            .map(|p| format!("    listen {addr}:{p} backlog=4096;\n"))
+            .collect();
+        let conf = format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
+             error_log {d}/error.log warn;\nevents {{ worker_connections 8192; }}\n\
+             http {{\n  access_log off;\n  keepalive_requests 10000000;\n\
+             client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n\
+             scgi_temp_path {d}/scgi;\n  default_type text/plain;\n\
+             server {{\n{listens}    location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n"
+        );
+        let path = dir.join("nginx.conf");
+        std::fs::write(&path, conf).with_context(|| format!("writing {}", path.display()))?;
+        let mut cmd = in_ns(ns, "nginx");
+        cmd.arg("-c").arg(&path).arg("-p").arg(&dir);
+        let mut proc = Proc::spawn(cmd, dir.join("stdout.log"))?;
+        std::thread::sleep(Duration::from_millis(50));
+        proc.check_alive()
+            .with_context(|| format!("nginx in {ns}; see {}/error.log", d))?;
+        Ok(proc)
+    }
+
+    pub fn iperf_server(&self, ns: &str, port: u16) -> Result<Proc> {
+        let mut cmd = in_ns(ns, "iperf3");
+        cmd.args(["-s", "-p", &port.to_string()]);
+        Proc::spawn(cmd, self.scratch.join(format!("iperf3-{ns}-{port}.log")))
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.servers.clear();
+        for ns in self.created_ns.iter().rev() {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", ns])
+                .status();
+        }
+        if self.cgroup_created {
+            let _ = std::fs::remove_dir(&self.cgroup);
+        }
+        let _ = std::fs::remove_dir_all(&self.scratch);
+    }
+}
+
+/// Where a mode's services are: the container netns, the address clients
+/// in C dial, and how host ports map onto it.
+pub struct Target {
+    pub container_ns: String,
+    pub container_ip: String,
+    /// What C connects to for HTTP and iperf3.
+    pub http: (String, u16),
+    pub iperf: (String, u16),
+}
+
+pub fn scratch_path(lab: &Lab, name: &str) -> PathBuf {
+    lab.scratch.join(name)
+}
+
+pub fn exists(p: &Path) -> bool {
+    p.exists()
+}
