@@ -195,6 +195,7 @@ fn teardown_steps(instance: &str, record: &ContainerRecord) -> Vec<Undo> {
                     .as_deref()
                     .and_then(topology::parse_mac)
                     .unwrap_or_default(),
+                container_netns: record.netns.as_deref().map(netns::named_netns_path),
             };
             steps.push(Undo::Endpoint {
                 instance: instance.to_owned(),
@@ -335,6 +336,7 @@ async fn add_bridged(
         host_ifindex,
         ip,
         mac,
+        container_netns: Some(netns_path.clone()),
     };
     datapath::attach_endpoint(&state.instance, &spec)?;
     rollback.push(Undo::Endpoint {

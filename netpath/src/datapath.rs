@@ -23,7 +23,7 @@ use aya::{
     util::KernelVersion,
 };
 use ipnet::Ipv4Net;
-use netpath_common::{Config, Endpoint, LAYOUT_VERSION, names};
+use netpath_common::{CONFIG_FLAG_XDP, Config, Endpoint, LAYOUT_VERSION, names};
 
 use crate::tables::{Tables, TablesError};
 
@@ -149,6 +149,9 @@ pub struct EndpointSpec {
     pub ip: Ipv4Addr,
     /// MAC of the container's eth0.
     pub mac: [u8; 6],
+    /// The container's netns, where `eth0` gets the XDP pass-through program
+    /// in `--accel xdp` mode.
+    pub container_netns: Option<PathBuf>,
 }
 
 /// `/sys/fs/bpf/netpath/<instance>`.
@@ -388,8 +391,10 @@ impl Datapath {
             prog.load().map_err(prog_err(format!("loading {name}")))?;
             attach_tc(prog, &dir, &cfg.uplink_name, attach_type)?;
         }
-        if cfg.accel == Accel::Xdp {
-            attach_xdp(&mut ebpf, &dir, &cfg.uplink_name)?;
+        if cfg.accel == Accel::Xdp && attach_xdp(&mut ebpf, &dir, &cfg.uplink_name)? {
+            let mut config = tables.config()?;
+            config.flags |= CONFIG_FLAG_XDP;
+            tables.set_config(&config)?;
         }
         attach_sock_hooks(&mut ebpf, &dir, &cfg.cgroup)?;
         Ok(Self { _ebpf: ebpf, tables })
@@ -409,32 +414,33 @@ where
     prog.try_into().map_err(prog_err(format!("program {name}")))
 }
 
-fn attach_xdp(ebpf: &mut Ebpf, dir: &Path, uplink: &str) -> Result<(), DatapathError> {
+/// Attaches the uplink XDP program and pins the pass-through program for the
+/// containers' side. Returns false, with a warning, where the driver refuses.
+fn attach_xdp(ebpf: &mut Ebpf, dir: &Path, uplink: &str) -> Result<bool, DatapathError> {
+    let pass_pin = prog_pin(dir, names::PROG_XDP_PASS);
+    if !pass_pin.exists() {
+        let pass: &mut Xdp = program(ebpf, names::PROG_XDP_PASS)?;
+        pass.load().map_err(prog_err("loading xdp_pass"))?;
+        pass.pin(&pass_pin).map_err(|e| DatapathError::Pin {
+            path: pass_pin.display().to_string(),
+            message: e.to_string(),
+        })?;
+    }
     let pin = link_pin(dir, &format!("xdp_{uplink}"));
     if PinnedLink::from_pin(&pin).is_ok() {
-        return Ok(());
+        return Ok(true);
     }
     let prog: &mut Xdp = program(ebpf, names::PROG_XDP_UPLINK)?;
     prog.load().map_err(prog_err("loading xdp_uplink"))?;
     let id = match prog.attach(uplink, XdpMode::default()) {
         Ok(id) => id,
         Err(e) => {
-            log::warn!("XDP refused on {uplink} ({e}); the uplink ingress translations stay in TC");
-            return Ok(());
+            eprintln!("warning: the driver of {uplink} refused XDP ({e}): the uplink translations stay in TC");
+            return Ok(false);
         }
     };
-    let link = prog.take_link(id).map_err(prog_err("taking the XDP link"))?;
-    let link: FdLink = link.try_into().map_err(|e: aya::programs::links::LinkError| {
-        DatapathError::Pin {
-            path: pin.display().to_string(),
-            message: e.to_string(),
-        }
-    })?;
-    link.pin(&pin).map_err(|e| DatapathError::Pin {
-        path: pin.display().to_string(),
-        message: e.to_string(),
-    })?;
-    Ok(())
+    pin_link(prog.take_link(id).map_err(prog_err("taking the XDP link"))?, &pin)?;
+    Ok(true)
 }
 
 fn attach_sock_hooks(ebpf: &mut Ebpf, dir: &Path, cgroup: &Path) -> Result<(), DatapathError> {
@@ -488,7 +494,50 @@ pub fn attach_endpoint(instance: &str, ep: &EndpointSpec) -> Result<(), Datapath
         },
     )?;
     let mut prog = SchedClassifier::from_pin(&pin).map_err(prog_err("opening the pinned from_container"))?;
-    attach_tc(&mut prog, &dir, &ep.host_ifname, TcAttachType::Ingress)
+    attach_tc(&mut prog, &dir, &ep.host_ifname, TcAttachType::Ingress)?;
+    if tables.config()?.flags & CONFIG_FLAG_XDP != 0
+        && let Some(netns) = &ep.container_netns
+    {
+        attach_xdp_pass(&dir, netns, &ep.host_ifname)?;
+    }
+    Ok(())
+}
+
+/// XDP_REDIRECT into a veth delivers to its peer only when the peer runs an
+/// XDP program (that is what switches its NAPI on): give the container's
+/// `eth0` one that passes everything.
+fn attach_xdp_pass(dir: &Path, netns: &Path, host_ifname: &str) -> Result<(), DatapathError> {
+    let pin = link_pin(dir, &format!("xdp_{host_ifname}"));
+    if PinnedLink::from_pin(&pin).is_ok() {
+        return Ok(());
+    }
+    let mut prog = Xdp::from_pin(prog_pin(dir, names::PROG_XDP_PASS), aya_obj::programs::XdpAttachType::Interface)
+        .map_err(prog_err("opening the pinned xdp_pass"))?;
+    let _inside = crate::netns::NetnsGuard::enter(netns).map_err(|e| DatapathError::Io {
+        what: format!("entering {}", netns.display()),
+        source: io::Error::other(e.to_string()),
+    })?;
+    let id = prog
+        .attach(CONTAINER_IFNAME, XdpMode::default())
+        .map_err(prog_err(format!("attaching xdp_pass to {CONTAINER_IFNAME} in {}", netns.display())))?;
+    pin_link(prog.take_link(id).map_err(prog_err("taking the XDP link"))?, &pin)
+}
+
+/// The container side of every veth pair.
+const CONTAINER_IFNAME: &str = "eth0";
+
+/// Pins a link so it outlives this process.
+fn pin_link<L>(link: L, pin: &Path) -> Result<(), DatapathError>
+where
+    FdLink: TryFrom<L, Error = aya::programs::links::LinkError>,
+{
+    let pin_error = |message: String| DatapathError::Pin {
+        path: pin.display().to_string(),
+        message,
+    };
+    let link = FdLink::try_from(link).map_err(|e| pin_error(e.to_string()))?;
+    link.pin(pin).map_err(|e| pin_error(e.to_string()))?;
+    Ok(())
 }
 
 /// Undoes `attach_endpoint` (the veth's own deletion removes a clsact filter);

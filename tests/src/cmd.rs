@@ -134,7 +134,8 @@ pub(crate) fn move_into_cgroup_before_exec(cmd: &mut Command, cgroup: &Path) {
 pub struct CmdOutput {
     /// The command line, for messages.
     pub cmdline: String,
-    /// Exit status; `None` if it could not be spawned or was killed on timeout.
+    /// Exit status; `None` if it could not be spawned. After a timeout it is
+    /// the SIGKILL status and `timed_out` is set.
     pub status: Option<ExitStatus>,
     pub timed_out: bool,
     /// stdout or stderr were still open [`DRAIN_GRACE`] after the process

@@ -6,10 +6,38 @@ use netpath_tests::{Lab, Place, Server, curl, http_source, ping, ping_ok, udp_so
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// A lab with netpath up and two containers; returns their names.
-fn lab_with_two_containers() -> (Lab, String, String) {
+/// Each scenario runs with the uplink translations in TC and in XDP.
+macro_rules! with_each_accel {
+    ($($scenario:ident),* $(,)?) => {
+        mod tc {
+            $(#[test] fn $scenario() { super::$scenario("tc") })*
+        }
+        mod xdp {
+            $(#[test] fn $scenario() { super::$scenario("xdp") })*
+        }
+    };
+}
+
+with_each_accel!(
+    containers_masquerade_to_the_outside_as_the_host,
+    published_port_reaches_the_container_with_the_client_address,
+    port_range_and_host_ip_binding,
+    host_reaches_published_ports_through_socket_hooks_only_in_its_netns,
+    hairpin_through_the_host_address_works_for_others_and_itself,
+    container_to_container_takes_the_redirect_peer_path,
+    removing_a_mapping_flushes_its_flows_and_nothing_of_iptables_is_used,
+);
+
+/// A lab with netpath up (uplink translations in `accel`) and two
+/// containers; returns their names.
+fn lab_with_two_containers(accel: &str) -> (Lab, String, String) {
     let lab = Lab::new();
-    lab.up_ok(&[]);
+    // The outside is a real wire: frames arrive with full checksums, as from
+    // a NIC, not veth's CHECKSUM_PARTIAL (which XDP cannot see or keep).
+    lab.outside
+        .exec(&["ethtool", "-K", Lab::OUTSIDE_IF, "tx", "off"])
+        .expect_ok("checksums on the outside wire");
+    lab.up_ok(&["--accel", accel]);
     let a = lab.container_name("a");
     let b = lab.container_name("b");
     lab.container_add_ok(&a, &[]);
@@ -23,9 +51,8 @@ fn counter(lab: &Lab, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no counter {name}"))
 }
 
-#[test]
-fn containers_masquerade_to_the_outside_as_the_host() {
-    let (lab, a, b) = lab_with_two_containers();
+fn containers_masquerade_to_the_outside_as_the_host(accel: &str) {
+    let (lab, a, b) = lab_with_two_containers(accel);
     let http = Server::http(&lab.outside, "0.0.0.0", 0);
     let udp = Server::udp_echo(&lab.outside, "0.0.0.0", 0);
     let url = format!("http://{}:{}/", Lab::OUTSIDE_IP, http.port());
@@ -57,9 +84,8 @@ fn containers_masquerade_to_the_outside_as_the_host() {
     );
 }
 
-#[test]
-fn published_port_reaches_the_container_with_the_client_address() {
-    let (lab, a, _b) = lab_with_two_containers();
+fn published_port_reaches_the_container_with_the_client_address(accel: &str) {
+    let (lab, a, _b) = lab_with_two_containers(accel);
     let server = Server::http(lab.container(&a), "0.0.0.0", 8001);
     lab.netpath(&["publish", "add", &a, "8001:8001"])
         .expect_ok("publish");
@@ -70,6 +96,9 @@ fn published_port_reaches_the_container_with_the_client_address() {
         "the container must see the client's real address, saw {src}"
     );
     assert_eq!(server.last_client_ip().as_deref(), Some(Lab::OUTSIDE_IP));
+    if accel == "xdp" {
+        assert!(counter(&lab, "xdp_redirect") > 0, "the XDP program translated and redirected");
+    }
 
     // UDP, a range, and a mapping bound to one address.
     let udp = Server::udp_echo(lab.container(&a), "0.0.0.0", 5353);
@@ -93,9 +122,8 @@ fn published_port_reaches_the_container_with_the_client_address() {
     );
 }
 
-#[test]
-fn port_range_and_host_ip_binding() {
-    let (lab, a, _b) = lab_with_two_containers();
+fn port_range_and_host_ip_binding(accel: &str) {
+    let (lab, a, _b) = lab_with_two_containers(accel);
     let s1 = Server::http(lab.container(&a), "0.0.0.0", 7001);
     let s2 = Server::http(lab.container(&a), "0.0.0.0", 7002);
     lab.netpath(&["publish", "add", &a, "9001-9002:7001-7002"])
@@ -113,9 +141,8 @@ fn port_range_and_host_ip_binding() {
     drop(bound);
 }
 
-#[test]
-fn host_reaches_published_ports_through_socket_hooks_only_in_its_netns() {
-    let (lab, a, _b) = lab_with_two_containers();
+fn host_reaches_published_ports_through_socket_hooks_only_in_its_netns(accel: &str) {
+    let (lab, a, _b) = lab_with_two_containers(accel);
     let _server = Server::http(lab.container(&a), "0.0.0.0", 8080);
     lab.netpath(&["publish", "add", &a, "18080:8080"])
         .expect_ok("publish");
@@ -134,9 +161,8 @@ fn host_reaches_published_ports_through_socket_hooks_only_in_its_netns() {
     );
 }
 
-#[test]
-fn hairpin_through_the_host_address_works_for_others_and_itself() {
-    let (lab, a, b) = lab_with_two_containers();
+fn hairpin_through_the_host_address_works_for_others_and_itself(accel: &str) {
+    let (lab, a, b) = lab_with_two_containers(accel);
     let _server = Server::http(lab.container(&a), "0.0.0.0", 8002);
     lab.netpath(&["publish", "add", &a, "8002:8002"])
         .expect_ok("publish");
@@ -158,9 +184,8 @@ fn hairpin_through_the_host_address_works_for_others_and_itself() {
     );
 }
 
-#[test]
-fn container_to_container_takes_the_redirect_peer_path() {
-    let (lab, a, b) = lab_with_two_containers();
+fn container_to_container_takes_the_redirect_peer_path(accel: &str) {
+    let (lab, a, b) = lab_with_two_containers(accel);
     let b_ip = lab.container_ip(&b).expect("B has an address");
     let before = counter(&lab, "redirect_peer");
     assert!(ping_ok(lab.container(&a), &b_ip));
@@ -179,9 +204,8 @@ fn container_to_container_takes_the_redirect_peer_path() {
     );
 }
 
-#[test]
-fn removing_a_mapping_flushes_its_flows_and_nothing_of_iptables_is_used() {
-    let (lab, a, _b) = lab_with_two_containers();
+fn removing_a_mapping_flushes_its_flows_and_nothing_of_iptables_is_used(accel: &str) {
+    let (lab, a, _b) = lab_with_two_containers(accel);
     let udp = Server::udp_echo(lab.container(&a), "0.0.0.0", 6000);
     lab.netpath(&["publish", "add", &a, "16000:6000/udp"])
         .expect_ok("publish");

@@ -260,12 +260,12 @@ impl Fixture {
         (result.return_value, out)
     }
 
-    fn from_container(&mut self, frame: &Frame) -> (u32, Vec<u8>) {
+    fn run_from_container(&mut self, frame: &Frame) -> (u32, Vec<u8>) {
         let ifindex = self.container_ifindex;
         self.run(names::PROG_FROM_CONTAINER, ifindex, &frame.bytes())
     }
 
-    fn from_uplink(&mut self, frame: &Frame) -> (u32, Vec<u8>) {
+    fn run_from_uplink(&mut self, frame: &Frame) -> (u32, Vec<u8>) {
         let ifindex = self.uplink_ifindex;
         self.run(names::PROG_FROM_UPLINK, ifindex, &frame.bytes())
     }
@@ -292,7 +292,7 @@ fn masquerade_tcp_rewrites_source_and_checksums_and_reply_comes_back() {
         dport: 80,
         flags: TCP_SYN,
     });
-    let (verdict, out) = fx.from_container(&syn);
+    let (verdict, out) = fx.run_from_container(&syn);
     assert_eq!(
         verdict, TC_ACT_REDIRECT,
         "masquerade is fast-pathed to the uplink"
@@ -320,7 +320,7 @@ fn masquerade_tcp_rewrites_source_and_checksums_and_reply_comes_back() {
         },
     )
     .macs(OUTSIDE_MAC, [0x02, 0, 0, 0, 0, 0x01]);
-    let (verdict, back) = fx.from_uplink(&reply);
+    let (verdict, back) = fx.run_from_uplink(&reply);
     assert_eq!(
         verdict, TC_ACT_REDIRECT,
         "the reply goes straight into the container"
@@ -343,7 +343,7 @@ fn masquerade_udp_keeps_a_zero_checksum_zero_and_fixes_a_real_one() {
         dport: 53,
         zero_csum: true,
     });
-    let (verdict, out) = fx.from_container(&zero);
+    let (verdict, out) = fx.run_from_container(&zero);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     let out = Parsed::new(&out);
     assert_eq!(out.src(), HOST_IP);
@@ -360,7 +360,7 @@ fn masquerade_udp_keeps_a_zero_checksum_zero_and_fixes_a_real_one() {
         dport: 53,
         zero_csum: false,
     });
-    let (_, out) = fx.from_container(&real);
+    let (_, out) = fx.run_from_container(&real);
     let out = Parsed::new(&out);
     assert_ne!(out.udp_csum(), 0);
     assert_valid(&out);
@@ -384,8 +384,8 @@ fn same_source_port_from_two_containers_gets_distinct_snat_ports() {
         },
     )
     .macs(C2_MAC, GATEWAY_MAC);
-    let (_, oa) = fx.from_container(&a);
-    let (_, ob) = fx.from_container(&b);
+    let (_, oa) = fx.run_from_container(&a);
+    let (_, ob) = fx.run_from_container(&b);
     let (pa, pb) = (Parsed::new(&oa).sport(), Parsed::new(&ob).sport());
     assert_eq!(pa, 42000);
     assert_ne!(
@@ -403,7 +403,7 @@ fn ping_is_masqueraded_with_a_translated_echo_id() {
         id: 7,
         seq: 1,
     });
-    let (verdict, out) = fx.from_container(&echo);
+    let (verdict, out) = fx.run_from_container(&echo);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     let out = Parsed::new(&out);
     assert_eq!(out.src(), HOST_IP);
@@ -423,7 +423,7 @@ fn ping_is_masqueraded_with_a_translated_echo_id() {
             seq: 1,
         },
     );
-    let (verdict, back) = fx.from_uplink(&reply);
+    let (verdict, back) = fx.run_from_uplink(&reply);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     let back = Parsed::new(&back);
     assert_eq!(back.dst(), C1_IP);
@@ -444,7 +444,7 @@ fn published_port_is_dnated_keeping_the_client_address() {
             flags: TCP_SYN,
         },
     );
-    let (verdict, out) = fx.from_uplink(&syn);
+    let (verdict, out) = fx.run_from_uplink(&syn);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     let out = Parsed::new(&out);
     assert_eq!(
@@ -467,7 +467,7 @@ fn published_port_is_dnated_keeping_the_client_address() {
         },
     )
     .macs(C2_MAC, GATEWAY_MAC);
-    let (verdict, back) = fx.from_container(&reply);
+    let (verdict, back) = fx.run_from_container(&reply);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     let back = Parsed::new(&back);
     assert_eq!(back.src(), HOST_IP);
@@ -490,7 +490,7 @@ fn hairpin_to_a_published_port_is_dnated_and_snated_to_the_gateway() {
         },
     )
     .macs(C1_MAC, GATEWAY_MAC);
-    let (verdict, out) = fx.from_container(&syn);
+    let (verdict, out) = fx.run_from_container(&syn);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     let out = Parsed::new(&out);
     assert_eq!(out.dst(), C2_IP);
@@ -513,7 +513,7 @@ fn hairpin_to_a_published_port_is_dnated_and_snated_to_the_gateway() {
         },
     )
     .macs(C2_MAC, GATEWAY_MAC);
-    let (verdict, back) = fx.from_container(&reply);
+    let (verdict, back) = fx.run_from_container(&reply);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     let back = Parsed::new(&back);
     assert_eq!((back.src(), back.sport()), (HOST_IP, 8080));
@@ -529,7 +529,7 @@ fn icmp_errors_quoting_a_masqueraded_packet_are_translated_inside_and_out() {
         dport: 33434,
         zero_csum: false,
     });
-    let (_, out) = fx.from_container(&probe);
+    let (_, out) = fx.run_from_container(&probe);
     let sent = Parsed::new(&out);
     let nat_port = sent.sport();
     // Frag-needed from a router, quoting the first 28 bytes of what we sent.
@@ -544,7 +544,7 @@ fn icmp_errors_quoting_a_masqueraded_packet_are_translated_inside_and_out() {
             quoted,
         },
     );
-    let (verdict, back) = fx.from_uplink(&err);
+    let (verdict, back) = fx.run_from_uplink(&err);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     let back = Parsed::new(&back);
     assert_eq!(back.src(), router);
@@ -578,7 +578,7 @@ fn spoofed_source_is_dropped_and_counted() {
         },
     )
     .macs(C1_MAC, GATEWAY_MAC);
-    assert_eq!(fx.from_container(&spoofed).0, TC_ACT_SHOT);
+    assert_eq!(fx.run_from_container(&spoofed).0, TC_ACT_SHOT);
     // Right address, wrong MAC.
     let wrong_mac = from_c1(L4::Udp {
         sport: 1,
@@ -586,7 +586,7 @@ fn spoofed_source_is_dropped_and_counted() {
         zero_csum: false,
     })
     .macs([0x02, 0xde, 0xad, 0, 0, 1], GATEWAY_MAC);
-    assert_eq!(fx.from_container(&wrong_mac).0, TC_ACT_SHOT);
+    assert_eq!(fx.run_from_container(&wrong_mac).0, TC_ACT_SHOT);
     assert_eq!(fx.counter(stat::DROP_SPOOFED), before + 2);
 }
 
@@ -600,7 +600,7 @@ fn ip_options_are_parsed_with_the_real_header_length() {
     });
     // Four NOPs and an end-of-list: 8 bytes of options, IHL 7.
     with_options.options = vec![1, 1, 1, 1, 0, 0, 0, 0];
-    let (verdict, out) = fx.from_container(&with_options);
+    let (verdict, out) = fx.run_from_container(&with_options);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     let out = Parsed::new(&out);
     assert_eq!(out.ihl, 28);

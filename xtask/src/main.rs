@@ -1,5 +1,6 @@
 //! Developer tasks: `cargo xtask build | run | test | demo | bench | vm-test`.
 
+mod bench;
 mod demo;
 mod util;
 mod vm;
@@ -51,10 +52,15 @@ enum Cmd {
         #[arg(long)]
         release: bool,
     },
-    /// Benchmarks (not implemented yet).
+    /// netpath vs plain routing, iptables and nftables on one namespace
+    /// topology (root); results in target/bench/.
     Bench {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
+        /// Short smoke run (CI): 1 round, 1 s runs, scale up to 1000 ports.
+        #[arg(long)]
+        quick: bool,
+        /// Rounds (modes interleaved per round) [default: 5, 1 with --quick].
+        #[arg(long)]
+        rounds: Option<usize>,
     },
     /// The test suite in qemu on Debian's cloud kernels. ARGS go to every
     /// test binary in the VMs.
@@ -101,9 +107,10 @@ fn real_main() -> Result<ExitCode> {
             demo::run(&bin)?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Bench { .. } => {
-            println!("xtask bench: not implemented yet");
-            Ok(ExitCode::from(2))
+        Cmd::Bench { quick, rounds } => {
+            require_root("bench")?;
+            bench::run(quick, rounds)?;
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::VmTest { kernel, args } => {
             vm::vm_test(&kernel, &args)?;

@@ -75,6 +75,46 @@ pub fn from_container(mut ctx: TcContext) -> i32 {
     masquerade(&mut ctx, cfg, &pkt, true)
 }
 
+/// What arrives on the uplink, once looked up. Shared by the TC and XDP
+/// programs there, which differ only in how they send.
+enum UplinkPacket {
+    /// A packet of a tracked flow (a reply to a masqueraded flow, or a flow to
+    /// a published port, new or established).
+    Flow(Packet, Flow),
+    IcmpError(Packet),
+    /// Not ours: the host's own traffic.
+    Pass(u32),
+    Drop,
+}
+
+#[inline(always)]
+fn classify_uplink<C: ctx::Packet>(ctx: &C, cfg: &Config) -> UplinkPacket {
+    let pkt = match parse::parse(ctx) {
+        Parsed::Ours(pkt) => pkt,
+        // Not addressed to anything we translate until proven otherwise: the
+        // host's own traffic must never suffer from our parser.
+        Parsed::NotOurs | Parsed::Fragment | Parsed::Malformed => {
+            return UplinkPacket::Pass(stat::PASS_NOT_OURS);
+        }
+    };
+    if let Some(flow) = conntrack::lookup(&pkt.key) {
+        return UplinkPacket::Flow(pkt, flow);
+    }
+    if pkt.l4_kind == L4::IcmpError {
+        return UplinkPacket::IcmpError(pkt);
+    }
+    let Some(target) = published(cfg, &pkt) else {
+        return UplinkPacket::Pass(stat::PASS_NOT_OURS);
+    };
+    if pkt.ttl <= 1 {
+        return UplinkPacket::Pass(stat::PASS_TTL);
+    }
+    match nat::create_dnat_flow(&pkt, target.container_ip, target.container_port, nat_kind::DNAT) {
+        Some(flow) => UplinkPacket::Flow(pkt, flow),
+        None => UplinkPacket::Drop,
+    }
+}
+
 /// TC ingress of the uplink: replies to masqueraded flows, and new and
 /// established flows to published ports.
 #[classifier]
@@ -82,31 +122,47 @@ pub fn from_uplink(mut ctx: TcContext) -> i32 {
     let Some(cfg) = config() else {
         return TC_ACT_OK as i32;
     };
-    let pkt = match parse::parse(&ctx) {
-        Parsed::Ours(pkt) => pkt,
-        Parsed::NotOurs | Parsed::Fragment | Parsed::Malformed => {
-            // Not addressed to anything we translate until proven otherwise:
-            // the host's own traffic must never suffer from our parser.
-            return fwd::pass(stat::PASS_NOT_OURS);
-        }
+    match classify_uplink(&ctx, cfg) {
+        UplinkPacket::Flow(pkt, flow) => forward_flow(&mut ctx, cfg, &pkt, &flow),
+        UplinkPacket::IcmpError(pkt) => icmp_error(&mut ctx, cfg, &pkt),
+        UplinkPacket::Pass(reason) => fwd::pass(reason),
+        UplinkPacket::Drop => TC_ACT_SHOT as i32,
+    }
+}
+
+/// XDP on the uplink (`--accel xdp`): the same translations before an skb
+/// exists, redirected straight into the container's veth. What XDP can't
+/// finish (ICMP errors, anything not bound for a container) it passes up to
+/// the TC program, which handles it as usual.
+#[xdp]
+pub fn xdp_uplink(mut ctx: XdpContext) -> u32 {
+    let Some(cfg) = config() else {
+        return xdp_action::XDP_PASS;
     };
-    if let Some(flow) = conntrack::lookup(&pkt.key) {
-        return forward_flow(&mut ctx, cfg, &pkt, &flow);
+    let UplinkPacket::Flow(pkt, flow) = classify_uplink(&ctx, cfg) else {
+        count(stat::XDP_PASS);
+        return xdp_action::XDP_PASS;
+    };
+    if pkt.ttl <= 1 {
+        count(stat::XDP_PASS);
+        return xdp_action::XDP_PASS;
     }
-    if pkt.l4_kind == L4::IcmpError {
-        return icmp_error(&mut ctx, cfg, &pkt);
+    let target = flow.target();
+    let Some(ep) = (unsafe { ENDPOINTS.get(target.daddr) }) else {
+        count(stat::XDP_PASS);
+        return xdp_action::XDP_PASS;
+    };
+    let ep = *ep;
+    conntrack::update(&flow, &pkt);
+    let rewritten = nat::rewrite(&mut ctx, &pkt, &target)
+        .and_then(|()| csum::dec_ttl(&mut ctx, &pkt))
+        .and_then(|()| csum::set_macs(&mut ctx, &ep.mac, &cfg.gateway_mac));
+    if rewritten.is_err() {
+        count(stat::DROP_MALFORMED);
+        return xdp_action::XDP_DROP;
     }
-    if let Some(target) = published(cfg, &pkt) {
-        if pkt.ttl <= 1 {
-            return fwd::pass(stat::PASS_TTL);
-        }
-        let Some(flow) = nat::create_dnat_flow(&pkt, target.container_ip, target.container_port, nat_kind::DNAT)
-        else {
-            return TC_ACT_SHOT as i32;
-        };
-        return forward_flow(&mut ctx, cfg, &pkt, &flow);
-    }
-    fwd::pass(stat::PASS_NOT_OURS)
+    count(stat::XDP_REDIRECT);
+    unsafe { aya_ebpf::helpers::bpf_redirect(ep.ifindex, 0) as u32 }
 }
 
 /// TC egress of the uplink, the safety net: a container's packet that took the
@@ -123,13 +179,6 @@ pub fn to_uplink(mut ctx: TcContext) -> i32 {
         return TC_ACT_OK as i32;
     }
     masquerade(&mut ctx, cfg, &pkt, false)
-}
-
-/// Uplink XDP: the ingress translations ahead of the stack (`--accel xdp`).
-#[xdp]
-pub fn xdp_uplink(_ctx: XdpContext) -> u32 {
-    count(stat::XDP_PASS);
-    xdp_action::XDP_PASS
 }
 
 /// Keeps NAPI on for a veth that receives XDP-redirected frames.

@@ -10,7 +10,7 @@
 //! Only namespaces created here are touched. [`Lab`]'s `Drop` removes them
 //! (after the servers, killed by pid), also when the bench fails midway.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -191,22 +191,4 @@ impl Drop for Lab {
         }
         let _ = std::fs::remove_dir_all(&self.scratch);
     }
-}
-
-/// Where a mode's services are: the container netns, the address clients
-/// in C dial, and how host ports map onto it.
-pub struct Target {
-    pub container_ns: String,
-    pub container_ip: String,
-    /// What C connects to for HTTP and iperf3.
-    pub http: (String, u16),
-    pub iperf: (String, u16),
-}
-
-pub fn scratch_path(lab: &Lab, name: &str) -> PathBuf {
-    lab.scratch.join(name)
-}
-
-pub fn exists(p: &Path) -> bool {
-    p.exists()
 }

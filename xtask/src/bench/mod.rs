@@ -1,0 +1,302 @@
+//! `cargo xtask bench [--quick]`: netpath against plain routing, iptables and
+//! nftables, measured in the same run on the same namespaces.
+//!
+//! One driver ([`measure_mode`]) measures every mode; the modes differ only
+//! in how they are set up ([`modes`]). Rounds interleave the modes (rotated
+//! each round) so that drift hits all of them alike; the report takes
+//! medians. Results: `target/bench/bench.{md,json,png}`.
+
+mod exec;
+mod modes;
+mod progcost;
+mod report;
+mod tools;
+mod topo;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use modes::{Active, Mode, last_scale_port};
+use topo::{CLIENT_IP, HTTP_PORT, Lab, OUTSIDE_IPERF_PORT};
+use tools::{Iperf, iperf, wrk};
+
+use crate::util::{cargo, in_path};
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// How long and how often.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub quick: bool,
+    pub rounds: usize,
+    pub secs: u64,
+    pub scale: Vec<u16>,
+    pub prog_iters: usize,
+    /// Concurrent connections of the connection-rate runs.
+    pub conns: u32,
+}
+
+impl Plan {
+    pub fn new(quick: bool, rounds: Option<usize>) -> Self {
+        let (r, secs, scale, prog_iters) = if quick {
+            (1, 1, vec![1, 1000], 1000)
+        } else {
+            (5, 3, vec![1, 1000, 10000], 5000)
+        };
+        Self {
+            quick,
+            rounds: rounds.unwrap_or(r).max(1),
+            secs,
+            scale,
+            prog_iters,
+            conns: 16,
+        }
+    }
+}
+
+/// Samples per metric and mode, plus what failed.
+#[derive(Default)]
+pub struct Results {
+    pub samples: BTreeMap<String, BTreeMap<&'static str, Vec<f64>>>,
+    pub errors: Vec<String>,
+    pub netpath_stats: BTreeMap<&'static str, Value>,
+}
+
+impl Results {
+    /// Runs one measurement; a failure is recorded, not fatal, so the other
+    /// modes and metrics still get measured (and the run still cleans up).
+    fn record(&mut self, mode: Mode, what: &str, f: impl FnOnce() -> Result<Vec<(String, f64)>>) {
+        match f() {
+            Ok(values) => {
+                for (id, v) in values {
+                    self.samples.entry(id).or_default().entry(mode.name()).or_default().push(v);
+                }
+            }
+            Err(e) => {
+                let msg = format!("{}: {what}: {e:#}", mode.name());
+                eprintln!("bench: FAILED {msg}");
+                self.errors.push(msg);
+            }
+        }
+    }
+}
+
+pub fn run(quick: bool, rounds: Option<usize>) -> Result<()> {
+    let plan = Plan::new(quick, rounds);
+    preflight()?;
+    let (bin, object) = build_release()?;
+    ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst))
+        .context("installing the Ctrl-C handler")?;
+    let started = std::time::Instant::now();
+    let lab = Lab::new()?;
+    println!(
+        "bench: namespaces {} (client), {} (host), {} (baseline container); {} round(s) of {} s runs",
+        lab.client, lab.host, lab.base, plan.rounds, plan.secs
+    );
+    let mut results = Results::default();
+    let server_ports = server_ports(&plan);
+    for round in 0..plan.rounds {
+        // Rotate the order so no mode is always first or last.
+        let mut order = Mode::ALL.to_vec();
+        order.rotate_left(round % Mode::ALL.len());
+        for mode in order {
+            check_interrupt()?;
+            println!("bench: round {}/{}: {}", round + 1, plan.rounds, mode.name());
+            match mode.setup(&lab, &bin, &server_ports) {
+                Ok(mut active) => {
+                    measure_mode(&lab, &mut active, &plan, &mut results)?;
+                    if round + 1 == plan.rounds
+                        && let Some(stats) = active.netpath_stats()
+                    {
+                        results.netpath_stats.insert(mode.name(), stats);
+                    }
+                }
+                Err(e) => {
+                    eprintln!("bench: FAILED {e:#}");
+                    results.errors.push(format!("{e:#}"));
+                }
+            }
+        }
+    }
+    check_interrupt()?;
+    println!("bench: program cost (BPF_PROG_TEST_RUN, {} runs per case)", plan.prog_iters);
+    let prog = progcost::measure(&object, plan.prog_iters, &lab.scratch).unwrap_or_else(|e| {
+        let msg = format!("program cost: {e:#}");
+        eprintln!("bench: FAILED {msg}");
+        results.errors.push(msg);
+        Value::Null
+    });
+    drop(lab);
+    let out_dir = crate::profile_dir(false)
+        .parent()
+        .map(|p| p.join("bench"))
+        .context("no target directory")?;
+    report::write(&out_dir, &plan, &results, &prog, started.elapsed())?;
+    if !results.errors.is_empty() {
+        bail!(
+            "{} measurement(s) failed (the report marks them):\n  {}",
+            results.errors.len(),
+            results.errors.join("\n  ")
+        );
+    }
+    Ok(())
+}
+
+fn check_interrupt() -> Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// Ports the container's nginx listens on: 80 and the last scale port of
+/// each scale step (published 1:1).
+fn server_ports(plan: &Plan) -> Vec<u16> {
+    let mut ports = vec![HTTP_PORT];
+    ports.extend(plan.scale.iter().map(|&n| last_scale_port(n)));
+    ports.dedup();
+    ports
+}
+
+/// Every metric, on one mode that is set up. The same code for all modes:
+/// only the addresses differ ([`Active::http`], [`Active::iperf`]).
+fn measure_mode(lab: &Lab, active: &mut Active, plan: &Plan, res: &mut Results) -> Result<()> {
+    let mode = active.mode;
+    let (c, secs, scratch) = (lab.client.as_str(), plan.secs, lab.scratch.as_path());
+    let http = active.http();
+    let http = (http.0.as_str(), http.1);
+    let ipf = active.iperf();
+    let ipf = (ipf.0.as_str(), ipf.1);
+    let one = |id: &str, v: f64| vec![(id.to_string(), v)];
+
+    res.record(mode, "connection rate", || {
+        let w = wrk(c, http, plan.conns, true, secs, scratch)?;
+        Ok(vec![
+            ("conn_rate".into(), w.requests_per_s),
+            ("conn_errors".into(), w.socket_errors as f64),
+        ])
+    });
+    check_interrupt()?;
+    res.record(mode, "latency", || {
+        let w = wrk(c, http, 1, false, secs, scratch)?;
+        Ok(vec![("latency_p50".into(), w.p50_us), ("latency_p99".into(), w.p99_us)])
+    });
+    check_interrupt()?;
+    res.record(mode, "TCP in", || {
+        Ok(one("tcp_in", iperf(c, ipf, Iperf::Tcp { reverse: false }, secs, scratch)?.0))
+    });
+    check_interrupt()?;
+    res.record(mode, "TCP out", || {
+        Ok(one("tcp_out", iperf(c, ipf, Iperf::Tcp { reverse: true }, secs, scratch)?.0))
+    });
+    check_interrupt()?;
+    res.record(mode, "UDP 64 B", || {
+        let (_, udp) = iperf(c, ipf, Iperf::Udp, secs, scratch)?;
+        let udp = udp.context("no UDP result")?;
+        Ok(vec![("udp_pps".into(), udp.delivered_pps), ("udp_loss".into(), udp.loss_pct)])
+    });
+    check_interrupt()?;
+    // Masquerade: the container is the client, C the server.
+    let cns = active.container_ns();
+    res.record(mode, "masquerade connection rate", || {
+        let w = wrk(&cns, (CLIENT_IP, HTTP_PORT), plan.conns, true, secs, scratch)?;
+        Ok(one("masq_conn_rate", w.requests_per_s))
+    });
+    check_interrupt()?;
+    res.record(mode, "masquerade TCP", || {
+        let kind = Iperf::Tcp { reverse: false };
+        Ok(one("masq_tcp", iperf(&cns, (CLIENT_IP, OUTSIDE_IPERF_PORT), kind, secs, scratch)?.0))
+    });
+    if mode.publishes() {
+        for &n in &plan.scale {
+            check_interrupt()?;
+            res.record(mode, &format!("scale {n}"), || {
+                let took = active.install_ports(n)?;
+                let port = last_scale_port(n);
+                let target = active.dial(port, port);
+                let w = wrk(c, (&target.0, target.1), plan.conns, true, secs, scratch);
+                let removed = active.remove_ports(n);
+                let w = w?;
+                removed?;
+                Ok(vec![
+                    (format!("scale_conn_{n}"), w.requests_per_s),
+                    (format!("scale_install_{n}"), took.as_secs_f64() * 1e3),
+                ])
+            });
+        }
+    }
+    Ok(())
+}
+
+fn preflight() -> Result<()> {
+    let missing: Vec<&str> = ["ip", "nsenter", "wrk", "nginx", "iperf3", "iptables", "iptables-restore", "nft"]
+        .into_iter()
+        .filter(|t| !in_path(t))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "missing tools: {}; on Debian/Ubuntu: apt-get install -y wrk nginx-light iperf3 iptables nftables iproute2 util-linux",
+            missing.join(", ")
+        );
+    }
+    if !Path::new("/run/netns").exists() {
+        std::fs::create_dir_all("/run/netns").context("creating /run/netns")?;
+    }
+    Ok(())
+}
+
+/// `cargo build --release -p netpath`; the binary and the eBPF object its
+/// build script left in OUT_DIR (read from cargo's JSON messages, so xtask
+/// need not link netpath itself).
+fn build_release() -> Result<(PathBuf, PathBuf)> {
+    let out = cargo()
+        .args(["build", "--release", "-p", "netpath", "--message-format=json-render-diagnostics"])
+        .stderr(Stdio::inherit())
+        .stdout(Stdio::piped())
+        .output()
+        .context("running cargo build")?;
+    if !out.status.success() {
+        bail!("cargo build --release -p netpath failed");
+    }
+    let (mut bin, mut object) = (None, None);
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        let id = msg["package_id"].as_str().unwrap_or_default();
+        let ours = id.contains("/netpath#") || id.starts_with("netpath ");
+        if !ours {
+            continue;
+        }
+        match msg["reason"].as_str() {
+            Some("build-script-executed") => {
+                object = msg["out_dir"].as_str().map(|d| Path::new(d).join("netpath"));
+            }
+            Some("compiler-artifact") => {
+                if let Some(exe) = msg["executable"].as_str() {
+                    bin = Some(PathBuf::from(exe));
+                }
+            }
+            _ => {}
+        }
+    }
+    let bin = bin.context("cargo reported no netpath executable")?;
+    let object = object.context("cargo reported no netpath build-script OUT_DIR")?;
+    if !object.exists() {
+        bail!("the eBPF object {} does not exist", object.display());
+    }
+    Ok((bin, object))
+}
+
+/// Runs `cmd` quietly; stdout if it succeeded (machine description).
+fn probe(cmd: &mut Command) -> Option<String> {
+    let out = cmd.stderr(Stdio::null()).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}

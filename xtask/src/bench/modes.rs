@@ -1,0 +1,305 @@
+//! The compared datapaths. Each is set up on the shared [`Lab`], measured by
+//! the one driver in `mod.rs`, and torn down by [`Active`]'s `Drop`.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use super::exec::{Proc, in_ns, run_bounded, wait_tcp};
+use super::topo::{
+    BASE_BRIDGE, BASE_IP, BASE_SUBNET, HOST_HTTP_PORT, HOST_IP, HTTP_PORT, IPERF_PORT, Lab,
+    NETPATH_IP, SCALE_BASE_PORT, UPLINK,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Route,
+    Iptables,
+    Nftables,
+    NetpathTc,
+    NetpathXdp,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 5] = [
+        Mode::Route,
+        Mode::Iptables,
+        Mode::Nftables,
+        Mode::NetpathTc,
+        Mode::NetpathXdp,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Route => "route",
+            Mode::Iptables => "iptables",
+            Mode::Nftables => "nftables",
+            Mode::NetpathTc => "netpath-tc",
+            Mode::NetpathXdp => "netpath-xdp",
+        }
+    }
+
+    fn netpath_accel(self) -> Option<&'static str> {
+        match self {
+            Mode::NetpathTc => Some("tc"),
+            Mode::NetpathXdp => Some("xdp"),
+            _ => None,
+        }
+    }
+
+    /// Plain routing publishes nothing, so it has no port-scale numbers.
+    pub fn publishes(self) -> bool {
+        self != Mode::Route
+    }
+
+    /// Builds the mode and starts the container's servers.
+    pub fn setup<'a>(self, lab: &'a Lab, bin: &'a Path, server_ports: &[u16]) -> Result<Active<'a>> {
+        let mut active = Active {
+            mode: self,
+            lab,
+            bin,
+            instance: format!("b{}", lab.sfx),
+            container: format!("web{}", lab.sfx),
+            netpath_up: false,
+            servers: Vec::new(),
+        };
+        active.build(server_ports).with_context(|| format!("setting up mode {}", self.name()))?;
+        Ok(active)
+    }
+}
+
+/// A mode that is set up; `Drop` tears it down (servers first).
+pub struct Active<'a> {
+    pub mode: Mode,
+    lab: &'a Lab,
+    bin: &'a Path,
+    instance: String,
+    container: String,
+    netpath_up: bool,
+    servers: Vec<Proc>,
+}
+
+impl Active<'_> {
+    pub fn container_ns(&self) -> String {
+        match self.mode.netpath_accel() {
+            Some(_) => format!("np-{}", self.container),
+            None => self.lab.base.clone(),
+        }
+    }
+
+    fn container_ip(&self) -> &'static str {
+        match self.mode.netpath_accel() {
+            Some(_) => NETPATH_IP,
+            None => BASE_IP,
+        }
+    }
+
+    /// Address and port C dials for a service on `container_port` that is
+    /// published as `host_port`.
+    pub fn dial(&self, host_port: u16, container_port: u16) -> (String, u16) {
+        match self.mode {
+            Mode::Route => (BASE_IP.to_string(), container_port),
+            _ => (HOST_IP.to_string(), host_port),
+        }
+    }
+
+    pub fn http(&self) -> (String, u16) {
+        self.dial(HOST_HTTP_PORT, HTTP_PORT)
+    }
+
+    pub fn iperf(&self) -> (String, u16) {
+        self.dial(IPERF_PORT, IPERF_PORT)
+    }
+
+    fn netpath(&self, args: &[&str]) -> Result<String> {
+        let mut cmd = in_ns(&self.lab.host, &self.bin.to_string_lossy());
+        cmd.args(["--instance", &self.instance]).args(args);
+        run_bounded(&mut cmd, Duration::from_secs(120), &self.lab.scratch)
+    }
+
+    fn build(&mut self, server_ports: &[u16]) -> Result<()> {
+        match self.mode {
+            Mode::Route => {}
+            Mode::Iptables | Mode::Nftables => drop(self.install_ports(0)?),
+            Mode::NetpathTc | Mode::NetpathXdp => {
+                let accel = self.mode.netpath_accel().unwrap_or("tc");
+                let cgroup = self.lab.cgroup.to_string_lossy().into_owned();
+                self.netpath_up = true;
+                self.netpath(&[
+                    "up", "--detach", "--uplink", UPLINK, "--accel", accel, "--cgroup", &cgroup,
+                ])?;
+                self.netpath(&["container", "add", &self.container, "--ip", NETPATH_IP])?;
+                let http = format!("{HOST_HTTP_PORT}:{HTTP_PORT}/tcp");
+                let tcp = format!("{IPERF_PORT}:{IPERF_PORT}/tcp");
+                let udp = format!("{IPERF_PORT}:{IPERF_PORT}/udp");
+                self.netpath(&["publish", "add", &self.container, &http, &tcp, &udp])?;
+            }
+        }
+        let ns = self.container_ns();
+        let ip = self.container_ip();
+        self.servers.push(self.lab.nginx(&ns, "0.0.0.0", server_ports)?);
+        self.servers.push(self.lab.iperf_server(&ns, IPERF_PORT)?);
+        wait_tcp(&ns, ip, HTTP_PORT, &self.lab.scratch)?;
+        wait_tcp(&ns, ip, IPERF_PORT, &self.lab.scratch)?;
+        Ok(())
+    }
+
+    /// Publishes `n` extra TCP ports 1:1 from [`SCALE_BASE_PORT`] (on top of
+    /// the standard ones) and returns how long installing them took. For
+    /// iptables and nftables the whole NAT ruleset is loaded in one
+    /// transaction (`iptables-restore`, `nft -f`), the fastest way each
+    /// offers; netpath gets one `publish add` of the range.
+    pub fn install_ports(&mut self, n: u16) -> Result<Duration> {
+        match self.mode {
+            Mode::Route => bail!("plain routing publishes no ports"),
+            Mode::Iptables => {
+                let file = self.write_rules("iptables.rules", &iptables_rules(n))?;
+                self.timed("iptables-restore", &file)
+            }
+            Mode::Nftables => {
+                let file = self.write_rules("nft.rules", &nft_rules(n))?;
+                self.timed("nft", &file)
+            }
+            Mode::NetpathTc | Mode::NetpathXdp => {
+                let spec = scale_spec(n);
+                let start = Instant::now();
+                self.netpath(&["publish", "add", &self.container, &spec])?;
+                Ok(start.elapsed())
+            }
+        }
+    }
+
+    /// Undoes [`Self::install_ports`]`(n)`.
+    pub fn remove_ports(&mut self, n: u16) -> Result<()> {
+        match self.mode {
+            Mode::Route => Ok(()),
+            Mode::Iptables | Mode::Nftables => self.install_ports(0).map(drop),
+            Mode::NetpathTc | Mode::NetpathXdp => {
+                let spec = scale_spec(n);
+                self.netpath(&["publish", "rm", &spec]).map(drop)
+            }
+        }
+    }
+
+    /// `netpath stats --json` (netpath modes only).
+    pub fn netpath_stats(&self) -> Option<serde_json::Value> {
+        self.mode.netpath_accel()?;
+        let out = self.netpath(&["stats", "--json"]).ok()?;
+        serde_json::from_str(&out).ok()
+    }
+
+    fn write_rules(&self, name: &str, text: &str) -> Result<PathBuf> {
+        let path = self.lab.scratch.join(name);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+
+    /// Loads a ruleset file in H (`iptables-restore FILE`, `nft -f FILE`).
+    fn timed(&self, program: &str, file: &Path) -> Result<Duration> {
+        let mut cmd = in_ns(&self.lab.host, program);
+        if program == "nft" {
+            cmd.arg("-f");
+        }
+        cmd.arg(file);
+        let start = Instant::now();
+        run_bounded(&mut cmd, Duration::from_secs(120), &self.lab.scratch)?;
+        Ok(start.elapsed())
+    }
+
+    fn teardown(&mut self) -> Result<()> {
+        self.servers.clear();
+        match self.mode {
+            Mode::Route => Ok(()),
+            Mode::Iptables => {
+                let file = self.write_rules("iptables.empty", "*nat\nCOMMIT\n")?;
+                self.timed("iptables-restore", &file).map(drop)
+            }
+            Mode::Nftables => self
+                .lab
+                .sh(&self.lab.host, "nft", &["delete", "table", "ip", "npbench"])
+                .map(drop),
+            Mode::NetpathTc | Mode::NetpathXdp => {
+                self.netpath_up = false;
+                self.netpath(&["down"]).map(drop)
+            }
+        }
+    }
+}
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        let netpath = self.netpath_up;
+        if let Err(e) = self.teardown() {
+            eprintln!("bench: tearing down {}: {e:#}", self.mode.name());
+            if netpath {
+                // One more try: a leftover instance would break the next mode.
+                let _ = self.netpath(&["down"]);
+            }
+        }
+    }
+}
+
+fn scale_spec(n: u16) -> String {
+    let last = SCALE_BASE_PORT + n - 1;
+    if n == 1 {
+        format!("{SCALE_BASE_PORT}:{SCALE_BASE_PORT}/tcp")
+    } else {
+        format!("{SCALE_BASE_PORT}-{last}:{SCALE_BASE_PORT}-{last}/tcp")
+    }
+}
+
+/// The last of `n` scale ports: what the scale measurement dials.
+pub fn last_scale_port(n: u16) -> u16 {
+    SCALE_BASE_PORT + n - 1
+}
+
+/// Docker's NAT rules: PREROUTING/OUTPUT jump to DOCKER for local
+/// destinations, one DNAT rule per published port, MASQUERADE for the subnet.
+fn iptables_rules(n: u16) -> String {
+    let mut s = String::from(
+        "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
+         :POSTROUTING ACCEPT [0:0]\n:DOCKER - [0:0]\n\
+         -A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER\n",
+    );
+    let _ = writeln!(s, "-A POSTROUTING -s {BASE_SUBNET} ! -o {BASE_BRIDGE} -j MASQUERADE");
+    let mut dnat = |proto: &str, host: u16, port: u16| {
+        let _ = writeln!(
+            s,
+            "-A DOCKER ! -i {BASE_BRIDGE} -p {proto} -m {proto} --dport {host} -j DNAT --to-destination {BASE_IP}:{port}"
+        );
+    };
+    dnat("tcp", HOST_HTTP_PORT, HTTP_PORT);
+    dnat("tcp", IPERF_PORT, IPERF_PORT);
+    dnat("udp", IPERF_PORT, IPERF_PORT);
+    for p in (0..n).map(|i| SCALE_BASE_PORT + i) {
+        dnat("tcp", p, p);
+    }
+    s.push_str("COMMIT\n");
+    s
+}
+
+/// nftables: one DNAT rule looking up a `proto . port` map (a hash, so the
+/// lookup cost does not grow with the number of ports), and masquerade.
+fn nft_rules(n: u16) -> String {
+    let mut elems = vec![
+        format!("tcp . {HOST_HTTP_PORT} : {BASE_IP} . {HTTP_PORT}"),
+        format!("tcp . {IPERF_PORT} : {BASE_IP} . {IPERF_PORT}"),
+        format!("udp . {IPERF_PORT} : {BASE_IP} . {IPERF_PORT}"),
+    ];
+    elems.extend((0..n).map(|i| {
+        let p = SCALE_BASE_PORT + i;
+        format!("tcp . {p} : {BASE_IP} . {p}")
+    }));
+    format!(
+        "table ip npbench\ndelete table ip npbench\ntable ip npbench {{\n\
+         map ports {{\n type inet_proto . inet_service : ipv4_addr . inet_service\n\
+         elements = {{ {} }}\n }}\n\
+         chain prerouting {{\n type nat hook prerouting priority dstnat; policy accept;\n\
+         fib daddr type local dnat ip to meta l4proto . th dport map @ports\n }}\n\
+         chain postrouting {{\n type nat hook postrouting priority srcnat; policy accept;\n\
+         ip saddr {BASE_SUBNET} oifname != \"{BASE_BRIDGE}\" masquerade\n }}\n}}\n",
+        elems.join(",\n ")
+    )
+}

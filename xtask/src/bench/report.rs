@@ -1,0 +1,235 @@
+//! Medians, ratios, and the three outputs: bench.md, bench.json, bench.png.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde_json::{Value, json};
+
+use super::modes::Mode;
+use super::{Plan, Results, probe};
+
+/// (id prefix, label, unit, higher is better), in table order. Scale ids
+/// carry the port count as a suffix.
+const METRICS: &[(&str, &str, &str, bool)] = &[
+    ("conn_rate", "new TCP connections/s via published port", "conn/s", true),
+    ("conn_errors", "socket errors during the connection run", "count", false),
+    ("latency_p50", "HTTP request latency p50 (1 keep-alive conn)", "us", false),
+    ("latency_p99", "HTTP request latency p99 (1 keep-alive conn)", "us", false),
+    ("tcp_in", "TCP throughput client -> container", "Gbit/s", true),
+    ("tcp_out", "TCP throughput container -> client (-R)", "Gbit/s", true),
+    ("udp_pps", "UDP 64 B delivered", "pkt/s", true),
+    ("udp_loss", "UDP 64 B lost", "%", false),
+    ("masq_conn_rate", "masquerade: container -> outside connections/s", "conn/s", true),
+    ("masq_tcp", "masquerade: container -> outside TCP", "Gbit/s", true),
+    ("scale_conn", "connections/s to the last of N published ports", "conn/s", true),
+    ("scale_install", "installing N published ports", "ms", false),
+];
+
+fn describe(id: &str) -> (String, &'static str, bool) {
+    for &(prefix, label, unit, higher) in METRICS {
+        if id == prefix {
+            return (label.to_string(), unit, higher);
+        }
+        if let Some(n) = id.strip_prefix(prefix).and_then(|s| s.strip_prefix('_')) {
+            return (label.replace('N', n), unit, higher);
+        }
+    }
+    (id.to_string(), "", true)
+}
+
+fn order(id: &str) -> (usize, u64) {
+    let i = METRICS
+        .iter()
+        .position(|(p, ..)| id == *p || id.starts_with(&format!("{p}_")))
+        .unwrap_or(usize::MAX);
+    let n = id.rsplit('_').next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    (i, n)
+}
+
+fn median(v: &[f64]) -> Option<f64> {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(v[n / 2]),
+        n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
+
+fn fmt(v: Option<f64>, unit: &str) -> String {
+    match v {
+        None => "–".into(),
+        Some(v) => match unit {
+            "Gbit/s" => format!("{v:.2}"),
+            "%" => format!("{v:.2}"),
+            "ms" => format!("{v:.1}"),
+            _ => format!("{v:.0}"),
+        },
+    }
+}
+
+const RATIOS: [(&str, &str); 4] = [
+    ("netpath-tc", "iptables"),
+    ("netpath-tc", "route"),
+    ("netpath-xdp", "iptables"),
+    ("netpath-xdp", "route"),
+];
+
+pub fn write(dir: &Path, plan: &Plan, res: &Results, prog: &Value, took: Duration) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let machine = machine();
+    let mut ids: Vec<&String> = res.samples.keys().collect();
+    ids.sort_by_key(|id| order(id));
+
+    let mut metrics = Vec::new();
+    let modes: Vec<&str> = Mode::ALL.iter().map(|m| m.name()).collect();
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "Machine: {}. Date: {}. {} round(s), {} s per run{}, medians; modes interleaved round by round.\n",
+        machine["summary"].as_str().unwrap_or("?"),
+        machine["date"].as_str().unwrap_or("?"),
+        plan.rounds,
+        plan.secs,
+        if plan.quick { " (--quick)" } else { "" },
+    );
+    let _ = writeln!(
+        md,
+        "| metric | unit | {} | tc/ipt | tc/route | xdp/ipt | xdp/route |",
+        modes.join(" | ")
+    );
+    let _ = writeln!(md, "|---|---|{}---|---|---|---|", "---:|".repeat(modes.len()));
+    for id in ids {
+        let (label, unit, higher) = describe(id);
+        let per_mode = &res.samples[id];
+        let med = |m: &str| per_mode.get(m).and_then(|v| median(v));
+        let ratio = |a: &str, b: &str| match (med(a), med(b)) {
+            (Some(a), Some(b)) if b != 0.0 => Some(a / b),
+            _ => None,
+        };
+        let arrow = if higher { "↑" } else { "↓" };
+        let cells: Vec<String> = modes.iter().map(|m| fmt(med(m), unit)).collect();
+        let ratio_cells: Vec<String> = RATIOS
+            .iter()
+            .map(|(a, b)| ratio(a, b).map_or("–".into(), |r| format!("{r:.2}")))
+            .collect();
+        let _ = writeln!(
+            md,
+            "| {label} {arrow} | {unit} | {} | {} |",
+            cells.join(" | "),
+            ratio_cells.join(" | ")
+        );
+        let values: serde_json::Map<String, Value> = per_mode
+            .iter()
+            .map(|(m, v)| (m.to_string(), json!({"median": median(v), "samples": v})))
+            .collect();
+        let ratios: serde_json::Map<String, Value> = RATIOS
+            .iter()
+            .map(|(a, b)| (format!("{a}/{b}"), json!(ratio(a, b))))
+            .collect();
+        metrics.push(json!({
+            "id": id, "label": label, "unit": unit, "higher_is_better": higher,
+            "values": values, "ratios": ratios,
+        }));
+    }
+    let _ = writeln!(md, "\n↑ higher is better, ↓ lower is better. `–`: not applicable or failed.\n");
+    if let Value::Array(rows) = prog {
+        let _ = writeln!(
+            md,
+            "Program cost (BPF_PROG_TEST_RUN, median of {} runs, repeat=1 each, fresh frame per run):\n",
+            plan.prog_iters
+        );
+        let _ = writeln!(md, "| program / path | ns/packet | minus no-op |\n|---|---:|---:|");
+        for r in rows {
+            let _ = writeln!(
+                md,
+                "| {} | {:.0} | {:.0} |",
+                r["case"].as_str().unwrap_or("?"),
+                r["ns"].as_f64().unwrap_or(f64::NAN),
+                r["ns_over_noop"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
+    }
+    if !res.errors.is_empty() {
+        let _ = writeln!(md, "\nFailures:\n");
+        for e in &res.errors {
+            let first = e.lines().next().unwrap_or_default();
+            let _ = writeln!(md, "- {first}");
+        }
+    }
+    let doc = json!({
+        "machine": machine,
+        "plan": {"quick": plan.quick, "rounds": plan.rounds, "secs": plan.secs,
+                 "scale": plan.scale, "prog_iters": plan.prog_iters, "conns": plan.conns},
+        "modes": modes,
+        "metrics": metrics,
+        "prog_cost": prog,
+        "netpath_stats": res.netpath_stats,
+        "errors": res.errors,
+        "duration_s": took.as_secs_f64(),
+    });
+    let json_path = dir.join("bench.json");
+    let text = serde_json::to_string_pretty(&doc).context("serializing bench.json")?;
+    std::fs::write(&json_path, text).with_context(|| format!("writing {}", json_path.display()))?;
+    let md_path = dir.join("bench.md");
+    std::fs::write(&md_path, &md).with_context(|| format!("writing {}", md_path.display()))?;
+    println!("\n{md}");
+    println!("bench: wrote {} and {}", md_path.display(), json_path.display());
+    chart(dir, &json_path);
+    Ok(())
+}
+
+/// The PNG, by python3 + matplotlib. A missing plotter is a warning, not
+/// a failure: the numbers are in the .md and .json.
+fn chart(dir: &Path, json_path: &Path) {
+    let script = dir.join("chart.py");
+    let png = dir.join("bench.png");
+    if let Err(e) = std::fs::write(&script, include_str!("chart.py")) {
+        eprintln!("bench: warning: writing {}: {e}", script.display());
+        return;
+    }
+    // The distribution's python first: pyenv shims may lack matplotlib.
+    for py in ["/usr/bin/python3", "python3"] {
+        let ok = Command::new(py)
+            .arg(&script)
+            .arg(json_path)
+            .arg(&png)
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            println!("bench: wrote {}", png.display());
+            return;
+        }
+    }
+    eprintln!("bench: warning: no chart (needs python3 with matplotlib: apt-get install python3-matplotlib)");
+}
+
+fn machine() -> Value {
+    let kernel = probe(Command::new("uname").arg("-r")).unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            let kb: f64 = m.lines().next()?.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kb / 1024.0 / 1024.0)
+        })
+        .unwrap_or(0.0);
+    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_default();
+    let date = probe(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"])).unwrap_or_default();
+    let iptables = probe(Command::new("iptables").arg("-V")).unwrap_or_default();
+    let nft = probe(Command::new("nft").arg("-v")).unwrap_or_default();
+    let summary = format!("{cpus} vCPU ({cpu_model}), {mem_gib:.0} GiB, kernel {kernel}, {iptables}, {nft}");
+    json!({"kernel": kernel, "cpus": cpus, "mem_gib": mem_gib, "cpu_model": cpu_model,
+           "date": date, "iptables": iptables, "nft": nft, "summary": summary})
+}
