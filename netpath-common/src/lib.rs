@@ -24,6 +24,17 @@ pub mod names {
     pub const STATS: &str = "STATS";
     pub const EVENTS: &str = "EVENTS";
     pub const SOCK_REVNAT: &str = "SOCK_REVNAT";
+    /// Every map, each pinned under its name.
+    pub const MAPS: [&str; 8] = [
+        CONFIG,
+        ENDPOINTS,
+        PORTS,
+        CONNTRACK,
+        CT_REPLY,
+        STATS,
+        EVENTS,
+        SOCK_REVNAT,
+    ];
 
     pub const PROG_FROM_CONTAINER: &str = "from_container";
     pub const PROG_FROM_UPLINK: &str = "from_uplink";

@@ -1,18 +1,35 @@
 //! The agent: what `netpath up` runs in the foreground once the topology and
 //! the datapath are in place. It expires conntrack entries (both keys of a
-//! flow together) and repairs dangling reply keys. Everything else lives in
+//! flow together) and repairs dangling reply keys, forwards the datapath's
+//! log records, and serves Prometheus metrics. Everything else lives in
 //! pinned maps, so the datapath runs on when the agent stops.
-use std::time::Duration;
+use std::{net::SocketAddr, sync::PoisonError, time::Duration};
 
 use netpath_common::{FlowEntry, FlowKey, IPPROTO_TCP, tcp_state};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::{
+    net::TcpListener,
+    signal::unix::{SignalKind, signal},
+};
 
-use crate::{datapath::Datapath, flows::monotonic_ns, state::State, tables::TablesError};
+use crate::{
+    datapath::Datapath,
+    ebpf_log,
+    flows::{FlowView, monotonic_ns},
+    metrics::{self, Retired},
+    state::State,
+    tables::TablesError,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// How long an idle flow lives, by protocol and TCP state (nf_conntrack's
@@ -37,39 +54,108 @@ pub fn timeout(key: &FlowKey, entry: &FlowEntry) -> Duration {
     Duration::from_secs(secs)
 }
 
-/// One garbage-collection pass; returns how many flows it removed.
-pub fn collect_garbage(datapath: &mut Datapath) -> Result<usize, TablesError> {
+/// One garbage-collection pass; returns how many flows it removed. The
+/// traffic of removed flows through published ports goes to `retired`, so
+/// the per-port metrics keep counting.
+pub fn collect_garbage(datapath: &mut Datapath, retired: &Retired) -> Result<usize, TablesError> {
     let now = monotonic_ns();
     let tables = &mut datapath.tables;
-    let removed = tables.flush_flows(|key, entry| {
-        let idle = Duration::from_nanos(now.saturating_sub(entry.last_seen_ns));
-        idle > timeout(key, entry)
-    })?;
-    for reply in tables.dangling_replies() {
-        tables.remove_reply(&reply);
+    let expired: Vec<(FlowKey, FlowEntry)> = tables
+        .flows()?
+        .into_iter()
+        .filter(|(key, entry)| {
+            let idle = Duration::from_nanos(now.saturating_sub(entry.last_seen_ns));
+            idle > timeout(key, entry)
+        })
+        .collect();
+    for (key, entry) in &expired {
+        tables.remove_flow(key, &entry.reply)?;
+        log::trace!("conntrack GC: expired {}", FlowView::new(key, entry, now).original);
     }
-    Ok(removed)
+    if !expired.is_empty() {
+        let mut totals = retired.lock().unwrap_or_else(PoisonError::into_inner);
+        for (key, entry) in &expired {
+            metrics::account(&mut totals, key, entry);
+        }
+    }
+    let dangling = tables.dangling_replies();
+    for reply in &dangling {
+        tables.remove_reply(reply);
+    }
+    if !dangling.is_empty() {
+        log::debug!("conntrack GC: {} dangling reply keys removed", dangling.len());
+    }
+    Ok(expired.len())
 }
 
 const GC_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Runs until SIGINT or SIGTERM.
-pub async fn run(state: &State, mut datapath: Datapath) -> Result<(), AgentError> {
-    let mut terminate = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(AgentError::Signals)?;
-    let mut gc = tokio::time::interval(GC_INTERVAL);
-    log::info!("agent of instance {} running", state.instance);
-    loop {
-        tokio::select! {
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
-            _ = gc.tick() => match collect_garbage(&mut datapath) {
-                Ok(0) => {}
-                Ok(n) => log::info!("conntrack GC: {n} expired flows removed"),
-                Err(e) => log::warn!("conntrack GC: {e}"),
-            },
-        }
+/// What the agent does besides GC.
+#[derive(Clone, Debug, Default)]
+pub struct AgentOptions {
+    /// Serve Prometheus metrics here (in the host netns).
+    pub metrics: Option<SocketAddr>,
+}
+
+/// The agent, set up before `up` builds anything so that what can fail
+/// (binding the metrics address) fails first.
+pub struct Agent {
+    instance: String,
+    metrics: Option<TcpListener>,
+}
+
+impl Agent {
+    pub async fn prepare(instance: &str, options: &AgentOptions) -> Result<Self, AgentError> {
+        let metrics = match options.metrics {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| AgentError::Metrics { addr, source })?,
+            ),
+            None => None,
+        };
+        log::debug!(
+            "agent of instance {instance}: log level {}, metrics {}",
+            log::max_level(),
+            options
+                .metrics
+                .map_or_else(|| "off".to_owned(), |a| a.to_string())
+        );
+        Ok(Self {
+            instance: instance.to_owned(),
+            metrics,
+        })
     }
-    log::info!("agent of instance {} stopping; the datapath stays", state.instance);
-    Ok(())
+
+    /// Runs until SIGINT or SIGTERM.
+    pub async fn run(self, state: &State, mut datapath: Datapath) -> Result<(), AgentError> {
+        let mut terminate = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;
+        let mut interrupt = signal(SignalKind::interrupt()).map_err(AgentError::Signals)?;
+        let retired = Retired::default();
+        if let Some(listener) = self.metrics {
+            if let Ok(addr) = listener.local_addr() {
+                log::info!("serving Prometheus metrics on http://{addr}/metrics");
+            }
+            tokio::spawn(metrics::serve(listener, self.instance.clone(), retired.clone()));
+        }
+        match ebpf_log::forward(&self.instance) {
+            0 => log::debug!("the datapath has no log maps: no eBPF log records to forward"),
+            n => log::debug!("forwarding eBPF log records from {n} log map(s)"),
+        }
+        let mut gc = tokio::time::interval(GC_INTERVAL);
+        log::info!("agent of instance {} running", state.instance);
+        loop {
+            tokio::select! {
+                _ = terminate.recv() => break,
+                _ = interrupt.recv() => break,
+                _ = gc.tick() => match collect_garbage(&mut datapath, &retired) {
+                    Ok(0) => {}
+                    Ok(n) => log::info!("conntrack GC: {n} expired flows removed"),
+                    Err(e) => log::warn!("conntrack GC: {e}"),
+                },
+            }
+        }
+        log::info!("agent of instance {} stopping; the datapath stays", state.instance);
+        Ok(())
+    }
 }

@@ -1,10 +1,15 @@
 //! Command line: parsing, the mount-namespace fix-up, the runtime, output.
-use std::{net::Ipv4Addr, path::PathBuf, process::ExitCode};
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    process::ExitCode,
+};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::Ipv4Net;
 
 use crate::{
+    agent::AgentOptions,
     container::{self, AddRequest, ContainerError, ContainerView},
     datapath::Accel,
     instance::{self, InstanceError, ReadyNotifier, StatusView, UpOptions},
@@ -13,6 +18,7 @@ use crate::{
     publish::{self, PublishError},
     state::{self, Mode, StateError},
     tables::{Tables, TablesError},
+    watch::{self, WatchError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +45,8 @@ pub enum CliError {
     Publish(#[from] PublishError),
     #[error(transparent)]
     Tables(#[from] TablesError),
+    #[error(transparent)]
+    Watch(#[from] WatchError),
 }
 
 type Result<T> = std::result::Result<T, CliError>;
@@ -110,6 +118,32 @@ struct FlowsArgs {
     /// Only tcp, udp or icmp flows.
     #[arg(long, value_parser = ["tcp", "udp", "icmp"])]
     proto: Option<String>,
+    /// Stream flow opened/closed events as they happen, until Ctrl-C. Events
+    /// are consumed from one shared ring buffer: two watchers of one instance
+    /// split the events between them.
+    #[arg(long)]
+    watch: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogLevelArg {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl From<LogLevelArg> for log::LevelFilter {
+    fn from(arg: LogLevelArg) -> Self {
+        match arg {
+            LogLevelArg::Error => Self::Error,
+            LogLevelArg::Warn => Self::Warn,
+            LogLevelArg::Info => Self::Info,
+            LogLevelArg::Debug => Self::Debug,
+            LogLevelArg::Trace => Self::Trace,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -150,6 +184,17 @@ struct UpArgs {
     /// Conntrack table size [default: scaled to the host's memory].
     #[arg(long, value_name = "N")]
     conntrack_size: Option<u32>,
+    /// Port range masquerade and hairpin SNAT take ports from; reserved for
+    /// netpath in the host netns [default: 40000-49999].
+    #[arg(long, value_name = "MIN-MAX")]
+    snat_ports: Option<String>,
+    /// Agent log level, also for the datapath's own log records
+    /// [default: info, or RUST_LOG when set].
+    #[arg(long, value_enum, value_name = "LEVEL")]
+    log_level: Option<LogLevelArg>,
+    /// Serve Prometheus metrics on ADDR (GET /metrics), e.g. 127.0.0.1:9477.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -183,6 +228,20 @@ struct ExecArgs {
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<String>,
+}
+
+fn parse_port_range(text: &str) -> Result<(u16, u16)> {
+    let bad = || CliError::BadInput {
+        what: "port range",
+        value: text.to_owned(),
+        hint: "use MIN-MAX with 1024 <= MIN <= MAX <= 65535, e.g. 40000-49999".to_owned(),
+    };
+    let (min, max) = text.split_once('-').ok_or_else(bad)?;
+    let (min, max): (u16, u16) = (min.parse().map_err(|_| bad())?, max.parse().map_err(|_| bad())?);
+    if min < 1024 || min > max {
+        return Err(bad());
+    }
+    Ok((min, max))
 }
 
 fn parse_subnet(text: &str) -> Result<Ipv4Net> {
@@ -318,6 +377,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 accel: args.accel.map(Accel::from),
                 cgroup: args.cgroup,
                 conntrack_size: args.conntrack_size,
+                snat_ports: args.snat_ports.as_deref().map(parse_port_range).transpose()?,
+                agent: AgentOptions {
+                    metrics: args.metrics,
+                },
             };
             if args.detach {
                 let pid = instance::up_detached(instance)?;
@@ -439,6 +502,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 port: args.port,
                 proto: args.proto,
             };
+            if args.watch {
+                runtime()?.block_on(watch::watch(instance, &filter, cli.json))?;
+                return Ok(ExitCode::SUCCESS);
+            }
             let tables = Tables::open(instance)?;
             let list = flows::list(&tables, &filter)?;
             if cli.json {
@@ -480,6 +547,24 @@ const EXIT_USAGE: u8 = 2;
 /// Exit status when `exec` cannot start the command (as a shell does).
 const EXIT_EXEC_FAILED: u8 = 127;
 
+/// The agent (`up`) logs with timestamps at `--log-level` (RUST_LOG when the
+/// flag is absent, else info); other commands only warn, as before.
+fn init_logging(command: &Command) {
+    let env = env_logger::Env::default();
+    let mut builder = match command {
+        Command::Up(args) => {
+            let mut builder = env_logger::Builder::from_env(env.default_filter_or("info"));
+            if let Some(level) = args.log_level {
+                builder.filter_level(level.into());
+            }
+            builder.format_timestamp_millis();
+            builder
+        }
+        _ => env_logger::Builder::from_env(env.default_filter_or("warn")),
+    };
+    builder.init();
+}
+
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -506,7 +591,7 @@ pub fn main() -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(EXIT_FAILURE);
     }
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    init_logging(&cli.command);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

@@ -139,6 +139,8 @@ pub struct DatapathConfig {
     /// cgroup v2 directory the socket hooks attach to.
     pub cgroup: PathBuf,
     pub map_sizes: MapSizes,
+    /// SNAT port range, host order, inclusive.
+    pub snat_ports: (u16, u16),
 }
 
 /// A container's attachment point: its host-side veth and its address.
@@ -335,8 +337,17 @@ impl Datapath {
         let dir = pin_dir(&cfg.instance);
         fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
         let sizes = cfg.map_sizes.resolved();
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&dir)
+        let mut loader = EbpfLoader::new();
+        // A pinned map is reused as it is: that is how a restart adopts the
+        // tables (the directory's layout version guards against old ones).
+        for name in names::MAPS {
+            loader.map_pin_path(name, dir.join(name));
+        }
+        // aya-log-ebpf records below the agent's level are not even written
+        // (aya_log_common::Level counts like log::LevelFilter: error = 1).
+        let log_level = log::max_level() as u8;
+        let mut ebpf = loader
+            .override_global("AYA_LOG_LEVEL", &log_level, false)
             .map_max_entries(names::CONNTRACK, sizes.conntrack)
             .map_max_entries(names::CT_REPLY, sizes.conntrack)
             .map_max_entries(names::PORTS, sizes.ports)
@@ -351,8 +362,8 @@ impl Datapath {
             uplink_ifindex: cfg.uplink_ifindex,
             bridge_ifindex: cfg.bridge_ifindex,
             netns_cookie: netns_cookie()?,
-            snat_port_min: DEFAULT_SNAT_PORTS.0,
-            snat_port_max: DEFAULT_SNAT_PORTS.1,
+            snat_port_min: cfg.snat_ports.0,
+            snat_port_max: cfg.snat_ports.1,
             flags: 0,
             gateway_mac: cfg.gateway_mac,
             _pad: [0; 2],
@@ -362,7 +373,7 @@ impl Datapath {
         // Host sockets must never be given a port our SNAT may hand out.
         crate::sysctl::write(
             "net.ipv4.ip_local_reserved_ports",
-            &format!("{}-{}", DEFAULT_SNAT_PORTS.0, DEFAULT_SNAT_PORTS.1),
+            &format!("{}-{}", cfg.snat_ports.0, cfg.snat_ports.1),
         )
         .map_err(|e| DatapathError::Io {
             what: "reserving the SNAT port range".to_string(),
@@ -563,10 +574,11 @@ pub fn detach_endpoint(instance: &str, ep: &EndpointSpec) -> Result<(), Datapath
     }
 }
 
-/// Removes every pin of the instance, which detaches its programs (clsact
-/// filters on the uplink are removed by name). Idempotent.
+/// Removes every pin of this layout version, which detaches its programs
+/// (clsact filters on the uplink are removed by name). Pins of another
+/// version are never touched: that version's `down` owns them. Idempotent.
 pub fn remove(instance: &str) -> Result<(), DatapathError> {
-    let dir = instance_pin_dir(instance);
+    let dir = pin_dir(instance);
     let uplink = Tables::open(instance)
         .ok()
         .and_then(|t| t.config().ok())
@@ -581,33 +593,26 @@ pub fn remove(instance: &str) -> Result<(), DatapathError> {
             let _ = tc::qdisc_detach_program(uplink, attach_type, name);
         }
     }
-    let versions = match fs::read_dir(&dir) {
+    let entries = match fs::read_dir(&dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(io_err(format!("reading {}", dir.display()))(e)),
     };
-    for version in versions.flatten() {
-        for entry in fs::read_dir(version.path()).into_iter().flatten().flatten() {
-            let path = entry.path();
-            let is_link = path
-                .file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("link_"));
-            if is_link && let Ok(link) = PinnedLink::from_pin(&path) {
-                drop(link.unpin());
-                continue;
-            }
-            let _ = fs::remove_file(&path);
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let is_link = path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("link_"));
+        if is_link && let Ok(link) = PinnedLink::from_pin(&path) {
+            // Unpinned and dropped, the link detaches.
+            drop(link.unpin());
+            continue;
         }
-        let _ = fs::remove_dir(version.path());
+        let _ = fs::remove_file(&path);
     }
-    fs::remove_dir(&dir).or_else(|e| {
-        if e.kind() == io::ErrorKind::NotFound {
-            Ok(())
-        } else {
-            Err(io_err(format!("removing {}", dir.display()))(e))
-        }
-    })?;
-    // The shared parent goes too once the last instance is gone.
+    fs::remove_dir(&dir).map_err(io_err(format!("removing {}", dir.display())))?;
+    // The instance's directory and the shared parent go once empty.
+    let _ = fs::remove_dir(instance_pin_dir(instance));
     let _ = fs::remove_dir(Path::new(BPFFS_ROOT).join("netpath"));
     Ok(())
 }

@@ -3,7 +3,7 @@
 use std::{net::Ipv4Addr, time::Duration};
 
 use netpath_common::{
-    DIR_ORIGINAL, DIR_REPLY, FlowEntry, FlowKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, nat_kind,
+    DIR_ORIGINAL, DIR_REPLY, EVENT_CLOSED, EVENT_OPENED, FlowEntry, FlowEvent, FlowKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, nat_kind,
     tcp_state,
 };
 use serde::Serialize;
@@ -113,15 +113,8 @@ impl FlowView {
         }
     }
 
-    /// Does the flow involve this address, port (either side, either
-    /// direction) and protocol?
     pub fn matches(&self, filter: &FlowFilter) -> bool {
-        let tuples = [&self.original, &self.translated];
-        filter.ip.is_none_or(|ip| tuples.iter().any(|t| t.src == ip || t.dst == ip))
-            && filter
-                .port
-                .is_none_or(|p| tuples.iter().any(|t| t.sport == p || t.dport == p))
-            && filter.proto.as_deref().is_none_or(|p| p == self.proto)
+        filter.matches(self.proto, &self.original, &self.translated)
     }
 }
 
@@ -130,6 +123,79 @@ pub struct FlowFilter {
     pub ip: Option<Ipv4Addr>,
     pub port: Option<u16>,
     pub proto: Option<String>,
+}
+
+impl FlowFilter {
+    /// Does a flow with these tuples involve the address, port (either side,
+    /// either direction) and protocol asked for?
+    pub fn matches(&self, proto: &str, original: &Tuple, translated: &Tuple) -> bool {
+        let tuples = [original, translated];
+        self.ip
+            .is_none_or(|ip| tuples.iter().any(|t| t.src == ip || t.dst == ip))
+            && self
+                .port
+                .is_none_or(|p| tuples.iter().any(|t| t.sport == p || t.dport == p))
+            && self.proto.as_deref().is_none_or(|p| p == proto)
+    }
+}
+
+/// A flow event of the `EVENTS` ring buffer as `flows --watch` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct FlowEventView {
+    /// "opened" or "closed".
+    pub event: &'static str,
+    /// Wall-clock time of the event, RFC 3339 (UTC).
+    pub time: String,
+    pub proto: &'static str,
+    pub kind: &'static str,
+    pub original: Tuple,
+    pub translated: Tuple,
+    pub state: &'static str,
+}
+
+impl FlowEventView {
+    /// `wall_offset_ns`: `CLOCK_REALTIME - CLOCK_MONOTONIC`, to turn the
+    /// event's `bpf_ktime_get_ns` stamp into a wall-clock time.
+    pub fn new(event: &FlowEvent, wall_offset_ns: i128) -> Self {
+        let wall_ns = i128::from(event.ts_ns) + wall_offset_ns;
+        let time = jiff::Timestamp::from_nanosecond(wall_ns - wall_ns % 1000)
+            .map_or_else(|_| format!("{}ns", event.ts_ns), |t| t.to_string());
+        Self {
+            event: match event.kind {
+                EVENT_OPENED => "opened",
+                EVENT_CLOSED => "closed",
+                _ => "unknown",
+            },
+            time,
+            proto: proto_name(event.key.proto),
+            kind: kind_name(event.nat_kind),
+            original: Tuple::of(&event.key),
+            translated: Tuple::of(&event.reply.reversed()),
+            state: state_name(event.key.proto, event.tcp_state),
+        }
+    }
+
+    pub fn matches(&self, filter: &FlowFilter) -> bool {
+        filter.matches(self.proto, &self.original, &self.translated)
+    }
+}
+
+impl std::fmt::Display for FlowEventView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {:<6} {:<5} {:<10} {} => {} {}",
+            self.time, self.event, self.proto, self.kind, self.original, self.translated, self.state
+        )
+    }
+}
+
+/// `CLOCK_REALTIME`, in nanoseconds since the epoch.
+pub fn realtime_ns() -> i128 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
+    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
 }
 
 pub fn list(tables: &Tables, filter: &FlowFilter) -> Result<Vec<FlowView>, TablesError> {

@@ -24,7 +24,7 @@ use nix::{
 };
 
 use crate::{
-    agent::{self, AgentError},
+    agent::{Agent, AgentError, AgentOptions},
     container::{self, ContainerError, ContainerView},
     datapath::{self, Accel, Datapath, DatapathConfig, DatapathError, MapSizes},
     ipam::{self, IpamError},
@@ -104,6 +104,8 @@ pub struct UpOptions {
     pub accel: Option<Accel>,
     pub cgroup: Option<PathBuf>,
     pub conntrack_size: Option<u32>,
+    pub snat_ports: Option<(u16, u16)>,
+    pub agent: AgentOptions,
 }
 
 /// Fails with a one-line hint unless we are root: namespaces, netlink
@@ -230,6 +232,8 @@ pub async fn up(
             pid,
         });
     }
+    // Before anything is built: a taken metrics address fails `up` cleanly.
+    let agent = Agent::prepare(instance, &options.agent).await?;
 
     let host = topology::connect()?;
     let (state, created_bridge) = match state::load(instance)? {
@@ -263,7 +267,7 @@ pub async fn up(
     if let Some(ready) = ready {
         ready.signal();
     }
-    let result = agent::run(&state, datapath).await;
+    let result = agent.run(&state, datapath).await;
     state::remove_pid_if_ours(instance, pid);
     Ok(result?)
 }
@@ -317,6 +321,7 @@ fn datapath_config(state: &State) -> Result<DatapathConfig> {
             conntrack: state.conntrack_size,
             ..MapSizes::default()
         },
+        snat_ports: state.snat_ports,
     })
 }
 
@@ -392,6 +397,7 @@ async fn build(host: &rtnetlink::Handle, instance: &str, options: &UpOptions) ->
         accel: options.accel.unwrap_or_default(),
         cgroup,
         conntrack_size: options.conntrack_size.unwrap_or(0),
+        snat_ports: options.snat_ports.unwrap_or(datapath::DEFAULT_SNAT_PORTS),
         containers: Default::default(),
     })
 }
@@ -419,6 +425,9 @@ async fn adopt(host: &rtnetlink::Handle, mut state: State, options: &UpOptions) 
     }
     if let Some(size) = options.conntrack_size {
         state.conntrack_size = size;
+    }
+    if let Some(range) = options.snat_ports {
+        state.snat_ports = range;
     }
     if options.cgroup.is_some() {
         state.cgroup = resolve_cgroup(options.cgroup.as_deref())?;

@@ -8,7 +8,6 @@ use netpath_common::{IPPROTO_TCP, IPPROTO_UDP, PortKey, PortTarget};
 use serde::Serialize;
 
 use crate::{
-    datapath::DEFAULT_SNAT_PORTS,
     state::{self, InstanceLock, State, StateError},
     tables::{Tables, TablesError, ip_of, wire_ip},
 };
@@ -25,12 +24,8 @@ pub enum PublishError {
     Taken(String),
     #[error("{0} is in use by a process on the host: stop it or pick another host port")]
     HostSocket(String),
-    #[error(
-        "host port {0} is inside netpath's SNAT range {min}-{max}: pick a port outside it",
-        min = DEFAULT_SNAT_PORTS.0,
-        max = DEFAULT_SNAT_PORTS.1
-    )]
-    InSnatRange(u16),
+    #[error("host port {0} is inside netpath's SNAT range {1}-{2}: pick a port outside it")]
+    InSnatRange(u16, u16, u16),
     #[error("container {0} has no address of its own to publish to (mode none or host)")]
     NoAddress(String),
     #[error("no container named {0}: see `netpath container ls`")]
@@ -236,9 +231,11 @@ fn container_ip(state: &State, name: &str) -> Result<Ipv4Addr> {
 /// holds the instance lock.
 pub fn publish_locked(tables: &mut Tables, ip: Ipv4Addr, mappings: &[Mapping]) -> Result<()> {
     let existing = tables.ports()?;
+    let config = tables.config()?;
+    let (min, max) = (config.snat_port_min, config.snat_port_max);
     for m in mappings {
-        if (DEFAULT_SNAT_PORTS.0..=DEFAULT_SNAT_PORTS.1).contains(&m.host.port) {
-            return Err(PublishError::InSnatRange(m.host.port));
+        if (min..=max).contains(&m.host.port) {
+            return Err(PublishError::InSnatRange(m.host.port, min, max));
         }
         // A wildcard mapping and an address-bound one on the same port would
         // shadow each other: Docker refuses that too.

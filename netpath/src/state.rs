@@ -142,8 +142,15 @@ pub struct State {
     pub cgroup: PathBuf,
     #[serde(default)]
     pub conntrack_size: u32,
+    /// The SNAT port range (host order, inclusive).
+    #[serde(default = "default_snat_ports")]
+    pub snat_ports: (u16, u16),
     #[serde(default)]
     pub containers: BTreeMap<String, ContainerRecord>,
+}
+
+fn default_snat_ports() -> (u16, u16) {
+    crate::datapath::DEFAULT_SNAT_PORTS
 }
 
 /// Checks an instance name before it becomes part of paths.

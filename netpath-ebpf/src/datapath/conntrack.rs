@@ -144,7 +144,7 @@ fn emit(kind: u8, orig: &FlowKey, entry: &FlowEntry) {
         tcp_state: entry.tcp_state,
         _pad: [0; 5],
     };
-    let _ = EVENTS.output::<FlowEvent>(&event, 0);
+    let _ = EVENTS.output(event, 0);
 }
 
 /// Accounts a packet to its flow and advances the TCP state.

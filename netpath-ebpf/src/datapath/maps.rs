@@ -1,41 +1,42 @@
-//! The maps, all pinned by name so userspace and later loads share them. Sizes
-//! here are defaults; the loader sets the real ones.
+//! The maps. BTF-defined, so `bpftool map dump` shows named fields; the loader
+//! pins each one under the instance's directory so userspace and later loads
+//! share them. Sizes here are defaults; the loader sets the real ones.
 use aya_ebpf::{
-    macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    macros::btf_map,
 };
 use netpath_common::{
-    Config, Endpoint, FlowEntry, FlowKey, PortKey, PortTarget, SockRevNatKey, SockRevNatValue, stat,
+    Config, Endpoint, FlowEntry, FlowEvent, FlowKey, PortKey, PortTarget, SockRevNatKey, SockRevNatValue, stat,
 };
 
-#[map(name = "CONFIG")]
-pub static CONFIG: Array<Config> = Array::pinned(1, 0);
+#[btf_map]
+pub static CONFIG: Array<Config, 1> = Array::new();
 
-#[map(name = "ENDPOINTS")]
-pub static ENDPOINTS: HashMap<u32, Endpoint> = HashMap::pinned(4096, 0);
+#[btf_map]
+pub static ENDPOINTS: HashMap<u32, Endpoint, 4096> = HashMap::new();
 
-#[map(name = "PORTS")]
-pub static PORTS: HashMap<PortKey, PortTarget> = HashMap::pinned(65536, 0);
+#[btf_map]
+pub static PORTS: HashMap<PortKey, PortTarget, 65536> = HashMap::new();
 
 /// Original tuple → flow. A plain hash, see `FlowEntry`.
-#[map(name = "CONNTRACK")]
-pub static CONNTRACK: HashMap<FlowKey, FlowEntry> = HashMap::pinned(65536, 0);
+#[btf_map]
+pub static CONNTRACK: HashMap<FlowKey, FlowEntry, 65536> = HashMap::new();
 
 /// Reply tuple → original tuple. Inserting here is also how a NAT port is
 /// claimed: the reply tuple contains it, and `BPF_NOEXIST` makes the claim atomic.
-#[map(name = "CT_REPLY")]
-pub static CT_REPLY: HashMap<FlowKey, FlowKey> = HashMap::pinned(65536, 0);
+#[btf_map]
+pub static CT_REPLY: HashMap<FlowKey, FlowKey, 65536> = HashMap::new();
 
-#[map(name = "STATS")]
-pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stat::STATS_LEN, 0);
+#[btf_map]
+pub static STATS: PerCpuArray<u64, { stat::STATS_LEN as usize }> = PerCpuArray::new();
 
-#[map(name = "EVENTS")]
-pub static EVENTS: RingBuf = RingBuf::pinned(256 * 1024, 0);
+#[btf_map]
+pub static EVENTS: RingBuf<FlowEvent, { 256 * 1024 }> = RingBuf::new();
 
 /// Socket cookie + container address → the published address the application
 /// asked for. LRU: an entry is one socket's, and sockets close without telling us.
-#[map(name = "SOCK_REVNAT")]
-pub static SOCK_REVNAT: LruHashMap<SockRevNatKey, SockRevNatValue> = LruHashMap::pinned(65536, 0);
+#[btf_map]
+pub static SOCK_REVNAT: LruHashMap<SockRevNatKey, SockRevNatValue, 65536> = LruHashMap::new();
 
 #[inline(always)]
 pub fn config() -> Option<&'static Config> {

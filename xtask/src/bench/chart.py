@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 
 doc = json.load(open(sys.argv[1]))
 out = sys.argv[2]
@@ -39,6 +40,8 @@ ax.invert_yaxis()
 ax.axvline(1.0, color="black", linewidth=0.8)
 ax.set_xlabel("relative to iptables (= 1.0), median")
 ax.set_xscale("log")
+ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
 ax.legend(loc="lower right", fontsize=8)
 ax.set_title("netpath vs kernel paths, same namespaces, same run")
 

@@ -49,7 +49,9 @@ pub fn run_bounded(cmd: &mut Command, timeout: Duration, scratch: &Path) -> Resu
     let _ = std::fs::remove_file(&out_path);
     let _ = std::fs::remove_file(&err_path);
     if !status.success() {
-        bail!("`{what}` failed: {status}\n{}", stderr.trim_end());
+        let stderr = stderr.trim_end();
+        let sep = if stderr.is_empty() { "" } else { ": " };
+        bail!("`{what}` failed: {status}{sep}{stderr}");
     }
     Ok(stdout)
 }

@@ -22,8 +22,8 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 use modes::{Active, Mode, last_scale_port};
-use topo::{CLIENT_IP, HTTP_PORT, Lab, OUTSIDE_IPERF_PORT};
 use tools::{Iperf, iperf, wrk};
+use topo::{CLIENT_IP, HTTP_PORT, Lab, OUTSIDE_IPERF_PORT};
 
 use crate::util::{cargo, in_path};
 
@@ -74,7 +74,12 @@ impl Results {
         match f() {
             Ok(values) => {
                 for (id, v) in values {
-                    self.samples.entry(id).or_default().entry(mode.name()).or_default().push(v);
+                    self.samples
+                        .entry(id)
+                        .or_default()
+                        .entry(mode.name())
+                        .or_default()
+                        .push(v);
                 }
             }
             Err(e) => {
@@ -106,7 +111,12 @@ pub fn run(quick: bool, rounds: Option<usize>) -> Result<()> {
         order.rotate_left(round % Mode::ALL.len());
         for mode in order {
             check_interrupt()?;
-            println!("bench: round {}/{}: {}", round + 1, plan.rounds, mode.name());
+            println!(
+                "bench: round {}/{}: {}",
+                round + 1,
+                plan.rounds,
+                mode.name()
+            );
             match mode.setup(&lab, &bin, &server_ports) {
                 Ok(mut active) => {
                     measure_mode(&lab, &mut active, &plan, &mut results)?;
@@ -124,7 +134,10 @@ pub fn run(quick: bool, rounds: Option<usize>) -> Result<()> {
         }
     }
     check_interrupt()?;
-    println!("bench: program cost (BPF_PROG_TEST_RUN, {} runs per case)", plan.prog_iters);
+    println!(
+        "bench: program cost (BPF_PROG_TEST_RUN, {} runs per case)",
+        plan.prog_iters
+    );
     let prog = progcost::measure(&object, plan.prog_iters, &lab.scratch).unwrap_or_else(|e| {
         let msg = format!("program cost: {e:#}");
         eprintln!("bench: FAILED {msg}");
@@ -174,6 +187,9 @@ fn measure_mode(lab: &Lab, active: &mut Active, plan: &Plan, res: &mut Results) 
     let ipf = (ipf.0.as_str(), ipf.1);
     let one = |id: &str, v: f64| vec![(id.to_string(), v)];
 
+    // Warm-up, not recorded: the first connections after a setup pay for
+    // conntrack/ARP/socket-cache warm-up that no later run sees.
+    let _ = wrk(c, http, plan.conns, true, 1, scratch);
     res.record(mode, "connection rate", || {
         let w = wrk(c, http, plan.conns, true, secs, scratch)?;
         Ok(vec![
@@ -184,33 +200,55 @@ fn measure_mode(lab: &Lab, active: &mut Active, plan: &Plan, res: &mut Results) 
     check_interrupt()?;
     res.record(mode, "latency", || {
         let w = wrk(c, http, 1, false, secs, scratch)?;
-        Ok(vec![("latency_p50".into(), w.p50_us), ("latency_p99".into(), w.p99_us)])
+        Ok(vec![
+            ("latency_p50".into(), w.p50_us),
+            ("latency_p99".into(), w.p99_us),
+        ])
     });
     check_interrupt()?;
     res.record(mode, "TCP in", || {
-        Ok(one("tcp_in", iperf(c, ipf, Iperf::Tcp { reverse: false }, secs, scratch)?.0))
+        Ok(one(
+            "tcp_in",
+            iperf(c, ipf, Iperf::Tcp { reverse: false }, secs, scratch)?.0,
+        ))
     });
     check_interrupt()?;
     res.record(mode, "TCP out", || {
-        Ok(one("tcp_out", iperf(c, ipf, Iperf::Tcp { reverse: true }, secs, scratch)?.0))
+        Ok(one(
+            "tcp_out",
+            iperf(c, ipf, Iperf::Tcp { reverse: true }, secs, scratch)?.0,
+        ))
     });
     check_interrupt()?;
     res.record(mode, "UDP 64 B", || {
         let (_, udp) = iperf(c, ipf, Iperf::Udp, secs, scratch)?;
         let udp = udp.context("no UDP result")?;
-        Ok(vec![("udp_pps".into(), udp.delivered_pps), ("udp_loss".into(), udp.loss_pct)])
+        Ok(vec![
+            ("udp_pps".into(), udp.delivered_pps),
+            ("udp_loss".into(), udp.loss_pct),
+        ])
     });
     check_interrupt()?;
     // Masquerade: the container is the client, C the server.
     let cns = active.container_ns();
     res.record(mode, "masquerade connection rate", || {
-        let w = wrk(&cns, (CLIENT_IP, HTTP_PORT), plan.conns, true, secs, scratch)?;
+        let w = wrk(
+            &cns,
+            (CLIENT_IP, HTTP_PORT),
+            plan.conns,
+            true,
+            secs,
+            scratch,
+        )?;
         Ok(one("masq_conn_rate", w.requests_per_s))
     });
     check_interrupt()?;
     res.record(mode, "masquerade TCP", || {
         let kind = Iperf::Tcp { reverse: false };
-        Ok(one("masq_tcp", iperf(&cns, (CLIENT_IP, OUTSIDE_IPERF_PORT), kind, secs, scratch)?.0))
+        Ok(one(
+            "masq_tcp",
+            iperf(&cns, (CLIENT_IP, OUTSIDE_IPERF_PORT), kind, secs, scratch)?.0,
+        ))
     });
     if mode.publishes() {
         for &n in &plan.scale {
@@ -234,10 +272,19 @@ fn measure_mode(lab: &Lab, active: &mut Active, plan: &Plan, res: &mut Results) 
 }
 
 fn preflight() -> Result<()> {
-    let missing: Vec<&str> = ["ip", "nsenter", "wrk", "nginx", "iperf3", "iptables", "iptables-restore", "nft"]
-        .into_iter()
-        .filter(|t| !in_path(t))
-        .collect();
+    let missing: Vec<&str> = [
+        "ip",
+        "nsenter",
+        "wrk",
+        "nginx",
+        "iperf3",
+        "iptables",
+        "iptables-restore",
+        "nft",
+    ]
+    .into_iter()
+    .filter(|t| !in_path(t))
+    .collect();
     if !missing.is_empty() {
         bail!(
             "missing tools: {}; on Debian/Ubuntu: apt-get install -y wrk nginx-light iperf3 iptables nftables iproute2 util-linux",
@@ -253,9 +300,24 @@ fn preflight() -> Result<()> {
 /// `cargo build --release -p netpath`; the binary and the eBPF object its
 /// build script left in OUT_DIR (read from cargo's JSON messages, so xtask
 /// need not link netpath itself).
+///
+/// `NETPATH_BIN` + `NETPATH_EBPF_OBJECT` skip the build (a prebuilt netpath,
+/// e.g. in a VM or to compare two builds).
 fn build_release() -> Result<(PathBuf, PathBuf)> {
+    if let (Some(bin), Some(obj)) = (
+        std::env::var_os("NETPATH_BIN"),
+        std::env::var_os("NETPATH_EBPF_OBJECT"),
+    ) {
+        return Ok((bin.into(), obj.into()));
+    }
     let out = cargo()
-        .args(["build", "--release", "-p", "netpath", "--message-format=json-render-diagnostics"])
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "netpath",
+            "--message-format=json-render-diagnostics",
+        ])
         .stderr(Stdio::inherit())
         .stdout(Stdio::piped())
         .output()
@@ -275,7 +337,9 @@ fn build_release() -> Result<(PathBuf, PathBuf)> {
         }
         match msg["reason"].as_str() {
             Some("build-script-executed") => {
-                object = msg["out_dir"].as_str().map(|d| Path::new(d).join("netpath"));
+                object = msg["out_dir"]
+                    .as_str()
+                    .map(|d| Path::new(d).join("netpath"));
             }
             Some("compiler-artifact") => {
                 if let Some(exe) = msg["executable"].as_str() {

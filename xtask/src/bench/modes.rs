@@ -55,7 +55,12 @@ impl Mode {
     }
 
     /// Builds the mode and starts the container's servers.
-    pub fn setup<'a>(self, lab: &'a Lab, bin: &'a Path, server_ports: &[u16]) -> Result<Active<'a>> {
+    pub fn setup<'a>(
+        self,
+        lab: &'a Lab,
+        bin: &'a Path,
+        server_ports: &[u16],
+    ) -> Result<Active<'a>> {
         let mut active = Active {
             mode: self,
             lab,
@@ -65,7 +70,9 @@ impl Mode {
             netpath_up: false,
             servers: Vec::new(),
         };
-        active.build(server_ports).with_context(|| format!("setting up mode {}", self.name()))?;
+        active
+            .build(server_ports)
+            .with_context(|| format!("setting up mode {}", self.name()))?;
         Ok(active)
     }
 }
@@ -139,7 +146,8 @@ impl Active<'_> {
         }
         let ns = self.container_ns();
         let ip = self.container_ip();
-        self.servers.push(self.lab.nginx(&ns, "0.0.0.0", server_ports)?);
+        self.servers
+            .push(self.lab.nginx(&ns, "0.0.0.0", server_ports)?);
         self.servers.push(self.lab.iperf_server(&ns, IPERF_PORT)?);
         wait_tcp(&ns, ip, HTTP_PORT, &self.lab.scratch)?;
         wait_tcp(&ns, ip, IPERF_PORT, &self.lab.scratch)?;
@@ -263,7 +271,10 @@ fn iptables_rules(n: u16) -> String {
          :POSTROUTING ACCEPT [0:0]\n:DOCKER - [0:0]\n\
          -A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER\n",
     );
-    let _ = writeln!(s, "-A POSTROUTING -s {BASE_SUBNET} ! -o {BASE_BRIDGE} -j MASQUERADE");
+    let _ = writeln!(
+        s,
+        "-A POSTROUTING -s {BASE_SUBNET} ! -o {BASE_BRIDGE} -j MASQUERADE"
+    );
     let mut dnat = |proto: &str, host: u16, port: u16| {
         let _ = writeln!(
             s,

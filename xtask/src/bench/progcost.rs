@@ -72,7 +72,11 @@ pub fn measure(object: &Path, iters: usize, scratch: &Path) -> Result<Value> {
     let rows: Vec<Value> = cases
         .iter()
         .map(|c| {
-            let base = if c.name.starts_with("xdp") { xdp_noop } else { tc_noop };
+            let base = if c.name.starts_with("xdp") {
+                xdp_noop
+            } else {
+                tc_noop
+            };
             json!({"case": c.name, "ns": c.ns, "ns_over_noop": c.ns - base})
         })
         .collect();
@@ -163,7 +167,13 @@ struct Bench {
 
 impl Bench {
     /// Runs a classifier once on `frame` arriving on `ifindex`.
-    fn tc(&mut self, prog: &str, ifindex: u32, frame: &[u8], out: &mut Vec<u8>) -> Result<(u32, u64)> {
+    fn tc(
+        &mut self,
+        prog: &str,
+        ifindex: u32,
+        frame: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(u32, u64)> {
         let prog: &mut SchedClassifier = self
             .ebpf
             .program_mut(prog)
@@ -198,7 +208,12 @@ impl Bench {
 
     /// Median ns of `iters` runs; `frame(i)` gives the i-th frame (distinct
     /// frames time the first-packet path, one frame the established one).
-    fn time_tc(&mut self, prog: &str, ifindex: u32, frame: impl Fn(usize) -> Vec<u8>) -> Result<f64> {
+    fn time_tc(
+        &mut self,
+        prog: &str,
+        ifindex: u32,
+        frame: impl Fn(usize) -> Vec<u8>,
+    ) -> Result<f64> {
         let mut out = Vec::new();
         let mut ns = Vec::with_capacity(self.iters);
         for i in 0..self.iters {
@@ -214,10 +229,9 @@ fn median_u64(v: &mut [u64]) -> f64 {
 }
 
 fn run_cases(object: &[u8], iters: usize) -> Result<Vec<Case>> {
-    let pins = PinDir(PathBuf::from("/sys/fs/bpf").join(format!(
-        "npbench-{}",
-        crate::util::short_suffix()
-    )));
+    let pins = PinDir(
+        PathBuf::from("/sys/fs/bpf").join(format!("npbench-{}", crate::util::short_suffix())),
+    );
     fs::create_dir_all(&pins.0).with_context(|| format!("creating {}", pins.0.display()))?;
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(&pins.0)
@@ -225,7 +239,11 @@ fn run_cases(object: &[u8], iters: usize) -> Result<Vec<Case>> {
         .context("loading the eBPF object")?;
     let (uplink, container) = (ifindex("u0")?, ifindex("c0")?);
     fill_maps(&mut ebpf, uplink, container)?;
-    for name in [names::PROG_FROM_CONTAINER, names::PROG_FROM_UPLINK, names::PROG_TO_UPLINK] {
+    for name in [
+        names::PROG_FROM_CONTAINER,
+        names::PROG_FROM_UPLINK,
+        names::PROG_TO_UPLINK,
+    ] {
         let p: &mut SchedClassifier = ebpf
             .program_mut(name)
             .with_context(|| format!("no program {name}"))?
@@ -246,7 +264,11 @@ fn run_cases(object: &[u8], iters: usize) -> Result<Vec<Case>> {
         iters,
     };
     let (up, ct) = (b.uplink, b.container);
-    let (fc, fu, tu) = (names::PROG_FROM_CONTAINER, names::PROG_FROM_UPLINK, names::PROG_TO_UPLINK);
+    let (fc, fu, tu) = (
+        names::PROG_FROM_CONTAINER,
+        names::PROG_FROM_UPLINK,
+        names::PROG_TO_UPLINK,
+    );
     let mut cases = Vec::new();
     let mut add = |name, ns| cases.push(Case { name, ns });
 
@@ -254,31 +276,58 @@ fn run_cases(object: &[u8], iters: usize) -> Result<Vec<Case>> {
     // the TC baseline is a non-IP frame (ARP) through from_uplink's first
     // check; for XDP the object has the pass-through xdp_pass.
     let arp = arp_frame();
-    add("tc no-op: ARP through from_uplink", b.time_tc(fu, up, |_| arp.clone())?);
+    add(
+        "tc no-op: ARP through from_uplink",
+        b.time_tc(fu, up, |_| arp.clone())?,
+    );
     let miss = tcp(OUTSIDE_IP, HOST_IP, 5555, 22, ACK).eth(OUTSIDE_MAC, HOST_MAC);
-    add("from_uplink: host traffic, no flow/port (pass)", b.time_tc(fu, up, |_| miss.clone())?);
+    add(
+        "from_uplink: host traffic, no flow/port (pass)",
+        b.time_tc(fu, up, |_| miss.clone())?,
+    );
     // Distinct source ports: every run is a new flow (DNAT + conntrack insert).
     let new_in = |i: usize| {
-        tcp(OUTSIDE_IP, HOST_IP, 1024 + (i % 30000) as u16, PUBLISHED, SYN).eth(OUTSIDE_MAC, HOST_MAC)
+        tcp(
+            OUTSIDE_IP,
+            HOST_IP,
+            1024 + (i % 30000) as u16,
+            PUBLISHED,
+            SYN,
+        )
+        .eth(OUTSIDE_MAC, HOST_MAC)
     };
-    add("from_uplink: published port, new flow (DNAT + CT insert)", b.time_tc(fu, up, new_in)?);
+    add(
+        "from_uplink: published port, new flow (DNAT + CT insert)",
+        b.time_tc(fu, up, new_in)?,
+    );
 
     // An established published flow: SYN in, SYN-ACK out, then ACKs.
     let mut out = Vec::new();
     let syn = tcp(OUTSIDE_IP, HOST_IP, 33333, PUBLISHED, SYN).eth(OUTSIDE_MAC, HOST_MAC);
     b.tc(fu, up, &syn, &mut out)?;
-    let synack = tcp(CONTAINER_IP, OUTSIDE_IP, 80, 33333, SYN | ACK).eth(CONTAINER_MAC, GATEWAY_MAC);
+    let synack =
+        tcp(CONTAINER_IP, OUTSIDE_IP, 80, 33333, SYN | ACK).eth(CONTAINER_MAC, GATEWAY_MAC);
     b.tc(fc, ct, &synack, &mut out)?;
     let ack_in = tcp(OUTSIDE_IP, HOST_IP, 33333, PUBLISHED, ACK).eth(OUTSIDE_MAC, HOST_MAC);
-    add("from_uplink: published port, established (DNAT)", b.time_tc(fu, up, |_| ack_in.clone())?);
+    add(
+        "from_uplink: published port, established (DNAT)",
+        b.time_tc(fu, up, |_| ack_in.clone())?,
+    );
     let ack_out = tcp(CONTAINER_IP, OUTSIDE_IP, 80, 33333, ACK).eth(CONTAINER_MAC, GATEWAY_MAC);
-    add("from_container: reply of published flow (reverse DNAT)", b.time_tc(fc, ct, |_| ack_out.clone())?);
+    add(
+        "from_container: reply of published flow (reverse DNAT)",
+        b.time_tc(fc, ct, |_| ack_out.clone())?,
+    );
 
     // Masquerade: new flows (SNAT port allocation), then an established one.
     let new_out = |i: usize| {
-        tcp(CONTAINER_IP, OUTSIDE_IP, 1024 + (i % 30000) as u16, 81, SYN).eth(CONTAINER_MAC, GATEWAY_MAC)
+        tcp(CONTAINER_IP, OUTSIDE_IP, 1024 + (i % 30000) as u16, 81, SYN)
+            .eth(CONTAINER_MAC, GATEWAY_MAC)
     };
-    add("from_container: masquerade, new flow (SNAT alloc + CT insert)", b.time_tc(fc, ct, new_out)?);
+    add(
+        "from_container: masquerade, new flow (SNAT alloc + CT insert)",
+        b.time_tc(fc, ct, new_out)?,
+    );
     let syn = tcp(CONTAINER_IP, OUTSIDE_IP, 34444, 80, SYN).eth(CONTAINER_MAC, GATEWAY_MAC);
     b.tc(fc, ct, &syn, &mut out)?;
     // The SNAT port the program chose: TCP source port of its output.
@@ -289,18 +338,32 @@ fn run_cases(object: &[u8], iters: usize) -> Result<Vec<Case>> {
     let synack = tcp(OUTSIDE_IP, HOST_IP, 80, nat_port, SYN | ACK).eth(OUTSIDE_MAC, HOST_MAC);
     b.tc(fu, up, &synack, &mut out)?;
     let ack = tcp(CONTAINER_IP, OUTSIDE_IP, 34444, 80, ACK).eth(CONTAINER_MAC, GATEWAY_MAC);
-    add("from_container: masquerade, established (SNAT)", b.time_tc(fc, ct, |_| ack.clone())?);
+    add(
+        "from_container: masquerade, established (SNAT)",
+        b.time_tc(fc, ct, |_| ack.clone())?,
+    );
     let reply = tcp(OUTSIDE_IP, HOST_IP, 80, nat_port, ACK).eth(OUTSIDE_MAC, HOST_MAC);
-    add("from_uplink: masquerade reply (reverse SNAT)", b.time_tc(fu, up, |_| reply.clone())?);
+    add(
+        "from_uplink: masquerade reply (reverse SNAT)",
+        b.time_tc(fu, up, |_| reply.clone())?,
+    );
     let host_out = tcp(HOST_IP, OUTSIDE_IP, 5555, 22, ACK).eth(HOST_MAC, OUTSIDE_MAC);
-    add("to_uplink: host traffic (pass)", b.time_tc(tu, up, |_| host_out.clone())?);
+    add(
+        "to_uplink: host traffic (pass)",
+        b.time_tc(tu, up, |_| host_out.clone())?,
+    );
 
     let mut xdp = |prog: &str, frame: &[u8]| -> Result<f64> {
-        let mut ns = (0..b.iters).map(|_| b.xdp(prog, frame)).collect::<Result<Vec<_>>>()?;
+        let mut ns = (0..b.iters)
+            .map(|_| b.xdp(prog, frame))
+            .collect::<Result<Vec<_>>>()?;
         Ok(median_u64(&mut ns))
     };
     add("xdp no-op: xdp_pass", xdp(names::PROG_XDP_PASS, &ack_in)?);
-    add("xdp_uplink: published port, established", xdp(names::PROG_XDP_UPLINK, &ack_in)?);
+    add(
+        "xdp_uplink: published port, established",
+        xdp(names::PROG_XDP_UPLINK, &ack_in)?,
+    );
     Ok(cases)
 }
 

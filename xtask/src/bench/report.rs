@@ -14,17 +14,62 @@ use super::{Plan, Results, probe};
 /// (id prefix, label, unit, higher is better), in table order. Scale ids
 /// carry the port count as a suffix.
 const METRICS: &[(&str, &str, &str, bool)] = &[
-    ("conn_rate", "new TCP connections/s via published port", "conn/s", true),
-    ("conn_errors", "socket errors during the connection run", "count", false),
-    ("latency_p50", "HTTP request latency p50 (1 keep-alive conn)", "us", false),
-    ("latency_p99", "HTTP request latency p99 (1 keep-alive conn)", "us", false),
-    ("tcp_in", "TCP throughput client -> container", "Gbit/s", true),
-    ("tcp_out", "TCP throughput container -> client (-R)", "Gbit/s", true),
+    (
+        "conn_rate",
+        "new TCP connections/s via published port",
+        "conn/s",
+        true,
+    ),
+    (
+        "conn_errors",
+        "socket errors during the connection run",
+        "count",
+        false,
+    ),
+    (
+        "latency_p50",
+        "HTTP request latency p50 (1 keep-alive conn)",
+        "us",
+        false,
+    ),
+    (
+        "latency_p99",
+        "HTTP request latency p99 (1 keep-alive conn)",
+        "us",
+        false,
+    ),
+    (
+        "tcp_in",
+        "TCP throughput client -> container",
+        "Gbit/s",
+        true,
+    ),
+    (
+        "tcp_out",
+        "TCP throughput container -> client (-R)",
+        "Gbit/s",
+        true,
+    ),
     ("udp_pps", "UDP 64 B delivered", "pkt/s", true),
     ("udp_loss", "UDP 64 B lost", "%", false),
-    ("masq_conn_rate", "masquerade: container -> outside connections/s", "conn/s", true),
-    ("masq_tcp", "masquerade: container -> outside TCP", "Gbit/s", true),
-    ("scale_conn", "connections/s to the last of N published ports", "conn/s", true),
+    (
+        "masq_conn_rate",
+        "masquerade: container -> outside connections/s",
+        "conn/s",
+        true,
+    ),
+    (
+        "masq_tcp",
+        "masquerade: container -> outside TCP",
+        "Gbit/s",
+        true,
+    ),
+    (
+        "scale_conn",
+        "connections/s to the last of N published ports",
+        "conn/s",
+        true,
+    ),
     ("scale_install", "installing N published ports", "ms", false),
 ];
 
@@ -45,7 +90,11 @@ fn order(id: &str) -> (usize, u64) {
         .iter()
         .position(|(p, ..)| id == *p || id.starts_with(&format!("{p}_")))
         .unwrap_or(usize::MAX);
-    let n = id.rsplit('_').next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let n = id
+        .rsplit('_')
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     (i, n)
 }
 
@@ -101,7 +150,11 @@ pub fn write(dir: &Path, plan: &Plan, res: &Results, prog: &Value, took: Duratio
         "| metric | unit | {} | tc/ipt | tc/route | xdp/ipt | xdp/route |",
         modes.join(" | ")
     );
-    let _ = writeln!(md, "|---|---|{}---|---|---|---|", "---:|".repeat(modes.len()));
+    let _ = writeln!(
+        md,
+        "|---|---|{}---|---|---|---|",
+        "---:|".repeat(modes.len())
+    );
     for id in ids {
         let (label, unit, higher) = describe(id);
         let per_mode = &res.samples[id];
@@ -135,14 +188,20 @@ pub fn write(dir: &Path, plan: &Plan, res: &Results, prog: &Value, took: Duratio
             "values": values, "ratios": ratios,
         }));
     }
-    let _ = writeln!(md, "\n↑ higher is better, ↓ lower is better. `–`: not applicable or failed.\n");
+    let _ = writeln!(
+        md,
+        "\n↑ higher is better, ↓ lower is better. `–`: not applicable or failed.\n"
+    );
     if let Value::Array(rows) = prog {
         let _ = writeln!(
             md,
             "Program cost (BPF_PROG_TEST_RUN, median of {} runs, repeat=1 each, fresh frame per run):\n",
             plan.prog_iters
         );
-        let _ = writeln!(md, "| program / path | ns/packet | minus no-op |\n|---|---:|---:|");
+        let _ = writeln!(
+            md,
+            "| program / path | ns/packet | minus no-op |\n|---|---:|---:|"
+        );
         for r in rows {
             let _ = writeln!(
                 md,
@@ -177,7 +236,11 @@ pub fn write(dir: &Path, plan: &Plan, res: &Results, prog: &Value, took: Duratio
     let md_path = dir.join("bench.md");
     std::fs::write(&md_path, &md).with_context(|| format!("writing {}", md_path.display()))?;
     println!("\n{md}");
-    println!("bench: wrote {} and {}", md_path.display(), json_path.display());
+    println!(
+        "bench: wrote {} and {}",
+        md_path.display(),
+        json_path.display()
+    );
     chart(dir, &json_path);
     Ok(())
 }
@@ -204,7 +267,9 @@ fn chart(dir: &Path, json_path: &Path) {
             return;
         }
     }
-    eprintln!("bench: warning: no chart (needs python3 with matplotlib: apt-get install python3-matplotlib)");
+    eprintln!(
+        "bench: warning: no chart (needs python3 with matplotlib: apt-get install python3-matplotlib)"
+    );
 }
 
 fn machine() -> Value {
@@ -229,7 +294,8 @@ fn machine() -> Value {
     let date = probe(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"])).unwrap_or_default();
     let iptables = probe(Command::new("iptables").arg("-V")).unwrap_or_default();
     let nft = probe(Command::new("nft").arg("-v")).unwrap_or_default();
-    let summary = format!("{cpus} vCPU ({cpu_model}), {mem_gib:.0} GiB, kernel {kernel}, {iptables}, {nft}");
+    let summary =
+        format!("{cpus} vCPU ({cpu_model}), {mem_gib:.0} GiB, kernel {kernel}, {iptables}, {nft}");
     json!({"kernel": kernel, "cpus": cpus, "mem_gib": mem_gib, "cpu_model": cpu_model,
            "date": date, "iptables": iptables, "nft": nft, "summary": summary})
 }

@@ -136,9 +136,16 @@ pub fn iperf(
         };
         let packets = sum["packets"].as_f64().context("no UDP packet count")?;
         let lost = sum["lost_packets"].as_f64().unwrap_or(0.0);
-        let seconds = sum["seconds"].as_f64().filter(|s| *s > 0.0).context("no seconds")?;
+        let seconds = sum["seconds"]
+            .as_f64()
+            .filter(|s| *s > 0.0)
+            .context("no seconds")?;
         let delivered = (packets - lost).max(0.0);
-        let loss_pct = if packets > 0.0 { 100.0 * lost / packets } else { 100.0 };
+        let loss_pct = if packets > 0.0 {
+            100.0 * lost / packets
+        } else {
+            100.0
+        };
         let udp = Udp {
             delivered_pps: delivered / seconds,
             loss_pct,

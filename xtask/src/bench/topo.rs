@@ -108,7 +108,10 @@ impl Lab {
             self.ip(ns, "link set lo up")?;
         }
         // Uplink H <-> C, created in H and its peer moved to C.
-        self.ip(&h, &format!("link add {UPLINK} type veth peer name out0 netns {c}"))?;
+        self.ip(
+            &h,
+            &format!("link add {UPLINK} type veth peer name out0 netns {c}"),
+        )?;
         self.ip(&h, &format!("addr add {HOST_IP}/24 dev {UPLINK}"))?;
         self.ip(&h, &format!("link set {UPLINK} up"))?;
         self.ip(&h, &format!("route add default via {CLIENT_IP}"))?;
@@ -120,7 +123,10 @@ impl Lab {
         self.ip(&h, &format!("link add {BASE_BRIDGE} type bridge"))?;
         self.ip(&h, &format!("addr add 10.78.0.1/24 dev {BASE_BRIDGE}"))?;
         self.ip(&h, &format!("link set {BASE_BRIDGE} up"))?;
-        self.ip(&h, &format!("link add vb0 type veth peer name eth0 netns {b}"))?;
+        self.ip(
+            &h,
+            &format!("link add vb0 type veth peer name eth0 netns {b}"),
+        )?;
         self.ip(&h, &format!("link set vb0 master {BASE_BRIDGE} up"))?;
         self.ip(&b, &format!("addr add {BASE_IP}/24 dev eth0"))?;
         self.ip(&b, "link set eth0 up")?;

@@ -1,0 +1,361 @@
+//! Prometheus metrics, served by the agent on `up --metrics ADDR`: a minimal
+//! HTTP/1.x server that answers `GET /metrics` in the text exposition format
+//! (0.0.4), computed from the pinned maps at each scrape.
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    io,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use netpath_common::{DIR_ORIGINAL, DIR_REPLY, FlowEntry, FlowKey, nat_kind};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+use crate::{
+    flows::proto_name,
+    tables::{Counters, Tables, TablesError},
+};
+
+/// A scraper gets this long to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest request head we read; a scrape's is a few hundred bytes.
+const MAX_REQUEST: usize = 8192;
+/// Pause after a failed accept (out of fds) so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// A published port as the metrics label it: the original destination port
+/// (the host port) and the protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PortLabel {
+    pub port: u16,
+    pub proto: u8,
+}
+
+/// Packets and bytes per direction (`DIR_ORIGINAL`, `DIR_REPLY`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub packets: [u64; 2],
+    pub bytes: [u64; 2],
+}
+
+impl Traffic {
+    fn add(&mut self, entry: &FlowEntry) {
+        for dir in [DIR_ORIGINAL, DIR_REPLY] {
+            self.packets[dir] = self.packets[dir].wrapping_add(entry.packets[dir]);
+            self.bytes[dir] = self.bytes[dir].wrapping_add(entry.bytes[dir]);
+        }
+    }
+}
+
+pub type PortTraffic = BTreeMap<PortLabel, Traffic>;
+
+/// Traffic of flows the agent's GC removed, so per-port counters keep
+/// counting after a flow expires instead of going down. (Flows flushed by
+/// other commands, `publish rm` or `container rm`, are not carried over: a
+/// scraper sees a counter reset then.)
+pub type Retired = Arc<Mutex<PortTraffic>>;
+
+/// The published port a flow went through, if it is one (DNAT from the
+/// outside, or hairpin from a container).
+pub fn published_port(key: &FlowKey, entry: &FlowEntry) -> Option<PortLabel> {
+    matches!(entry.nat_kind, nat_kind::DNAT | nat_kind::HAIRPIN).then(|| PortLabel {
+        port: u16::from_be(key.dport),
+        proto: key.proto,
+    })
+}
+
+/// Adds a flow's traffic to `totals` if it went through a published port.
+pub fn account(totals: &mut PortTraffic, key: &FlowKey, entry: &FlowEntry) {
+    if let Some(port) = published_port(key, entry) {
+        totals.entry(port).or_default().add(entry);
+    }
+}
+
+/// Builds the exposition text: one `# HELP`/`# TYPE` header per family.
+#[derive(Default)]
+struct Exposition(String);
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        // Writing to a String cannot fail.
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+            let _ = write!(self.0, "{{{}}}", labels.join(","));
+        }
+        let _ = writeln!(self.0, " {value}");
+    }
+}
+
+/// Everything a scrape shows, from already-read tables.
+pub fn render(
+    counters: &Counters,
+    flows: &[(FlowKey, FlowEntry)],
+    capacity: u32,
+    retired: &PortTraffic,
+) -> String {
+    const PACKETS: &str = "netpath_packets_total";
+    const DROPS: &str = "netpath_drops_total";
+    const CREATED: &str = "netpath_conntrack_flows_created_total";
+    let mut out = Exposition::default();
+    // The STATS slots fall into three families: drop reasons, the flow
+    // creation count (flows, not packets), and the other packet outcomes.
+    out.family(
+        PACKETS,
+        "counter",
+        "Packets seen by the eBPF datapath, by verdict (a packet may count under more than one).",
+    );
+    for (name, value) in counters {
+        if !name.starts_with("drop_") && *name != "flow_created" {
+            out.sample(PACKETS, &[("verdict", name)], *value);
+        }
+    }
+    out.family(DROPS, "counter", "Packets the eBPF datapath dropped, by reason.");
+    for (name, value) in counters {
+        if let Some(reason) = name.strip_prefix("drop_") {
+            out.sample(DROPS, &[("reason", reason)], *value);
+        }
+    }
+    out.family(CREATED, "counter", "Conntrack entries created by the datapath.");
+    let created = counters.iter().find(|(n, _)| *n == "flow_created");
+    out.sample(CREATED, &[], created.map_or(0, |(_, v)| *v));
+    out.family(
+        "netpath_conntrack_entries",
+        "gauge",
+        "Flows in the conntrack table.",
+    );
+    out.sample("netpath_conntrack_entries", &[], flows.len() as u64);
+    out.family(
+        "netpath_conntrack_capacity",
+        "gauge",
+        "Size of the conntrack table, in flows.",
+    );
+    out.sample("netpath_conntrack_capacity", &[], u64::from(capacity));
+
+    let mut ports = retired.clone();
+    for (key, entry) in flows {
+        account(&mut ports, key, entry);
+    }
+    for (unit, help) in [
+        ("packets", "Packets of flows through a published port, by host port, protocol and direction."),
+        ("bytes", "Bytes of flows through a published port, by host port, protocol and direction."),
+    ] {
+        let name = format!("netpath_published_port_{unit}_total");
+        out.family(&name, "counter", help);
+        for (label, traffic) in &ports {
+            let values = if unit == "packets" {
+                traffic.packets
+            } else {
+                traffic.bytes
+            };
+            let port = label.port.to_string();
+            for (dir, direction) in [(DIR_ORIGINAL, "original"), (DIR_REPLY, "reply")] {
+                let labels = [
+                    ("port", port.as_str()),
+                    ("proto", proto_name(label.proto)),
+                    ("direction", direction),
+                ];
+                out.sample(&name, &labels, values[dir]);
+            }
+        }
+    }
+    out.0
+}
+
+/// Reads the instance's pinned maps and renders them.
+pub fn scrape(instance: &str, retired: &Retired) -> Result<String, TablesError> {
+    let tables = Tables::open(instance)?;
+    let counters = tables.counters()?;
+    let flows = tables.flows()?;
+    let retired = retired.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    Ok(render(
+        &counters,
+        &flows,
+        tables.conntrack_capacity(),
+        &retired,
+    ))
+}
+
+/// Serves scrapes until the task is dropped.
+pub async fn serve(listener: TcpListener, instance: String, retired: Retired) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let instance = instance.clone();
+                let retired = retired.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = answer(stream, instance, retired).await {
+                        log::debug!("metrics: request from {peer}: {e}");
+                    }
+                });
+            }
+            Err(e) => {
+                log::warn!("metrics: accept: {e}");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// Reads the request head: up to the blank line, EOF or `MAX_REQUEST`.
+async fn read_head(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while head.len() < MAX_REQUEST {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&chunk[..n]);
+        if head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n") {
+            break;
+        }
+    }
+    Ok(head)
+}
+
+/// What to send back for a request line.
+enum Route {
+    Metrics { head_only: bool },
+    MethodNotAllowed,
+    NotFound,
+    BadRequest,
+}
+
+fn route(head: &[u8]) -> Route {
+    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut words = line.split_whitespace();
+    let (Some(method), Some(target)) = (words.next(), words.next()) else {
+        return Route::BadRequest;
+    };
+    let path = target.split('?').next().unwrap_or_default();
+    match (method, path) {
+        ("GET", "/metrics") => Route::Metrics { head_only: false },
+        ("HEAD", "/metrics") => Route::Metrics { head_only: true },
+        (_, "/metrics") => Route::MethodNotAllowed,
+        _ => Route::NotFound,
+    }
+}
+
+async fn answer(mut stream: TcpStream, instance: String, retired: Retired) -> io::Result<()> {
+    let head = tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut stream))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no request in time"))??;
+    let (status, content_type, body, head_only) = match route(&head) {
+        Route::Metrics { head_only } => {
+            // Walking a large conntrack table takes a while: off the runtime.
+            let scraped = tokio::task::spawn_blocking(move || scrape(&instance, &retired)).await;
+            match scraped {
+                Ok(Ok(text)) => (
+                    "200 OK",
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    text,
+                    head_only,
+                ),
+                Ok(Err(e)) => ("500 Internal Server Error", "text/plain", format!("{e}\n"), false),
+                Err(e) => ("500 Internal Server Error", "text/plain", format!("{e}\n"), false),
+            }
+        }
+        Route::MethodNotAllowed => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "use GET /metrics\n".to_owned(),
+            false,
+        ),
+        Route::NotFound => ("404 Not Found", "text/plain", "try /metrics\n".to_owned(), false),
+        Route::BadRequest => ("400 Bad Request", "text/plain", String::new(), false),
+    };
+    let mut response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    if status.starts_with("405") {
+        response.push_str("Allow: GET, HEAD\r\n");
+    }
+    response.push_str("\r\n");
+    if !head_only {
+        response.push_str(&body);
+    }
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use netpath_common::IPPROTO_TCP;
+
+    use super::*;
+
+    fn flow(dport: u16, kind: u8, packets: [u64; 2]) -> (FlowKey, FlowEntry) {
+        let key = FlowKey {
+            dport: dport.to_be(),
+            proto: IPPROTO_TCP,
+            ..FlowKey::default()
+        };
+        let entry = FlowEntry {
+            nat_kind: kind,
+            packets,
+            bytes: [packets[0] * 100, packets[1] * 100],
+            ..FlowEntry::default()
+        };
+        (key, entry)
+    }
+
+    #[test]
+    fn exposition_has_families_and_per_port_sums() {
+        let counters: Counters = vec![
+            ("redirect_peer", 5),
+            ("flow_created", 3),
+            ("drop_spoofed_source", 2),
+        ];
+        let flows = [
+            flow(8080, nat_kind::DNAT, [3, 2]),
+            flow(8080, nat_kind::HAIRPIN, [1, 1]),
+            flow(443, nat_kind::MASQUERADE, [9, 9]),
+        ];
+        let mut retired = PortTraffic::new();
+        let (k, e) = flow(8080, nat_kind::DNAT, [10, 0]);
+        account(&mut retired, &k, &e);
+        let text = render(&counters, &flows, 65536, &retired);
+        for line in [
+            "# TYPE netpath_packets_total counter",
+            "netpath_packets_total{verdict=\"redirect_peer\"} 5",
+            "netpath_drops_total{reason=\"spoofed_source\"} 2",
+            "netpath_conntrack_flows_created_total 3",
+            "netpath_conntrack_entries 3",
+            "netpath_conntrack_capacity 65536",
+            "netpath_published_port_packets_total{port=\"8080\",proto=\"tcp\",direction=\"original\"} 14",
+            "netpath_published_port_packets_total{port=\"8080\",proto=\"tcp\",direction=\"reply\"} 3",
+            "netpath_published_port_bytes_total{port=\"8080\",proto=\"tcp\",direction=\"original\"} 1400",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        assert!(!text.contains("port=\"443\""), "masquerade is no published port");
+        assert!(!text.contains("verdict=\"flow_created\""));
+        // Every sample's family is declared once, before its samples.
+        let types = text.lines().filter(|l| l.starts_with("# TYPE")).count();
+        let helps = text.lines().filter(|l| l.starts_with("# HELP")).count();
+        assert_eq!((types, helps), (7, 7));
+    }
+
+    #[test]
+    fn routes() {
+        assert!(matches!(
+            route(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Route::Metrics { head_only: false }
+        ));
+        assert!(matches!(route(b"GET /metrics?x=1 HTTP/1.0\r\n\r\n"), Route::Metrics { .. }));
+        assert!(matches!(route(b"POST /metrics HTTP/1.1\r\n\r\n"), Route::MethodNotAllowed));
+        assert!(matches!(route(b"GET / HTTP/1.1\r\n\r\n"), Route::NotFound));
+        assert!(matches!(route(b"\r\n"), Route::BadRequest));
+    }
+}

@@ -1,0 +1,130 @@
+//! `netpath flows --watch`: flow opened/closed events as they happen, read
+//! from the pinned `EVENTS` ring buffer. Needs no agent.
+//!
+//! A BPF ring buffer has one consumer position, shared by everyone who maps
+//! it: two watchers of one instance split the events between them (each sees
+//! some). The agent does not consume `EVENTS`, so it takes none away.
+use std::{
+    io::{self, Write},
+    os::fd::AsRawFd,
+};
+
+use aya::maps::{Map, MapData, MapError, RingBuf};
+use netpath_common::{FlowEvent, names};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::{SignalKind, signal},
+};
+
+use crate::{
+    datapath::pin_dir,
+    flows::{FlowEventView, FlowFilter, monotonic_ns, realtime_ns},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("the datapath of instance {0} is not loaded: run `netpath up` first")]
+    NotLoaded(String),
+    #[error("pinned map {path}: {source}")]
+    Map {
+        path: String,
+        #[source]
+        source: MapError,
+    },
+    #[error("waiting for flow events: {0}")]
+    Io(#[from] io::Error),
+    #[error("cannot write JSON output: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Where the events go: one line each, text or compact JSON.
+struct Printer<'a> {
+    filter: &'a FlowFilter,
+    json: bool,
+    /// Events stamped before we started are backlog nobody consumed (the ring
+    /// keeps them until read): not "as they happen", so skipped.
+    since_ns: u64,
+    wall_offset_ns: i128,
+}
+
+impl Printer<'_> {
+    /// Prints every complete record in the ring. `Ok(false)`: stdout is
+    /// gone (e.g. `| head`), time to stop.
+    fn drain(&self, ring: &mut RingBuf<MapData>) -> Result<bool, WatchError> {
+        let mut out = io::stdout().lock();
+        while let Some(item) = ring.next() {
+            if item.len() < size_of::<FlowEvent>() {
+                continue;
+            }
+            let event: FlowEvent = bytemuck::pod_read_unaligned(&item[..size_of::<FlowEvent>()]);
+            if event.ts_ns < self.since_ns {
+                continue;
+            }
+            let view = FlowEventView::new(&event, self.wall_offset_ns);
+            if !view.matches(self.filter) {
+                continue;
+            }
+            let written = if self.json {
+                serde_json::to_writer(&mut out, &view)?;
+                writeln!(out)
+            } else {
+                writeln!(out, "{view}")
+            };
+            match written.and_then(|()| out.flush()) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(false),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Registers a ring buffer (aya's `RingBuf`, or an `EbpfLogger` around one)
+/// with the runtime, to wait until it has records.
+pub(crate) fn readable<T: AsRawFd>(ring: T) -> io::Result<AsyncFd<T>> {
+    // SAFETY: both types own their map's fd, open and unchanged until they
+    // drop, which is when the AsyncFd drops.
+    Ok(unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }?)
+}
+
+/// Streams events until SIGINT or SIGTERM (or until stdout closes).
+pub async fn watch(instance: &str, filter: &FlowFilter, json: bool) -> Result<(), WatchError> {
+    let path = pin_dir(instance).join(names::EVENTS);
+    let map_err = |source| WatchError::Map {
+        path: path.display().to_string(),
+        source,
+    };
+    let data = MapData::from_pin(&path).map_err(|_| WatchError::NotLoaded(instance.to_owned()))?;
+    let ring = RingBuf::try_from(Map::from_map_data(data).map_err(map_err)?).map_err(map_err)?;
+    let mut ring = readable(ring)?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let since_ns = monotonic_ns();
+    let printer = Printer {
+        filter,
+        json,
+        since_ns,
+        wall_offset_ns: realtime_ns() - i128::from(since_ns),
+    };
+    // Skips the backlog; from here on every new event is ours to show.
+    if !printer.drain(ring.get_mut())? {
+        return Ok(());
+    }
+    // On stderr, so scripts reading stdout see events only; it also tells
+    // them the watch is in place.
+    eprintln!("watching flow events of instance {instance} (Ctrl-C to stop)");
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => return Ok(()),
+            _ = interrupt.recv() => return Ok(()),
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                if !printer.drain(guard.get_inner_mut())? {
+                    return Ok(());
+                }
+                guard.clear_ready();
+            }
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! The datapath's life outside the agent: restarts that keep every connection,
+//! pins of another version refused, full tables and exhausted SNAT ranges that
+//! drop and count instead of breaking, concurrent CLI calls, bpftool views.
+use std::{
+    io::{BufRead, BufReader, Write},
+    process::{Child, ChildStdin, ChildStdout, Stdio},
+    thread,
+    time::Duration,
+};
+
+use netpath_tests::{Lab, Place, Server, udp_request_from};
+
+/// A long-lived TCP connection to a `Server::tcp_echo`, driven line by line.
+struct Stream {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    /// What the server said on connect: the source "ip:port" it saw.
+    greeting: String,
+}
+
+const STREAM_PY: &str = r#"
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+f = s.makefile("rb")
+print(f.readline().decode().strip(), flush=True)
+for line in sys.stdin:
+    s.sendall(line.encode())
+    print(f.readline().decode().strip(), flush=True)
+"#;
+
+impl Stream {
+    fn connect(place: impl Into<Place>, addr: &str, port: u16) -> Self {
+        let mut child = place
+            .into()
+            .command("python3")
+            .args(["-u", "-c", STREAM_PY, addr, &port.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn stream client");
+        let stdin = child.stdin.take().expect("stdin");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut greeting = String::new();
+        stdout.read_line(&mut greeting).expect("greeting");
+        assert!(!greeting.is_empty(), "connection to {addr}:{port} failed");
+        Self {
+            child,
+            stdin,
+            stdout,
+            greeting: greeting.trim().to_string(),
+        }
+    }
+
+    /// Sends a line on the same connection and returns the echo ("" when the
+    /// connection is gone).
+    fn roundtrip(&mut self, msg: &str) -> String {
+        writeln!(self.stdin, "{msg}").expect("write to client");
+        self.stdin.flush().expect("flush");
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("read echo");
+        line.trim().to_string()
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn agent_pid(lab: &Lab) -> i32 {
+    let path = format!("/run/netpath/{}/agent.pid", lab.instance());
+    std::fs::read_to_string(&path)
+        .expect("agent pid file")
+        .trim()
+        .parse()
+        .expect("pid")
+}
+
+/// SIGKILL and wait until the process is gone (pidfd becomes readable).
+fn kill_and_wait(pid: i32) {
+    // SAFETY: plain syscalls on a pid we read from netpath's own pid file.
+    unsafe {
+        let fd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as i32;
+        assert!(fd >= 0, "pidfd_open: {}", std::io::Error::last_os_error());
+        assert_eq!(libc::kill(pid, libc::SIGKILL), 0);
+        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        assert_eq!(libc::poll(&mut pfd, 1, 10_000), 1, "agent did not die");
+        libc::close(fd);
+    }
+}
+
+fn counter(lab: &Lab, name: &str) -> u64 {
+    lab.netpath_json(&["stats"])["counters"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counter {name}"))
+}
+
+#[test]
+fn killing_the_agent_and_starting_it_again_keeps_every_connection() {
+    let lab = Lab::new();
+    lab.up_ok(&[]);
+    let a = lab.container_name("a");
+    lab.container_add_ok(&a, &[]);
+
+    // A masqueraded connection: container → outside.
+    let outside_server = Server::tcp_echo(&lab.outside, "0.0.0.0", 0);
+    let mut masq = Stream::connect(lab.container(&a), Lab::OUTSIDE_IP, outside_server.port());
+    assert!(masq.greeting.starts_with(&format!("{}:", Lab::HOST_IP)), "{}", masq.greeting);
+    // A connection through a published port: outside → container.
+    let inside_server = Server::tcp_echo(lab.container(&a), "0.0.0.0", 7000);
+    lab.netpath(&["publish", "add", &a, "17000:7000"]).expect_ok("publish");
+    let mut dnat = Stream::connect(&lab.outside, Lab::HOST_IP, 17000);
+    assert!(dnat.greeting.starts_with(&format!("{}:", Lab::OUTSIDE_IP)), "{}", dnat.greeting);
+    assert_eq!(masq.roundtrip("before"), "before");
+    assert_eq!(dnat.roundtrip("before"), "before");
+
+    kill_and_wait(agent_pid(&lab));
+    assert_eq!(masq.roundtrip("no agent"), "no agent", "the pinned datapath runs on alone");
+    assert_eq!(dnat.roundtrip("no agent"), "no agent");
+
+    lab.up_ok(&[]);
+    assert_eq!(masq.roundtrip("adopted"), "adopted");
+    assert_eq!(dnat.roundtrip("adopted"), "adopted");
+    // Still the very same connections.
+    assert_eq!(outside_server.clients().len(), 1);
+    assert_eq!(inside_server.clients().len(), 1);
+}
+
+#[test]
+fn pins_of_another_layout_are_reported_not_reused() {
+    let lab = Lab::new();
+    let foreign = format!("/sys/fs/bpf/netpath/{}/v0", lab.instance());
+    std::fs::create_dir_all(&foreign).expect("fake old pin dir");
+    let out = lab.up(&[]);
+    out.expect_fail("up over pins of another version");
+    assert!(out.stderr.contains("another netpath version"), "{out}");
+    std::fs::remove_dir(&foreign).expect("remove fake pin dir");
+}
+
+#[test]
+fn a_full_conntrack_table_drops_new_flows_counted_and_recovers() {
+    let lab = Lab::new();
+    lab.up_ok(&["--conntrack-size", "4"]);
+    let a = lab.container_name("a");
+    lab.container_add_ok(&a, &[]);
+    let echo = Server::udp_echo(&lab.outside, "0.0.0.0", 0);
+    for src in 31001..=31004 {
+        udp_request_from(lab.container(&a), src, Lab::OUTSIDE_IP, echo.port(), "x").expect_ok("a flow that fits");
+    }
+    let full = udp_request_from(lab.container(&a), 31005, Lab::OUTSIDE_IP, echo.port(), "x");
+    assert!(!full.success(), "a fifth flow cannot fit in a table of four");
+    assert!(counter(&lab, "drop_conntrack_full") >= 1);
+    let stats = lab.netpath_json(&["stats"]);
+    assert_eq!(stats["conntrack_capacity"], 4);
+    assert_eq!(stats["conntrack_entries"], 4);
+    // Existing flows still work, and freeing entries lets new flows in.
+    udp_request_from(lab.container(&a), 31001, Lab::OUTSIDE_IP, echo.port(), "x").expect_ok("existing flow");
+    lab.netpath(&["container", "rm", &a]).expect_ok("rm flushes the container's flows");
+    let b = lab.container_name("b");
+    lab.container_add_ok(&b, &[]);
+    udp_request_from(lab.container(&b), 31006, Lab::OUTSIDE_IP, echo.port(), "x").expect_ok("room again");
+    lab.netpath(&["status"]).expect_ok("the instance is fine");
+}
+
+#[test]
+fn an_exhausted_snat_range_drops_counted_and_the_rest_keeps_working() {
+    let lab = Lab::new();
+    lab.up_ok(&["--snat-ports", "40000-40001"]);
+    let a = lab.container_name("a");
+    lab.container_add_ok(&a, &[]);
+    let echo = Server::udp_echo(&lab.outside, "0.0.0.0", 0);
+    let mut seen = Vec::new();
+    for src in [32001, 32002] {
+        let out = udp_request_from(lab.container(&a), src, Lab::OUTSIDE_IP, echo.port(), "x");
+        out.expect_ok("a port left");
+        seen.push(out.stdout.lines().next().unwrap_or_default().to_string());
+    }
+    let ports: Vec<&str> = seen.iter().map(|s| s.rsplit(':').next().unwrap_or_default()).collect();
+    assert_eq!(ports.len(), 2);
+    assert!(ports.iter().all(|p| *p == "40000" || *p == "40001"), "{seen:?}");
+    let third = udp_request_from(lab.container(&a), 32003, Lab::OUTSIDE_IP, echo.port(), "x");
+    assert!(!third.success(), "no SNAT port left for a third flow");
+    assert!(counter(&lab, "drop_no_snat_port") >= 1);
+    udp_request_from(lab.container(&a), 32001, Lab::OUTSIDE_IP, echo.port(), "x").expect_ok("flows with a port go on");
+}
+
+#[test]
+fn concurrent_publish_calls_end_consistent() {
+    let lab = Lab::new();
+    lab.up_ok(&[]);
+    let a = lab.container_name("a");
+    lab.container_add_ok(&a, &[]);
+    let distinct: Vec<bool> = thread::scope(|s| {
+        let handles: Vec<_> = (0..20)
+            .map(|i| {
+                let lab = &lab;
+                let a = &a;
+                s.spawn(move || lab.netpath(&["publish", "add", a, &format!("{}:80", 20000 + i)]).success())
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("thread")).collect()
+    });
+    assert!(distinct.iter().all(|ok| *ok), "every distinct port publishes once");
+    let same: Vec<(bool, String)> = thread::scope(|s| {
+        let handles: Vec<_> = (0..20)
+            .map(|_| {
+                let lab = &lab;
+                let a = &a;
+                s.spawn(move || {
+                    let out = lab.netpath(&["publish", "add", a, "21000:80"]);
+                    (out.success(), out.stderr)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("thread")).collect()
+    });
+    assert_eq!(same.iter().filter(|(ok, _)| *ok).count(), 1, "exactly one wins");
+    assert!(same.iter().filter(|(ok, _)| !ok).all(|(_, err)| err.contains("already published")));
+    let listed = lab.netpath_json(&["publish", "ls"]);
+    assert_eq!(listed.as_array().expect("list").len(), 21);
+    // The map itself, as bpftool sees it (with field names from BTF).
+    let pin = format!("/sys/fs/bpf/netpath/{}/v1/PORTS", lab.instance());
+    let dump = Place::here().exec("bpftool", &["-j", "map", "dump", "pinned", &pin]);
+    dump.expect_ok("bpftool map dump");
+    let entries = dump.json();
+    let entries = entries.as_array().expect("bpftool list");
+    assert_eq!(entries.len(), 21, "publish ls and the PORTS map agree");
+    assert!(
+        entries[0]["formatted"]["key"]["host_port"].is_number(),
+        "BTF gives named fields: {}",
+        entries[0]
+    );
+    let _ = Duration::ZERO;
+}
