@@ -5,8 +5,10 @@
 //! an uplink veth to an "outside" netns); this machine's own interfaces are
 //! never touched. [`Demo`]'s `Drop` cleans up, also after Ctrl-C.
 
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -22,6 +24,24 @@ const OUTSIDE_IF: &str = "out0";
 const HOST_ADDR: &str = "198.18.0.1/24";
 const OUTSIDE_ADDR: &str = "198.18.0.2/24";
 const OUTSIDE_IP: &str = "198.18.0.2";
+const HOST_IP: &str = "198.18.0.1";
+const WEB_PORT: &str = "8001";
+
+/// A tiny HTTP server (the seed uses `python3 -m http.server`) whose answer
+/// names the client's address, so each step shows which source arrived. It
+/// prints READY once bound: the demo waits for that line, not for a timer.
+const HTTP_PY: &str = r#"
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = ("hello from %s, you are %s:%d\n" % (sys.argv[2], *self.client_address)).encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a): pass
+s = http.server.HTTPServer(("0.0.0.0", int(sys.argv[1])), H)
+print("READY", flush=True)
+s.serve_forever()
+"#;
 
 type StepFn = Box<dyn Fn(&mut Demo) -> Result<()>>;
 
@@ -56,6 +76,7 @@ pub struct Demo {
     netns_created: Vec<String>,
     cgroup_created: bool,
     up_ran: bool,
+    servers: Vec<Child>,
 }
 
 impl Demo {
@@ -72,6 +93,7 @@ impl Demo {
             netns_created: Vec::new(),
             cgroup_created: false,
             up_ran: false,
+            servers: Vec::new(),
         })
     }
 
@@ -91,9 +113,7 @@ impl Demo {
         self.ip(&["-n", name, "link", "set", "lo", "up"])
     }
 
-    /// netpath in the host netns. `nsenter --net` rather than `ip netns exec`:
-    /// the latter also gives the child a private /sys, which hides bpffs and
-    /// the cgroup2 mount, and keeps the container netns it creates invisible.
+    /// netpath in the host netns, the way a user runs it there.
     fn netpath(&mut self, args: &[&str]) -> Result<()> {
         println!(
             "   $ ip netns exec {} netpath --instance {} {}",
@@ -102,14 +122,49 @@ impl Demo {
             args.join(" ")
         );
         status_ok(
-            Command::new("nsenter")
-                .arg(format!("--net=/run/netns/{}", self.host))
-                .arg("--")
+            Command::new("ip")
+                .args(["netns", "exec", &self.host])
                 .arg(&self.bin)
                 .arg("--instance")
                 .arg(&self.instance)
                 .args(args),
         )
+    }
+
+    /// Starts the HTTP server in netns `ns` and waits until it has bound.
+    fn serve(&mut self, ns: &str, port: &str, name: &str) -> Result<()> {
+        println!("   $ ip netns exec {ns} python3 -m http.server {port} &");
+        let mut child = Command::new("ip")
+            .args([
+                "netns", "exec", ns, "python3", "-u", "-c", HTTP_PY, port, name,
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting python3")?;
+        let mut line = String::new();
+        if let Some(out) = child.stdout.take() {
+            BufReader::new(out).read_line(&mut line)?;
+        }
+        self.servers.push(child);
+        if line.trim() != "READY" {
+            bail!("the HTTP server in {ns} did not start");
+        }
+        Ok(())
+    }
+
+    /// curl from netns `ns`; `cgroup`: run inside the demo's cgroup, where
+    /// netpath's socket hooks act (a host process).
+    fn curl(&self, ns: &str, url: &str, cgroup: bool) -> Result<()> {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns, "curl", "-s", "--max-time", "5", url]);
+        if cgroup {
+            let procs = self.cgroup.join("cgroup.procs");
+            // SAFETY: between fork and exec only a write(2) of our own pid.
+            unsafe {
+                cmd.pre_exec(move || std::fs::write(&procs, b"0"));
+            }
+        }
+        self.sh(&mut cmd)
     }
 
     fn container(&self, i: usize) -> Result<&str> {
@@ -152,6 +207,10 @@ impl Demo {
 
     fn cleanup(&mut self) {
         println!("\n== cleanup");
+        for mut server in self.servers.drain(..) {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
         if self.up_ran {
             println!(
                 "   replaces: ip link del np0; ip netns del np-*; iptables -t nat -D POSTROUTING ..."
@@ -268,6 +327,71 @@ pub fn steps(d: &Demo) -> Vec<Step> {
             },
         ),
         step("netpath status", None, |d| d.netpath(&["status"])),
+        step(
+            format!("{web} serves HTTP on {WEB_PORT}; the outside runs a server too"),
+            None,
+            |d| {
+                let web = format!("np-{}", d.container(0)?);
+                d.serve(&web, WEB_PORT, "web")?;
+                let out = d.outside.clone();
+                d.serve(&out, "80", "the outside")
+            },
+        ),
+        step(
+            format!("{web} reaches the outside: masqueraded to the host's {HOST_IP}"),
+            Some("iptables -t nat -A POSTROUTING -s 10.77.0.0/16 ! -o np0 -j MASQUERADE".into()),
+            |d| {
+                let web = format!("np-{}", d.container(0)?);
+                d.curl(&web, &format!("http://{OUTSIDE_IP}:80/"), false)?;
+                d.ping_from(&d.container(0)?.to_string(), OUTSIDE_IP)
+            },
+        ),
+        step(
+            format!("netpath publish add {web} {WEB_PORT}:{WEB_PORT}"),
+            Some(format!(
+                "iptables -t nat -A PREROUTING -p tcp --dport {WEB_PORT} -j DNAT --to-destination 10.77.0.2:{WEB_PORT}"
+            )),
+            |d| {
+                let web = d.container(0)?.to_string();
+                d.netpath(&["publish", "add", &web, &format!("{WEB_PORT}:{WEB_PORT}")])?;
+                d.netpath(&["publish", "ls"])
+            },
+        ),
+        step(
+            format!("the outside reaches {HOST_IP}:{WEB_PORT}; the container sees the client's real address"),
+            None,
+            |d| {
+                let out = d.outside.clone();
+                d.curl(&out, &format!("http://{HOST_IP}:{WEB_PORT}/"), false)
+            },
+        ),
+        step(
+            format!("the host itself reaches {HOST_IP}:{WEB_PORT} and 127.0.0.1:{WEB_PORT} (socket hooks)"),
+            Some(format!(
+                "iptables -t nat -A OUTPUT -p tcp --dport {WEB_PORT} -j DNAT --to-destination 10.77.0.2:{WEB_PORT}"
+            )),
+            |d| {
+                let host = d.host.clone();
+                d.curl(&host, &format!("http://{HOST_IP}:{WEB_PORT}/"), true)?;
+                d.curl(&host, &format!("http://127.0.0.1:{WEB_PORT}/"), true)
+            },
+        ),
+        step(
+            format!("{db} reaches {HOST_IP}:{WEB_PORT} (hairpin, SNAT to the gateway)"),
+            None,
+            |d| {
+                let db = format!("np-{}", d.container(1)?);
+                d.curl(&db, &format!("http://{HOST_IP}:{WEB_PORT}/"), false)
+            },
+        ),
+        step("netpath flows: the conntrack table, read from the pinned map", None, |d| {
+            d.netpath(&["flows"])
+        }),
+        step("netpath stats: which path each packet took", None, |d| d.netpath(&["stats"])),
+        step("no iptables rule was involved", None, |d| {
+            let host = d.host.clone();
+            d.sh(Command::new("ip").args(["netns", "exec", &host, "iptables-save", "-t", "nat"]))
+        }),
     ]
 }
 

@@ -35,6 +35,14 @@ pub fn from_container(mut ctx: TcContext) -> i32 {
         Parsed::Malformed => return drop(stat::DROP_MALFORMED),
     };
     if !source_is_endpoint(&ctx, &pkt) {
+        // Rare (a misconfigured or hostile container), so worth a record; at
+        // debug, which the loader switches off below the agent's level.
+        aya_log_ebpf::debug!(
+            &ctx,
+            "drop: spoofed source {:i} from ifindex {}",
+            u32::from_be(pkt.key.saddr),
+            unsafe { (*ctx.skb.skb).ifindex }
+        );
         return drop(stat::DROP_SPOOFED);
     }
     if let Some(flow) = conntrack::lookup(&pkt.key) {
