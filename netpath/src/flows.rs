@@ -158,8 +158,9 @@ impl FlowEventView {
     /// event's `bpf_ktime_get_ns` stamp into a wall-clock time.
     pub fn new(event: &FlowEvent, wall_offset_ns: i128) -> Self {
         let wall_ns = i128::from(event.ts_ns) + wall_offset_ns;
-        let time = jiff::Timestamp::from_nanosecond(wall_ns - wall_ns % 1000)
-            .map_or_else(|_| format!("{}ns", event.ts_ns), |t| t.to_string());
+        // Fixed microseconds, so text lines stay aligned.
+        let time = jiff::Timestamp::from_nanosecond(wall_ns)
+            .map_or_else(|_| format!("{}ns", event.ts_ns), |t| format!("{t:.6}"));
         Self {
             event: match event.kind {
                 EVENT_OPENED => "opened",

@@ -1,8 +1,10 @@
 //! End to end: the seed's NAT scenario on real namespaces, real programs and
 //! real packets, with netpath's eBPF datapath in place of iptables.
-use std::time::Duration;
+use std::{thread, time::Duration};
 
-use netpath_tests::{Lab, Place, Server, curl, http_source, ping, ping_ok, udp_source};
+use netpath_tests::{
+    Lab, Place, Server, curl, http_source, ping, ping_ok, udp_request_from, udp_source,
+};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -24,6 +26,7 @@ with_each_accel!(
     port_range_and_host_ip_binding,
     host_reaches_published_ports_through_socket_hooks_only_in_its_netns,
     hairpin_through_the_host_address_works_for_others_and_itself,
+    same_source_port_from_several_containers_gets_distinct_snat_ports,
     container_to_container_takes_the_redirect_peer_path,
     removing_a_mapping_flushes_its_flows_and_nothing_of_iptables_is_used,
 );
@@ -159,6 +162,36 @@ fn host_reaches_published_ports_through_socket_hooks_only_in_its_netns(accel: &s
         !out.success(),
         "the hooks must leave other namespaces alone"
     );
+}
+
+fn same_source_port_from_several_containers_gets_distinct_snat_ports(accel: &str) {
+    let (lab, a, b) = lab_with_two_containers(accel);
+    let c = lab.container_name("c");
+    lab.container_add_ok(&c, &[]);
+    let echo = Server::udp_echo(&lab.outside, "0.0.0.0", 0);
+    let seen: Vec<String> = thread::scope(|s| {
+        let handles: Vec<_> = [&a, &b, &c]
+            .into_iter()
+            .map(|name| {
+                let lab = &lab;
+                let echo = &echo;
+                s.spawn(move || {
+                    let out = udp_request_from(lab.container(name), 33333, Lab::OUTSIDE_IP, echo.port(), "x");
+                    out.expect_ok("UDP from a shared source port");
+                    out.stdout.lines().next().unwrap_or_default().trim().to_string()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("thread")).collect()
+    });
+    let distinct: std::collections::HashSet<&String> = seen.iter().collect();
+    assert_eq!(distinct.len(), 3, "three flows, three SNAT ports: {seen:?}");
+    for src in &seen {
+        let (ip, port) = src.rsplit_once(':').expect("ip:port");
+        assert_eq!(ip, Lab::HOST_IP);
+        let port: u16 = port.parse().expect("port");
+        assert!((40000..=49999).contains(&port), "SNAT port {port} from the reserved range");
+    }
 }
 
 fn hairpin_through_the_host_address_works_for_others_and_itself(accel: &str) {

@@ -8,7 +8,7 @@
 //!
 //! Environment knobs: `NETPATH_VM_CACHE` (cache dir, default
 //! `target/vm-cache`), `NETPATH_VM_TIMEOUT` (seconds per VM, default 1200),
-//! `NETPATH_VM_TEST_TIMEOUT` (seconds per test binary, default 600),
+//! `NETPATH_VM_TEST_TIMEOUT` (seconds per test binary, default 300),
 //! `NETPATH_VM_MEMORY` (MiB, default 1536), `NETPATH_VM_OFFLINE` (no
 //! `apt-get update`), `NETPATH_VM_SMOKE` (boot and load modules only, no
 //! tests), `NETPATH_VM_DEBIAN_MIRROR`.
@@ -83,7 +83,7 @@ pub fn vm_test(kernel: &str, extra_test_args: &[String]) -> Result<()> {
     fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
     let smoke = env::var_os("NETPATH_VM_SMOKE").is_some();
     let vm_timeout = Duration::from_secs(env_u64("NETPATH_VM_TIMEOUT", 1200)?);
-    let test_timeout = env_u64("NETPATH_VM_TEST_TIMEOUT", 600)?;
+    let test_timeout = env_u64("NETPATH_VM_TEST_TIMEOUT", 300)?;
     let memory = u32::try_from(env_u64("NETPATH_VM_MEMORY", 1536)?)?;
 
     let kernels = series
@@ -150,6 +150,7 @@ pub fn vm_test(kernel: &str, extra_test_args: &[String]) -> Result<()> {
     let mut failed_kernels = Vec::new();
     let mut table = String::new();
     let mut details = String::new();
+    let mut breakdown = String::new();
     writeln!(
         table,
         "{:<6} {:<32} {:>6} {:>6} {:>7} {:>8}  status",
@@ -171,13 +172,26 @@ pub fn vm_test(kernel: &str, extra_test_args: &[String]) -> Result<()> {
             run.elapsed.as_secs_f64(),
             status
         )?;
+        for b in &report.binaries {
+            writeln!(
+                breakdown,
+                "{:<6} {:<28} {:>4} passed {:>4} failed {:>4} skipped {:>7.1}s  exit {}",
+                k.series,
+                b.name,
+                b.passed,
+                b.failed,
+                b.skipped,
+                b.seconds,
+                b.rc.map_or("none".into(), |c| c.to_string())
+            )?;
+        }
         if status != "ok" {
             failed_kernels.push(k.series);
-            describe_failure(&mut details, k, &run, &report)?;
+            describe_failure(&mut details, k, &run, &report, test_timeout)?;
         }
     }
     print!("{details}");
-    println!("\n{table}");
+    println!("\n{breakdown}\n{table}");
     println!("console logs: {}", run_dir.display());
     if !failed_kernels.is_empty() {
         bail!("vm-test failed on {}", failed_kernels.join(", "));
@@ -207,7 +221,13 @@ fn verdict(k: &Kernel, run: &VmRun, r: &Report, smoke: bool, expected: usize) ->
 
 /// The output of what failed, or the end of the console when the VM itself
 /// did not get through.
-fn describe_failure(out: &mut String, k: &Kernel, run: &VmRun, r: &Report) -> Result<()> {
+fn describe_failure(
+    out: &mut String,
+    k: &Kernel,
+    run: &VmRun,
+    r: &Report,
+    test_timeout: u64,
+) -> Result<()> {
     writeln!(out, "\n===== {} ({}) =====", k.series, k.release)?;
     for m in &r.module_failures {
         writeln!(out, "module failed to load: {m}")?;
@@ -220,6 +240,12 @@ fn describe_failure(out: &mut String, k: &Kernel, run: &VmRun, r: &Report) -> Re
             b.rc.map_or("none: did not finish".into(), |c| c.to_string()),
             b.output
         )?;
+        if b.rc == Some(137) {
+            writeln!(
+                out,
+                "(SIGKILL: most likely the {test_timeout} s per-binary timeout, NETPATH_VM_TEST_TIMEOUT; the test still running is the one without a result line above)"
+            )?;
+        }
     }
     if !r.done {
         let lines: Vec<_> = run.console.lines().collect();

@@ -28,6 +28,7 @@ const REQUIRED_TOOLS: &[&str] = &[
     "/usr/bin/curl",
     "/usr/bin/nsenter",
     "/usr/bin/unshare",
+    "/usr/bin/setpriv",
     "/usr/bin/dash",
     "/usr/bin/bash",
     "/usr/bin/python3",
@@ -38,6 +39,9 @@ const OPTIONAL_TOOLS: &[&str] = &[
     "/usr/bin/socat",
     "/usr/sbin/bpftool",
     "/usr/sbin/iptables",
+    "/usr/sbin/iptables-save",
+    "/usr/sbin/ethtool",
+    "/usr/bin/strace",
 ];
 
 /// Parts of python's stdlib that no test server needs (about 35 of 54 MB).
