@@ -70,7 +70,10 @@ pub fn collect_garbage(datapath: &mut Datapath, retired: &Retired) -> Result<usi
         .collect();
     for (key, entry) in &expired {
         tables.remove_flow(key, &entry.reply)?;
-        log::trace!("conntrack GC: expired {}", FlowView::new(key, entry, now).original);
+        log::trace!(
+            "conntrack GC: expired {}",
+            FlowView::new(key, entry, now).original
+        );
     }
     if !expired.is_empty() {
         let mut totals = retired.lock().unwrap_or_else(PoisonError::into_inner);
@@ -83,7 +86,10 @@ pub fn collect_garbage(datapath: &mut Datapath, retired: &Retired) -> Result<usi
         tables.remove_reply(reply);
     }
     if !dangling.is_empty() {
-        log::debug!("conntrack GC: {} dangling reply keys removed", dangling.len());
+        log::debug!(
+            "conntrack GC: {} dangling reply keys removed",
+            dangling.len()
+        );
     }
     Ok(expired.len())
 }
@@ -136,7 +142,11 @@ impl Agent {
             if let Ok(addr) = listener.local_addr() {
                 log::info!("serving Prometheus metrics on http://{addr}/metrics");
             }
-            tokio::spawn(metrics::serve(listener, self.instance.clone(), retired.clone()));
+            tokio::spawn(metrics::serve(
+                listener,
+                self.instance.clone(),
+                retired.clone(),
+            ));
         }
         match ebpf_log::forward(&self.instance) {
             0 => log::debug!("the datapath has no log maps: no eBPF log records to forward"),
@@ -155,7 +165,10 @@ impl Agent {
                 },
             }
         }
-        log::info!("agent of instance {} stopping; the datapath stays", state.instance);
+        log::info!(
+            "agent of instance {} stopping; the datapath stays",
+            state.instance
+        );
         Ok(())
     }
 }

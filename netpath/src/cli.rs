@@ -12,9 +12,9 @@ use crate::{
     agent::AgentOptions,
     container::{self, AddRequest, ContainerError, ContainerView},
     datapath::Accel,
+    flows::{self, FlowFilter},
     instance::{self, InstanceError, ReadyNotifier, StatusView, UpOptions},
     netns::{self, NetnsError},
-    flows::{self, FlowFilter},
     publish::{self, PublishError},
     state::{self, Mode, StateError},
     tables::{Tables, TablesError},
@@ -237,7 +237,10 @@ fn parse_port_range(text: &str) -> Result<(u16, u16)> {
         hint: "use MIN-MAX with 1024 <= MIN <= MAX <= 65535, e.g. 40000-49999".to_owned(),
     };
     let (min, max) = text.split_once('-').ok_or_else(bad)?;
-    let (min, max): (u16, u16) = (min.parse().map_err(|_| bad())?, max.parse().map_err(|_| bad())?);
+    let (min, max): (u16, u16) = (
+        min.parse().map_err(|_| bad())?,
+        max.parse().map_err(|_| bad())?,
+    );
     if min < 1024 || min > max {
         return Err(bad());
     }
@@ -307,7 +310,15 @@ fn print_containers(containers: &[ContainerView]) {
 fn print_flows(list: &[flows::FlowView]) {
     println!(
         "{:<5} {:<10} {:<44} {:<44} {:<12} {:>7} {:>7} {:>14} {:>14}",
-        "PROTO", "KIND", "ORIGINAL", "TRANSLATED", "STATE", "AGE", "IDLE", "PKTS ORIG/REP", "BYTES ORIG/REP"
+        "PROTO",
+        "KIND",
+        "ORIGINAL",
+        "TRANSLATED",
+        "STATE",
+        "AGE",
+        "IDLE",
+        "PKTS ORIG/REP",
+        "BYTES ORIG/REP"
     );
     for f in list {
         println!(
@@ -377,7 +388,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 accel: args.accel.map(Accel::from),
                 cgroup: args.cgroup,
                 conntrack_size: args.conntrack_size,
-                snat_ports: args.snat_ports.as_deref().map(parse_port_range).transpose()?,
+                snat_ports: args
+                    .snat_ports
+                    .as_deref()
+                    .map(parse_port_range)
+                    .transpose()?,
                 agent: AgentOptions {
                     metrics: args.metrics,
                 },

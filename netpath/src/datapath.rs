@@ -354,6 +354,7 @@ impl Datapath {
             .map_max_entries(names::ENDPOINTS, sizes.endpoints)
             .load(EBPF_OBJECT)?;
 
+        let netns_cookie = netns_cookie();
         let config = Config {
             host_ip: u32::from_ne_bytes(cfg.host_ip.octets()),
             gateway_ip: u32::from_ne_bytes(cfg.gateway_ip.octets()),
@@ -361,7 +362,8 @@ impl Datapath {
             subnet_mask: u32::from_ne_bytes(cfg.subnet.netmask().octets()),
             uplink_ifindex: cfg.uplink_ifindex,
             bridge_ifindex: cfg.bridge_ifindex,
-            netns_cookie: netns_cookie()?,
+            // 0 never matches: without a cookie the socket hooks stay off.
+            netns_cookie: *netns_cookie.as_ref().unwrap_or(&0),
             snat_port_min: cfg.snat_ports.0,
             snat_port_max: cfg.snat_ports.1,
             flags: 0,
@@ -407,7 +409,15 @@ impl Datapath {
             config.flags |= CONFIG_FLAG_XDP;
             tables.set_config(&config)?;
         }
-        attach_sock_hooks(&mut ebpf, &dir, &cfg.cgroup)?;
+        match netns_cookie {
+            Ok(_) => attach_sock_hooks(&mut ebpf, &dir, &cfg.cgroup)?,
+            // The hooks must know the host netns to act only there; on a
+            // kernel that can't tell us, host processes reach published
+            // ports through the container's address instead.
+            Err(e) => eprintln!(
+                "warning: {e}; the host's own access to published ports (socket hooks) is off"
+            ),
+        }
         Ok(Self { _ebpf: ebpf, tables })
     }
 }

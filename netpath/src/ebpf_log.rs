@@ -9,28 +9,27 @@
 //! no such map; then there is nothing to forward.
 use std::collections::BTreeMap;
 
+use crate::{datapath::pin_dir, watch::readable};
 use aya::{
     maps::{MapData, MapInfo},
     programs::loaded_programs,
 };
 use aya_log::EbpfLogger;
 use netpath_common::names;
-use crate::{datapath::pin_dir, watch::readable};
 
 /// The map aya-log-ebpf writes records to.
 const LOG_MAP: &str = "AYA_LOGS";
 
 /// For each `AYA_LOGS` map of this instance's programs, one program using it.
 fn log_maps(instance: &str) -> BTreeMap<u32, u32> {
-    let config_id = match MapData::from_pin(pin_dir(instance).join(names::CONFIG))
-        .and_then(|m| m.info())
-    {
-        Ok(info) => info.id(),
-        Err(e) => {
-            log::debug!("eBPF logs: cannot open the CONFIG map: {e}");
-            return BTreeMap::new();
-        }
-    };
+    let config_id =
+        match MapData::from_pin(pin_dir(instance).join(names::CONFIG)).and_then(|m| m.info()) {
+            Ok(info) => info.id(),
+            Err(e) => {
+                log::debug!("eBPF logs: cannot open the CONFIG map: {e}");
+                return BTreeMap::new();
+            }
+        };
     let mut found = BTreeMap::new();
     for prog in loaded_programs().filter_map(Result::ok) {
         let Ok(Some(map_ids)) = prog.map_ids() else {

@@ -3,8 +3,8 @@
 use std::{net::Ipv4Addr, time::Duration};
 
 use netpath_common::{
-    DIR_ORIGINAL, DIR_REPLY, EVENT_CLOSED, EVENT_OPENED, FlowEntry, FlowEvent, FlowKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, nat_kind,
-    tcp_state,
+    DIR_ORIGINAL, DIR_REPLY, EVENT_CLOSED, EVENT_OPENED, FlowEntry, FlowEvent, FlowKey,
+    IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, nat_kind, tcp_state,
 };
 use serde::Serialize;
 
@@ -12,7 +12,10 @@ use crate::tables::{Tables, TablesError, ip_of};
 
 /// `CLOCK_MONOTONIC`, the clock of `bpf_ktime_get_ns`.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -73,7 +76,11 @@ impl Tuple {
 
 impl std::fmt::Display for Tuple {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{} -> {}:{}", self.src, self.sport, self.dst, self.dport)
+        write!(
+            f,
+            "{}:{} -> {}:{}",
+            self.src, self.sport, self.dst, self.dport
+        )
     }
 }
 
@@ -186,14 +193,23 @@ impl std::fmt::Display for FlowEventView {
         write!(
             f,
             "{} {:<6} {:<5} {:<10} {} => {} {}",
-            self.time, self.event, self.proto, self.kind, self.original, self.translated, self.state
+            self.time,
+            self.event,
+            self.proto,
+            self.kind,
+            self.original,
+            self.translated,
+            self.state
         )
     }
 }
 
 /// `CLOCK_REALTIME`, in nanoseconds since the epoch.
 pub fn realtime_ns() -> i128 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
     i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)

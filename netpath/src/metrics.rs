@@ -118,13 +118,21 @@ pub fn render(
             out.sample(PACKETS, &[("verdict", name)], *value);
         }
     }
-    out.family(DROPS, "counter", "Packets the eBPF datapath dropped, by reason.");
+    out.family(
+        DROPS,
+        "counter",
+        "Packets the eBPF datapath dropped, by reason.",
+    );
     for (name, value) in counters {
         if let Some(reason) = name.strip_prefix("drop_") {
             out.sample(DROPS, &[("reason", reason)], *value);
         }
     }
-    out.family(CREATED, "counter", "Conntrack entries created by the datapath.");
+    out.family(
+        CREATED,
+        "counter",
+        "Conntrack entries created by the datapath.",
+    );
     let created = counters.iter().find(|(n, _)| *n == "flow_created");
     out.sample(CREATED, &[], created.map_or(0, |(_, v)| *v));
     out.family(
@@ -145,8 +153,14 @@ pub fn render(
         account(&mut ports, key, entry);
     }
     for (unit, help) in [
-        ("packets", "Packets of flows through a published port, by host port, protocol and direction."),
-        ("bytes", "Bytes of flows through a published port, by host port, protocol and direction."),
+        (
+            "packets",
+            "Packets of flows through a published port, by host port, protocol and direction.",
+        ),
+        (
+            "bytes",
+            "Bytes of flows through a published port, by host port, protocol and direction.",
+        ),
     ] {
         let name = format!("netpath_published_port_{unit}_total");
         out.family(&name, "counter", help);
@@ -175,7 +189,10 @@ pub fn scrape(instance: &str, retired: &Retired) -> Result<String, TablesError> 
     let tables = Tables::open(instance)?;
     let counters = tables.counters()?;
     let flows = tables.flows()?;
-    let retired = retired.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    let retired = retired
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
     Ok(render(
         &counters,
         &flows,
@@ -261,8 +278,18 @@ async fn answer(mut stream: TcpStream, instance: String, retired: Retired) -> io
                     text,
                     head_only,
                 ),
-                Ok(Err(e)) => ("500 Internal Server Error", "text/plain", format!("{e}\n"), false),
-                Err(e) => ("500 Internal Server Error", "text/plain", format!("{e}\n"), false),
+                Ok(Err(e)) => (
+                    "500 Internal Server Error",
+                    "text/plain",
+                    format!("{e}\n"),
+                    false,
+                ),
+                Err(e) => (
+                    "500 Internal Server Error",
+                    "text/plain",
+                    format!("{e}\n"),
+                    false,
+                ),
             }
         }
         Route::MethodNotAllowed => (
@@ -271,7 +298,12 @@ async fn answer(mut stream: TcpStream, instance: String, retired: Retired) -> io
             "use GET /metrics\n".to_owned(),
             false,
         ),
-        Route::NotFound => ("404 Not Found", "text/plain", "try /metrics\n".to_owned(), false),
+        Route::NotFound => (
+            "404 Not Found",
+            "text/plain",
+            "try /metrics\n".to_owned(),
+            false,
+        ),
         Route::BadRequest => ("400 Bad Request", "text/plain", String::new(), false),
     };
     let mut response = format!(
@@ -337,9 +369,15 @@ mod tests {
             "netpath_published_port_packets_total{port=\"8080\",proto=\"tcp\",direction=\"reply\"} 3",
             "netpath_published_port_bytes_total{port=\"8080\",proto=\"tcp\",direction=\"original\"} 1400",
         ] {
-            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
         }
-        assert!(!text.contains("port=\"443\""), "masquerade is no published port");
+        assert!(
+            !text.contains("port=\"443\""),
+            "masquerade is no published port"
+        );
         assert!(!text.contains("verdict=\"flow_created\""));
         // Every sample's family is declared once, before its samples.
         let types = text.lines().filter(|l| l.starts_with("# TYPE")).count();
@@ -353,8 +391,14 @@ mod tests {
             route(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
             Route::Metrics { head_only: false }
         ));
-        assert!(matches!(route(b"GET /metrics?x=1 HTTP/1.0\r\n\r\n"), Route::Metrics { .. }));
-        assert!(matches!(route(b"POST /metrics HTTP/1.1\r\n\r\n"), Route::MethodNotAllowed));
+        assert!(matches!(
+            route(b"GET /metrics?x=1 HTTP/1.0\r\n\r\n"),
+            Route::Metrics { .. }
+        ));
+        assert!(matches!(
+            route(b"POST /metrics HTTP/1.1\r\n\r\n"),
+            Route::MethodNotAllowed
+        ));
         assert!(matches!(route(b"GET / HTTP/1.1\r\n\r\n"), Route::NotFound));
         assert!(matches!(route(b"\r\n"), Route::BadRequest));
     }

@@ -122,7 +122,8 @@ fn watch_json_streams_opened_and_closed_events_of_a_published_port() {
     Watched::next_matching(&watch.stderr, &mut seen, |l| l.contains("watching"))
         .unwrap_or_else(|| panic!("the watcher never said it was ready: {seen:?}"));
 
-    let src = http_source(&lab.outside, &published_url(18080)).expect("curl via the published port");
+    let src =
+        http_source(&lab.outside, &published_url(18080)).expect("curl via the published port");
     let sport: u64 = src
         .rsplit(':')
         .next()
@@ -143,13 +144,19 @@ fn watch_json_streams_opened_and_closed_events_of_a_published_port() {
     assert_eq!(opened["original"]["dport"], 18080);
     assert_eq!(opened["translated"]["dst"], web_ip.as_str());
     assert_eq!(opened["translated"]["dport"], 8080);
-    assert!(opened["time"].as_str().is_some_and(|t| t.ends_with('Z')), "{opened}");
+    assert!(
+        opened["time"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{opened}"
+    );
     // HTTP/1.0: the server closes, both sides FIN, the flow is done.
     Watched::next_matching(&watch.stdout, &mut seen, |l| ours(l, "closed"))
         .unwrap_or_else(|| panic!("no closed event for source port {sport}; got {seen:?}"));
 
     let status = watch.terminate().expect("the watcher stops on SIGTERM");
-    assert!(status.success(), "the watcher exits cleanly on SIGTERM: {status}");
+    assert!(
+        status.success(),
+        "the watcher exits cleanly on SIGTERM: {status}"
+    );
 }
 
 #[test]
@@ -171,7 +178,10 @@ fn watch_filters_by_port_in_text_lines() {
         first.contains(" opened ") && first.contains(" tcp ") && first.contains(" dnat "),
         "{first}"
     );
-    assert!(first.contains(":18083 ") && !first.contains(":18082"), "{first}");
+    assert!(
+        first.contains(":18083 ") && !first.contains(":18082"),
+        "{first}"
+    );
 }
 
 /// `[2026-05-20T10:11:12.345Z LEVEL target] message`: env_logger's format
@@ -181,7 +191,8 @@ fn timestamped(line: &str, level: &str) -> bool {
         return false;
     };
     let b = rest.as_bytes();
-    let digits = |r: std::ops::Range<usize>| r.clone().all(|i| b.get(i).is_some_and(u8::is_ascii_digit));
+    let digits =
+        |r: std::ops::Range<usize>| r.clone().all(|i| b.get(i).is_some_and(u8::is_ascii_digit));
     b.len() > 25
         && digits(0..4)
         && b[4] == b'-'
@@ -218,16 +229,28 @@ fn metrics_endpoint_serves_counters_and_published_port_traffic() {
     ] {
         assert!(text.contains(family), "no {family:?} in\n{text}");
     }
-    assert!(value("netpath_drops_total{reason=\"spoofed_source\"}").is_some(), "{text}");
-    assert!(value("netpath_conntrack_capacity").is_some_and(|c| c > 0), "{text}");
-    assert!(value("netpath_conntrack_entries").is_some_and(|c| c >= 3), "{text}");
+    assert!(
+        value("netpath_drops_total{reason=\"spoofed_source\"}").is_some(),
+        "{text}"
+    );
+    assert!(
+        value("netpath_conntrack_capacity").is_some_and(|c| c > 0),
+        "{text}"
+    );
+    assert!(
+        value("netpath_conntrack_entries").is_some_and(|c| c >= 3),
+        "{text}"
+    );
     let port = |unit: &str, dir: &str| {
         value(&format!(
             "netpath_published_port_{unit}_total{{port=\"18081\",proto=\"tcp\",direction=\"{dir}\"}}"
         ))
     };
     // Three connections: at least SYN, ACK, request, ACK of the answer, FIN each.
-    assert!(port("packets", "original").is_some_and(|p| p >= 12), "{text}");
+    assert!(
+        port("packets", "original").is_some_and(|p| p >= 12),
+        "{text}"
+    );
     assert!(port("packets", "reply").is_some_and(|p| p >= 6), "{text}");
     assert!(port("bytes", "reply").is_some_and(|b| b > 0), "{text}");
     assert!(
@@ -237,7 +260,13 @@ fn metrics_endpoint_serves_counters_and_published_port_traffic() {
 
     let missing = curl(
         &lab.host,
-        &["-o", "/dev/null", "-w", "%{http_code}", &format!("http://{METRICS}/")],
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("http://{METRICS}/"),
+        ],
     );
     assert_eq!(missing.stdout_trim(), "404", "{missing}");
 
@@ -275,19 +304,29 @@ fn log_level_debug_writes_timestamped_lines_and_forwards_datapath_records() {
     lab.container_add_ok(&c, &[]);
     const SPOOFED: &str = "10.77.250.250";
     lab.container(&c)
-        .exec("ip", &["addr", "add", &format!("{SPOOFED}/32"), "dev", "eth0"])
+        .exec(
+            "ip",
+            &["addr", "add", &format!("{SPOOFED}/32"), "dev", "eth0"],
+        )
         .expect_ok("adding a second address in the container");
-    let ping = lab
-        .container(&c)
-        .exec("ping", &["-c", "1", "-W", "1", "-I", SPOOFED, Lab::OUTSIDE_IP]);
-    assert!(!ping.success(), "a spoofed source must not get through\n{ping}");
+    let ping = lab.container(&c).exec(
+        "ping",
+        &["-c", "1", "-W", "1", "-I", SPOOFED, Lab::OUTSIDE_IP],
+    );
+    assert!(
+        !ping.success(),
+        "a spoofed source must not get through\n{ping}"
+    );
     // The record travels ring buffer -> agent -> log file: no event to wait
     // for here, so poll the file with a bound.
     let deadline = Instant::now() + LINE_TIMEOUT;
     let wanted = format!("spoofed source {SPOOFED}");
     loop {
         let log = lab.agent_log();
-        if log.lines().any(|l| timestamped(l, "DEBUG") && l.contains(&wanted)) {
+        if log
+            .lines()
+            .any(|l| timestamped(l, "DEBUG") && l.contains(&wanted))
+        {
             break;
         }
         assert!(
