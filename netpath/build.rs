@@ -82,7 +82,8 @@ fn find_in_path(program: &str) -> Option<PathBuf> {
 /// aya-build's nested cargo finds bpf-linker through PATH, which does not always
 /// hold cargo's bin directory (where it is installed).
 fn add_to_path(dir: &Path) -> Result<()> {
-    let mut paths: Vec<PathBuf> = env::split_paths(&env::var_os("PATH").unwrap_or_default()).collect();
+    let mut paths: Vec<PathBuf> =
+        env::split_paths(&env::var_os("PATH").unwrap_or_default()).collect();
     if !paths.iter().any(|p| p == dir) {
         paths.insert(0, dir.to_path_buf());
         let joined = env::join_paths(paths)?;

@@ -77,7 +77,10 @@ pub struct Config {
     pub flags: u32,
     /// The bridge's MAC, the source MAC of frames redirected into containers.
     pub gateway_mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// Host order. While `netns_cookie` is 0 (kernels without
+    /// SO_NETNS_COOKIE), a connect to 127.0.0.1 on this port from the hooked
+    /// cgroup teaches the socket hooks the host netns's cookie.
+    pub probe_port: u16,
 }
 
 impl Config {

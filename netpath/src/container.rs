@@ -16,8 +16,8 @@ use crate::{
     ipam::{self, IpamError},
     netns::{self, NetnsError, NetnsGuard},
     publish::{self, PublishError},
-    tables::{Tables, TablesError},
     state::{self, ContainerRecord, InstanceLock, Mode, State, StateError},
+    tables::{Tables, TablesError},
     topology::{self, TopologyError},
 };
 

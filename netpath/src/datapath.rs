@@ -116,9 +116,17 @@ impl MapSizes {
             .map_or(1 << 30, |kb| kb * 1024);
         let flows = (mem_bytes / 512 / 200).clamp(1 << 16, 1 << 22) as u32;
         Self {
-            conntrack: if self.conntrack == 0 { flows } else { self.conntrack },
+            conntrack: if self.conntrack == 0 {
+                flows
+            } else {
+                self.conntrack
+            },
             ports: if self.ports == 0 { 65536 } else { self.ports },
-            endpoints: if self.endpoints == 0 { 4096 } else { self.endpoints },
+            endpoints: if self.endpoints == 0 {
+                4096
+            } else {
+                self.endpoints
+            },
         }
     }
 }
@@ -221,6 +229,71 @@ fn netns_cookie() -> Result<u64, DatapathError> {
     Ok(cookie)
 }
 
+/// Kernels before 5.14 can't give userspace a netns cookie, but the socket
+/// hooks can read it: a child process joins the hooked cgroup and connects a
+/// UDP socket (nothing is sent) to 127.0.0.1 on a random probe port, and
+/// `sock_connect4` records the cookie of the netns it ran in, ours.
+fn learn_netns_cookie(tables: &mut Tables, cgroup: &Path) -> Result<u64, DatapathError> {
+    let mut random = [0u8; 2];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| io::Read::read_exact(&mut f, &mut random))
+        .map_err(io_err("reading /dev/urandom"))?;
+    let probe_port = 1024 + u16::from_ne_bytes(random) % (u16::MAX - 1024);
+    let mut config = tables.config()?;
+    config.netns_cookie = 0;
+    config.probe_port = probe_port;
+    tables.set_config(&config)?;
+    let procs = std::ffi::CString::new(
+        cgroup
+            .join("cgroup.procs")
+            .into_os_string()
+            .into_encoded_bytes(),
+    )
+    .map_err(|_| DatapathError::Io {
+        what: format!("cgroup path {}", cgroup.display()),
+        source: io::Error::from(io::ErrorKind::InvalidInput),
+    })?;
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: probe_port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes([127, 0, 0, 1]),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: the child only makes async-signal-safe syscalls on data
+    // prepared before the fork, then _exits.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        unsafe {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+            let joined = fd >= 0 && libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
+            let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+            let connected = joined
+                && libc::connect(
+                    sock,
+                    (&raw const addr).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                ) == 0;
+            libc::_exit(if connected { 0 } else { 1 });
+        }
+    }
+    if pid < 0 {
+        return Err(io_err("forking the netns probe")(io::Error::last_os_error()));
+    }
+    let mut status = 0;
+    // SAFETY: waiting for the child we just forked.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    let config = tables.config()?;
+    if config.netns_cookie == 0 {
+        return Err(DatapathError::Io {
+            what: "learning the host netns cookie through the socket hooks".to_string(),
+            source: io::Error::other("the probe connect was not seen"),
+        });
+    }
+    Ok(config.netns_cookie)
+}
+
 /// Before 5.11 BPF memory counts against RLIMIT_MEMLOCK, which starts tiny.
 fn raise_memlock() {
     let unlimited = libc::rlimit {
@@ -235,7 +308,9 @@ fn raise_memlock() {
 
 fn check_kernel() -> Result<(), DatapathError> {
     match KernelVersion::current() {
-        Ok(v) if v < KernelVersion::new(5, 10, 0) => Err(DatapathError::KernelTooOld(format!("{v:?}"))),
+        Ok(v) if v < KernelVersion::new(5, 10, 0) => {
+            Err(DatapathError::KernelTooOld(format!("{v:?}")))
+        }
         _ => Ok(()),
     }
 }
@@ -271,14 +346,17 @@ fn attach_tc(
                 attach_type,
                 TcAttachOptions::TcxOrder(LinkOrder::default()),
             )
-            .map_err(prog_err(format!("attaching to {ifname} ({})", tc_attach_type_name(attach_type))))?;
+            .map_err(prog_err(format!(
+                "attaching to {ifname} ({})",
+                tc_attach_type_name(attach_type)
+            )))?;
         let link = prog.take_link(id).map_err(prog_err("taking the TC link"))?;
-        let link: FdLink = link.try_into().map_err(|e: aya::programs::links::LinkError| {
-            DatapathError::Pin {
+        let link: FdLink = link
+            .try_into()
+            .map_err(|e: aya::programs::links::LinkError| DatapathError::Pin {
                 path: pin.display().to_string(),
                 message: e.to_string(),
-            }
-        })?;
+            })?;
         link.pin(&pin).map_err(|e| DatapathError::Pin {
             path: pin.display().to_string(),
             message: e.to_string(),
@@ -368,7 +446,7 @@ impl Datapath {
             snat_port_max: cfg.snat_ports.1,
             flags: 0,
             gateway_mac: cfg.gateway_mac,
-            _pad: [0; 2],
+            probe_port: 0,
         };
         let mut tables = Tables::open(&cfg.instance)?;
         tables.set_config(&config)?;
@@ -409,16 +487,19 @@ impl Datapath {
             config.flags |= CONFIG_FLAG_XDP;
             tables.set_config(&config)?;
         }
-        match netns_cookie {
-            Ok(_) => attach_sock_hooks(&mut ebpf, &dir, &cfg.cgroup)?,
-            // The hooks must know the host netns to act only there; on a
-            // kernel that can't tell us, host processes reach published
-            // ports through the container's address instead.
-            Err(e) => eprintln!(
-                "warning: {e}; the host's own access to published ports (socket hooks) is off"
-            ),
+        attach_sock_hooks(&mut ebpf, &dir, &cfg.cgroup)?;
+        if netns_cookie.is_err() {
+            // Until the cookie is known the hooks rewrite nothing.
+            if let Err(e) = learn_netns_cookie(&mut tables, &cfg.cgroup) {
+                eprintln!(
+                    "warning: {e}; the host's own access to published ports (socket hooks) is off"
+                );
+            }
         }
-        Ok(Self { _ebpf: ebpf, tables })
+        Ok(Self {
+            _ebpf: ebpf,
+            tables,
+        })
     }
 }
 
@@ -456,16 +537,23 @@ fn attach_xdp(ebpf: &mut Ebpf, dir: &Path, uplink: &str) -> Result<bool, Datapat
     let id = match prog.attach(uplink, XdpMode::default()) {
         Ok(id) => id,
         Err(e) => {
-            eprintln!("warning: the driver of {uplink} refused XDP ({e}): the uplink translations stay in TC");
+            eprintln!(
+                "warning: the driver of {uplink} refused XDP ({e}): the uplink translations stay in TC"
+            );
             return Ok(false);
         }
     };
-    pin_link(prog.take_link(id).map_err(prog_err("taking the XDP link"))?, &pin)?;
+    pin_link(
+        prog.take_link(id)
+            .map_err(prog_err("taking the XDP link"))?,
+        &pin,
+    )?;
     Ok(true)
 }
 
 fn attach_sock_hooks(ebpf: &mut Ebpf, dir: &Path, cgroup: &Path) -> Result<(), DatapathError> {
-    let cgroup_dir = fs::File::open(cgroup).map_err(io_err(format!("opening cgroup {}", cgroup.display())))?;
+    let cgroup_dir =
+        fs::File::open(cgroup).map_err(io_err(format!("opening cgroup {}", cgroup.display())))?;
     for name in [
         names::PROG_CONNECT4,
         names::PROG_SENDMSG4,
@@ -480,14 +568,19 @@ fn attach_sock_hooks(ebpf: &mut Ebpf, dir: &Path, cgroup: &Path) -> Result<(), D
         prog.load().map_err(prog_err(format!("loading {name}")))?;
         let id = prog
             .attach(cgroup_dir.as_fd(), CgroupAttachMode::Single)
-            .map_err(prog_err(format!("attaching {name} to {}", cgroup.display())))?;
-        let link = prog.take_link(id).map_err(prog_err("taking the cgroup link"))?;
-        let link: FdLink = link.try_into().map_err(|e: aya::programs::links::LinkError| {
-            DatapathError::Pin {
+            .map_err(prog_err(format!(
+                "attaching {name} to {}",
+                cgroup.display()
+            )))?;
+        let link = prog
+            .take_link(id)
+            .map_err(prog_err("taking the cgroup link"))?;
+        let link: FdLink = link
+            .try_into()
+            .map_err(|e: aya::programs::links::LinkError| DatapathError::Pin {
                 path: pin.display().to_string(),
                 message: e.to_string(),
-            }
-        })?;
+            })?;
         link.pin(&pin).map_err(|e| DatapathError::Pin {
             path: pin.display().to_string(),
             message: e.to_string(),
@@ -514,7 +607,8 @@ pub fn attach_endpoint(instance: &str, ep: &EndpointSpec) -> Result<(), Datapath
             network_id: 0,
         },
     )?;
-    let mut prog = SchedClassifier::from_pin(&pin).map_err(prog_err("opening the pinned from_container"))?;
+    let mut prog =
+        SchedClassifier::from_pin(&pin).map_err(prog_err("opening the pinned from_container"))?;
     attach_tc(&mut prog, &dir, &ep.host_ifname, TcAttachType::Ingress)?;
     if tables.config()?.flags & CONFIG_FLAG_XDP != 0
         && let Some(netns) = &ep.container_netns
@@ -532,16 +626,26 @@ fn attach_xdp_pass(dir: &Path, netns: &Path, host_ifname: &str) -> Result<(), Da
     if PinnedLink::from_pin(&pin).is_ok() {
         return Ok(());
     }
-    let mut prog = Xdp::from_pin(prog_pin(dir, names::PROG_XDP_PASS), aya_obj::programs::XdpAttachType::Interface)
-        .map_err(prog_err("opening the pinned xdp_pass"))?;
+    let mut prog = Xdp::from_pin(
+        prog_pin(dir, names::PROG_XDP_PASS),
+        aya_obj::programs::XdpAttachType::Interface,
+    )
+    .map_err(prog_err("opening the pinned xdp_pass"))?;
     let _inside = crate::netns::NetnsGuard::enter(netns).map_err(|e| DatapathError::Io {
         what: format!("entering {}", netns.display()),
         source: io::Error::other(e.to_string()),
     })?;
     let id = prog
         .attach(CONTAINER_IFNAME, XdpMode::default())
-        .map_err(prog_err(format!("attaching xdp_pass to {CONTAINER_IFNAME} in {}", netns.display())))?;
-    pin_link(prog.take_link(id).map_err(prog_err("taking the XDP link"))?, &pin)
+        .map_err(prog_err(format!(
+            "attaching xdp_pass to {CONTAINER_IFNAME} in {}",
+            netns.display()
+        )))?;
+    pin_link(
+        prog.take_link(id)
+            .map_err(prog_err("taking the XDP link"))?,
+        &pin,
+    )
 }
 
 /// The container side of every veth pair.

@@ -138,7 +138,11 @@ pub fn parse_spec(spec: &str) -> Result<Vec<Mapping>> {
     let parts: Vec<&str> = rest.split(':').collect();
     let (ip, host, container) = match parts.as_slice() {
         [host, container] => (None, *host, *container),
-        [ip, host, container] => (Some(Ipv4Addr::from_str(ip).map_err(|_| bad())?), *host, *container),
+        [ip, host, container] => (
+            Some(Ipv4Addr::from_str(ip).map_err(|_| bad())?),
+            *host,
+            *container,
+        ),
         _ => return Err(bad()),
     };
     let ip = ip.filter(|ip| !ip.is_unspecified());
@@ -173,7 +177,9 @@ pub fn parse_host_side(spec: &str) -> Result<Vec<HostPort>> {
     };
     let ip = ip.filter(|ip| !ip.is_unspecified());
     let (start, end) = parse_range(ports).ok_or_else(bad)?;
-    Ok((start..=end).map(|port| HostPort { ip, port, proto }).collect())
+    Ok((start..=end)
+        .map(|port| HostPort { ip, port, proto })
+        .collect())
 }
 
 /// Is a host socket bound to this port (TCP listening, or UDP bound) on this
@@ -194,7 +200,10 @@ fn host_socket_uses(host: &HostPort) -> bool {
         let Some((addr_hex, port_hex)) = local.split_once(':') else {
             return false;
         };
-        let (Ok(addr), Ok(port)) = (u32::from_str_radix(addr_hex, 16), u16::from_str_radix(port_hex, 16)) else {
+        let (Ok(addr), Ok(port)) = (
+            u32::from_str_radix(addr_hex, 16),
+            u16::from_str_radix(port_hex, 16),
+        ) else {
             return false;
         };
         // /proc prints the address as the host-order u32 of the wire bytes.
@@ -224,7 +233,9 @@ fn container_ip(state: &State, name: &str) -> Result<Ipv4Addr> {
         state::Mode::Container(other) => state.containers.get(other).unwrap_or(record),
         _ => record,
     };
-    owner.ip.ok_or_else(|| PublishError::NoAddress(name.to_string()))
+    owner
+        .ip
+        .ok_or_else(|| PublishError::NoAddress(name.to_string()))
 }
 
 /// Publishes `mappings` to the container at `ip`, all or nothing. The caller
@@ -359,7 +370,14 @@ mod tests {
     fn parses_docker_port_specs() {
         let m = parse_spec("8080:80").expect("valid");
         assert_eq!(m.len(), 1);
-        assert_eq!(m[0].host, HostPort { ip: None, port: 8080, proto: Proto::Tcp });
+        assert_eq!(
+            m[0].host,
+            HostPort {
+                ip: None,
+                port: 8080,
+                proto: Proto::Tcp
+            }
+        );
         assert_eq!(m[0].container_port, 80);
 
         let m = parse_spec("127.0.0.1:5353:53/udp").expect("valid");
@@ -367,8 +385,12 @@ mod tests {
         assert_eq!(m[0].host.proto, Proto::Udp);
 
         let m = parse_spec("9000-9002:7000-7002").expect("valid");
-        assert_eq!(m.iter().map(|m| (m.host.port, m.container_port)).collect::<Vec<_>>(),
-            vec![(9000, 7000), (9001, 7001), (9002, 7002)]);
+        assert_eq!(
+            m.iter()
+                .map(|m| (m.host.port, m.container_port))
+                .collect::<Vec<_>>(),
+            vec![(9000, 7000), (9001, 7001), (9002, 7002)]
+        );
 
         let m = parse_spec("0.0.0.0:80:80").expect("valid");
         assert_eq!(m[0].host.ip, None, "0.0.0.0 means every address");
@@ -376,7 +398,18 @@ mod tests {
 
     #[test]
     fn rejects_bad_specs() {
-        for bad in ["", "80", "a:80", "80:b", "0:80", "80:80/sctp", "1.2.3:80:80", "9000-9001:80", "70000:80", "90-80:80-70"] {
+        for bad in [
+            "",
+            "80",
+            "a:80",
+            "80:b",
+            "0:80",
+            "80:80/sctp",
+            "1.2.3:80:80",
+            "9000-9001:80",
+            "70000:80",
+            "90-80:80-70",
+        ] {
             assert!(parse_spec(bad).is_err(), "{bad:?} should be rejected");
         }
     }
@@ -384,7 +417,14 @@ mod tests {
     #[test]
     fn host_side_for_rm() {
         let h = parse_host_side("8080").expect("valid");
-        assert_eq!(h, vec![HostPort { ip: None, port: 8080, proto: Proto::Tcp }]);
+        assert_eq!(
+            h,
+            vec![HostPort {
+                ip: None,
+                port: 8080,
+                proto: Proto::Tcp
+            }]
+        );
         let h = parse_host_side("10.0.0.1:53/udp").expect("valid");
         assert_eq!(h[0].ip, Some(Ipv4Addr::new(10, 0, 0, 1)));
         assert_eq!(h[0].proto, Proto::Udp);

@@ -4,9 +4,7 @@
 use std::{io, net::Ipv4Addr, path::PathBuf};
 
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
-use netpath_common::{
-    Config, Endpoint, FlowEntry, FlowKey, PortKey, PortTarget, names, stat,
-};
+use netpath_common::{Config, Endpoint, FlowEntry, FlowKey, PortKey, PortTarget, names, stat};
 
 use crate::datapath::pin_dir;
 
@@ -72,10 +70,13 @@ impl Tables {
         Ok(Self {
             conntrack_capacity,
             config: Array::try_from(open(names::CONFIG)?).map_err(map_err(names::CONFIG))?,
-            endpoints: HashMap::try_from(open(names::ENDPOINTS)?).map_err(map_err(names::ENDPOINTS))?,
+            endpoints: HashMap::try_from(open(names::ENDPOINTS)?)
+                .map_err(map_err(names::ENDPOINTS))?,
             ports: HashMap::try_from(open(names::PORTS)?).map_err(map_err(names::PORTS))?,
-            conntrack: HashMap::try_from(open(names::CONNTRACK)?).map_err(map_err(names::CONNTRACK))?,
-            ct_reply: HashMap::try_from(open(names::CT_REPLY)?).map_err(map_err(names::CT_REPLY))?,
+            conntrack: HashMap::try_from(open(names::CONNTRACK)?)
+                .map_err(map_err(names::CONNTRACK))?,
+            ct_reply: HashMap::try_from(open(names::CT_REPLY)?)
+                .map_err(map_err(names::CT_REPLY))?,
             stats: PerCpuArray::try_from(open(names::STATS)?).map_err(map_err(names::STATS))?,
             dir,
         })
@@ -91,7 +92,9 @@ impl Tables {
     }
 
     pub fn set_config(&mut self, config: &Config) -> Result<(), TablesError> {
-        self.config.set(0, config, 0).map_err(map_err(names::CONFIG))
+        self.config
+            .set(0, config, 0)
+            .map_err(map_err(names::CONFIG))
     }
 
     pub fn add_endpoint(&mut self, ip: Ipv4Addr, ep: &Endpoint) -> Result<(), TablesError> {
@@ -215,7 +218,10 @@ impl Tables {
             if name.is_empty() {
                 continue;
             }
-            let values = self.stats.get(&(idx as u32), 0).map_err(map_err(names::STATS))?;
+            let values = self
+                .stats
+                .get(&(idx as u32), 0)
+                .map_err(map_err(names::STATS))?;
             out.push((*name, values.iter().sum()));
         }
         Ok(out)

@@ -271,8 +271,8 @@ fn metrics_endpoint_serves_counters_and_published_port_traffic() {
     assert_eq!(missing.stdout_trim(), "404", "{missing}");
 
     // The default level: timestamped INFO lines, no DEBUG ones.
+    wait_for_log_line(&lab, "timestamped INFO line", |l| timestamped(l, "INFO"));
     let log = lab.agent_log();
-    assert!(log.lines().any(|l| timestamped(l, "INFO")), "{log}");
     assert!(!log.lines().any(|l| timestamped(l, "DEBUG")), "{log}");
 }
 
@@ -287,16 +287,31 @@ fn metrics_address_in_use_fails_up_cleanly() {
     Lab::assert_no_leftovers(lab.instance());
 }
 
+/// Waits (bounded) for a line of the agent log that satisfies `pred`. The
+/// agent writes some lines after `up --detach` returned, and nothing signals
+/// when a line reaches the file: bounded polling of the file.
+#[track_caller]
+fn wait_for_log_line(lab: &Lab, what: &str, pred: impl Fn(&str) -> bool) {
+    let deadline = Instant::now() + LINE_TIMEOUT;
+    loop {
+        let log = lab.agent_log();
+        if log.lines().any(&pred) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {what} in the agent log:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn log_level_debug_writes_timestamped_lines_and_forwards_datapath_records() {
     let lab = Lab::new();
     lab.up_ok(&["--log-level", "debug"]);
-    let log = lab.agent_log();
-    assert!(
-        log.lines().any(|l| timestamped(l, "DEBUG")),
-        "no timestamped DEBUG line in the agent log:\n{log}"
-    );
-    assert!(log.lines().any(|l| timestamped(l, "INFO")), "{log}");
+    wait_for_log_line(&lab, "timestamped DEBUG line", |l| timestamped(l, "DEBUG"));
+    wait_for_log_line(&lab, "timestamped INFO line", |l| timestamped(l, "INFO"));
 
     // A container sending from an address that is not its own: the datapath
     // drops it and writes an aya-log record, which the agent forwards.
@@ -317,22 +332,8 @@ fn log_level_debug_writes_timestamped_lines_and_forwards_datapath_records() {
         !ping.success(),
         "a spoofed source must not get through\n{ping}"
     );
-    // The record travels ring buffer -> agent -> log file: no event to wait
-    // for here, so poll the file with a bound.
-    let deadline = Instant::now() + LINE_TIMEOUT;
     let wanted = format!("spoofed source {SPOOFED}");
-    loop {
-        let log = lab.agent_log();
-        if log
-            .lines()
-            .any(|l| timestamped(l, "DEBUG") && l.contains(&wanted))
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no forwarded datapath record {wanted:?} in the agent log:\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_log_line(&lab, "forwarded datapath record", |l| {
+        timestamped(l, "DEBUG") && l.contains(&wanted)
+    });
 }

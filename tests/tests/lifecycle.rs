@@ -86,7 +86,11 @@ fn kill_and_wait(pid: i32) {
         let fd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as i32;
         assert!(fd >= 0, "pidfd_open: {}", std::io::Error::last_os_error());
         assert_eq!(libc::kill(pid, libc::SIGKILL), 0);
-        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
         assert_eq!(libc::poll(&mut pfd, 1, 10_000), 1, "agent did not die");
         libc::close(fd);
     }
@@ -108,17 +112,30 @@ fn killing_the_agent_and_starting_it_again_keeps_every_connection() {
     // A masqueraded connection: container → outside.
     let outside_server = Server::tcp_echo(&lab.outside, "0.0.0.0", 0);
     let mut masq = Stream::connect(lab.container(&a), Lab::OUTSIDE_IP, outside_server.port());
-    assert!(masq.greeting.starts_with(&format!("{}:", Lab::HOST_IP)), "{}", masq.greeting);
+    assert!(
+        masq.greeting.starts_with(&format!("{}:", Lab::HOST_IP)),
+        "{}",
+        masq.greeting
+    );
     // A connection through a published port: outside → container.
     let inside_server = Server::tcp_echo(lab.container(&a), "0.0.0.0", 7000);
-    lab.netpath(&["publish", "add", &a, "17000:7000"]).expect_ok("publish");
+    lab.netpath(&["publish", "add", &a, "17000:7000"])
+        .expect_ok("publish");
     let mut dnat = Stream::connect(&lab.outside, Lab::HOST_IP, 17000);
-    assert!(dnat.greeting.starts_with(&format!("{}:", Lab::OUTSIDE_IP)), "{}", dnat.greeting);
+    assert!(
+        dnat.greeting.starts_with(&format!("{}:", Lab::OUTSIDE_IP)),
+        "{}",
+        dnat.greeting
+    );
     assert_eq!(masq.roundtrip("before"), "before");
     assert_eq!(dnat.roundtrip("before"), "before");
 
     kill_and_wait(agent_pid(&lab));
-    assert_eq!(masq.roundtrip("no agent"), "no agent", "the pinned datapath runs on alone");
+    assert_eq!(
+        masq.roundtrip("no agent"),
+        "no agent",
+        "the pinned datapath runs on alone"
+    );
     assert_eq!(dnat.roundtrip("no agent"), "no agent");
 
     lab.up_ok(&[]);
@@ -148,20 +165,27 @@ fn a_full_conntrack_table_drops_new_flows_counted_and_recovers() {
     lab.container_add_ok(&a, &[]);
     let echo = Server::udp_echo(&lab.outside, "0.0.0.0", 0);
     for src in 31001..=31004 {
-        udp_request_from(lab.container(&a), src, Lab::OUTSIDE_IP, echo.port(), "x").expect_ok("a flow that fits");
+        udp_request_from(lab.container(&a), src, Lab::OUTSIDE_IP, echo.port(), "x")
+            .expect_ok("a flow that fits");
     }
     let full = udp_request_from(lab.container(&a), 31005, Lab::OUTSIDE_IP, echo.port(), "x");
-    assert!(!full.success(), "a fifth flow cannot fit in a table of four");
+    assert!(
+        !full.success(),
+        "a fifth flow cannot fit in a table of four"
+    );
     assert!(counter(&lab, "drop_conntrack_full") >= 1);
     let stats = lab.netpath_json(&["stats"]);
     assert_eq!(stats["conntrack_capacity"], 4);
     assert_eq!(stats["conntrack_entries"], 4);
     // Existing flows still work, and freeing entries lets new flows in.
-    udp_request_from(lab.container(&a), 31001, Lab::OUTSIDE_IP, echo.port(), "x").expect_ok("existing flow");
-    lab.netpath(&["container", "rm", &a]).expect_ok("rm flushes the container's flows");
+    udp_request_from(lab.container(&a), 31001, Lab::OUTSIDE_IP, echo.port(), "x")
+        .expect_ok("existing flow");
+    lab.netpath(&["container", "rm", &a])
+        .expect_ok("rm flushes the container's flows");
     let b = lab.container_name("b");
     lab.container_add_ok(&b, &[]);
-    udp_request_from(lab.container(&b), 31006, Lab::OUTSIDE_IP, echo.port(), "x").expect_ok("room again");
+    udp_request_from(lab.container(&b), 31006, Lab::OUTSIDE_IP, echo.port(), "x")
+        .expect_ok("room again");
     lab.netpath(&["status"]).expect_ok("the instance is fine");
 }
 
@@ -178,13 +202,20 @@ fn an_exhausted_snat_range_drops_counted_and_the_rest_keeps_working() {
         out.expect_ok("a port left");
         seen.push(out.stdout.lines().next().unwrap_or_default().to_string());
     }
-    let ports: Vec<&str> = seen.iter().map(|s| s.rsplit(':').next().unwrap_or_default()).collect();
+    let ports: Vec<&str> = seen
+        .iter()
+        .map(|s| s.rsplit(':').next().unwrap_or_default())
+        .collect();
     assert_eq!(ports.len(), 2);
-    assert!(ports.iter().all(|p| *p == "40000" || *p == "40001"), "{seen:?}");
+    assert!(
+        ports.iter().all(|p| *p == "40000" || *p == "40001"),
+        "{seen:?}"
+    );
     let third = udp_request_from(lab.container(&a), 32003, Lab::OUTSIDE_IP, echo.port(), "x");
     assert!(!third.success(), "no SNAT port left for a third flow");
     assert!(counter(&lab, "drop_no_snat_port") >= 1);
-    udp_request_from(lab.container(&a), 32001, Lab::OUTSIDE_IP, echo.port(), "x").expect_ok("flows with a port go on");
+    udp_request_from(lab.container(&a), 32001, Lab::OUTSIDE_IP, echo.port(), "x")
+        .expect_ok("flows with a port go on");
 }
 
 #[test]
@@ -198,12 +229,21 @@ fn concurrent_publish_calls_end_consistent() {
             .map(|i| {
                 let lab = &lab;
                 let a = &a;
-                s.spawn(move || lab.netpath(&["publish", "add", a, &format!("{}:80", 20000 + i)]).success())
+                s.spawn(move || {
+                    lab.netpath(&["publish", "add", a, &format!("{}:80", 20000 + i)])
+                        .success()
+                })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("thread")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
     });
-    assert!(distinct.iter().all(|ok| *ok), "every distinct port publishes once");
+    assert!(
+        distinct.iter().all(|ok| *ok),
+        "every distinct port publishes once"
+    );
     let same: Vec<(bool, String)> = thread::scope(|s| {
         let handles: Vec<_> = (0..20)
             .map(|_| {
@@ -215,10 +255,21 @@ fn concurrent_publish_calls_end_consistent() {
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("thread")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
     });
-    assert_eq!(same.iter().filter(|(ok, _)| *ok).count(), 1, "exactly one wins");
-    assert!(same.iter().filter(|(ok, _)| !ok).all(|(_, err)| err.contains("already published")));
+    assert_eq!(
+        same.iter().filter(|(ok, _)| *ok).count(),
+        1,
+        "exactly one wins"
+    );
+    assert!(
+        same.iter()
+            .filter(|(ok, _)| !ok)
+            .all(|(_, err)| err.contains("already published"))
+    );
     let listed = lab.netpath_json(&["publish", "ls"]);
     assert_eq!(listed.as_array().expect("list").len(), 21);
     // The map itself, as bpftool sees it (with field names from BTF).

@@ -100,7 +100,10 @@ fn published_port_reaches_the_container_with_the_client_address(accel: &str) {
     );
     assert_eq!(server.last_client_ip().as_deref(), Some(Lab::OUTSIDE_IP));
     if accel == "xdp" {
-        assert!(counter(&lab, "xdp_redirect") > 0, "the XDP program translated and redirected");
+        assert!(
+            counter(&lab, "xdp_redirect") > 0,
+            "the XDP program translated and redirected"
+        );
     }
 
     // UDP, a range, and a mapping bound to one address.
@@ -176,13 +179,27 @@ fn same_source_port_from_several_containers_gets_distinct_snat_ports(accel: &str
                 let lab = &lab;
                 let echo = &echo;
                 s.spawn(move || {
-                    let out = udp_request_from(lab.container(name), 33333, Lab::OUTSIDE_IP, echo.port(), "x");
+                    let out = udp_request_from(
+                        lab.container(name),
+                        33333,
+                        Lab::OUTSIDE_IP,
+                        echo.port(),
+                        "x",
+                    );
                     out.expect_ok("UDP from a shared source port");
-                    out.stdout.lines().next().unwrap_or_default().trim().to_string()
+                    out.stdout
+                        .lines()
+                        .next()
+                        .unwrap_or_default()
+                        .trim()
+                        .to_string()
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("thread")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
     });
     let distinct: std::collections::HashSet<&String> = seen.iter().collect();
     assert_eq!(distinct.len(), 3, "three flows, three SNAT ports: {seen:?}");
@@ -190,7 +207,10 @@ fn same_source_port_from_several_containers_gets_distinct_snat_ports(accel: &str
         let (ip, port) = src.rsplit_once(':').expect("ip:port");
         assert_eq!(ip, Lab::HOST_IP);
         let port: u16 = port.parse().expect("port");
-        assert!((40000..=49999).contains(&port), "SNAT port {port} from the reserved range");
+        assert!(
+            (40000..=49999).contains(&port),
+            "SNAT port {port} from the reserved range"
+        );
     }
 }
 

@@ -165,7 +165,7 @@ impl Fixture {
                     snat_port_max: SNAT_RANGE.1,
                     flags: 0,
                     gateway_mac: GATEWAY_MAC,
-                    _pad: [0; 2],
+                    probe_port: 0,
                 },
                 0,
             )
@@ -571,10 +571,22 @@ fn port_unreachable_and_time_exceeded_are_translated_too() {
     // direction is what the outside client hears from; here the outside
     // client's host answers the container's masqueraded probe instead.
     for (icmp_type, code) in [(3u8, 3u8), (11, 0)] {
-        let probe = from_c1(L4::Udp { sport: 21000 + icmp_type as u16, dport: 33434, zero_csum: false });
+        let probe = from_c1(L4::Udp {
+            sport: 21000 + icmp_type as u16,
+            dport: 33434,
+            zero_csum: false,
+        });
         let (_, out) = fx.run_from_container(&probe);
         let quoted = out[14..14 + 28].to_vec();
-        let err = Frame::new(OUTSIDE_IP, HOST_IP, L4::IcmpError { icmp_type, code, quoted });
+        let err = Frame::new(
+            OUTSIDE_IP,
+            HOST_IP,
+            L4::IcmpError {
+                icmp_type,
+                code,
+                quoted,
+            },
+        );
         let (verdict, back) = fx.run_from_uplink(&err);
         assert_eq!(verdict, TC_ACT_REDIRECT, "ICMP {icmp_type}/{code}");
         let back = Parsed::new(&back);
@@ -591,21 +603,45 @@ fn port_unreachable_and_time_exceeded_are_translated_too() {
 fn a_containers_port_unreachable_about_a_published_flow_goes_out_as_the_host() {
     let mut fx = Fixture::new();
     fx.publish(5353, C2_IP, 53, 17);
-    let query = Frame::new(OUTSIDE_IP, HOST_IP, L4::Udp { sport: 50505, dport: 5353, zero_csum: false });
+    let query = Frame::new(
+        OUTSIDE_IP,
+        HOST_IP,
+        L4::Udp {
+            sport: 50505,
+            dport: 5353,
+            zero_csum: false,
+        },
+    );
     let (_, delivered) = fx.run_from_uplink(&query);
     // Nothing listens in the container: it answers port unreachable, quoting
     // the packet as it received it (to 10.77.0.3:53).
     let quoted = delivered[14..14 + 28].to_vec();
-    let err = Frame::new(C2_IP, OUTSIDE_IP, L4::IcmpError { icmp_type: 3, code: 3, quoted })
-        .macs(C2_MAC, GATEWAY_MAC);
+    let err = Frame::new(
+        C2_IP,
+        OUTSIDE_IP,
+        L4::IcmpError {
+            icmp_type: 3,
+            code: 3,
+            quoted,
+        },
+    )
+    .macs(C2_MAC, GATEWAY_MAC);
     let (verdict, out) = fx.run_from_container(&err);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     let out = Parsed::new(&out);
-    assert_eq!(out.src(), HOST_IP, "the error comes from the address the client talked to");
+    assert_eq!(
+        out.src(),
+        HOST_IP,
+        "the error comes from the address the client talked to"
+    );
     assert_eq!(out.dst(), OUTSIDE_IP);
     assert_valid(&out);
     let inner = out.quoted();
-    assert_eq!((inner.dst(), inner.dport()), (HOST_IP, 5353), "the quoted packet is what the client sent");
+    assert_eq!(
+        (inner.dst(), inner.dport()),
+        (HOST_IP, 5353),
+        "the quoted packet is what the client sent"
+    );
     assert!(inner.ip_header_ok());
 }
 

@@ -343,7 +343,7 @@ pub fn steps(d: &Demo) -> Vec<Step> {
             |d| {
                 let web = format!("np-{}", d.container(0)?);
                 d.curl(&web, &format!("http://{OUTSIDE_IP}:80/"), false)?;
-                d.ping_from(&d.container(0)?.to_string(), OUTSIDE_IP)
+                d.ping_from(d.container(0)?, OUTSIDE_IP)
             },
         ),
         step(

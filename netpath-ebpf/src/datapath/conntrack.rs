@@ -75,7 +75,12 @@ pub enum CreateError {
 /// Creates a flow, claiming its reply tuple first (which is how NAT ports are
 /// reserved). If another CPU created the same flow meanwhile, returns that one.
 #[inline(always)]
-pub fn create(orig: &FlowKey, reply: &FlowKey, nat_kind: u8, pkt: &Packet) -> Result<Flow, CreateError> {
+pub fn create(
+    orig: &FlowKey,
+    reply: &FlowKey,
+    nat_kind: u8,
+    pkt: &Packet,
+) -> Result<Flow, CreateError> {
     match CT_REPLY.insert(reply, orig, BPF_NOEXIST as u64) {
         Ok(()) => {}
         Err(e) if e == -EEXIST => return Err(CreateError::ReplyTaken),
@@ -158,7 +163,10 @@ pub fn update(flow: &Flow, pkt: &Packet) {
         (*entry).last_seen_ns = bpf_ktime_get_ns();
         // Result unused: compiles to BPF's atomic add, which 5.10 has.
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*entry).packets[dir], 1);
-        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*entry).bytes[dir], pkt.len as u64);
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+            &raw mut (*entry).bytes[dir],
+            pkt.len as u64,
+        );
         if dir == DIR_REPLY && (*entry).flags & FLOW_SEEN_REPLY == 0 {
             (*entry).flags |= FLOW_SEEN_REPLY;
         }
@@ -190,10 +198,18 @@ fn next_tcp_state(entry: &mut FlowEntry, dir: usize, flags: u8) -> u8 {
             }
             return state;
         }
-        return if state == tcp_state::SYN_SENT { tcp_state::SYN_RECV } else { state };
+        return if state == tcp_state::SYN_SENT {
+            tcp_state::SYN_RECV
+        } else {
+            state
+        };
     }
     if flags & TCP_FIN != 0 {
-        entry.flags |= if dir == DIR_ORIGINAL { FLOW_FIN_ORIGINAL } else { FLOW_FIN_REPLY };
+        entry.flags |= if dir == DIR_ORIGINAL {
+            FLOW_FIN_ORIGINAL
+        } else {
+            FLOW_FIN_REPLY
+        };
         return if entry.flags & (FLOW_FIN_ORIGINAL | FLOW_FIN_REPLY)
             == FLOW_FIN_ORIGINAL | FLOW_FIN_REPLY
         {

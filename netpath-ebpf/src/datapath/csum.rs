@@ -37,12 +37,7 @@ pub fn set_addr<C: Ctx>(ctx: &mut C, pkt: &Packet, src: bool, old: u32, new: u32
     // ICMP's checksum has no pseudo-header: an address change leaves it alone.
     if matches!(pkt.l4_kind, L4::Tcp | L4::Udp) {
         let (csum_off, flags) = l4_csum(pkt.l4_kind, pkt.l4);
-        ctx.l4_csum_replace(
-            csum_off,
-            old,
-            new,
-            flags | BPF_F_PSEUDO_HDR as u64 | 4,
-        )?;
+        ctx.l4_csum_replace(csum_off, old, new, flags | BPF_F_PSEUDO_HDR as u64 | 4)?;
     }
     ctx.l3_csum_replace(pkt.l3 + IP_CSUM_OFF, old, new, 4)?;
     ctx.store(off, &new)?;
@@ -93,7 +88,13 @@ pub fn set_macs<C: Ctx>(ctx: &mut C, dst: &[u8; 6], src: &[u8; 6]) -> RewriteRes
 /// header's own checksum changes: the sum over a header whose checksum is
 /// correct is constant, so the ICMP checksum over it stays valid.
 #[inline(always)]
-pub fn set_quoted_addr<C: Ctx>(ctx: &mut C, inner_l3: usize, src: bool, old: u32, new: u32) -> RewriteResult {
+pub fn set_quoted_addr<C: Ctx>(
+    ctx: &mut C,
+    inner_l3: usize,
+    src: bool,
+    old: u32,
+    new: u32,
+) -> RewriteResult {
     if old == new {
         return Ok(());
     }
@@ -106,7 +107,13 @@ pub fn set_quoted_addr<C: Ctx>(ctx: &mut C, inner_l3: usize, src: bool, old: u32
 /// Rewrites a port (or echo id) of the quoted packet at `off`, fixing the outer
 /// ICMP checksum, which covers it.
 #[inline(always)]
-pub fn set_quoted_port<C: Ctx>(ctx: &mut C, outer: &Packet, off: usize, old: u16, new: u16) -> RewriteResult {
+pub fn set_quoted_port<C: Ctx>(
+    ctx: &mut C,
+    outer: &Packet,
+    off: usize,
+    old: u16,
+    new: u16,
+) -> RewriteResult {
     if old == new {
         return Ok(());
     }

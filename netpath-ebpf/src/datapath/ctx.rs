@@ -143,6 +143,9 @@ fn wire_values(old: u32, new: u32, size: u64) -> (u32, u32) {
     if size == 4 {
         (u32::from_be(old), u32::from_be(new))
     } else {
-        (u16::from_be(old as u16) as u32, u16::from_be(new as u16) as u32)
+        (
+            u16::from_be(old as u16) as u32,
+            u16::from_be(new as u16) as u32,
+        )
     }
 }

@@ -28,7 +28,11 @@ pub enum Egress {
     /// A local container: redirect into its netns.
     Container(Endpoint),
     /// Out of an interface, MACs known.
-    Neighbour { ifindex: u32, dmac: [u8; 6], smac: [u8; 6] },
+    Neighbour {
+        ifindex: u32,
+        dmac: [u8; 6],
+        smac: [u8; 6],
+    },
     /// Out of an interface, neighbour to resolve.
     Resolve { ifindex: u32, nexthop: u32 },
 }
@@ -94,7 +98,11 @@ pub fn send(ctx: &mut TcContext, cfg: &Config, pkt: &Packet, egress: &Egress, ro
             count(stat::REDIRECT_PEER);
             unsafe { bpf_redirect_peer(ep.ifindex, 0) as i32 }
         }
-        Egress::Neighbour { ifindex, dmac, smac } => {
+        Egress::Neighbour {
+            ifindex,
+            dmac,
+            smac,
+        } => {
             if csum::set_macs(ctx, dmac, smac).is_err() {
                 return TC_ACT_SHOT as i32;
             }

@@ -6,7 +6,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use netpath_common::{
-    Config, Endpoint, FlowEntry, FlowEvent, FlowKey, PortKey, PortTarget, SockRevNatKey, SockRevNatValue, stat,
+    Config, Endpoint, FlowEntry, FlowEvent, FlowKey, PortKey, PortTarget, SockRevNatKey,
+    SockRevNatValue, stat,
 };
 
 #[btf_map]

@@ -15,7 +15,9 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use netpath_common::{Config, FlowKey, IPPROTO_TCP, IPPROTO_UDP, PortKey, PortTarget, nat_kind, stat};
+use netpath_common::{
+    Config, FlowKey, IPPROTO_TCP, IPPROTO_UDP, PortKey, PortTarget, nat_kind, stat,
+};
 
 use conntrack::Flow;
 use fwd::Egress;
@@ -117,7 +119,12 @@ fn classify_uplink<C: ctx::Packet>(ctx: &C, cfg: &Config) -> UplinkPacket {
     if pkt.ttl <= 1 {
         return UplinkPacket::Pass(stat::PASS_TTL);
     }
-    match nat::create_dnat_flow(&pkt, target.container_ip, target.container_port, nat_kind::DNAT) {
+    match nat::create_dnat_flow(
+        &pkt,
+        target.container_ip,
+        target.container_port,
+        nat_kind::DNAT,
+    ) {
         Some(flow) => UplinkPacket::Flow(pkt, flow),
         None => UplinkPacket::Drop,
     }
@@ -345,7 +352,9 @@ fn icmp_error(ctx: &mut TcContext, cfg: &Config, pkt: &Packet) -> i32 {
     let rewritten = csum::set_quoted_addr(ctx, inner.l3, true, inner.key.saddr, quoted.saddr)
         .and_then(|()| csum::set_quoted_addr(ctx, inner.l3, false, inner.key.daddr, quoted.daddr))
         .and_then(|()| match inner.l4_kind {
-            L4::IcmpEcho => csum::set_quoted_port(ctx, pkt, inner.l4 + 4, inner.key.sport, quoted.sport),
+            L4::IcmpEcho => {
+                csum::set_quoted_port(ctx, pkt, inner.l4 + 4, inner.key.sport, quoted.sport)
+            }
             _ => csum::set_quoted_port(ctx, pkt, inner.l4, inner.key.sport, quoted.sport).and_then(
                 |()| csum::set_quoted_port(ctx, pkt, inner.l4 + 2, inner.key.dport, quoted.dport),
             ),

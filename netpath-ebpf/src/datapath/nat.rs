@@ -5,8 +5,8 @@ use netpath_common::{Config, FlowKey, stat};
 
 use super::{
     conntrack::{self, CreateError, Flow},
-    ctx::Packet as Ctx,
     csum::{self, RewriteResult},
+    ctx::Packet as Ctx,
     maps::count,
     parse::{L4, Packet},
 };

@@ -12,11 +12,30 @@ use aya_ebpf::{
 };
 use netpath_common::{IPPROTO_TCP, IPPROTO_UDP, PortKey, SockRevNatKey, SockRevNatValue, stat};
 
-use super::maps::{PORTS, SOCK_REVNAT, config, count};
+use super::maps::{CONFIG, PORTS, SOCK_REVNAT, config, count};
 
 /// Verdict that lets the syscall go on.
 const ALLOW: i32 = 1;
 const LOOPBACK_NET: u32 = 127;
+
+/// netpath's own probe connect (see `Config::probe_port`) tells us which
+/// netns is the host's: nothing is rewritten until then.
+#[inline(always)]
+fn learn_host_netns(ctx: &SockAddrContext, ip: u32, port: u16) {
+    let Some(cfg) = CONFIG.get_ptr_mut(0) else {
+        return;
+    };
+    let probe = unsafe { (*cfg).probe_port };
+    if probe != 0 && ip == LOOPBACK_PROBE_IP && port == probe.to_be() {
+        unsafe {
+            (*cfg).netns_cookie = bpf_get_netns_cookie(ctx.as_ptr());
+            (*cfg).probe_port = 0;
+        }
+    }
+}
+
+/// 127.0.0.1 in wire order.
+const LOOPBACK_PROBE_IP: u32 = u32::from_ne_bytes([127, 0, 0, 1]);
 
 #[inline(always)]
 fn in_host_netns(ctx: &SockAddrContext, netns_cookie: u64) -> bool {
@@ -29,11 +48,15 @@ fn to_container(ctx: &SockAddrContext) -> i32 {
     let Some(cfg) = config() else {
         return ALLOW;
     };
+    let sa = ctx.sock_addr;
+    let (ip, port, protocol) = unsafe { ((*sa).user_ip4, (*sa).user_port as u16, (*sa).protocol) };
+    if cfg.netns_cookie == 0 {
+        learn_host_netns(ctx, ip, port);
+        return ALLOW;
+    }
     if !in_host_netns(ctx, cfg.netns_cookie) {
         return ALLOW;
     }
-    let sa = ctx.sock_addr;
-    let (ip, port, protocol) = unsafe { ((*sa).user_ip4, (*sa).user_port as u16, (*sa).protocol) };
     let proto = match protocol {
         p if p == IPPROTO_TCP as u32 => IPPROTO_TCP,
         p if p == IPPROTO_UDP as u32 => IPPROTO_UDP,

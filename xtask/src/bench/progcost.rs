@@ -384,7 +384,7 @@ fn fill_maps(ebpf: &mut Ebpf, uplink: u32, container: u32) -> Result<()> {
             snat_port_max: 49999,
             flags: 0,
             gateway_mac: GATEWAY_MAC,
-            _pad: [0; 2],
+            probe_port: 0,
         },
         0,
     )?;

@@ -268,8 +268,11 @@ fn build_kernel_dir(apt: &Apt, package: &str, dir: &Path) -> Result<()> {
             decompress(&mdir.join(m))?,
             0o644,
         )?;
-        let deps: Vec<_> = modules.deps[m]
-            .iter()
+        let deps: Vec<_> = modules
+            .deps
+            .get(m)
+            .into_iter()
+            .flatten()
             .map(|d| strip_compression(d))
             .collect();
         dep_lines.push_str(&format!("{plain}: {}\n", deps.join(" ")));
@@ -371,4 +374,34 @@ fn decompress(path: &Path) -> Result<Vec<u8>> {
         );
     }
     Ok(out.stdout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_names_and_load_order() {
+        assert_eq!(
+            module_name("kernel/net/sched/sch_ingress.ko.xz"),
+            "sch_ingress"
+        );
+        assert_eq!(module_name("kernel/net/bridge/bridge.ko"), "bridge");
+        assert_eq!(strip_compression("a/b.ko.zst"), "a/b.ko");
+        let deps = ModuleDeps {
+            deps: [
+                ("br.ko.xz", vec!["stp.ko.xz", "llc.ko.xz"]),
+                ("stp.ko.xz", vec!["llc.ko.xz"]),
+                ("llc.ko.xz", vec![]),
+            ]
+            .into_iter()
+            .map(|(m, d)| (m.to_string(), d.into_iter().map(String::from).collect()))
+            .collect(),
+            builtin: HashSet::new(),
+        };
+        assert_eq!(deps.path_of("br").as_deref(), Some("br.ko.xz"));
+        let mut order = Vec::new();
+        deps.load_order("br.ko.xz", &mut order);
+        assert_eq!(order, ["llc.ko.xz", "stp.ko.xz", "br.ko.xz"]);
+    }
 }
