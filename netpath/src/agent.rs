@@ -32,32 +32,93 @@ pub enum AgentError {
     },
 }
 
-/// How long an idle flow lives, by protocol and TCP state (nf_conntrack's
-/// spirit, shorter where a NAT port is at stake).
-pub fn timeout(key: &FlowKey, entry: &FlowEntry) -> Duration {
-    const SEC: u64 = 1;
-    let secs = if key.proto == IPPROTO_TCP {
-        match entry.tcp_state {
-            tcp_state::SYN_SENT | tcp_state::SYN_RECV => 60 * SEC,
-            tcp_state::ESTABLISHED => 6 * 3600 * SEC,
-            tcp_state::FIN_WAIT => 120 * SEC,
-            tcp_state::TIME_WAIT => 30 * SEC,
-            tcp_state::CLOSED => 10 * SEC,
-            _ => 300 * SEC,
+/// How long an idle flow lives, in seconds, by protocol and TCP state
+/// (nf_conntrack's spirit, shorter where a NAT port is at stake). Set with
+/// `up --ct-timeout NAME=SECS`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct Timeouts {
+    pub syn: u64,
+    pub established: u64,
+    pub fin: u64,
+    pub time_wait: u64,
+    pub close: u64,
+    /// UDP and ICMP flows that never saw a reply.
+    pub unreplied: u64,
+    /// UDP streams and answered pings.
+    pub replied: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            syn: 60,
+            established: 6 * 3600,
+            fin: 120,
+            time_wait: 30,
+            close: 10,
+            unreplied: 30,
+            replied: 120,
         }
-    } else if entry.flags & netpath_common::FLOW_SEEN_REPLY != 0 {
-        // UDP streams and answered pings.
-        120 * SEC
-    } else {
-        30 * SEC
-    };
-    Duration::from_secs(secs)
+    }
+}
+
+impl Timeouts {
+    pub const NAMES: [&str; 7] = [
+        "syn",
+        "established",
+        "fin",
+        "time_wait",
+        "close",
+        "unreplied",
+        "replied",
+    ];
+
+    /// Sets one timeout from `NAME=SECS`.
+    pub fn set(&mut self, spec: &str) -> Option<()> {
+        let (name, secs) = spec.split_once('=')?;
+        let secs: u64 = secs.parse().ok()?;
+        let slot = match name {
+            "syn" => &mut self.syn,
+            "established" => &mut self.established,
+            "fin" => &mut self.fin,
+            "time_wait" => &mut self.time_wait,
+            "close" => &mut self.close,
+            "unreplied" => &mut self.unreplied,
+            "replied" => &mut self.replied,
+            _ => return None,
+        };
+        *slot = secs;
+        Some(())
+    }
+
+    pub fn of(&self, key: &FlowKey, entry: &FlowEntry) -> Duration {
+        let secs = if key.proto == IPPROTO_TCP {
+            match entry.tcp_state {
+                tcp_state::SYN_SENT | tcp_state::SYN_RECV => self.syn,
+                tcp_state::ESTABLISHED => self.established,
+                tcp_state::FIN_WAIT => self.fin,
+                tcp_state::TIME_WAIT => self.time_wait,
+                tcp_state::CLOSED => self.close,
+                _ => self.syn,
+            }
+        } else if entry.flags & netpath_common::FLOW_SEEN_REPLY != 0 {
+            self.replied
+        } else {
+            self.unreplied
+        };
+        Duration::from_secs(secs)
+    }
 }
 
 /// One garbage-collection pass; returns how many flows it removed. The
 /// traffic of removed flows through published ports goes to `retired`, so
 /// the per-port metrics keep counting.
-pub fn collect_garbage(datapath: &mut Datapath, retired: &Retired) -> Result<usize, TablesError> {
+pub fn collect_garbage(
+    datapath: &mut Datapath,
+    retired: &Retired,
+    timeouts: &Timeouts,
+) -> Result<usize, TablesError> {
     let now = monotonic_ns();
     let tables = &mut datapath.tables;
     let expired: Vec<(FlowKey, FlowEntry)> = tables
@@ -65,7 +126,7 @@ pub fn collect_garbage(datapath: &mut Datapath, retired: &Retired) -> Result<usi
         .into_iter()
         .filter(|(key, entry)| {
             let idle = Duration::from_nanos(now.saturating_sub(entry.last_seen_ns));
-            idle > timeout(key, entry)
+            idle > timeouts.of(key, entry)
         })
         .collect();
     for (key, entry) in &expired {
@@ -158,7 +219,7 @@ impl Agent {
             tokio::select! {
                 _ = terminate.recv() => break,
                 _ = interrupt.recv() => break,
-                _ = gc.tick() => match collect_garbage(&mut datapath, &retired) {
+                _ = gc.tick() => match collect_garbage(&mut datapath, &retired, &state.ct_timeouts) {
                     Ok(0) => {}
                     Ok(n) => log::info!("conntrack GC: {n} expired flows removed"),
                     Err(e) => log::warn!("conntrack GC: {e}"),

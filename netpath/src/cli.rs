@@ -188,6 +188,10 @@ struct UpArgs {
     /// netpath in the host netns [default: 40000-49999].
     #[arg(long, value_name = "MIN-MAX")]
     snat_ports: Option<String>,
+    /// Conntrack timeout in seconds, repeatable: syn, established, fin,
+    /// time_wait, close, unreplied (UDP/ICMP), replied (UDP/ICMP).
+    #[arg(long = "ct-timeout", value_name = "NAME=SECS")]
+    ct_timeouts: Vec<String>,
     /// Agent log level, also for the datapath's own log records
     /// [default: info, or RUST_LOG when set].
     #[arg(long, value_enum, value_name = "LEVEL")]
@@ -228,6 +232,23 @@ struct ExecArgs {
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<String>,
+}
+
+/// Checks `--ct-timeout NAME=SECS` before anything is built.
+fn validate_timeouts(specs: Vec<String>) -> Result<Vec<String>> {
+    for spec in &specs {
+        crate::agent::Timeouts::default()
+            .set(spec)
+            .ok_or_else(|| CliError::BadInput {
+                what: "--ct-timeout",
+                value: spec.clone(),
+                hint: format!(
+                    "use NAME=SECS, NAME one of {}",
+                    crate::agent::Timeouts::NAMES.join(", ")
+                ),
+            })?;
+    }
+    Ok(specs)
 }
 
 fn parse_port_range(text: &str) -> Result<(u16, u16)> {
@@ -393,6 +414,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     .as_deref()
                     .map(parse_port_range)
                     .transpose()?,
+                ct_timeouts: validate_timeouts(args.ct_timeouts)?,
                 agent: AgentOptions {
                     metrics: args.metrics,
                 },

@@ -47,6 +47,10 @@ pub enum InstanceError {
     #[error("netpath must run as root (try sudo)")]
     NotRoot,
     #[error(
+        "invalid --ct-timeout {0:?}: use NAME=SECS with NAME one of syn, established, fin, time_wait, close, unreplied, replied"
+    )]
+    BadTimeout(String),
+    #[error(
         "this kernel has no BTF (/sys/kernel/btf/vmlinux is missing): use a kernel built with CONFIG_DEBUG_INFO_BTF=y"
     )]
     NoBtf,
@@ -105,7 +109,21 @@ pub struct UpOptions {
     pub cgroup: Option<PathBuf>,
     pub conntrack_size: Option<u32>,
     pub snat_ports: Option<(u16, u16)>,
+    /// `NAME=SECS` overrides of the conntrack timeouts.
+    pub ct_timeouts: Vec<String>,
     pub agent: AgentOptions,
+}
+
+/// Applies `NAME=SECS` overrides to `base`.
+fn timeouts(
+    mut base: crate::agent::Timeouts,
+    overrides: &[String],
+) -> Result<crate::agent::Timeouts> {
+    for spec in overrides {
+        base.set(spec)
+            .ok_or_else(|| InstanceError::BadTimeout(spec.clone()))?;
+    }
+    Ok(base)
 }
 
 /// Fails with a one-line hint unless we are root: namespaces, netlink
@@ -398,6 +416,7 @@ async fn build(host: &rtnetlink::Handle, instance: &str, options: &UpOptions) ->
         cgroup,
         conntrack_size: options.conntrack_size.unwrap_or(0),
         snat_ports: options.snat_ports.unwrap_or(datapath::DEFAULT_SNAT_PORTS),
+        ct_timeouts: timeouts(crate::agent::Timeouts::default(), &options.ct_timeouts)?,
         containers: Default::default(),
     })
 }
@@ -429,6 +448,7 @@ async fn adopt(host: &rtnetlink::Handle, mut state: State, options: &UpOptions) 
     if let Some(range) = options.snat_ports {
         state.snat_ports = range;
     }
+    state.ct_timeouts = timeouts(state.ct_timeouts, &options.ct_timeouts)?;
     if options.cgroup.is_some() {
         state.cgroup = resolve_cgroup(options.cgroup.as_deref())?;
     }

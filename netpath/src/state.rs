@@ -142,6 +142,9 @@ pub struct State {
     pub cgroup: PathBuf,
     #[serde(default)]
     pub conntrack_size: u32,
+    /// Conntrack timeouts the agent's GC applies.
+    #[serde(default)]
+    pub ct_timeouts: crate::agent::Timeouts,
     /// The SNAT port range (host order, inclusive).
     #[serde(default = "default_snat_ports")]
     pub snat_ports: (u16, u16),

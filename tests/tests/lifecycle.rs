@@ -286,3 +286,67 @@ fn concurrent_publish_calls_end_consistent() {
     );
     let _ = Duration::ZERO;
 }
+
+#[test]
+fn tcp_states_are_tracked_and_the_agent_collects_expired_flows() {
+    let lab = Lab::new();
+    lab.up_ok(&[
+        "--ct-timeout",
+        "unreplied=1",
+        "--ct-timeout",
+        "replied=1",
+        "--ct-timeout",
+        "time_wait=1",
+    ]);
+    let a = lab.container_name("a");
+    lab.container_add_ok(&a, &[]);
+    let tcp = Server::tcp_echo(&lab.outside, "0.0.0.0", 0);
+    let state_of = |lab: &Lab, dport: u16| -> Option<String> {
+        lab.netpath_json(&["flows", "--proto", "tcp", "--port", &dport.to_string()])
+            .as_array()
+            .expect("list")
+            .first()
+            .map(|f| f["state"].as_str().unwrap_or_default().to_string())
+    };
+    {
+        let mut stream = Stream::connect(lab.container(&a), Lab::OUTSIDE_IP, tcp.port());
+        assert_eq!(stream.roundtrip("hi"), "hi");
+        assert_eq!(state_of(&lab, tcp.port()).as_deref(), Some("established"));
+    } // Dropping the client closes it: FIN (or RST) from both ends.
+    // A closed port answers a SYN with RST.
+    let refused = netpath_tests::curl(
+        lab.container(&a),
+        &[&format!("http://{}:9/", Lab::OUTSIDE_IP)],
+    );
+    assert!(!refused.success());
+    assert_eq!(
+        state_of(&lab, 9).as_deref(),
+        Some("closed"),
+        "RST closes the flow"
+    );
+
+    // UDP: the agent's GC removes the flow once its (1 s) timeout passes.
+    // There is no event for "removed": poll with a bounded deadline.
+    let echo = Server::udp_echo(&lab.outside, "0.0.0.0", 0);
+    udp_request_from(lab.container(&a), 35000, Lab::OUTSIDE_IP, echo.port(), "x").expect_ok("udp");
+    let udp_flows = |lab: &Lab| {
+        lab.netpath_json(&["flows", "--proto", "udp"])
+            .as_array()
+            .expect("list")
+            .len()
+    };
+    assert_eq!(udp_flows(&lab), 1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while udp_flows(&lab) != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "GC did not remove an expired UDP flow"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    let bad = lab.netpath(&["up", "--ct-timeout", "forever=1"]);
+    assert!(
+        !bad.success() && bad.stderr.contains("--ct-timeout"),
+        "{bad}"
+    );
+}
