@@ -375,6 +375,10 @@ fn print_status(status: &StatusView) {
     println!("cgroup:     {}", status.cgroup.display());
     println!("pins:       {}", status.pin_dir.display());
     println!("agent:      {agent}");
+    println!("programs:");
+    for a in &status.attachments {
+        println!("  {:<18} {:<20} {}", a.program, a.hook, a.target);
+    }
     println!("containers: {}", status.containers.len());
     if !status.containers.is_empty() {
         print_containers(&status.containers);

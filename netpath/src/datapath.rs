@@ -52,6 +52,14 @@ pub enum DatapathError {
     NotLoaded(String),
     #[error("loading the eBPF programs failed: {0}")]
     Load(#[from] aya::EbpfError),
+    #[error(
+        "{what}: the kernel ({kernel}) refused the program ({reason}); netpath needs Linux 5.10 or newer with BTF"
+    )]
+    Refused {
+        what: String,
+        kernel: String,
+        reason: String,
+    },
     #[error("{what}: {source}")]
     Program {
         what: String,
@@ -81,7 +89,23 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> DatapathError {
 
 fn prog_err(what: impl Into<String>) -> impl FnOnce(aya::programs::ProgramError) -> DatapathError {
     let what = what.into();
-    move |source| DatapathError::Program { what, source }
+    move |source| match source {
+        // One line that names the kernel, never a verifier dump.
+        aya::programs::ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => DatapathError::Refused {
+            what,
+            kernel: KernelVersion::current().map_or_else(|_| "?".to_string(), |v| format!("{v:?}")),
+            reason: verifier_log
+                .to_string()
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .map_or_else(|| io_error.to_string(), str::to_owned),
+        },
+        source => DatapathError::Program { what, source },
+    }
 }
 
 /// Where the uplink ingress translations run.
@@ -686,6 +710,88 @@ pub fn detach_endpoint(instance: &str, ep: &EndpointSpec) -> Result<(), Datapath
         Err(TablesError::NotLoaded(_)) => Ok(()),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Where a program of the instance is attached, as `status` shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Attachment {
+    pub program: &'static str,
+    pub hook: String,
+    pub target: String,
+}
+
+/// The instance's attachments, read from its link pins (on kernels without
+/// tcx the uplink's clsact filters have none: they are listed from the state
+/// by the caller's `uplink`).
+pub fn attachments(instance: &str, uplink: &str) -> Vec<Attachment> {
+    let dir = pin_dir(instance);
+    let mut out = Vec::new();
+    let names: Vec<String> = fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter_map(|n| n.strip_prefix("link_").map(str::to_owned))
+        .collect();
+    for name in names {
+        let attachment = if let Some(rest) = name.strip_prefix("tc_") {
+            let (ifname, direction) = rest.rsplit_once('_').unwrap_or((rest, ""));
+            let program = match (ifname == uplink, direction) {
+                (true, "egress") => names::PROG_TO_UPLINK,
+                (true, _) => names::PROG_FROM_UPLINK,
+                (false, _) => names::PROG_FROM_CONTAINER,
+            };
+            Attachment {
+                program,
+                hook: format!("tc {direction}"),
+                target: ifname.to_owned(),
+            }
+        } else if let Some(ifname) = name.strip_prefix("xdp_") {
+            if ifname == uplink {
+                Attachment {
+                    program: names::PROG_XDP_UPLINK,
+                    hook: "xdp".to_owned(),
+                    target: ifname.to_owned(),
+                }
+            } else {
+                Attachment {
+                    program: names::PROG_XDP_PASS,
+                    hook: "xdp".to_owned(),
+                    target: format!("{CONTAINER_IFNAME} (peer of {ifname})"),
+                }
+            }
+        } else {
+            let program = [
+                names::PROG_CONNECT4,
+                names::PROG_SENDMSG4,
+                names::PROG_RECVMSG4,
+                names::PROG_GETPEERNAME4,
+            ]
+            .into_iter()
+            .find(|p| *p == name)
+            .unwrap_or("unknown");
+            Attachment {
+                program,
+                hook: format!("cgroup {}", name.trim_start_matches("sock_")),
+                target: "cgroup".to_owned(),
+            }
+        };
+        out.push(attachment);
+    }
+    if !use_tcx() && dir.exists() {
+        for (program, hook) in [
+            (names::PROG_FROM_UPLINK, "tc ingress (clsact)"),
+            (names::PROG_TO_UPLINK, "tc egress (clsact)"),
+        ] {
+            out.push(Attachment {
+                program,
+                hook: hook.to_owned(),
+                target: uplink.to_owned(),
+            });
+        }
+    }
+    out.sort_by(|a, b| (&a.target, &a.hook).cmp(&(&b.target, &b.hook)));
+    out
 }
 
 /// Removes every pin of this layout version, which detaches its programs

@@ -679,6 +679,8 @@ pub struct StatusView {
     pub agent_pid: Option<u32>,
     pub agent_alive: bool,
     pub pin_dir: PathBuf,
+    /// Which program sits on which hook.
+    pub attachments: Vec<datapath::Attachment>,
     pub containers: Vec<ContainerView>,
 }
 
@@ -698,6 +700,7 @@ pub fn status(instance: &str) -> Result<StatusView> {
         agent_pid,
         agent_alive: agent_pid.is_some_and(state::process_alive),
         pin_dir: datapath::instance_pin_dir(instance),
+        attachments: datapath::attachments(instance, &state.uplink),
         containers: state
             .containers
             .keys()
