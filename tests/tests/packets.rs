@@ -15,7 +15,7 @@ use netpath::datapath::EBPF_OBJECT;
 use netpath_common::{Config, Endpoint, PortKey, PortTarget, names, stat};
 use netpath_tests::{
     Netns,
-    packet::{Frame, L4, Parsed, TCP_ACK, TCP_SYN},
+    packet::{Frame, L4, Parsed, TCP_ACK, TCP_FIN, TCP_SYN},
     unique_name,
 };
 
@@ -227,6 +227,15 @@ impl Fixture {
                 0,
             )
             .expect("publish");
+    }
+
+    fn set_snat_range(&mut self, min: u16, max: u16) {
+        let mut config: Array<_, Config> =
+            Array::try_from(self.ebpf.map_mut(names::CONFIG).expect("CONFIG")).expect("type");
+        let mut c = config.get(&0, 0).expect("config");
+        c.snat_port_min = min;
+        c.snat_port_max = max;
+        config.set(0, c, 0).expect("set CONFIG");
     }
 
     fn counter(&self, idx: u32) -> u64 {
@@ -643,6 +652,43 @@ fn a_containers_port_unreachable_about_a_published_flow_goes_out_as_the_host() {
         "the quoted packet is what the client sent"
     );
     assert!(inner.ip_header_ok());
+}
+
+#[test]
+fn a_new_syn_takes_over_the_snat_port_of_a_finished_connection() {
+    let mut fx = Fixture::new();
+    fx.set_snat_range(40000, 40000);
+    let tcp = |sport, flags| {
+        from_c1(L4::Tcp {
+            sport,
+            dport: 80,
+            flags,
+        })
+    };
+    let (_, out) = fx.run_from_container(&tcp(33000, TCP_SYN));
+    assert_eq!(Parsed::new(&out).sport(), 40000);
+    // While the first connection is open, the only port is taken.
+    let before = fx.counter(stat::DROP_NO_SNAT_PORT);
+    assert_eq!(fx.run_from_container(&tcp(33001, TCP_SYN)).0, TC_ACT_SHOT);
+    assert_eq!(fx.counter(stat::DROP_NO_SNAT_PORT), before + 1);
+    // Both sides finish it: FIN each way, so it is in TIME_WAIT.
+    fx.run_from_container(&tcp(33000, TCP_FIN | TCP_ACK));
+    let fin_back = Frame::new(
+        OUTSIDE_IP,
+        HOST_IP,
+        L4::Tcp {
+            sport: 80,
+            dport: 40000,
+            flags: TCP_FIN | TCP_ACK,
+        },
+    );
+    assert_eq!(fx.run_from_uplink(&fin_back).0, TC_ACT_REDIRECT);
+    let (verdict, out) = fx.run_from_container(&tcp(33001, TCP_SYN));
+    assert_eq!(
+        verdict, TC_ACT_REDIRECT,
+        "the finished connection's port is reused"
+    );
+    assert_eq!(Parsed::new(&out).sport(), 40000);
 }
 
 #[test]

@@ -126,6 +126,35 @@ pub fn create(
     }
 }
 
+/// A TCP SYN that needs a reply tuple held by a finished connection (TIME_WAIT
+/// or closed) takes it over, as nf_conntrack does: otherwise a busy client
+/// exhausts the SNAT range with connections that are already over. Returns
+/// whether the tuple was freed.
+#[inline(always)]
+pub fn reclaim_finished(reply: &FlowKey, pkt: &Packet) -> bool {
+    if pkt.key.proto != IPPROTO_TCP || pkt.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+        return false;
+    }
+    let Some(orig) = CT_REPLY.get_ptr(reply) else {
+        return false;
+    };
+    let orig = unsafe { *orig };
+    let finished = match CONNTRACK.get_ptr(orig) {
+        Some(entry) => matches!(
+            unsafe { (*entry).tcp_state },
+            tcp_state::TIME_WAIT | tcp_state::CLOSED
+        ),
+        // A dangling reply key: free as well.
+        None => true,
+    };
+    if !finished {
+        return false;
+    }
+    let _ = CONNTRACK.remove(orig);
+    let _ = CT_REPLY.remove(reply);
+    true
+}
+
 #[inline(always)]
 fn initial_tcp_state(proto: u8, flags: u8) -> u8 {
     if proto != IPPROTO_TCP {

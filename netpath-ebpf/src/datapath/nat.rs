@@ -62,7 +62,10 @@ pub fn create_snat_flow(
             Ok(flow) => return Some(flow),
             Err(CreateError::Full) => return None,
             Err(CreateError::ReplyTaken) => {
-                candidate = min + unsafe { bpf_get_prandom_u32() } % span;
+                // Try the same port again once its finished holder is gone.
+                if !conntrack::reclaim_finished(&reply, pkt) {
+                    candidate = min + unsafe { bpf_get_prandom_u32() } % span;
+                }
             }
         }
     }
