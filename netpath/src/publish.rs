@@ -182,36 +182,44 @@ pub fn parse_host_side(spec: &str) -> Result<Vec<HostPort>> {
         .collect())
 }
 
-/// Is a host socket bound to this port (TCP listening, or UDP bound) on this
-/// address or on every address? Read from /proc/net of the host netns.
-fn host_socket_uses(host: &HostPort) -> bool {
-    let file = match host.proto {
-        Proto::Tcp => "/proc/net/tcp",
-        Proto::Udp => "/proc/net/udp",
-    };
-    let Ok(text) = fs::read_to_string(file) else {
-        return false;
-    };
-    text.lines().skip(1).any(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let (Some(local), Some(st)) = (fields.get(1), fields.get(3)) else {
-            return false;
+/// Host sockets bound to a port (TCP listening, or UDP bound), read once from
+/// /proc/net of the host netns: (protocol, local address, port).
+fn host_sockets() -> Vec<(Proto, Ipv4Addr, u16)> {
+    let mut out = Vec::new();
+    for (proto, file) in [(Proto::Tcp, "/proc/net/tcp"), (Proto::Udp, "/proc/net/udp")] {
+        let Ok(text) = fs::read_to_string(file) else {
+            continue;
         };
-        let Some((addr_hex, port_hex)) = local.split_once(':') else {
-            return false;
-        };
-        let (Ok(addr), Ok(port)) = (
-            u32::from_str_radix(addr_hex, 16),
-            u16::from_str_radix(port_hex, 16),
-        ) else {
-            return false;
-        };
-        // /proc prints the address as the host-order u32 of the wire bytes.
-        let addr = Ipv4Addr::from(addr.to_ne_bytes());
-        let listening = host.proto == Proto::Udp || *st == "0A";
-        listening
-            && port == host.port
-            && (addr.is_unspecified() || host.ip.is_none() || host.ip == Some(addr))
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(st)) = (fields.get(1), fields.get(3)) else {
+                continue;
+            };
+            let Some((addr_hex, port_hex)) = local.split_once(':') else {
+                continue;
+            };
+            let (Ok(addr), Ok(port)) = (
+                u32::from_str_radix(addr_hex, 16),
+                u16::from_str_radix(port_hex, 16),
+            ) else {
+                continue;
+            };
+            if proto == Proto::Tcp && *st != "0A" {
+                continue; // not listening
+            }
+            // /proc prints the address as the host-order u32 of the wire bytes.
+            out.push((proto, Ipv4Addr::from(addr.to_ne_bytes()), port));
+        }
+    }
+    out
+}
+
+/// Is a host socket bound to this port on this address or on every address?
+fn host_socket_uses(sockets: &[(Proto, Ipv4Addr, u16)], host: &HostPort) -> bool {
+    sockets.iter().any(|(proto, addr, port)| {
+        *proto == host.proto
+            && *port == host.port
+            && (addr.is_unspecified() || host.ip.is_none() || host.ip == Some(*addr))
     })
 }
 
@@ -241,7 +249,16 @@ fn container_ip(state: &State, name: &str) -> Result<Ipv4Addr> {
 /// Publishes `mappings` to the container at `ip`, all or nothing. The caller
 /// holds the instance lock.
 pub fn publish_locked(tables: &mut Tables, ip: Ipv4Addr, mappings: &[Mapping]) -> Result<()> {
-    let existing = tables.ports()?;
+    // By (port, proto): the host addresses each is published on.
+    let mut existing: std::collections::HashMap<(u16, u8), Vec<u32>> =
+        std::collections::HashMap::new();
+    for (k, _) in tables.ports()? {
+        existing
+            .entry((k.host_port, k.proto))
+            .or_default()
+            .push(k.host_ip);
+    }
+    let sockets = host_sockets();
     let config = tables.config()?;
     let (min, max) = (config.snat_port_min, config.snat_port_max);
     for m in mappings {
@@ -251,15 +268,16 @@ pub fn publish_locked(tables: &mut Tables, ip: Ipv4Addr, mappings: &[Mapping]) -
         // A wildcard mapping and an address-bound one on the same port would
         // shadow each other: Docker refuses that too.
         let key = m.host.key();
-        let clash = existing.iter().any(|(k, _)| {
-            k.host_port == key.host_port
-                && k.proto == key.proto
-                && (k.host_ip == 0 || key.host_ip == 0 || k.host_ip == key.host_ip)
-        });
+        let clash = existing
+            .get(&(key.host_port, key.proto))
+            .is_some_and(|ips| {
+                ips.iter()
+                    .any(|ip| *ip == 0 || key.host_ip == 0 || *ip == key.host_ip)
+            });
         if clash {
             return Err(PublishError::Taken(m.host.to_string()));
         }
-        if host_socket_uses(&m.host) {
+        if host_socket_uses(&sockets, &m.host) {
             return Err(PublishError::HostSocket(m.host.to_string()));
         }
     }
@@ -273,9 +291,7 @@ pub fn publish_locked(tables: &mut Tables, ip: Ipv4Addr, mappings: &[Mapping]) -
         };
         let inserted = tables.publish(&key, &target);
         if !matches!(inserted, Ok(true)) {
-            for key in &done {
-                let _ = tables.unpublish(key);
-            }
+            let _ = tables.unpublish(&done);
             return match inserted {
                 Err(e) => Err(e.into()),
                 _ => Err(PublishError::Taken(m.host.to_string())),
@@ -314,9 +330,8 @@ pub fn remove(instance: &str, spec: &str) -> Result<Vec<HostPort>> {
             return Err(PublishError::NotPublished(host.to_string()));
         }
     }
-    for host in &hosts {
-        tables.unpublish(&host.key())?;
-    }
+    let keys: Vec<PortKey> = hosts.iter().map(HostPort::key).collect();
+    tables.unpublish(&keys)?;
     Ok(hosts)
 }
 
@@ -324,11 +339,13 @@ pub fn remove(instance: &str, spec: &str) -> Result<Vec<HostPort>> {
 /// caller holds the instance lock.
 pub fn remove_for_ip_locked(tables: &mut Tables, ip: Ipv4Addr) -> Result<()> {
     let wire = wire_ip(ip);
-    for (key, target) in tables.ports()? {
-        if target.container_ip == wire {
-            tables.unpublish(&key)?;
-        }
-    }
+    let keys: Vec<PortKey> = tables
+        .ports()?
+        .into_iter()
+        .filter(|(_, target)| target.container_ip == wire)
+        .map(|(key, _)| key)
+        .collect();
+    tables.unpublish(&keys)?;
     Ok(())
 }
 

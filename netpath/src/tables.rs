@@ -123,25 +123,34 @@ impl Tables {
         }
     }
 
-    /// Unpublishes a port and flushes the flows that went through it, so no
-    /// stale translation outlives the mapping.
-    pub fn unpublish(&mut self, key: &PortKey) -> Result<(), TablesError> {
-        let target = match self.ports.get(key, 0) {
-            Ok(t) => t,
-            Err(MapError::KeyNotFound) => return Ok(()),
-            Err(e) => return Err(map_err(names::PORTS)(e)),
-        };
-        match self.ports.remove(key) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(e) => return Err(map_err(names::PORTS)(e)),
+    /// Unpublishes ports and flushes the flows that went through them, so no
+    /// stale translation outlives a mapping.
+    pub fn unpublish(&mut self, keys: &[PortKey]) -> Result<(), TablesError> {
+        let mut removed = Vec::with_capacity(keys.len());
+        for key in keys {
+            let target = match self.ports.get(key, 0) {
+                Ok(t) => t,
+                Err(MapError::KeyNotFound) => continue,
+                Err(e) => return Err(map_err(names::PORTS)(e)),
+            };
+            match self.ports.remove(key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(names::PORTS)(e)),
+            }
+            removed.push((*key, target));
         }
+        if removed.is_empty() {
+            return Ok(());
+        }
+        // One pass over the conntrack table for all of them.
         self.flush_flows(|orig, entry| {
-            let to_port = orig.dport == key.host_port
-                && orig.proto == key.proto
-                && (key.host_ip == 0 || orig.daddr == key.host_ip);
-            to_port
-                && entry.reply.saddr == target.container_ip
-                && entry.reply.sport == target.container_port
+            removed.iter().any(|(key, target)| {
+                orig.dport == key.host_port
+                    && orig.proto == key.proto
+                    && (key.host_ip == 0 || orig.daddr == key.host_ip)
+                    && entry.reply.saddr == target.container_ip
+                    && entry.reply.sport == target.container_port
+            })
         })?;
         Ok(())
     }
