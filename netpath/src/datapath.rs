@@ -374,18 +374,10 @@ fn attach_tc(
                 "attaching to {ifname} ({})",
                 tc_attach_type_name(attach_type)
             )))?;
-        let link = prog.take_link(id).map_err(prog_err("taking the TC link"))?;
-        let link: FdLink = link
-            .try_into()
-            .map_err(|e: aya::programs::links::LinkError| DatapathError::Pin {
-                path: pin.display().to_string(),
-                message: e.to_string(),
-            })?;
-        link.pin(&pin).map_err(|e| DatapathError::Pin {
-            path: pin.display().to_string(),
-            message: e.to_string(),
-        })?;
-        return Ok(());
+        return pin_link(
+            prog.take_link(id).map_err(prog_err("taking the TC link"))?,
+            &pin,
+        );
     }
     match tc::qdisc_add_clsact(ifname) {
         Ok(()) => {}
@@ -596,19 +588,11 @@ fn attach_sock_hooks(ebpf: &mut Ebpf, dir: &Path, cgroup: &Path) -> Result<(), D
                 "attaching {name} to {}",
                 cgroup.display()
             )))?;
-        let link = prog
-            .take_link(id)
-            .map_err(prog_err("taking the cgroup link"))?;
-        let link: FdLink = link
-            .try_into()
-            .map_err(|e: aya::programs::links::LinkError| DatapathError::Pin {
-                path: pin.display().to_string(),
-                message: e.to_string(),
-            })?;
-        link.pin(&pin).map_err(|e| DatapathError::Pin {
-            path: pin.display().to_string(),
-            message: e.to_string(),
-        })?;
+        pin_link(
+            prog.take_link(id)
+                .map_err(prog_err("taking the cgroup link"))?,
+            &pin,
+        )?;
     }
     Ok(())
 }

@@ -251,7 +251,7 @@ fn published(cfg: &Config, pkt: &Packet) -> Option<PortTarget> {
 /// uplink's egress it just continues.
 #[inline(always)]
 fn masquerade(ctx: &mut TcContext, cfg: &Config, pkt: &Packet, fast: bool) -> i32 {
-    if fast {
+    let egress = if fast {
         if pkt.ttl <= 1 {
             return fwd::pass(stat::PASS_TTL);
         }
@@ -261,25 +261,13 @@ fn masquerade(ctx: &mut TcContext, cfg: &Config, pkt: &Packet, fast: bool) -> i3
             saddr: cfg.host_ip,
             ..pkt.key
         };
-        let Some(egress) = fwd::route(ctx, &natted) else {
-            return TC_ACT_OK as i32;
-        };
-        let Some(flow) = nat::create_snat_flow(
-            cfg,
-            pkt,
-            cfg.host_ip,
-            pkt.key.daddr,
-            pkt.key.dport,
-            nat_kind::MASQUERADE,
-        ) else {
-            return TC_ACT_SHOT as i32;
-        };
-        conntrack::update(&flow, pkt);
-        if nat::rewrite(ctx, pkt, &flow.target()).is_err() {
-            return drop(stat::DROP_MALFORMED);
+        match fwd::route(ctx, &natted) {
+            Some(egress) => Some(egress),
+            None => return TC_ACT_OK as i32,
         }
-        return fwd::send(ctx, cfg, pkt, &egress, true);
-    }
+    } else {
+        None
+    };
     let flow = match conntrack::lookup(&pkt.key) {
         Some(flow) => flow,
         None => match nat::create_snat_flow(
@@ -298,7 +286,10 @@ fn masquerade(ctx: &mut TcContext, cfg: &Config, pkt: &Packet, fast: bool) -> i3
     if nat::rewrite(ctx, pkt, &flow.target()).is_err() {
         return drop(stat::DROP_MALFORMED);
     }
-    TC_ACT_OK as i32
+    match egress {
+        Some(egress) => fwd::send(ctx, cfg, pkt, &egress, true),
+        None => TC_ACT_OK as i32,
+    }
 }
 
 /// A packet of a tracked flow: account it, translate it, send it on.
