@@ -9,9 +9,13 @@ use anyhow::{Context, Result, bail};
 
 use super::exec::{Proc, in_ns, run_bounded, wait_tcp};
 use super::topo::{
-    BASE_BRIDGE, BASE_IP, BASE_SUBNET, HOST_HTTP_PORT, HOST_IP, HTTP_PORT, IPERF_PORT, Lab,
-    NETPATH_IP, SCALE_BASE_PORT, UPLINK,
+    BASE_BRIDGE, BASE_IP, BASE_SUBNET, CLIENT_IP, HOST_HTTP_PORT, HOST_IP, HTTP_PORT, IPERF_PORT,
+    Lab, NETPATH_IP, SCALE_BASE_PORT, UPLINK,
 };
+
+/// Bound for one netpath command or ruleset load: publishing 10000 ports
+/// is slow (see the README's benchmark analysis), but must still end.
+const INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -68,6 +72,7 @@ impl Mode {
             instance: format!("b{}", lab.sfx),
             container: format!("web{}", lab.sfx),
             netpath_up: false,
+            client_csum_off: false,
             servers: Vec::new(),
         };
         active
@@ -85,6 +90,7 @@ pub struct Active<'a> {
     instance: String,
     container: String,
     netpath_up: bool,
+    client_csum_off: bool,
     servers: Vec<Proc>,
 }
 
@@ -123,7 +129,7 @@ impl Active<'_> {
     fn netpath(&self, args: &[&str]) -> Result<String> {
         let mut cmd = in_ns(&self.lab.host, &self.bin.to_string_lossy());
         cmd.args(["--instance", &self.instance]).args(args);
-        run_bounded(&mut cmd, Duration::from_secs(120), &self.lab.scratch)
+        run_bounded(&mut cmd, INSTALL_TIMEOUT, &self.lab.scratch)
     }
 
     fn build(&mut self, server_ports: &[u16]) -> Result<()> {
@@ -142,6 +148,9 @@ impl Active<'_> {
                 let tcp = format!("{IPERF_PORT}:{IPERF_PORT}/tcp");
                 let udp = format!("{IPERF_PORT}:{IPERF_PORT}/udp");
                 self.netpath(&["publish", "add", &self.container, &http, &tcp, &udp])?;
+                if self.mode == Mode::NetpathXdp {
+                    self.client_tx_csum(false)?;
+                }
             }
         }
         let ns = self.container_ns();
@@ -151,15 +160,25 @@ impl Active<'_> {
         self.servers.push(self.lab.iperf_server(&ns, IPERF_PORT)?);
         wait_tcp(&ns, ip, HTTP_PORT, &self.lab.scratch)?;
         wait_tcp(&ns, ip, IPERF_PORT, &self.lab.scratch)?;
+        // Both directions must work before anything is timed: a mode that
+        // drops everything would otherwise cost every tool's full timeout.
+        let (addr, port) = self.http();
+        wait_tcp(&self.lab.client, &addr, port, &self.lab.scratch)
+            .context("no connection from the client to the published port")?;
+        wait_tcp(&ns, CLIENT_IP, HTTP_PORT, &self.lab.scratch)
+            .context("no connection from the container to the outside")?;
         Ok(())
     }
 
-    /// Publishes `n` extra TCP ports 1:1 from [`SCALE_BASE_PORT`] (on top of
-    /// the standard ones) and returns how long installing them took. For
-    /// iptables and nftables the whole NAT ruleset is loaded in one
-    /// transaction (`iptables-restore`, `nft -f`), the fastest way each
-    /// offers; netpath gets one `publish add` of the range.
-    pub fn install_ports(&mut self, n: u16) -> Result<Duration> {
+    /// Publishes `n` extra TCP ports 1:1 (the block [`scale_block`]`(n)`,
+    /// on top of the standard ones) and returns how long installing them
+    /// took. For iptables and nftables the whole NAT ruleset is reloaded in
+    /// one transaction (`iptables-restore`, `nft -f`), the fastest way each
+    /// offers, so it holds exactly this block; netpath gets one `publish add`
+    /// of the range and keeps the smaller blocks from before (unpublishing
+    /// walks the conntrack table per port, far too slow to undo 10000 ports
+    /// between steps; a hash lookup does not care about 1001 more entries).
+    pub fn install_ports(&self, n: u16) -> Result<Duration> {
         match self.mode {
             Mode::Route => bail!("plain routing publishes no ports"),
             Mode::Iptables => {
@@ -175,18 +194,6 @@ impl Active<'_> {
                 let start = Instant::now();
                 self.netpath(&["publish", "add", &self.container, &spec])?;
                 Ok(start.elapsed())
-            }
-        }
-    }
-
-    /// Undoes [`Self::install_ports`]`(n)`.
-    pub fn remove_ports(&mut self, n: u16) -> Result<()> {
-        match self.mode {
-            Mode::Route => Ok(()),
-            Mode::Iptables | Mode::Nftables => self.install_ports(0).map(drop),
-            Mode::NetpathTc | Mode::NetpathXdp => {
-                let spec = scale_spec(n);
-                self.netpath(&["publish", "rm", &spec]).map(drop)
             }
         }
     }
@@ -212,12 +219,29 @@ impl Active<'_> {
         }
         cmd.arg(file);
         let start = Instant::now();
-        run_bounded(&mut cmd, Duration::from_secs(120), &self.lab.scratch)?;
+        run_bounded(&mut cmd, INSTALL_TIMEOUT, &self.lab.scratch)?;
         Ok(start.elapsed())
+    }
+
+    /// The client's veth hands frames over CHECKSUM_PARTIAL (L4 checksum
+    /// not filled in). XDP has no skb to carry that state, so a frame the
+    /// uplink XDP program redirects reaches the container with a bad TCP
+    /// checksum and is dropped. A NIC delivers complete checksums; here the
+    /// `netpath-xdp` mode turns the client's TX checksum offload (and with it
+    /// TSO) off to get there, which makes its TCP throughput not comparable.
+    fn client_tx_csum(&mut self, on: bool) -> Result<()> {
+        self.client_csum_off = !on;
+        let state = if on { "on" } else { "off" };
+        self.lab
+            .sh(&self.lab.client, "ethtool", &["-K", "out0", "tx", state])
+            .map(drop)
     }
 
     fn teardown(&mut self) -> Result<()> {
         self.servers.clear();
+        if self.client_csum_off {
+            self.client_tx_csum(true)?;
+        }
         match self.mode {
             Mode::Route => Ok(()),
             Mode::Iptables => {
@@ -249,18 +273,30 @@ impl Drop for Active<'_> {
     }
 }
 
+/// The ports of the `n`-port scale step: disjoint blocks per step size
+/// (1 -> 20000, 1000 -> 21000.., 10000 -> 22000..31999), all below
+/// netpath's SNAT range and H's ephemeral ports.
+pub fn scale_block(n: u16) -> std::ops::RangeInclusive<u16> {
+    let first = match n {
+        0..=1 => SCALE_BASE_PORT,
+        2..=1000 => SCALE_BASE_PORT + 1000,
+        _ => SCALE_BASE_PORT + 2000,
+    };
+    first..=first + n.max(1) - 1
+}
+
 fn scale_spec(n: u16) -> String {
-    let last = SCALE_BASE_PORT + n - 1;
+    let (first, last) = scale_block(n).into_inner();
     if n == 1 {
-        format!("{SCALE_BASE_PORT}:{SCALE_BASE_PORT}/tcp")
+        format!("{first}:{first}/tcp")
     } else {
-        format!("{SCALE_BASE_PORT}-{last}:{SCALE_BASE_PORT}-{last}/tcp")
+        format!("{first}-{last}:{first}-{last}/tcp")
     }
 }
 
 /// The last of `n` scale ports: what the scale measurement dials.
 pub fn last_scale_port(n: u16) -> u16 {
-    SCALE_BASE_PORT + n - 1
+    *scale_block(n).end()
 }
 
 /// Docker's NAT rules: PREROUTING/OUTPUT jump to DOCKER for local
@@ -284,8 +320,10 @@ fn iptables_rules(n: u16) -> String {
     dnat("tcp", HOST_HTTP_PORT, HTTP_PORT);
     dnat("tcp", IPERF_PORT, IPERF_PORT);
     dnat("udp", IPERF_PORT, IPERF_PORT);
-    for p in (0..n).map(|i| SCALE_BASE_PORT + i) {
-        dnat("tcp", p, p);
+    if n > 0 {
+        for p in scale_block(n) {
+            dnat("tcp", p, p);
+        }
     }
     s.push_str("COMMIT\n");
     s
@@ -299,10 +337,9 @@ fn nft_rules(n: u16) -> String {
         format!("tcp . {IPERF_PORT} : {BASE_IP} . {IPERF_PORT}"),
         format!("udp . {IPERF_PORT} : {BASE_IP} . {IPERF_PORT}"),
     ];
-    elems.extend((0..n).map(|i| {
-        let p = SCALE_BASE_PORT + i;
-        format!("tcp . {p} : {BASE_IP} . {p}")
-    }));
+    if n > 0 {
+        elems.extend(scale_block(n).map(|p| format!("tcp . {p} : {BASE_IP} . {p}")));
+    }
     format!(
         "table ip npbench\ndelete table ip npbench\ntable ip npbench {{\n\
          map ports {{\n type inet_proto . inet_service : ipv4_addr . inet_service\n\

@@ -138,9 +138,10 @@ pub fn write(dir: &Path, plan: &Plan, res: &Results, prog: &Value, took: Duratio
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "Machine: {}. Date: {}. {} round(s), {} s per run{}, medians; modes interleaved round by round.\n",
+        "Machine: {}. Date: {}. Load average before/after: {}. {} round(s), {} s per run{}, medians; modes interleaved round by round.\n",
         machine["summary"].as_str().unwrap_or("?"),
         machine["date"].as_str().unwrap_or("?"),
+        res.loadavg.join(" / "),
         plan.rounds,
         plan.secs,
         if plan.quick { " (--quick)" } else { "" },
@@ -190,8 +191,21 @@ pub fn write(dir: &Path, plan: &Plan, res: &Results, prog: &Value, took: Duratio
     }
     let _ = writeln!(
         md,
-        "\n↑ higher is better, ↓ lower is better. `–`: not applicable or failed.\n"
+        "\n↑ higher is better, ↓ lower is better. `–`: not applicable or failed."
     );
+    let _ = writeln!(
+        md,
+        "netpath-xdp runs with the client's TX checksum offload off (XDP cannot redirect \
+         CHECKSUM_PARTIAL frames from a veth uplink; see modes.rs), which also disables TSO: \
+         its TCP throughput is not comparable."
+    );
+    if plan.rounds > 1 && plan.scale.iter().any(|&n| n > 1000) {
+        let _ = writeln!(
+            md,
+            "Scale steps above 1000 ports: first round only (one sample)."
+        );
+    }
+    let _ = writeln!(md);
     if let Value::Array(rows) = prog {
         let _ = writeln!(
             md,
@@ -227,6 +241,7 @@ pub fn write(dir: &Path, plan: &Plan, res: &Results, prog: &Value, took: Duratio
         "metrics": metrics,
         "prog_cost": prog,
         "netpath_stats": res.netpath_stats,
+        "loadavg": res.loadavg,
         "errors": res.errors,
         "duration_s": took.as_secs_f64(),
     });

@@ -67,7 +67,7 @@ fn cargo_json(workspace: &Path, args: &[&str]) -> Result<Vec<Value>> {
     Ok(artifacts)
 }
 
-pub fn build(workspace: &Path, with_tests: bool) -> Result<Artifacts> {
+pub fn build(workspace: &Path) -> Result<Artifacts> {
     let bins = cargo_json(workspace, &["build", "-p", "netpath", "--bin", "netpath"])?;
     let netpath = bins
         .iter()
@@ -75,33 +75,31 @@ pub fn build(workspace: &Path, with_tests: bool) -> Result<Artifacts> {
         .map(PathBuf::from)
         .context("cargo built no netpath binary")?;
     let mut tests = Vec::new();
-    if with_tests {
-        let built = cargo_json(
-            workspace,
-            &["test", "--no-run", "-p", "netpath-tests", "-p", "netpath"],
-        )?;
-        for a in built.iter().filter(|a| a["profile"]["test"] == true) {
-            let target = a["target"]["name"].as_str().unwrap_or("unknown");
-            let kind = a["target"]["kind"][0].as_str().unwrap_or("unknown");
-            let path = a["executable"].as_str().context("test artifact path")?;
-            let mut name: String = format!("{kind}-{target}")
-                .chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || c == '-' {
-                        c
-                    } else {
-                        '_'
-                    }
-                })
-                .collect();
-            while tests.iter().any(|t: &TestBinary| t.name == name) {
-                name.push('_');
-            }
-            tests.push(TestBinary {
-                name,
-                path: path.into(),
-            });
+    let built = cargo_json(
+        workspace,
+        &["test", "--no-run", "-p", "netpath-tests", "-p", "netpath"],
+    )?;
+    for a in built.iter().filter(|a| a["profile"]["test"] == true) {
+        let target = a["target"]["name"].as_str().unwrap_or("unknown");
+        let kind = a["target"]["kind"][0].as_str().unwrap_or("unknown");
+        let path = a["executable"].as_str().context("test artifact path")?;
+        let mut name: String = format!("{kind}-{target}")
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        while tests.iter().any(|t: &TestBinary| t.name == name) {
+            name.push('_');
         }
+        tests.push(TestBinary {
+            name,
+            path: path.into(),
+        });
     }
     Ok(Artifacts { netpath, tests })
 }

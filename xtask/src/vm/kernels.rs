@@ -191,6 +191,7 @@ pub fn prepare(series: &'static Series, cache: &Path) -> Result<Kernel> {
             .with_context(|| format!("preparing kernel package {package}"))?;
     }
     fs::write(&current_file, &package)?;
+    prune_superseded(&series_dir, &package);
     let release = fs::read_to_string(&ready)?.trim().to_string();
     Ok(Kernel {
         series: name,
@@ -199,6 +200,19 @@ pub fn prepare(series: &'static Series, cache: &Path) -> Result<Kernel> {
         vmlinuz: dir.join("vmlinuz"),
         modules_cpio: dir.join("modules.cpio"),
     })
+}
+
+/// Drops the prepared trees of superseded packages so a CI cache stays small.
+fn prune_superseded(series_dir: &Path, current: &str) {
+    let Ok(entries) = fs::read_dir(series_dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.path().is_dir() && e.file_name() != current {
+            // Best effort: a leftover directory costs only disk space.
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 fn build_kernel_dir(apt: &Apt, package: &str, dir: &Path) -> Result<()> {

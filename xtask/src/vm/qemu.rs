@@ -168,20 +168,33 @@ pub fn parse(console: &str) -> Report {
 
 fn finish(mut b: BinaryResult) -> BinaryResult {
     let summaries: Vec<_> = b.output.lines().filter_map(libtest_summary).collect();
+    if summaries.is_empty() {
+        // Killed or crashed before libtest's summary: count the per-test
+        // lines it got to print; the test that was running failed.
+        for line in b.output.lines().filter(|l| l.starts_with("test ")) {
+            if line.ends_with(" ... ok") {
+                b.passed += 1;
+            } else if line.ends_with(" ... FAILED") {
+                b.failed += 1;
+            } else if line.contains(" ... ignored") {
+                b.skipped += 1;
+            }
+        }
+        if b.rc != Some(0) {
+            b.failed += 1;
+        } else if b.passed + b.failed + b.skipped == 0 {
+            // Not a libtest binary: one test, judged by its exit code.
+            b.passed = 1;
+        }
+        return b;
+    }
     for (p, f, s) in &summaries {
         b.passed += p;
         b.failed += f;
         b.skipped += s;
     }
-    // A binary without libtest's summary counts as one test.
-    if summaries.is_empty() {
-        if b.rc == Some(0) {
-            b.passed = 1;
-        } else {
-            b.failed = 1;
-        }
-    } else if b.rc != Some(0) && b.failed == 0 {
-        // Crashed or killed after its summary: still a failure.
+    if b.rc != Some(0) && b.failed == 0 {
+        // Crashed after its summary: still a failure.
         b.failed = 1;
     }
     b
@@ -200,7 +213,7 @@ mod tests {
             NETPATH-VM-BEGIN lib-netpath\n\
             test result: ok. 4 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0s\n\
             NETPATH-VM-END lib-netpath rc=0 start=5.5 end=6.0\n\
-            NETPATH-VM-BEGIN test-hang\nrunning 1 test\n";
+            NETPATH-VM-BEGIN test-hang\nrunning 3 tests\ntest a ... ok\ntest b ... ignored, slow\ntest c ... ";
         let r = parse(console);
         assert_eq!(r.booted_kernel.as_deref(), Some("6.1.0-9-cloud-amd64"));
         assert!(!r.done);
@@ -212,6 +225,9 @@ mod tests {
         assert!((b[0].seconds - 3.5).abs() < 1e-9);
         assert_eq!((b[1].passed, b[1].failed), (4, 0));
         assert!(b[1].ok());
-        assert_eq!((b[2].rc, b[2].failed), (None, 1));
+        assert_eq!(
+            (b[2].rc, b[2].passed, b[2].failed, b[2].skipped),
+            (None, 1, 1, 1)
+        );
     }
 }

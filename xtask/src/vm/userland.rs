@@ -14,7 +14,7 @@ use anyhow::{Context as _, Result, bail};
 use super::{build::TestBinary, image::Image};
 
 /// Bump when what `base_image` puts in changes, to rebuild cached bases.
-const BASE_FORMAT: u32 = 2;
+const BASE_FORMAT: u32 = 3;
 
 /// Tools the tests call by name. busybox's `ip` has no netns support, and
 /// its shell runs its own applets whatever PATH says, so these are the
@@ -61,11 +61,16 @@ const PYTHON_SKIP: &[&str] = &[
 ];
 
 const ETC_FILES: &[(&str, &str)] = &[
+    // tcpdump drops to its own user after opening the capture.
     (
         "/etc/passwd",
-        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+        "root:x:0:0:root:/root:/bin/sh\ntcpdump:x:100:100::/nonexistent:/bin/false\n\
+         nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
     ),
-    ("/etc/group", "root:x:0:\nnogroup:x:65534:\n"),
+    (
+        "/etc/group",
+        "root:x:0:\ntcpdump:x:100:\nnogroup:x:65534:\n",
+    ),
     ("/etc/hosts", "127.0.0.1 localhost\n::1 localhost\n"),
     (
         "/etc/nsswitch.conf",
@@ -245,7 +250,9 @@ echo "NETPATH-VM-MODULES $(cut -d' ' -f1 /proc/modules | sort | tr '\n' ' ')"
 tools=ok
 { /usr/sbin/ip netns add vmcheck && nsenter --net=/run/netns/vmcheck /usr/sbin/ip link set lo up \
     && /usr/sbin/ip netns del vmcheck; } || tools="ip-netns"
+t0=$(cut -d' ' -f1 /proc/uptime)
 python3 -c 'import http.server, socketserver, socket, json, threading' || tools="$tools python3"
+echo "NETPATH-VM-TIMING python3-import-http.server $(awk "BEGIN { print $(cut -d' ' -f1 /proc/uptime) - $t0 }")s"
 curl --version >/dev/null || tools="$tools curl"
 echo "NETPATH-VM-TOOLS $tools"
 bins=0
