@@ -144,12 +144,20 @@ fn host_cmd_in_cgroup_runs_in_the_lab_cgroup() {
 fn netns_drop_kills_processes_and_deletes() {
     let ns = Netns::new("npt");
     let name = ns.name().to_string();
+    // The child says when it is inside, so the drop can't race nsenter.
     let mut child = ns
-        .command("sleep")
-        .arg("1000")
-        .stdout(Stdio::null())
+        .command("sh")
+        .args(["-c", "echo inside; exec sleep 1000"])
+        .stdout(Stdio::piped())
         .spawn()
         .expect("spawn sleep in netns");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("read readiness");
+    assert_eq!(line.trim(), "inside");
     assert!(Path::new("/run/netns").join(&name).exists());
     drop(ns);
     assert!(!Path::new("/run/netns").join(&name).exists());

@@ -22,6 +22,7 @@ use super::{
 };
 
 const AF_INET: u8 = 2;
+const PACKET_HOST: u32 = 0;
 
 /// Where a packet with a given destination leaves.
 pub enum Egress {
@@ -95,6 +96,10 @@ pub fn send(ctx: &mut TcContext, cfg: &Config, pkt: &Packet, egress: &Egress, ro
             if csum::set_macs(ctx, &ep.mac, &cfg.gateway_mac).is_err() {
                 return TC_ACT_SHOT as i32;
             }
+            // A frame for another container arrived here as PACKET_OTHERHOST
+            // (not for this veth's MAC); kernels before 5.16 keep that across
+            // bpf_redirect_peer and the peer's IP layer would drop it.
+            let _ = ctx.change_type(PACKET_HOST);
             count(stat::REDIRECT_PEER);
             unsafe { bpf_redirect_peer(ep.ifindex, 0) as i32 }
         }
