@@ -65,7 +65,7 @@ pub struct Results {
     pub samples: BTreeMap<String, BTreeMap<&'static str, Vec<f64>>>,
     pub errors: Vec<String>,
     pub netpath_stats: BTreeMap<&'static str, Value>,
-    /// /proc/loadavg before and after the rounds: other load on the machine
+    /// 1-minute load average before and after the rounds: other load on the machine
     /// (builds, VMs) skews every number, so the report shows it.
     pub loadavg: Vec<String>,
 }
@@ -137,6 +137,7 @@ pub fn run(quick: bool, rounds: Option<usize>) -> Result<()> {
             }
         }
     }
+    results.loadavg.push(loadavg());
     check_interrupt()?;
     println!(
         "bench: program cost (BPF_PROG_TEST_RUN, {} runs per case)",
@@ -166,7 +167,7 @@ pub fn run(quick: bool, rounds: Option<usize>) -> Result<()> {
 
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .map(|l| l.split_whitespace().next().unwrap_or_default().to_string())
         .unwrap_or_default()
 }
 

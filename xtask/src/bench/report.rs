@@ -138,7 +138,7 @@ pub fn write(dir: &Path, plan: &Plan, res: &Results, prog: &Value, took: Duratio
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "Machine: {}. Date: {}. Load average before/after: {}. {} round(s), {} s per run{}, medians; modes interleaved round by round.\n",
+        "Machine: {}. Date: {}. 1-min load average before/after the rounds: {} (the bench itself adds about 2). {} round(s), {} s per run{}, medians; modes interleaved round by round.\n",
         machine["summary"].as_str().unwrap_or("?"),
         machine["date"].as_str().unwrap_or("?"),
         res.loadavg.join(" / "),
