@@ -63,6 +63,8 @@ pub enum ContainerError {
     Publish(#[from] PublishError),
     #[error(transparent)]
     Tables(#[from] TablesError),
+    #[error(transparent)]
+    Sysctl(#[from] crate::sysctl::SysctlError),
     #[error("cannot run {command}: {source}")]
     Exec {
         command: String,
@@ -330,6 +332,7 @@ async fn add_bridged(
     let mac = topology::link_mac(&eth0)
         .ok_or_else(|| TopologyError::NoMac(CONTAINER_IFNAME.to_owned()))?;
     configure_container_side(&inside, eth0.header.index, ip, state).await?;
+    use_snat_ports_for_ephemeral(&netns_path, state)?;
 
     let spec = EndpointSpec {
         host_ifname: host_veth.clone(),
@@ -366,6 +369,17 @@ async fn configure_container_side(
     topology::set_up(inside, eth0_index).await?;
     topology::set_up_by_name(inside, "lo").await?;
     topology::add_default_route(inside, state.gateway).await?;
+    Ok(())
+}
+
+/// The container takes its ephemeral ports from the SNAT range, so
+/// masquerade keeps them (as iptables' MASQUERADE keeps a free source port)
+/// instead of handing out ports that a server may still hold in TIME_WAIT
+/// for another connection.
+fn use_snat_ports_for_ephemeral(netns_path: &std::path::Path, state: &State) -> Result<()> {
+    let _inside = NetnsGuard::enter(netns_path)?;
+    let (min, max) = state.snat_ports;
+    crate::sysctl::write("net.ipv4.ip_local_port_range", &format!("{min} {max}"))?;
     Ok(())
 }
 

@@ -74,12 +74,22 @@ fn containers_masquerade_to_the_outside_as_the_host(accel: &str) {
         );
         ping(lab.container(name), Lab::REMOTE_IP).expect_ok("ping through masquerade");
     }
+    // Containers take ephemeral ports from the SNAT range, so masquerade keeps
+    // their source ports.
+    let range = lab
+        .container(&a)
+        .exec("cat", &["/proc/sys/net/ipv4/ip_local_port_range"]);
+    assert_eq!(
+        range.stdout.split_whitespace().collect::<Vec<_>>(),
+        ["40000", "49999"]
+    );
     // The flows are in the conntrack map, translated to the host's address.
     let flows = lab.netpath_json(&["flows"]);
     let flows = flows.as_array().expect("flows is a list");
     assert!(flows.iter().any(|f| f["kind"] == "masquerade"
         && f["proto"] == "tcp"
-        && f["translated"]["src"] == Lab::HOST_IP));
+        && f["translated"]["src"] == Lab::HOST_IP
+        && f["translated"]["sport"] == f["original"]["sport"]));
     assert!(flows.iter().any(|f| f["proto"] == "icmp"));
     assert!(
         counter(&lab, "redirect") + counter(&lab, "redirect_neigh") > 0,
