@@ -550,6 +550,13 @@ fn attach_xdp(ebpf: &mut Ebpf, dir: &Path, uplink: &str) -> Result<bool, Datapat
     }
     let prog: &mut Xdp = program(ebpf, names::PROG_XDP_UPLINK)?;
     prog.load().map_err(prog_err("loading xdp_uplink"))?;
+    if driver_of(uplink).as_deref() == Some("veth") {
+        // A veth's frames come from another stack with the L4 checksum left
+        // to offload (CHECKSUM_PARTIAL), which XDP can neither see nor keep.
+        eprintln!(
+            "warning: {uplink} is a veth: XDP translates its frames correctly only when its peer sends full checksums (ethtool -K PEER tx off); otherwise use --accel tc"
+        );
+    }
     let id = match prog.attach(uplink, XdpMode::default()) {
         Ok(id) => id,
         Err(e) => {
@@ -819,6 +826,41 @@ pub fn remove(instance: &str) -> Result<(), DatapathError> {
     let _ = fs::remove_dir(instance_pin_dir(instance));
     let _ = fs::remove_dir(Path::new(BPFFS_ROOT).join("netpath"));
     Ok(())
+}
+
+/// The interface's driver name (ETHTOOL_GDRVINFO), e.g. "veth".
+fn driver_of(ifname: &str) -> Option<String> {
+    const ETHTOOL_GDRVINFO: u32 = 0x0000_0003;
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        rest: [u8; 160],
+    }
+    let mut info = DrvInfo {
+        cmd: ETHTOOL_GDRVINFO,
+        driver: [0; 32],
+        rest: [0; 160],
+    };
+    // SAFETY: ifreq is plain data; zeroed is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    let name = ifname.as_bytes();
+    if name.len() >= req.ifr_name.len() {
+        return None;
+    }
+    for (dst, src) in req.ifr_name.iter_mut().zip(name) {
+        *dst = *src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_data = (&raw mut info).cast();
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
+    // SAFETY: SIOCETHTOOL with a valid ifreq pointing at a buffer of the
+    // size ETHTOOL_GDRVINFO writes.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCETHTOOL, &mut req) };
+    if rc != 0 {
+        return None;
+    }
+    let end = info.driver.iter().position(|&b| b == 0)?;
+    String::from_utf8(info.driver[..end].to_vec()).ok()
 }
 
 fn ifname_of(ifindex: u32) -> Option<String> {
