@@ -9,7 +9,7 @@ use std::{
     os::fd::AsRawFd,
 };
 
-use aya::maps::{Map, MapData, MapError, RingBuf};
+use aya::maps::{Map, MapData, RingBuf};
 use netpath_common::{FlowEvent, names};
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -19,18 +19,13 @@ use tokio::{
 use crate::{
     datapath::pin_dir,
     flows::{FlowEventView, FlowFilter, monotonic_ns, realtime_ns},
+    tables::TablesError,
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
-    #[error("the datapath of instance {0} is not loaded: run `netpath up` first")]
-    NotLoaded(String),
-    #[error("pinned map {path}: {source}")]
-    Map {
-        path: String,
-        #[source]
-        source: MapError,
-    },
+    #[error(transparent)]
+    Tables(#[from] TablesError),
     #[error("waiting for flow events: {0}")]
     Io(#[from] io::Error),
     #[error("cannot write JSON output: {0}")]
@@ -91,11 +86,12 @@ pub(crate) fn readable<T: AsRawFd>(ring: T) -> io::Result<AsyncFd<T>> {
 /// Streams events until SIGINT or SIGTERM (or until stdout closes).
 pub async fn watch(instance: &str, filter: &FlowFilter, json: bool) -> Result<(), WatchError> {
     let path = pin_dir(instance).join(names::EVENTS);
-    let map_err = |source| WatchError::Map {
+    let map_err = |source| TablesError::Map {
         path: path.display().to_string(),
         source,
     };
-    let data = MapData::from_pin(&path).map_err(|_| WatchError::NotLoaded(instance.to_owned()))?;
+    let data =
+        MapData::from_pin(&path).map_err(|_| TablesError::NotLoaded(instance.to_owned()))?;
     let ring = RingBuf::try_from(Map::from_map_data(data).map_err(map_err)?).map_err(map_err)?;
     let mut ring = readable(ring)?;
     let mut terminate = signal(SignalKind::terminate())?;
