@@ -120,11 +120,22 @@ pub fn iperf(
         }
     }
     let udp = matches!(kind, Iperf::Udp);
-    let out = run_bounded(&mut cmd, Duration::from_secs(secs) + SLACK, scratch)?;
-    let v: Value = serde_json::from_str(&out).context("iperf3 -J output is not JSON")?;
-    if let Some(err) = v.get("error").and_then(Value::as_str) {
-        bail!("iperf3: {err}");
-    }
+    // An iperf3 server closes and reopens its listening socket between
+    // tests, and is not listening yet right after it starts: a refused
+    // connect is retried (bounded), anything else is an error.
+    let mut attempts = 0;
+    let v: Value = loop {
+        attempts += 1;
+        let out = run_bounded(&mut cmd, Duration::from_secs(secs) + SLACK, scratch)?;
+        let v: Value = serde_json::from_str(&out).context("iperf3 -J output is not JSON")?;
+        match v.get("error").and_then(Value::as_str) {
+            Some(err) if err.contains("unable to connect") && attempts < 5 => {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Some(err) => bail!("iperf3: {err}"),
+            None => break v,
+        }
+    };
     let end = &v["end"];
     if udp {
         // iperf 3.12 puts the receiver's counts (fetched from the server) in
