@@ -90,8 +90,7 @@ pub async fn watch(instance: &str, filter: &FlowFilter, json: bool) -> Result<()
         path: path.display().to_string(),
         source,
     };
-    let data =
-        MapData::from_pin(&path).map_err(|_| TablesError::NotLoaded(instance.to_owned()))?;
+    let data = MapData::from_pin(&path).map_err(|_| TablesError::NotLoaded(instance.to_owned()))?;
     let ring = RingBuf::try_from(Map::from_map_data(data).map_err(map_err)?).map_err(map_err)?;
     let mut ring = readable(ring)?;
     let mut terminate = signal(SignalKind::terminate())?;
