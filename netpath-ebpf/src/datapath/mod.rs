@@ -47,17 +47,20 @@ pub fn from_container(mut ctx: TcContext) -> i32 {
         );
         return drop(stat::DROP_SPOOFED);
     }
+    let dst = pkt.key.daddr;
+    if let Some(ep) = unsafe { ENDPOINTS.get(dst) } {
+        // Same network: straight into the peer's netns, no NAT, no TTL
+        // change. Checked first: no translated flow is ever addressed to a
+        // container's own address from another container (hairpin goes
+        // through the host's address, its replies to the gateway's).
+        let ep = *ep;
+        return fwd::send(&mut ctx, cfg, &pkt, &Egress::Container(ep), false);
+    }
     if let Some(flow) = conntrack::lookup(&pkt.key) {
         return forward_flow(&mut ctx, cfg, &pkt, &flow);
     }
     if pkt.l4_kind == L4::IcmpError {
         return icmp_error(&mut ctx, cfg, &pkt);
-    }
-    let dst = pkt.key.daddr;
-    if let Some(ep) = unsafe { ENDPOINTS.get(dst) } {
-        // Same network: straight into the peer's netns, no NAT, no TTL change.
-        let ep = *ep;
-        return fwd::send(&mut ctx, cfg, &pkt, &Egress::Container(ep), false);
     }
     let host_local = dst == cfg.host_ip || dst == cfg.gateway_ip;
     if let Some(target) = published(cfg, &pkt) {
