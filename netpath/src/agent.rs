@@ -55,7 +55,9 @@ impl Default for Timeouts {
             syn: 60,
             established: 6 * 3600,
             fin: 120,
-            time_wait: 30,
+            // As long as a Linux peer holds the tuple: until then the SNAT
+            // port must not go to another connection (see reclaim_finished).
+            time_wait: 60,
             close: 10,
             unreplied: 30,
             replied: 120,

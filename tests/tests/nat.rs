@@ -48,6 +48,73 @@ fn lab_with_two_containers(accel: &str) -> (Lab, String, String) {
     (lab, a, b)
 }
 
+/// `n` HTTP/1.0 requests in a row (the server closes first, so it keeps each
+/// connection's tuple in TIME_WAIT); prints the source the server saw for each.
+const SEQUENTIAL_GETS_PY: &str = r#"
+import socket, sys
+ip, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+for _ in range(n):
+    s = socket.create_connection((ip, port), timeout=5)
+    s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+    data = b""
+    while True:
+        d = s.recv(4096)
+        if not d:
+            break
+        data += d
+    s.close()
+    print(data.split(b"\r\n\r\n", 1)[1].decode())
+"#;
+
+/// A tuple the outside server holds in TIME_WAIT for one container's
+/// connection is not handed to another container's: the server would check
+/// the new SYN against the old socket's timestamps (PAWS), reject it, and the
+/// client would retry a second later.
+#[test]
+fn a_servers_time_wait_tuple_is_not_handed_to_another_container() {
+    let lab = Lab::new();
+    // 400 ports, of which Linux's connect() uses the even ones first: the
+    // second container's choices collide with the first's.
+    lab.up_ok(&["--snat-ports", "40000-40399"]);
+    let a = lab.container_name("a");
+    let b = lab.container_name("b");
+    lab.container_add_ok(&a, &[]);
+    lab.container_add_ok(&b, &[]);
+    let http = Server::http(&lab.outside, "0.0.0.0", 0);
+    let port = http.port().to_string();
+    let sources = |name: &str| -> std::collections::HashSet<String> {
+        let out = lab.container(name).exec(
+            "python3",
+            &["-c", SEQUENTIAL_GETS_PY, Lab::OUTSIDE_IP, &port, "100"],
+        );
+        out.expect_ok("100 requests in a row");
+        assert_eq!(out.stdout.lines().count(), 100, "every request answered");
+        // A container may reuse its own tuples: its timestamps go on.
+        out.stdout.lines().map(|l| l.trim().to_string()).collect()
+    };
+    let from_a = sources(&a);
+    let from_b = sources(&b);
+    let shared: Vec<&String> = from_a.intersection(&from_b).collect();
+    assert!(
+        shared.is_empty(),
+        "tuples still in the server's TIME_WAIT went to another container: {shared:?}"
+    );
+    let syn_retransmits = lab
+        .container(&b)
+        .exec("nstat", &["-asz", "TcpExtTCPSynRetrans"]);
+    let retransmits: u64 = syn_retransmits
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("TcpExtTCPSynRetrans"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert_eq!(
+        retransmits, 0,
+        "no SYN of the second container was rejected"
+    );
+}
+
 fn counter(lab: &Lab, name: &str) -> u64 {
     lab.netpath_json(&["stats"])["counters"][name]
         .as_u64()

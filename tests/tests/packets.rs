@@ -12,10 +12,12 @@ use aya::{
     programs::{SchedClassifier, TestRunOptions},
 };
 use netpath::datapath::EBPF_OBJECT;
-use netpath_common::{Config, Endpoint, PortKey, PortTarget, names, stat};
+use netpath_common::{
+    Config, Endpoint, FlowEntry, FlowKey, IPPROTO_TCP, PortKey, PortTarget, names, stat,
+};
 use netpath_tests::{
     Netns,
-    packet::{Frame, L4, Parsed, TCP_ACK, TCP_FIN, TCP_SYN},
+    packet::{Frame, L4, Parsed, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     unique_name,
 };
 
@@ -33,6 +35,17 @@ const C2_MAC: [u8; 6] = [0x02, 0xc2, 0, 0, 0, 2];
 const GATEWAY_MAC: [u8; 6] = [0x02, 0x9a, 0, 0, 0, 1];
 const OUTSIDE_MAC: [u8; 6] = [0x02, 0x0e, 0, 0, 0, 2];
 const SNAT_RANGE: (u16, u16) = (40000, 49999);
+
+/// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
 
 fn wire(ip: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(ip.octets())
@@ -236,6 +249,16 @@ impl Fixture {
         c.snat_port_min = min;
         c.snat_port_max = max;
         config.set(0, c, 0).expect("set CONFIG");
+    }
+
+    /// Sets the last-seen time of the flow whose original tuple is `key`.
+    fn age_flow(&mut self, key: FlowKey, last_seen_ns: u64) {
+        let mut conntrack: HashMap<_, FlowKey, FlowEntry> =
+            HashMap::try_from(self.ebpf.map_mut(names::CONNTRACK).expect("CONNTRACK"))
+                .expect("type");
+        let mut entry = conntrack.get(&key, 0).expect("the flow exists");
+        entry.last_seen_ns = last_seen_ns;
+        conntrack.insert(key, entry, 0).expect("update the flow");
     }
 
     fn counter(&self, idx: u32) -> u64 {
@@ -655,7 +678,7 @@ fn a_containers_port_unreachable_about_a_published_flow_goes_out_as_the_host() {
 }
 
 #[test]
-fn a_new_syn_takes_over_the_snat_port_of_a_finished_connection() {
+fn a_snat_port_in_time_wait_goes_to_no_other_connection_until_the_peer_lets_go() {
     let mut fx = Fixture::new();
     fx.set_snat_range(40000, 40000);
     let tcp = |sport, flags| {
@@ -665,30 +688,78 @@ fn a_new_syn_takes_over_the_snat_port_of_a_finished_connection() {
             flags,
         })
     };
-    let (_, out) = fx.run_from_container(&tcp(33000, TCP_SYN));
-    assert_eq!(Parsed::new(&out).sport(), 40000);
-    // While the first connection is open, the only port is taken.
-    let before = fx.counter(stat::DROP_NO_SNAT_PORT);
-    assert_eq!(fx.run_from_container(&tcp(33001, TCP_SYN)).0, TC_ACT_SHOT);
-    assert_eq!(fx.counter(stat::DROP_NO_SNAT_PORT), before + 1);
-    // Both sides finish it: FIN each way, so it is in TIME_WAIT.
+    let from_outside = |flags| {
+        Frame::new(
+            OUTSIDE_IP,
+            HOST_IP,
+            L4::Tcp {
+                sport: 80,
+                dport: 40000,
+                flags,
+            },
+        )
+    };
+    let no_port = |fx: &mut Fixture, sport, why: &str| {
+        let before = fx.counter(stat::DROP_NO_SNAT_PORT);
+        assert_eq!(
+            fx.run_from_container(&tcp(sport, TCP_SYN)).0,
+            TC_ACT_SHOT,
+            "{why}"
+        );
+        assert_eq!(fx.counter(stat::DROP_NO_SNAT_PORT), before + 1, "{why}");
+    };
+    let gets_the_port = |fx: &mut Fixture, sport, why: &str| {
+        let (verdict, out) = fx.run_from_container(&tcp(sport, TCP_SYN));
+        assert_eq!(verdict, TC_ACT_REDIRECT, "{why}");
+        assert_eq!(Parsed::new(&out).sport(), 40000, "{why}");
+    };
+    gets_the_port(&mut fx, 33000, "the only port");
+    no_port(&mut fx, 33001, "the only port is in use");
+    // Both sides finish: FIN each way, TIME_WAIT.
     fx.run_from_container(&tcp(33000, TCP_FIN | TCP_ACK));
-    let fin_back = Frame::new(
-        OUTSIDE_IP,
-        HOST_IP,
-        L4::Tcp {
-            sport: 80,
-            dport: 40000,
-            flags: TCP_FIN | TCP_ACK,
-        },
-    );
-    assert_eq!(fx.run_from_uplink(&fin_back).0, TC_ACT_REDIRECT);
-    let (verdict, out) = fx.run_from_container(&tcp(33001, TCP_SYN));
     assert_eq!(
-        verdict, TC_ACT_REDIRECT,
-        "the finished connection's port is reused"
+        fx.run_from_uplink(&from_outside(TCP_FIN | TCP_ACK)).0,
+        TC_ACT_REDIRECT
     );
-    assert_eq!(Parsed::new(&out).sport(), 40000);
+    no_port(
+        &mut fx,
+        33001,
+        "the peer may hold 40000 in TIME_WAIT with another socket's timestamps",
+    );
+    gets_the_port(
+        &mut fx,
+        33000,
+        "the same socket tuple reopening keeps its port",
+    );
+    // Reset: no TIME_WAIT anywhere, so the port is free for another socket.
+    assert_eq!(
+        fx.run_from_uplink(&from_outside(TCP_RST | TCP_ACK)).0,
+        TC_ACT_REDIRECT
+    );
+    gets_the_port(&mut fx, 33001, "a reset connection's port is taken over");
+    // Once idle for longer than a peer's TIME_WAIT (60 s), a finished
+    // connection's port is free too.
+    fx.run_from_container(&tcp(33001, TCP_FIN | TCP_ACK));
+    fx.run_from_uplink(&from_outside(TCP_FIN | TCP_ACK));
+    no_port(&mut fx, 33002, "TIME_WAIT, just now");
+    let now = monotonic_ns();
+    if now <= 61_000_000_000 {
+        eprintln!(
+            "skipping the idle takeover: booted {} s ago",
+            now / 1_000_000_000
+        );
+        return;
+    }
+    let key = FlowKey {
+        saddr: wire(C1_IP),
+        daddr: wire(OUTSIDE_IP),
+        sport: 33001u16.to_be(),
+        dport: 80u16.to_be(),
+        proto: IPPROTO_TCP,
+        _pad: [0; 3],
+    };
+    fx.age_flow(key, now - 61_000_000_000);
+    gets_the_port(&mut fx, 33002, "TIME_WAIT, idle 61 s");
 }
 
 #[test]

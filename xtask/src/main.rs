@@ -61,6 +61,10 @@ enum Cmd {
         /// Rounds (modes interleaved per round) [default: 5, 1 with --quick].
         #[arg(long)]
         rounds: Option<usize>,
+        /// Only these modes (comma-separated: route, iptables, nftables,
+        /// netpath-tc, netpath-xdp) [default: all].
+        #[arg(long, value_delimiter = ',')]
+        modes: Vec<String>,
     },
     /// The test suite in qemu on Debian's cloud kernels. ARGS go to every
     /// test binary in the VMs.
@@ -107,9 +111,13 @@ fn real_main() -> Result<ExitCode> {
             demo::run(&bin)?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Bench { quick, rounds } => {
+        Cmd::Bench {
+            quick,
+            rounds,
+            modes,
+        } => {
             require_root("bench")?;
-            bench::run(quick, rounds)?;
+            bench::run(quick, rounds, &modes)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::VmTest { kernel, args } => {

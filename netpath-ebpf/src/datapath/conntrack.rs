@@ -126,10 +126,18 @@ pub fn create(
     }
 }
 
-/// A TCP SYN that needs a reply tuple held by a finished connection (TIME_WAIT
-/// or closed) takes it over, as nf_conntrack does: otherwise a busy client
-/// exhausts the SNAT range with connections that are already over. Returns
-/// whether the tuple was freed.
+/// How long a Linux peer keeps a closed connection's tuple in TIME_WAIT
+/// (`TCP_TIMEWAIT_LEN`).
+const PEER_TIME_WAIT_NS: u64 = 60 * 1_000_000_000;
+
+/// A TCP SYN that needs a reply tuple held by another, finished connection
+/// takes it over only once the peer cannot hold that tuple any more: the
+/// holder was reset (no TIME_WAIT at either end), or has been idle for longer
+/// than the peer's TIME_WAIT. Sooner, the peer would check the new SYN
+/// against the old connection's timestamps, which came from another socket:
+/// PAWS rejects it and the client retries a second later. (A container that
+/// reuses its own tuple needs no takeover: it finds its flow by the original
+/// key.) Returns whether the tuple was freed.
 #[inline(always)]
 pub fn reclaim_finished(reply: &FlowKey, pkt: &Packet) -> bool {
     if pkt.key.proto != IPPROTO_TCP || pkt.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
@@ -139,15 +147,21 @@ pub fn reclaim_finished(reply: &FlowKey, pkt: &Packet) -> bool {
         return false;
     };
     let orig = unsafe { *orig };
-    let finished = match CONNTRACK.get_ptr(orig) {
-        Some(entry) => matches!(
-            unsafe { (*entry).tcp_state },
-            tcp_state::TIME_WAIT | tcp_state::CLOSED
-        ),
+    let reclaimable = match CONNTRACK.get_ptr(orig) {
+        // SAFETY: entry points into a live map value.
+        Some(entry) => unsafe {
+            match (*entry).tcp_state {
+                tcp_state::CLOSED => true,
+                tcp_state::TIME_WAIT => {
+                    bpf_ktime_get_ns().saturating_sub((*entry).last_seen_ns) > PEER_TIME_WAIT_NS
+                }
+                _ => false,
+            }
+        },
         // A dangling reply key: free as well.
         None => true,
     };
-    if !finished {
+    if !reclaimable {
         return false;
     }
     let _ = CONNTRACK.remove(orig);

@@ -94,8 +94,9 @@ impl Results {
     }
 }
 
-pub fn run(quick: bool, rounds: Option<usize>) -> Result<()> {
+pub fn run(quick: bool, rounds: Option<usize>, only: &[String]) -> Result<()> {
     let plan = Plan::new(quick, rounds);
+    let modes = Mode::select(only)?;
     preflight()?;
     let (bin, object) = build_release()?;
     ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst))
@@ -111,8 +112,8 @@ pub fn run(quick: bool, rounds: Option<usize>) -> Result<()> {
     let server_ports = server_ports(&plan);
     for round in 0..plan.rounds {
         // Rotate the order so no mode is always first or last.
-        let mut order = Mode::ALL.to_vec();
-        order.rotate_left(round % Mode::ALL.len());
+        let mut order = modes.clone();
+        order.rotate_left(round % modes.len());
         for mode in order {
             check_interrupt()?;
             println!(
@@ -272,7 +273,7 @@ fn measure_mode(
     res.record(mode, "masquerade connection rate", || {
         let w = wrk(
             &cns,
-            (CLIENT_IP, HTTP_PORT),
+            (CLIENT_IP, mode.outside_http_port()),
             plan.conns,
             true,
             secs,

@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use super::exec::{Proc, in_ns, run_bounded, wait_tcp};
 use super::topo::{
     BASE_BRIDGE, BASE_IP, BASE_SUBNET, CLIENT_IP, HOST_HTTP_PORT, HOST_IP, HTTP_PORT, IPERF_PORT,
-    Lab, NETPATH_IP, SCALE_BASE_PORT, UPLINK,
+    Lab, NETPATH_IP, OUTSIDE_HTTP_PORTS, SCALE_BASE_PORT, TW_REUSE, UPLINK,
 };
 
 /// Bound for one netpath command or ruleset load: publishing 10000 ports
@@ -34,6 +34,32 @@ impl Mode {
         Mode::NetpathTc,
         Mode::NetpathXdp,
     ];
+
+    /// The modes named in `only` (all when empty), in [`Mode::ALL`]'s order.
+    pub fn select(only: &[String]) -> Result<Vec<Mode>> {
+        if let Some(unknown) = only
+            .iter()
+            .find(|n| !Mode::ALL.iter().any(|m| m.name() == n.as_str()))
+        {
+            bail!(
+                "unknown bench mode {unknown:?}: use route, iptables, nftables, netpath-tc or netpath-xdp"
+            );
+        }
+        Ok(Mode::ALL
+            .into_iter()
+            .filter(|m| only.is_empty() || only.iter().any(|n| n == m.name()))
+            .collect())
+    }
+
+    /// The port of C's nginx this mode's masquerade runs dial. C keeps the
+    /// tuples of the connections it closed in TIME_WAIT for 60 s; a mode
+    /// whose containers (other address, other TCP timestamps) reused them
+    /// right after another mode would see its SYNs rejected (PAWS) and
+    /// retried a second later. A port of its own keeps the modes apart.
+    pub fn outside_http_port(self) -> u16 {
+        let idx = Mode::ALL.iter().position(|m| *m == self).unwrap_or(0);
+        OUTSIDE_HTTP_PORTS[idx]
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -144,6 +170,9 @@ impl Active<'_> {
                     "up", "--detach", "--uplink", UPLINK, "--accel", accel, "--cgroup", &cgroup,
                 ])?;
                 self.netpath(&["container", "add", &self.container, "--ip", NETPATH_IP])?;
+                // The same client settings as the baseline container (topo.rs).
+                let ns = self.container_ns();
+                self.lab.sh(&ns, "sysctl", &["-qw", TW_REUSE]).map(drop)?;
                 let http = format!("{HOST_HTTP_PORT}:{HTTP_PORT}/tcp");
                 let tcp = format!("{IPERF_PORT}:{IPERF_PORT}/tcp");
                 let udp = format!("{IPERF_PORT}:{IPERF_PORT}/udp");
@@ -165,8 +194,13 @@ impl Active<'_> {
         let (addr, port) = self.http();
         wait_tcp(&self.lab.client, &addr, port, &self.lab.scratch)
             .context("no connection from the client to the published port")?;
-        wait_tcp(&ns, CLIENT_IP, HTTP_PORT, &self.lab.scratch)
-            .context("no connection from the container to the outside")?;
+        wait_tcp(
+            &ns,
+            CLIENT_IP,
+            self.mode.outside_http_port(),
+            &self.lab.scratch,
+        )
+        .context("no connection from the container to the outside")?;
         Ok(())
     }
 

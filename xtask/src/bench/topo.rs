@@ -29,11 +29,19 @@ pub const UPLINK: &str = "up0";
 pub const HOST_HTTP_PORT: u16 = 8080;
 pub const HTTP_PORT: u16 = 80;
 pub const IPERF_PORT: u16 = 5201;
+/// C's nginx for the masquerade direction: one port per mode (in
+/// [`Mode::ALL`](super::modes::Mode::ALL)'s order, see
+/// [`Mode::outside_http_port`](super::modes::Mode::outside_http_port)).
+pub const OUTSIDE_HTTP_PORTS: [u16; 5] = [8101, 8102, 8103, 8104, 8105];
 /// iperf3 in C for the masquerade direction.
 pub const OUTSIDE_IPERF_PORT: u16 = 5202;
 /// Scale ports are published 1:1 from here on (below netpath's SNAT range
 /// 40000-49999 and below H's ephemeral range).
 pub const SCALE_BASE_PORT: u16 = 20000;
+
+/// Short connections at high rates: clients in the containers and in C
+/// reuse TIME_WAIT ports (every container of every mode gets the same).
+pub const TW_REUSE: &str = "net.ipv4.tcp_tw_reuse=1";
 
 const CMD_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -134,15 +142,14 @@ impl Lab {
         // Per-netns sysctls of our own H, never the machine's.
         self.sysctl(&h, "net.ipv4.ip_forward=1")?;
         for ns in [&c, &b] {
-            // Short connections at high rates: let clients reuse TIME_WAIT ports.
-            self.sysctl(ns, "net.ipv4.tcp_tw_reuse=1")?;
+            self.sysctl(ns, TW_REUSE)?;
         }
         // The outside servers for the masquerade direction.
-        let nginx = self.nginx(&c, CLIENT_IP, &[HTTP_PORT])?;
+        let nginx = self.nginx(&c, CLIENT_IP, &OUTSIDE_HTTP_PORTS)?;
         self.servers.push(nginx);
         let iperf = self.iperf_server(&c, OUTSIDE_IPERF_PORT)?;
         self.servers.push(iperf);
-        wait_tcp(&c, CLIENT_IP, HTTP_PORT, &self.scratch)?;
+        wait_tcp(&c, CLIENT_IP, OUTSIDE_HTTP_PORTS[0], &self.scratch)?;
         wait_tcp(&c, CLIENT_IP, OUTSIDE_IPERF_PORT, &self.scratch)?;
         Ok(())
     }
