@@ -11,7 +11,7 @@ use bytemuck::{Pod, Zeroable};
 /// Bumped whenever a map's key or value layout, or a map's kind, changes. Pins
 /// live under a directory named after it, so a netpath never adopts maps laid out
 /// by another version.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Names of the pinned maps and programs, shared so userspace finds what the
 /// object declares.
@@ -24,8 +24,9 @@ pub mod names {
     pub const STATS: &str = "STATS";
     pub const EVENTS: &str = "EVENTS";
     pub const SOCK_REVNAT: &str = "SOCK_REVNAT";
+    pub const ROUTE_GEN: &str = "ROUTE_GEN";
     /// Every map, each pinned under its name.
-    pub const MAPS: [&str; 8] = [
+    pub const MAPS: [&str; 9] = [
         CONFIG,
         ENDPOINTS,
         PORTS,
@@ -34,6 +35,7 @@ pub mod names {
         STATS,
         EVENTS,
         SOCK_REVNAT,
+        ROUTE_GEN,
     ];
 
     pub const PROG_FROM_CONTAINER: &str = "from_container";
@@ -183,6 +185,28 @@ pub const FLOW_FIN_REPLY: u8 = 1 << 2;
 pub const DIR_ORIGINAL: usize = 0;
 pub const DIR_REPLY: usize = 1;
 
+/// Where a flow's packets towards the uplink leave, as `bpf_fib_lookup` said:
+/// cached in the flow so an established flow skips the FIB. Valid while
+/// `route_gen` equals the `ROUTE_GEN` map's value (the agent bumps it on every
+/// route, neighbour, address or link change in the host netns) and for at most
+/// a second (in case no agent runs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq, Eq)]
+pub struct NextHop {
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+    pub ifindex: u32,
+    /// 0: nothing cached.
+    pub route_gen: u32,
+    /// The egress device's MTU: larger packets go to the kernel, which sends
+    /// the ICMP error.
+    pub mtu: u16,
+    /// The direction (`DIR_*`) that leaves this way.
+    pub dir: u8,
+    pub _pad: u8,
+    pub looked_up_ns: u64,
+}
+
 /// `CONNTRACK` value, keyed by the flow's original tuple. The reply direction has
 /// a second key in `CT_REPLY` (reply tuple → original tuple); the agent's GC
 /// removes the two together, and a reply key whose original is gone is deleted
@@ -203,6 +227,7 @@ pub struct FlowEntry {
     pub tcp_state: u8,
     pub flags: u8,
     pub _pad: [u8; 5],
+    pub nexthop: NextHop,
 }
 
 /// Verdict counters, indexes into `STATS` (per-CPU array of u64).

@@ -3,12 +3,17 @@
 //! flow together) and repairs dangling reply keys, forwards the datapath's
 //! log records, and serves Prometheus metrics. Everything else lives in
 //! pinned maps, so the datapath runs on when the agent stops.
-use std::{net::SocketAddr, sync::PoisonError, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, PoisonError},
+    time::Duration,
+};
 
 use netpath_common::{FlowEntry, FlowKey, IPPROTO_TCP, tcp_state};
 use tokio::{
     net::TcpListener,
     signal::unix::{SignalKind, signal},
+    sync::Notify,
 };
 
 use crate::{
@@ -24,6 +29,8 @@ use crate::{
 pub enum AgentError {
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("cannot watch route and neighbour changes (rtnetlink): {0}")]
+    RouteWatch(std::io::Error),
     #[error("cannot serve metrics on {addr}: {source}")]
     Metrics {
         addr: SocketAddr,
@@ -159,6 +166,36 @@ pub fn collect_garbage(
 
 const GC_INTERVAL: Duration = Duration::from_secs(2);
 
+/// Watches the host netns for link, address, route and neighbour changes,
+/// any of which can change where a flow leaves, and wakes `changed` for each
+/// burst of them. The datapath's cached next hops are then invalidated by a
+/// new route generation.
+fn watch_routes(changed: Arc<Notify>) -> Result<(), AgentError> {
+    use futures::StreamExt;
+    use netlink_sys::{AsyncSocket, SocketAddr};
+    use rtnetlink::constants::{
+        RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV4_RULE, RTMGRP_LINK, RTMGRP_NEIGH,
+    };
+
+    let (mut connection, _handle, mut messages) =
+        rtnetlink::new_connection().map_err(AgentError::RouteWatch)?;
+    let groups =
+        RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV4_RULE;
+    connection
+        .socket_mut()
+        .socket_mut()
+        .bind(&SocketAddr::new(0, groups))
+        .map_err(AgentError::RouteWatch)?;
+    tokio::spawn(connection);
+    tokio::spawn(async move {
+        while messages.next().await.is_some() {
+            changed.notify_one();
+        }
+        log::warn!("route watch ended: cached next hops now expire by age only (1 s)");
+    });
+    Ok(())
+}
+
 /// What the agent does besides GC.
 #[derive(Clone, Debug, Default)]
 pub struct AgentOptions {
@@ -215,12 +252,18 @@ impl Agent {
             0 => log::debug!("the datapath has no log maps: no eBPF log records to forward"),
             n => log::debug!("forwarding eBPF log records from {n} log map(s)"),
         }
+        let routes_changed = Arc::new(Notify::new());
+        watch_routes(routes_changed.clone())?;
         let mut gc = tokio::time::interval(GC_INTERVAL);
         log::info!("agent of instance {} running", state.instance);
         loop {
             tokio::select! {
                 _ = terminate.recv() => break,
                 _ = interrupt.recv() => break,
+                () = routes_changed.notified() => match datapath.tables.bump_route_generation() {
+                    Ok(generation) => log::debug!("routes or neighbours changed: route generation {generation}"),
+                    Err(e) => log::warn!("invalidating cached next hops: {e}"),
+                },
                 _ = gc.tick() => match collect_garbage(&mut datapath, &retired, &state.ct_timeouts) {
                     Ok(0) => {}
                     Ok(n) => log::info!("conntrack GC: {n} expired flows removed"),

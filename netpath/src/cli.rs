@@ -567,6 +567,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     "{:<24} {}/{}",
                     "conntrack_entries", stats.conntrack_entries, stats.conntrack_capacity
                 );
+                println!("{:<24} {}", "route_generation", stats.route_generation);
             }
         }
         Command::Status => {

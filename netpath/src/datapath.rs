@@ -466,6 +466,8 @@ impl Datapath {
         };
         let mut tables = Tables::open(&cfg.instance)?;
         tables.set_config(&config)?;
+        // Loaded or adopted: whatever next hops flows cached may be stale.
+        tables.bump_route_generation()?;
         // Host sockets must never be given a port our SNAT may hand out.
         crate::sysctl::write(
             "net.ipv4.ip_local_reserved_ports",

@@ -233,6 +233,9 @@ pub struct StatsView {
     pub counters: std::collections::BTreeMap<&'static str, u64>,
     pub conntrack_entries: usize,
     pub conntrack_capacity: u32,
+    /// Bumped on every route, neighbour, address or link change the agent
+    /// sees; flows re-resolve their cached next hop after each.
+    pub route_generation: u32,
 }
 
 pub fn stats(tables: &Tables) -> Result<StatsView, TablesError> {
@@ -240,5 +243,6 @@ pub fn stats(tables: &Tables) -> Result<StatsView, TablesError> {
         counters: tables.counters()?.into_iter().collect(),
         conntrack_entries: tables.flows()?.len(),
         conntrack_capacity: tables.conntrack_capacity(),
+        route_generation: tables.route_generation()?,
     })
 }

@@ -48,6 +48,7 @@ pub struct Tables {
     conntrack: HashMap<MapData, FlowKey, FlowEntry>,
     ct_reply: HashMap<MapData, FlowKey, FlowKey>,
     stats: PerCpuArray<MapData, u64>,
+    route_gen: Array<MapData, u32>,
     conntrack_capacity: u32,
 }
 
@@ -78,6 +79,8 @@ impl Tables {
             ct_reply: HashMap::try_from(open(names::CT_REPLY)?)
                 .map_err(map_err(names::CT_REPLY))?,
             stats: PerCpuArray::try_from(open(names::STATS)?).map_err(map_err(names::STATS))?,
+            route_gen: Array::try_from(open(names::ROUTE_GEN)?)
+                .map_err(map_err(names::ROUTE_GEN))?,
             dir,
         })
     }
@@ -95,6 +98,21 @@ impl Tables {
         self.config
             .set(0, config, 0)
             .map_err(map_err(names::CONFIG))
+    }
+
+    /// The generation flows' cached next hops must carry (see `NextHop`).
+    pub fn route_generation(&self) -> Result<u32, TablesError> {
+        self.route_gen.get(&0, 0).map_err(map_err(names::ROUTE_GEN))
+    }
+
+    /// Invalidates every cached next hop: routes, neighbours, addresses or
+    /// links changed. Skips 0, which means "nothing cached".
+    pub fn bump_route_generation(&mut self) -> Result<u32, TablesError> {
+        let next = self.route_generation()?.wrapping_add(1).max(1);
+        self.route_gen
+            .set(0, next, 0)
+            .map_err(map_err(names::ROUTE_GEN))?;
+        Ok(next)
     }
 
     pub fn add_endpoint(&mut self, ip: Ipv4Addr, ep: &Endpoint) -> Result<(), TablesError> {

@@ -337,3 +337,46 @@ fn log_level_debug_writes_timestamped_lines_and_forwards_datapath_records() {
         timestamped(l, "DEBUG") && l.contains(&wanted)
     });
 }
+
+/// A route or neighbour change in the host netns invalidates the next hops
+/// flows cached: the agent bumps the route generation the datapath checks.
+#[test]
+fn route_and_neighbour_changes_bump_the_route_generation() {
+    let lab = Lab::new();
+    lab.up_ok(&[]);
+    let generation = || {
+        lab.netpath_json(&["stats"])["route_generation"]
+            .as_u64()
+            .expect("stats has route_generation")
+    };
+    let before = generation();
+    assert!(before > 0, "the loader sets a generation");
+    let wait_for_bump = |after: u64, what: &str| -> u64 {
+        let deadline = Instant::now() + LINE_TIMEOUT;
+        loop {
+            let now = generation();
+            if now > after {
+                return now;
+            }
+            assert!(Instant::now() < deadline, "{what}: generation still {now}");
+            // Nothing signals the agent's update: bounded polling.
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    lab.host
+        .ip(&[
+            "neigh",
+            "replace",
+            "198.18.0.99",
+            "lladdr",
+            "02:00:00:00:00:99",
+            "dev",
+            Lab::UPLINK,
+        ])
+        .expect_ok("a neighbour entry");
+    let after_neigh = wait_for_bump(before, "after a neighbour change");
+    lab.host
+        .ip(&["route", "add", "198.20.0.0/16", "via", Lab::OUTSIDE_IP])
+        .expect_ok("a route");
+    wait_for_bump(after_neigh, "after a route change");
+}

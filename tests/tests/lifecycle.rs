@@ -273,7 +273,11 @@ fn concurrent_publish_calls_end_consistent() {
     let listed = lab.netpath_json(&["publish", "ls"]);
     assert_eq!(listed.as_array().expect("list").len(), 21);
     // The map itself, as bpftool sees it (with field names from BTF).
-    let pin = format!("/sys/fs/bpf/netpath/{}/v1/PORTS", lab.instance());
+    let pin = format!(
+        "/sys/fs/bpf/netpath/{}/v{}/PORTS",
+        lab.instance(),
+        netpath_common::LAYOUT_VERSION
+    );
     let dump = Place::here().exec("bpftool", &["-j", "map", "dump", "pinned", &pin]);
     dump.expect_ok("bpftool map dump");
     let entries = dump.json();

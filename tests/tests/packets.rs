@@ -114,7 +114,7 @@ struct Fixture {
     _pins: PinDir,
     // Field order: leave the netns before deleting it.
     _inside: InNetns,
-    _ns: Netns,
+    ns: Netns,
 }
 
 fn ifindex(name: &str) -> u32 {
@@ -183,6 +183,9 @@ impl Fixture {
                 0,
             )
             .expect("set CONFIG");
+        let mut route_gen: Array<_, u32> =
+            Array::try_from(ebpf.map_mut(names::ROUTE_GEN).expect("ROUTE_GEN")).expect("type");
+        route_gen.set(0, 1, 0).expect("set ROUTE_GEN");
         let mut endpoints: HashMap<_, u32, Endpoint> =
             HashMap::try_from(ebpf.map_mut(names::ENDPOINTS).expect("ENDPOINTS")).expect("type");
         for (ip, mac) in [(C1_IP, C1_MAC), (C2_IP, C2_MAC)] {
@@ -217,7 +220,7 @@ impl Fixture {
             uplink_ifindex,
             _pins: pins,
             _inside: inside,
-            _ns: ns,
+            ns,
         }
     }
 
@@ -259,6 +262,12 @@ impl Fixture {
         let mut entry = conntrack.get(&key, 0).expect("the flow exists");
         entry.last_seen_ns = last_seen_ns;
         conntrack.insert(key, entry, 0).expect("update the flow");
+    }
+
+    fn set_route_generation(&mut self, generation: u32) {
+        let mut route_gen: Array<_, u32> =
+            Array::try_from(self.ebpf.map_mut(names::ROUTE_GEN).expect("ROUTE_GEN")).expect("type");
+        route_gen.set(0, generation, 0).expect("set ROUTE_GEN");
     }
 
     fn counter(&self, idx: u32) -> u64 {
@@ -760,6 +769,61 @@ fn a_snat_port_in_time_wait_goes_to_no_other_connection_until_the_peer_lets_go()
     };
     fx.age_flow(key, now - 61_000_000_000);
     gets_the_port(&mut fx, 33002, "TIME_WAIT, idle 61 s");
+}
+
+#[test]
+fn an_established_flow_leaves_by_its_cached_next_hop_until_routes_change() {
+    let mut fx = Fixture::new();
+    let tcp = |flags| {
+        from_c1(L4::Tcp {
+            sport: 40123,
+            dport: 80,
+            flags,
+        })
+    };
+    let dmac = |out: &[u8]| -> [u8; 6] { out[..6].try_into().expect("6 bytes") };
+    let (verdict, out) = fx.run_from_container(&tcp(TCP_SYN));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(dmac(&out), OUTSIDE_MAC);
+    // The neighbour moves; the flow keeps its cached next hop...
+    let moved = [0x02, 0x0e, 0, 0, 0, 0x99];
+    fx.ns
+        .exec(&[
+            "ip",
+            "neigh",
+            "replace",
+            &OUTSIDE_IP.to_string(),
+            "lladdr",
+            "02:0e:00:00:00:99",
+            "dev",
+            "u0",
+            "nud",
+            "permanent",
+        ])
+        .expect_ok("move the neighbour");
+    let (verdict, out) = fx.run_from_container(&tcp(TCP_ACK));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(
+        dmac(&out),
+        OUTSIDE_MAC,
+        "the cached next hop, no FIB lookup"
+    );
+    // ...until the route generation changes (the agent's job on netlink
+    // events).
+    fx.set_route_generation(2);
+    let (_, out) = fx.run_from_container(&tcp(TCP_ACK));
+    assert_eq!(dmac(&out), moved, "looked up again after the change");
+    let (_, out) = fx.run_from_container(&tcp(TCP_ACK));
+    assert_eq!(dmac(&out), moved, "and cached again");
+    // A packet over the egress MTU goes to the kernel untranslated (which
+    // sends the ICMP error), cached next hop or not.
+    let before = fx.counter(stat::PASS_FRAG_NEEDED);
+    let mut big = tcp(TCP_ACK);
+    big.payload = vec![0; 1600];
+    let (verdict, out) = fx.run_from_container(&big);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(fx.counter(stat::PASS_FRAG_NEEDED), before + 1);
+    assert_eq!(Parsed::new(&out).src(), C1_IP, "not translated");
 }
 
 #[test]

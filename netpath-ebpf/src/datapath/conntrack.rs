@@ -11,7 +11,7 @@ use netpath_common::{
 };
 
 use super::{
-    maps::{CONNTRACK, CT_REPLY, EVENTS, count},
+    maps::{CONNTRACK, CT_REPLY, EVENTS, count, scratch},
     parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
@@ -90,7 +90,12 @@ pub fn create(
         }
     }
     let now = unsafe { bpf_ktime_get_ns() };
-    let entry = FlowEntry {
+    let Some(scratch) = scratch() else {
+        let _ = CT_REPLY.remove(reply);
+        return Err(CreateError::Full);
+    };
+    let entry = &mut scratch.entry;
+    *entry = FlowEntry {
         reply: *reply,
         created_ns: now,
         last_seen_ns: now,
@@ -98,7 +103,7 @@ pub fn create(
         tcp_state: initial_tcp_state(orig.proto, pkt.tcp_flags),
         ..FlowEntry::default()
     };
-    if CONNTRACK.insert(orig, &entry, BPF_NOEXIST as u64).is_err() {
+    if CONNTRACK.insert(orig, &*entry, BPF_NOEXIST as u64).is_err() {
         // Lost a race for the same flow, or the table is full: give the reply
         // tuple back, then use whoever won.
         let _ = CT_REPLY.remove(reply);
@@ -115,7 +120,7 @@ pub fn create(
         };
     }
     count(stat::FLOW_CREATED);
-    emit(EVENT_OPENED, orig, &entry);
+    emit(EVENT_OPENED, orig, entry);
     match CONNTRACK.get_ptr_mut(orig) {
         Some(entry) => Ok(Flow {
             entry,
@@ -181,29 +186,38 @@ fn initial_tcp_state(proto: u8, flags: u8) -> u8 {
     }
 }
 
+/// Reports a flow opening or closing to `flows --watch`. Written in place in
+/// the ring buffer: a record built on the stack would crowd it.
 #[inline(always)]
 fn emit(kind: u8, orig: &FlowKey, entry: &FlowEntry) {
-    let event = FlowEvent {
-        key: *orig,
-        reply: entry.reply,
-        ts_ns: entry.last_seen_ns,
-        kind,
-        nat_kind: entry.nat_kind,
-        tcp_state: entry.tcp_state,
-        _pad: [0; 5],
+    let Some(mut slot) = EVENTS.reserve(0) else {
+        return;
     };
-    let _ = EVENTS.output(event, 0);
+    let event: *mut FlowEvent = slot.as_mut_ptr();
+    // SAFETY: a reserved record of FlowEvent's size, every field written
+    // before it is submitted.
+    unsafe {
+        (*event).key = *orig;
+        (*event).reply = entry.reply;
+        (*event).ts_ns = entry.last_seen_ns;
+        (*event).kind = kind;
+        (*event).nat_kind = entry.nat_kind;
+        (*event).tcp_state = entry.tcp_state;
+        (*event)._pad = [0; 5];
+    }
+    slot.submit(0);
 }
 
-/// Accounts a packet to its flow and advances the TCP state.
+/// Accounts a packet to its flow (at `now`, `bpf_ktime_get_ns`) and advances
+/// the TCP state.
 #[inline(always)]
-pub fn update(flow: &Flow, pkt: &Packet) {
+pub fn update(flow: &Flow, pkt: &Packet, now: u64) {
     let entry = flow.entry;
     let dir = flow.dir;
     // SAFETY: entry points into a live map value; the counters are only ever
     // changed with atomic adds.
     unsafe {
-        (*entry).last_seen_ns = bpf_ktime_get_ns();
+        (*entry).last_seen_ns = now;
         // Result unused: compiles to BPF's atomic add, which 5.10 has.
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*entry).packets[dir], 1);
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(

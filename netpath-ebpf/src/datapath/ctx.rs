@@ -1,7 +1,10 @@
 //! One packet interface over TC's skb and XDP's buffer, so parsing, conntrack
-//! and NAT are written once. TC uses the kernel's csum helpers (they know about
-//! CHECKSUM_PARTIAL); XDP sees whole frames and fixes checksums by hand
-//! (RFC 1624 incremental updates).
+//! and NAT are written once. Both read and write headers in place (direct
+//! packet access: no helper call per field; TC falls back to the helpers for
+//! headers outside the skb's linear part) and fix the IPv4 header checksum by
+//! hand (RFC 1624 incremental updates). L4 checksums: TC uses the kernel's
+//! helper, which knows whether the skb is CHECKSUM_PARTIAL; XDP sees whole
+//! frames and fixes them by hand.
 use core::{ffi::c_void, mem, ptr};
 
 use aya_ebpf::{
@@ -22,7 +25,13 @@ pub trait Packet {
     fn load<T: Copy>(&self, off: usize) -> Result<T, i64>;
     fn store<T: Copy>(&mut self, off: usize, v: &T) -> Result<(), i64>;
     /// Fixes the checksum at `off` for `old` → `new` (`size` bytes, 2 or 4).
-    fn l3_csum_replace(&mut self, off: usize, old: u32, new: u32, size: u64) -> Result<(), i64>;
+    #[inline(always)]
+    fn l3_csum_replace(&mut self, off: usize, old: u32, new: u32, size: u64) -> Result<(), i64> {
+        // Fields hold wire-order bytes; the arithmetic wants big-endian values.
+        let (old, new) = wire_values(old, new, size);
+        let csum = u16::from_be(self.load::<u16>(off)?);
+        self.store(off, &csum_update(csum, old, new, size).to_be())
+    }
     /// Same for an L4 checksum; `flags` as for `bpf_l4_csum_replace`.
     fn l4_csum_replace(&mut self, off: usize, old: u32, new: u32, flags: u64) -> Result<(), i64>;
 }
@@ -42,20 +51,47 @@ impl Packet for TcContext {
     }
     #[inline(always)]
     fn load<T: Copy>(&self, off: usize) -> Result<T, i64> {
-        TcContext::load(self, off)
+        let at = in_frame::<T>(self.data(), self.data_end(), off).ok_or(-1i64)?;
+        // SAFETY: in_frame checked the bounds.
+        Ok(unsafe { ptr::read_unaligned(at) })
     }
     #[inline(always)]
     fn store<T: Copy>(&mut self, off: usize, v: &T) -> Result<(), i64> {
-        TcContext::store(self, off, v, 0)
-    }
-    #[inline(always)]
-    fn l3_csum_replace(&mut self, off: usize, old: u32, new: u32, size: u64) -> Result<(), i64> {
-        TcContext::l3_csum_replace(self, off, old as u64, new as u64, size)
+        let at = in_frame::<T>(self.data(), self.data_end(), off).ok_or(-1i64)?;
+        // SAFETY: in_frame checked the bounds; the verifier unclones the skb
+        // before a program that writes packet data runs.
+        unsafe { ptr::write_unaligned(at, *v) };
+        Ok(())
     }
     #[inline(always)]
     fn l4_csum_replace(&mut self, off: usize, old: u32, new: u32, flags: u64) -> Result<(), i64> {
         TcContext::l4_csum_replace(self, off, old as u64, new as u64, flags)
     }
+}
+
+/// Makes the headers we may read or write (up to [`MAX_OFFSET`] and the 8
+/// bytes there, or the whole packet if shorter) part of the skb's linear
+/// data, where direct packet access reaches them. They almost always are
+/// already; a TC program calls this before parsing.
+#[inline(always)]
+pub fn linearize_headers(ctx: &mut TcContext) {
+    let want = (TcContext::len(ctx) as usize).min(MAX_OFFSET + 8);
+    if ctx.data() + want > ctx.data_end() {
+        let _ = ctx.pull_data(want as u32);
+    }
+}
+
+/// Where a `T` at `off` sits in the frame `[data, data_end)`, if wholly there.
+#[inline(always)]
+fn in_frame<T>(data: usize, data_end: usize, off: usize) -> Option<*mut T> {
+    if off > MAX_OFFSET {
+        return None;
+    }
+    let start = data + off;
+    if start + mem::size_of::<T>() > data_end {
+        return None;
+    }
+    Some(start as *mut T)
 }
 
 /// One's-complement incremental update of a checksum field (RFC 1624 eqn. 3).
@@ -91,33 +127,16 @@ impl Packet for XdpContext {
     }
     #[inline(always)]
     fn load<T: Copy>(&self, off: usize) -> Result<T, i64> {
-        if off > MAX_OFFSET {
-            return Err(-1);
-        }
-        let start = self.data() + off;
-        if start + mem::size_of::<T>() > self.data_end() {
-            return Err(-1);
-        }
-        Ok(unsafe { ptr::read_unaligned(start as *const T) })
+        let at = in_frame::<T>(self.data(), self.data_end(), off).ok_or(-1i64)?;
+        // SAFETY: in_frame checked the bounds.
+        Ok(unsafe { ptr::read_unaligned(at) })
     }
     #[inline(always)]
     fn store<T: Copy>(&mut self, off: usize, v: &T) -> Result<(), i64> {
-        if off > MAX_OFFSET {
-            return Err(-1);
-        }
-        let start = self.data() + off;
-        if start + mem::size_of::<T>() > self.data_end() {
-            return Err(-1);
-        }
-        unsafe { ptr::write_unaligned(start as *mut T, *v) };
+        let at = in_frame::<T>(self.data(), self.data_end(), off).ok_or(-1i64)?;
+        // SAFETY: in_frame checked the bounds.
+        unsafe { ptr::write_unaligned(at, *v) };
         Ok(())
-    }
-    #[inline(always)]
-    fn l3_csum_replace(&mut self, off: usize, old: u32, new: u32, size: u64) -> Result<(), i64> {
-        // Fields hold wire-order bytes; the arithmetic wants big-endian values.
-        let (old, new) = wire_values(old, new, size);
-        let csum = u16::from_be(self.load::<u16>(off)?);
-        self.store(off, &csum_update(csum, old, new, size).to_be())
     }
     #[inline(always)]
     fn l4_csum_replace(&mut self, off: usize, old: u32, new: u32, flags: u64) -> Result<(), i64> {

@@ -12,17 +12,22 @@ use aya_ebpf::{
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
     programs::TcContext,
 };
-use netpath_common::{Config, Endpoint, FlowKey, stat};
+use netpath_common::{Config, Endpoint, FlowKey, NextHop, stat};
 
 use super::{
+    conntrack::Flow,
     csum,
     ctx::Packet as Ctx,
-    maps::{ENDPOINTS, count},
-    parse::Packet,
+    maps::{ENDPOINTS, count, route_gen, scratch},
+    parse::{ETH_HLEN, Packet},
 };
 
 const AF_INET: u8 = 2;
 const PACKET_HOST: u32 = 0;
+const VLAN_HLEN: u32 = 4;
+/// A cached next hop is looked up again after this long even if no route
+/// change was announced (the agent, which announces them, may not run).
+const NEXT_HOP_MAX_AGE_NS: u64 = 1_000_000_000;
 
 /// Where a packet with a given destination leaves.
 pub enum Egress {
@@ -33,6 +38,8 @@ pub enum Egress {
         ifindex: u32,
         dmac: [u8; 6],
         smac: [u8; 6],
+        /// The device's MTU; 0 where the kernel does not report it (< 5.12).
+        mtu: u16,
     },
     /// Out of an interface, neighbour to resolve.
     Resolve { ifindex: u32, nexthop: u32 },
@@ -45,8 +52,12 @@ pub fn route<C: Ctx>(ctx: &C, tuple: &FlowKey) -> Option<Egress> {
     if let Some(ep) = unsafe { ENDPOINTS.get(tuple.daddr) } {
         return Some(Egress::Container(*ep));
     }
-    let mut params: bpf_fib_lookup = unsafe { mem::zeroed() };
+    // Every input field set (a map value needs no zeroing for the verifier,
+    // and zeroing 64 bytes would be a memset call).
+    let params = &mut scratch()?.fib;
     params.family = AF_INET;
+    params.__bindgen_anon_2.flowinfo = 0; // tos
+    params.__bindgen_anon_1.tot_len = 0;
     params.l4_protocol = tuple.proto;
     params.sport = tuple.sport;
     params.dport = tuple.dport;
@@ -57,7 +68,7 @@ pub fn route<C: Ctx>(ctx: &C, tuple: &FlowKey) -> Option<Egress> {
     let rc = unsafe {
         fib_lookup(
             ctx.as_raw().cast(),
-            &mut params,
+            params,
             mem::size_of::<bpf_fib_lookup>() as i32,
             0,
         )
@@ -67,6 +78,7 @@ pub fn route<C: Ctx>(ctx: &C, tuple: &FlowKey) -> Option<Egress> {
             ifindex: params.ifindex,
             dmac: params.dmac,
             smac: params.smac,
+            mtu: unsafe { params.__bindgen_anon_1.mtu_result },
         })
     } else if rc == BPF_FIB_LKUP_RET_NO_NEIGH {
         Some(Egress::Resolve {
@@ -81,6 +93,78 @@ pub fn route<C: Ctx>(ctx: &C, tuple: &FlowKey) -> Option<Egress> {
         });
         None
     }
+}
+
+/// [`route`] for a packet of `flow` (its tuple once translated: `tuple`),
+/// through the next hop cached in the flow while that is valid. Established
+/// flows towards the uplink skip the FIB this way; the cached MTU keeps
+/// oversized packets going to the kernel, as the FIB lookup would.
+#[inline(always)]
+pub fn route_flow(ctx: &TcContext, flow: &Flow, tuple: &FlowKey, now: u64) -> Option<Egress> {
+    if let Some(ep) = unsafe { ENDPOINTS.get(tuple.daddr) } {
+        return Some(Egress::Container(*ep));
+    }
+    let generation = route_gen();
+    // SAFETY: entry points into a live map value.
+    let cached = unsafe { &(*flow.entry).nexthop };
+    if generation != 0
+        && cached.route_gen == generation
+        && cached.dir as usize == flow.dir
+        && now.wrapping_sub(cached.looked_up_ns) < NEXT_HOP_MAX_AGE_NS
+    {
+        if !fits(ctx, cached.mtu) {
+            count(stat::PASS_FRAG_NEEDED);
+            return None;
+        }
+        return Some(Egress::Neighbour {
+            ifindex: cached.ifindex,
+            dmac: cached.dmac,
+            smac: cached.smac,
+            mtu: cached.mtu,
+        });
+    }
+    let egress = route(ctx, tuple)?;
+    remember(flow, &egress, generation, now);
+    Some(egress)
+}
+
+/// Caches a FIB answer in the flow (see [`route_flow`]).
+#[inline(always)]
+pub fn remember(flow: &Flow, egress: &Egress, generation: u32, now: u64) {
+    let Egress::Neighbour {
+        ifindex,
+        dmac,
+        smac,
+        mtu,
+    } = *egress
+    else {
+        return;
+    };
+    if generation == 0 || mtu == 0 {
+        return;
+    }
+    // SAFETY: entry points into a live map value. Two CPUs may write at
+    // once; both write what the FIB said. Field by field: a NextHop built on
+    // the stack would not fit beside the rest of the program's frame.
+    unsafe {
+        let cached: *mut NextHop = &raw mut (*flow.entry).nexthop;
+        (*cached).dmac = dmac;
+        (*cached).smac = smac;
+        (*cached).ifindex = ifindex;
+        (*cached).mtu = mtu;
+        (*cached).dir = flow.dir as u8;
+        (*cached).looked_up_ns = now;
+        (*cached).route_gen = generation;
+    }
+}
+
+/// Whether the packet fits the egress MTU, as the kernel judges forwarding
+/// (`is_skb_forwardable`): a GSO packet is segmented to fit later.
+#[inline(always)]
+fn fits(ctx: &TcContext, mtu: u16) -> bool {
+    let skb = ctx.skb.skb;
+    let (len, gso_size) = unsafe { ((*skb).len, (*skb).gso_size) };
+    len <= mtu as u32 + ETH_HLEN as u32 + VLAN_HLEN || gso_size != 0
 }
 
 /// Sends an already translated packet where `route` said. `routed`: the packet
@@ -99,7 +183,9 @@ pub fn send(ctx: &mut TcContext, cfg: &Config, pkt: &Packet, egress: &Egress, ro
             // A frame for another container arrived here as PACKET_OTHERHOST
             // (not for this veth's MAC); kernels before 5.16 keep that across
             // bpf_redirect_peer and the peer's IP layer would drop it.
-            let _ = ctx.change_type(PACKET_HOST);
+            if unsafe { (*ctx.skb.skb).pkt_type } != PACKET_HOST {
+                let _ = ctx.change_type(PACKET_HOST);
+            }
             count(stat::REDIRECT_PEER);
             unsafe { bpf_redirect_peer(ep.ifindex, 0) as i32 }
         }
@@ -107,6 +193,7 @@ pub fn send(ctx: &mut TcContext, cfg: &Config, pkt: &Packet, egress: &Egress, ro
             ifindex,
             dmac,
             smac,
+            ..
         } => {
             if csum::set_macs(ctx, dmac, smac).is_err() {
                 return TC_ACT_SHOT as i32;

@@ -2,6 +2,7 @@
 //! pins each one under the instance's directory so userspace and later loads
 //! share them. Sizes here are defaults; the loader sets the real ones.
 use aya_ebpf::{
+    bindings::bpf_fib_lookup,
     btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     macros::btf_map,
 };
@@ -38,6 +39,37 @@ pub static EVENTS: RingBuf<FlowEvent, { 256 * 1024 }> = RingBuf::new();
 /// asked for. LRU: an entry is one socket's, and sockets close without telling us.
 #[btf_map]
 pub static SOCK_REVNAT: LruHashMap<SockRevNatKey, SockRevNatValue, 65536> = LruHashMap::new();
+
+/// The route generation (see `NextHop`), the single element; never 0 once
+/// loaded.
+#[btf_map]
+pub static ROUTE_GEN: Array<u32, 1> = Array::new();
+
+/// Per-CPU scratch space for structs too big for the 512-byte stack beside
+/// the rest of a program (each inlined use would take its own copy there).
+/// Not pinned: nothing in it outlives one program run.
+pub struct Scratch {
+    /// `bpf_fib_lookup`'s argument.
+    pub fib: bpf_fib_lookup,
+    /// A flow being created, before it is copied into `CONNTRACK`.
+    pub entry: FlowEntry,
+}
+
+#[btf_map]
+pub static SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
+
+/// This CPU's scratch space.
+#[inline(always)]
+pub fn scratch() -> Option<&'static mut Scratch> {
+    // SAFETY: this CPU's slot; a TC or XDP program runs to completion
+    // without another program of ours on the same CPU in between.
+    SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
+#[inline(always)]
+pub fn route_gen() -> u32 {
+    ROUTE_GEN.get(0).copied().unwrap_or(0)
+}
 
 #[inline(always)]
 pub fn config() -> Option<&'static Config> {

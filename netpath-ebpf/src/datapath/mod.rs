@@ -12,6 +12,7 @@ mod sock;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    helpers::bpf_ktime_get_ns,
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
@@ -21,7 +22,7 @@ use netpath_common::{
 
 use conntrack::Flow;
 use fwd::Egress;
-use maps::{ENDPOINTS, PORTS, config, count};
+use maps::{ENDPOINTS, PORTS, config, count, route_gen};
 use parse::{L4, Packet, Parsed};
 
 /// TC ingress of each container's host-side veth: everything a container sends.
@@ -30,6 +31,7 @@ pub fn from_container(mut ctx: TcContext) -> i32 {
     let Some(cfg) = config() else {
         return TC_ACT_OK as i32;
     };
+    ctx::linearize_headers(&mut ctx);
     let pkt = match parse::parse(&ctx) {
         Parsed::Ours(pkt) => pkt,
         Parsed::NotOurs => return fwd::pass(stat::PASS_NOT_OURS),
@@ -140,6 +142,7 @@ pub fn from_uplink(mut ctx: TcContext) -> i32 {
     let Some(cfg) = config() else {
         return TC_ACT_OK as i32;
     };
+    ctx::linearize_headers(&mut ctx);
     match classify_uplink(&ctx, cfg) {
         UplinkPacket::Flow(pkt, flow) => forward_flow(&mut ctx, cfg, &pkt, &flow),
         UplinkPacket::IcmpError(pkt) => icmp_error(&mut ctx, cfg, &pkt),
@@ -171,7 +174,7 @@ pub fn xdp_uplink(mut ctx: XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     };
     let ep = *ep;
-    conntrack::update(&flow, &pkt);
+    conntrack::update(&flow, &pkt, unsafe { bpf_ktime_get_ns() });
     let rewritten = nat::rewrite(&mut ctx, &pkt, &target)
         .and_then(|()| csum::dec_ttl(&mut ctx, &pkt))
         .and_then(|()| csum::set_macs(&mut ctx, &ep.mac, &cfg.gateway_mac));
@@ -190,6 +193,7 @@ pub fn to_uplink(mut ctx: TcContext) -> i32 {
     let Some(cfg) = config() else {
         return TC_ACT_OK as i32;
     };
+    ctx::linearize_headers(&mut ctx);
     let Parsed::Ours(pkt) = parse::parse(&ctx) else {
         return TC_ACT_OK as i32;
     };
@@ -285,7 +289,11 @@ fn masquerade(ctx: &mut TcContext, cfg: &Config, pkt: &Packet, fast: bool) -> i3
             None => return TC_ACT_SHOT as i32,
         },
     };
-    conntrack::update(&flow, pkt);
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(egress) = &egress {
+        fwd::remember(&flow, egress, route_gen(), now);
+    }
+    conntrack::update(&flow, pkt, now);
     if nat::rewrite(ctx, pkt, &flow.target()).is_err() {
         return drop(stat::DROP_MALFORMED);
     }
@@ -302,14 +310,37 @@ fn forward_flow(ctx: &mut TcContext, cfg: &Config, pkt: &Packet, flow: &Flow) ->
         return fwd::pass(stat::PASS_TTL);
     }
     let target = flow.target();
-    let Some(egress) = fwd::route(ctx, &target) else {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(egress) = fwd::route_flow(ctx, flow, &target, now) else {
         return TC_ACT_OK as i32;
     };
-    conntrack::update(flow, pkt);
+    conntrack::update(flow, pkt, now);
     if nat::rewrite(ctx, pkt, &target).is_err() {
         return drop(stat::DROP_MALFORMED);
     }
     fwd::send(ctx, cfg, pkt, &egress, true)
+}
+
+/// Rewrites an ICMP error: the quoted header to `quoted`, the outer addresses
+/// to `outer`'s.
+#[inline(always)]
+fn rewrite_icmp_error(
+    ctx: &mut TcContext,
+    pkt: &Packet,
+    inner: &Packet,
+    quoted: &FlowKey,
+    outer: &FlowKey,
+) -> csum::RewriteResult {
+    csum::set_quoted_addr(ctx, inner.l3, true, inner.key.saddr, quoted.saddr)?;
+    csum::set_quoted_addr(ctx, inner.l3, false, inner.key.daddr, quoted.daddr)?;
+    if inner.l4_kind == L4::IcmpEcho {
+        csum::set_quoted_port(ctx, pkt, inner.l4 + 4, inner.key.sport, quoted.sport)?;
+    } else {
+        csum::set_quoted_port(ctx, pkt, inner.l4, inner.key.sport, quoted.sport)?;
+        csum::set_quoted_port(ctx, pkt, inner.l4 + 2, inner.key.dport, quoted.dport)?;
+    }
+    csum::set_addr(ctx, pkt, true, pkt.key.saddr, outer.saddr)?;
+    csum::set_addr(ctx, pkt, false, pkt.key.daddr, outer.daddr)
 }
 
 /// An ICMP error (unreachable, frag-needed, time exceeded) about a packet of a
@@ -343,19 +374,7 @@ fn icmp_error(ctx: &mut TcContext, cfg: &Config, pkt: &Packet) -> i32 {
     let Some(egress) = fwd::route(ctx, &outer) else {
         return TC_ACT_OK as i32;
     };
-    let rewritten = csum::set_quoted_addr(ctx, inner.l3, true, inner.key.saddr, quoted.saddr)
-        .and_then(|()| csum::set_quoted_addr(ctx, inner.l3, false, inner.key.daddr, quoted.daddr))
-        .and_then(|()| match inner.l4_kind {
-            L4::IcmpEcho => {
-                csum::set_quoted_port(ctx, pkt, inner.l4 + 4, inner.key.sport, quoted.sport)
-            }
-            _ => csum::set_quoted_port(ctx, pkt, inner.l4, inner.key.sport, quoted.sport).and_then(
-                |()| csum::set_quoted_port(ctx, pkt, inner.l4 + 2, inner.key.dport, quoted.dport),
-            ),
-        })
-        .and_then(|()| csum::set_addr(ctx, pkt, true, pkt.key.saddr, outer.saddr))
-        .and_then(|()| csum::set_addr(ctx, pkt, false, pkt.key.daddr, outer.daddr));
-    if rewritten.is_err() {
+    if rewrite_icmp_error(ctx, pkt, &inner, &quoted, &outer).is_err() {
         return drop(stat::DROP_MALFORMED);
     }
     count(stat::ICMP_ERROR_TRANSLATED);

@@ -116,7 +116,9 @@ fn parse_ipv4<C: Ctx>(ctx: &C, l3: usize, inner: bool) -> Parsed {
             pkt.key.sport = ports[0];
             pkt.key.dport = ports[1];
             if !inner {
-                let Ok(flags) = ctx.load::<u8>(l4 + 13) else {
+                // Data offset and flags as one 2-byte read: a 1-byte
+                // bounds check compiles to a form the verifier rejects.
+                let Ok([_, flags]) = ctx.load::<[u8; 2]>(l4 + 12) else {
                     return Parsed::Malformed;
                 };
                 pkt.tcp_flags = flags;

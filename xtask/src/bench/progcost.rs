@@ -388,6 +388,10 @@ fn fill_maps(ebpf: &mut Ebpf, uplink: u32, container: u32) -> Result<()> {
         },
         0,
     )?;
+    // As the loader does: flows may cache next hops from here on.
+    let mut route_gen: Array<_, u32> =
+        Array::try_from(ebpf.map_mut(names::ROUTE_GEN).context("no ROUTE_GEN map")?)?;
+    route_gen.set(0, 1, 0)?;
     let mut endpoints: HashMap<_, u32, Endpoint> =
         HashMap::try_from(ebpf.map_mut(names::ENDPOINTS).context("no ENDPOINTS map")?)?;
     endpoints.insert(
