@@ -74,6 +74,10 @@ pub enum InstanceError {
     NoCgroup2,
     #[error("cgroup {0} does not exist: pass an existing cgroup v2 directory with --cgroup")]
     NoSuchCgroup(PathBuf),
+    #[error(
+        "{0} is not in a cgroup v2 hierarchy: pass a directory under the cgroup2 mount (see /proc/mounts) with --cgroup"
+    )]
+    NotCgroup2(PathBuf),
     #[error("the agent failed to start: {0}")]
     AgentStart(String),
     #[error("cannot stop the agent (pid {pid}): {source}")]
@@ -143,6 +147,12 @@ pub fn check_prerequisites() -> Result<()> {
         return Err(InstanceError::NoBtf);
     }
     Ok(())
+}
+
+/// Whether `dir` lives on a cgroup2 filesystem.
+fn is_cgroup2(dir: &Path) -> bool {
+    nix::sys::statfs::statfs(dir)
+        .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
 }
 
 /// The first cgroup2 mount listed in /proc/mounts.
@@ -370,6 +380,11 @@ fn resolve_cgroup(requested: Option<&Path>) -> Result<PathBuf> {
     };
     if !cgroup.is_dir() {
         return Err(InstanceError::NoSuchCgroup(cgroup));
+    }
+    // The socket hooks attach to cgroup v2 only; a v1 hierarchy or a plain
+    // directory would fail later with a bare EBADF from bpf_link_create.
+    if !is_cgroup2(&cgroup) {
+        return Err(InstanceError::NotCgroup2(cgroup));
     }
     Ok(cgroup)
 }

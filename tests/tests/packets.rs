@@ -36,6 +36,17 @@ const GATEWAY_MAC: [u8; 6] = [0x02, 0x9a, 0, 0, 0, 1];
 const OUTSIDE_MAC: [u8; 6] = [0x02, 0x0e, 0, 0, 0, 2];
 const SNAT_RANGE: (u16, u16) = (40000, 49999);
 
+/// Whether the running kernel is at least `major.minor`.
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").expect("kernel release");
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse::<u32>().ok());
+    let have = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    have >= (major, minor)
+}
+
 /// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.
 fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -803,6 +814,12 @@ fn an_established_flow_leaves_by_its_cached_next_hop_until_routes_change() {
         .expect_ok("move the neighbour");
     let (verdict, out) = fx.run_from_container(&tcp(TCP_ACK));
     assert_eq!(verdict, TC_ACT_REDIRECT);
+    if !kernel_at_least(5, 12) {
+        // The FIB reports no egress MTU before 5.12, and the MTU check needs
+        // it: nothing is cached, every packet asks the FIB.
+        assert_eq!(dmac(&out), moved, "no cache without the FIB's MTU");
+        return;
+    }
     assert_eq!(
         dmac(&out),
         OUTSIDE_MAC,

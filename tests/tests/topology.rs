@@ -330,6 +330,16 @@ fn bad_input_fails_with_one_line_and_leaves_nothing() {
         &cgroup,
     ];
     expect_error(&lab.netpath(&bad_uplink), "nosuchif0");
+    // A directory that is no cgroup v2 (the socket hooks need one).
+    let not_a_cgroup = [
+        "up",
+        "--detach",
+        "--uplink",
+        Lab::UPLINK,
+        "--cgroup",
+        "/tmp",
+    ];
+    expect_error(&lab.netpath(&not_a_cgroup), "cgroup v2");
     Lab::assert_no_leftovers(lab.instance());
     assert_eq!(
         host_links(&lab),

@@ -52,6 +52,12 @@ pub fn route<C: Ctx>(ctx: &C, tuple: &FlowKey) -> Option<Egress> {
     if let Some(ep) = unsafe { ENDPOINTS.get(tuple.daddr) } {
         return Some(Egress::Container(*ep));
     }
+    fib(ctx, tuple)
+}
+
+/// Asks the kernel's FIB where `tuple` leaves.
+#[inline(always)]
+fn fib<C: Ctx>(ctx: &C, tuple: &FlowKey) -> Option<Egress> {
     // Every input field set (a map value needs no zeroing for the verifier,
     // and zeroing 64 bytes would be a memset call).
     let params = &mut scratch()?.fib;
@@ -101,9 +107,9 @@ pub fn route<C: Ctx>(ctx: &C, tuple: &FlowKey) -> Option<Egress> {
 /// oversized packets going to the kernel, as the FIB lookup would.
 #[inline(always)]
 pub fn route_flow(ctx: &TcContext, flow: &Flow, tuple: &FlowKey, now: u64) -> Option<Egress> {
-    if let Some(ep) = unsafe { ENDPOINTS.get(tuple.daddr) } {
-        return Some(Egress::Container(*ep));
-    }
+    // The cache first: only a FIB answer is cached, so a valid one means the
+    // destination is no container (adding one is a link change, which bumps
+    // the generation).
     let generation = route_gen();
     // SAFETY: entry points into a live map value.
     let cached = unsafe { &(*flow.entry).nexthop };
@@ -123,7 +129,10 @@ pub fn route_flow(ctx: &TcContext, flow: &Flow, tuple: &FlowKey, now: u64) -> Op
             mtu: cached.mtu,
         });
     }
-    let egress = route(ctx, tuple)?;
+    if let Some(ep) = unsafe { ENDPOINTS.get(tuple.daddr) } {
+        return Some(Egress::Container(*ep));
+    }
+    let egress = fib(ctx, tuple)?;
     remember(flow, &egress, generation, now);
     Some(egress)
 }
