@@ -191,6 +191,8 @@ fn watch_routes(changed: Arc<Notify>) -> Result<(), AgentError> {
         while messages.next().await.is_some() {
             changed.notify_one();
         }
+        // Events may have been lost on the way out (say ENOBUFS).
+        changed.notify_one();
         log::warn!("route watch ended: cached next hops now expire by age only (1 s)");
     });
     Ok(())

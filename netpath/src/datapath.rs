@@ -339,6 +339,12 @@ fn check_kernel() -> Result<(), DatapathError> {
     }
 }
 
+/// 1 where the kernel has `bpf_ktime_get_coarse_ns` (5.11), for the
+/// datapath's `HAS_COARSE_CLOCK`.
+pub fn has_coarse_clock() -> u8 {
+    u8::from(KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(5, 11, 0)))
+}
+
 fn use_tcx() -> bool {
     KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
 }
@@ -442,6 +448,7 @@ impl Datapath {
         let log_level = log::max_level() as u8;
         let mut ebpf = loader
             .override_global("AYA_LOG_LEVEL", &log_level, false)
+            .override_global("HAS_COARSE_CLOCK", &has_coarse_clock(), true)
             .map_max_entries(names::CONNTRACK, sizes.conntrack)
             .map_max_entries(names::CT_REPLY, sizes.conntrack)
             .map_max_entries(names::PORTS, sizes.ports)

@@ -11,7 +11,7 @@ use aya::{
     maps::{Array, HashMap, PerCpuArray},
     programs::{SchedClassifier, TestRunOptions},
 };
-use netpath::datapath::EBPF_OBJECT;
+use netpath::datapath::{EBPF_OBJECT, has_coarse_clock};
 use netpath_common::{
     Config, Endpoint, FlowEntry, FlowKey, IPPROTO_TCP, PortKey, PortTarget, names, stat,
 };
@@ -168,6 +168,7 @@ impl Fixture {
         fs::create_dir_all(&pins.0).expect("pin dir");
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&pins.0)
+            .override_global("HAS_COARSE_CLOCK", &has_coarse_clock(), true)
             .load(EBPF_OBJECT)
             .expect("loading the eBPF object");
         let container_ifindex = ifindex("c0");

@@ -4,14 +4,14 @@
 //! written plainly (a lost update only delays a transition by one packet).
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
+use aya_ebpf::bindings::BPF_NOEXIST;
 use netpath_common::{
     DIR_ORIGINAL, DIR_REPLY, EVENT_CLOSED, EVENT_OPENED, FLOW_FIN_ORIGINAL, FLOW_FIN_REPLY,
     FLOW_SEEN_REPLY, FlowEntry, FlowEvent, FlowKey, IPPROTO_TCP, stat, tcp_state,
 };
 
 use super::{
-    maps::{CONNTRACK, CT_REPLY, EVENTS, count, scratch},
+    maps::{CONNTRACK, CT_REPLY, EVENTS, count, now_ns, scratch},
     parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
@@ -89,7 +89,7 @@ pub fn create(
             return Err(CreateError::Full);
         }
     }
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = now_ns();
     let Some(scratch) = scratch() else {
         let _ = CT_REPLY.remove(reply);
         return Err(CreateError::Full);
@@ -158,7 +158,7 @@ pub fn reclaim_finished(reply: &FlowKey, pkt: &Packet) -> bool {
             match (*entry).tcp_state {
                 tcp_state::CLOSED => true,
                 tcp_state::TIME_WAIT => {
-                    bpf_ktime_get_ns().saturating_sub((*entry).last_seen_ns) > PEER_TIME_WAIT_NS
+                    now_ns().saturating_sub((*entry).last_seen_ns) > PEER_TIME_WAIT_NS
                 }
                 _ => false,
             }
@@ -208,7 +208,7 @@ fn emit(kind: u8, orig: &FlowKey, entry: &FlowEntry) {
     slot.submit(0);
 }
 
-/// Accounts a packet to its flow (at `now`, `bpf_ktime_get_ns`) and advances
+/// Accounts a packet to its flow (at `now`, from `now_ns`) and advances
 /// the TCP state.
 #[inline(always)]
 pub fn update(flow: &Flow, pkt: &Packet, now: u64) {

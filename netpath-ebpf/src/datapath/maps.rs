@@ -4,6 +4,7 @@
 use aya_ebpf::{
     bindings::bpf_fib_lookup,
     btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::btf_map,
 };
 use netpath_common::{
@@ -69,6 +70,25 @@ pub fn scratch() -> Option<&'static mut Scratch> {
 #[inline(always)]
 pub fn route_gen() -> u32 {
     ROUTE_GEN.get(0).copied().unwrap_or(0)
+}
+
+/// Set to 1 by the loader on kernels with `bpf_ktime_get_coarse_ns` (5.11+).
+/// Read-only data: the verifier knows the value and skips the branch not
+/// taken, so older kernels never see the newer helper.
+#[unsafe(no_mangle)]
+static HAS_COARSE_CLOCK: u8 = 0;
+
+/// CLOCK_MONOTONIC in ns, at tick resolution where the kernel offers that
+/// cheaper clock: flow timestamps only feed timeouts of seconds.
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    // SAFETY: a plain read of a global; volatile so the loader's value is
+    // read, not the compile-time 0.
+    if unsafe { core::ptr::read_volatile(&raw const HAS_COARSE_CLOCK) } != 0 {
+        unsafe { bpf_ktime_get_coarse_ns() }
+    } else {
+        unsafe { bpf_ktime_get_ns() }
+    }
 }
 
 #[inline(always)]

@@ -12,7 +12,6 @@ mod sock;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
-    helpers::bpf_ktime_get_ns,
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
@@ -22,7 +21,7 @@ use netpath_common::{
 
 use conntrack::Flow;
 use fwd::Egress;
-use maps::{ENDPOINTS, PORTS, config, count, route_gen};
+use maps::{ENDPOINTS, PORTS, config, count, now_ns, route_gen};
 use parse::{L4, Packet, Parsed};
 
 /// TC ingress of each container's host-side veth: everything a container sends.
@@ -174,7 +173,7 @@ pub fn xdp_uplink(mut ctx: XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     };
     let ep = *ep;
-    conntrack::update(&flow, &pkt, unsafe { bpf_ktime_get_ns() });
+    conntrack::update(&flow, &pkt, now_ns());
     let rewritten = nat::rewrite(&mut ctx, &pkt, &target)
         .and_then(|()| csum::dec_ttl(&mut ctx, &pkt))
         .and_then(|()| csum::set_macs(&mut ctx, &ep.mac, &cfg.gateway_mac));
@@ -289,7 +288,7 @@ fn masquerade(ctx: &mut TcContext, cfg: &Config, pkt: &Packet, fast: bool) -> i3
             None => return TC_ACT_SHOT as i32,
         },
     };
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = now_ns();
     if let Some(egress) = &egress {
         fwd::remember(&flow, egress, route_gen(), now);
     }
@@ -310,7 +309,7 @@ fn forward_flow(ctx: &mut TcContext, cfg: &Config, pkt: &Packet, flow: &Flow) ->
         return fwd::pass(stat::PASS_TTL);
     }
     let target = flow.target();
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = now_ns();
     let Some(egress) = fwd::route_flow(ctx, flow, &target, now) else {
         return TC_ACT_OK as i32;
     };

@@ -233,8 +233,14 @@ fn run_cases(object: &[u8], iters: usize) -> Result<Vec<Case>> {
         PathBuf::from("/sys/fs/bpf").join(format!("npbench-{}", crate::util::short_suffix())),
     );
     fs::create_dir_all(&pins.0).with_context(|| format!("creating {}", pins.0.display()))?;
+    // As netpath's loader does: the cheaper clock where the kernel has it.
+    let coarse_clock = u8::from(
+        aya::util::KernelVersion::current()
+            .is_ok_and(|v| v >= aya::util::KernelVersion::new(5, 11, 0)),
+    );
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(&pins.0)
+        .override_global("HAS_COARSE_CLOCK", &coarse_clock, true)
         .load(object)
         .context("loading the eBPF object")?;
     let (uplink, container) = (ifindex("u0")?, ifindex("c0")?);
