@@ -185,11 +185,23 @@ pub const FLOW_FIN_REPLY: u8 = 1 << 2;
 pub const DIR_ORIGINAL: usize = 0;
 pub const DIR_REPLY: usize = 1;
 
-/// Where a flow's packets towards the uplink leave, as `bpf_fib_lookup` said:
-/// cached in the flow so an established flow skips the FIB. Valid while
-/// `route_gen` equals the `ROUTE_GEN` map's value (the agent bumps it on every
-/// route, neighbour, address or link change in the host netns) and for at most
-/// a second (in case no agent runs).
+/// `NextHop::kind`.
+pub mod next_hop {
+    /// Nothing cached.
+    pub const NONE: u8 = 0;
+    /// Out of `ifindex` to a neighbour, as `bpf_fib_lookup` said.
+    pub const NEIGHBOUR: u8 = 1;
+    /// Into a local container: `bpf_redirect_peer` to `ifindex`, `dmac` the
+    /// container's MAC (from `ENDPOINTS`).
+    pub const CONTAINER: u8 = 2;
+}
+
+/// Where one direction of a flow leaves once translated, cached in the flow so
+/// an established flow skips the FIB and the `ENDPOINTS` lookup. Valid while
+/// `route_gen` equals the `ROUTE_GEN` map's value (the agent bumps it on
+/// every link, address, route, rule or neighbour change in the host netns,
+/// which includes containers coming and going) and for at most a second (in
+/// case no agent runs).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq, Eq)]
 pub struct NextHop {
@@ -198,11 +210,11 @@ pub struct NextHop {
     pub ifindex: u32,
     /// 0: nothing cached.
     pub route_gen: u32,
-    /// The egress device's MTU: larger packets go to the kernel, which sends
-    /// the ICMP error.
+    /// The egress device's MTU (`NEIGHBOUR`): larger packets go to the
+    /// kernel, which sends the ICMP error.
     pub mtu: u16,
-    /// The direction (`DIR_*`) that leaves this way.
-    pub dir: u8,
+    /// `next_hop::*`.
+    pub kind: u8,
     pub _pad: u8,
     pub looked_up_ns: u64,
 }
@@ -227,7 +239,8 @@ pub struct FlowEntry {
     pub tcp_state: u8,
     pub flags: u8,
     pub _pad: [u8; 5],
-    pub nexthop: NextHop,
+    /// Per direction: `DIR_ORIGINAL`, `DIR_REPLY`.
+    pub nexthop: [NextHop; 2],
 }
 
 /// Verdict counters, indexes into `STATS` (per-CPU array of u64).

@@ -276,6 +276,15 @@ impl Fixture {
         conntrack.insert(key, entry, 0).expect("update the flow");
     }
 
+    fn set_endpoint_mac(&mut self, ip: Ipv4Addr, mac: [u8; 6]) {
+        let mut endpoints: HashMap<_, u32, Endpoint> =
+            HashMap::try_from(self.ebpf.map_mut(names::ENDPOINTS).expect("ENDPOINTS"))
+                .expect("type");
+        let mut ep = endpoints.get(&wire(ip), 0).expect("endpoint");
+        ep.mac = mac;
+        endpoints.insert(wire(ip), ep, 0).expect("update endpoint");
+    }
+
     fn set_route_generation(&mut self, generation: u32) {
         let mut route_gen: Array<_, u32> =
             Array::try_from(self.ebpf.map_mut(names::ROUTE_GEN).expect("ROUTE_GEN")).expect("type");
@@ -842,6 +851,41 @@ fn an_established_flow_leaves_by_its_cached_next_hop_until_routes_change() {
     assert_eq!(verdict, TC_ACT_OK);
     assert_eq!(fx.counter(stat::PASS_FRAG_NEEDED), before + 1);
     assert_eq!(Parsed::new(&out).src(), C1_IP, "not translated");
+}
+
+#[test]
+fn a_published_flow_reaches_its_container_by_the_cached_endpoint_until_routes_change() {
+    let mut fx = Fixture::new();
+    fx.publish(8080, C2_IP, 80, 6);
+    let from_outside = |flags| {
+        Frame::new(
+            OUTSIDE_IP,
+            HOST_IP,
+            L4::Tcp {
+                sport: 50001,
+                dport: 8080,
+                flags,
+            },
+        )
+    };
+    let dst_mac = |fx: &mut Fixture, flags| {
+        let (verdict, out) = fx.run_from_uplink(&from_outside(flags));
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        Parsed::new(&out).dst_mac()
+    };
+    assert_eq!(dst_mac(&mut fx, TCP_SYN), C2_MAC);
+    // The endpoint changes behind the flow's back: the cache still answers...
+    let renewed = [0x02, 0xc2, 0, 0, 0, 0x99];
+    fx.set_endpoint_mac(C2_IP, renewed);
+    assert_eq!(
+        dst_mac(&mut fx, TCP_ACK),
+        C2_MAC,
+        "cached, no ENDPOINTS lookup"
+    );
+    // ...until the route generation changes (containers coming and going are
+    // link changes, which the agent turns into a new generation).
+    fx.set_route_generation(2);
+    assert_eq!(dst_mac(&mut fx, TCP_ACK), renewed);
 }
 
 #[test]

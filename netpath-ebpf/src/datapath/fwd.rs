@@ -12,7 +12,7 @@ use aya_ebpf::{
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
     programs::TcContext,
 };
-use netpath_common::{Config, Endpoint, FlowKey, NextHop, stat};
+use netpath_common::{Config, Endpoint, FlowKey, NextHop, next_hop, stat};
 
 use super::{
     conntrack::Flow,
@@ -102,66 +102,76 @@ fn fib<C: Ctx>(ctx: &C, tuple: &FlowKey) -> Option<Egress> {
 }
 
 /// [`route`] for a packet of `flow` (its tuple once translated: `tuple`),
-/// through the next hop cached in the flow while that is valid. Established
-/// flows towards the uplink skip the FIB this way; the cached MTU keeps
-/// oversized packets going to the kernel, as the FIB lookup would.
+/// through the next hop cached in the flow for this direction while that is
+/// valid: established flows skip the FIB and the `ENDPOINTS` lookup. The
+/// cached MTU keeps oversized packets going to the kernel, as the FIB lookup
+/// would.
 #[inline(always)]
 pub fn route_flow(ctx: &TcContext, flow: &Flow, tuple: &FlowKey, now: u64) -> Option<Egress> {
-    // The cache first: only a FIB answer is cached, so a valid one means the
-    // destination is no container (adding one is a link change, which bumps
-    // the generation).
     let generation = route_gen();
-    // SAFETY: entry points into a live map value.
-    let cached = unsafe { &(*flow.entry).nexthop };
+    // SAFETY: entry points into a live map value; dir is 0 or 1.
+    let cached = unsafe { &(*flow.entry).nexthop[flow.dir & 1] };
     if generation != 0
         && cached.route_gen == generation
-        && cached.dir as usize == flow.dir
         && now.wrapping_sub(cached.looked_up_ns) < NEXT_HOP_MAX_AGE_NS
     {
-        if !fits(ctx, cached.mtu) {
-            count(stat::PASS_FRAG_NEEDED);
-            return None;
+        match cached.kind {
+            next_hop::CONTAINER => {
+                return Some(Egress::Container(Endpoint {
+                    ifindex: cached.ifindex,
+                    mac: cached.dmac,
+                    network_id: 0,
+                }));
+            }
+            next_hop::NEIGHBOUR => {
+                if !fits(ctx, cached.mtu) {
+                    count(stat::PASS_FRAG_NEEDED);
+                    return None;
+                }
+                return Some(Egress::Neighbour {
+                    ifindex: cached.ifindex,
+                    dmac: cached.dmac,
+                    smac: cached.smac,
+                    mtu: cached.mtu,
+                });
+            }
+            _ => {}
         }
-        return Some(Egress::Neighbour {
-            ifindex: cached.ifindex,
-            dmac: cached.dmac,
-            smac: cached.smac,
-            mtu: cached.mtu,
-        });
     }
-    if let Some(ep) = unsafe { ENDPOINTS.get(tuple.daddr) } {
-        return Some(Egress::Container(*ep));
-    }
-    let egress = fib(ctx, tuple)?;
+    let egress = route(ctx, tuple)?;
     remember(flow, &egress, generation, now);
     Some(egress)
 }
 
-/// Caches a FIB answer in the flow (see [`route_flow`]).
+/// Caches where this direction of `flow` leaves (see [`route_flow`]).
 #[inline(always)]
 pub fn remember(flow: &Flow, egress: &Egress, generation: u32, now: u64) {
-    let Egress::Neighbour {
-        ifindex,
-        dmac,
-        smac,
-        mtu,
-    } = *egress
-    else {
-        return;
+    let (kind, ifindex, dmac, smac, mtu) = match *egress {
+        Egress::Container(ep) => (next_hop::CONTAINER, ep.ifindex, ep.mac, [0; 6], 0),
+        // Without the MTU (kernels before 5.12) the size check can't be
+        // made from the cache: look up every time.
+        Egress::Neighbour {
+            ifindex,
+            dmac,
+            smac,
+            mtu,
+        } if mtu != 0 => (next_hop::NEIGHBOUR, ifindex, dmac, smac, mtu),
+        _ => return,
     };
-    if generation == 0 || mtu == 0 {
+    if generation == 0 {
         return;
     }
-    // SAFETY: entry points into a live map value. Two CPUs may write at
-    // once; both write what the FIB said. Field by field: a NextHop built on
-    // the stack would not fit beside the rest of the program's frame.
+    // SAFETY: entry points into a live map value; dir is 0 or 1. Two CPUs
+    // may write at once; both write what the same lookup said. Field by
+    // field: a NextHop built on the stack would not fit beside the rest of
+    // the program's frame.
     unsafe {
-        let cached: *mut NextHop = &raw mut (*flow.entry).nexthop;
+        let cached: *mut NextHop = &raw mut (*flow.entry).nexthop[flow.dir & 1];
         (*cached).dmac = dmac;
         (*cached).smac = smac;
         (*cached).ifindex = ifindex;
         (*cached).mtu = mtu;
-        (*cached).dir = flow.dir as u8;
+        (*cached).kind = kind;
         (*cached).looked_up_ns = now;
         (*cached).route_gen = generation;
     }

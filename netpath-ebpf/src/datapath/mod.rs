@@ -49,7 +49,11 @@ pub fn from_container(mut ctx: TcContext) -> i32 {
         return drop(stat::DROP_SPOOFED);
     }
     let dst = pkt.key.daddr;
-    if let Some(ep) = unsafe { ENDPOINTS.get(dst) } {
+    // Containers' addresses are all in the subnet: traffic leaving it (the
+    // common case) needs no ENDPOINTS lookup here.
+    if cfg.in_subnet(dst)
+        && let Some(ep) = unsafe { ENDPOINTS.get(dst) }
+    {
         // Same network: straight into the peer's netns, no NAT, no TTL
         // change. Checked first: no translated flow is ever addressed to a
         // container's own address from another container (hairpin goes
