@@ -138,9 +138,10 @@ pub fn write(dir: &Path, plan: &Plan, res: &Results, prog: &Value, took: Duratio
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "Machine: {}. Date: {}. 1-min load average before/after the rounds: {} (the bench itself adds about 2). {} round(s), {} s per run{}, medians; modes interleaved round by round.\n",
+        "Machine: {}. Finished: {} after {} s. 1-min load average before/after the rounds: {} (the bench itself adds about 2). {} round(s), {} s per run{}, medians; modes interleaved round by round.\n",
         machine["summary"].as_str().unwrap_or("?"),
         machine["date"].as_str().unwrap_or("?"),
+        took.as_secs(),
         res.loadavg.join(" / "),
         plan.rounds,
         plan.secs,
