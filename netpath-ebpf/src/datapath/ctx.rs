@@ -1,8 +1,8 @@
 //! One packet interface over TC's skb and XDP's buffer, so parsing, conntrack
 //! and NAT are written once. Both read and write headers in place (direct
-//! packet access: no helper call per field; TC falls back to the helpers for
-//! headers outside the skb's linear part) and fix the IPv4 header checksum by
-//! hand (RFC 1624 incremental updates). L4 checksums: TC uses the kernel's
+//! packet access: no helper call per field; TC first pulls headers outside
+//! the skb's linear part in, see [`linearize_headers`]) and fix the IPv4
+//! header checksum by hand (RFC 1624 incremental updates). L4 checksums: TC uses the kernel's
 //! helper, which knows whether the skb is CHECKSUM_PARTIAL; XDP sees whole
 //! frames and fixes them by hand.
 use core::{ffi::c_void, mem, ptr};

@@ -62,8 +62,9 @@ pub static SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
 /// This CPU's scratch space.
 #[inline(always)]
 pub fn scratch() -> Option<&'static mut Scratch> {
-    // SAFETY: this CPU's slot; a TC or XDP program runs to completion
-    // without another program of ours on the same CPU in between.
+    // SAFETY: this CPU's slot. The TC and XDP programs, its only users, run
+    // with bottom halves off: none of them starts on this CPU while another
+    // is using the slot.
     SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }
 
