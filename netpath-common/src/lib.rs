@@ -11,7 +11,7 @@ use bytemuck::{Pod, Zeroable};
 /// Bumped whenever a map's key or value layout, or a map's kind, changes. Pins
 /// live under a directory named after it, so a netpath never adopts maps laid out
 /// by another version.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Names of the pinned maps and programs, shared so userspace finds what the
 /// object declares.
@@ -180,6 +180,8 @@ pub mod tcp_state {
 pub const FLOW_SEEN_REPLY: u8 = 1 << 0;
 pub const FLOW_FIN_ORIGINAL: u8 = 1 << 1;
 pub const FLOW_FIN_REPLY: u8 = 1 << 2;
+/// `FlowEntry::seq_end[DIR_REPLY]` is known (the reply's SYN was seen).
+pub const FLOW_REPLY_SEQ_KNOWN: u8 = 1 << 3;
 
 /// Direction indexes of `FlowEntry::packets` and `bytes`.
 pub const DIR_ORIGINAL: usize = 0;
@@ -241,9 +243,15 @@ pub struct FlowEntry {
     pub _pad: [u8; 5],
     /// Per direction: `DIR_ORIGINAL`, `DIR_REPLY`.
     pub nexthop: [NextHop; 2],
+    /// TCP, per direction (host order): the end of the sequence space that
+    /// direction has sent (highest seq + length seen), as nf_conntrack's
+    /// `td_end`. RST and FIN are judged against it.
+    pub seq_end: [u32; 2],
 }
 
-/// Verdict counters, indexes into `STATS` (per-CPU array of u64).
+/// Verdict counters, indexes into `STATS` (per-CPU array of u64). Every exit
+/// of a TC or XDP program counts exactly one of them (see the eBPF crate's
+/// `Verdict`), so `netpath stats` accounts for every packet the datapath saw.
 pub mod stat {
     pub const PASS: u32 = 0;
     pub const REDIRECT_PEER: u32 = 1;
@@ -253,18 +261,48 @@ pub mod stat {
     pub const BRIDGE_FALLBACK: u32 = 5;
     pub const SOCK_REWRITE: u32 = 6;
     pub const FLOW_CREATED: u32 = 7;
+    /// A new flow took the place of an unassured one in a full table
+    /// (nf_conntrack's early_drop). Counted beside the packet's verdict.
+    pub const CT_EARLY_DROP: u32 = 8;
     pub const DROP_SPOOFED: u32 = 16;
     pub const DROP_NO_SNAT_PORT: u32 = 17;
     pub const DROP_MALFORMED: u32 = 18;
     pub const DROP_CT_FULL: u32 = 19;
     pub const DROP_FRAGMENT: u32 = 20;
-    pub const DROP_NO_ROUTE: u32 = 21;
+    /// The FIB has no route the fast path can use (unreachable, blackhole,
+    /// a local destination): the kernel's stack decides, and answers.
+    pub const PASS_NO_ROUTE: u32 = 21;
     pub const PASS_NOT_OURS: u32 = 22;
     pub const PASS_TTL: u32 = 23;
     pub const PASS_FRAG_NEEDED: u32 = 24;
     pub const ICMP_ERROR_TRANSLATED: u32 = 25;
     pub const XDP_PASS: u32 = 26;
-    pub const STATS_LEN: u32 = 32;
+    /// From the uplink to the container network (a container or the
+    /// gateway) in no flow and opening none: direct routing to containers.
+    pub const DROP_UNSOLICITED: u32 = 27;
+    /// From the uplink with a source that can't be outside: the container
+    /// subnet, the host's own address, loopback.
+    pub const DROP_MARTIAN_SOURCE: u32 = 28;
+    /// To a loopback address (127.0.0.0/8) on a wire: never ours to route.
+    pub const DROP_MARTIAN_DESTINATION: u32 = 29;
+    /// A packet in no flow that cannot open one (TCP without a lone SYN, an
+    /// echo reply): only a first packet opens a flow.
+    pub const DROP_NOT_INITIAL: u32 = 30;
+    /// An ARP frame from a container claiming another IP or MAC.
+    pub const DROP_SPOOFED_ARP: u32 = 31;
+    /// A frame from a container that is neither IPv4 nor ARP (IPv6, VLAN
+    /// tags, anything else).
+    pub const DROP_ETHERTYPE: u32 = 32;
+    /// A container's packet that would leave untranslated (an ICMP error or
+    /// another protocol we don't translate, addressed off-host).
+    pub const DROP_UNTRANSLATED: u32 = 33;
+    /// A TCP RST or FIN outside the receiver's window (a blind reset).
+    pub const DROP_TCP_OUT_OF_WINDOW: u32 = 34;
+    /// A new flow over the per-source limit for inbound flows.
+    pub const DROP_SOURCE_LIMIT: u32 = 35;
+    /// A new flow over the per-container limit.
+    pub const DROP_CONTAINER_LIMIT: u32 = 36;
+    pub const STATS_LEN: u32 = 48;
 
     /// Names for output, indexed like the counters; empty = unused slot.
     pub const NAMES: [&str; STATS_LEN as usize] = [
@@ -276,7 +314,7 @@ pub mod stat {
         "bridge_fallback",
         "sock_rewrite",
         "flow_created",
-        "",
+        "conntrack_early_drop",
         "",
         "",
         "",
@@ -289,12 +327,28 @@ pub mod stat {
         "drop_malformed",
         "drop_conntrack_full",
         "drop_fragment",
-        "drop_no_route",
+        "pass_no_fast_route",
         "pass_not_ours",
         "pass_ttl_expiring",
         "pass_frag_needed",
         "icmp_error_translated",
         "xdp_pass",
+        "drop_unsolicited",
+        "drop_martian_source",
+        "drop_martian_destination",
+        "drop_not_initial",
+        "drop_spoofed_arp",
+        "drop_ethertype",
+        "drop_untranslated",
+        "drop_tcp_out_of_window",
+        "drop_source_limit",
+        "drop_container_limit",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
         "",
         "",
         "",

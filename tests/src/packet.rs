@@ -83,6 +83,9 @@ pub struct Frame {
     pub frag: (bool, u16),
     pub l4: L4,
     pub payload: Vec<u8>,
+    /// TCP sequence and acknowledgement numbers.
+    pub seq: u32,
+    pub ack: u32,
 }
 
 pub const TCP_FIN: u8 = 0x01;
@@ -102,7 +105,28 @@ impl Frame {
             frag: (false, 0),
             l4,
             payload: b"netpath".to_vec(),
+            seq: 1,
+            ack: 0,
         }
+    }
+
+    /// Sets the TCP sequence and acknowledgement numbers.
+    pub fn seq(mut self, seq: u32, ack: u32) -> Self {
+        self.seq = seq;
+        self.ack = ack;
+        self
+    }
+
+    /// The sequence space a TCP segment of this frame takes: its payload,
+    /// plus one for SYN and one for FIN.
+    pub fn seq_len(&self) -> u32 {
+        let flags = match self.l4 {
+            L4::Tcp { flags, .. } => flags,
+            _ => return 0,
+        };
+        self.payload.len() as u32
+            + u32::from(flags & TCP_SYN != 0)
+            + u32::from(flags & TCP_FIN != 0)
     }
 
     pub fn macs(mut self, src: [u8; 6], dst: [u8; 6]) -> Self {
@@ -122,7 +146,8 @@ impl Frame {
                 let mut h = vec![0u8; 20];
                 h[0..2].copy_from_slice(&sport.to_be_bytes());
                 h[2..4].copy_from_slice(&dport.to_be_bytes());
-                h[4..8].copy_from_slice(&1u32.to_be_bytes());
+                h[4..8].copy_from_slice(&self.seq.to_be_bytes());
+                h[8..12].copy_from_slice(&self.ack.to_be_bytes());
                 h[12] = 5 << 4;
                 h[13] = *flags;
                 h[14..16].copy_from_slice(&64240u16.to_be_bytes());

@@ -711,14 +711,17 @@ fn a_containers_port_unreachable_about_a_published_flow_goes_out_as_the_host() {
 fn a_snat_port_in_time_wait_goes_to_no_other_connection_until_the_peer_lets_go() {
     let mut fx = Fixture::new();
     fx.set_snat_range(40000, 40000);
-    let tcp = |sport, flags| {
+    // Segments carry the sequence numbers a real connection would: window
+    // tracking moves a flow's state only on those.
+    let tcp = |sport, flags, seq, ack| {
         from_c1(L4::Tcp {
             sport,
             dport: 80,
             flags,
         })
+        .seq(seq, ack)
     };
-    let from_outside = |flags| {
+    let from_outside = |flags, seq, ack| {
         Frame::new(
             OUTSIDE_IP,
             HOST_IP,
@@ -728,29 +731,38 @@ fn a_snat_port_in_time_wait_goes_to_no_other_connection_until_the_peer_lets_go()
                 flags,
             },
         )
+        .seq(seq, ack)
+    };
+    // SYN (seq 100, with the frame's 7-byte payload) answered by a SYN-ACK
+    // (seq 500), then FIN each way: TIME_WAIT.
+    let finish = |fx: &mut Fixture, sport| {
+        let syn_ack = from_outside(TCP_SYN | TCP_ACK, 500, 108);
+        assert_eq!(fx.run_from_uplink(&syn_ack).0, TC_ACT_REDIRECT);
+        fx.run_from_container(&tcp(sport, TCP_FIN | TCP_ACK, 108, 508));
+        assert_eq!(
+            fx.run_from_uplink(&from_outside(TCP_FIN | TCP_ACK, 508, 116))
+                .0,
+            TC_ACT_REDIRECT
+        );
     };
     let no_port = |fx: &mut Fixture, sport, why: &str| {
         let before = fx.counter(stat::DROP_NO_SNAT_PORT);
         assert_eq!(
-            fx.run_from_container(&tcp(sport, TCP_SYN)).0,
+            fx.run_from_container(&tcp(sport, TCP_SYN, 100, 0)).0,
             TC_ACT_SHOT,
             "{why}"
         );
         assert_eq!(fx.counter(stat::DROP_NO_SNAT_PORT), before + 1, "{why}");
     };
     let gets_the_port = |fx: &mut Fixture, sport, why: &str| {
-        let (verdict, out) = fx.run_from_container(&tcp(sport, TCP_SYN));
+        let (verdict, out) = fx.run_from_container(&tcp(sport, TCP_SYN, 100, 0));
         assert_eq!(verdict, TC_ACT_REDIRECT, "{why}");
         assert_eq!(Parsed::new(&out).sport(), 40000, "{why}");
     };
     gets_the_port(&mut fx, 33000, "the only port");
     no_port(&mut fx, 33001, "the only port is in use");
     // Both sides finish: FIN each way, TIME_WAIT.
-    fx.run_from_container(&tcp(33000, TCP_FIN | TCP_ACK));
-    assert_eq!(
-        fx.run_from_uplink(&from_outside(TCP_FIN | TCP_ACK)).0,
-        TC_ACT_REDIRECT
-    );
+    finish(&mut fx, 33000);
     no_port(
         &mut fx,
         33001,
@@ -761,16 +773,17 @@ fn a_snat_port_in_time_wait_goes_to_no_other_connection_until_the_peer_lets_go()
         33000,
         "the same socket tuple reopening keeps its port",
     );
-    // Reset: no TIME_WAIT anywhere, so the port is free for another socket.
+    // Reset (of the reopened connection, acknowledging its SYN): no
+    // TIME_WAIT anywhere, so the port is free for another socket.
     assert_eq!(
-        fx.run_from_uplink(&from_outside(TCP_RST | TCP_ACK)).0,
+        fx.run_from_uplink(&from_outside(TCP_RST | TCP_ACK, 0, 108))
+            .0,
         TC_ACT_REDIRECT
     );
     gets_the_port(&mut fx, 33001, "a reset connection's port is taken over");
     // Once idle for longer than a peer's TIME_WAIT (60 s), a finished
     // connection's port is free too.
-    fx.run_from_container(&tcp(33001, TCP_FIN | TCP_ACK));
-    fx.run_from_uplink(&from_outside(TCP_FIN | TCP_ACK));
+    finish(&mut fx, 33001);
     no_port(&mut fx, 33002, "TIME_WAIT, just now");
     let now = monotonic_ns();
     if now <= 61_000_000_000 {
@@ -944,8 +957,18 @@ fn fragments_truncated_and_bogus_headers_are_never_rewritten() {
     });
     fragment.frag = (true, 0);
     let bytes = fragment.bytes();
+    let before = fx.counter(stat::DROP_FRAGMENT);
+    let (verdict, _) = fx.run(names::PROG_FROM_CONTAINER, fx.container_ifindex, &bytes);
+    assert_eq!(
+        verdict, TC_ACT_SHOT,
+        "a fragment we can't translate never leaves with the container's address"
+    );
+    assert_eq!(fx.counter(stat::DROP_FRAGMENT), before + 1);
+    let mut local = fragment.clone();
+    local.dst = GATEWAY_IP;
+    let bytes = local.bytes();
     let (verdict, out) = fx.run(names::PROG_FROM_CONTAINER, fx.container_ifindex, &bytes);
-    assert_eq!(verdict, TC_ACT_OK, "fragments go to the kernel's path");
+    assert_eq!(verdict, TC_ACT_OK, "fragments to the host go to the kernel");
     assert_eq!(out, bytes, "and untouched");
 
     let mut truncated = from_c1(L4::Tcp {

@@ -4,15 +4,16 @@
 //! written plainly (a lost update only delays a transition by one packet).
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use aya_ebpf::bindings::BPF_NOEXIST;
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32};
 use netpath_common::{
     DIR_ORIGINAL, DIR_REPLY, EVENT_CLOSED, EVENT_OPENED, FLOW_FIN_ORIGINAL, FLOW_FIN_REPLY,
-    FLOW_SEEN_REPLY, FlowEntry, FlowEvent, FlowKey, IPPROTO_TCP, stat, tcp_state,
+    FLOW_REPLY_SEQ_KNOWN, FLOW_SEEN_REPLY, FlowEntry, FlowEvent, FlowKey, IPPROTO_TCP, stat,
+    tcp_state,
 };
 
 use super::{
-    maps::{CONNTRACK, CT_REPLY, EVENTS, count, now_ns, scratch},
-    parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    maps::{CONNTRACK, CT_RECENT, CT_RECENT_SLOTS, CT_REPLY, EVENTS, count, now_ns, scratch},
+    parse::{ICMP_ECHO_REQUEST, L4, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
 /// A tracked flow as a packet found it.
@@ -65,15 +66,32 @@ pub fn lookup(key: &FlowKey) -> Option<Flow> {
 }
 
 const EEXIST: i32 = 17;
+/// What a hash map insert fails with when the map is full.
+const E2BIG: i32 = 7;
 
 pub enum CreateError {
     /// The reply tuple is taken: try another NAT port.
     ReplyTaken,
-    Full,
+    /// No flow: the packet is dropped, counted under the reason.
+    Refused(u32),
+}
+
+/// Whether a packet in no flow may open one: a TCP SYN (without ACK), an
+/// echo request, any UDP datagram. Anything else opening a flow would let one
+/// packet per forged tuple hold an entry (nf_conntrack: "invalid").
+#[inline(always)]
+pub fn opens_flow(pkt: &Packet) -> bool {
+    match pkt.l4_kind {
+        L4::Tcp => pkt.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_SYN,
+        L4::IcmpEcho => pkt.icmp_type == ICMP_ECHO_REQUEST,
+        L4::Udp => true,
+        L4::IcmpError => false,
+    }
 }
 
 /// Creates a flow, claiming its reply tuple first (which is how NAT ports are
 /// reserved). If another CPU created the same flow meanwhile, returns that one.
+/// A full table makes room by dropping an unassured flow (early drop).
 #[inline(always)]
 pub fn create(
     orig: &FlowKey,
@@ -81,18 +99,14 @@ pub fn create(
     nat_kind: u8,
     pkt: &Packet,
 ) -> Result<Flow, CreateError> {
-    match CT_REPLY.insert(reply, orig, BPF_NOEXIST as u64) {
-        Ok(()) => {}
-        Err(e) if e == -EEXIST => return Err(CreateError::ReplyTaken),
-        Err(_) => {
-            count(stat::DROP_CT_FULL);
-            return Err(CreateError::Full);
-        }
+    if !opens_flow(pkt) {
+        return Err(CreateError::Refused(stat::DROP_NOT_INITIAL));
     }
+    claim_reply(reply, orig)?;
     let now = now_ns();
     let Some(scratch) = scratch() else {
         let _ = CT_REPLY.remove(reply);
-        return Err(CreateError::Full);
+        return Err(CreateError::Refused(stat::DROP_CT_FULL));
     };
     let entry = &mut scratch.entry;
     *entry = FlowEntry {
@@ -100,10 +114,20 @@ pub fn create(
         created_ns: now,
         last_seen_ns: now,
         nat_kind,
-        tcp_state: initial_tcp_state(orig.proto, pkt.tcp_flags),
+        tcp_state: if orig.proto == IPPROTO_TCP {
+            tcp_state::SYN_SENT
+        } else {
+            tcp_state::NONE
+        },
+        seq_end: [pkt.tcp_seq.wrapping_add(pkt.tcp_seq_len), 0],
         ..FlowEntry::default()
     };
-    if CONNTRACK.insert(orig, &*entry, BPF_NOEXIST as u64).is_err() {
+    let entry: &FlowEntry = entry;
+    let mut inserted = CONNTRACK.insert(orig, entry, BPF_NOEXIST as u64);
+    if matches!(inserted, Err(e) if e == -E2BIG) && early_drop() {
+        inserted = CONNTRACK.insert(orig, entry, BPF_NOEXIST as u64);
+    }
+    if inserted.is_err() {
         // Lost a race for the same flow, or the table is full: give the reply
         // tuple back, then use whoever won.
         let _ = CT_REPLY.remove(reply);
@@ -113,13 +137,11 @@ pub fn create(
                 orig: *orig,
                 dir: DIR_ORIGINAL,
             }),
-            None => {
-                count(stat::DROP_CT_FULL);
-                Err(CreateError::Full)
-            }
+            None => Err(CreateError::Refused(stat::DROP_CT_FULL)),
         };
     }
     count(stat::FLOW_CREATED);
+    remember_unassured(orig);
     emit(EVENT_OPENED, orig, entry);
     match CONNTRACK.get_ptr_mut(orig) {
         Some(entry) => Ok(Flow {
@@ -127,8 +149,76 @@ pub fn create(
             orig: *orig,
             dir: DIR_ORIGINAL,
         }),
-        None => Err(CreateError::Full),
+        // Removed by the GC or an early drop in the instant between.
+        None => Err(CreateError::Refused(stat::DROP_CT_FULL)),
     }
+}
+
+/// Claims `reply` for `orig` in `CT_REPLY`, making room if the map is full.
+#[inline(always)]
+fn claim_reply(reply: &FlowKey, orig: &FlowKey) -> Result<(), CreateError> {
+    let mut claimed = CT_REPLY.insert(reply, orig, BPF_NOEXIST as u64);
+    if matches!(claimed, Err(e) if e == -E2BIG) && early_drop() {
+        claimed = CT_REPLY.insert(reply, orig, BPF_NOEXIST as u64);
+    }
+    match claimed {
+        Ok(()) => Ok(()),
+        Err(e) if e == -EEXIST => Err(CreateError::ReplyTaken),
+        Err(_) => Err(CreateError::Refused(stat::DROP_CT_FULL)),
+    }
+}
+
+/// A flow that the table may give up for a new one when full: it never saw
+/// a reply, its TCP handshake never completed, or it is closing (what
+/// nf_conntrack calls not assured). Established flows are never dropped.
+#[inline(always)]
+fn unassured(orig: &FlowKey, entry: &FlowEntry) -> bool {
+    if entry.flags & FLOW_SEEN_REPLY == 0 {
+        return true;
+    }
+    orig.proto == IPPROTO_TCP && entry.tcp_state != tcp_state::ESTABLISHED
+}
+
+/// Notes a new flow as a candidate for [`early_drop`]. New flows are all
+/// unassured; most become assured within a round trip and are skipped when
+/// probed. Written at a random slot: racing writers only replace one
+/// candidate with another, and a torn key finds no flow.
+#[inline(always)]
+fn remember_unassured(orig: &FlowKey) {
+    let slot = unsafe { bpf_get_prandom_u32() } % CT_RECENT_SLOTS;
+    if let Some(candidate) = CT_RECENT.get_ptr_mut(slot) {
+        // SAFETY: a live array slot.
+        unsafe { *candidate = *orig };
+    }
+}
+
+/// Random probes of `CT_RECENT` for a flow to drop from a full table.
+const EARLY_DROP_PROBES: u32 = 8;
+
+/// nf_conntrack's early_drop: removes one unassured flow (both its keys) so
+/// that a new flow fits into a full table. A flood of forged first packets
+/// fills `CT_RECENT` with its own unassured flows, which is what goes first;
+/// established flows stay. Returns whether a flow was removed.
+#[inline(always)]
+fn early_drop() -> bool {
+    for _ in 0..EARLY_DROP_PROBES {
+        let slot = unsafe { bpf_get_prandom_u32() } % CT_RECENT_SLOTS;
+        let Some(candidate) = CT_RECENT.get(slot) else {
+            continue;
+        };
+        let orig = *candidate;
+        let Some(entry) = CONNTRACK.get_ptr(orig) else {
+            continue;
+        };
+        // SAFETY: entry points into a live map value.
+        let (reply, droppable) = unsafe { ((*entry).reply, unassured(&orig, &*entry)) };
+        if droppable && CONNTRACK.remove(orig).is_ok() {
+            let _ = CT_REPLY.remove(reply);
+            count(stat::CT_EARLY_DROP);
+            return true;
+        }
+    }
+    false
 }
 
 /// How long a Linux peer keeps a closed connection's tuple in TIME_WAIT
@@ -174,18 +264,6 @@ pub fn reclaim_finished(reply: &FlowKey, pkt: &Packet) -> bool {
     true
 }
 
-#[inline(always)]
-fn initial_tcp_state(proto: u8, flags: u8) -> u8 {
-    if proto != IPPROTO_TCP {
-        tcp_state::NONE
-    } else if flags & TCP_SYN != 0 && flags & TCP_ACK == 0 {
-        tcp_state::SYN_SENT
-    } else {
-        // Picked up mid-stream (for example traffic the kernel path carried).
-        tcp_state::ESTABLISHED
-    }
-}
-
 /// Reports a flow opening or closing to `flows --watch`. Written in place in
 /// the ring buffer: a record built on the stack would crowd it.
 #[inline(always)]
@@ -208,15 +286,120 @@ fn emit(kind: u8, orig: &FlowKey, entry: &FlowEntry) {
     slot.submit(0);
 }
 
-/// Accounts a packet to its flow (at `now`, from `now_ns`) and advances
-/// the TCP state.
+/// The largest window we believe a TCP receiver offers (we don't parse
+/// window scaling): segments further than this from what a direction has
+/// sent are not plausible, and an RST or FIN there is dropped. A blind
+/// attacker lands inside with odds of 1 in 128 and even then changes
+/// nothing (see [`judge_tcp`]).
+const MAX_WINDOW: u32 = 1 << 24;
+
+/// Whether `seq` lies in `[from, from + MAX_WINDOW]`, in sequence space.
 #[inline(always)]
-pub fn update(flow: &Flow, pkt: &Packet, now: u64) {
+fn seq_within(seq: u32, from: u32) -> bool {
+    seq.wrapping_sub(from) <= MAX_WINDOW
+}
+
+/// Whether `seq` lies within `MAX_WINDOW` of `end`, either way.
+#[inline(always)]
+fn seq_near(seq: u32, end: u32) -> bool {
+    seq.wrapping_sub(end.wrapping_sub(MAX_WINDOW)) <= 2 * MAX_WINDOW
+}
+
+/// What window tracking makes of a TCP segment.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Segment {
+    /// Plausible: it may move the state and `seq_end`.
+    InWindow,
+    /// Let through to the endpoint, which judges it itself (an RST near but
+    /// not exactly at the next sequence number gets a challenge ACK, RFC
+    /// 5961; a stray SYN gets an ACK), but it changes nothing here.
+    Near,
+}
+
+/// nf_conntrack's `tcp_in_window`, reduced to what keeps a flow from being
+/// closed or bent by someone who can't see it: a segment moves the state
+/// only if it acknowledges what the other direction sent and lies near
+/// where this direction's data ends; an RST only if it is exactly at the
+/// next sequence number (RFC 5961); a SYN only where the handshake expects
+/// one. RST and FIN outside the window are dropped.
+#[inline(always)]
+fn judge_tcp(entry: &FlowEntry, dir: usize, pkt: &Packet) -> Result<Segment, u32> {
+    let flags = pkt.tcp_flags;
+    let state = entry.tcp_state;
+    let reply_known = entry.flags & FLOW_REPLY_SEQ_KNOWN != 0;
+    if flags & TCP_SYN != 0 {
+        let expected = if dir == DIR_ORIGINAL {
+            // A retransmitted SYN, or one reopening a finished tuple.
+            flags & TCP_ACK == 0
+                && matches!(
+                    state,
+                    tcp_state::SYN_SENT | tcp_state::TIME_WAIT | tcp_state::CLOSED
+                )
+        } else {
+            // A SYN-ACK acknowledging the SYN.
+            flags & TCP_ACK != 0
+                && matches!(state, tcp_state::SYN_SENT | tcp_state::SYN_RECV)
+                && pkt.tcp_ack == entry.seq_end[DIR_ORIGINAL]
+        };
+        return Ok(if expected {
+            Segment::InWindow
+        } else {
+            Segment::Near
+        });
+    }
+    if dir == DIR_REPLY && !reply_known {
+        // Before the SYN-ACK the reply side's sequence is unknown: only an
+        // RST acknowledging the SYN (a refused connection) counts.
+        return if flags & TCP_RST == 0 {
+            Ok(Segment::Near)
+        } else if flags & TCP_ACK != 0 && pkt.tcp_ack == entry.seq_end[DIR_ORIGINAL] {
+            Ok(Segment::InWindow)
+        } else {
+            Err(stat::DROP_TCP_OUT_OF_WINDOW)
+        };
+    }
+    let end = entry.seq_end[dir & 1];
+    let near = seq_near(pkt.tcp_seq, end);
+    if flags & TCP_RST != 0 {
+        return if pkt.tcp_seq == end {
+            Ok(Segment::InWindow)
+        } else if near {
+            Ok(Segment::Near)
+        } else {
+            Err(stat::DROP_TCP_OUT_OF_WINDOW)
+        };
+    }
+    let other = dir ^ 1;
+    let ack_ok = flags & TCP_ACK == 0
+        || (other == DIR_REPLY && !reply_known)
+        || seq_near(pkt.tcp_ack, entry.seq_end[other & 1]);
+    if near && ack_ok {
+        Ok(Segment::InWindow)
+    } else if flags & TCP_FIN != 0 {
+        Err(stat::DROP_TCP_OUT_OF_WINDOW)
+    } else {
+        Ok(Segment::Near)
+    }
+}
+
+/// Accounts a packet to its flow (at `now`, from `now_ns`) and advances
+/// the TCP state. `Err(reason)`: the packet is to be dropped (an RST or FIN
+/// outside the window).
+#[inline(always)]
+pub fn update(flow: &Flow, pkt: &Packet, now: u64) -> Result<(), u32> {
     let entry = flow.entry;
-    let dir = flow.dir;
+    // Masked: an index the verifier can see is 0 or 1 needs no bounds check
+    // (whose panic path it would reject).
+    let dir = flow.dir & 1;
     // SAFETY: entry points into a live map value; the counters are only ever
     // changed with atomic adds.
     unsafe {
+        if flow.orig.proto == IPPROTO_TCP {
+            let segment = judge_tcp(&*entry, dir, pkt)?;
+            if segment == Segment::InWindow {
+                advance_tcp(flow, pkt);
+            }
+        }
         (*entry).last_seen_ns = now;
         // Result unused: compiles to BPF's atomic add, which 5.10 has.
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*entry).packets[dir], 1);
@@ -227,14 +410,36 @@ pub fn update(flow: &Flow, pkt: &Packet, now: u64) {
         if dir == DIR_REPLY && (*entry).flags & FLOW_SEEN_REPLY == 0 {
             (*entry).flags |= FLOW_SEEN_REPLY;
         }
-        if flow.orig.proto == IPPROTO_TCP {
-            let old = (*entry).tcp_state;
-            let new = next_tcp_state(&mut *entry, dir, pkt.tcp_flags);
-            if new != old {
-                (*entry).tcp_state = new;
-                if matches!(new, tcp_state::TIME_WAIT | tcp_state::CLOSED) {
-                    emit(EVENT_CLOSED, &flow.orig, &*entry);
-                }
+    }
+    Ok(())
+}
+
+/// Moves a TCP flow on by an in-window segment: its state, and where this
+/// direction's sequence space ends.
+#[inline(always)]
+unsafe fn advance_tcp(flow: &Flow, pkt: &Packet) {
+    let entry = flow.entry;
+    let dir = flow.dir & 1;
+    // SAFETY: the caller's: entry points into a live map value.
+    unsafe {
+        let end = pkt.tcp_seq.wrapping_add(pkt.tcp_seq_len);
+        let flags = pkt.tcp_flags;
+        if flags & TCP_SYN != 0 {
+            // A direction's first sequence number (a SYN-ACK, or a SYN
+            // reopening a finished tuple) sets where it starts.
+            (*entry).seq_end[dir] = end;
+            if dir == DIR_REPLY {
+                (*entry).flags |= FLOW_REPLY_SEQ_KNOWN;
+            }
+        } else if seq_within(end, (*entry).seq_end[dir]) {
+            (*entry).seq_end[dir] = end;
+        }
+        let old = (*entry).tcp_state;
+        let new = next_tcp_state(&mut *entry, flow.dir, flags);
+        if new != old {
+            (*entry).tcp_state = new;
+            if matches!(new, tcp_state::TIME_WAIT | tcp_state::CLOSED) {
+                emit(EVENT_CLOSED, &flow.orig, &*entry);
             }
         }
     }

@@ -27,13 +27,36 @@ fn l4_csum(kind: L4, l4: usize) -> (usize, u64) {
 
 pub type RewriteResult = Result<(), i64>;
 
-/// Rewrites the source (`src == true`) or destination address.
+/// Which end of a header a rewrite changes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Source,
+    Destination,
+}
+
+impl Side {
+    #[inline(always)]
+    fn addr_off(self) -> usize {
+        match self {
+            Self::Source => IP_SRC_OFF,
+            Self::Destination => IP_DST_OFF,
+        }
+    }
+}
+
+/// Rewrites the source or destination address.
 #[inline(always)]
-pub fn set_addr<C: Ctx>(ctx: &mut C, pkt: &Packet, src: bool, old: u32, new: u32) -> RewriteResult {
+pub fn set_addr<C: Ctx>(
+    ctx: &mut C,
+    pkt: &Packet,
+    side: Side,
+    old: u32,
+    new: u32,
+) -> RewriteResult {
     if old == new {
         return Ok(());
     }
-    let off = pkt.l3 + if src { IP_SRC_OFF } else { IP_DST_OFF };
+    let off = pkt.l3 + side.addr_off();
     // ICMP's checksum has no pseudo-header: an address change leaves it alone.
     if matches!(pkt.l4_kind, L4::Tcp | L4::Udp) {
         let (csum_off, flags) = l4_csum(pkt.l4_kind, pkt.l4);
@@ -45,15 +68,22 @@ pub fn set_addr<C: Ctx>(ctx: &mut C, pkt: &Packet, src: bool, old: u32, new: u32
 }
 
 /// Rewrites the source or destination port (the echo id for ICMP echo, where
-/// `src` is ignored: there is one id field).
+/// the side is ignored: there is one id field).
 #[inline(always)]
-pub fn set_port<C: Ctx>(ctx: &mut C, pkt: &Packet, src: bool, old: u16, new: u16) -> RewriteResult {
+pub fn set_port<C: Ctx>(
+    ctx: &mut C,
+    pkt: &Packet,
+    side: Side,
+    old: u16,
+    new: u16,
+) -> RewriteResult {
     if old == new {
         return Ok(());
     }
-    let off = match pkt.l4_kind {
-        L4::IcmpEcho => pkt.l4 + 4,
-        _ => pkt.l4 + if src { 0 } else { 2 },
+    let off = match (pkt.l4_kind, side) {
+        (L4::IcmpEcho, _) => pkt.l4 + 4,
+        (_, Side::Source) => pkt.l4,
+        (_, Side::Destination) => pkt.l4 + 2,
     };
     let (csum_off, flags) = l4_csum(pkt.l4_kind, pkt.l4);
     ctx.l4_csum_replace(csum_off, old as u32, new as u32, flags | 2)?;
@@ -91,14 +121,14 @@ pub fn set_macs<C: Ctx>(ctx: &mut C, dst: &[u8; 6], src: &[u8; 6]) -> RewriteRes
 pub fn set_quoted_addr<C: Ctx>(
     ctx: &mut C,
     inner_l3: usize,
-    src: bool,
+    side: Side,
     old: u32,
     new: u32,
 ) -> RewriteResult {
     if old == new {
         return Ok(());
     }
-    let off = inner_l3 + if src { IP_SRC_OFF } else { IP_DST_OFF };
+    let off = inner_l3 + side.addr_off();
     ctx.l3_csum_replace(inner_l3 + IP_CSUM_OFF, old, new, 4)?;
     ctx.store(off, &new)?;
     Ok(())

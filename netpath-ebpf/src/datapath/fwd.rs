@@ -6,7 +6,7 @@ use core::mem;
 
 use aya_ebpf::{
     bindings::{
-        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_SHOT,
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
         bpf_fib_lookup, bpf_redir_neigh,
     },
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
@@ -18,8 +18,9 @@ use super::{
     conntrack::Flow,
     csum,
     ctx::Packet as Ctx,
-    maps::{ENDPOINTS, count, route_gen, scratch},
+    maps::{ENDPOINTS, route_gen, scratch},
     parse::{ETH_HLEN, Packet},
+    verdict::Verdict,
 };
 
 const AF_INET: u8 = 2;
@@ -45,22 +46,23 @@ pub enum Egress {
     Resolve { ifindex: u32, nexthop: u32 },
 }
 
-/// Decides where `tuple` (a packet's tuple after translation) leaves, or `None`
-/// when the kernel's stack must handle it.
+/// Decides where `tuple` (a packet's tuple after translation) leaves, or
+/// `Err(reason)` when the kernel's stack must handle it (the packet passes,
+/// counted under the reason).
 #[inline(always)]
-pub fn route<C: Ctx>(ctx: &C, tuple: &FlowKey) -> Option<Egress> {
+pub fn route<C: Ctx>(ctx: &C, tuple: &FlowKey) -> Result<Egress, u32> {
     if let Some(ep) = unsafe { ENDPOINTS.get(tuple.daddr) } {
-        return Some(Egress::Container(*ep));
+        return Ok(Egress::Container(*ep));
     }
     fib(ctx, tuple)
 }
 
 /// Asks the kernel's FIB where `tuple` leaves.
 #[inline(always)]
-fn fib<C: Ctx>(ctx: &C, tuple: &FlowKey) -> Option<Egress> {
+fn fib<C: Ctx>(ctx: &C, tuple: &FlowKey) -> Result<Egress, u32> {
     // Every input field set (a map value needs no zeroing for the verifier,
     // and zeroing 64 bytes would be a memset call).
-    let params = &mut scratch()?.fib;
+    let params = &mut scratch().ok_or(stat::PASS_NO_ROUTE)?.fib;
     params.family = AF_INET;
     params.__bindgen_anon_2.flowinfo = 0; // tos
     params.__bindgen_anon_1.tot_len = 0;
@@ -80,24 +82,21 @@ fn fib<C: Ctx>(ctx: &C, tuple: &FlowKey) -> Option<Egress> {
         )
     } as u32;
     if rc == BPF_FIB_LKUP_RET_SUCCESS {
-        Some(Egress::Neighbour {
+        Ok(Egress::Neighbour {
             ifindex: params.ifindex,
             dmac: params.dmac,
             smac: params.smac,
             mtu: unsafe { params.__bindgen_anon_1.mtu_result },
         })
     } else if rc == BPF_FIB_LKUP_RET_NO_NEIGH {
-        Some(Egress::Resolve {
+        Ok(Egress::Resolve {
             ifindex: params.ifindex,
             nexthop: unsafe { params.__bindgen_anon_4.ipv4_dst },
         })
+    } else if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED {
+        Err(stat::PASS_FRAG_NEEDED)
     } else {
-        count(if rc == aya_ebpf::bindings::BPF_FIB_LKUP_RET_FRAG_NEEDED {
-            stat::PASS_FRAG_NEEDED
-        } else {
-            stat::DROP_NO_ROUTE
-        });
-        None
+        Err(stat::PASS_NO_ROUTE)
     }
 }
 
@@ -107,7 +106,7 @@ fn fib<C: Ctx>(ctx: &C, tuple: &FlowKey) -> Option<Egress> {
 /// cached MTU keeps oversized packets going to the kernel, as the FIB lookup
 /// would.
 #[inline(always)]
-pub fn route_flow(ctx: &TcContext, flow: &Flow, tuple: &FlowKey, now: u64) -> Option<Egress> {
+pub fn route_flow(ctx: &TcContext, flow: &Flow, tuple: &FlowKey, now: u64) -> Result<Egress, u32> {
     let generation = route_gen();
     // SAFETY: entry points into a live map value; dir is 0 or 1.
     let cached = unsafe { &(*flow.entry).nexthop[flow.dir & 1] };
@@ -117,7 +116,7 @@ pub fn route_flow(ctx: &TcContext, flow: &Flow, tuple: &FlowKey, now: u64) -> Op
     {
         match cached.kind {
             next_hop::CONTAINER => {
-                return Some(Egress::Container(Endpoint {
+                return Ok(Egress::Container(Endpoint {
                     ifindex: cached.ifindex,
                     mac: cached.dmac,
                     network_id: 0,
@@ -125,10 +124,9 @@ pub fn route_flow(ctx: &TcContext, flow: &Flow, tuple: &FlowKey, now: u64) -> Op
             }
             next_hop::NEIGHBOUR => {
                 if !fits(ctx, cached.mtu) {
-                    count(stat::PASS_FRAG_NEEDED);
-                    return None;
+                    return Err(stat::PASS_FRAG_NEEDED);
                 }
-                return Some(Egress::Neighbour {
+                return Ok(Egress::Neighbour {
                     ifindex: cached.ifindex,
                     dmac: cached.dmac,
                     smac: cached.smac,
@@ -140,7 +138,7 @@ pub fn route_flow(ctx: &TcContext, flow: &Flow, tuple: &FlowKey, now: u64) -> Op
     }
     let egress = route(ctx, tuple)?;
     remember(flow, &egress, generation, now);
-    Some(egress)
+    Ok(egress)
 }
 
 /// Caches where this direction of `flow` leaves (see [`route_flow`]).
@@ -186,18 +184,25 @@ fn fits(ctx: &TcContext, mtu: u16) -> bool {
     len <= mtu as u32 + ETH_HLEN as u32 + VLAN_HLEN || gso_size != 0
 }
 
-/// Sends an already translated packet where `route` said. `routed`: the packet
-/// crosses an L3 hop here, so its TTL goes down by one.
+/// Whether sending a packet crosses an L3 hop, which costs it one TTL.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Hop {
+    /// Routed between networks (NAT paths): TTL down by one.
+    Routed,
+    /// Within the container network, as a bridge would: TTL untouched.
+    Bridged,
+}
+
+/// Sends an already translated packet where `route` said.
 #[inline(always)]
-pub fn send(ctx: &mut TcContext, cfg: &Config, pkt: &Packet, egress: &Egress, routed: bool) -> i32 {
-    if routed && csum::dec_ttl(ctx, pkt).is_err() {
-        count(stat::DROP_MALFORMED);
-        return TC_ACT_SHOT as i32;
+pub fn send(ctx: &mut TcContext, cfg: &Config, pkt: &Packet, egress: &Egress, hop: Hop) -> Verdict {
+    if hop == Hop::Routed && csum::dec_ttl(ctx, pkt).is_err() {
+        return Verdict::drop(stat::DROP_MALFORMED);
     }
     match egress {
         Egress::Container(ep) => {
             if csum::set_macs(ctx, &ep.mac, &cfg.gateway_mac).is_err() {
-                return TC_ACT_SHOT as i32;
+                return Verdict::drop(stat::DROP_MALFORMED);
             }
             // A frame for another container arrived here as PACKET_OTHERHOST
             // (not for this veth's MAC); kernels before 5.16 keep that across
@@ -205,8 +210,9 @@ pub fn send(ctx: &mut TcContext, cfg: &Config, pkt: &Packet, egress: &Egress, ro
             if unsafe { (*ctx.skb.skb).pkt_type } != PACKET_HOST {
                 let _ = ctx.change_type(PACKET_HOST);
             }
-            count(stat::REDIRECT_PEER);
-            unsafe { bpf_redirect_peer(ep.ifindex, 0) as i32 }
+            Verdict::redirect(stat::REDIRECT_PEER, unsafe {
+                bpf_redirect_peer(ep.ifindex, 0)
+            })
         }
         Egress::Neighbour {
             ifindex,
@@ -215,31 +221,22 @@ pub fn send(ctx: &mut TcContext, cfg: &Config, pkt: &Packet, egress: &Egress, ro
             ..
         } => {
             if csum::set_macs(ctx, dmac, smac).is_err() {
-                return TC_ACT_SHOT as i32;
+                return Verdict::drop(stat::DROP_MALFORMED);
             }
-            count(stat::REDIRECT);
-            unsafe { bpf_redirect(*ifindex, 0) as i32 }
+            Verdict::redirect(stat::REDIRECT, unsafe { bpf_redirect(*ifindex, 0) })
         }
         Egress::Resolve { ifindex, nexthop } => {
             let mut nh: bpf_redir_neigh = unsafe { mem::zeroed() };
             nh.nh_family = AF_INET as u32;
             nh.__bindgen_anon_1.ipv4_nh = *nexthop;
-            count(stat::REDIRECT_NEIGH);
-            unsafe {
+            Verdict::redirect(stat::REDIRECT_NEIGH, unsafe {
                 bpf_redirect_neigh(
                     *ifindex,
                     &mut nh,
                     mem::size_of::<bpf_redir_neigh>() as i32,
                     0,
-                ) as i32
-            }
+                )
+            })
         }
     }
-}
-
-/// The packet goes on through the kernel's stack.
-#[inline(always)]
-pub fn pass(reason: u32) -> i32 {
-    count(reason);
-    TC_ACT_OK as i32
 }

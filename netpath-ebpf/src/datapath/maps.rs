@@ -41,6 +41,15 @@ pub static EVENTS: RingBuf<FlowEvent, { 256 * 1024 }> = RingBuf::new();
 #[btf_map]
 pub static SOCK_REVNAT: LruHashMap<SockRevNatKey, SockRevNatValue, 65536> = LruHashMap::new();
 
+/// Slots of `CT_RECENT`.
+pub const CT_RECENT_SLOTS: u32 = 1024;
+
+/// Recently created flows (original tuples), the candidates a full table
+/// gives up for a new flow (see `conntrack::early_drop`). Not pinned: a
+/// cache of hints that a reload may lose.
+#[btf_map]
+pub static CT_RECENT: Array<FlowKey, { CT_RECENT_SLOTS as usize }> = Array::new();
+
 /// The route generation (see `NextHop`), the single element; never 0 once
 /// loaded.
 #[btf_map]
@@ -97,7 +106,8 @@ pub fn config() -> Option<&'static Config> {
     CONFIG.get(0)
 }
 
-/// Bumps one verdict/drop counter.
+/// Bumps one counter. Only `Verdict` and events beside a verdict (a flow
+/// created, an early drop) call this.
 #[inline(always)]
 pub fn count(idx: u32) {
     if let Some(p) = STATS.get_ptr_mut(idx) {

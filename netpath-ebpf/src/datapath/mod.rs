@@ -1,6 +1,9 @@
 //! Program entry points. Each program is a short sequence of the shared steps in
-//! `parse`, `conntrack`, `nat` and `fwd`; see DESIGN.md section 2 for the table
-//! of hooks.
+//! `parse`, `conntrack`, `nat` and `fwd`, and ends in a `Verdict`, which
+//! counts it. The uplink is untrusted: what arrives there reaches a container
+//! only as part of a tracked flow or as the first packet of a new flow to a
+//! published port. What a container sends must carry its own addresses, and
+//! leaves the host only translated.
 mod conntrack;
 mod csum;
 mod ctx;
@@ -9,9 +12,10 @@ mod maps;
 mod nat;
 mod parse;
 mod sock;
+mod verdict;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    bindings::xdp_action,
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
@@ -20,35 +24,40 @@ use netpath_common::{
 };
 
 use conntrack::Flow;
-use fwd::Egress;
-use maps::{ENDPOINTS, PORTS, config, count, now_ns, route_gen};
+use csum::Side;
+use fwd::{Egress, Hop};
+use maps::{ENDPOINTS, PORTS, config, now_ns, route_gen};
 use parse::{L4, Packet, Parsed};
+use verdict::Verdict;
 
 /// TC ingress of each container's host-side veth: everything a container sends.
 #[classifier]
 pub fn from_container(mut ctx: TcContext) -> i32 {
     let Some(cfg) = config() else {
-        return TC_ACT_OK as i32;
+        return Verdict::pass(stat::PASS).tc();
     };
     ctx::linearize_headers(&mut ctx);
-    let pkt = match parse::parse(&ctx) {
+    from_container_verdict(&mut ctx, cfg).tc()
+}
+
+#[inline(always)]
+fn from_container_verdict(ctx: &mut TcContext, cfg: &Config) -> Verdict {
+    let pkt = match parse::parse(ctx) {
         Parsed::Ours(pkt) => pkt,
-        Parsed::NotOurs => return fwd::pass(stat::PASS_NOT_OURS),
-        Parsed::Fragment => return fwd::pass(stat::DROP_FRAGMENT),
-        Parsed::Malformed => return drop(stat::DROP_MALFORMED),
+        Parsed::OtherIpv4(other) => return other_from_container(ctx, cfg, &other),
+        Parsed::Arp => return arp_from_container(ctx),
+        // IPv6 (until netpath translates it), VLAN tags, anything else: a
+        // container on a bridge network speaks IPv4 and ARP.
+        Parsed::OtherL2 => return Verdict::drop(stat::DROP_ETHERTYPE),
+        Parsed::Malformed => return Verdict::drop(stat::DROP_MALFORMED),
     };
-    if !source_is_endpoint(&ctx, &pkt) {
-        // Rare (a misconfigured or hostile container), so worth a record; at
-        // debug, which the loader switches off below the agent's level.
-        aya_log_ebpf::debug!(
-            &ctx,
-            "drop: spoofed source {:i} from ifindex {}",
-            u32::from_be(pkt.key.saddr),
-            unsafe { (*ctx.skb.skb).ifindex }
-        );
-        return drop(stat::DROP_SPOOFED);
+    if !source_is_endpoint(ctx, pkt.key.saddr) {
+        return spoofed(ctx, pkt.key.saddr);
     }
     let dst = pkt.key.daddr;
+    if is_loopback(dst) {
+        return Verdict::drop(stat::DROP_MARTIAN_DESTINATION);
+    }
     // Containers' addresses are all in the subnet: traffic leaving it (the
     // common case) needs no ENDPOINTS lookup here.
     if cfg.in_subnet(dst)
@@ -59,73 +68,184 @@ pub fn from_container(mut ctx: TcContext) -> i32 {
         // container's own address from another container (hairpin goes
         // through the host's address, its replies to the gateway's).
         let ep = *ep;
-        return fwd::send(&mut ctx, cfg, &pkt, &Egress::Container(ep), false);
+        return fwd::send(ctx, cfg, &pkt, &Egress::Container(ep), Hop::Bridged);
     }
     if let Some(flow) = conntrack::lookup(&pkt.key) {
-        return forward_flow(&mut ctx, cfg, &pkt, &flow);
+        return forward_flow(ctx, cfg, &pkt, &flow);
     }
     if pkt.l4_kind == L4::IcmpError {
-        return icmp_error(&mut ctx, cfg, &pkt);
+        return icmp_error(ctx, cfg, &pkt, Ingress::Container);
     }
-    let host_local = dst == cfg.host_ip || dst == cfg.gateway_ip;
     if let Some(target) = published(cfg, &pkt) {
         // Hairpin: DNAT to the target and SNAT to the gateway, so the target's
         // reply comes back through us even when it is the sender itself.
         if pkt.ttl <= 1 {
-            return fwd::pass(stat::PASS_TTL);
+            return Verdict::pass(stat::PASS_TTL);
         }
-        let Some(flow) = nat::create_snat_flow(
+        return match nat::create_snat_flow(
             cfg,
             &pkt,
             cfg.gateway_ip,
             target.container_ip,
             target.container_port,
             nat_kind::HAIRPIN,
-        ) else {
-            return TC_ACT_SHOT as i32;
+        ) {
+            Ok(flow) => forward_flow(ctx, cfg, &pkt, &flow),
+            Err(reason) => Verdict::drop(reason),
         };
-        return forward_flow(&mut ctx, cfg, &pkt, &flow);
     }
-    if host_local || cfg.in_subnet(dst) {
+    if is_local(cfg, dst) {
         // The host itself, or broadcast/unknown on the bridge: the kernel's job.
-        return fwd::pass(stat::PASS);
+        return Verdict::pass(stat::PASS);
     }
-    masquerade(&mut ctx, cfg, &pkt, true)
+    masquerade(ctx, cfg, &pkt, MasqueradeAt::ContainerVeth)
 }
 
-/// What arrives on the uplink, once looked up. Shared by the TC and XDP
-/// programs there, which differ only in how they send.
-enum UplinkPacket {
-    /// A packet of a tracked flow (a reply to a masqueraded flow, or a flow to
-    /// a published port, new or established).
-    Flow(Packet, Flow),
-    IcmpError(Packet),
-    /// Not ours: the host's own traffic.
-    Pass(u32),
-    Drop,
+/// IPv4 from a container that we don't translate (another protocol, an ICMP
+/// type we leave alone, a fragment): its addresses are checked like any
+/// other's, and it may go to the host or the container network only.
+#[inline(always)]
+fn other_from_container(ctx: &TcContext, cfg: &Config, other: &Packet) -> Verdict {
+    if !source_is_endpoint(ctx, other.key.saddr) {
+        return spoofed(ctx, other.key.saddr);
+    }
+    if is_loopback(other.key.daddr) {
+        return Verdict::drop(stat::DROP_MARTIAN_DESTINATION);
+    }
+    if is_local(cfg, other.key.daddr) {
+        return Verdict::pass(stat::PASS_NOT_OURS);
+    }
+    Verdict::drop(if other.fragment {
+        stat::DROP_FRAGMENT
+    } else {
+        stat::DROP_UNTRANSLATED
+    })
 }
+
+/// ARP from a container must speak for itself: its sender MAC is the frame's
+/// source, and its sender IP (0 in an address probe) belongs to that MAC on
+/// this veth. Otherwise it could take over another container's address in
+/// the host's neighbour table.
+#[inline(always)]
+fn arp_from_container(ctx: &TcContext) -> Verdict {
+    // The sender's hardware and protocol addresses follow the 8-byte ARP
+    // header; Ethernet/IPv4 ARP is the only kind a container has reason to send.
+    let (Ok(smac), Ok(sha), Ok(spa)) = (
+        ctx.load::<[u8; 6]>(6),
+        ctx.load::<[u8; 6]>(ETH_ARP_SHA),
+        ctx.load::<u32>(ETH_ARP_SHA + 6),
+    ) else {
+        return Verdict::drop(stat::DROP_MALFORMED);
+    };
+    if sha != smac {
+        return Verdict::drop(stat::DROP_SPOOFED_ARP);
+    }
+    if spa != 0 && !endpoint_matches(ctx, spa, &smac) {
+        aya_log_ebpf::debug!(
+            ctx,
+            "drop: spoofed source {:i} in ARP from ifindex {}",
+            u32::from_be(spa),
+            unsafe { (*ctx.skb.skb).ifindex }
+        );
+        return Verdict::drop(stat::DROP_SPOOFED_ARP);
+    }
+    Verdict::pass(stat::PASS)
+}
+
+/// Offset of an Ethernet/IPv4 ARP frame's sender hardware address.
+const ETH_ARP_SHA: usize = parse::ETH_HLEN + 8;
 
 #[inline(always)]
-fn classify_uplink<C: ctx::Packet>(ctx: &C, cfg: &Config) -> UplinkPacket {
+fn spoofed(ctx: &TcContext, saddr: u32) -> Verdict {
+    // Rare (a misconfigured or hostile container), so worth a record; at
+    // debug, which the loader switches off below the agent's level.
+    aya_log_ebpf::debug!(
+        ctx,
+        "drop: spoofed source {:i} from ifindex {}",
+        u32::from_be(saddr),
+        unsafe { (*ctx.skb.skb).ifindex }
+    );
+    Verdict::drop(stat::DROP_SPOOFED)
+}
+
+/// Where a packet entered the datapath.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ingress {
+    Container,
+    Uplink,
+}
+
+/// How a program on the uplink finishes a packet once classified: the TC
+/// and XDP programs there share the classification and differ only in how
+/// they send. (A trait, not an enum of outcomes: an enum holding a flow
+/// pointer in one variant and numbers in another compiles to registers the
+/// verifier rejects.)
+trait UplinkHook: ctx::Packet {
+    /// A packet of a tracked flow (a reply to a masqueraded flow, or a flow
+    /// to a published port, new or established).
+    fn forward(&mut self, cfg: &Config, pkt: &Packet, flow: &Flow) -> Verdict;
+    /// An ICMP error that may quote one of our flows.
+    fn icmp_error(&mut self, cfg: &Config, pkt: &Packet) -> Verdict;
+}
+
+impl UplinkHook for TcContext {
+    #[inline(always)]
+    fn forward(&mut self, cfg: &Config, pkt: &Packet, flow: &Flow) -> Verdict {
+        forward_flow(self, cfg, pkt, flow)
+    }
+    #[inline(always)]
+    fn icmp_error(&mut self, cfg: &Config, pkt: &Packet) -> Verdict {
+        icmp_error(self, cfg, pkt, Ingress::Uplink)
+    }
+}
+
+impl UplinkHook for XdpContext {
+    #[inline(always)]
+    fn forward(&mut self, cfg: &Config, pkt: &Packet, flow: &Flow) -> Verdict {
+        xdp_forward(self, cfg, pkt, flow)
+    }
+    /// Left to the TC program.
+    #[inline(always)]
+    fn icmp_error(&mut self, _cfg: &Config, _pkt: &Packet) -> Verdict {
+        Verdict::pass(stat::XDP_PASS)
+    }
+}
+
+/// Everything that arrives on the uplink: the host's own traffic passes,
+/// tracked flows and new flows to published ports are translated, and
+/// what can't come from outside or would reach the containers unasked is
+/// dropped.
+#[inline(always)]
+fn from_uplink_verdict<C: UplinkHook>(ctx: &mut C, cfg: &Config) -> Verdict {
     let pkt = match parse::parse(ctx) {
         Parsed::Ours(pkt) => pkt,
-        // Not addressed to anything we translate until proven otherwise: the
-        // host's own traffic must never suffer from our parser.
-        Parsed::NotOurs | Parsed::Fragment | Parsed::Malformed => {
-            return UplinkPacket::Pass(stat::PASS_NOT_OURS);
+        Parsed::OtherIpv4(other) => {
+            return screen_uplink(cfg, &other).unwrap_or(untracked(
+                cfg,
+                Ingress::Uplink,
+                other.key.daddr,
+            ));
+        }
+        // Not addressed to anything we translate: the host's own traffic
+        // must never suffer from our parser.
+        Parsed::Arp | Parsed::OtherL2 | Parsed::Malformed => {
+            return Verdict::pass(stat::PASS_NOT_OURS);
         }
     };
+    if let Some(verdict) = screen_uplink(cfg, &pkt) {
+        return verdict;
+    }
     if let Some(flow) = conntrack::lookup(&pkt.key) {
-        return UplinkPacket::Flow(pkt, flow);
+        return ctx.forward(cfg, &pkt, &flow);
     }
     if pkt.l4_kind == L4::IcmpError {
-        return UplinkPacket::IcmpError(pkt);
+        return ctx.icmp_error(cfg, &pkt);
     }
     let Some(target) = published(cfg, &pkt) else {
-        return UplinkPacket::Pass(stat::PASS_NOT_OURS);
+        return untracked(cfg, Ingress::Uplink, pkt.key.daddr);
     };
     if pkt.ttl <= 1 {
-        return UplinkPacket::Pass(stat::PASS_TTL);
+        return Verdict::pass(stat::PASS_TTL);
     }
     match nat::create_dnat_flow(
         &pkt,
@@ -133,8 +253,37 @@ fn classify_uplink<C: ctx::Packet>(ctx: &C, cfg: &Config) -> UplinkPacket {
         target.container_port,
         nat_kind::DNAT,
     ) {
-        Some(flow) => UplinkPacket::Flow(pkt, flow),
-        None => UplinkPacket::Drop,
+        Ok(flow) => ctx.forward(cfg, &pkt, &flow),
+        Err(reason) => Verdict::drop(reason),
+    }
+}
+
+/// Drops what can't come from outside: a source in the container network,
+/// the host's own address or loopback (a spoof, or a host routing into the
+/// containers), and a loopback destination (a frame aimed at what the host
+/// publishes on 127.0.0.1).
+#[inline(always)]
+fn screen_uplink(cfg: &Config, pkt: &Packet) -> Option<Verdict> {
+    let (saddr, daddr) = (pkt.key.saddr, pkt.key.daddr);
+    if cfg.in_subnet(saddr) || saddr == cfg.host_ip || is_loopback(saddr) {
+        return Some(Verdict::drop(stat::DROP_MARTIAN_SOURCE));
+    }
+    if is_loopback(daddr) {
+        return Some(Verdict::drop(stat::DROP_MARTIAN_DESTINATION));
+    }
+    None
+}
+
+/// A packet in no flow that opens none: it may not cross between the
+/// container network and the outside untranslated. From the uplink into
+/// the container network it is unsolicited; from a container to off-host
+/// it would leave with a container's address.
+#[inline(always)]
+fn untracked(cfg: &Config, ingress: Ingress, daddr: u32) -> Verdict {
+    match ingress {
+        Ingress::Uplink if cfg.in_subnet(daddr) => Verdict::drop(stat::DROP_UNSOLICITED),
+        Ingress::Container if !is_local(cfg, daddr) => Verdict::drop(stat::DROP_UNTRANSLATED),
+        _ => Verdict::pass(stat::PASS_NOT_OURS),
     }
 }
 
@@ -143,67 +292,89 @@ fn classify_uplink<C: ctx::Packet>(ctx: &C, cfg: &Config) -> UplinkPacket {
 #[classifier]
 pub fn from_uplink(mut ctx: TcContext) -> i32 {
     let Some(cfg) = config() else {
-        return TC_ACT_OK as i32;
+        return Verdict::pass(stat::PASS).tc();
     };
     ctx::linearize_headers(&mut ctx);
-    match classify_uplink(&ctx, cfg) {
-        UplinkPacket::Flow(pkt, flow) => forward_flow(&mut ctx, cfg, &pkt, &flow),
-        UplinkPacket::IcmpError(pkt) => icmp_error(&mut ctx, cfg, &pkt),
-        UplinkPacket::Pass(reason) => fwd::pass(reason),
-        UplinkPacket::Drop => TC_ACT_SHOT as i32,
-    }
+    from_uplink_verdict(&mut ctx, cfg).tc()
 }
 
 /// XDP on the uplink (`--accel xdp`): the same translations before an skb
 /// exists, redirected straight into the container's veth. What XDP can't
 /// finish (ICMP errors, anything not bound for a container) it passes up to
-/// the TC program, which handles it as usual.
+/// the TC program, which handles (and counts) it as usual.
 #[xdp]
 pub fn xdp_uplink(mut ctx: XdpContext) -> u32 {
     let Some(cfg) = config() else {
-        return xdp_action::XDP_PASS;
+        return Verdict::pass(stat::XDP_PASS).xdp();
     };
-    let UplinkPacket::Flow(pkt, flow) = classify_uplink(&ctx, cfg) else {
-        count(stat::XDP_PASS);
-        return xdp_action::XDP_PASS;
-    };
+    let verdict = from_uplink_verdict(&mut ctx, cfg);
+    if verdict.is_pass() {
+        return Verdict::pass(stat::XDP_PASS).xdp();
+    }
+    verdict.xdp()
+}
+
+/// A flow's packet into its container from XDP, or up to TC when the flow
+/// doesn't lead into a container (or the TTL is about to expire).
+#[inline(always)]
+fn xdp_forward(ctx: &mut XdpContext, cfg: &Config, pkt: &Packet, flow: &Flow) -> Verdict {
     if pkt.ttl <= 1 {
-        count(stat::XDP_PASS);
-        return xdp_action::XDP_PASS;
+        return Verdict::pass(stat::XDP_PASS);
     }
     let target = flow.target();
     let Some(ep) = (unsafe { ENDPOINTS.get(target.daddr) }) else {
-        count(stat::XDP_PASS);
-        return xdp_action::XDP_PASS;
+        return Verdict::pass(stat::XDP_PASS);
     };
     let ep = *ep;
-    conntrack::update(&flow, &pkt, now_ns());
-    let rewritten = nat::rewrite(&mut ctx, &pkt, &target)
-        .and_then(|()| csum::dec_ttl(&mut ctx, &pkt))
-        .and_then(|()| csum::set_macs(&mut ctx, &ep.mac, &cfg.gateway_mac));
-    if rewritten.is_err() {
-        count(stat::DROP_MALFORMED);
-        return xdp_action::XDP_DROP;
+    if let Err(reason) = conntrack::update(flow, pkt, now_ns()) {
+        return Verdict::drop(reason);
     }
-    count(stat::XDP_REDIRECT);
-    unsafe { aya_ebpf::helpers::bpf_redirect(ep.ifindex, 0) as u32 }
+    let rewritten = nat::rewrite(ctx, pkt, &target)
+        .and_then(|()| csum::dec_ttl(ctx, pkt))
+        .and_then(|()| csum::set_macs(ctx, &ep.mac, &cfg.gateway_mac));
+    if rewritten.is_err() {
+        return Verdict::drop(stat::DROP_MALFORMED);
+    }
+    Verdict::redirect(stat::XDP_REDIRECT, unsafe {
+        aya_ebpf::helpers::bpf_redirect(ep.ifindex, 0)
+    })
 }
 
 /// TC egress of the uplink, the safety net: a container's packet that took the
-/// kernel's path out (say after the kernel fragmented it) is still masqueraded.
+/// kernel's path out (say after the kernel fragmented it) is still masqueraded,
+/// and what can't be translated does not leave.
 #[classifier]
 pub fn to_uplink(mut ctx: TcContext) -> i32 {
     let Some(cfg) = config() else {
-        return TC_ACT_OK as i32;
+        return Verdict::pass(stat::PASS).tc();
     };
     ctx::linearize_headers(&mut ctx);
-    let Parsed::Ours(pkt) = parse::parse(&ctx) else {
-        return TC_ACT_OK as i32;
+    to_uplink_verdict(&mut ctx, cfg).tc()
+}
+
+#[inline(always)]
+fn to_uplink_verdict(ctx: &mut TcContext, cfg: &Config) -> Verdict {
+    let leaving = |pkt: &Packet| cfg.in_subnet(pkt.key.saddr) && !cfg.in_subnet(pkt.key.daddr);
+    let pkt = match parse::parse(ctx) {
+        Parsed::Ours(pkt) => pkt,
+        Parsed::OtherIpv4(other) if leaving(&other) => {
+            return Verdict::drop(if other.fragment {
+                stat::DROP_FRAGMENT
+            } else {
+                stat::DROP_UNTRANSLATED
+            });
+        }
+        _ => return Verdict::pass(stat::PASS_NOT_OURS),
     };
-    if !cfg.in_subnet(pkt.key.saddr) || cfg.in_subnet(pkt.key.daddr) {
-        return TC_ACT_OK as i32;
+    if !leaving(&pkt) {
+        return Verdict::pass(stat::PASS_NOT_OURS);
     }
-    masquerade(&mut ctx, cfg, &pkt, false)
+    if pkt.l4_kind == L4::IcmpError {
+        // An error about a flow is translated on the container's veth; one
+        // that got here is about nothing we track.
+        return Verdict::drop(stat::DROP_UNTRANSLATED);
+    }
+    masquerade(ctx, cfg, &pkt, MasqueradeAt::UplinkEgress)
 }
 
 /// Keeps NAPI on for a veth that receives XDP-redirected frames.
@@ -212,32 +383,49 @@ pub fn xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// 127.0.0.0/8 (wire order).
 #[inline(always)]
-fn drop(reason: u32) -> i32 {
-    count(reason);
-    TC_ACT_SHOT as i32
+fn is_loopback(addr: u32) -> bool {
+    addr.to_ne_bytes()[0] == 127
+}
+
+/// The host's own address or the container network (the gateway included):
+/// where a container's untranslated packet may go.
+#[inline(always)]
+fn is_local(cfg: &Config, addr: u32) -> bool {
+    addr == cfg.host_ip || cfg.in_subnet(addr)
 }
 
 /// Anti-spoofing: the source address must be the endpoint on this veth, with
-/// its MAC.
+/// its MAC as the frame's source.
 #[inline(always)]
-fn source_is_endpoint(ctx: &TcContext, pkt: &Packet) -> bool {
-    let Some(ep) = (unsafe { ENDPOINTS.get(pkt.key.saddr) }) else {
-        return false;
-    };
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+fn source_is_endpoint(ctx: &TcContext, saddr: u32) -> bool {
     let Ok(smac) = ctx.load::<[u8; 6]>(6) else {
         return false;
     };
-    ep.ifindex == ifindex && ep.mac == smac
+    endpoint_matches(ctx, saddr, &smac)
 }
 
-/// The published port a packet is addressed to: a mapping bound to the
-/// destination address, or one bound to every address when the destination is
-/// one of the host's.
+/// Whether `addr` is the endpoint on this veth with MAC `mac`.
+#[inline(always)]
+fn endpoint_matches(ctx: &TcContext, addr: u32, mac: &[u8; 6]) -> bool {
+    let Some(ep) = (unsafe { ENDPOINTS.get(addr) }) else {
+        return false;
+    };
+    ep.ifindex == unsafe { (*ctx.skb.skb).ifindex } && ep.mac == *mac
+}
+
+/// The published port a packet opens a flow to: a mapping bound to the
+/// destination address, or one bound to every address when the destination
+/// is one of the host's. Only a first packet (a TCP SYN, a UDP datagram)
+/// matches: the host's own connections may use a published number as their
+/// local port, and their replies are not for the container.
 #[inline(always)]
 fn published(cfg: &Config, pkt: &Packet) -> Option<PortTarget> {
     if pkt.key.proto != IPPROTO_TCP && pkt.key.proto != IPPROTO_UDP {
+        return None;
+    }
+    if !conntrack::opens_flow(pkt) {
         return None;
     }
     let mut key = PortKey {
@@ -256,27 +444,37 @@ fn published(cfg: &Config, pkt: &Packet) -> Option<PortTarget> {
     unsafe { PORTS.get(key) }.copied()
 }
 
-/// New flow from a container to off-host: SNAT to the host's address. From the
-/// container's veth (`fast`), the packet is then sent straight out; from the
-/// uplink's egress it just continues.
+/// Where a new masqueraded flow is seen first.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum MasqueradeAt {
+    /// On the container's veth: routed and sent straight out from here.
+    ContainerVeth,
+    /// On the uplink's egress, after the kernel's stack routed it: it just
+    /// continues.
+    UplinkEgress,
+}
+
+/// New flow from a container to off-host: SNAT to the host's address.
 #[inline(always)]
-fn masquerade(ctx: &mut TcContext, cfg: &Config, pkt: &Packet, fast: bool) -> i32 {
-    let egress = if fast {
-        if pkt.ttl <= 1 {
-            return fwd::pass(stat::PASS_TTL);
+fn masquerade(ctx: &mut TcContext, cfg: &Config, pkt: &Packet, at: MasqueradeAt) -> Verdict {
+    let egress = match at {
+        MasqueradeAt::ContainerVeth => {
+            if pkt.ttl <= 1 {
+                return Verdict::pass(stat::PASS_TTL);
+            }
+            // Route before translating: what we can't send ourselves goes to
+            // the stack as the container sent it, and is translated on the
+            // uplink's egress.
+            let natted = FlowKey {
+                saddr: cfg.host_ip,
+                ..pkt.key
+            };
+            match fwd::route(ctx, &natted) {
+                Ok(egress) => Some(egress),
+                Err(reason) => return Verdict::pass(reason),
+            }
         }
-        // Route before translating: what we can't send ourselves goes to the
-        // stack as the container sent it.
-        let natted = FlowKey {
-            saddr: cfg.host_ip,
-            ..pkt.key
-        };
-        match fwd::route(ctx, &natted) {
-            Some(egress) => Some(egress),
-            None => return TC_ACT_OK as i32,
-        }
-    } else {
-        None
+        MasqueradeAt::UplinkEgress => None,
     };
     let flow = match conntrack::lookup(&pkt.key) {
         Some(flow) => flow,
@@ -288,40 +486,45 @@ fn masquerade(ctx: &mut TcContext, cfg: &Config, pkt: &Packet, fast: bool) -> i3
             pkt.key.dport,
             nat_kind::MASQUERADE,
         ) {
-            Some(flow) => flow,
-            None => return TC_ACT_SHOT as i32,
+            Ok(flow) => flow,
+            Err(reason) => return Verdict::drop(reason),
         },
     };
     let now = now_ns();
     if let Some(egress) = &egress {
         fwd::remember(&flow, egress, route_gen(), now);
     }
-    conntrack::update(&flow, pkt, now);
+    if let Err(reason) = conntrack::update(&flow, pkt, now) {
+        return Verdict::drop(reason);
+    }
     if nat::rewrite(ctx, pkt, &flow.target()).is_err() {
-        return drop(stat::DROP_MALFORMED);
+        return Verdict::drop(stat::DROP_MALFORMED);
     }
     match egress {
-        Some(egress) => fwd::send(ctx, cfg, pkt, &egress, true),
-        None => TC_ACT_OK as i32,
+        Some(egress) => fwd::send(ctx, cfg, pkt, &egress, Hop::Routed),
+        None => Verdict::pass(stat::PASS),
     }
 }
 
 /// A packet of a tracked flow: account it, translate it, send it on.
 #[inline(always)]
-fn forward_flow(ctx: &mut TcContext, cfg: &Config, pkt: &Packet, flow: &Flow) -> i32 {
+fn forward_flow(ctx: &mut TcContext, cfg: &Config, pkt: &Packet, flow: &Flow) -> Verdict {
     if pkt.ttl <= 1 {
-        return fwd::pass(stat::PASS_TTL);
+        return Verdict::pass(stat::PASS_TTL);
     }
     let target = flow.target();
     let now = now_ns();
-    let Some(egress) = fwd::route_flow(ctx, flow, &target, now) else {
-        return TC_ACT_OK as i32;
+    let egress = match fwd::route_flow(ctx, flow, &target, now) {
+        Ok(egress) => egress,
+        Err(reason) => return Verdict::pass(reason),
     };
-    conntrack::update(flow, pkt, now);
-    if nat::rewrite(ctx, pkt, &target).is_err() {
-        return drop(stat::DROP_MALFORMED);
+    if let Err(reason) = conntrack::update(flow, pkt, now) {
+        return Verdict::drop(reason);
     }
-    fwd::send(ctx, cfg, pkt, &egress, true)
+    if nat::rewrite(ctx, pkt, &target).is_err() {
+        return Verdict::drop(stat::DROP_MALFORMED);
+    }
+    fwd::send(ctx, cfg, pkt, &egress, Hop::Routed)
 }
 
 /// Rewrites an ICMP error: the quoted header to `quoted`, the outer addresses
@@ -334,33 +537,45 @@ fn rewrite_icmp_error(
     quoted: &FlowKey,
     outer: &FlowKey,
 ) -> csum::RewriteResult {
-    csum::set_quoted_addr(ctx, inner.l3, true, inner.key.saddr, quoted.saddr)?;
-    csum::set_quoted_addr(ctx, inner.l3, false, inner.key.daddr, quoted.daddr)?;
+    csum::set_quoted_addr(ctx, inner.l3, Side::Source, inner.key.saddr, quoted.saddr)?;
+    csum::set_quoted_addr(
+        ctx,
+        inner.l3,
+        Side::Destination,
+        inner.key.daddr,
+        quoted.daddr,
+    )?;
     if inner.l4_kind == L4::IcmpEcho {
         csum::set_quoted_port(ctx, pkt, inner.l4 + 4, inner.key.sport, quoted.sport)?;
     } else {
         csum::set_quoted_port(ctx, pkt, inner.l4, inner.key.sport, quoted.sport)?;
         csum::set_quoted_port(ctx, pkt, inner.l4 + 2, inner.key.dport, quoted.dport)?;
     }
-    csum::set_addr(ctx, pkt, true, pkt.key.saddr, outer.saddr)?;
-    csum::set_addr(ctx, pkt, false, pkt.key.daddr, outer.daddr)
+    csum::set_addr(ctx, pkt, Side::Source, pkt.key.saddr, outer.saddr)?;
+    csum::set_addr(ctx, pkt, Side::Destination, pkt.key.daddr, outer.daddr)
 }
 
 /// An ICMP error (unreachable, frag-needed, time exceeded) about a packet of a
 /// translated flow: translate the outer header towards the flow's endpoint and
 /// the quoted header back to what that endpoint sent, or PMTU discovery and
-/// error reporting break.
+/// error reporting break. An error about nothing we track is judged like any
+/// untracked packet.
 #[inline(always)]
-fn icmp_error(ctx: &mut TcContext, cfg: &Config, pkt: &Packet) -> i32 {
+fn icmp_error(ctx: &mut TcContext, cfg: &Config, pkt: &Packet, ingress: Ingress) -> Verdict {
     let inner = match parse::parse_inner(ctx, pkt.inner_l3) {
         Parsed::Ours(inner) => inner,
-        _ => return fwd::pass(stat::PASS_NOT_OURS),
+        _ => return untracked(cfg, ingress, pkt.key.daddr),
     };
     // The quoted packet went out; a packet coming back the other way would carry
     // the reversed tuple, and its translation is what the error needs.
     let Some(flow) = conntrack::lookup(&inner.key.reversed()) else {
-        return fwd::pass(stat::PASS_NOT_OURS);
+        return untracked(cfg, ingress, pkt.key.daddr);
     };
+    // Forwarded like any packet: one whose TTL runs out here is the
+    // kernel's (which sends no error about an error).
+    if pkt.ttl <= 1 {
+        return Verdict::pass(stat::PASS_TTL);
+    }
     let back = flow.target();
     let quoted = back.reversed();
     let outer = FlowKey {
@@ -374,12 +589,13 @@ fn icmp_error(ctx: &mut TcContext, cfg: &Config, pkt: &Packet) -> i32 {
         daddr: back.daddr,
         ..pkt.key
     };
-    let Some(egress) = fwd::route(ctx, &outer) else {
-        return TC_ACT_OK as i32;
+    let egress = match fwd::route(ctx, &outer) {
+        Ok(egress) => egress,
+        Err(reason) => return Verdict::pass(reason),
     };
     if rewrite_icmp_error(ctx, pkt, &inner, &quoted, &outer).is_err() {
-        return drop(stat::DROP_MALFORMED);
+        return Verdict::drop(stat::DROP_MALFORMED);
     }
-    count(stat::ICMP_ERROR_TRANSLATED);
-    fwd::send(ctx, cfg, pkt, &egress, true)
+    maps::count(stat::ICMP_ERROR_TRANSLATED);
+    fwd::send(ctx, cfg, pkt, &egress, Hop::Routed)
 }

@@ -5,9 +5,8 @@ use netpath_common::{Config, FlowKey, stat};
 
 use super::{
     conntrack::{self, CreateError, Flow},
-    csum::{self, RewriteResult},
+    csum::{self, RewriteResult, Side},
     ctx::Packet as Ctx,
-    maps::count,
     parse::{L4, Packet},
 };
 
@@ -17,11 +16,11 @@ const SNAT_PROBES: u32 = 16;
 /// Rewrites the packet from its tuple (`pkt.key`) to `target`.
 #[inline(always)]
 pub fn rewrite<C: Ctx>(ctx: &mut C, pkt: &Packet, target: &FlowKey) -> RewriteResult {
-    csum::set_addr(ctx, pkt, true, pkt.key.saddr, target.saddr)?;
-    csum::set_addr(ctx, pkt, false, pkt.key.daddr, target.daddr)?;
-    csum::set_port(ctx, pkt, true, pkt.key.sport, target.sport)?;
+    csum::set_addr(ctx, pkt, Side::Source, pkt.key.saddr, target.saddr)?;
+    csum::set_addr(ctx, pkt, Side::Destination, pkt.key.daddr, target.daddr)?;
+    csum::set_port(ctx, pkt, Side::Source, pkt.key.sport, target.sport)?;
     if pkt.l4_kind != L4::IcmpEcho {
-        csum::set_port(ctx, pkt, false, pkt.key.dport, target.dport)?;
+        csum::set_port(ctx, pkt, Side::Destination, pkt.key.dport, target.dport)?;
     }
     Ok(())
 }
@@ -29,6 +28,7 @@ pub fn rewrite<C: Ctx>(ctx: &mut C, pkt: &Packet, target: &FlowKey) -> RewriteRe
 /// Creates a flow whose source is translated to `nat_addr` and a port from the
 /// SNAT range, and whose destination is `(dst_addr, dst_port)` after any DNAT.
 /// Keeps the original source port when it lies in the range and is free.
+/// `Err(reason)`: no flow, the packet is dropped.
 #[inline(always)]
 pub fn create_snat_flow(
     cfg: &Config,
@@ -37,7 +37,7 @@ pub fn create_snat_flow(
     dst_addr: u32,
     dst_port: u16,
     nat_kind: u8,
-) -> Option<Flow> {
+) -> Result<Flow, u32> {
     let min = cfg.snat_port_min as u32;
     let span = (cfg.snat_port_max as u32).saturating_sub(min) + 1;
     let orig_port = u16::from_be(pkt.key.sport) as u32;
@@ -59,8 +59,8 @@ pub fn create_snat_flow(
             _pad: [0; 3],
         };
         match conntrack::create(&pkt.key, &reply, nat_kind, pkt) {
-            Ok(flow) => return Some(flow),
-            Err(CreateError::Full) => return None,
+            Ok(flow) => return Ok(flow),
+            Err(CreateError::Refused(reason)) => return Err(reason),
             Err(CreateError::ReplyTaken) => {
                 // Try the same port again once its finished holder is gone.
                 if !conntrack::reclaim_finished(&reply, pkt) {
@@ -69,14 +69,18 @@ pub fn create_snat_flow(
             }
         }
     }
-    count(stat::DROP_NO_SNAT_PORT);
-    None
+    Err(stat::DROP_NO_SNAT_PORT)
 }
 
 /// Creates a flow that only translates the destination (a published port
 /// reached from outside): the container sees the client's real address.
 #[inline(always)]
-pub fn create_dnat_flow(pkt: &Packet, dst_addr: u32, dst_port: u16, nat_kind: u8) -> Option<Flow> {
+pub fn create_dnat_flow(
+    pkt: &Packet,
+    dst_addr: u32,
+    dst_port: u16,
+    nat_kind: u8,
+) -> Result<Flow, u32> {
     let reply = FlowKey {
         saddr: dst_addr,
         daddr: pkt.key.saddr,
@@ -86,12 +90,9 @@ pub fn create_dnat_flow(pkt: &Packet, dst_addr: u32, dst_port: u16, nat_kind: u8
         _pad: [0; 3],
     };
     match conntrack::create(&pkt.key, &reply, nat_kind, pkt) {
-        Ok(flow) => Some(flow),
-        Err(CreateError::ReplyTaken) => {
-            // Another flow already answers from that tuple: not ours to steal.
-            count(stat::DROP_NO_SNAT_PORT);
-            None
-        }
-        Err(CreateError::Full) => None,
+        Ok(flow) => Ok(flow),
+        // Another flow already answers from that tuple: not ours to steal.
+        Err(CreateError::ReplyTaken) => Err(stat::DROP_NO_SNAT_PORT),
+        Err(CreateError::Refused(reason)) => Err(reason),
     }
 }

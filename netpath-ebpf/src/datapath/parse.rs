@@ -1,11 +1,14 @@
 //! Packet parsing: Ethernet, IPv4 and the L4 fields the datapath needs.
-//! Anything we can't vouch for comes back as `Parsed::NotOurs` (pass) or
-//! `Parsed::Malformed` (drop, counted) — never a half-understood packet.
+//! Anything we can't translate comes back as `Parsed::OtherIpv4` (with its
+//! addresses, which every IPv4 packet is checked on), `Parsed::Arp`,
+//! `Parsed::OtherL2` or
+//! `Parsed::Malformed` — never a half-understood packet.
 use super::ctx::Packet as Ctx;
 use netpath_common::{FlowKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
 pub const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
+const ETH_P_ARP: u16 = 0x0806;
 
 pub const ICMP_ECHO_REPLY: u8 = 0;
 pub const ICMP_DEST_UNREACH: u8 = 3;
@@ -42,14 +45,42 @@ pub struct Packet {
     pub inner_l3: usize,
     /// Bytes on the wire, for the flow counters.
     pub len: u32,
+    /// TCP only (host order): sequence and acknowledgement numbers, the raw
+    /// (unscaled) window, and the sequence space the segment takes (payload,
+    /// plus one for SYN and for FIN). For window tracking.
+    pub tcp_seq: u32,
+    pub tcp_ack: u32,
+    pub tcp_window: u16,
+    pub tcp_seq_len: u32,
+    /// A fragment (`Parsed::OtherIpv4` only): its L4 header is elsewhere, or
+    /// not all here.
+    pub fragment: bool,
 }
 
 pub enum Parsed {
+    /// TCP, UDP or an ICMP message we translate.
     Ours(Packet),
-    NotOurs,
+    /// IPv4 we don't translate: another protocol, an ICMP type we leave alone,
+    /// or a fragment. Only the addresses, protocol, TTL and `fragment` are
+    /// set. A `Packet` like `Ours`'s: variants whose payloads differ in
+    /// layout compile to registers the verifier finds uninitialised on one
+    /// path.
+    OtherIpv4(Packet),
+    /// ARP.
+    Arp,
+    /// Neither IPv4 nor ARP (IPv6, a VLAN tag, anything else). No payload:
+    /// an enum payload some variants leave unset compiles to a register the
+    /// verifier rejects as uninitialised.
+    OtherL2,
     Malformed,
-    /// A fragment: its L4 header is elsewhere (or not all here).
-    Fragment,
+}
+
+/// Which IPv4 header is parsed: a packet's own, or the one an ICMP error
+/// quotes (cut short by design, and never itself an error we translate).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Header {
+    Outer,
+    Quoted,
 }
 
 #[repr(C)]
@@ -69,7 +100,7 @@ struct Ipv4Fixed {
 
 /// Parses an IPv4 header at `l3` and the L4 ports after it.
 #[inline(always)]
-fn parse_ipv4<C: Ctx>(ctx: &C, l3: usize, inner: bool) -> Parsed {
+fn parse_ipv4<C: Ctx>(ctx: &C, l3: usize, header: Header) -> Parsed {
     let Ok(ip) = ctx.load::<Ipv4Fixed>(l3) else {
         return Parsed::Malformed;
     };
@@ -82,13 +113,8 @@ fn parse_ipv4<C: Ctx>(ctx: &C, l3: usize, inner: bool) -> Parsed {
     }
     let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
     // A quoted packet is cut short by design; ours must be whole.
-    if tot_len < ihl || (!inner && (ctx.len() as usize) < l3 + tot_len) {
+    if tot_len < ihl || (header == Header::Outer && (ctx.len() as usize) < l3 + tot_len) {
         return Parsed::Malformed;
-    }
-    let frags = u16::from_be_bytes(ip.frags);
-    // More-fragments set, or a non-zero offset.
-    if frags & 0x3fff != 0 {
-        return Parsed::Fragment;
     }
     let l4 = l3 + ihl;
     let mut pkt = Packet {
@@ -106,7 +132,18 @@ fn parse_ipv4<C: Ctx>(ctx: &C, l3: usize, inner: bool) -> Parsed {
         icmp_type: 0,
         inner_l3: 0,
         len: ctx.len(),
+        tcp_seq: 0,
+        tcp_ack: 0,
+        tcp_window: 0,
+        tcp_seq_len: 0,
+        fragment: false,
     };
+    let frags = u16::from_be_bytes(ip.frags);
+    // More-fragments set, or a non-zero offset.
+    if frags & 0x3fff != 0 {
+        pkt.fragment = true;
+        return Parsed::OtherIpv4(pkt);
+    }
     match ip.proto {
         IPPROTO_TCP => {
             // Ports, and the flags byte at offset 13.
@@ -115,13 +152,22 @@ fn parse_ipv4<C: Ctx>(ctx: &C, l3: usize, inner: bool) -> Parsed {
             };
             pkt.key.sport = ports[0];
             pkt.key.dport = ports[1];
-            if !inner {
-                // Data offset and flags as one 2-byte read: a 1-byte
-                // bounds check compiles to a form the verifier rejects.
-                let Ok([_, flags]) = ctx.load::<[u8; 2]>(l4 + 12) else {
+            if header == Header::Outer {
+                let Ok(tcp) = ctx.load::<TcpFixed>(l4) else {
                     return Parsed::Malformed;
                 };
+                let doff = ((tcp.doff_flags[0] >> 4) as usize) * 4;
+                if doff < 20 || ihl + doff > tot_len {
+                    return Parsed::Malformed;
+                }
+                let flags = tcp.doff_flags[1];
                 pkt.tcp_flags = flags;
+                pkt.tcp_seq = u32::from_be_bytes(tcp.seq);
+                pkt.tcp_ack = u32::from_be_bytes(tcp.ack);
+                pkt.tcp_window = u16::from_be_bytes(tcp.window);
+                pkt.tcp_seq_len = (tot_len - ihl - doff) as u32
+                    + (flags & TCP_SYN != 0) as u32
+                    + (flags & TCP_FIN != 0) as u32;
             }
         }
         IPPROTO_UDP => {
@@ -144,33 +190,46 @@ fn parse_ipv4<C: Ctx>(ctx: &C, l3: usize, inner: bool) -> Parsed {
                     pkt.key.dport = id;
                     pkt.l4_kind = L4::IcmpEcho;
                 }
-                ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED if !inner => {
+                ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED if header == Header::Outer => {
                     pkt.l4_kind = L4::IcmpError;
                     pkt.inner_l3 = l4 + 8;
                 }
-                _ => return Parsed::NotOurs,
+                _ => return Parsed::OtherIpv4(pkt),
             }
         }
-        _ => return Parsed::NotOurs,
+        _ => return Parsed::OtherIpv4(pkt),
     }
     Parsed::Ours(pkt)
+}
+
+/// The TCP header up to the window.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct TcpFixed {
+    ports: [u8; 4],
+    seq: [u8; 4],
+    ack: [u8; 4],
+    doff_flags: [u8; 2],
+    window: [u8; 2],
 }
 
 /// Parses an Ethernet frame carrying IPv4.
 #[inline(always)]
 pub fn parse<C: Ctx>(ctx: &C) -> Parsed {
     let Ok(proto) = ctx.load::<u16>(12) else {
-        return Parsed::NotOurs;
+        return Parsed::Malformed;
     };
-    if u16::from_be(proto) != ETH_P_IP {
-        return Parsed::NotOurs;
+    match u16::from_be(proto) {
+        ETH_P_IP => {}
+        ETH_P_ARP => return Parsed::Arp,
+        _ => return Parsed::OtherL2,
     }
-    parse_ipv4(ctx, ETH_HLEN, false)
+    parse_ipv4(ctx, ETH_HLEN, Header::Outer)
 }
 
 /// Parses the packet an ICMP error quotes (only the first 8 L4 bytes need be
 /// there, as RFC 792 promises). Errors about errors are not ours.
 #[inline(always)]
 pub fn parse_inner<C: Ctx>(ctx: &C, inner_l3: usize) -> Parsed {
-    parse_ipv4(ctx, inner_l3, true)
+    parse_ipv4(ctx, inner_l3, Header::Quoted)
 }
