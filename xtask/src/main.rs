@@ -65,6 +65,10 @@ enum Cmd {
         /// netpath-tc, netpath-xdp) [default: all].
         #[arg(long, value_delimiter = ',')]
         modes: Vec<String>,
+        /// Only the program cost (BPF_PROG_TEST_RUN), printed; no topology,
+        /// no report files.
+        #[arg(long, conflicts_with_all = ["rounds", "modes"])]
+        prog_cost_only: bool,
     },
     /// The test suite in qemu on Debian's cloud kernels. ARGS go to every
     /// test binary in the VMs.
@@ -115,9 +119,14 @@ fn real_main() -> Result<ExitCode> {
             quick,
             rounds,
             modes,
+            prog_cost_only,
         } => {
             require_root("bench")?;
-            bench::run(quick, rounds, &modes)?;
+            if prog_cost_only {
+                bench::run_prog_cost_only(quick)?;
+            } else {
+                bench::run(quick, rounds, &modes)?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::VmTest { kernel, args } => {

@@ -29,6 +29,23 @@ use crate::util::{cargo, in_path};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
+/// `cargo xtask bench --prog-cost-only`: the program cost alone (no
+/// topology, no traffic tools), printed; a quick check of a datapath change.
+pub fn run_prog_cost_only(quick: bool) -> Result<()> {
+    let plan = Plan::new(quick, None);
+    let (_, object) = build_release()?;
+    let scratch = std::env::temp_dir().join(format!("npbench-{}", crate::util::short_suffix()));
+    std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
+    println!(
+        "bench: program cost (BPF_PROG_TEST_RUN, {} runs per case)",
+        plan.prog_iters
+    );
+    let prog = progcost::measure(&object, plan.prog_iters, &scratch);
+    let _ = std::fs::remove_dir_all(&scratch);
+    print!("{}", report::prog_cost_table(&prog?, plan.prog_iters));
+    Ok(())
+}
+
 /// How long and how often.
 #[derive(Clone, Debug)]
 pub struct Plan {
