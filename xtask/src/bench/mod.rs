@@ -34,15 +34,12 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 pub fn run_prog_cost_only(quick: bool) -> Result<()> {
     let plan = Plan::new(quick, None);
     let (_, object) = build_release()?;
-    let scratch = std::env::temp_dir().join(format!("npbench-{}", crate::util::short_suffix()));
-    std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
     println!(
         "bench: program cost (BPF_PROG_TEST_RUN, {} runs per case)",
         plan.prog_iters
     );
-    let prog = progcost::measure(&object, plan.prog_iters, &scratch);
-    let _ = std::fs::remove_dir_all(&scratch);
-    print!("{}", report::prog_cost_table(&prog?, plan.prog_iters));
+    let prog = progcost::measure(&object, plan.prog_iters)?;
+    print!("{}", report::prog_cost_table(&prog, plan.prog_iters));
     Ok(())
 }
 
@@ -161,7 +158,7 @@ pub fn run(quick: bool, rounds: Option<usize>, only: &[String]) -> Result<()> {
         "bench: program cost (BPF_PROG_TEST_RUN, {} runs per case)",
         plan.prog_iters
     );
-    let prog = progcost::measure(&object, plan.prog_iters, &lab.scratch).unwrap_or_else(|e| {
+    let prog = progcost::measure(&object, plan.prog_iters).unwrap_or_else(|e| {
         let msg = format!("program cost: {e:#}");
         eprintln!("bench: FAILED {msg}");
         results.errors.push(msg);
