@@ -165,10 +165,7 @@ pub fn run(quick: bool, rounds: Option<usize>, only: &[String]) -> Result<()> {
         Value::Null
     });
     drop(lab);
-    let out_dir = crate::profile_dir(false)
-        .parent()
-        .map(|p| p.join("bench"))
-        .context("no target directory")?;
+    let out_dir = crate::target_dir().join("bench");
     report::write(&out_dir, &plan, &results, &prog, started.elapsed())?;
     if !results.errors.is_empty() {
         bail!(
