@@ -40,3 +40,4 @@ pub fn require_root() {
     );
 }
 pub mod packet;
+pub mod testrun;

@@ -98,8 +98,9 @@ impl Drop for Netns {
 }
 
 /// SIGKILLs every process (except this one) whose network namespace is the
-/// named netns under /run/netns. Only for namespaces the tests created: every
-/// process in them was started by a test. Returns how many were signalled.
+/// named netns under /run/netns. Only for namespaces the caller created (the
+/// tests, xtask's demo): every process in them was started by the caller.
+/// Returns how many were signalled.
 pub fn kill_netns_processes(name: &str) -> usize {
     let Ok(target) = std::fs::metadata(PathBuf::from("/run/netns").join(name)) else {
         return 0;

@@ -135,6 +135,11 @@ impl Frame {
         self
     }
 
+    pub fn payload(mut self, payload: &[u8]) -> Self {
+        self.payload = payload.to_vec();
+        self
+    }
+
     /// The IPv4 packet (no Ethernet header), checksums valid.
     pub fn ip_bytes(&self) -> Vec<u8> {
         let mut l4 = match &self.l4 {
@@ -231,6 +236,20 @@ impl Frame {
         f.extend_from_slice(&self.ip_bytes());
         f
     }
+}
+
+/// A broadcast ARP request: who has `target_ip`, tell `sender_ip`.
+pub fn arp_request(sender_mac: [u8; 6], sender_ip: Ipv4Addr, target_ip: Ipv4Addr) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&sender_mac);
+    f.extend_from_slice(&0x0806u16.to_be_bytes());
+    // Ethernet, IPv4, address lengths 6 and 4, request.
+    f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    f.extend_from_slice(&sender_mac);
+    f.extend_from_slice(&sender_ip.octets());
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&target_ip.octets());
+    f
 }
 
 /// A parsed view of an output frame, for assertions.

@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use crate::util::{
-    cgroup2_mount, describe, kill_netns_processes, output_ok, short_suffix, status_ok,
-};
+use netpath_tests::{cgroup2_mount, kill_netns_processes};
+
+use crate::util::{describe, output_ok, short_suffix, status_ok};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 

@@ -1,7 +1,8 @@
-//! Developer tasks: `cargo xtask build | run | test | demo | bench | vm-test`.
+//! Developer tasks: `cargo xtask build | run | clippy | test | demo | bench | vm-test`.
 
 mod bench;
 mod demo;
+mod lint;
 mod util;
 mod vm;
 
@@ -34,14 +35,21 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Build netpath, run its unit tests and the end-to-end tests (root).
-    /// ARGS go to the end-to-end test binaries (filters, --nocapture, ...).
+    /// Clippy with -D warnings on the host workspace and on netpath-ebpf
+    /// for the bpf target (nightly, as netpath's build script builds it).
+    Clippy,
+    /// Lint (as `clippy`), build netpath, run its unit tests and the
+    /// end-to-end tests (root). ARGS go to the end-to-end test binaries
+    /// (filters, --nocapture, ...).
     Test {
         #[arg(long)]
         release: bool,
         /// Skip `cargo test -p netpath`.
         #[arg(long)]
         no_unit: bool,
+        /// Skip the clippy step.
+        #[arg(long)]
+        no_lint: bool,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -65,6 +73,10 @@ enum Cmd {
         /// netpath-tc, netpath-xdp) [default: all].
         #[arg(long, value_delimiter = ',')]
         modes: Vec<String>,
+        /// Only the program cost (BPF_PROG_TEST_RUN), printed; no topology,
+        /// no report files.
+        #[arg(long, conflicts_with_all = ["rounds", "modes"])]
+        prog_cost_only: bool,
     },
     /// The test suite in qemu on Debian's cloud kernels. ARGS go to every
     /// test binary in the VMs.
@@ -96,11 +108,13 @@ fn real_main() -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Run { release, args } => run(release, &args),
+        Cmd::Clippy => Ok(summary("clippy", &lint::clippy())),
         Cmd::Test {
             release,
             no_unit,
+            no_lint,
             args,
-        } => test(release, no_unit, &args),
+        } => test(release, no_unit, no_lint, &args),
         Cmd::Demo { release } => {
             require_root("demo")?;
             // NETPATH_BIN: demo a netpath built elsewhere (no build here).
@@ -115,9 +129,14 @@ fn real_main() -> Result<ExitCode> {
             quick,
             rounds,
             modes,
+            prog_cost_only,
         } => {
             require_root("bench")?;
-            bench::run(quick, rounds, &modes)?;
+            if prog_cost_only {
+                bench::run_prog_cost_only(quick)?;
+            } else {
+                bench::run(quick, rounds, &modes)?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::VmTest { kernel, args } => {
@@ -136,16 +155,20 @@ fn require_root(what: &str) -> Result<()> {
     Ok(())
 }
 
-fn profile_dir(release: bool) -> PathBuf {
+/// cargo's target directory: `$CARGO_TARGET_DIR` or `target/`.
+fn target_dir() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"));
-    let target = if target.is_relative() {
+    if target.is_relative() {
         workspace_root().join(target)
     } else {
         target
-    };
-    target.join(if release { "release" } else { "debug" })
+    }
+}
+
+fn profile_dir(release: bool) -> PathBuf {
+    target_dir().join(if release { "release" } else { "debug" })
 }
 
 /// `cargo build -p netpath`; returns the binary's path.
@@ -190,10 +213,11 @@ fn exit_code(status: std::process::ExitStatus) -> ExitCode {
     }
 }
 
-fn test(release: bool, no_unit: bool, args: &[String]) -> Result<ExitCode> {
+fn test(release: bool, no_unit: bool, no_lint: bool, args: &[String]) -> Result<ExitCode> {
     require_root("test")?;
+    // A lint failure is reported with the test results, not instead of them.
+    let mut results = if no_lint { Vec::new() } else { lint::clippy() };
     let bin = build(release)?;
-    let mut results: Vec<(&str, bool)> = Vec::new();
 
     if !no_unit {
         println!("xtask: unit tests (cargo test -p netpath)");
@@ -220,17 +244,23 @@ fn test(release: bool, no_unit: bool, args: &[String]) -> Result<ExitCode> {
     cmd.env("NETPATH_BIN", &bin);
     results.push(("end-to-end (netpath-tests)", status_ok(&mut cmd).is_ok()));
 
+    Ok(summary("test", &results))
+}
+
+/// Prints each step's outcome; failure if any step failed.
+fn summary(task: &str, results: &[(&str, bool)]) -> ExitCode {
     println!();
-    let mut all = true;
-    for (name, ok) in &results {
-        println!("xtask test: {name}: {}", if *ok { "ok" } else { "FAILED" });
-        all &= ok;
+    for (name, ok) in results {
+        println!(
+            "xtask {task}: {name}: {}",
+            if *ok { "ok" } else { "FAILED" }
+        );
     }
-    if all {
-        println!("xtask test: all passed");
-        Ok(ExitCode::SUCCESS)
+    if results.iter().all(|(_, ok)| *ok) {
+        println!("xtask {task}: all passed");
+        ExitCode::SUCCESS
     } else {
-        println!("xtask test: FAILED");
-        Ok(ExitCode::FAILURE)
+        println!("xtask {task}: FAILED");
+        ExitCode::FAILURE
     }
 }

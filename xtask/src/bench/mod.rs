@@ -29,6 +29,20 @@ use crate::util::{cargo, in_path};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
+/// `cargo xtask bench --prog-cost-only`: the program cost alone (no
+/// topology, no traffic tools), printed; a quick check of a datapath change.
+pub fn run_prog_cost_only(quick: bool) -> Result<()> {
+    let plan = Plan::new(quick, None);
+    let (_, object) = build_release()?;
+    println!(
+        "bench: program cost (BPF_PROG_TEST_RUN, {} runs per case)",
+        plan.prog_iters
+    );
+    let prog = progcost::measure(&object, plan.prog_iters)?;
+    print!("{}", report::prog_cost_table(&prog, plan.prog_iters));
+    Ok(())
+}
+
 /// How long and how often.
 #[derive(Clone, Debug)]
 pub struct Plan {
@@ -144,17 +158,14 @@ pub fn run(quick: bool, rounds: Option<usize>, only: &[String]) -> Result<()> {
         "bench: program cost (BPF_PROG_TEST_RUN, {} runs per case)",
         plan.prog_iters
     );
-    let prog = progcost::measure(&object, plan.prog_iters, &lab.scratch).unwrap_or_else(|e| {
+    let prog = progcost::measure(&object, plan.prog_iters).unwrap_or_else(|e| {
         let msg = format!("program cost: {e:#}");
         eprintln!("bench: FAILED {msg}");
         results.errors.push(msg);
         Value::Null
     });
     drop(lab);
-    let out_dir = crate::profile_dir(false)
-        .parent()
-        .map(|p| p.join("bench"))
-        .context("no target directory")?;
+    let out_dir = crate::target_dir().join("bench");
     report::write(&out_dir, &plan, &results, &prog, started.elapsed())?;
     if !results.errors.is_empty() {
         bail!(

@@ -127,6 +127,32 @@ const RATIOS: [(&str, &str); 4] = [
     ("netpath-xdp", "route"),
 ];
 
+/// The program-cost rows ([`super::progcost::measure`]) as a markdown table;
+/// empty if they are missing (the measurement failed).
+pub fn prog_cost_table(prog: &Value, iters: usize) -> String {
+    let mut md = String::new();
+    if let Value::Array(rows) = prog {
+        let _ = writeln!(
+            md,
+            "Program cost (BPF_PROG_TEST_RUN, median of {iters} runs, repeat=1 each, fresh frame per run):\n"
+        );
+        let _ = writeln!(
+            md,
+            "| program / path | ns/packet | minus no-op |\n|---|---:|---:|"
+        );
+        for r in rows {
+            let _ = writeln!(
+                md,
+                "| {} | {:.0} | {:.0} |",
+                r["case"].as_str().unwrap_or("?"),
+                r["ns"].as_f64().unwrap_or(f64::NAN),
+                r["ns_over_noop"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
+    }
+    md
+}
+
 pub fn write(dir: &Path, plan: &Plan, res: &Results, prog: &Value, took: Duration) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let machine = machine();
@@ -207,26 +233,7 @@ pub fn write(dir: &Path, plan: &Plan, res: &Results, prog: &Value, took: Duratio
         );
     }
     let _ = writeln!(md);
-    if let Value::Array(rows) = prog {
-        let _ = writeln!(
-            md,
-            "Program cost (BPF_PROG_TEST_RUN, median of {} runs, repeat=1 each, fresh frame per run):\n",
-            plan.prog_iters
-        );
-        let _ = writeln!(
-            md,
-            "| program / path | ns/packet | minus no-op |\n|---|---:|---:|"
-        );
-        for r in rows {
-            let _ = writeln!(
-                md,
-                "| {} | {:.0} | {:.0} |",
-                r["case"].as_str().unwrap_or("?"),
-                r["ns"].as_f64().unwrap_or(f64::NAN),
-                r["ns_over_noop"].as_f64().unwrap_or(f64::NAN)
-            );
-        }
-    }
+    md.push_str(&prog_cost_table(prog, plan.prog_iters));
     if !res.errors.is_empty() {
         let _ = writeln!(md, "\nFailures:\n");
         for e in &res.errors {

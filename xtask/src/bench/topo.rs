@@ -14,9 +14,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use netpath_tests::cgroup2_mount;
 
 use super::exec::{Proc, in_ns, run_bounded, wait_tcp};
-use crate::util::{cgroup2_mount, short_suffix};
+use crate::util::short_suffix;
 
 pub const HOST_IP: &str = "198.18.0.1";
 pub const CLIENT_IP: &str = "198.18.0.2";
