@@ -4,7 +4,7 @@
 //! written plainly (a lost update only delays a transition by one packet).
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32};
+use aya_ebpf::bindings::BPF_NOEXIST;
 use netpath_common::{
     DIR_ORIGINAL, DIR_REPLY, EVENT_CLOSED, EVENT_OPENED, FLOW_FIN_ORIGINAL, FLOW_FIN_REPLY,
     FLOW_REPLY_SEQ_KNOWN, FLOW_SEEN_REPLY, FlowEntry, FlowEvent, FlowKey, IPPROTO_TCP, stat,
@@ -12,7 +12,10 @@ use netpath_common::{
 };
 
 use super::{
-    maps::{CONNTRACK, CT_RECENT, CT_RECENT_SLOTS, CT_REPLY, EVENTS, count, now_ns, scratch},
+    maps::{
+        CONNTRACK, CT_RECENT, CT_RECENT_NEXT, CT_RECENT_SLOTS, CT_REPLY, EVENTS, count, now_ns,
+        scratch,
+    },
     parse::{ICMP_ECHO_REQUEST, L4, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
@@ -72,6 +75,8 @@ const E2BIG: i32 = 7;
 pub enum CreateError {
     /// The reply tuple is taken: try another NAT port.
     ReplyTaken,
+    /// The table is full: [`early_drop`] may make room for one more try.
+    Full,
     /// No flow: the packet is dropped, counted under the reason.
     Refused(u32),
 }
@@ -91,7 +96,6 @@ pub fn opens_flow(pkt: &Packet) -> bool {
 
 /// Creates a flow, claiming its reply tuple first (which is how NAT ports are
 /// reserved). If another CPU created the same flow meanwhile, returns that one.
-/// A full table makes room by dropping an unassured flow (early drop).
 #[inline(always)]
 pub fn create(
     orig: &FlowKey,
@@ -123,11 +127,7 @@ pub fn create(
         ..FlowEntry::default()
     };
     let entry: &FlowEntry = entry;
-    let mut inserted = CONNTRACK.insert(orig, entry, BPF_NOEXIST as u64);
-    if matches!(inserted, Err(e) if e == -E2BIG) && early_drop() {
-        inserted = CONNTRACK.insert(orig, entry, BPF_NOEXIST as u64);
-    }
-    if inserted.is_err() {
+    if CONNTRACK.insert(orig, entry, BPF_NOEXIST as u64).is_err() {
         // Lost a race for the same flow, or the table is full: give the reply
         // tuple back, then use whoever won.
         let _ = CT_REPLY.remove(reply);
@@ -154,16 +154,14 @@ pub fn create(
     }
 }
 
-/// Claims `reply` for `orig` in `CT_REPLY`, making room if the map is full.
+/// Claims `reply` for `orig` in `CT_REPLY`. The two maps hold one entry per
+/// flow each, so this is where a full table shows.
 #[inline(always)]
 fn claim_reply(reply: &FlowKey, orig: &FlowKey) -> Result<(), CreateError> {
-    let mut claimed = CT_REPLY.insert(reply, orig, BPF_NOEXIST as u64);
-    if matches!(claimed, Err(e) if e == -E2BIG) && early_drop() {
-        claimed = CT_REPLY.insert(reply, orig, BPF_NOEXIST as u64);
-    }
-    match claimed {
+    match CT_REPLY.insert(reply, orig, BPF_NOEXIST as u64) {
         Ok(()) => Ok(()),
         Err(e) if e == -EEXIST => Err(CreateError::ReplyTaken),
+        Err(e) if e == -E2BIG => Err(CreateError::Full),
         Err(_) => Err(CreateError::Refused(stat::DROP_CT_FULL)),
     }
 }
@@ -181,44 +179,66 @@ fn unassured(orig: &FlowKey, entry: &FlowEntry) -> bool {
 
 /// Notes a new flow as a candidate for [`early_drop`]. New flows are all
 /// unassured; most become assured within a round trip and are skipped when
-/// probed. Written at a random slot: racing writers only replace one
-/// candidate with another, and a torn key finds no flow.
+/// probed. The cursor is advanced without an atomic (5.10 has no fetching
+/// one): racing CPUs may write the same slot, which only loses a hint, and a
+/// torn key finds no flow.
 #[inline(always)]
 fn remember_unassured(orig: &FlowKey) {
-    let slot = unsafe { bpf_get_prandom_u32() } % CT_RECENT_SLOTS;
-    if let Some(candidate) = CT_RECENT.get_ptr_mut(slot) {
+    let Some(next) = CT_RECENT_NEXT.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: a live array slot.
+    let slot = unsafe {
+        let slot = *next;
+        *next = slot.wrapping_add(1);
+        slot
+    };
+    if let Some(candidate) = CT_RECENT.get_ptr_mut(slot % CT_RECENT_SLOTS) {
         // SAFETY: a live array slot.
         unsafe { *candidate = *orig };
     }
 }
 
-/// Random probes of `CT_RECENT` for a flow to drop from a full table.
+/// How many of the most recent flows [`early_drop`] looks at.
 const EARLY_DROP_PROBES: u32 = 8;
 
 /// nf_conntrack's early_drop: removes one unassured flow (both its keys) so
-/// that a new flow fits into a full table. A flood of forged first packets
-/// fills `CT_RECENT` with its own unassured flows, which is what goes first;
-/// established flows stay. Returns whether a flow was removed.
+/// that a new flow fits into a full table, newest first. A flood of forged
+/// first packets is what fills the ring of recent flows, and its unanswered
+/// or half-open flows are what goes; established flows stay. Returns
+/// whether a flow was removed. Callers try it at most once per packet.
 #[inline(always)]
-fn early_drop() -> bool {
-    for _ in 0..EARLY_DROP_PROBES {
-        let slot = unsafe { bpf_get_prandom_u32() } % CT_RECENT_SLOTS;
-        let Some(candidate) = CT_RECENT.get(slot) else {
-            continue;
-        };
-        let orig = *candidate;
-        let Some(entry) = CONNTRACK.get_ptr(orig) else {
-            continue;
-        };
-        // SAFETY: entry points into a live map value.
-        let (reply, droppable) = unsafe { ((*entry).reply, unassured(&orig, &*entry)) };
-        if droppable && CONNTRACK.remove(orig).is_ok() {
-            let _ = CT_REPLY.remove(reply);
+pub fn early_drop() -> bool {
+    let newest = CT_RECENT_NEXT.get(0).copied().unwrap_or(0);
+    for i in 1..=EARLY_DROP_PROBES {
+        if drop_if_unassured(newest.wrapping_sub(i) % CT_RECENT_SLOTS) {
             count(stat::CT_EARLY_DROP);
             return true;
         }
     }
     false
+}
+
+/// One probe of [`early_drop`]: drops the flow in `CT_RECENT[slot]` if it is
+/// still there and unassured. Not inlined: its branches end in its own
+/// frame, so the verifier sees each probe return only a bool, and the probes
+/// add up instead of multiplying.
+#[inline(never)]
+fn drop_if_unassured(slot: u32) -> bool {
+    let Some(candidate) = CT_RECENT.get(slot) else {
+        return false;
+    };
+    let orig = *candidate;
+    let Some(entry) = CONNTRACK.get_ptr(orig) else {
+        return false;
+    };
+    // SAFETY: entry points into a live map value.
+    let (reply, droppable) = unsafe { ((*entry).reply, unassured(&orig, &*entry)) };
+    if !droppable || CONNTRACK.remove(orig).is_err() {
+        return false;
+    }
+    let _ = CT_REPLY.remove(reply);
+    true
 }
 
 /// How long a Linux peer keeps a closed connection's tuple in TIME_WAIT

@@ -44,11 +44,16 @@ pub static SOCK_REVNAT: LruHashMap<SockRevNatKey, SockRevNatValue, 65536> = LruH
 /// Slots of `CT_RECENT`.
 pub const CT_RECENT_SLOTS: u32 = 1024;
 
-/// Recently created flows (original tuples), the candidates a full table
-/// gives up for a new flow (see `conntrack::early_drop`). Not pinned: a
-/// cache of hints that a reload may lose.
+/// The most recently created flows (original tuples), a ring written at
+/// `CT_RECENT_NEXT`: the candidates a full table gives up for a new flow
+/// (see `conntrack::early_drop`). Neither is pinned: hints a reload may
+/// lose.
 #[btf_map]
 pub static CT_RECENT: Array<FlowKey, { CT_RECENT_SLOTS as usize }> = Array::new();
+
+/// The next slot of `CT_RECENT` to write, the single element.
+#[btf_map]
+pub static CT_RECENT_NEXT: Array<u32, 1> = Array::new();
 
 /// The route generation (see `NextHop`), the single element; never 0 once
 /// loaded.

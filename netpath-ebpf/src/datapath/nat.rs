@@ -47,6 +47,7 @@ pub fn create_snat_flow(
         min + unsafe { bpf_get_prandom_u32() } % span
     };
     let is_echo = pkt.l4_kind == L4::IcmpEcho;
+    let mut made_room = false;
     for _ in 0..SNAT_PROBES {
         let port = (candidate as u16).to_be();
         let reply = FlowKey {
@@ -61,6 +62,13 @@ pub fn create_snat_flow(
         match conntrack::create(&pkt.key, &reply, nat_kind, pkt) {
             Ok(flow) => return Ok(flow),
             Err(CreateError::Refused(reason)) => return Err(reason),
+            // Full: one early drop, then the same port again.
+            Err(CreateError::Full) => {
+                if made_room || !conntrack::early_drop() {
+                    return Err(stat::DROP_CT_FULL);
+                }
+                made_room = true;
+            }
             Err(CreateError::ReplyTaken) => {
                 // Try the same port again once its finished holder is gone.
                 if !conntrack::reclaim_finished(&reply, pkt) {
@@ -89,10 +97,15 @@ pub fn create_dnat_flow(
         proto: pkt.key.proto,
         _pad: [0; 3],
     };
-    match conntrack::create(&pkt.key, &reply, nat_kind, pkt) {
+    let mut created = conntrack::create(&pkt.key, &reply, nat_kind, pkt);
+    if matches!(created, Err(CreateError::Full)) && conntrack::early_drop() {
+        created = conntrack::create(&pkt.key, &reply, nat_kind, pkt);
+    }
+    match created {
         Ok(flow) => Ok(flow),
         // Another flow already answers from that tuple: not ours to steal.
         Err(CreateError::ReplyTaken) => Err(stat::DROP_NO_SNAT_PORT),
+        Err(CreateError::Full) => Err(stat::DROP_CT_FULL),
         Err(CreateError::Refused(reason)) => Err(reason),
     }
 }

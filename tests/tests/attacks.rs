@@ -1,0 +1,521 @@
+//! Attacks that a host with iptables + nf_conntrack withstands, tried on
+//! netpath from a namespace that plays the attacker (the outside, or a
+//! container) with forged frames. Each test asserts that the attack fails,
+//! that the datapath counts what it refused, and that legitimate traffic
+//! keeps flowing. Every frame stays between the test's own namespaces.
+use std::io::{BufRead, BufReader, Write};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Stdio};
+use std::time::{Duration, Instant};
+
+use netpath_tests::inject::{mac_of, send_frames};
+use netpath_tests::packet::{Frame, L4, TCP_ACK, TCP_RST, TCP_SYN, checksum};
+use netpath_tests::{Lab, Server, curl, http_source, ping, udp_request_from, udp_source};
+
+/// Each scenario on the uplink runs with its translations in TC and in XDP.
+macro_rules! with_each_accel {
+    ($($scenario:ident),* $(,)?) => {
+        mod tc {
+            $(#[test] fn $scenario() { super::$scenario("tc") })*
+        }
+        mod xdp {
+            $(#[test] fn $scenario() { super::$scenario("xdp") })*
+        }
+    };
+}
+
+with_each_accel!(
+    a_host_routing_into_the_container_network_reaches_nothing,
+    a_port_published_on_loopback_is_unreachable_from_the_wire_and_from_containers,
+    sources_that_cannot_come_from_outside_are_dropped,
+);
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().expect("an IPv4 address")
+}
+
+fn counter(lab: &Lab, name: &str) -> u64 {
+    lab.netpath_json(&["stats"])["counters"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counter {name}"))
+}
+
+/// Waits until counter `name` reaches `at_least` (the datapath counts in
+/// softirq context, a moment after the sender returns).
+#[track_caller]
+fn wait_counter(lab: &Lab, name: &str, at_least: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = counter(lab, name);
+        if now >= at_least {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "counter {name} stayed at {now}, expected at least {at_least}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn conntrack_entries(lab: &Lab) -> u64 {
+    lab.netpath_json(&["stats"])["conntrack_entries"]
+        .as_u64()
+        .expect("conntrack_entries")
+}
+
+/// A lab with netpath up (uplink translations in `accel`) and one container.
+fn lab_with_container(accel: &str, extra: &[&str]) -> (Lab, String) {
+    let lab = Lab::new();
+    // The outside is a real wire: full checksums, as from a NIC.
+    lab.outside
+        .exec(&["ethtool", "-K", Lab::OUTSIDE_IF, "tx", "off"])
+        .expect_ok("checksums on the outside wire");
+    let mut args = vec!["--accel", accel];
+    args.extend_from_slice(extra);
+    lab.up_ok(&args);
+    let a = lab.container_name("a");
+    lab.container_add_ok(&a, &[]);
+    (lab, a)
+}
+
+/// Where forged frames enter H from the outside: O's end of the uplink,
+/// addressed to H's uplink MAC.
+struct Wire {
+    netns: PathBuf,
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+}
+
+impl Wire {
+    fn outside(lab: &Lab) -> Self {
+        Self {
+            netns: lab.outside.path(),
+            src_mac: mac_of(&lab.outside, Lab::OUTSIDE_IF).expect("O's MAC"),
+            dst_mac: mac_of(&lab.host, Lab::UPLINK).expect("H's uplink MAC"),
+        }
+    }
+
+    /// A container's eth0, addressed to the gateway.
+    fn container(lab: &Lab, name: &str) -> Self {
+        Self {
+            netns: PathBuf::from(format!("/run/netns/np-{name}")),
+            src_mac: mac_of(lab.container(name), "eth0").expect("container MAC"),
+            dst_mac: mac_of(&lab.host, "np0").expect("gateway MAC"),
+        }
+    }
+
+    fn iface(&self) -> &'static str {
+        if self.netns.to_string_lossy().contains("/np-") {
+            "eth0"
+        } else {
+            Lab::OUTSIDE_IF
+        }
+    }
+
+    fn frame(&self, src: Ipv4Addr, dst: Ipv4Addr, l4: L4) -> Frame {
+        Frame::new(src, dst, l4).macs(self.src_mac, self.dst_mac)
+    }
+
+    fn send(&self, frames: &[Vec<u8>]) {
+        send_frames(&self.netns, self.iface(), frames).expect("sending forged frames");
+    }
+}
+
+fn tcp(sport: u16, dport: u16, flags: u8) -> L4 {
+    L4::Tcp {
+        sport,
+        dport,
+        flags,
+    }
+}
+
+fn udp(sport: u16, dport: u16) -> L4 {
+    L4::Udp {
+        sport,
+        dport,
+        zero_csum: false,
+    }
+}
+
+/// `frame` with another IPv4 protocol number (header checksum fixed).
+fn with_protocol(mut frame: Vec<u8>, proto: u8) -> Vec<u8> {
+    frame[14 + 9] = proto;
+    frame[14 + 10..14 + 12].fill(0);
+    let c = checksum(&frame[14..34]);
+    frame[14 + 10..14 + 12].copy_from_slice(&c.to_be_bytes());
+    frame
+}
+
+/// A xorshift stream: forged sequence numbers and addresses, reproducible.
+struct Noise(u32);
+
+impl Noise {
+    fn next(&mut self) -> u32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 17;
+        self.0 ^= self.0 << 5;
+        self.0
+    }
+}
+
+/// Issue 10, item 2. Docker drops direct access to container addresses from
+/// other interfaces; a host on the uplink's network that routes the
+/// container subnet via the host must reach nothing that is not published.
+fn a_host_routing_into_the_container_network_reaches_nothing(accel: &str) {
+    let (lab, a) = lab_with_container(accel, &[]);
+    let a_ip = lab.container_ip(&a).expect("container address");
+    let http = Server::http(lab.container(&a), "0.0.0.0", 8000);
+    let _udp = Server::udp_echo(lab.container(&a), "0.0.0.0", 5353);
+    lab.netpath(&["publish", "add", &a, "8080:8000"])
+        .expect_ok("publish");
+    lab.outside
+        .exec(&["ip", "route", "add", "10.77.0.0/16", "via", Lab::HOST_IP])
+        .expect_ok("the attacker routes the container subnet via the host");
+
+    let before = counter(&lab, "drop_unsolicited");
+    let url = format!("http://{a_ip}:8000/");
+    let direct = curl(&lab.outside, &["--max-time", "2", &url]);
+    assert!(
+        !direct.success(),
+        "an unpublished port was reached: {direct}"
+    );
+    let udp = udp_request_from(&lab.outside, 0, &a_ip, 5353, "x");
+    assert!(!udp.success(), "an unpublished UDP port answered: {udp}");
+    wait_counter(&lab, "drop_unsolicited", before + 2);
+    assert!(
+        http.clients().is_empty(),
+        "the container saw {:?}",
+        http.clients()
+    );
+
+    let src = http_source(&lab.outside, &format!("http://{}:8080/", Lab::HOST_IP))
+        .expect("the published port still works");
+    assert!(src.starts_with(Lab::OUTSIDE_IP), "{src}");
+}
+
+/// Issue 10, item 3 (the class of CVE-2020-8558): a port published on
+/// 127.0.0.1 is the host's own, reached through the socket hooks only.
+fn a_port_published_on_loopback_is_unreachable_from_the_wire_and_from_containers(accel: &str) {
+    let (lab, a) = lab_with_container(accel, &[]);
+    let b = lab.container_name("b");
+    lab.container_add_ok(&b, &[]);
+    let b_ip = ip(&lab.container_ip(&b).expect("b's address"));
+    let _http = Server::http(lab.container(&a), "0.0.0.0", 8000);
+    lab.netpath(&["publish", "add", &a, "127.0.0.1:9090:8000"])
+        .expect_ok("publish on loopback");
+
+    let before = counter(&lab, "drop_martian_destination");
+    let loopback = ip("127.0.0.1");
+    let outside = Wire::outside(&lab);
+    outside.send(&[outside
+        .frame(ip(Lab::OUTSIDE_IP), loopback, tcp(41000, 9090, TCP_SYN))
+        .bytes()]);
+    let from_b = Wire::container(&lab, &b);
+    from_b.send(&[from_b
+        .frame(b_ip, loopback, tcp(41001, 9090, TCP_SYN))
+        .bytes()]);
+    wait_counter(&lab, "drop_martian_destination", before + 2);
+
+    let mut cmd = lab.host_cmd_in_cgroup("curl");
+    cmd.args(["-s", "--max-time", "5", "http://127.0.0.1:9090/"]);
+    let out = netpath_tests::run(&mut cmd);
+    out.expect_ok("the host itself reaches its loopback publication");
+}
+
+/// Issue 10, item 8: a packet from outside with a source in the container
+/// subnet, or the host's own address, is a spoof.
+fn sources_that_cannot_come_from_outside_are_dropped(accel: &str) {
+    let (lab, a) = lab_with_container(accel, &[]);
+    let a_ip = ip(&lab.container_ip(&a).expect("container address"));
+    let echo = Server::udp_echo(lab.container(&a), "0.0.0.0", 5353);
+    lab.netpath(&["publish", "add", &a, "15353:5353/udp"])
+        .expect_ok("publish");
+
+    let before = counter(&lab, "drop_martian_source");
+    let wire = Wire::outside(&lab);
+    let host = ip(Lab::HOST_IP);
+    let forged: Vec<Vec<u8>> = [ip("10.77.0.250"), a_ip, ip("10.77.0.1"), host]
+        .into_iter()
+        .map(|src| wire.frame(src, host, udp(5353, 15353)).bytes())
+        .collect();
+    wire.send(&forged);
+    wait_counter(&lab, "drop_martian_source", before + forged.len() as u64);
+    assert!(
+        echo.clients().is_empty(),
+        "the container answered a spoof: {:?}",
+        echo.clients()
+    );
+
+    let src = udp_source(&lab.outside, Lab::HOST_IP, 15353).expect("UDP through the port");
+    assert!(src.starts_with(Lab::OUTSIDE_IP), "{src}");
+}
+
+/// Issue 10, item 1: one packet per forged tuple must not hold a
+/// conntrack entry (only a SYN opens a TCP flow), and a SYN flood that
+/// fills the table gives way to real connections (early drop).
+#[test]
+fn flagless_segments_open_no_flows_and_a_syn_flood_does_not_crowd_out_connections() {
+    let (lab, a) = lab_with_container("tc", &["--conntrack-size", "64"]);
+    let a_ip = ip(&lab.container_ip(&a).expect("container address"));
+    let _http = Server::http(lab.container(&a), "0.0.0.0", 8000);
+    lab.netpath(&["publish", "add", &a, "8080:8000"])
+        .expect_ok("publish");
+    let outside = Wire::outside(&lab);
+    let host = ip(Lab::HOST_IP);
+    let mut noise = Noise(0x9e37_79b9);
+    // Forged sources on O's side (198.19.0.0/16): the container's answers
+    // are routed back to O, which has no such address and drops them.
+    let mut spoofed = || Ipv4Addr::from(0xc613_0000 | (noise.next() & 0xffff) | 0x100);
+
+    // Flag-less segments and lone ACKs from outside to the published port.
+    let segments: Vec<Vec<u8>> = (0..200u16)
+        .map(|i| {
+            let flags = if i % 2 == 0 { 0 } else { TCP_ACK };
+            outside
+                .frame(spoofed(), host, tcp(20000 + i, 8080, flags))
+                .bytes()
+        })
+        .collect();
+    outside.send(&segments);
+    // From inside a container, to addresses nobody uses.
+    let from_a = Wire::container(&lab, &a);
+    let before = counter(&lab, "drop_not_initial");
+    let segments: Vec<Vec<u8>> = (0..100u16)
+        .map(|i| {
+            from_a
+                .frame(a_ip, ip("198.19.2.1"), tcp(40000 + i, 80, 0))
+                .bytes()
+        })
+        .collect();
+    from_a.send(&segments);
+    wait_counter(&lab, "drop_not_initial", before + 100);
+    assert_eq!(
+        conntrack_entries(&lab),
+        0,
+        "segments that are not a SYN opened flows"
+    );
+
+    // A SYN flood from forged sources: four times the table.
+    let syns: Vec<Vec<u8>> = (0..256u16)
+        .map(|i| {
+            outside
+                .frame(spoofed(), host, tcp(30000 + i, 8080, TCP_SYN))
+                .bytes()
+        })
+        .collect();
+    outside.send(&syns);
+    wait_counter(&lab, "conntrack_early_drop", 1);
+    let url = format!("http://{}:8080/", Lab::HOST_IP);
+    for _ in 0..3 {
+        let src = http_source(&lab.outside, &url).expect("a real client gets through the flood");
+        assert!(src.starts_with(Lab::OUTSIDE_IP), "{src}");
+    }
+    // And the container's own outbound traffic.
+    ping(lab.container(&a), Lab::REMOTE_IP).expect_ok("the container gets out");
+}
+
+/// Issue 10, item 4: the host's own connections may use a port number that
+/// is published; their replies are not for the container.
+#[test]
+fn the_hosts_own_connections_from_a_published_port_number_get_their_replies() {
+    let (lab, a) = lab_with_container("tc", &[]);
+    let _http_a = Server::http(lab.container(&a), "0.0.0.0", 8000);
+    let _echo_a = Server::udp_echo(lab.container(&a), "0.0.0.0", 5353);
+    lab.netpath(&["publish", "add", &a, "50000:8000"])
+        .expect_ok("publish tcp");
+    lab.netpath(&["publish", "add", &a, "50001:5353/udp"])
+        .expect_ok("publish udp");
+    let http = Server::http(&lab.outside, "0.0.0.0", 0);
+    let echo = Server::udp_echo(&lab.outside, "0.0.0.0", 0);
+
+    let url = format!("http://{}:{}/", Lab::OUTSIDE_IP, http.port());
+    let out = curl(&lab.host, &["--local-port", "50000", &url]);
+    out.expect_ok("the host's connection from port 50000 gets its SYN-ACK");
+    assert_eq!(out.stdout.trim(), format!("{}:50000", Lab::HOST_IP));
+    let out = udp_request_from(&lab.host, 50001, Lab::OUTSIDE_IP, echo.port(), "dns?");
+    out.expect_ok("the host's datagram from port 50001 gets its answer");
+}
+
+/// Issue 10, item 5: everything a container sends carries its own
+/// addresses: ARP too, fragments and other protocols too; it speaks IPv4
+/// and ARP, untagged.
+#[test]
+fn a_container_cannot_lie_in_arp_fragments_other_protocols_or_tags() {
+    let (lab, a) = lab_with_container("tc", &[]);
+    let b = lab.container_name("b");
+    lab.container_add_ok(&b, &[]);
+    let a_ip = ip(&lab.container_ip(&a).expect("a's address"));
+    let b_ip = ip(&lab.container_ip(&b).expect("b's address"));
+    let b_mac = mac_of(lab.container(&b), "eth0").expect("b's MAC");
+    let from_a = Wire::container(&lab, &a);
+
+    // ARP: a claims b's address.
+    let before = counter(&lab, "drop_spoofed_arp");
+    let mut arp = netpath_tests::packet::arp_request(from_a.src_mac, b_ip, ip("10.77.0.1"));
+    arp[..6].copy_from_slice(&from_a.dst_mac);
+    arp[21] = 2; // a reply, to the gateway
+    from_a.send(&[arp]);
+    wait_counter(&lab, "drop_spoofed_arp", before + 1);
+    let neigh = lab.host.exec(&["ip", "neigh", "show", &b_ip.to_string()]);
+    let a_mac = format!("{:02x?}", from_a.src_mac);
+    assert!(
+        !neigh.stdout.contains(&mac_text(&from_a.src_mac)),
+        "the host's neighbour entry for {b_ip} points at a ({a_mac}): {neigh}"
+    );
+
+    // IPv4 with b's source: a fragment, and GRE.
+    let before = counter(&lab, "drop_spoofed_source");
+    let mut fragment = from_a.frame(b_ip, ip(Lab::OUTSIDE_IP), udp(40000, 53));
+    fragment.frag = (true, 0);
+    let gre = with_protocol(
+        from_a
+            .frame(b_ip, ip(Lab::OUTSIDE_IP), udp(40000, 53))
+            .bytes(),
+        47,
+    );
+    from_a.send(&[fragment.bytes(), gre]);
+    wait_counter(&lab, "drop_spoofed_source", before + 2);
+
+    // A fragment with a's own address, which netpath can't translate: it
+    // must not leave with the container's address.
+    let before = counter(&lab, "drop_fragment");
+    let mut own = from_a.frame(a_ip, ip(Lab::OUTSIDE_IP), udp(40000, 53));
+    own.frag = (true, 0);
+    from_a.send(&[own.bytes()]);
+    wait_counter(&lab, "drop_fragment", before + 1);
+
+    // IPv6 and a VLAN tag.
+    let before = counter(&lab, "drop_ethertype");
+    let mut ipv6 = from_a
+        .frame(a_ip, ip(Lab::OUTSIDE_IP), udp(40000, 53))
+        .bytes();
+    ipv6[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+    let plain = from_a
+        .frame(a_ip, ip(Lab::OUTSIDE_IP), udp(40000, 53))
+        .bytes();
+    let mut tagged = plain[..12].to_vec();
+    tagged.extend_from_slice(&[0x81, 0x00, 0x00, 0x07]);
+    tagged.extend_from_slice(&plain[12..]);
+    from_a.send(&[ipv6, tagged]);
+    wait_counter(&lab, "drop_ethertype", before + 2);
+
+    // b keeps its address and its traffic.
+    let out = ping(lab.container(&a), &b_ip.to_string());
+    out.expect_ok("a reaches b");
+    let neigh = lab.host.exec(&["ip", "neigh", "show", &b_ip.to_string()]);
+    assert!(
+        !neigh.stdout.contains(&mac_text(&from_a.src_mac)),
+        "{neigh}"
+    );
+    let _ = b_mac;
+    ping(lab.container(&b), Lab::REMOTE_IP).expect_ok("b gets out");
+}
+
+fn mac_text(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// A TCP client in a container that holds one connection open and echoes
+/// lines through it on request.
+struct HeldConnection {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    local_port: u16,
+}
+
+const HELD_CLIENT_PY: &str = r#"
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+f = s.makefile("rb")
+f.readline()  # the server's greeting: our address as it saw it
+print(s.getsockname()[1], flush=True)
+for line in sys.stdin:
+    s.sendall(line.encode())
+    print(f.readline().decode().strip(), flush=True)
+"#;
+
+impl HeldConnection {
+    fn open(lab: &Lab, container: &str, addr: &str, port: u16) -> Self {
+        let mut child = lab
+            .container(container)
+            .command("python3")
+            .args(["-c", HELD_CLIENT_PY, addr, &port.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting the held connection");
+        let stdin = child.stdin.take().expect("stdin");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("the client's port");
+        let local_port = line.trim().parse().unwrap_or_else(|_| {
+            panic!("the held connection did not come up: {line:?}");
+        });
+        Self {
+            child,
+            stdin,
+            stdout,
+            local_port,
+        }
+    }
+
+    /// Sends a line and returns the echo ("" when the connection is gone).
+    fn echo(&mut self, text: &str) -> String {
+        let _ = writeln!(self.stdin, "{text}");
+        let _ = self.stdin.flush();
+        let mut line = String::new();
+        let _ = self.stdout.read_line(&mut line);
+        line.trim().to_string()
+    }
+}
+
+impl Drop for HeldConnection {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Issue 10, item 7: a blind reset spray over the SNAT range with random
+/// sequence numbers must not close a masqueraded connection.
+#[test]
+fn a_blind_reset_spray_does_not_close_a_masqueraded_connection() {
+    let (lab, a) = lab_with_container("tc", &[]);
+    let server = Server::tcp_echo(&lab.outside, "0.0.0.0", 0);
+    let mut held = HeldConnection::open(&lab, &a, Lab::OUTSIDE_IP, server.port());
+    assert_eq!(held.echo("before"), "before");
+
+    let wire = Wire::outside(&lab);
+    let (outside, host) = (ip(Lab::OUTSIDE_IP), ip(Lab::HOST_IP));
+    let mut noise = Noise(0x1234_5678);
+    let mut rst = |dport: u16| {
+        wire.frame(outside, host, tcp(server.port(), dport, TCP_RST))
+            .seq(noise.next(), 0)
+            .payload(&[])
+            .bytes()
+    };
+    // Every port of the SNAT range once, then the connection's own port
+    // (an attacker who guessed it) with 32 random sequence numbers.
+    let mut spray: Vec<Vec<u8>> = (40000..=49999).map(&mut rst).collect();
+    spray.extend((0..32).map(|_| rst(held.local_port)));
+    let before = counter(&lab, "drop_tcp_out_of_window");
+    wire.send(&spray);
+    wait_counter(&lab, "drop_tcp_out_of_window", before + 24);
+
+    let flows = lab.netpath_json(&["flows", "--proto", "tcp"]);
+    let ours = flows
+        .as_array()
+        .expect("flows")
+        .iter()
+        .find(|f| f["original"]["sport"] == held.local_port)
+        .cloned()
+        .expect("the connection's flow is still tracked");
+    assert_eq!(ours["state"], "established", "{ours}");
+    assert_eq!(held.echo("after"), "after", "the connection survived");
+}
