@@ -18,11 +18,12 @@ use tokio::{
 
 use crate::{
     datapath::Datapath,
+    directories::Instance,
     ebpf_log,
     flows::{FlowView, monotonic_ns},
     metrics::{self, Retired},
     state::State,
-    tables::TablesError,
+    tables::{Tables, TablesError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +32,8 @@ pub enum AgentError {
     Signals(std::io::Error),
     #[error("cannot watch route and neighbour changes (rtnetlink): {0}")]
     RouteWatch(std::io::Error),
+    #[error("cannot open the maps for metrics: {0}")]
+    MetricsTables(#[from] TablesError),
     #[error("cannot serve metrics on {addr}: {source}")]
     Metrics {
         addr: SocketAddr,
@@ -208,12 +211,12 @@ pub struct AgentOptions {
 /// The agent, set up before `up` builds anything so that what can fail
 /// (binding the metrics address) fails first.
 pub struct Agent {
-    instance: String,
+    instance: Instance,
     metrics: Option<TcpListener>,
 }
 
 impl Agent {
-    pub async fn prepare(instance: &str, options: &AgentOptions) -> Result<Self, AgentError> {
+    pub async fn prepare(instance: &Instance, options: &AgentOptions) -> Result<Self, AgentError> {
         let metrics = match options.metrics {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -230,7 +233,7 @@ impl Agent {
                 .map_or_else(|| "off".to_owned(), |a| a.to_string())
         );
         Ok(Self {
-            instance: instance.to_owned(),
+            instance: instance.clone(),
             metrics,
         })
     }
@@ -244,11 +247,8 @@ impl Agent {
             if let Ok(addr) = listener.local_addr() {
                 log::info!("serving Prometheus metrics on http://{addr}/metrics");
             }
-            tokio::spawn(metrics::serve(
-                listener,
-                self.instance.clone(),
-                retired.clone(),
-            ));
+            let tables = Arc::new(Tables::open(&self.instance)?);
+            tokio::spawn(metrics::serve(listener, tables, retired.clone()));
         }
         match ebpf_log::forward(&self.instance) {
             0 => log::debug!("the datapath has no log maps: no eBPF log records to forward"),

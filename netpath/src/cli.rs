@@ -12,6 +12,7 @@ use crate::{
     agent::AgentOptions,
     container::{self, AddRequest, ContainerError, ContainerView},
     datapath::Accel,
+    directories::{BadInstanceName, Instance},
     flows::{self, FlowFilter},
     instance::{self, InstanceError, ReadyNotifier, StatusView, UpOptions},
     netns::{self, NetnsError},
@@ -29,6 +30,8 @@ pub enum CliError {
         value: String,
         hint: String,
     },
+    #[error(transparent)]
+    InstanceName(#[from] BadInstanceName),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
     #[error("cannot write JSON output: {0}")]
@@ -393,8 +396,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
-    let instance = cli.instance.as_str();
-    state::validate_instance_name(instance)?;
+    let instance = &Instance::new(&cli.instance)?;
     // Everything but reading the state changes namespaces, links or /run.
     if !matches!(
         cli.command,
@@ -425,10 +427,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             if args.detach {
                 let pid = instance::up_detached(instance)?;
-                let log = state::log_path(instance);
+                let log = instance.log_file();
                 if cli.json {
                     print_json(&serde_json::json!({
-                        "instance": instance,
+                        "instance": instance.name(),
                         "agent_pid": pid,
                         "log": log,
                     }))?;
@@ -446,7 +448,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Down => {
             let removed = instance::down(instance)?;
             if cli.json {
-                print_json(&serde_json::json!({ "instance": instance, "removed": removed }))?;
+                print_json(
+                    &serde_json::json!({ "instance": instance.name(), "removed": removed }),
+                )?;
             } else if removed {
                 println!("instance {instance} removed");
             } else {
@@ -493,9 +497,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             match container::exec(instance, &args.name, &args.command)? {}
         }
         Command::Publish(PublishCommand::Add { name, specs }) => {
-            let mappings = publish::add(instance, &name, &specs)?;
+            let mut tables = Tables::open(instance)?;
+            let mappings = publish::add(instance, &mut tables, &name, &specs)?;
             if cli.json {
-                print_json(&publish::list(instance)?)?;
+                print_json(&publish::list(instance, &tables)?)?;
             } else {
                 for m in mappings {
                     println!("published {} -> {name}:{}", m.host, m.container_port);
@@ -503,7 +508,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Publish(PublishCommand::Rm { spec }) => {
-            let removed = publish::remove(instance, &spec)?;
+            let removed = publish::remove(instance, &mut Tables::open(instance)?, &spec)?;
             if cli.json {
                 print_json(&removed)?;
             } else {
@@ -513,7 +518,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Publish(PublishCommand::Ls) => {
-            let list = publish::list(instance)?;
+            let list = publish::list(instance, &Tables::open(instance)?)?;
             if cli.json {
                 print_json(&list)?;
             } else {

@@ -25,13 +25,13 @@ use aya::{
 use ipnet::Ipv4Net;
 use netpath_common::{CONFIG_FLAG_XDP, Config, Endpoint, LAYOUT_VERSION, names};
 
-use crate::tables::{Tables, TablesError};
+use crate::{
+    directories::{self, Instance, NotUp},
+    tables::{Tables, TablesError},
+};
 
 /// The eBPF object built from netpath-ebpf by the build script.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netpath"));
-
-/// Where bpffs is mounted; `netns::enter_shared_mount_namespace` makes sure it is.
-pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
 
 /// Handle and priority of our clsact filters on kernels without tcx: fixed, so
 /// a second attach finds the first instead of stacking another.
@@ -48,8 +48,8 @@ pub enum DatapathError {
         "{path} holds a datapath pinned by another netpath version (layout {found}, this one is {LAYOUT_VERSION}): run `netpath down` with that version, or remove the directory"
     )]
     LayoutMismatch { path: String, found: String },
-    #[error("the datapath of instance {0} is not loaded: run `netpath up` first")]
-    NotLoaded(String),
+    #[error(transparent)]
+    NotUp(#[from] NotUp),
     #[error("loading the eBPF programs failed: {0}")]
     Load(#[from] aya::EbpfError),
     #[error(
@@ -158,7 +158,6 @@ impl MapSizes {
 /// What `up` knows once the topology exists.
 #[derive(Clone, Debug)]
 pub struct DatapathConfig {
-    pub instance: String,
     pub uplink_name: String,
     pub uplink_ifindex: u32,
     pub host_ip: Ipv4Addr,
@@ -188,33 +187,15 @@ pub struct EndpointSpec {
     pub container_netns: Option<PathBuf>,
 }
 
-/// `/sys/fs/bpf/netpath/<instance>`.
-pub fn instance_pin_dir(instance: &str) -> PathBuf {
-    Path::new(BPFFS_ROOT).join("netpath").join(instance)
-}
-
-/// `/sys/fs/bpf/netpath/<instance>/v<LAYOUT_VERSION>`: maps, programs, links.
-pub fn pin_dir(instance: &str) -> PathBuf {
-    instance_pin_dir(instance).join(format!("v{LAYOUT_VERSION}"))
-}
-
-fn link_pin(dir: &Path, what: &str) -> PathBuf {
-    dir.join(format!("link_{what}"))
-}
-
-fn prog_pin(dir: &Path, prog: &str) -> PathBuf {
-    dir.join(format!("prog_{prog}"))
-}
-
 /// Fails when the instance's pin directory holds another layout version.
-fn check_layout(instance: &str) -> Result<(), DatapathError> {
-    let dir = instance_pin_dir(instance);
-    let entries = match fs::read_dir(&dir) {
+fn check_layout(instance: &Instance) -> Result<(), DatapathError> {
+    let dir = instance.pin_root();
+    let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(io_err(format!("reading {}", dir.display()))(e)),
     };
-    let ours = format!("v{LAYOUT_VERSION}");
+    let ours = Instance::layout_dir_name();
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if name != ours {
@@ -360,12 +341,12 @@ fn tc_attach_type_name(t: TcAttachType) -> &'static str {
 /// our clsact filter), and pins the link where links exist.
 fn attach_tc(
     prog: &mut SchedClassifier,
-    dir: &Path,
+    instance: &Instance,
     ifname: &str,
     attach_type: TcAttachType,
 ) -> Result<(), DatapathError> {
     let what = format!("tc_{ifname}_{}", tc_attach_type_name(attach_type));
-    let pin = link_pin(dir, &what);
+    let pin = instance.link_pin(&what);
     if use_tcx() {
         if PinnedLink::from_pin(&pin).is_ok() {
             return Ok(());
@@ -430,18 +411,18 @@ pub struct Datapath {
 impl Datapath {
     /// Loads, attaches and pins everything, or adopts what an earlier `up` of
     /// this instance pinned (without detaching anything, so no flow drops).
-    pub fn load_or_adopt(cfg: &DatapathConfig) -> Result<Self, DatapathError> {
+    pub fn load_or_adopt(instance: &Instance, cfg: &DatapathConfig) -> Result<Self, DatapathError> {
         check_kernel()?;
-        check_layout(&cfg.instance)?;
+        check_layout(instance)?;
         raise_memlock();
-        let dir = pin_dir(&cfg.instance);
-        fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        let dir = instance.pin_dir();
+        fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
         let sizes = cfg.map_sizes.resolved();
         let mut loader = EbpfLoader::new();
         // A pinned map is reused as it is: that is how a restart adopts the
         // tables (the directory's layout version guards against old ones).
         for name in names::MAPS {
-            loader.map_pin_path(name, dir.join(name));
+            loader.map_pin_path(name, instance.map_pin(name));
         }
         // aya-log-ebpf records below the agent's level are not even written
         // (aya_log_common::Level counts like log::LevelFilter: error = 1).
@@ -471,7 +452,7 @@ impl Datapath {
             gateway_mac: cfg.gateway_mac,
             probe_port: 0,
         };
-        let mut tables = Tables::open(&cfg.instance)?;
+        let mut tables = Tables::open(instance)?;
         tables.set_config(&config)?;
         // Loaded or adopted: whatever next hops flows cached may be stale.
         tables.bump_route_generation()?;
@@ -488,7 +469,7 @@ impl Datapath {
         // The container program is pinned so `container add`, a separate
         // process, can attach it to new veths.
         let from_container: &mut SchedClassifier = program(&mut ebpf, names::PROG_FROM_CONTAINER)?;
-        let pin = prog_pin(&dir, names::PROG_FROM_CONTAINER);
+        let pin = instance.prog_pin(names::PROG_FROM_CONTAINER);
         if !pin.exists() {
             from_container
                 .load()
@@ -505,14 +486,14 @@ impl Datapath {
         ] {
             let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
             prog.load().map_err(prog_err(format!("loading {name}")))?;
-            attach_tc(prog, &dir, &cfg.uplink_name, attach_type)?;
+            attach_tc(prog, instance, &cfg.uplink_name, attach_type)?;
         }
-        if cfg.accel == Accel::Xdp && attach_xdp(&mut ebpf, &dir, &cfg.uplink_name)? {
+        if cfg.accel == Accel::Xdp && attach_xdp(&mut ebpf, instance, &cfg.uplink_name)? {
             let mut config = tables.config()?;
             config.flags |= CONFIG_FLAG_XDP;
             tables.set_config(&config)?;
         }
-        attach_sock_hooks(&mut ebpf, &dir, &cfg.cgroup)?;
+        attach_sock_hooks(&mut ebpf, instance, &cfg.cgroup)?;
         if netns_cookie.is_err() {
             // Until the cookie is known the hooks rewrite nothing.
             if let Err(e) = learn_netns_cookie(&mut tables, &cfg.cgroup) {
@@ -543,8 +524,8 @@ where
 
 /// Attaches the uplink XDP program and pins the pass-through program for the
 /// containers' side. Returns false, with a warning, where the driver refuses.
-fn attach_xdp(ebpf: &mut Ebpf, dir: &Path, uplink: &str) -> Result<bool, DatapathError> {
-    let pass_pin = prog_pin(dir, names::PROG_XDP_PASS);
+fn attach_xdp(ebpf: &mut Ebpf, instance: &Instance, uplink: &str) -> Result<bool, DatapathError> {
+    let pass_pin = instance.prog_pin(names::PROG_XDP_PASS);
     if !pass_pin.exists() {
         let pass: &mut Xdp = program(ebpf, names::PROG_XDP_PASS)?;
         pass.load().map_err(prog_err("loading xdp_pass"))?;
@@ -553,7 +534,7 @@ fn attach_xdp(ebpf: &mut Ebpf, dir: &Path, uplink: &str) -> Result<bool, Datapat
             message: e.to_string(),
         })?;
     }
-    let pin = link_pin(dir, &format!("xdp_{uplink}"));
+    let pin = instance.link_pin(&format!("xdp_{uplink}"));
     if PinnedLink::from_pin(&pin).is_ok() {
         return Ok(true);
     }
@@ -583,7 +564,11 @@ fn attach_xdp(ebpf: &mut Ebpf, dir: &Path, uplink: &str) -> Result<bool, Datapat
     Ok(true)
 }
 
-fn attach_sock_hooks(ebpf: &mut Ebpf, dir: &Path, cgroup: &Path) -> Result<(), DatapathError> {
+fn attach_sock_hooks(
+    ebpf: &mut Ebpf,
+    instance: &Instance,
+    cgroup: &Path,
+) -> Result<(), DatapathError> {
     let cgroup_dir =
         fs::File::open(cgroup).map_err(io_err(format!("opening cgroup {}", cgroup.display())))?;
     for name in [
@@ -592,7 +577,7 @@ fn attach_sock_hooks(ebpf: &mut Ebpf, dir: &Path, cgroup: &Path) -> Result<(), D
         names::PROG_RECVMSG4,
         names::PROG_GETPEERNAME4,
     ] {
-        let pin = link_pin(dir, name);
+        let pin = instance.link_pin(name);
         if PinnedLink::from_pin(&pin).is_ok() {
             continue;
         }
@@ -614,15 +599,17 @@ fn attach_sock_hooks(ebpf: &mut Ebpf, dir: &Path, cgroup: &Path) -> Result<(), D
 }
 
 /// Attaches the container program to a host-side veth and records the endpoint.
-/// Works from any process: it opens the pinned program and maps.
-pub fn attach_endpoint(instance: &str, ep: &EndpointSpec) -> Result<(), DatapathError> {
-    let dir = pin_dir(instance);
-    let pin = prog_pin(&dir, names::PROG_FROM_CONTAINER);
+/// Works from any process: it opens the pinned program.
+pub fn attach_endpoint(
+    instance: &Instance,
+    tables: &mut Tables,
+    ep: &EndpointSpec,
+) -> Result<(), DatapathError> {
+    let pin = instance.prog_pin(names::PROG_FROM_CONTAINER);
     if !pin.exists() {
-        return Err(DatapathError::NotLoaded(instance.to_string()));
+        return Err(instance.not_up().into());
     }
     raise_memlock();
-    let mut tables = Tables::open(instance)?;
     tables.add_endpoint(
         ep.ip,
         &Endpoint {
@@ -633,11 +620,11 @@ pub fn attach_endpoint(instance: &str, ep: &EndpointSpec) -> Result<(), Datapath
     )?;
     let mut prog =
         SchedClassifier::from_pin(&pin).map_err(prog_err("opening the pinned from_container"))?;
-    attach_tc(&mut prog, &dir, &ep.host_ifname, TcAttachType::Ingress)?;
+    attach_tc(&mut prog, instance, &ep.host_ifname, TcAttachType::Ingress)?;
     if tables.config()?.flags & CONFIG_FLAG_XDP != 0
         && let Some(netns) = &ep.container_netns
     {
-        attach_xdp_pass(&dir, netns, &ep.host_ifname)?;
+        attach_xdp_pass(instance, netns, &ep.host_ifname)?;
     }
     Ok(())
 }
@@ -645,13 +632,17 @@ pub fn attach_endpoint(instance: &str, ep: &EndpointSpec) -> Result<(), Datapath
 /// XDP_REDIRECT into a veth delivers to its peer only when the peer runs an
 /// XDP program (that is what switches its NAPI on): give the container's
 /// `eth0` one that passes everything.
-fn attach_xdp_pass(dir: &Path, netns: &Path, host_ifname: &str) -> Result<(), DatapathError> {
-    let pin = link_pin(dir, &format!("xdp_{host_ifname}"));
+fn attach_xdp_pass(
+    instance: &Instance,
+    netns: &Path,
+    host_ifname: &str,
+) -> Result<(), DatapathError> {
+    let pin = instance.link_pin(&format!("xdp_{host_ifname}"));
     if PinnedLink::from_pin(&pin).is_ok() {
         return Ok(());
     }
     let mut prog = Xdp::from_pin(
-        prog_pin(dir, names::PROG_XDP_PASS),
+        instance.prog_pin(names::PROG_XDP_PASS),
         aya_obj::programs::XdpAttachType::Interface,
     )
     .map_err(prog_err("opening the pinned xdp_pass"))?;
@@ -690,26 +681,26 @@ where
 }
 
 /// Undoes `attach_endpoint` (the veth's own deletion removes a clsact filter);
-/// also flushes the endpoint's flows.
-pub fn detach_endpoint(instance: &str, ep: &EndpointSpec) -> Result<(), DatapathError> {
-    let dir = pin_dir(instance);
-    let pin = link_pin(&dir, &format!("tc_{}_ingress", ep.host_ifname));
+/// also flushes the endpoint's flows. `tables` is None when the datapath is
+/// gone already.
+pub fn detach_endpoint(
+    instance: &Instance,
+    tables: Option<&mut Tables>,
+    ep: &EndpointSpec,
+) -> Result<(), DatapathError> {
+    let pin = instance.link_pin(&format!("tc_{}_ingress", ep.host_ifname));
     if let Ok(link) = PinnedLink::from_pin(&pin) {
         // Unpinned and dropped, the link detaches.
         drop(link.unpin());
     }
-    match Tables::open(instance) {
-        Ok(mut tables) => {
-            tables.remove_endpoint(ep.ip)?;
-            tables.flush_flows(|key, entry| {
-                let ip = u32::from_ne_bytes(ep.ip.octets());
-                key.saddr == ip || entry.reply.saddr == ip || key.daddr == ip
-            })?;
-            Ok(())
-        }
-        Err(TablesError::NotLoaded(_)) => Ok(()),
-        Err(e) => Err(e.into()),
+    if let Some(tables) = tables {
+        tables.remove_endpoint(ep.ip)?;
+        tables.flush_flows(|key, entry| {
+            let ip = u32::from_ne_bytes(ep.ip.octets());
+            key.saddr == ip || entry.reply.saddr == ip || key.daddr == ip
+        })?;
     }
+    Ok(())
 }
 
 /// Where a program of the instance is attached, as `status` shows it.
@@ -723,10 +714,10 @@ pub struct Attachment {
 /// The instance's attachments, read from its link pins (on kernels without
 /// tcx the uplink's clsact filters have none: they are listed from the state
 /// by the caller's `uplink`).
-pub fn attachments(instance: &str, uplink: &str) -> Vec<Attachment> {
-    let dir = pin_dir(instance);
+pub fn attachments(instance: &Instance, uplink: &str) -> Vec<Attachment> {
+    let dir = instance.pin_dir();
     let mut out = Vec::new();
-    let names: Vec<String> = fs::read_dir(&dir)
+    let names: Vec<String> = fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
@@ -794,16 +785,20 @@ pub fn attachments(instance: &str, uplink: &str) -> Vec<Attachment> {
     out
 }
 
-/// Removes every pin of this layout version, which detaches its programs
-/// (clsact filters on the uplink are removed by name). Pins of another
-/// version are never touched: that version's `down` owns them. Idempotent.
-pub fn remove(instance: &str) -> Result<(), DatapathError> {
-    let dir = pin_dir(instance);
-    let uplink = Tables::open(instance)
+/// The name of the uplink the datapath was configured with, if it still exists.
+pub fn configured_uplink(tables: &Tables) -> Option<String> {
+    tables
+        .config()
         .ok()
-        .and_then(|t| t.config().ok())
-        .and_then(|c| ifname_of(c.uplink_ifindex));
-    if let Some(uplink) = uplink.as_deref()
+        .and_then(|c| ifname_of(c.uplink_ifindex))
+}
+
+/// Removes every pin of this layout version, which detaches its programs
+/// (clsact filters on `uplink` are removed by name). Pins of another
+/// version are never touched: that version's `down` owns them. Idempotent.
+pub fn remove(instance: &Instance, uplink: Option<&str>) -> Result<(), DatapathError> {
+    let dir = instance.pin_dir();
+    if let Some(uplink) = uplink
         && !use_tcx()
     {
         for (name, attach_type) in [
@@ -813,7 +808,7 @@ pub fn remove(instance: &str) -> Result<(), DatapathError> {
             let _ = tc::qdisc_detach_program(uplink, attach_type, name);
         }
     }
-    let entries = match fs::read_dir(&dir) {
+    let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(io_err(format!("reading {}", dir.display()))(e)),
@@ -830,10 +825,10 @@ pub fn remove(instance: &str) -> Result<(), DatapathError> {
         }
         let _ = fs::remove_file(&path);
     }
-    fs::remove_dir(&dir).map_err(io_err(format!("removing {}", dir.display())))?;
+    fs::remove_dir(dir).map_err(io_err(format!("removing {}", dir.display())))?;
     // The instance's directory and the shared parent go once empty.
-    let _ = fs::remove_dir(instance_pin_dir(instance));
-    let _ = fs::remove_dir(Path::new(BPFFS_ROOT).join("netpath"));
+    let _ = fs::remove_dir(instance.pin_root());
+    let _ = fs::remove_dir(directories::pins_root());
     Ok(())
 }
 

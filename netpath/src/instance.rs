@@ -27,10 +27,12 @@ use crate::{
     agent::{Agent, AgentError, AgentOptions},
     container::{self, ContainerError, ContainerView},
     datapath::{self, Accel, Datapath, DatapathConfig, DatapathError, MapSizes},
+    directories::Instance,
     ipam::{self, IpamError},
     netns::{self, NetnsError},
     state::{self, InstanceLock, State, StateError},
     sysctl::{self, SysctlError},
+    tables::Tables,
     topology::{self, TopologyError},
 };
 
@@ -238,25 +240,25 @@ impl ReadyNotifier {
 /// `netpath up`: builds (or adopts) the instance, loads the datapath, then
 /// runs the agent until SIGINT/SIGTERM.
 pub async fn up(
-    instance: &str,
+    instance: &Instance,
     options: &UpOptions,
     ready: Option<ReadyNotifier>,
     json: bool,
 ) -> Result<()> {
     check_prerequisites()?;
     netns::ensure_bpffs()?;
-    let dir_existed = state::instance_dir(instance).is_dir();
-    state::create_instance_dir(instance)?;
+    let dir_existed = instance.run_dir().is_dir();
+    state::create_run_dir(instance)?;
     let remove_fresh_dir = OnFailure(Some(|| {
         if !dir_existed {
-            let _ = std::fs::remove_dir_all(state::instance_dir(instance));
+            let _ = std::fs::remove_dir_all(instance.run_dir());
         }
     }));
     let lock =
-        InstanceLock::acquire(instance)?.ok_or_else(|| StateError::NotUp(instance.to_owned()))?;
+        InstanceLock::acquire(instance)?.ok_or_else(|| StateError::from(instance.not_up()))?;
     if let Some(pid) = state::live_agent_pid(instance) {
         return Err(InstanceError::AlreadyUp {
-            instance: instance.to_owned(),
+            instance: instance.to_string(),
             pid,
         });
     }
@@ -276,14 +278,14 @@ pub async fn up(
     // adopt leaves everything as it found it, so no flow is lost.
     let remove_fresh_instance = OnFailure(Some(|| {
         if let Some(bridge) = &created_bridge {
-            let _ = datapath::remove(instance);
+            let _ = datapath::remove(instance, Some(&state.uplink));
             let _ = topology::delete_link_blocking(bridge);
         }
     }));
 
     sysctl::enable_ipv4_forwarding()?;
-    let datapath = Datapath::load_or_adopt(&datapath_config(&state)?)?;
-    state::save(&state)?;
+    let datapath = Datapath::load_or_adopt(instance, &datapath_config(&state)?)?;
+    state::save(instance, &state)?;
     let pid = std::process::id();
     state::write_pid(instance, pid)?;
     remove_fresh_instance.disarm();
@@ -334,7 +336,6 @@ fn datapath_config(state: &State) -> Result<DatapathConfig> {
         ))
     })?;
     Ok(DatapathConfig {
-        instance: state.instance.clone(),
         uplink_name: state.uplink.clone(),
         uplink_ifindex: state.uplink_ifindex,
         host_ip: state.host_ip,
@@ -390,7 +391,11 @@ fn resolve_cgroup(requested: Option<&Path>) -> Result<PathBuf> {
 }
 
 /// A fresh instance: resolve the uplink, create the bridge with the gateway.
-async fn build(host: &rtnetlink::Handle, instance: &str, options: &UpOptions) -> Result<State> {
+async fn build(
+    host: &rtnetlink::Handle,
+    instance: &Instance,
+    options: &UpOptions,
+) -> Result<State> {
     let subnet = match options.subnet {
         Some(subnet) => subnet,
         None => DEFAULT_SUBNET
@@ -409,7 +414,7 @@ async fn build(host: &rtnetlink::Handle, instance: &str, options: &UpOptions) ->
         return Err(InstanceError::BridgeExists(bridge));
     }
 
-    let mac = bridge_mac(instance, &bridge);
+    let mac = bridge_mac(instance.name(), &bridge);
     let bridge_ifindex = topology::create_bridge(host, &bridge, mac).await?;
     let remove_bridge = OnFailure(Some(|| {
         let _ = topology::delete_link_blocking(&bridge);
@@ -418,7 +423,7 @@ async fn build(host: &rtnetlink::Handle, instance: &str, options: &UpOptions) ->
     remove_bridge.disarm();
 
     Ok(State {
-        instance: instance.to_owned(),
+        instance: instance.name().to_owned(),
         uplink,
         uplink_ifindex,
         host_ip,
@@ -501,11 +506,11 @@ async fn adopt(host: &rtnetlink::Handle, mut state: State, options: &UpOptions) 
 /// `netpath up --detach`: starts `netpath up` (same arguments) as a daemon
 /// in its own session, logging to agent.log, and returns once it reports
 /// readiness on a pipe, or fails with the end of its log if it dies first.
-pub fn up_detached(instance: &str) -> Result<u32> {
+pub fn up_detached(instance: &Instance) -> Result<u32> {
     check_prerequisites()?;
     if let Some(pid) = state::live_agent_pid(instance) {
         return Err(InstanceError::AlreadyUp {
-            instance: instance.to_owned(),
+            instance: instance.to_string(),
             pid,
         });
     }
@@ -513,9 +518,9 @@ pub fn up_detached(instance: &str) -> Result<u32> {
         let what = what.to_owned();
         move |e: io::Error| InstanceError::AgentStart(format!("{what}: {e}"))
     };
-    let dir_existed = state::instance_dir(instance).is_dir();
-    state::create_instance_dir(instance)?;
-    let log_path = state::log_path(instance);
+    let dir_existed = instance.run_dir().is_dir();
+    state::create_run_dir(instance)?;
+    let log_path = instance.log_file();
     let log = File::create(&log_path).map_err(start_err("cannot create the agent log"))?;
     let log_for_stderr = log
         .try_clone()
@@ -571,7 +576,7 @@ pub fn up_detached(instance: &str) -> Result<u32> {
         })
         .unwrap_or_else(|| format!("see {}", log_path.display()));
     if !dir_existed && state::load(instance).ok().flatten().is_none() {
-        let _ = std::fs::remove_dir_all(state::instance_dir(instance));
+        let _ = std::fs::remove_dir_all(instance.run_dir());
     }
     Err(InstanceError::AgentStart(
         last_line.trim_start_matches("error: ").to_owned(),
@@ -602,7 +607,7 @@ fn wait_for_exit(pid: u32, timeout: Duration) -> bool {
 }
 
 /// Stops the instance's agent if it runs: SIGTERM, then SIGKILL.
-fn stop_agent(instance: &str) -> Result<Option<u32>> {
+fn stop_agent(instance: &Instance) -> Result<Option<u32>> {
     let Some(pid) = state::live_agent_pid(instance) else {
         return Ok(None);
     };
@@ -633,9 +638,9 @@ fn stop_agent(instance: &str) -> Result<Option<u32>> {
 
 /// `netpath down`: removes every trace of the instance, from whatever is
 /// left (a crashed agent, a half-removed instance, or nothing at all).
-pub fn down(instance: &str) -> Result<bool> {
+pub fn down(instance: &Instance) -> Result<bool> {
     let agent_was_running = stop_agent(instance)?.is_some();
-    let pins_existed = datapath::instance_pin_dir(instance).exists();
+    let pins_existed = instance.pin_root().exists();
     let lock = InstanceLock::acquire(instance)?;
     let state = match state::load(instance) {
         Ok(state) => state,
@@ -645,10 +650,12 @@ pub fn down(instance: &str) -> Result<bool> {
         }
     };
     let had_something = agent_was_running || pins_existed || lock.is_some() || state.is_some();
+    // Whatever is left of the maps; None when the datapath is gone already.
+    let mut tables = Tables::open(instance).ok();
     let mut first_error: Option<InstanceError> = None;
     if let Some(state) = &state {
         for record in state.containers.values() {
-            if let Err(e) = container::teardown(instance, record) {
+            if let Err(e) = container::teardown(instance, tables.as_mut(), record) {
                 first_error.get_or_insert(e.into());
             }
         }
@@ -656,21 +663,22 @@ pub fn down(instance: &str) -> Result<bool> {
             first_error.get_or_insert(e.into());
         }
     }
-    if let Err(e) = datapath::remove(instance) {
+    let uplink = tables.as_ref().and_then(datapath::configured_uplink);
+    if let Err(e) = datapath::remove(instance, uplink.as_deref()) {
         first_error.get_or_insert(e.into());
     }
     if let Some(e) = first_error {
         // Keep the state so a second `down` can retry what failed.
         return Err(e);
     }
-    let dir = state::instance_dir(instance);
-    match std::fs::remove_dir_all(&dir) {
+    let dir = instance.run_dir();
+    match std::fs::remove_dir_all(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(source) => {
             return Err(StateError::Io {
                 what: "remove",
-                path: dir,
+                path: dir.to_owned(),
                 source,
             }
             .into());
@@ -700,7 +708,7 @@ pub struct StatusView {
 }
 
 /// `netpath status`.
-pub fn status(instance: &str) -> Result<StatusView> {
+pub fn status(instance: &Instance) -> Result<StatusView> {
     let state = state::load_required(instance)?;
     let agent_pid = state::read_pid(instance);
     Ok(StatusView {
@@ -714,7 +722,7 @@ pub fn status(instance: &str) -> Result<StatusView> {
         cgroup: state.cgroup.clone(),
         agent_pid,
         agent_alive: agent_pid.is_some_and(state::process_alive),
-        pin_dir: datapath::instance_pin_dir(instance),
+        pin_dir: instance.pin_root().to_owned(),
         attachments: datapath::attachments(instance, &state.uplink),
         containers: state
             .containers

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod cli;
 pub mod container;
 pub mod datapath;
+pub mod directories;
 pub mod ebpf_log;
 pub mod flows;
 pub mod instance;
