@@ -10,8 +10,8 @@ use ipnet::Ipv4Net;
 
 use crate::{
     agent::AgentOptions,
+    config::{Accel, TimeoutSetting},
     container::{self, AddRequest, ContainerError, ContainerView},
-    datapath::Accel,
     directories::{BadInstanceName, Instance},
     flows::{self, FlowFilter},
     instance::{self, InstanceError, ReadyNotifier, StatusView, UpOptions},
@@ -149,21 +149,6 @@ impl From<LogLevelArg> for log::LevelFilter {
     }
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum AccelArg {
-    Tc,
-    Xdp,
-}
-
-impl From<AccelArg> for Accel {
-    fn from(arg: AccelArg) -> Self {
-        match arg {
-            AccelArg::Tc => Accel::Tc,
-            AccelArg::Xdp => Accel::Xdp,
-        }
-    }
-}
-
 #[derive(Debug, Args)]
 struct UpArgs {
     /// Uplink interface [default: the interface of the default route].
@@ -177,7 +162,7 @@ struct UpArgs {
     bridge: Option<String>,
     /// Where the uplink ingress translations run [default: tc].
     #[arg(long, value_enum)]
-    accel: Option<AccelArg>,
+    accel: Option<Accel>,
     /// cgroup v2 directory for the socket hooks [default: the cgroup2 mount].
     #[arg(long, value_name = "PATH")]
     cgroup: Option<PathBuf>,
@@ -194,7 +179,7 @@ struct UpArgs {
     /// Conntrack timeout in seconds, repeatable: syn, established, fin,
     /// time_wait, close, unreplied (UDP/ICMP), replied (UDP/ICMP).
     #[arg(long = "ct-timeout", value_name = "NAME=SECS")]
-    ct_timeouts: Vec<String>,
+    ct_timeouts: Vec<TimeoutSetting>,
     /// Agent log level, also for the datapath's own log records
     /// [default: info, or RUST_LOG when set].
     #[arg(long, value_enum, value_name = "LEVEL")]
@@ -235,23 +220,6 @@ struct ExecArgs {
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<String>,
-}
-
-/// Checks `--ct-timeout NAME=SECS` before anything is built.
-fn validate_timeouts(specs: Vec<String>) -> Result<Vec<String>> {
-    for spec in &specs {
-        crate::agent::Timeouts::default()
-            .set(spec)
-            .ok_or_else(|| CliError::BadInput {
-                what: "--ct-timeout",
-                value: spec.clone(),
-                hint: format!(
-                    "use NAME=SECS, NAME one of {}",
-                    crate::agent::Timeouts::NAMES.join(", ")
-                ),
-            })?;
-    }
-    Ok(specs)
 }
 
 fn parse_port_range(text: &str) -> Result<(u16, u16)> {
@@ -370,11 +338,7 @@ fn print_status(status: &StatusView) {
     println!("uplink:     {} ({})", status.uplink, status.host_ip);
     println!("bridge:     {} gateway {}", status.bridge, status.gateway);
     println!("subnet:     {}", status.subnet);
-    let accel = match status.accel {
-        Accel::Tc => "tc",
-        Accel::Xdp => "xdp",
-    };
-    println!("accel:      {accel}");
+    println!("accel:      {}", status.accel);
     println!("cgroup:     {}", status.cgroup.display());
     println!("pins:       {}", status.pin_dir.display());
     println!("agent:      {agent}");
@@ -412,7 +376,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 uplink: args.uplink,
                 subnet: args.subnet.as_deref().map(parse_subnet).transpose()?,
                 bridge: args.bridge,
-                accel: args.accel.map(Accel::from),
+                accel: args.accel,
                 cgroup: args.cgroup,
                 conntrack_size: args.conntrack_size,
                 snat_ports: args
@@ -420,7 +384,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     .as_deref()
                     .map(parse_port_range)
                     .transpose()?,
-                ct_timeouts: validate_timeouts(args.ct_timeouts)?,
+                ct_timeouts: args.ct_timeouts,
                 agent: AgentOptions {
                     metrics: args.metrics,
                 },

@@ -26,6 +26,7 @@ use ipnet::Ipv4Net;
 use netpath_common::{CONFIG_FLAG_XDP, Config, Endpoint, LAYOUT_VERSION, names};
 
 use crate::{
+    config::{Accel, MapSizes},
     directories::{self, Instance, NotUp},
     tables::{Tables, TablesError},
 };
@@ -37,10 +38,6 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 /// a second attach finds the first instead of stacking another.
 const NL_PRIORITY: u16 = 0xe000;
 const NL_HANDLE: u32 = 0xe000;
-
-/// First port of the default SNAT range (host byte order); the range is written
-/// to `ip_local_reserved_ports` so host sockets never take these ports.
-pub const DEFAULT_SNAT_PORTS: (u16, u16) = (40000, 49999);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
@@ -105,53 +102,6 @@ fn prog_err(what: impl Into<String>) -> impl FnOnce(aya::programs::ProgramError)
                 .map_or_else(|| io_error.to_string(), str::to_owned),
         },
         source => DatapathError::Program { what, source },
-    }
-}
-
-/// Where the uplink ingress translations run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Accel {
-    #[default]
-    Tc,
-    Xdp,
-}
-
-/// Map sizes; 0 means "scale with the host's memory".
-#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
-pub struct MapSizes {
-    pub conntrack: u32,
-    pub ports: u32,
-    pub endpoints: u32,
-}
-
-impl MapSizes {
-    /// Fills unset sizes: conntrack gets about 1/512 of memory (two ~100-byte
-    /// entries per flow), clamped to [64 Ki, 4 Mi] flows.
-    pub fn resolved(self) -> Self {
-        let mem_bytes = fs::read_to_string("/proc/meminfo")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("MemTotal:"))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|kb| kb.parse::<u64>().ok())
-            })
-            .map_or(1 << 30, |kb| kb * 1024);
-        let flows = (mem_bytes / 512 / 200).clamp(1 << 16, 1 << 22) as u32;
-        Self {
-            conntrack: if self.conntrack == 0 {
-                flows
-            } else {
-                self.conntrack
-            },
-            ports: if self.ports == 0 { 65536 } else { self.ports },
-            endpoints: if self.endpoints == 0 {
-                4096
-            } else {
-                self.endpoints
-            },
-        }
     }
 }
 

@@ -25,8 +25,12 @@ use nix::{
 
 use crate::{
     agent::{Agent, AgentError, AgentOptions},
+    config::{
+        Accel, DEFAULT_BRIDGE, DEFAULT_SNAT_PORTS, DEFAULT_SUBNET, MapSizes, TimeoutSetting,
+        Timeouts,
+    },
     container::{self, ContainerError, ContainerView},
-    datapath::{self, Accel, Datapath, DatapathConfig, DatapathError, MapSizes},
+    datapath::{self, Datapath, DatapathConfig, DatapathError},
     directories::Instance,
     ipam::{self, IpamError},
     netns::{self, NetnsError},
@@ -41,17 +45,11 @@ const READY_FD_ENV: &str = "NETPATH_READY_FD";
 /// How long `down` waits for the agent after SIGTERM, then after SIGKILL.
 const AGENT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 const AGENT_KILL_TIMEOUT: Duration = Duration::from_secs(5);
-pub const DEFAULT_SUBNET: &str = "10.77.0.0/16";
-pub const DEFAULT_BRIDGE: &str = "np0";
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstanceError {
     #[error("netpath must run as root (try sudo)")]
     NotRoot,
-    #[error(
-        "invalid --ct-timeout {0:?}: use NAME=SECS with NAME one of syn, established, fin, time_wait, close, unreplied, replied"
-    )]
-    BadTimeout(String),
     #[error(
         "this kernel has no BTF (/sys/kernel/btf/vmlinux is missing): use a kernel built with CONFIG_DEBUG_INFO_BTF=y"
     )]
@@ -115,21 +113,9 @@ pub struct UpOptions {
     pub cgroup: Option<PathBuf>,
     pub conntrack_size: Option<u32>,
     pub snat_ports: Option<(u16, u16)>,
-    /// `NAME=SECS` overrides of the conntrack timeouts.
-    pub ct_timeouts: Vec<String>,
+    /// Overrides of the conntrack timeouts, applied in order.
+    pub ct_timeouts: Vec<TimeoutSetting>,
     pub agent: AgentOptions,
-}
-
-/// Applies `NAME=SECS` overrides to `base`.
-fn timeouts(
-    mut base: crate::agent::Timeouts,
-    overrides: &[String],
-) -> Result<crate::agent::Timeouts> {
-    for spec in overrides {
-        base.set(spec)
-            .ok_or_else(|| InstanceError::BadTimeout(spec.clone()))?;
-    }
-    Ok(base)
 }
 
 /// Fails with a one-line hint unless we are root: namespaces, netlink
@@ -435,8 +421,8 @@ async fn build(
         accel: options.accel.unwrap_or_default(),
         cgroup,
         conntrack_size: options.conntrack_size.unwrap_or(0),
-        snat_ports: options.snat_ports.unwrap_or(datapath::DEFAULT_SNAT_PORTS),
-        ct_timeouts: timeouts(crate::agent::Timeouts::default(), &options.ct_timeouts)?,
+        snat_ports: options.snat_ports.unwrap_or(DEFAULT_SNAT_PORTS),
+        ct_timeouts: Timeouts::default().with(&options.ct_timeouts),
         containers: Default::default(),
     })
 }
@@ -468,7 +454,7 @@ async fn adopt(host: &rtnetlink::Handle, mut state: State, options: &UpOptions) 
     if let Some(range) = options.snat_ports {
         state.snat_ports = range;
     }
-    state.ct_timeouts = timeouts(state.ct_timeouts, &options.ct_timeouts)?;
+    state.ct_timeouts = state.ct_timeouts.with(&options.ct_timeouts);
     if options.cgroup.is_some() {
         state.cgroup = resolve_cgroup(options.cgroup.as_deref())?;
     }

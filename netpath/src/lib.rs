@@ -3,6 +3,7 @@
 //! `netns`), the state file (`state`), and the datapath (`datapath`, `tables`).
 pub mod agent;
 pub mod cli;
+pub mod config;
 pub mod container;
 pub mod datapath;
 pub mod directories;

@@ -21,7 +21,7 @@ use nix::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    datapath::Accel,
+    config::{Accel, DEFAULT_SNAT_PORTS, Timeouts},
     directories::{Instance, NotUp},
 };
 
@@ -143,7 +143,7 @@ pub struct State {
     pub conntrack_size: u32,
     /// Conntrack timeouts the agent's GC applies.
     #[serde(default)]
-    pub ct_timeouts: crate::agent::Timeouts,
+    pub ct_timeouts: Timeouts,
     /// The SNAT port range (host order, inclusive).
     #[serde(default = "default_snat_ports")]
     pub snat_ports: (u16, u16),
@@ -152,7 +152,7 @@ pub struct State {
 }
 
 fn default_snat_ports() -> (u16, u16) {
-    crate::datapath::DEFAULT_SNAT_PORTS
+    DEFAULT_SNAT_PORTS
 }
 
 /// Creates the instance's run-time directory (for `up`).
