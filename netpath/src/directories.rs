@@ -109,7 +109,8 @@ impl Instance {
         format!("v{LAYOUT_VERSION}")
     }
 
-    /// `/sys/fs/bpf/netpath/<instance>/v<LAYOUT_VERSION>`: maps, programs, links.
+    /// `/sys/fs/bpf/netpath/<instance>/v<LAYOUT_VERSION>`: maps, programs, and
+    /// links (named by `datapath::LinkPin`).
     pub fn pin_dir(&self) -> &Path {
         &self.pin_dir
     }
@@ -122,11 +123,6 @@ impl Instance {
     /// A loaded program that other processes attach (`prog_<name>`).
     pub fn prog_pin(&self, prog: &str) -> PathBuf {
         self.pin_dir.join(format!("prog_{prog}"))
-    }
-
-    /// A link that keeps a program attached (`link_<what>`).
-    pub fn link_pin(&self, what: &str) -> PathBuf {
-        self.pin_dir.join(format!("link_{what}"))
     }
 }
 

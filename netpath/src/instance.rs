@@ -269,7 +269,9 @@ pub async fn up(
         }
     }));
 
+    // Host settings the datapath relies on, in place before it runs.
     sysctl::enable_ipv4_forwarding()?;
+    sysctl::reserve_local_ports(state.snat_ports)?;
     let datapath = Datapath::load_or_adopt(instance, &datapath_config(&state)?)?;
     state::save(instance, &state)?;
     let pid = std::process::id();
