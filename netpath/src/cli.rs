@@ -12,9 +12,10 @@ use crate::{
     agent::AgentOptions,
     config::{Accel, TimeoutSetting},
     container::{self, AddRequest, ContainerError, ContainerView},
+    daemon::ReadyNotifier,
     directories::{BadInstanceName, Instance},
     flows::{self, FlowFilter},
-    instance::{self, InstanceError, ReadyNotifier, StatusView, UpOptions},
+    lifecycle::{self, InstanceError, StatusView, UpOptions},
     netns::{self, NetnsError},
     publish::{self, PublishError},
     state::{self, Mode, StateError},
@@ -368,7 +369,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             | Command::Container(ContainerCommand::Ls)
             | Command::Publish(PublishCommand::Ls)
     ) {
-        instance::check_root()?;
+        lifecycle::check_root()?;
     }
     match cli.command {
         Command::Up(args) => {
@@ -390,7 +391,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 },
             };
             if args.detach {
-                let pid = instance::up_detached(instance)?;
+                let pid = lifecycle::up_detached(instance)?;
                 let log = instance.log_file();
                 if cli.json {
                     print_json(&serde_json::json!({
@@ -407,10 +408,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             let ready = ReadyNotifier::from_env();
-            runtime()?.block_on(instance::up(instance, &options, ready, cli.json))?;
+            runtime()?.block_on(lifecycle::up(instance, &options, ready, cli.json))?;
         }
         Command::Down => {
-            let removed = instance::down(instance)?;
+            let removed = lifecycle::down(instance)?;
             if cli.json {
                 print_json(
                     &serde_json::json!({ "instance": instance.name(), "removed": removed }),
@@ -540,7 +541,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Status => {
-            let status = instance::status(instance)?;
+            let status = lifecycle::status(instance)?;
             if cli.json {
                 print_json(&status)?;
             } else {

@@ -2,7 +2,8 @@
 //!
 //! `add` is all or nothing: each completed step registers its undo in a
 //! [`Rollback`] guard, which runs the undos in reverse unless the state file
-//! was written. `rm` and `down` tear a container down with the same undos.
+//! was written. `rm` and `down` tear a container down with the same [`Undo`]
+//! steps.
 //!
 //! Removing a container that others share (`--mode container:NAME`) is
 //! refused: the dependents would silently lose their network, so they must be
@@ -17,6 +18,7 @@ use crate::{
     ipam::{self, IpamError},
     netns::{self, NetnsError, NetnsGuard},
     publish::{self, PublishError},
+    rollback::Rollback,
     state::{self, ContainerRecord, InstanceLock, Mode, State, StateError},
     tables::{Tables, TablesError},
     topology::{self, TopologyError},
@@ -160,42 +162,17 @@ fn run_undos(
     first_error.map_or(Ok(()), Err)
 }
 
-/// Undoes the completed steps of a failed `container add` when dropped,
-/// unless committed.
-struct Rollback {
-    instance: Instance,
-    undos: Vec<Undo>,
-    committed: bool,
-}
-
-impl Rollback {
-    fn new(instance: &Instance) -> Self {
-        Self {
-            instance: instance.clone(),
-            undos: Vec::new(),
-            committed: false,
-        }
-    }
-
-    fn push(&mut self, undo: Undo) {
-        self.undos.push(undo);
-    }
-
-    fn commit(mut self) {
-        self.committed = true;
-    }
-}
-
-impl Drop for Rollback {
-    fn drop(&mut self) {
-        if !self.committed {
-            // A failure path: the maps are opened again rather than borrowed
-            // from the command, which may still hold them.
-            let mut tables = Tables::open(&self.instance).ok();
-            let undos = std::mem::take(&mut self.undos);
-            let _ = run_undos(&self.instance, tables.as_mut(), undos.into_iter());
-        }
-    }
+/// Registers `undo` for a failed `container add`.
+fn push_undo<'a>(rollback: &mut Rollback<'a>, instance: &'a Instance, undo: Undo) {
+    rollback.push(move || {
+        // A failure path: the maps are opened again rather than borrowed
+        // from the command, which still holds them.
+        let mut tables = match undo {
+            Undo::Endpoint(_) => Tables::open(instance).ok(),
+            _ => None,
+        };
+        let _ = run_undos(instance, tables.as_mut(), std::iter::once(undo));
+    });
 }
 
 /// The undos that take a recorded container apart, in build order.
@@ -273,13 +250,13 @@ pub async fn add(instance: &Instance, request: AddRequest) -> Result<ContainerVi
     }
 
     let mut tables = None;
-    let mut rollback = Rollback::new(instance);
+    let mut rollback = Rollback::default();
     let record = match &request.mode {
         Mode::Bridge => {
             let tables = open_once(&mut tables, instance)?;
             add_bridged(instance, tables, &state, &request, &mut rollback).await?
         }
-        Mode::None => add_isolated(&request, &mut rollback).await?,
+        Mode::None => add_isolated(instance, &request, &mut rollback).await?,
         Mode::Host | Mode::Container(_) => ContainerRecord {
             name: request.name.clone(),
             mode: request.mode.clone(),
@@ -309,9 +286,13 @@ pub async fn add(instance: &Instance, request: AddRequest) -> Result<ContainerVi
 }
 
 /// A netns with only `lo` up.
-async fn add_isolated(request: &AddRequest, rollback: &mut Rollback) -> Result<ContainerRecord> {
+async fn add_isolated<'a>(
+    instance: &'a Instance,
+    request: &AddRequest,
+    rollback: &mut Rollback<'a>,
+) -> Result<ContainerRecord> {
     let netns_name = prefixed(&request.name);
-    let netns_path = create_netns(&netns_name, rollback)?;
+    let netns_path = create_netns(instance, &netns_name, rollback)?;
     let inside = topology::connect_in(&netns_path)?;
     topology::set_up_by_name(&inside, "lo").await?;
     Ok(ContainerRecord {
@@ -325,20 +306,24 @@ async fn add_isolated(request: &AddRequest, rollback: &mut Rollback) -> Result<C
     })
 }
 
-fn create_netns(netns_name: &str, rollback: &mut Rollback) -> Result<PathBuf> {
+fn create_netns<'a>(
+    instance: &'a Instance,
+    netns_name: &str,
+    rollback: &mut Rollback<'a>,
+) -> Result<PathBuf> {
     let path = netns::create_named_netns(netns_name)?;
-    rollback.push(Undo::NetnsHandle(netns_name.to_owned()));
+    push_undo(rollback, instance, Undo::NetnsHandle(netns_name.to_owned()));
     Ok(path)
 }
 
 /// A netns with `eth0` (veth peer of `np-NAME` on the bridge), an address,
 /// a default route via the gateway, and the datapath endpoint.
-async fn add_bridged(
-    instance: &Instance,
+async fn add_bridged<'a>(
+    instance: &'a Instance,
     tables: &mut Tables,
     state: &State,
     request: &AddRequest,
-    rollback: &mut Rollback,
+    rollback: &mut Rollback<'a>,
 ) -> Result<ContainerRecord> {
     let used = state
         .containers
@@ -352,7 +337,7 @@ async fn add_bridged(
         return Err(ContainerError::HostLinkTaken(host_veth));
     }
     let netns_name = prefixed(&request.name);
-    let netns_path = create_netns(&netns_name, rollback)?;
+    let netns_path = create_netns(instance, &netns_name, rollback)?;
     let inside = topology::connect_in(&netns_path)?;
 
     // The pair is made inside the container's netns, where `eth0` cannot
@@ -361,7 +346,7 @@ async fn add_bridged(
     let host_end = topology::get_link(&inside, &host_veth).await?.header.index;
     let host_netns = netns::open_current_netns()?;
     topology::move_to_netns(&inside, host_end, &host_netns).await?;
-    rollback.push(Undo::HostLink(host_veth.clone()));
+    push_undo(rollback, instance, Undo::HostLink(host_veth.clone()));
 
     let host_ifindex = topology::get_link(&host, &host_veth).await?.header.index;
     topology::attach_to_bridge(&host, host_ifindex, state.bridge_ifindex).await?;
@@ -380,7 +365,7 @@ async fn add_bridged(
         container_netns: Some(netns_path.clone()),
     };
     datapath::attach_endpoint(instance, tables, &spec)?;
-    rollback.push(Undo::Endpoint(spec));
+    push_undo(rollback, instance, Undo::Endpoint(spec));
 
     Ok(ContainerRecord {
         name: request.name.clone(),
