@@ -210,7 +210,7 @@ struct AddArgs {
     /// bridge, none, host or container:NAME.
     #[arg(long, default_value = "bridge", value_name = "MODE")]
     mode: String,
-    /// Publish a port, as docker -p (not available yet).
+    /// Publish a port, as docker -p: [hostIP:]hostPort[-end]:containerPort[-end][/tcp|udp]; repeatable.
     #[arg(short = 'p', long = "publish", value_name = "SPEC")]
     publish: Vec<String>,
 }
