@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use netpath_common::{FlowEntry, FlowKey, IPPROTO_TCP, tcp_state};
+use netpath_common::{FlowEntry, FlowKey};
 use tokio::{
     net::TcpListener,
     signal::unix::{SignalKind, signal},
@@ -17,12 +17,14 @@ use tokio::{
 };
 
 use crate::{
+    config::Timeouts,
     datapath::Datapath,
+    directories::Instance,
     ebpf_log,
     flows::{FlowView, monotonic_ns},
     metrics::{self, Retired},
     state::State,
-    tables::TablesError,
+    tables::{Tables, TablesError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -31,93 +33,14 @@ pub enum AgentError {
     Signals(std::io::Error),
     #[error("cannot watch route and neighbour changes (rtnetlink): {0}")]
     RouteWatch(std::io::Error),
+    #[error("cannot open the maps for metrics: {0}")]
+    MetricsTables(#[from] TablesError),
     #[error("cannot serve metrics on {addr}: {source}")]
     Metrics {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
-}
-
-/// How long an idle flow lives, in seconds, by protocol and TCP state
-/// (nf_conntrack's spirit, shorter where a NAT port is at stake). Set with
-/// `up --ct-timeout NAME=SECS`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
-pub struct Timeouts {
-    pub syn: u64,
-    pub established: u64,
-    pub fin: u64,
-    pub time_wait: u64,
-    pub close: u64,
-    /// UDP and ICMP flows that never saw a reply.
-    pub unreplied: u64,
-    /// UDP streams and answered pings.
-    pub replied: u64,
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        Self {
-            syn: 60,
-            established: 6 * 3600,
-            fin: 120,
-            // As long as a Linux peer holds the tuple: until then the SNAT
-            // port must not go to another connection (see reclaim_finished).
-            time_wait: 60,
-            close: 10,
-            unreplied: 30,
-            replied: 120,
-        }
-    }
-}
-
-impl Timeouts {
-    pub const NAMES: [&str; 7] = [
-        "syn",
-        "established",
-        "fin",
-        "time_wait",
-        "close",
-        "unreplied",
-        "replied",
-    ];
-
-    /// Sets one timeout from `NAME=SECS`.
-    pub fn set(&mut self, spec: &str) -> Option<()> {
-        let (name, secs) = spec.split_once('=')?;
-        let secs: u64 = secs.parse().ok()?;
-        let slot = match name {
-            "syn" => &mut self.syn,
-            "established" => &mut self.established,
-            "fin" => &mut self.fin,
-            "time_wait" => &mut self.time_wait,
-            "close" => &mut self.close,
-            "unreplied" => &mut self.unreplied,
-            "replied" => &mut self.replied,
-            _ => return None,
-        };
-        *slot = secs;
-        Some(())
-    }
-
-    pub fn of(&self, key: &FlowKey, entry: &FlowEntry) -> Duration {
-        let secs = if key.proto == IPPROTO_TCP {
-            match entry.tcp_state {
-                tcp_state::SYN_SENT | tcp_state::SYN_RECV => self.syn,
-                tcp_state::ESTABLISHED => self.established,
-                tcp_state::FIN_WAIT => self.fin,
-                tcp_state::TIME_WAIT => self.time_wait,
-                tcp_state::CLOSED => self.close,
-                _ => self.syn,
-            }
-        } else if entry.flags & netpath_common::FLOW_SEEN_REPLY != 0 {
-            self.replied
-        } else {
-            self.unreplied
-        };
-        Duration::from_secs(secs)
-    }
 }
 
 /// One garbage-collection pass; returns how many flows it removed. The
@@ -208,12 +131,12 @@ pub struct AgentOptions {
 /// The agent, set up before `up` builds anything so that what can fail
 /// (binding the metrics address) fails first.
 pub struct Agent {
-    instance: String,
+    instance: Instance,
     metrics: Option<TcpListener>,
 }
 
 impl Agent {
-    pub async fn prepare(instance: &str, options: &AgentOptions) -> Result<Self, AgentError> {
+    pub async fn prepare(instance: &Instance, options: &AgentOptions) -> Result<Self, AgentError> {
         let metrics = match options.metrics {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -230,7 +153,7 @@ impl Agent {
                 .map_or_else(|| "off".to_owned(), |a| a.to_string())
         );
         Ok(Self {
-            instance: instance.to_owned(),
+            instance: instance.clone(),
             metrics,
         })
     }
@@ -244,11 +167,8 @@ impl Agent {
             if let Ok(addr) = listener.local_addr() {
                 log::info!("serving Prometheus metrics on http://{addr}/metrics");
             }
-            tokio::spawn(metrics::serve(
-                listener,
-                self.instance.clone(),
-                retired.clone(),
-            ));
+            let tables = Arc::new(Tables::open(&self.instance)?);
+            tokio::spawn(metrics::serve(listener, tables, retired.clone()));
         }
         match ebpf_log::forward(&self.instance) {
             0 => log::debug!("the datapath has no log maps: no eBPF log records to forward"),

@@ -10,10 +10,12 @@ use ipnet::Ipv4Net;
 
 use crate::{
     agent::AgentOptions,
+    config::{Accel, TimeoutSetting},
     container::{self, AddRequest, ContainerError, ContainerView},
-    datapath::Accel,
+    daemon::ReadyNotifier,
+    directories::{BadInstanceName, Instance},
     flows::{self, FlowFilter},
-    instance::{self, InstanceError, ReadyNotifier, StatusView, UpOptions},
+    lifecycle::{self, InstanceError, StatusView, UpOptions},
     netns::{self, NetnsError},
     publish::{self, PublishError},
     state::{self, Mode, StateError},
@@ -29,6 +31,8 @@ pub enum CliError {
         value: String,
         hint: String,
     },
+    #[error(transparent)]
+    InstanceName(#[from] BadInstanceName),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
     #[error("cannot write JSON output: {0}")]
@@ -146,21 +150,6 @@ impl From<LogLevelArg> for log::LevelFilter {
     }
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum AccelArg {
-    Tc,
-    Xdp,
-}
-
-impl From<AccelArg> for Accel {
-    fn from(arg: AccelArg) -> Self {
-        match arg {
-            AccelArg::Tc => Accel::Tc,
-            AccelArg::Xdp => Accel::Xdp,
-        }
-    }
-}
-
 #[derive(Debug, Args)]
 struct UpArgs {
     /// Uplink interface [default: the interface of the default route].
@@ -174,7 +163,7 @@ struct UpArgs {
     bridge: Option<String>,
     /// Where the uplink ingress translations run [default: tc].
     #[arg(long, value_enum)]
-    accel: Option<AccelArg>,
+    accel: Option<Accel>,
     /// cgroup v2 directory for the socket hooks [default: the cgroup2 mount].
     #[arg(long, value_name = "PATH")]
     cgroup: Option<PathBuf>,
@@ -191,7 +180,7 @@ struct UpArgs {
     /// Conntrack timeout in seconds, repeatable: syn, established, fin,
     /// time_wait, close, unreplied (UDP/ICMP), replied (UDP/ICMP).
     #[arg(long = "ct-timeout", value_name = "NAME=SECS")]
-    ct_timeouts: Vec<String>,
+    ct_timeouts: Vec<TimeoutSetting>,
     /// Agent log level, also for the datapath's own log records
     /// [default: info, or RUST_LOG when set].
     #[arg(long, value_enum, value_name = "LEVEL")]
@@ -221,7 +210,7 @@ struct AddArgs {
     /// bridge, none, host or container:NAME.
     #[arg(long, default_value = "bridge", value_name = "MODE")]
     mode: String,
-    /// Publish a port, as docker -p (not available yet).
+    /// Publish a port, as docker -p: [hostIP:]hostPort[-end]:containerPort[-end][/tcp|udp]; repeatable.
     #[arg(short = 'p', long = "publish", value_name = "SPEC")]
     publish: Vec<String>,
 }
@@ -232,23 +221,6 @@ struct ExecArgs {
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<String>,
-}
-
-/// Checks `--ct-timeout NAME=SECS` before anything is built.
-fn validate_timeouts(specs: Vec<String>) -> Result<Vec<String>> {
-    for spec in &specs {
-        crate::agent::Timeouts::default()
-            .set(spec)
-            .ok_or_else(|| CliError::BadInput {
-                what: "--ct-timeout",
-                value: spec.clone(),
-                hint: format!(
-                    "use NAME=SECS, NAME one of {}",
-                    crate::agent::Timeouts::NAMES.join(", ")
-                ),
-            })?;
-    }
-    Ok(specs)
 }
 
 fn parse_port_range(text: &str) -> Result<(u16, u16)> {
@@ -367,11 +339,7 @@ fn print_status(status: &StatusView) {
     println!("uplink:     {} ({})", status.uplink, status.host_ip);
     println!("bridge:     {} gateway {}", status.bridge, status.gateway);
     println!("subnet:     {}", status.subnet);
-    let accel = match status.accel {
-        Accel::Tc => "tc",
-        Accel::Xdp => "xdp",
-    };
-    println!("accel:      {accel}");
+    println!("accel:      {}", status.accel);
     println!("cgroup:     {}", status.cgroup.display());
     println!("pins:       {}", status.pin_dir.display());
     println!("agent:      {agent}");
@@ -393,8 +361,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
-    let instance = cli.instance.as_str();
-    state::validate_instance_name(instance)?;
+    let instance = &Instance::new(&cli.instance)?;
     // Everything but reading the state changes namespaces, links or /run.
     if !matches!(
         cli.command,
@@ -402,7 +369,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             | Command::Container(ContainerCommand::Ls)
             | Command::Publish(PublishCommand::Ls)
     ) {
-        instance::check_root()?;
+        lifecycle::check_root()?;
     }
     match cli.command {
         Command::Up(args) => {
@@ -410,7 +377,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 uplink: args.uplink,
                 subnet: args.subnet.as_deref().map(parse_subnet).transpose()?,
                 bridge: args.bridge,
-                accel: args.accel.map(Accel::from),
+                accel: args.accel,
                 cgroup: args.cgroup,
                 conntrack_size: args.conntrack_size,
                 snat_ports: args
@@ -418,17 +385,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     .as_deref()
                     .map(parse_port_range)
                     .transpose()?,
-                ct_timeouts: validate_timeouts(args.ct_timeouts)?,
+                ct_timeouts: args.ct_timeouts,
                 agent: AgentOptions {
                     metrics: args.metrics,
                 },
             };
             if args.detach {
-                let pid = instance::up_detached(instance)?;
-                let log = state::log_path(instance);
+                let pid = lifecycle::up_detached(instance)?;
+                let log = instance.log_file();
                 if cli.json {
                     print_json(&serde_json::json!({
-                        "instance": instance,
+                        "instance": instance.name(),
                         "agent_pid": pid,
                         "log": log,
                     }))?;
@@ -441,12 +408,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             let ready = ReadyNotifier::from_env();
-            runtime()?.block_on(instance::up(instance, &options, ready, cli.json))?;
+            runtime()?.block_on(lifecycle::up(instance, &options, ready, cli.json))?;
         }
         Command::Down => {
-            let removed = instance::down(instance)?;
+            let removed = lifecycle::down(instance)?;
             if cli.json {
-                print_json(&serde_json::json!({ "instance": instance, "removed": removed }))?;
+                print_json(
+                    &serde_json::json!({ "instance": instance.name(), "removed": removed }),
+                )?;
             } else if removed {
                 println!("instance {instance} removed");
             } else {
@@ -493,9 +462,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             match container::exec(instance, &args.name, &args.command)? {}
         }
         Command::Publish(PublishCommand::Add { name, specs }) => {
-            let mappings = publish::add(instance, &name, &specs)?;
+            let mut tables = Tables::open(instance)?;
+            let mappings = publish::add(instance, &mut tables, &name, &specs)?;
             if cli.json {
-                print_json(&publish::list(instance)?)?;
+                print_json(&publish::list(instance, &tables)?)?;
             } else {
                 for m in mappings {
                     println!("published {} -> {name}:{}", m.host, m.container_port);
@@ -503,7 +473,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Publish(PublishCommand::Rm { spec }) => {
-            let removed = publish::remove(instance, &spec)?;
+            let removed = publish::remove(instance, &mut Tables::open(instance)?, &spec)?;
             if cli.json {
                 print_json(&removed)?;
             } else {
@@ -513,7 +483,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Publish(PublishCommand::Ls) => {
-            let list = publish::list(instance)?;
+            let list = publish::list(instance, &Tables::open(instance)?)?;
             if cli.json {
                 print_json(&list)?;
             } else {
@@ -571,7 +541,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Status => {
-            let status = instance::status(instance)?;
+            let status = lifecycle::status(instance)?;
             if cli.json {
                 print_json(&status)?;
             } else {

@@ -2,7 +2,8 @@
 //!
 //! `add` is all or nothing: each completed step registers its undo in a
 //! [`Rollback`] guard, which runs the undos in reverse unless the state file
-//! was written. `rm` and `down` tear a container down with the same undos.
+//! was written. `rm` and `down` tear a container down with the same [`Undo`]
+//! steps.
 //!
 //! Removing a container that others share (`--mode container:NAME`) is
 //! refused: the dependents would silently lose their network, so they must be
@@ -13,9 +14,11 @@ use rtnetlink::Handle;
 
 use crate::{
     datapath::{self, DatapathError, EndpointSpec},
+    directories::Instance,
     ipam::{self, IpamError},
     netns::{self, NetnsError, NetnsGuard},
     publish::{self, PublishError},
+    rollback::Rollback,
     state::{self, ContainerRecord, InstanceLock, Mode, State, StateError},
     tables::{Tables, TablesError},
     topology::{self, TopologyError},
@@ -117,16 +120,18 @@ fn prefixed(name: &str) -> String {
 enum Undo {
     NetnsHandle(String),
     HostLink(String),
-    Endpoint {
-        instance: String,
-        spec: EndpointSpec,
-    },
+    Endpoint(EndpointSpec),
 }
 
 impl Undo {
     /// Undoes the step. All undos are blocking (no runtime needed) so they
     /// can run from `Drop`, and tolerate the thing being gone already.
-    fn run(&self) -> std::result::Result<(), ContainerError> {
+    /// `tables`: the command's open maps, None when the datapath is gone.
+    fn run(
+        &self,
+        instance: &Instance,
+        tables: Option<&mut Tables>,
+    ) -> std::result::Result<(), ContainerError> {
         match self {
             Undo::NetnsHandle(name) => netns::delete_named_netns(name)?,
             Undo::HostLink(name) => {
@@ -134,7 +139,7 @@ impl Undo {
                 // the netns teardown would take an unknown while.
                 topology::delete_link_blocking(name)?;
             }
-            Undo::Endpoint { instance, spec } => datapath::detach_endpoint(instance, spec)?,
+            Undo::Endpoint(spec) => datapath::detach_endpoint(instance, tables, spec)?,
         }
         Ok(())
     }
@@ -142,10 +147,14 @@ impl Undo {
 
 /// Runs `undos` in reverse order, all of them even when some fail; returns
 /// the first failure.
-fn run_undos(undos: impl DoubleEndedIterator<Item = Undo>) -> Result<()> {
+fn run_undos(
+    instance: &Instance,
+    mut tables: Option<&mut Tables>,
+    undos: impl DoubleEndedIterator<Item = Undo>,
+) -> Result<()> {
     let mut first_error = None;
     for undo in undos.rev() {
-        if let Err(e) = undo.run() {
+        if let Err(e) = undo.run(instance, tables.as_deref_mut()) {
             log::warn!("cleanup step {undo:?} failed: {e}");
             first_error.get_or_insert(e);
         }
@@ -153,34 +162,21 @@ fn run_undos(undos: impl DoubleEndedIterator<Item = Undo>) -> Result<()> {
     first_error.map_or(Ok(()), Err)
 }
 
-/// Undoes the completed steps of a failed `container add` when dropped,
-/// unless committed.
-#[derive(Default)]
-struct Rollback {
-    undos: Vec<Undo>,
-    committed: bool,
-}
-
-impl Rollback {
-    fn push(&mut self, undo: Undo) {
-        self.undos.push(undo);
-    }
-
-    fn commit(mut self) {
-        self.committed = true;
-    }
-}
-
-impl Drop for Rollback {
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = run_undos(std::mem::take(&mut self.undos).into_iter());
-        }
-    }
+/// Registers `undo` for a failed `container add`.
+fn push_undo<'a>(rollback: &mut Rollback<'a>, instance: &'a Instance, undo: Undo) {
+    rollback.push(move || {
+        // A failure path: the maps are opened again rather than borrowed
+        // from the command, which still holds them.
+        let mut tables = match undo {
+            Undo::Endpoint(_) => Tables::open(instance).ok(),
+            _ => None,
+        };
+        let _ = run_undos(instance, tables.as_mut(), std::iter::once(undo));
+    });
 }
 
 /// The undos that take a recorded container apart, in build order.
-fn teardown_steps(instance: &str, record: &ContainerRecord) -> Vec<Undo> {
+fn teardown_steps(record: &ContainerRecord) -> Vec<Undo> {
     let mut steps = Vec::new();
     if let Some(netns) = &record.netns {
         steps.push(Undo::NetnsHandle(netns.clone()));
@@ -199,30 +195,41 @@ fn teardown_steps(instance: &str, record: &ContainerRecord) -> Vec<Undo> {
                     .unwrap_or_default(),
                 container_netns: record.netns.as_deref().map(netns::named_netns_path),
             };
-            steps.push(Undo::Endpoint {
-                instance: instance.to_owned(),
-                spec,
-            });
+            steps.push(Undo::Endpoint(spec));
         }
     }
     steps
 }
 
 /// Takes a recorded container apart (datapath endpoint, veth, netns).
-pub fn teardown(instance: &str, record: &ContainerRecord) -> Result<()> {
-    run_undos(teardown_steps(instance, record).into_iter())
+/// `tables`: the command's open maps, None when the datapath is gone.
+pub fn teardown(
+    instance: &Instance,
+    tables: Option<&mut Tables>,
+    record: &ContainerRecord,
+) -> Result<()> {
+    run_undos(instance, tables, teardown_steps(record).into_iter())
 }
 
 /// Takes the instance lock and loads the state, which must exist.
-fn lock_and_load(instance: &str) -> Result<(InstanceLock, State)> {
-    let not_up = || StateError::NotUp(instance.to_owned());
-    let lock = InstanceLock::acquire(instance)?.ok_or_else(not_up)?;
-    let state = state::load(instance)?.ok_or_else(not_up)?;
+fn lock_and_load(instance: &Instance) -> Result<(InstanceLock, State)> {
+    let lock =
+        InstanceLock::acquire(instance)?.ok_or_else(|| StateError::from(instance.not_up()))?;
+    let state = state::load(instance)?.ok_or_else(|| StateError::from(instance.not_up()))?;
     Ok((lock, state))
 }
 
+/// The command's maps, opened on first use: modes without an endpoint and
+/// without published ports never need them.
+fn open_once<'t>(tables: &'t mut Option<Tables>, instance: &Instance) -> Result<&'t mut Tables> {
+    if tables.is_none() {
+        *tables = Some(Tables::open(instance)?);
+    }
+    Ok(tables.as_mut().expect("opened just above"))
+}
+
 /// `netpath container add`.
-pub async fn add(instance: &str, request: AddRequest) -> Result<ContainerView> {
+pub async fn add(instance: &Instance, request: AddRequest) -> Result<ContainerView> {
     validate_name(&request.name)?;
     // Parsed before anything is built, so a bad spec leaves nothing behind.
     let mut mappings = Vec::new();
@@ -242,10 +249,14 @@ pub async fn add(instance: &str, request: AddRequest) -> Result<ContainerView> {
         return Err(ContainerError::Unknown(other.clone()));
     }
 
+    let mut tables = None;
     let mut rollback = Rollback::default();
     let record = match &request.mode {
-        Mode::Bridge => add_bridged(&state, &request, &mut rollback).await?,
-        Mode::None => add_isolated(&request, &mut rollback).await?,
+        Mode::Bridge => {
+            let tables = open_once(&mut tables, instance)?;
+            add_bridged(instance, tables, &state, &request, &mut rollback).await?
+        }
+        Mode::None => add_isolated(instance, &request, &mut rollback).await?,
         Mode::Host | Mode::Container(_) => ContainerRecord {
             name: request.name.clone(),
             mode: request.mode.clone(),
@@ -260,11 +271,13 @@ pub async fn add(instance: &str, request: AddRequest) -> Result<ContainerView> {
     let published_ip = view(&state, &request.name).ip;
     if !mappings.is_empty() {
         let ip = published_ip.ok_or_else(|| PublishError::NoAddress(request.name.clone()))?;
-        publish::publish_locked(&mut Tables::open(instance)?, ip, &mappings)?;
+        publish::publish_locked(open_once(&mut tables, instance)?, ip, &mappings)?;
     }
-    if let Err(e) = state::save(&state) {
-        if let (Some(ip), false) = (published_ip, mappings.is_empty()) {
-            let _ = publish::remove_for_ip_locked(&mut Tables::open(instance)?, ip);
+    if let Err(e) = state::save(instance, &state) {
+        if let (Some(ip), Some(tables)) = (published_ip, tables.as_mut())
+            && !mappings.is_empty()
+        {
+            let _ = publish::remove_for_ip_locked(tables, ip);
         }
         return Err(e.into());
     }
@@ -273,9 +286,13 @@ pub async fn add(instance: &str, request: AddRequest) -> Result<ContainerView> {
 }
 
 /// A netns with only `lo` up.
-async fn add_isolated(request: &AddRequest, rollback: &mut Rollback) -> Result<ContainerRecord> {
+async fn add_isolated<'a>(
+    instance: &'a Instance,
+    request: &AddRequest,
+    rollback: &mut Rollback<'a>,
+) -> Result<ContainerRecord> {
     let netns_name = prefixed(&request.name);
-    let netns_path = create_netns(&netns_name, rollback)?;
+    let netns_path = create_netns(instance, &netns_name, rollback)?;
     let inside = topology::connect_in(&netns_path)?;
     topology::set_up_by_name(&inside, "lo").await?;
     Ok(ContainerRecord {
@@ -289,18 +306,24 @@ async fn add_isolated(request: &AddRequest, rollback: &mut Rollback) -> Result<C
     })
 }
 
-fn create_netns(netns_name: &str, rollback: &mut Rollback) -> Result<PathBuf> {
+fn create_netns<'a>(
+    instance: &'a Instance,
+    netns_name: &str,
+    rollback: &mut Rollback<'a>,
+) -> Result<PathBuf> {
     let path = netns::create_named_netns(netns_name)?;
-    rollback.push(Undo::NetnsHandle(netns_name.to_owned()));
+    push_undo(rollback, instance, Undo::NetnsHandle(netns_name.to_owned()));
     Ok(path)
 }
 
 /// A netns with `eth0` (veth peer of `np-NAME` on the bridge), an address,
 /// a default route via the gateway, and the datapath endpoint.
-async fn add_bridged(
+async fn add_bridged<'a>(
+    instance: &'a Instance,
+    tables: &mut Tables,
     state: &State,
     request: &AddRequest,
-    rollback: &mut Rollback,
+    rollback: &mut Rollback<'a>,
 ) -> Result<ContainerRecord> {
     let used = state
         .containers
@@ -314,7 +337,7 @@ async fn add_bridged(
         return Err(ContainerError::HostLinkTaken(host_veth));
     }
     let netns_name = prefixed(&request.name);
-    let netns_path = create_netns(&netns_name, rollback)?;
+    let netns_path = create_netns(instance, &netns_name, rollback)?;
     let inside = topology::connect_in(&netns_path)?;
 
     // The pair is made inside the container's netns, where `eth0` cannot
@@ -323,7 +346,7 @@ async fn add_bridged(
     let host_end = topology::get_link(&inside, &host_veth).await?.header.index;
     let host_netns = netns::open_current_netns()?;
     topology::move_to_netns(&inside, host_end, &host_netns).await?;
-    rollback.push(Undo::HostLink(host_veth.clone()));
+    push_undo(rollback, instance, Undo::HostLink(host_veth.clone()));
 
     let host_ifindex = topology::get_link(&host, &host_veth).await?.header.index;
     topology::attach_to_bridge(&host, host_ifindex, state.bridge_ifindex).await?;
@@ -341,11 +364,8 @@ async fn add_bridged(
         mac,
         container_netns: Some(netns_path.clone()),
     };
-    datapath::attach_endpoint(&state.instance, &spec)?;
-    rollback.push(Undo::Endpoint {
-        instance: state.instance.clone(),
-        spec,
-    });
+    datapath::attach_endpoint(instance, tables, &spec)?;
+    push_undo(rollback, instance, Undo::Endpoint(spec));
 
     Ok(ContainerRecord {
         name: request.name.clone(),
@@ -384,7 +404,7 @@ fn use_snat_ports_for_ephemeral(netns_path: &std::path::Path, state: &State) -> 
 }
 
 /// `netpath container rm`.
-pub fn remove(instance: &str, name: &str) -> Result<()> {
+pub fn remove(instance: &Instance, name: &str) -> Result<()> {
     let (_lock, mut state) = lock_and_load(instance)?;
     let record = state
         .containers
@@ -402,16 +422,18 @@ pub fn remove(instance: &str, name: &str) -> Result<()> {
             dependents: dependents.join(", "),
         });
     }
-    if let (Mode::Bridge, Some(ip)) = (&record.mode, record.ip) {
-        match Tables::open(instance) {
-            Ok(mut tables) => publish::remove_for_ip_locked(&mut tables, ip)?,
-            Err(TablesError::NotLoaded(_)) => {}
-            Err(e) => return Err(e.into()),
-        }
+    // Only a container with an address of its own has an endpoint and ports.
+    let mut tables = match record.ip.map(|_| Tables::open(instance)) {
+        Some(Ok(tables)) => Some(tables),
+        None | Some(Err(TablesError::NotUp(_))) => None,
+        Some(Err(e)) => return Err(e.into()),
+    };
+    if let (Mode::Bridge, Some(ip), Some(tables)) = (&record.mode, record.ip, tables.as_mut()) {
+        publish::remove_for_ip_locked(tables, ip)?;
     }
-    teardown(instance, record)?;
+    teardown(instance, tables.as_mut(), record)?;
     state.containers.remove(name);
-    state::save(&state)?;
+    state::save(instance, &state)?;
     Ok(())
 }
 
@@ -444,7 +466,7 @@ pub fn view(state: &State, name: &str) -> ContainerView {
 }
 
 /// `netpath container ls`.
-pub fn list(instance: &str) -> Result<Vec<ContainerView>> {
+pub fn list(instance: &Instance) -> Result<Vec<ContainerView>> {
     let state = state::load_required(instance)?;
     Ok(state
         .containers
@@ -455,7 +477,7 @@ pub fn list(instance: &str) -> Result<Vec<ContainerView>> {
 
 /// `netpath exec NAME -- CMD...`: runs CMD in the container's network
 /// namespace by replacing this process, so CMD's exit status is ours.
-pub fn exec(instance: &str, name: &str, command: &[String]) -> Result<Infallible> {
+pub fn exec(instance: &Instance, name: &str, command: &[String]) -> Result<Infallible> {
     let state = state::load_required(instance)?;
     if !state.containers.contains_key(name) {
         return Err(ContainerError::Unknown(name.to_owned()));

@@ -9,7 +9,7 @@
 //! no such map; then there is nothing to forward.
 use std::collections::BTreeMap;
 
-use crate::{datapath::pin_dir, watch::readable};
+use crate::{directories::Instance, watch::readable};
 use aya::{
     maps::{MapData, MapInfo},
     programs::loaded_programs,
@@ -21,15 +21,15 @@ use netpath_common::names;
 const LOG_MAP: &str = "AYA_LOGS";
 
 /// For each `AYA_LOGS` map of this instance's programs, one program using it.
-fn log_maps(instance: &str) -> BTreeMap<u32, u32> {
-    let config_id =
-        match MapData::from_pin(pin_dir(instance).join(names::CONFIG)).and_then(|m| m.info()) {
-            Ok(info) => info.id(),
-            Err(e) => {
-                log::debug!("eBPF logs: cannot open the CONFIG map: {e}");
-                return BTreeMap::new();
-            }
-        };
+fn log_maps(instance: &Instance) -> BTreeMap<u32, u32> {
+    let config_id = match MapData::from_pin(instance.map_pin(names::CONFIG)).and_then(|m| m.info())
+    {
+        Ok(info) => info.id(),
+        Err(e) => {
+            log::debug!("eBPF logs: cannot open the CONFIG map: {e}");
+            return BTreeMap::new();
+        }
+    };
     let mut found = BTreeMap::new();
     for prog in loaded_programs().filter_map(Result::ok) {
         let Ok(Some(map_ids)) = prog.map_ids() else {
@@ -50,7 +50,7 @@ fn log_maps(instance: &str) -> BTreeMap<u32, u32> {
 
 /// Starts one task per log map that moves its records to `log`; the tasks
 /// (and the loggers they own) live as long as the runtime. Returns how many.
-pub fn forward(instance: &str) -> usize {
+pub fn forward(instance: &Instance) -> usize {
     let mut started = 0;
     for (map_id, prog_id) in log_maps(instance) {
         let logger = match EbpfLogger::init_from_id(prog_id) {

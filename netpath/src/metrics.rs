@@ -185,8 +185,7 @@ pub fn render(
 }
 
 /// Reads the instance's pinned maps and renders them.
-pub fn scrape(instance: &str, retired: &Retired) -> Result<String, TablesError> {
-    let tables = Tables::open(instance)?;
+pub fn scrape(tables: &Tables, retired: &Retired) -> Result<String, TablesError> {
     let counters = tables.counters()?;
     let flows = tables.flows()?;
     let retired = retired
@@ -201,15 +200,16 @@ pub fn scrape(instance: &str, retired: &Retired) -> Result<String, TablesError> 
     ))
 }
 
-/// Serves scrapes until the task is dropped.
-pub async fn serve(listener: TcpListener, instance: String, retired: Retired) {
+/// Serves scrapes until the task is dropped. `tables` is the agent's own
+/// read-only handle on the maps, opened once.
+pub async fn serve(listener: TcpListener, tables: Arc<Tables>, retired: Retired) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                let instance = instance.clone();
+                let tables = tables.clone();
                 let retired = retired.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = answer(stream, instance, retired).await {
+                    if let Err(e) = answer(stream, tables, retired).await {
                         log::debug!("metrics: request from {peer}: {e}");
                     }
                 });
@@ -263,14 +263,14 @@ fn route(head: &[u8]) -> Route {
     }
 }
 
-async fn answer(mut stream: TcpStream, instance: String, retired: Retired) -> io::Result<()> {
+async fn answer(mut stream: TcpStream, tables: Arc<Tables>, retired: Retired) -> io::Result<()> {
     let head = tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut stream))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no request in time"))??;
     let (status, content_type, body, head_only) = match route(&head) {
         Route::Metrics { head_only } => {
             // Walking a large conntrack table takes a while: off the runtime.
-            let scraped = tokio::task::spawn_blocking(move || scrape(&instance, &retired)).await;
+            let scraped = tokio::task::spawn_blocking(move || scrape(&tables, &retired)).await;
             match scraped {
                 Ok(Ok(text)) => (
                     "200 OK",

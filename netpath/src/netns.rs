@@ -16,10 +16,10 @@ use nix::{
     sys::statfs::{BPF_FS_MAGIC, statfs},
 };
 
+use crate::directories::BPFFS_ROOT;
+
 /// Where iproute2 (and so `ip netns exec`) looks for named network namespaces.
 pub const NETNS_RUN_DIR: &str = "/run/netns";
-/// Where the bpffs must be mounted for pins to be shared between commands.
-pub const BPFFS_PATH: &str = "/sys/fs/bpf";
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
@@ -45,7 +45,7 @@ pub enum NetnsError {
         source: io::Error,
     },
     #[error(
-        "cannot mount bpffs at {BPFFS_PATH}: {0} (mount it by hand: mount -t bpf bpf {BPFFS_PATH})"
+        "cannot mount bpffs at {BPFFS_ROOT}: {0} (mount it by hand: mount -t bpf bpf {BPFFS_ROOT})"
     )]
     Bpffs(Errno),
 }
@@ -235,7 +235,7 @@ fn is_bpffs(path: &str) -> bool {
 /// were started in. setns(CLONE_NEWNS) needs a single-threaded process, so
 /// this must run first in `main`, before any thread or runtime exists.
 pub fn join_parent_mount_namespace_if_private() -> Result<(), NetnsError> {
-    if is_bpffs(BPFFS_PATH) {
+    if is_bpffs(BPFFS_ROOT) {
         return Ok(());
     }
     let mnt_err =
@@ -264,12 +264,12 @@ pub fn join_parent_mount_namespace_if_private() -> Result<(), NetnsError> {
 
 /// Mounts bpffs at /sys/fs/bpf unless one is there already.
 pub fn ensure_bpffs() -> Result<(), NetnsError> {
-    if is_bpffs(BPFFS_PATH) {
+    if is_bpffs(BPFFS_ROOT) {
         return Ok(());
     }
     mount(
         Some("bpf"),
-        BPFFS_PATH,
+        BPFFS_ROOT,
         Some("bpf"),
         MsFlags::empty(),
         Some("mode=0700"),

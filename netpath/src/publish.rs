@@ -8,6 +8,7 @@ use netpath_common::{IPPROTO_TCP, IPPROTO_UDP, PortKey, PortTarget};
 use serde::Serialize;
 
 use crate::{
+    directories::{Instance, NotUp},
     state::{self, InstanceLock, State, StateError},
     tables::{Tables, TablesError, ip_of, wire_ip},
 };
@@ -30,8 +31,8 @@ pub enum PublishError {
     NoAddress(String),
     #[error("no container named {0}: see `netpath container ls`")]
     UnknownContainer(String),
-    #[error("instance {0} is not up: run `netpath up` first")]
-    NotUp(String),
+    #[error(transparent)]
+    NotUp(#[from] NotUp),
     #[error("{0} is not published: see `netpath publish ls`")]
     NotPublished(String),
     #[error(transparent)]
@@ -303,26 +304,27 @@ pub fn publish_locked(tables: &mut Tables, ip: Ipv4Addr, mappings: &[Mapping]) -
 }
 
 /// `netpath publish add NAME SPEC...`.
-pub fn add(instance: &str, name: &str, specs: &[String]) -> Result<Vec<Mapping>> {
-    let not_up = || PublishError::NotUp(instance.to_string());
-    let _lock = InstanceLock::acquire(instance)?.ok_or_else(not_up)?;
-    let state = state::load(instance)?.ok_or_else(not_up)?;
+pub fn add(
+    instance: &Instance,
+    tables: &mut Tables,
+    name: &str,
+    specs: &[String],
+) -> Result<Vec<Mapping>> {
+    let _lock = InstanceLock::acquire(instance)?.ok_or_else(|| instance.not_up())?;
+    let state = state::load(instance)?.ok_or_else(|| instance.not_up())?;
     let ip = container_ip(&state, name)?;
     let mut mappings = Vec::new();
     for spec in specs {
         mappings.extend(parse_spec(spec)?);
     }
-    let mut tables = Tables::open(instance)?;
-    publish_locked(&mut tables, ip, &mappings)?;
+    publish_locked(tables, ip, &mappings)?;
     Ok(mappings)
 }
 
 /// `netpath publish rm SPEC`: unpublishes and flushes the mapping's flows.
-pub fn remove(instance: &str, spec: &str) -> Result<Vec<HostPort>> {
+pub fn remove(instance: &Instance, tables: &mut Tables, spec: &str) -> Result<Vec<HostPort>> {
     let hosts = parse_host_side(spec)?;
-    let not_up = || PublishError::NotUp(instance.to_string());
-    let _lock = InstanceLock::acquire(instance)?.ok_or_else(not_up)?;
-    let mut tables = Tables::open(instance)?;
+    let _lock = InstanceLock::acquire(instance)?.ok_or_else(|| instance.not_up())?;
     let existing = tables.ports()?;
     for host in &hosts {
         let key = host.key();
@@ -350,9 +352,8 @@ pub fn remove_for_ip_locked(tables: &mut Tables, ip: Ipv4Addr) -> Result<()> {
 }
 
 /// `netpath publish ls`: straight from the `PORTS` map.
-pub fn list(instance: &str) -> Result<Vec<Published>> {
-    let state = state::load(instance)?.ok_or_else(|| PublishError::NotUp(instance.to_string()))?;
-    let tables = Tables::open(instance)?;
+pub fn list(instance: &Instance, tables: &Tables) -> Result<Vec<Published>> {
+    let state = state::load(instance)?.ok_or_else(|| instance.not_up())?;
     let mut out: Vec<Published> = tables
         .ports()?
         .into_iter()

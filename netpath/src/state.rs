@@ -20,14 +20,15 @@ use nix::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::datapath::Accel;
-
-const RUN_DIR: &str = "/run/netpath";
+use crate::{
+    config::{Accel, DEFAULT_SNAT_PORTS, Timeouts},
+    directories::{Instance, NotUp},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("instance {0} is not up: run `netpath up` first")]
-    NotUp(String),
+    #[error(transparent)]
+    NotUp(#[from] NotUp),
     #[error("cannot {what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -39,8 +40,6 @@ pub enum StateError {
         path: PathBuf,
         source: serde_json::Error,
     },
-    #[error("invalid instance name {0:?}: use letters, digits, '-' and '_' (at most 32)")]
-    BadInstanceName(String),
 }
 
 type Result<T> = std::result::Result<T, StateError>;
@@ -144,7 +143,7 @@ pub struct State {
     pub conntrack_size: u32,
     /// Conntrack timeouts the agent's GC applies.
     #[serde(default)]
-    pub ct_timeouts: crate::agent::Timeouts,
+    pub ct_timeouts: Timeouts,
     /// The SNAT port range (host order, inclusive).
     #[serde(default = "default_snat_ports")]
     pub snat_ports: (u16, u16),
@@ -153,46 +152,13 @@ pub struct State {
 }
 
 fn default_snat_ports() -> (u16, u16) {
-    crate::datapath::DEFAULT_SNAT_PORTS
+    DEFAULT_SNAT_PORTS
 }
 
-/// Checks an instance name before it becomes part of paths.
-pub fn validate_instance_name(instance: &str) -> Result<()> {
-    let ok = !instance.is_empty()
-        && instance.len() <= 32
-        && instance
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        && !instance.starts_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(StateError::BadInstanceName(instance.to_owned()))
-    }
-}
-
-/// The run-time directory of an instance: `/run/netpath/<instance>`.
-pub fn instance_dir(instance: &str) -> PathBuf {
-    Path::new(RUN_DIR).join(instance)
-}
-
-pub fn state_path(instance: &str) -> PathBuf {
-    instance_dir(instance).join("state.json")
-}
-
-pub fn pid_path(instance: &str) -> PathBuf {
-    instance_dir(instance).join("agent.pid")
-}
-
-pub fn log_path(instance: &str) -> PathBuf {
-    instance_dir(instance).join("agent.log")
-}
-
-/// Creates the instance directory (for `up`).
-pub fn create_instance_dir(instance: &str) -> Result<PathBuf> {
-    let dir = instance_dir(instance);
-    std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
-    Ok(dir)
+/// Creates the instance's run-time directory (for `up`).
+pub fn create_run_dir(instance: &Instance) -> Result<()> {
+    let dir = instance.run_dir();
+    std::fs::create_dir_all(dir).map_err(io_err("create", dir))
 }
 
 /// The exclusive lock of an instance, held until dropped.
@@ -204,12 +170,11 @@ impl InstanceLock {
     /// Waits for and takes the instance lock. Only `up` creates the instance
     /// directory; every other command gets None when it does not exist, so
     /// a command on an instance that is not up leaves nothing behind.
-    pub fn acquire(instance: &str) -> Result<Option<Self>> {
-        let dir = instance_dir(instance);
-        if !dir.is_dir() {
+    pub fn acquire(instance: &Instance) -> Result<Option<Self>> {
+        if !instance.run_dir().is_dir() {
             return Ok(None);
         }
-        let path = dir.join("lock");
+        let path = instance.lock_file();
         let file = File::options()
             .create(true)
             .truncate(false)
@@ -223,8 +188,8 @@ impl InstanceLock {
 }
 
 /// Reads the instance's state; None when the instance is not up.
-pub fn load(instance: &str) -> Result<Option<State>> {
-    let path = state_path(instance);
+pub fn load(instance: &Instance) -> Result<Option<State>> {
+    let path = instance.state_file();
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -236,8 +201,8 @@ pub fn load(instance: &str) -> Result<Option<State>> {
 }
 
 /// Reads the instance's state, which must exist.
-pub fn load_required(instance: &str) -> Result<State> {
-    load(instance)?.ok_or_else(|| StateError::NotUp(instance.to_owned()))
+pub fn load_required(instance: &Instance) -> Result<State> {
+    Ok(load(instance)?.ok_or_else(|| instance.not_up())?)
 }
 
 /// Writes `contents` to `path` atomically: a temporary file in the same
@@ -256,8 +221,8 @@ fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
 }
 
 /// Saves the state (the caller holds the instance lock).
-pub fn save(state: &State) -> Result<()> {
-    let path = state_path(&state.instance);
+pub fn save(instance: &Instance, state: &State) -> Result<()> {
+    let path = instance.state_file();
     let mut json = serde_json::to_vec_pretty(state).map_err(|source| StateError::Corrupt {
         path: path.clone(),
         source,
@@ -267,20 +232,20 @@ pub fn save(state: &State) -> Result<()> {
 }
 
 /// Writes the agent's pid file.
-pub fn write_pid(instance: &str, pid: u32) -> Result<()> {
-    write_atomically(&pid_path(instance), format!("{pid}\n").as_bytes())
+pub fn write_pid(instance: &Instance, pid: u32) -> Result<()> {
+    write_atomically(&instance.pid_file(), format!("{pid}\n").as_bytes())
 }
 
 /// Removes the agent's pid file if it still names `pid`.
-pub fn remove_pid_if_ours(instance: &str, pid: u32) {
+pub fn remove_pid_if_ours(instance: &Instance, pid: u32) {
     if read_pid(instance) == Some(pid) {
-        let _ = std::fs::remove_file(pid_path(instance));
+        let _ = std::fs::remove_file(instance.pid_file());
     }
 }
 
 /// The pid in the instance's pid file, if any.
-pub fn read_pid(instance: &str) -> Option<u32> {
-    std::fs::read_to_string(pid_path(instance))
+pub fn read_pid(instance: &Instance) -> Option<u32> {
+    std::fs::read_to_string(instance.pid_file())
         .ok()?
         .trim()
         .parse()
@@ -318,7 +283,7 @@ pub fn process_alive(pid: u32) -> bool {
 }
 
 /// The pid of the instance's agent if it is running.
-pub fn live_agent_pid(instance: &str) -> Option<u32> {
+pub fn live_agent_pid(instance: &Instance) -> Option<u32> {
     read_pid(instance).filter(|pid| process_alive(*pid))
 }
 
@@ -334,14 +299,5 @@ mod tests {
         }
         assert!("container:".parse::<Mode>().is_err());
         assert!("macvlan".parse::<Mode>().is_err());
-    }
-
-    #[test]
-    fn instance_names_are_checked() {
-        assert!(validate_instance_name("default").is_ok());
-        assert!(validate_instance_name("t-1_a").is_ok());
-        assert!(validate_instance_name("").is_err());
-        assert!(validate_instance_name("../x").is_err());
-        assert!(validate_instance_name("-x").is_err());
     }
 }

@@ -31,6 +31,13 @@ pub fn enable_ipv4_forwarding() -> Result<(), SysctlError> {
     write("net.ipv4.ip_forward", "1")
 }
 
+/// Reserves the SNAT port range (host order, inclusive) in the current
+/// network namespace: host sockets must never be given a port our SNAT may
+/// hand out.
+pub fn reserve_local_ports((min, max): (u16, u16)) -> Result<(), SysctlError> {
+    write("net.ipv4.ip_local_reserved_ports", &format!("{min}-{max}"))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -1,17 +1,17 @@
 //! Typed access to the pinned maps: the port, endpoint and conntrack tables,
 //! the counters and the configuration. Every command works through these, so
 //! none needs the agent.
-use std::{io, net::Ipv4Addr, path::PathBuf};
+use std::{io, net::Ipv4Addr};
 
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
 use netpath_common::{Config, Endpoint, FlowEntry, FlowKey, PortKey, PortTarget, names, stat};
 
-use crate::datapath::pin_dir;
+use crate::directories::{Instance, NotUp};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TablesError {
-    #[error("the datapath of instance {0} is not loaded: run `netpath up` first")]
-    NotLoaded(String),
+    #[error(transparent)]
+    NotUp(#[from] NotUp),
     #[error("pinned map {path}: {source}")]
     Map {
         path: String,
@@ -39,9 +39,9 @@ pub fn wire_ip(ip: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(ip.octets())
 }
 
-/// The instance's pinned maps, opened.
+/// The instance's pinned maps, opened. A command opens them once and passes
+/// this handle down.
 pub struct Tables {
-    dir: PathBuf,
     config: Array<MapData, Config>,
     endpoints: HashMap<MapData, u32, Endpoint>,
     ports: HashMap<MapData, PortKey, PortTarget>,
@@ -56,15 +56,12 @@ pub struct Tables {
 pub type Counters = Vec<(&'static str, u64)>;
 
 impl Tables {
-    pub fn open(instance: &str) -> Result<Self, TablesError> {
-        let dir = pin_dir(instance);
+    pub fn open(instance: &Instance) -> Result<Self, TablesError> {
         let open = |name: &str| -> Result<Map, TablesError> {
-            let path = dir.join(name);
-            let data = MapData::from_pin(&path)
-                .map_err(|_| TablesError::NotLoaded(instance.to_string()))?;
+            let data = MapData::from_pin(instance.map_pin(name)).map_err(|_| instance.not_up())?;
             Map::from_map_data(data).map_err(map_err(name))
         };
-        let conntrack_capacity = MapData::from_pin(dir.join(names::CONNTRACK))
+        let conntrack_capacity = MapData::from_pin(instance.map_pin(names::CONNTRACK))
             .ok()
             .and_then(|m| m.info().ok())
             .map_or(0, |i| i.max_entries());
@@ -81,13 +78,7 @@ impl Tables {
             stats: PerCpuArray::try_from(open(names::STATS)?).map_err(map_err(names::STATS))?,
             route_gen: Array::try_from(open(names::ROUTE_GEN)?)
                 .map_err(map_err(names::ROUTE_GEN))?,
-            dir,
         })
-    }
-
-    /// Directory the maps are pinned in.
-    pub fn dir(&self) -> &PathBuf {
-        &self.dir
     }
 
     pub fn config(&self) -> Result<Config, TablesError> {

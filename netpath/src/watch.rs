@@ -17,7 +17,7 @@ use tokio::{
 };
 
 use crate::{
-    datapath::pin_dir,
+    directories::Instance,
     flows::{FlowEventView, FlowFilter, monotonic_ns, realtime_ns},
     tables::TablesError,
 };
@@ -84,13 +84,13 @@ pub(crate) fn readable<T: AsRawFd>(ring: T) -> io::Result<AsyncFd<T>> {
 }
 
 /// Streams events until SIGINT or SIGTERM (or until stdout closes).
-pub async fn watch(instance: &str, filter: &FlowFilter, json: bool) -> Result<(), WatchError> {
-    let path = pin_dir(instance).join(names::EVENTS);
+pub async fn watch(instance: &Instance, filter: &FlowFilter, json: bool) -> Result<(), WatchError> {
+    let path = instance.map_pin(names::EVENTS);
     let map_err = |source| TablesError::Map {
         path: path.display().to_string(),
         source,
     };
-    let data = MapData::from_pin(&path).map_err(|_| TablesError::NotLoaded(instance.to_owned()))?;
+    let data = MapData::from_pin(&path).map_err(|_| TablesError::from(instance.not_up()))?;
     let ring = RingBuf::try_from(Map::from_map_data(data).map_err(map_err)?).map_err(map_err)?;
     let mut ring = readable(ring)?;
     let mut terminate = signal(SignalKind::terminate())?;

@@ -1,63 +1,43 @@
-//! Instance lifecycle: `up` (build or adopt the topology, load the datapath,
-//! run the agent), `up --detach`, `down` and `status`.
+//! Instance life cycle: `up` (build or adopt the topology, set the host up,
+//! load the datapath, run the agent), `up --detach`, `down` and `status`.
+//! Starting and stopping the agent as a process is `daemon`'s.
 use std::{
-    fs::File,
     hash::{DefaultHasher, Hash, Hasher},
-    io::{self, Read, Write},
+    io::{self, Write},
     net::Ipv4Addr,
-    os::{
-        fd::{AsRawFd, FromRawFd, OwnedFd},
-        unix::process::CommandExt,
-    },
     path::{Path, PathBuf},
-    process::{Command, Stdio},
-    time::Duration,
 };
 
 use ipnet::Ipv4Net;
-use nix::{
-    errno::Errno,
-    fcntl::{FcntlArg, OFlag, fcntl},
-    poll::{PollFd, PollFlags, PollTimeout, poll},
-    sys::signal::{Signal, kill},
-    unistd::{Pid, geteuid, pipe2},
-};
+use nix::unistd::geteuid;
 
 use crate::{
     agent::{Agent, AgentError, AgentOptions},
+    config::{
+        Accel, DEFAULT_BRIDGE, DEFAULT_SNAT_PORTS, DEFAULT_SUBNET, MapSizes, TimeoutSetting,
+        Timeouts,
+    },
     container::{self, ContainerError, ContainerView},
-    datapath::{self, Accel, Datapath, DatapathConfig, DatapathError, MapSizes},
+    daemon::{self, DaemonError, ReadyNotifier},
+    datapath::{self, Datapath, DatapathConfig, DatapathError},
+    directories::Instance,
     ipam::{self, IpamError},
     netns::{self, NetnsError},
+    rollback::Rollback,
     state::{self, InstanceLock, State, StateError},
     sysctl::{self, SysctlError},
+    tables::Tables,
     topology::{self, TopologyError},
 };
-
-/// Environment variable naming the fd a detached agent reports readiness on.
-const READY_FD_ENV: &str = "NETPATH_READY_FD";
-/// How long `down` waits for the agent after SIGTERM, then after SIGKILL.
-const AGENT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
-const AGENT_KILL_TIMEOUT: Duration = Duration::from_secs(5);
-pub const DEFAULT_SUBNET: &str = "10.77.0.0/16";
-pub const DEFAULT_BRIDGE: &str = "np0";
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstanceError {
     #[error("netpath must run as root (try sudo)")]
     NotRoot,
     #[error(
-        "invalid --ct-timeout {0:?}: use NAME=SECS with NAME one of syn, established, fin, time_wait, close, unreplied, replied"
-    )]
-    BadTimeout(String),
-    #[error(
         "this kernel has no BTF (/sys/kernel/btf/vmlinux is missing): use a kernel built with CONFIG_DEBUG_INFO_BTF=y"
     )]
     NoBtf,
-    #[error(
-        "instance {instance} is already up (agent pid {pid}): run `netpath down` first, or use another --instance"
-    )]
-    AlreadyUp { instance: String, pid: u32 },
     #[error(
         "instance {instance} exists with {what} {existing}: run `netpath down` first to change it"
     )]
@@ -78,10 +58,8 @@ pub enum InstanceError {
         "{0} is not in a cgroup v2 hierarchy: pass a directory under the cgroup2 mount (see /proc/mounts) with --cgroup"
     )]
     NotCgroup2(PathBuf),
-    #[error("the agent failed to start: {0}")]
-    AgentStart(String),
-    #[error("cannot stop the agent (pid {pid}): {source}")]
-    AgentStop { pid: u32, source: io::Error },
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
     #[error("agent: {0}")]
     Agent(#[from] AgentError),
     #[error(transparent)]
@@ -113,21 +91,9 @@ pub struct UpOptions {
     pub cgroup: Option<PathBuf>,
     pub conntrack_size: Option<u32>,
     pub snat_ports: Option<(u16, u16)>,
-    /// `NAME=SECS` overrides of the conntrack timeouts.
-    pub ct_timeouts: Vec<String>,
+    /// Overrides of the conntrack timeouts, applied in order.
+    pub ct_timeouts: Vec<TimeoutSetting>,
     pub agent: AgentOptions,
-}
-
-/// Applies `NAME=SECS` overrides to `base`.
-fn timeouts(
-    mut base: crate::agent::Timeouts,
-    overrides: &[String],
-) -> Result<crate::agent::Timeouts> {
-    for spec in overrides {
-        base.set(spec)
-            .ok_or_else(|| InstanceError::BadTimeout(spec.clone()))?;
-    }
-    Ok(base)
 }
 
 /// Fails with a one-line hint unless we are root: namespaces, netlink
@@ -191,104 +157,57 @@ fn bridge_mac(instance: &str, bridge: &str) -> [u8; 6] {
     [0x02, h[0], h[1], h[2], h[3], h[4]]
 }
 
-/// Runs `undo` when dropped unless disarmed: cleanup for a failed `up`.
-struct OnFailure<F: FnOnce()>(Option<F>);
-
-impl<F: FnOnce()> OnFailure<F> {
-    fn disarm(mut self) {
-        self.0 = None;
-    }
-}
-
-impl<F: FnOnce()> Drop for OnFailure<F> {
-    fn drop(&mut self) {
-        if let Some(undo) = self.0.take() {
-            undo();
-        }
-    }
-}
-
-/// The write end of the readiness pipe of a detached agent.
-pub struct ReadyNotifier(File);
-
-impl ReadyNotifier {
-    /// Takes the readiness fd passed by `up --detach`, if we are its child.
-    pub fn from_env() -> Option<Self> {
-        let fd: i32 = std::env::var(READY_FD_ENV).ok()?.parse().ok()?;
-        // SAFETY: the variable is removed from our environment just below,
-        // while still single-threaded, so nothing else claims the fd.
-        unsafe { std::env::remove_var(READY_FD_ENV) };
-        // Make sure the number names an open fd before owning it.
-        fcntl(
-            unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
-            FcntlArg::F_GETFD,
-        )
-        .ok()?;
-        // SAFETY: the parent passed us this open fd for us alone to own.
-        let file = unsafe { File::from_raw_fd(fd) };
-        Some(Self(file))
-    }
-
-    fn signal(mut self) {
-        // If the parent is gone there is no one to tell; carry on.
-        let _ = self.0.write_all(b"R");
-    }
-}
-
 /// `netpath up`: builds (or adopts) the instance, loads the datapath, then
 /// runs the agent until SIGINT/SIGTERM.
 pub async fn up(
-    instance: &str,
+    instance: &Instance,
     options: &UpOptions,
     ready: Option<ReadyNotifier>,
     json: bool,
 ) -> Result<()> {
     check_prerequisites()?;
     netns::ensure_bpffs()?;
-    let dir_existed = state::instance_dir(instance).is_dir();
-    state::create_instance_dir(instance)?;
-    let remove_fresh_dir = OnFailure(Some(|| {
-        if !dir_existed {
-            let _ = std::fs::remove_dir_all(state::instance_dir(instance));
-        }
-    }));
-    let lock =
-        InstanceLock::acquire(instance)?.ok_or_else(|| StateError::NotUp(instance.to_owned()))?;
-    if let Some(pid) = state::live_agent_pid(instance) {
-        return Err(InstanceError::AlreadyUp {
-            instance: instance.to_owned(),
-            pid,
+    let dir_existed = instance.run_dir().is_dir();
+    state::create_run_dir(instance)?;
+    let mut rollback = Rollback::default();
+    if !dir_existed {
+        rollback.push(|| {
+            let _ = std::fs::remove_dir_all(instance.run_dir());
         });
     }
+    let lock =
+        InstanceLock::acquire(instance)?.ok_or_else(|| StateError::from(instance.not_up()))?;
+    // The rollback owns the lock: on failure it is released after the undos
+    // below it, so no other command sees a half-removed instance; on success
+    // the commit releases it.
+    rollback.push(move || drop(lock));
+    daemon::check_not_running(instance)?;
     // Before anything is built: a taken metrics address fails `up` cleanly.
     let agent = Agent::prepare(instance, &options.agent).await?;
 
     let host = topology::connect()?;
-    let (state, created_bridge) = match state::load(instance)? {
-        Some(existing) => (adopt(&host, existing, options).await?, None),
-        None => {
-            let state = build(&host, instance, options).await?;
-            let bridge = state.bridge.clone();
-            (state, Some(bridge))
-        }
-    };
     // A failed fresh `up` removes what it made, pins included; a failed
     // adopt leaves everything as it found it, so no flow is lost.
-    let remove_fresh_instance = OnFailure(Some(|| {
-        if let Some(bridge) = &created_bridge {
-            let _ = datapath::remove(instance);
-            let _ = topology::delete_link_blocking(bridge);
+    let state = match state::load(instance)? {
+        Some(existing) => adopt(&host, existing, options).await?,
+        None => {
+            let state = build(&host, instance, options, &mut rollback).await?;
+            let uplink = state.uplink.clone();
+            rollback.push(move || {
+                let _ = datapath::remove(instance, Some(&uplink));
+            });
+            state
         }
-    }));
+    };
 
+    // Host settings the datapath relies on, in place before it runs.
     sysctl::enable_ipv4_forwarding()?;
-    let datapath = Datapath::load_or_adopt(&datapath_config(&state)?)?;
-    state::save(&state)?;
+    sysctl::reserve_local_ports(state.snat_ports)?;
+    let datapath = Datapath::load_or_adopt(instance, &datapath_config(&state)?)?;
+    state::save(instance, &state)?;
     let pid = std::process::id();
     state::write_pid(instance, pid)?;
-    remove_fresh_instance.disarm();
-    remove_fresh_dir.disarm();
-    drop(lock);
+    rollback.commit();
 
     print_up_summary(&state, pid, json);
     let _ = io::stdout().flush();
@@ -334,7 +253,6 @@ fn datapath_config(state: &State) -> Result<DatapathConfig> {
         ))
     })?;
     Ok(DatapathConfig {
-        instance: state.instance.clone(),
         uplink_name: state.uplink.clone(),
         uplink_ifindex: state.uplink_ifindex,
         host_ip: state.host_ip,
@@ -390,7 +308,12 @@ fn resolve_cgroup(requested: Option<&Path>) -> Result<PathBuf> {
 }
 
 /// A fresh instance: resolve the uplink, create the bridge with the gateway.
-async fn build(host: &rtnetlink::Handle, instance: &str, options: &UpOptions) -> Result<State> {
+async fn build<'a>(
+    host: &rtnetlink::Handle,
+    instance: &Instance,
+    options: &UpOptions,
+    rollback: &mut Rollback<'a>,
+) -> Result<State> {
     let subnet = match options.subnet {
         Some(subnet) => subnet,
         None => DEFAULT_SUBNET
@@ -409,16 +332,16 @@ async fn build(host: &rtnetlink::Handle, instance: &str, options: &UpOptions) ->
         return Err(InstanceError::BridgeExists(bridge));
     }
 
-    let mac = bridge_mac(instance, &bridge);
+    let mac = bridge_mac(instance.name(), &bridge);
     let bridge_ifindex = topology::create_bridge(host, &bridge, mac).await?;
-    let remove_bridge = OnFailure(Some(|| {
-        let _ = topology::delete_link_blocking(&bridge);
-    }));
+    let created = bridge.clone();
+    rollback.push(move || {
+        let _ = topology::delete_link_blocking(&created);
+    });
     topology::add_ipv4(host, bridge_ifindex, gateway, subnet.prefix_len()).await?;
-    remove_bridge.disarm();
 
     Ok(State {
-        instance: instance.to_owned(),
+        instance: instance.name().to_owned(),
         uplink,
         uplink_ifindex,
         host_ip,
@@ -430,8 +353,8 @@ async fn build(host: &rtnetlink::Handle, instance: &str, options: &UpOptions) ->
         accel: options.accel.unwrap_or_default(),
         cgroup,
         conntrack_size: options.conntrack_size.unwrap_or(0),
-        snat_ports: options.snat_ports.unwrap_or(datapath::DEFAULT_SNAT_PORTS),
-        ct_timeouts: timeouts(crate::agent::Timeouts::default(), &options.ct_timeouts)?,
+        snat_ports: options.snat_ports.unwrap_or(DEFAULT_SNAT_PORTS),
+        ct_timeouts: Timeouts::default().with(&options.ct_timeouts),
         containers: Default::default(),
     })
 }
@@ -463,7 +386,7 @@ async fn adopt(host: &rtnetlink::Handle, mut state: State, options: &UpOptions) 
     if let Some(range) = options.snat_ports {
         state.snat_ports = range;
     }
-    state.ct_timeouts = timeouts(state.ct_timeouts, &options.ct_timeouts)?;
+    state.ct_timeouts = state.ct_timeouts.with(&options.ct_timeouts);
     if options.cgroup.is_some() {
         state.cgroup = resolve_cgroup(options.cgroup.as_deref())?;
     }
@@ -498,144 +421,17 @@ async fn adopt(host: &rtnetlink::Handle, mut state: State, options: &UpOptions) 
     Ok(state)
 }
 
-/// `netpath up --detach`: starts `netpath up` (same arguments) as a daemon
-/// in its own session, logging to agent.log, and returns once it reports
-/// readiness on a pipe, or fails with the end of its log if it dies first.
-pub fn up_detached(instance: &str) -> Result<u32> {
+/// `netpath up --detach`: checks what `up` would, then starts it as a daemon.
+pub fn up_detached(instance: &Instance) -> Result<u32> {
     check_prerequisites()?;
-    if let Some(pid) = state::live_agent_pid(instance) {
-        return Err(InstanceError::AlreadyUp {
-            instance: instance.to_owned(),
-            pid,
-        });
-    }
-    let start_err = |what: &str| {
-        let what = what.to_owned();
-        move |e: io::Error| InstanceError::AgentStart(format!("{what}: {e}"))
-    };
-    let dir_existed = state::instance_dir(instance).is_dir();
-    state::create_instance_dir(instance)?;
-    let log_path = state::log_path(instance);
-    let log = File::create(&log_path).map_err(start_err("cannot create the agent log"))?;
-    let log_for_stderr = log
-        .try_clone()
-        .map_err(start_err("cannot create the agent log"))?;
-
-    let (read_end, write_end): (OwnedFd, OwnedFd) =
-        pipe2(OFlag::O_CLOEXEC).map_err(|e| start_err("cannot make a pipe")(e.into()))?;
-    let exe = std::env::current_exe().map_err(start_err("cannot find our executable"))?;
-    let args = std::env::args_os().skip(1).filter(|arg| arg != "--detach");
-    let ready_fd = write_end.as_raw_fd();
-    let mut command = Command::new(exe);
-    command
-        .args(args)
-        .env(READY_FD_ENV, ready_fd.to_string())
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log_for_stderr);
-    // SAFETY: between fork and exec only async-signal-safe calls are made
-    // (setsid, fcntl), on no memory but the fd number copied in.
-    unsafe {
-        command.pre_exec(move || {
-            // Own session: the agent survives the terminal that ran `up`.
-            if libc::setsid() < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // Let the readiness pipe's write end survive exec.
-            if libc::fcntl(ready_fd, libc::F_SETFD, 0) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = command
-        .spawn()
-        .map_err(start_err("cannot start the agent"))?;
-    drop(write_end);
-
-    let mut byte = [0u8; 1];
-    let mut reader = File::from(read_end);
-    let got = reader.read(&mut byte).unwrap_or(0);
-    if got == 1 {
-        return Ok(child.id());
-    }
-    // EOF: the child exited (or closed the pipe) before it was ready.
-    let _ = child.wait();
-    let last_line = std::fs::read_to_string(&log_path)
-        .ok()
-        .and_then(|log| {
-            log.lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| format!("see {}", log_path.display()));
-    if !dir_existed && state::load(instance).ok().flatten().is_none() {
-        let _ = std::fs::remove_dir_all(state::instance_dir(instance));
-    }
-    Err(InstanceError::AgentStart(
-        last_line.trim_start_matches("error: ").to_owned(),
-    ))
-}
-
-/// Waits up to `timeout` for process `pid` to exit. True when it did.
-fn wait_for_exit(pid: u32, timeout: Duration) -> bool {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if raw < 0 {
-        // ESRCH: gone already. Anything else (pre-5.3 kernel): assume the
-        // caller's kill() check decides.
-        return Errno::last() == Errno::ESRCH || !state::process_alive(pid);
-    }
-    let Ok(raw) = i32::try_from(raw) else {
-        return false;
-    };
-    // SAFETY: pidfd_open just returned this fd, owned by nobody else.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(raw) };
-    let millis = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
-    let mut fds = [PollFd::new(
-        std::os::fd::AsFd::as_fd(&pidfd),
-        PollFlags::POLLIN,
-    )];
-    // A pidfd becomes readable when the process exits.
-    matches!(poll(&mut fds, PollTimeout::from(millis)), Ok(n) if n > 0)
-}
-
-/// Stops the instance's agent if it runs: SIGTERM, then SIGKILL.
-fn stop_agent(instance: &str) -> Result<Option<u32>> {
-    let Some(pid) = state::live_agent_pid(instance) else {
-        return Ok(None);
-    };
-    let target = Pid::from_raw(pid as i32);
-    for (signal, timeout) in [
-        (Signal::SIGTERM, AGENT_STOP_TIMEOUT),
-        (Signal::SIGKILL, AGENT_KILL_TIMEOUT),
-    ] {
-        match kill(target, signal) {
-            Ok(()) => {}
-            Err(Errno::ESRCH) => return Ok(Some(pid)),
-            Err(e) => {
-                return Err(InstanceError::AgentStop {
-                    pid,
-                    source: e.into(),
-                });
-            }
-        }
-        if wait_for_exit(pid, timeout) {
-            return Ok(Some(pid));
-        }
-    }
-    Err(InstanceError::AgentStop {
-        pid,
-        source: io::Error::new(io::ErrorKind::TimedOut, "still running after SIGKILL"),
-    })
+    Ok(daemon::start_detached(instance)?)
 }
 
 /// `netpath down`: removes every trace of the instance, from whatever is
 /// left (a crashed agent, a half-removed instance, or nothing at all).
-pub fn down(instance: &str) -> Result<bool> {
-    let agent_was_running = stop_agent(instance)?.is_some();
-    let pins_existed = datapath::instance_pin_dir(instance).exists();
+pub fn down(instance: &Instance) -> Result<bool> {
+    let agent_was_running = daemon::stop_agent(instance)?.is_some();
+    let pins_existed = instance.pin_root().exists();
     let lock = InstanceLock::acquire(instance)?;
     let state = match state::load(instance) {
         Ok(state) => state,
@@ -645,10 +441,12 @@ pub fn down(instance: &str) -> Result<bool> {
         }
     };
     let had_something = agent_was_running || pins_existed || lock.is_some() || state.is_some();
+    // Whatever is left of the maps; None when the datapath is gone already.
+    let mut tables = Tables::open(instance).ok();
     let mut first_error: Option<InstanceError> = None;
     if let Some(state) = &state {
         for record in state.containers.values() {
-            if let Err(e) = container::teardown(instance, record) {
+            if let Err(e) = container::teardown(instance, tables.as_mut(), record) {
                 first_error.get_or_insert(e.into());
             }
         }
@@ -656,21 +454,22 @@ pub fn down(instance: &str) -> Result<bool> {
             first_error.get_or_insert(e.into());
         }
     }
-    if let Err(e) = datapath::remove(instance) {
+    let uplink = tables.as_ref().and_then(datapath::configured_uplink);
+    if let Err(e) = datapath::remove(instance, uplink.as_deref()) {
         first_error.get_or_insert(e.into());
     }
     if let Some(e) = first_error {
         // Keep the state so a second `down` can retry what failed.
         return Err(e);
     }
-    let dir = state::instance_dir(instance);
-    match std::fs::remove_dir_all(&dir) {
+    let dir = instance.run_dir();
+    match std::fs::remove_dir_all(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(source) => {
             return Err(StateError::Io {
                 what: "remove",
-                path: dir,
+                path: dir.to_owned(),
                 source,
             }
             .into());
@@ -700,7 +499,7 @@ pub struct StatusView {
 }
 
 /// `netpath status`.
-pub fn status(instance: &str) -> Result<StatusView> {
+pub fn status(instance: &Instance) -> Result<StatusView> {
     let state = state::load_required(instance)?;
     let agent_pid = state::read_pid(instance);
     Ok(StatusView {
@@ -714,7 +513,7 @@ pub fn status(instance: &str) -> Result<StatusView> {
         cgroup: state.cgroup.clone(),
         agent_pid,
         agent_alive: agent_pid.is_some_and(state::process_alive),
-        pin_dir: datapath::instance_pin_dir(instance),
+        pin_dir: instance.pin_root().to_owned(),
         attachments: datapath::attachments(instance, &state.uplink),
         containers: state
             .containers

@@ -1,0 +1,202 @@
+//! What an instance can be configured with, and the defaults: the bottom
+//! floor every other module may import, which imports none of them.
+use std::{fmt, fs, str::FromStr, time::Duration};
+
+use netpath_common::{FLOW_SEEN_REPLY, FlowEntry, FlowKey, IPPROTO_TCP, tcp_state};
+
+/// Container subnet of a new instance; the gateway is its first address.
+pub const DEFAULT_SUBNET: &str = "10.77.0.0/16";
+/// Bridge of a new instance.
+pub const DEFAULT_BRIDGE: &str = "np0";
+/// Default SNAT port range (host order, inclusive); the range is written to
+/// `ip_local_reserved_ports` so host sockets never take these ports.
+pub const DEFAULT_SNAT_PORTS: (u16, u16) = (40000, 49999);
+
+/// Where the uplink ingress translations run.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    #[default]
+    Tc,
+    Xdp,
+}
+
+impl fmt::Display for Accel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Accel::Tc => "tc",
+            Accel::Xdp => "xdp",
+        })
+    }
+}
+
+/// Map sizes; 0 means "scale with the host's memory".
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct MapSizes {
+    pub conntrack: u32,
+    pub ports: u32,
+    pub endpoints: u32,
+}
+
+impl MapSizes {
+    /// Fills unset sizes: conntrack gets about 1/512 of memory (two ~100-byte
+    /// entries per flow), clamped to [64 Ki, 4 Mi] flows.
+    pub fn resolved(self) -> Self {
+        let mem_bytes = fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("MemTotal:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|kb| kb.parse::<u64>().ok())
+            })
+            .map_or(1 << 30, |kb| kb * 1024);
+        let flows = (mem_bytes / 512 / 200).clamp(1 << 16, 1 << 22) as u32;
+        Self {
+            conntrack: if self.conntrack == 0 {
+                flows
+            } else {
+                self.conntrack
+            },
+            ports: if self.ports == 0 { 65536 } else { self.ports },
+            endpoints: if self.endpoints == 0 {
+                4096
+            } else {
+                self.endpoints
+            },
+        }
+    }
+}
+
+/// How long an idle flow lives, in seconds, by protocol and TCP state
+/// (nf_conntrack's spirit, shorter where a NAT port is at stake). Set with
+/// `up --ct-timeout NAME=SECS`; kept in the state file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct Timeouts {
+    pub syn: u64,
+    pub established: u64,
+    pub fin: u64,
+    pub time_wait: u64,
+    pub close: u64,
+    /// UDP and ICMP flows that never saw a reply.
+    pub unreplied: u64,
+    /// UDP streams and answered pings.
+    pub replied: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            syn: 60,
+            established: 6 * 3600,
+            fin: 120,
+            // As long as a Linux peer holds the tuple: until then the SNAT
+            // port must not go to another connection (see the datapath's
+            // `conntrack::reclaim_finished`).
+            time_wait: 60,
+            close: 10,
+            unreplied: 30,
+            replied: 120,
+        }
+    }
+}
+
+/// A field of `Timeouts`, for the table of names below.
+type TimeoutField = fn(&mut Timeouts) -> &mut u64;
+
+/// Every timeout by the name `--ct-timeout` knows it: the one list of names.
+const TIMEOUT_FIELDS: [(&str, TimeoutField); 7] = [
+    ("syn", |t| &mut t.syn),
+    ("established", |t| &mut t.established),
+    ("fin", |t| &mut t.fin),
+    ("time_wait", |t| &mut t.time_wait),
+    ("close", |t| &mut t.close),
+    ("unreplied", |t| &mut t.unreplied),
+    ("replied", |t| &mut t.replied),
+];
+
+impl Timeouts {
+    /// These timeouts with `settings` applied in order.
+    #[must_use]
+    pub fn with(mut self, settings: &[TimeoutSetting]) -> Self {
+        for setting in settings {
+            *(TIMEOUT_FIELDS[setting.field].1)(&mut self) = setting.secs;
+        }
+        self
+    }
+
+    /// The idle time after which the GC removes this flow.
+    pub fn of(&self, key: &FlowKey, entry: &FlowEntry) -> Duration {
+        let secs = if key.proto == IPPROTO_TCP {
+            match entry.tcp_state {
+                tcp_state::SYN_SENT | tcp_state::SYN_RECV => self.syn,
+                tcp_state::ESTABLISHED => self.established,
+                tcp_state::FIN_WAIT => self.fin,
+                tcp_state::TIME_WAIT => self.time_wait,
+                tcp_state::CLOSED => self.close,
+                _ => self.syn,
+            }
+        } else if entry.flags & FLOW_SEEN_REPLY != 0 {
+            self.replied
+        } else {
+            self.unreplied
+        };
+        Duration::from_secs(secs)
+    }
+}
+
+/// One `--ct-timeout NAME=SECS`, checked when the command line is parsed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimeoutSetting {
+    /// Index into `TIMEOUT_FIELDS`.
+    field: usize,
+    secs: u64,
+}
+
+impl FromStr for TimeoutSetting {
+    type Err = String;
+
+    fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        let parsed = spec.split_once('=').and_then(|(name, secs)| {
+            Some(Self {
+                field: TIMEOUT_FIELDS.iter().position(|(n, _)| *n == name)?,
+                secs: secs.parse().ok()?,
+            })
+        });
+        parsed.ok_or_else(|| {
+            let names: Vec<&str> = TIMEOUT_FIELDS.iter().map(|(name, _)| *name).collect();
+            format!("use NAME=SECS, NAME one of {}", names.join(", "))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeout_settings_parse_and_apply() {
+        let settings: Vec<TimeoutSetting> = ["syn=5", "replied=7", "syn=6"]
+            .iter()
+            .map(|s| s.parse().expect("valid"))
+            .collect();
+        let timeouts = Timeouts::default().with(&settings);
+        assert_eq!((timeouts.syn, timeouts.replied), (6, 7));
+        assert_eq!(timeouts.established, Timeouts::default().established);
+        for bad in ["forever=1", "syn", "syn=x", "=1"] {
+            let err = bad.parse::<TimeoutSetting>().expect_err(bad);
+            assert!(err.contains("time_wait"), "{err}");
+        }
+    }
+}
