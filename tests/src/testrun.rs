@@ -335,6 +335,20 @@ impl TestDatapath {
         Ok(())
     }
 
+    /// The flow whose original tuple is `key`, if tracked.
+    pub fn flow(&self, key: FlowKey) -> Result<Option<FlowEntry>> {
+        let map = self
+            .ebpf
+            .map(names::CONNTRACK)
+            .context("no CONNTRACK map")?;
+        let conntrack: HashMap<_, FlowKey, FlowEntry> = HashMap::try_from(map)?;
+        match conntrack.get(&key, 0) {
+            Ok(entry) => Ok(Some(entry)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// A STATS counter (`netpath_common::stat::*`), summed over the CPUs.
     pub fn counter(&self, idx: u32) -> Result<u64> {
         let map = self

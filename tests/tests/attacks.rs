@@ -35,10 +35,12 @@ fn ip(s: &str) -> Ipv4Addr {
     s.parse().expect("an IPv4 address")
 }
 
+/// A datapath counter; 0 where the netpath under test has no such counter
+/// (NETPATH_BIN may be an older netpath, to show an attack working there).
 fn counter(lab: &Lab, name: &str) -> u64 {
     lab.netpath_json(&["stats"])["counters"][name]
         .as_u64()
-        .unwrap_or_else(|| panic!("no counter {name}"))
+        .unwrap_or(0)
 }
 
 /// Waits until counter `name` reaches `at_least` (the datapath counts in
@@ -348,7 +350,6 @@ fn a_container_cannot_lie_in_arp_fragments_other_protocols_or_tags() {
     lab.container_add_ok(&b, &[]);
     let a_ip = ip(&lab.container_ip(&a).expect("a's address"));
     let b_ip = ip(&lab.container_ip(&b).expect("b's address"));
-    let b_mac = mac_of(lab.container(&b), "eth0").expect("b's MAC");
     let from_a = Wire::container(&lab, &a);
 
     // ARP: a claims b's address.
@@ -409,7 +410,6 @@ fn a_container_cannot_lie_in_arp_fragments_other_protocols_or_tags() {
         !neigh.stdout.contains(&mac_text(&from_a.src_mac)),
         "{neigh}"
     );
-    let _ = b_mac;
     ping(lab.container(&b), Lab::REMOTE_IP).expect_ok("b gets out");
 }
 

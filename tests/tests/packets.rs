@@ -8,13 +8,13 @@ use std::{fs, net::Ipv4Addr};
 
 use anyhow::Result;
 use netpath::datapath::{EBPF_OBJECT, has_coarse_clock};
-use netpath_common::{FlowKey, IPPROTO_TCP, stat};
+use netpath_common::{FlowKey, IPPROTO_TCP, stat, tcp_state};
 use netpath_tests::{
     packet::{Frame, L4, Parsed, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     testrun::{
         C1_IP, C1_MAC, C2_IP, C2_MAC, GATEWAY_IP, GATEWAY_MAC, HOST_IP, HOST_MAC, OUTSIDE_IP,
-        OUTSIDE_MAC, RunOutput, SNAT_RANGE, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TestDatapath,
-        wire,
+        OUTSIDE_MAC, RunOutput, SNAT_RANGE, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TcProgram,
+        TestDatapath, wire,
     },
 };
 
@@ -727,5 +727,177 @@ fn fragments_truncated_and_bogus_headers_are_never_rewritten() -> Result<()> {
     let out = dp.from_uplink(&bogus)?;
     assert_eq!(out.verdict, TC_ACT_OK);
     assert_eq!(out.frame, bogus);
+    Ok(())
+}
+
+/// Issue 10, item 13: a container's ICMP error about a packet netpath never
+/// tracked can't be translated; before, the NAT port was written over its
+/// type and code. It must not leave with the container's address.
+#[test]
+fn an_icmp_error_about_an_untracked_packet_never_leaves_untranslated() -> Result<()> {
+    let dp = datapath()?;
+    // What the container "received" and complains about: nothing we saw.
+    let quoted = Frame::new(
+        OUTSIDE_IP,
+        C1_IP,
+        L4::Udp {
+            sport: 53,
+            dport: 41234,
+            zero_csum: false,
+        },
+    )
+    .ip_bytes()[..28]
+        .to_vec();
+    let err = from_c1(L4::IcmpError {
+        icmp_type: 3,
+        code: 3,
+        quoted,
+    });
+    let mut err = err;
+    err.dst = OUTSIDE_IP;
+    let before = dp.counter(stat::DROP_UNTRANSLATED)?;
+    let out = dp.from_container(&err.bytes())?;
+    assert_eq!(out.verdict, TC_ACT_SHOT);
+    assert_eq!(dp.counter(stat::DROP_UNTRANSLATED)?, before + 1);
+    // The uplink's egress, where the kernel's path would take it: same.
+    let out = dp.run_tc(TcProgram::ToUplink, &err.bytes())?;
+    assert_eq!(out.verdict, TC_ACT_SHOT);
+    assert_eq!(dp.counter(stat::DROP_UNTRANSLATED)?, before + 2);
+    Ok(())
+}
+
+/// Issue 10, item 14: a translated ICMP error is forwarded like any packet,
+/// so one whose TTL runs out here goes to the kernel untouched (before, TTL
+/// 1 became 0 and then 255 on the way in).
+#[test]
+fn an_icmp_error_whose_ttl_runs_out_is_not_forwarded() -> Result<()> {
+    let dp = datapath()?;
+    let probe = from_c1(L4::Udp {
+        sport: 22000,
+        dport: 33434,
+        zero_csum: false,
+    });
+    let out = dp.from_container(&probe.bytes())?;
+    let quoted = out.frame[14..14 + 28].to_vec();
+    let mut err = Frame::new(
+        OUTSIDE_IP,
+        HOST_IP,
+        L4::IcmpError {
+            icmp_type: 3,
+            code: 3,
+            quoted,
+        },
+    );
+    err.ttl = 1;
+    let bytes = err.bytes();
+    let before = dp.counter(stat::PASS_TTL)?;
+    let back = dp.from_uplink(&bytes)?;
+    assert_eq!(back.verdict, TC_ACT_OK, "the kernel's, not forwarded");
+    assert_eq!(back.frame, bytes, "untouched");
+    assert_eq!(dp.counter(stat::PASS_TTL)?, before + 1);
+    Ok(())
+}
+
+/// Issue 10, item 7: window tracking. An RST at a random sequence number
+/// (a blind reset) is dropped and changes nothing; one exactly at the next
+/// sequence number closes the flow (RFC 5961); one near it reaches the
+/// container (which answers with a challenge ACK) but changes nothing here.
+#[test]
+fn only_an_rst_at_the_next_sequence_number_closes_a_flow() -> Result<()> {
+    let dp = datapath()?;
+    let syn = from_c1(L4::Tcp {
+        sport: 41000,
+        dport: 80,
+        flags: TCP_SYN,
+    })
+    .seq(1000, 0)
+    .payload(&[]);
+    let out = dp.from_container(&syn.bytes())?;
+    assert_eq!(out.verdict, TC_ACT_REDIRECT);
+    let nat_port = out.parsed().sport();
+    let from_outside = |flags, seq, ack| {
+        Frame::new(
+            OUTSIDE_IP,
+            HOST_IP,
+            L4::Tcp {
+                sport: 80,
+                dport: nat_port,
+                flags,
+            },
+        )
+        .seq(seq, ack)
+        .payload(&[])
+        .bytes()
+    };
+    // The handshake: the outside's data starts at 5001.
+    let syn_ack = dp.from_uplink(&from_outside(TCP_SYN | TCP_ACK, 5000, 1001))?;
+    assert_eq!(syn_ack.verdict, TC_ACT_REDIRECT);
+    let ack = from_c1(L4::Tcp {
+        sport: 41000,
+        dport: 80,
+        flags: TCP_ACK,
+    })
+    .seq(1001, 5001)
+    .payload(&[]);
+    assert_eq!(dp.from_container(&ack.bytes())?.verdict, TC_ACT_REDIRECT);
+    let state = |dp: &TestDatapath| -> Result<u8> {
+        let key = FlowKey {
+            saddr: wire(C1_IP),
+            daddr: wire(OUTSIDE_IP),
+            sport: 41000u16.to_be(),
+            dport: 80u16.to_be(),
+            proto: IPPROTO_TCP,
+            _pad: [0; 3],
+        };
+        Ok(dp.flow(key)?.expect("the flow").tcp_state)
+    };
+    assert_eq!(state(&dp)?, tcp_state::ESTABLISHED);
+
+    let before = dp.counter(stat::DROP_TCP_OUT_OF_WINDOW)?;
+    for seq in [0x8000_0000u32, 0x4000_1234, 0xc000_0000] {
+        let blind = dp.from_uplink(&from_outside(TCP_RST, seq, 0))?;
+        assert_eq!(blind.verdict, TC_ACT_SHOT, "blind RST at {seq:#x}");
+    }
+    assert_eq!(dp.counter(stat::DROP_TCP_OUT_OF_WINDOW)?, before + 3);
+    let blind_fin = dp.from_uplink(&from_outside(TCP_FIN | TCP_ACK, 0x8000_0000, 1001))?;
+    assert_eq!(blind_fin.verdict, TC_ACT_SHOT, "blind FIN");
+    assert_eq!(state(&dp)?, tcp_state::ESTABLISHED);
+
+    let near = dp.from_uplink(&from_outside(TCP_RST, 5001 + 100, 0))?;
+    assert_eq!(near.verdict, TC_ACT_REDIRECT, "the container judges it");
+    assert_eq!(state(&dp)?, tcp_state::ESTABLISHED, "but we don't close");
+
+    let exact = dp.from_uplink(&from_outside(TCP_RST, 5001, 0))?;
+    assert_eq!(exact.verdict, TC_ACT_REDIRECT);
+    assert_eq!(state(&dp)?, tcp_state::CLOSED);
+    Ok(())
+}
+
+/// Issue 10, item 1: only a first packet opens a flow; a segment without a
+/// lone SYN (no flags, a bare ACK) from a container opens none.
+#[test]
+fn only_a_syn_opens_a_tcp_flow() -> Result<()> {
+    let dp = datapath()?;
+    let before = dp.counter(stat::DROP_NOT_INITIAL)?;
+    for (i, flags) in [0u8, TCP_ACK, TCP_SYN | TCP_ACK, TCP_FIN]
+        .into_iter()
+        .enumerate()
+    {
+        let segment = from_c1(L4::Tcp {
+            sport: 42000 + i as u16,
+            dport: 80,
+            flags,
+        });
+        let out = dp.from_container(&segment.bytes())?;
+        assert_eq!(out.verdict, TC_ACT_SHOT, "flags {flags:#x}");
+    }
+    assert_eq!(dp.counter(stat::DROP_NOT_INITIAL)?, before + 4);
+    let echo_reply = from_c1(L4::IcmpEcho {
+        request: false,
+        id: 7,
+        seq: 1,
+    });
+    assert_eq!(dp.from_container(&echo_reply.bytes())?.verdict, TC_ACT_SHOT);
+    assert_eq!(dp.counter(stat::DROP_NOT_INITIAL)?, before + 5);
     Ok(())
 }
