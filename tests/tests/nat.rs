@@ -29,6 +29,7 @@ with_each_accel!(
     same_source_port_from_several_containers_gets_distinct_snat_ports,
     container_to_container_takes_the_redirect_peer_path,
     removing_a_mapping_flushes_its_flows_and_nothing_of_iptables_is_used,
+    fragmented_datagrams_are_translated_both_ways,
 );
 
 /// A lab with netpath up (uplink translations in `accel`) and two
@@ -369,4 +370,41 @@ fn removing_a_mapping_flushes_its_flows_and_nothing_of_iptables_is_used(accel: &
         nat.stdout
     );
     let _ = WAIT;
+}
+
+/// Issue 10, item 6: a datagram larger than the MTU travels in fragments;
+/// every fragment is translated as its flow, outbound (masquerade) and
+/// inbound (a published port), and the replies, fragmented too, come back.
+fn fragmented_datagrams_are_translated_both_ways(accel: &str) {
+    let (lab, a, _b) = lab_with_two_containers(accel);
+    let big = "x".repeat(3000);
+    let prefix_len = |out: &str| out.find('\n').map_or(0, |i| i + 1);
+
+    let outside_echo = Server::udp_echo(&lab.outside, "0.0.0.0", 0);
+    let out = udp_request_from(
+        lab.container(&a),
+        0,
+        Lab::OUTSIDE_IP,
+        outside_echo.port(),
+        &big,
+    );
+    out.expect_ok("a fragmented datagram out and its fragmented answer back");
+    assert!(
+        out.stdout.starts_with(&format!("{}:", Lab::HOST_IP)),
+        "the outside saw {:?}, not the host's address",
+        out.stdout.lines().next()
+    );
+    assert_eq!(out.stdout.len() - prefix_len(&out.stdout), big.len());
+
+    let _echo = Server::udp_echo(lab.container(&a), "0.0.0.0", 5353);
+    lab.netpath(&["publish", "add", &a, "15353:5353/udp"])
+        .expect_ok("publish udp");
+    let out = udp_request_from(&lab.outside, 0, Lab::HOST_IP, 15353, &big);
+    out.expect_ok("a fragmented datagram to a published port and back");
+    assert!(
+        out.stdout.starts_with(&format!("{}:", Lab::OUTSIDE_IP)),
+        "the container saw {:?}",
+        out.stdout.lines().next()
+    );
+    assert_eq!(out.stdout.len() - prefix_len(&out.stdout), big.len());
 }

@@ -90,7 +90,7 @@ pub fn opens_flow(pkt: &Packet) -> bool {
         L4::Tcp => pkt.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_SYN,
         L4::IcmpEcho => pkt.icmp_type == ICMP_ECHO_REQUEST,
         L4::Udp => true,
-        L4::IcmpError => false,
+        L4::IcmpError | L4::Fragment => false,
     }
 }
 

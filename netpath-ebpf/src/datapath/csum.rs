@@ -22,6 +22,8 @@ fn l4_csum(kind: L4, l4: usize) -> (usize, u64) {
         // A UDP checksum of 0 means "none" and stays 0.
         L4::Udp => (l4 + 6, BPF_F_MARK_MANGLED_0 as u64),
         L4::IcmpEcho | L4::IcmpError => (l4 + 2, 0),
+        // No L4 header here: never rewritten (see `nat::rewrite`).
+        L4::Fragment => (l4, 0),
     }
 }
 
@@ -114,13 +116,15 @@ pub fn set_macs<C: Ctx>(ctx: &mut C, dst: &[u8; 6], src: &[u8; 6]) -> RewriteRes
     Ok(())
 }
 
-/// Rewrites an address in the IPv4 header an ICMP error quotes. Only the quoted
-/// header's own checksum changes: the sum over a header whose checksum is
-/// correct is constant, so the ICMP checksum over it stays valid.
+/// Rewrites an address of the IPv4 header at `l3`, fixing only that
+/// header's checksum: for a later fragment (whose L4 checksum sits in the
+/// first), and for the header an ICMP error quotes (the sum over a header
+/// whose checksum is correct is constant, so the ICMP checksum over it
+/// stays valid).
 #[inline(always)]
-pub fn set_quoted_addr<C: Ctx>(
+pub fn set_l3_addr<C: Ctx>(
     ctx: &mut C,
-    inner_l3: usize,
+    l3: usize,
     side: Side,
     old: u32,
     new: u32,
@@ -128,8 +132,8 @@ pub fn set_quoted_addr<C: Ctx>(
     if old == new {
         return Ok(());
     }
-    let off = inner_l3 + side.addr_off();
-    ctx.l3_csum_replace(inner_l3 + IP_CSUM_OFF, old, new, 4)?;
+    let off = l3 + side.addr_off();
+    ctx.l3_csum_replace(l3 + IP_CSUM_OFF, old, new, 4)?;
     ctx.store(off, &new)?;
     Ok(())
 }

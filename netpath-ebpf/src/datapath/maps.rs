@@ -55,6 +55,32 @@ pub static CT_RECENT: Array<FlowKey, { CT_RECENT_SLOTS as usize }> = Array::new(
 #[btf_map]
 pub static CT_RECENT_NEXT: Array<u32, 1> = Array::new();
 
+/// A fragmented datagram's identity.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FragmentKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    /// IPv4 identification, wire order.
+    pub id: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// The ports (or echo id) of a fragmented datagram, from its first fragment.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FragmentPorts {
+    pub sport: u16,
+    pub dport: u16,
+}
+
+/// Datagrams in fragments (see `fragments`). LRU: an entry lives as long as
+/// its datagram's fragments are in flight, and nothing deletes it. Not
+/// pinned: a reload loses only datagrams in flight.
+#[btf_map]
+pub static FRAGMENTS: LruHashMap<FragmentKey, FragmentPorts, 8192> = LruHashMap::new();
+
 /// The route generation (see `NextHop`), the single element; never 0 once
 /// loaded.
 #[btf_map]

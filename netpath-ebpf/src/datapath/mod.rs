@@ -7,6 +7,7 @@
 mod conntrack;
 mod csum;
 mod ctx;
+mod fragments;
 mod fwd;
 mod maps;
 mod nat;
@@ -54,6 +55,10 @@ fn from_container_verdict(ctx: &mut TcContext, cfg: &Config) -> Verdict {
     if !source_is_endpoint(ctx, pkt.key.saddr) {
         return spoofed(ctx, pkt.key.saddr);
     }
+    if pkt.l4_kind == L4::Fragment {
+        return later_fragment_from_container(ctx, cfg, pkt);
+    }
+    fragments::record(&pkt);
     let dst = pkt.key.daddr;
     if is_loopback(dst) {
         return Verdict::drop(stat::DROP_MARTIAN_DESTINATION);
@@ -120,6 +125,33 @@ fn other_from_container(ctx: &TcContext, cfg: &Config, other: &Packet) -> Verdic
     } else {
         stat::DROP_UNTRANSLATED
     })
+}
+
+/// A later fragment from a container: it follows its datagram's flow, or
+/// goes where an untranslated packet may (another container, the host).
+/// A path of its own: the main path's many branches need not be walked
+/// again for a packet that can only follow a flow.
+#[inline(always)]
+fn later_fragment_from_container(ctx: &mut TcContext, cfg: &Config, mut pkt: Packet) -> Verdict {
+    let dst = pkt.key.daddr;
+    if is_loopback(dst) {
+        return Verdict::drop(stat::DROP_MARTIAN_DESTINATION);
+    }
+    if fragments::resolve(&mut pkt)
+        && let Some(flow) = conntrack::lookup(&pkt.key)
+    {
+        return forward_flow(ctx, cfg, &pkt, &flow);
+    }
+    if cfg.in_subnet(dst)
+        && let Some(ep) = unsafe { ENDPOINTS.get(dst) }
+    {
+        let ep = *ep;
+        return fwd::send(ctx, cfg, &pkt, &Egress::Container(ep), Hop::Bridged);
+    }
+    if is_local(cfg, dst) {
+        return Verdict::pass(stat::PASS_NOT_OURS);
+    }
+    Verdict::drop(stat::DROP_FRAGMENT)
 }
 
 /// ARP from a container must speak for itself: its sender MAC is the frame's
@@ -217,7 +249,7 @@ impl UplinkHook for XdpContext {
 /// dropped.
 #[inline(always)]
 fn from_uplink_verdict<C: UplinkHook>(ctx: &mut C, cfg: &Config) -> Verdict {
-    let pkt = match parse::parse(ctx) {
+    let mut pkt = match parse::parse(ctx) {
         Parsed::Ours(pkt) => pkt,
         Parsed::OtherIpv4(other) => {
             return screen_uplink(cfg, &other).unwrap_or(untracked(
@@ -235,6 +267,20 @@ fn from_uplink_verdict<C: UplinkHook>(ctx: &mut C, cfg: &Config) -> Verdict {
     if let Some(verdict) = screen_uplink(cfg, &pkt) {
         return verdict;
     }
+    if pkt.l4_kind == L4::Fragment {
+        // A later fragment follows its datagram's flow, or is the host's.
+        if fragments::resolve(&mut pkt)
+            && let Some(flow) = conntrack::lookup(&pkt.key)
+        {
+            return ctx.forward(cfg, &pkt, &flow);
+        }
+        return if cfg.in_subnet(pkt.key.daddr) {
+            Verdict::drop(stat::DROP_FRAGMENT)
+        } else {
+            Verdict::pass(stat::PASS_NOT_OURS)
+        };
+    }
+    fragments::record(&pkt);
     if let Some(flow) = conntrack::lookup(&pkt.key) {
         return ctx.forward(cfg, &pkt, &flow);
     }
@@ -355,7 +401,7 @@ pub fn to_uplink(mut ctx: TcContext) -> i32 {
 #[inline(always)]
 fn to_uplink_verdict(ctx: &mut TcContext, cfg: &Config) -> Verdict {
     let leaving = |pkt: &Packet| cfg.in_subnet(pkt.key.saddr) && !cfg.in_subnet(pkt.key.daddr);
-    let pkt = match parse::parse(ctx) {
+    let mut pkt = match parse::parse(ctx) {
         Parsed::Ours(pkt) => pkt,
         Parsed::OtherIpv4(other) if leaving(&other) => {
             return Verdict::drop(if other.fragment {
@@ -369,6 +415,12 @@ fn to_uplink_verdict(ctx: &mut TcContext, cfg: &Config) -> Verdict {
     if !leaving(&pkt) {
         return Verdict::pass(stat::PASS_NOT_OURS);
     }
+    // A later fragment is masqueraded as its datagram's flow (addresses
+    // only); one whose first we never saw can't be.
+    if pkt.l4_kind == L4::Fragment && !fragments::resolve(&mut pkt) {
+        return Verdict::drop(stat::DROP_FRAGMENT);
+    }
+    fragments::record(&pkt);
     if pkt.l4_kind == L4::IcmpError {
         // An error about a flow is translated on the container's veth; one
         // that got here is about nothing we track.
@@ -537,8 +589,8 @@ fn rewrite_icmp_error(
     quoted: &FlowKey,
     outer: &FlowKey,
 ) -> csum::RewriteResult {
-    csum::set_quoted_addr(ctx, inner.l3, Side::Source, inner.key.saddr, quoted.saddr)?;
-    csum::set_quoted_addr(
+    csum::set_l3_addr(ctx, inner.l3, Side::Source, inner.key.saddr, quoted.saddr)?;
+    csum::set_l3_addr(
         ctx,
         inner.l3,
         Side::Destination,

@@ -13,9 +13,15 @@ use super::{
 /// Random probes for a free SNAT port before giving up (a counted drop).
 const SNAT_PROBES: u32 = 16;
 
-/// Rewrites the packet from its tuple (`pkt.key`) to `target`.
+/// Rewrites the packet from its tuple (`pkt.key`) to `target`. A later
+/// fragment has only addresses: its ports, and the L4 checksum that covers
+/// them and the addresses, were translated in the first fragment.
 #[inline(always)]
 pub fn rewrite<C: Ctx>(ctx: &mut C, pkt: &Packet, target: &FlowKey) -> RewriteResult {
+    if pkt.l4_kind == L4::Fragment {
+        csum::set_l3_addr(ctx, pkt.l3, Side::Source, pkt.key.saddr, target.saddr)?;
+        return csum::set_l3_addr(ctx, pkt.l3, Side::Destination, pkt.key.daddr, target.daddr);
+    }
     csum::set_addr(ctx, pkt, Side::Source, pkt.key.saddr, target.saddr)?;
     csum::set_addr(ctx, pkt, Side::Destination, pkt.key.daddr, target.daddr)?;
     csum::set_port(ctx, pkt, Side::Source, pkt.key.sport, target.sport)?;

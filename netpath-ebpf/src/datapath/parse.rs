@@ -15,6 +15,9 @@ pub const ICMP_DEST_UNREACH: u8 = 3;
 pub const ICMP_ECHO_REQUEST: u8 = 8;
 pub const ICMP_TIME_EXCEEDED: u8 = 11;
 
+const IP_MORE_FRAGMENTS: u16 = 0x2000;
+const IP_OFFSET: u16 = 0x1fff;
+
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
@@ -30,6 +33,9 @@ pub enum L4 {
     /// An ICMP error quoting one of our packets: its inner header sits at
     /// `Packet::inner_l3`.
     IcmpError,
+    /// A later fragment of a TCP, UDP or ICMP datagram: no L4 header. Its
+    /// ports are 0 until `fragments` fills in those of the first fragment.
+    Fragment,
 }
 
 #[derive(Clone, Copy)]
@@ -52,17 +58,22 @@ pub struct Packet {
     pub tcp_ack: u32,
     pub tcp_window: u16,
     pub tcp_seq_len: u32,
-    /// A fragment (`Parsed::OtherIpv4` only): its L4 header is elsewhere, or
-    /// not all here.
+    /// The first fragment of a datagram (offset 0, more to come): it
+    /// carries the L4 header, and `fragments` records its ports.
+    pub first_fragment: bool,
+    /// The IPv4 identification (wire order): with the addresses and the
+    /// protocol, what ties a datagram's fragments together.
+    pub ip_id: u16,
+    /// A fragment of another protocol (`Parsed::OtherIpv4` only).
     pub fragment: bool,
 }
 
 pub enum Parsed {
     /// TCP, UDP or an ICMP message we translate.
     Ours(Packet),
-    /// IPv4 we don't translate: another protocol, an ICMP type we leave alone,
-    /// or a fragment. Only the addresses, protocol, TTL and `fragment` are
-    /// set. A `Packet` like `Ours`'s: variants whose payloads differ in
+    /// IPv4 we don't translate: another protocol (whole or fragmented), an
+    /// ICMP type we leave alone. Only the addresses, protocol, TTL and
+    /// `fragment` are set. A `Packet` like `Ours`'s: variants whose payloads differ in
     /// layout compile to registers the verifier finds uninitialised on one
     /// path.
     OtherIpv4(Packet),
@@ -136,13 +147,23 @@ fn parse_ipv4<C: Ctx>(ctx: &C, l3: usize, header: Header) -> Parsed {
         tcp_ack: 0,
         tcp_window: 0,
         tcp_seq_len: 0,
+        first_fragment: false,
+        ip_id: u16::from_ne_bytes(ip.id),
         fragment: false,
     };
     let frags = u16::from_be_bytes(ip.frags);
-    // More-fragments set, or a non-zero offset.
-    if frags & 0x3fff != 0 {
-        pkt.fragment = true;
-        return Parsed::OtherIpv4(pkt);
+    if frags & (IP_OFFSET | IP_MORE_FRAGMENTS) != 0 {
+        // A quoted packet is never a fragment we follow.
+        if header == Header::Quoted || !matches!(ip.proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMP)
+        {
+            pkt.fragment = true;
+            return Parsed::OtherIpv4(pkt);
+        }
+        if frags & IP_OFFSET != 0 {
+            pkt.l4_kind = L4::Fragment;
+            return Parsed::Ours(pkt);
+        }
+        pkt.first_fragment = true;
     }
     match ip.proto {
         IPPROTO_TCP => {
