@@ -25,8 +25,9 @@ pub mod names {
     pub const EVENTS: &str = "EVENTS";
     pub const SOCK_REVNAT: &str = "SOCK_REVNAT";
     pub const ROUTE_GEN: &str = "ROUTE_GEN";
+    pub const FLOW_COUNTS: &str = "FLOW_COUNTS";
     /// Every map, each pinned under its name.
-    pub const MAPS: [&str; 9] = [
+    pub const MAPS: [&str; 10] = [
         CONFIG,
         ENDPOINTS,
         PORTS,
@@ -36,6 +37,7 @@ pub mod names {
         EVENTS,
         SOCK_REVNAT,
         ROUTE_GEN,
+        FLOW_COUNTS,
     ];
 
     pub const PROG_FROM_CONTAINER: &str = "from_container";
@@ -83,6 +85,11 @@ pub struct Config {
     /// SO_NETNS_COOKIE), a connect to 127.0.0.1 on this port from the hooked
     /// cgroup teaches the socket hooks the host netns's cookie.
     pub probe_port: u16,
+    /// Most flows one container may hold open (0: no limit).
+    pub max_flows_per_container: u32,
+    /// Most flows one outside source may hold open to published ports (0: no
+    /// limit).
+    pub max_flows_per_source: u32,
 }
 
 impl Config {

@@ -40,6 +40,29 @@ impl fmt::Display for Accel {
     }
 }
 
+/// How many flows one address may hold in the conntrack table: a container
+/// (what it opens), an outside source (what it opens to published ports).
+/// `None`: a share of the table; `Some(0)`: no limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FlowLimits {
+    pub per_container: Option<u32>,
+    pub per_source: Option<u32>,
+}
+
+impl FlowLimits {
+    /// The limits for a table of `capacity` flows, as the datapath takes
+    /// them (0: none). By default one container may fill half the table,
+    /// one outside source a sixteenth: generous for real clients, and no
+    /// single address can crowd everyone out. Floors keep small test tables
+    /// usable.
+    pub fn resolved(self, capacity: u32) -> (u32, u32) {
+        (
+            self.per_container.unwrap_or((capacity / 2).max(1024)),
+            self.per_source.unwrap_or((capacity / 16).max(256)),
+        )
+    }
+}
+
 /// Map sizes; 0 means "scale with the host's memory".
 #[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct MapSizes {

@@ -14,8 +14,8 @@ use nix::unistd::geteuid;
 use crate::{
     agent::{Agent, AgentError, AgentOptions},
     config::{
-        Accel, DEFAULT_BRIDGE, DEFAULT_SNAT_PORTS, DEFAULT_SUBNET, MapSizes, TimeoutSetting,
-        Timeouts,
+        Accel, DEFAULT_BRIDGE, DEFAULT_SNAT_PORTS, DEFAULT_SUBNET, FlowLimits, MapSizes,
+        TimeoutSetting, Timeouts,
     },
     container::{self, ContainerError, ContainerView},
     daemon::{self, DaemonError, ReadyNotifier},
@@ -268,6 +268,7 @@ fn datapath_config(state: &State) -> Result<DatapathConfig> {
             ..MapSizes::default()
         },
         snat_ports: state.snat_ports,
+        flow_limits: FlowLimits::default(),
     })
 }
 

@@ -249,6 +249,8 @@ impl TestDatapath {
                 flags: 0,
                 gateway_mac: GATEWAY_MAC,
                 probe_port: 0,
+                max_flows_per_container: 0,
+                max_flows_per_source: 0,
             },
             0,
         )?;

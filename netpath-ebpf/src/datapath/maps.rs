@@ -55,6 +55,11 @@ pub static CT_RECENT: Array<FlowKey, { CT_RECENT_SLOTS as usize }> = Array::new(
 #[btf_map]
 pub static CT_RECENT_NEXT: Array<u32, 1> = Array::new();
 
+/// Flows per original source address (see `limits`). LRU: under a flood
+/// of forged sources the oldest counts go, which only ever lets more in.
+#[btf_map]
+pub static FLOW_COUNTS: LruHashMap<u32, u32, 65536> = LruHashMap::new();
+
 /// A fragmented datagram's identity.
 #[repr(C)]
 #[derive(Clone, Copy)]

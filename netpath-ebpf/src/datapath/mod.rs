@@ -9,6 +9,7 @@ mod csum;
 mod ctx;
 mod fragments;
 mod fwd;
+mod limits;
 mod maps;
 mod nat;
 mod parse;
@@ -294,6 +295,7 @@ fn from_uplink_verdict<C: UplinkHook>(ctx: &mut C, cfg: &Config) -> Verdict {
         return Verdict::pass(stat::PASS_TTL);
     }
     match nat::create_dnat_flow(
+        cfg,
         &pkt,
         target.container_ip,
         target.container_port,

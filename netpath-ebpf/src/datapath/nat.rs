@@ -7,6 +7,7 @@ use super::{
     conntrack::{self, CreateError, Flow},
     csum::{self, RewriteResult, Side},
     ctx::Packet as Ctx,
+    limits,
     parse::{L4, Packet},
 };
 
@@ -52,6 +53,7 @@ pub fn create_snat_flow(
     } else {
         min + unsafe { bpf_get_prandom_u32() } % span
     };
+    limits::admit(cfg, pkt)?;
     let is_echo = pkt.l4_kind == L4::IcmpEcho;
     let mut made_room = false;
     for _ in 0..SNAT_PROBES {
@@ -90,6 +92,7 @@ pub fn create_snat_flow(
 /// reached from outside): the container sees the client's real address.
 #[inline(always)]
 pub fn create_dnat_flow(
+    cfg: &Config,
     pkt: &Packet,
     dst_addr: u32,
     dst_port: u16,
@@ -103,6 +106,7 @@ pub fn create_dnat_flow(
         proto: pkt.key.proto,
         _pad: [0; 3],
     };
+    limits::admit(cfg, pkt)?;
     let mut created = conntrack::create(&pkt.key, &reply, nat_kind, pkt);
     if matches!(created, Err(CreateError::Full)) && conntrack::early_drop() {
         created = conntrack::create(&pkt.key, &reply, nat_kind, pkt);

@@ -36,7 +36,7 @@ pub use self::{
     probe::has_coarse_clock,
 };
 use crate::{
-    config::{Accel, MapSizes},
+    config::{Accel, FlowLimits, MapSizes},
     directories::{self, Instance, NotUp},
     tables::{Tables, TablesError},
 };
@@ -133,6 +133,7 @@ pub struct DatapathConfig {
     pub map_sizes: MapSizes,
     /// SNAT port range, host order, inclusive.
     pub snat_ports: (u16, u16),
+    pub flow_limits: FlowLimits,
 }
 
 /// A container's attachment point: its host-side veth and its address.
@@ -205,6 +206,8 @@ impl Datapath {
             .load(EBPF_OBJECT)?;
 
         let netns_cookie = netns_cookie();
+        let (max_flows_per_container, max_flows_per_source) =
+            cfg.flow_limits.resolved(sizes.conntrack);
         let config = Config {
             host_ip: u32::from_ne_bytes(cfg.host_ip.octets()),
             gateway_ip: u32::from_ne_bytes(cfg.gateway_ip.octets()),
@@ -219,6 +222,8 @@ impl Datapath {
             flags: 0,
             gateway_mac: cfg.gateway_mac,
             probe_port: 0,
+            max_flows_per_container,
+            max_flows_per_source,
         };
         let mut tables = Tables::open(instance)?;
         tables.set_config(&config)?;

@@ -1,0 +1,48 @@
+//! Per-source and per-container flow limits: one address must not fill the
+//! conntrack table. The datapath counts each flow it opens against the
+//! flow's original source (a container, for what containers open; the
+//! client, for flows into published ports); the agent recounts the table on
+//! every GC pass and writes the true numbers back, so between passes a count
+//! can only be too high (never let too much in). nf_conntrack has no such
+//! limit of its own; this is what `connlimit` rules give a Docker host.
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use aya_ebpf::bindings::BPF_NOEXIST;
+use netpath_common::{Config, stat};
+
+use super::{conntrack, maps::FLOW_COUNTS, parse::Packet};
+
+/// Counts a new flow from `pkt`'s source, or `Err(reason)` when that source
+/// already holds its limit (0: no limit).
+#[inline(always)]
+pub fn admit(cfg: &Config, pkt: &Packet) -> Result<(), u32> {
+    // What can't open a flow is refused by conntrack, uncounted here.
+    if !conntrack::opens_flow(pkt) {
+        return Ok(());
+    }
+    let source = pkt.key.saddr;
+    let (limit, reason) = if cfg.in_subnet(source) {
+        (cfg.max_flows_per_container, stat::DROP_CONTAINER_LIMIT)
+    } else {
+        (cfg.max_flows_per_source, stat::DROP_SOURCE_LIMIT)
+    };
+    if limit == 0 {
+        return Ok(());
+    }
+    match FLOW_COUNTS.get_ptr_mut(source) {
+        // SAFETY: a live map value, only ever changed by atomic adds here
+        // and whole writes by the agent.
+        Some(count) => unsafe {
+            if *count >= limit {
+                return Err(reason);
+            }
+            atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(count, 1);
+        },
+        None => {
+            // A racing first flow of the same source may win the insert;
+            // one uncounted flow until the agent's next recount.
+            let _ = FLOW_COUNTS.insert(source, 1u32, BPF_NOEXIST as u64);
+        }
+    }
+    Ok(())
+}
