@@ -7,6 +7,7 @@ use std::{
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::Ipv4Net;
+use netpath_common::Proto;
 
 use crate::{
     agent::AgentOptions,
@@ -120,8 +121,8 @@ struct FlowsArgs {
     #[arg(long)]
     port: Option<u16>,
     /// Only tcp, udp or icmp flows.
-    #[arg(long, value_parser = ["tcp", "udp", "icmp"])]
-    proto: Option<String>,
+    #[arg(long, value_enum)]
+    proto: Option<Proto>,
     /// Stream flow opened/closed events as they happen, until Ctrl-C. Events
     /// are consumed from one shared ring buffer: two watchers of one instance
     /// split the events between them.
