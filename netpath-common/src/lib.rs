@@ -8,6 +8,11 @@
 
 use bytemuck::{Pod, Zeroable};
 
+#[cfg(feature = "user")]
+pub mod host;
+#[cfg(feature = "user")]
+pub use host::Proto;
+
 /// Bumped whenever a map's key or value layout, or a map's kind, changes. Pins
 /// live under a directory named after it, so a netpath never adopts maps laid out
 /// by another version.

@@ -4,11 +4,11 @@ use std::{net::Ipv4Addr, time::Duration};
 
 use netpath_common::{
     DIR_ORIGINAL, DIR_REPLY, EVENT_CLOSED, EVENT_OPENED, FlowEntry, FlowEvent, FlowKey,
-    IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, nat_kind, tcp_state,
+    IPPROTO_TCP, Proto, nat_kind, tcp_state,
 };
 use serde::Serialize;
 
-use crate::tables::{Tables, TablesError, ip_of};
+use crate::tables::{Tables, TablesError};
 
 /// `CLOCK_MONOTONIC`, the clock of `bpf_ktime_get_ns`.
 pub fn monotonic_ns() -> u64 {
@@ -21,13 +21,10 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// A flow's protocol number for output: protocols the datapath does not
+/// track show as "other".
 pub fn proto_name(proto: u8) -> &'static str {
-    match proto {
-        IPPROTO_TCP => "tcp",
-        IPPROTO_UDP => "udp",
-        IPPROTO_ICMP => "icmp",
-        _ => "other",
-    }
+    Proto::from_number(proto).map_or("other", Proto::name)
 }
 
 pub fn kind_name(kind: u8) -> &'static str {
@@ -66,10 +63,10 @@ pub struct Tuple {
 impl Tuple {
     pub fn of(key: &FlowKey) -> Self {
         Self {
-            src: ip_of(key.saddr),
-            sport: u16::from_be(key.sport),
-            dst: ip_of(key.daddr),
-            dport: u16::from_be(key.dport),
+            src: key.src(),
+            sport: key.sport(),
+            dst: key.dst(),
+            dport: key.dport(),
         }
     }
 }
@@ -119,30 +116,27 @@ impl FlowView {
             bytes_reply: entry.bytes[DIR_REPLY],
         }
     }
-
-    pub fn matches(&self, filter: &FlowFilter) -> bool {
-        filter.matches(self.proto, &self.original, &self.translated)
-    }
 }
 
 #[derive(Clone, Debug, Default)]
 pub struct FlowFilter {
     pub ip: Option<Ipv4Addr>,
     pub port: Option<u16>,
-    pub proto: Option<String>,
+    pub proto: Option<Proto>,
 }
 
 impl FlowFilter {
-    /// Does a flow with these tuples involve the address, port (either side,
-    /// either direction) and protocol asked for?
-    pub fn matches(&self, proto: &str, original: &Tuple, translated: &Tuple) -> bool {
-        let tuples = [original, translated];
+    /// Does the flow of `key` (original tuple) and `reply` (reply tuple)
+    /// involve the address, port (either side, either direction) and protocol
+    /// asked for?
+    pub fn matches(&self, key: &FlowKey, reply: &FlowKey) -> bool {
+        let tuples = [Tuple::of(key), Tuple::of(&reply.reversed())];
         self.ip
             .is_none_or(|ip| tuples.iter().any(|t| t.src == ip || t.dst == ip))
             && self
                 .port
                 .is_none_or(|p| tuples.iter().any(|t| t.sport == p || t.dport == p))
-            && self.proto.as_deref().is_none_or(|p| p == proto)
+            && self.proto.is_none_or(|p| key.proto() == Some(p))
     }
 }
 
@@ -182,10 +176,6 @@ impl FlowEventView {
             state: state_name(event.key.proto, event.tcp_state),
         }
     }
-
-    pub fn matches(&self, filter: &FlowFilter) -> bool {
-        filter.matches(self.proto, &self.original, &self.translated)
-    }
 }
 
 impl std::fmt::Display for FlowEventView {
@@ -220,8 +210,8 @@ pub fn list(tables: &Tables, filter: &FlowFilter) -> Result<Vec<FlowView>, Table
     let mut flows: Vec<FlowView> = tables
         .flows()?
         .iter()
+        .filter(|(k, e)| filter.matches(k, &e.reply))
         .map(|(k, e)| FlowView::new(k, e, now))
-        .filter(|f| f.matches(filter))
         .collect();
     flows.sort_by(|a, b| a.age_secs.total_cmp(&b.age_secs).reverse());
     Ok(flows)

@@ -63,7 +63,7 @@ pub type Retired = Arc<Mutex<PortTraffic>>;
 /// outside, or hairpin from a container).
 pub fn published_port(key: &FlowKey, entry: &FlowEntry) -> Option<PortLabel> {
     matches!(entry.nat_kind, nat_kind::DNAT | nat_kind::HAIRPIN).then(|| PortLabel {
-        port: u16::from_be(key.dport),
+        port: key.dport(),
         proto: key.proto,
     })
 }
@@ -323,16 +323,15 @@ async fn answer(mut stream: TcpStream, tables: Arc<Tables>, retired: Retired) ->
 
 #[cfg(test)]
 mod tests {
-    use netpath_common::IPPROTO_TCP;
+    use std::net::Ipv4Addr;
+
+    use netpath_common::Proto;
 
     use super::*;
 
     fn flow(dport: u16, kind: u8, packets: [u64; 2]) -> (FlowKey, FlowEntry) {
-        let key = FlowKey {
-            dport: dport.to_be(),
-            proto: IPPROTO_TCP,
-            ..FlowKey::default()
-        };
+        let any = Ipv4Addr::UNSPECIFIED;
+        let key = FlowKey::new(any, any, 0, dport, Proto::Tcp);
         let entry = FlowEntry {
             nat_kind: kind,
             packets,

@@ -4,13 +4,13 @@
 //! uses `BPF_NOEXIST`, so a port is never published twice.
 use std::{fmt, fs, net::Ipv4Addr, str::FromStr};
 
-use netpath_common::{IPPROTO_TCP, IPPROTO_UDP, PortKey, PortTarget};
+use netpath_common::{PortKey, PortTarget, Proto};
 use serde::Serialize;
 
 use crate::{
     directories::{Instance, NotUp},
     state::{self, InstanceLock, State, StateError},
-    tables::{Tables, TablesError, ip_of, wire_ip},
+    tables::{Tables, TablesError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -43,37 +43,9 @@ pub enum PublishError {
 
 type Result<T> = std::result::Result<T, PublishError>;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Proto {
-    Tcp,
-    Udp,
-}
-
-impl Proto {
-    fn number(self) -> u8 {
-        match self {
-            Proto::Tcp => IPPROTO_TCP,
-            Proto::Udp => IPPROTO_UDP,
-        }
-    }
-
-    fn from_number(n: u8) -> Option<Self> {
-        match n {
-            IPPROTO_TCP => Some(Proto::Tcp),
-            IPPROTO_UDP => Some(Proto::Udp),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Proto {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
-        })
-    }
+/// Only protocols with ports can be published.
+fn publishable(proto: Proto) -> bool {
+    matches!(proto, Proto::Tcp | Proto::Udp)
 }
 
 /// The host side of a mapping: `[hostIP:]hostPort/proto`.
@@ -96,12 +68,7 @@ impl fmt::Display for HostPort {
 
 impl HostPort {
     fn key(&self) -> PortKey {
-        PortKey {
-            host_ip: self.ip.map_or(0, wire_ip),
-            host_port: self.port.to_be(),
-            proto: self.proto.number(),
-            _pad: 0,
-        }
+        PortKey::new(self.ip, self.port, self.proto)
     }
 }
 
@@ -125,9 +92,10 @@ fn parse_range(text: &str) -> Option<(u16, u16)> {
 
 fn parse_proto(text: &str) -> Option<(&str, Proto)> {
     match text.rsplit_once('/') {
-        Some((rest, "tcp")) => Some((rest, Proto::Tcp)),
-        Some((rest, "udp")) => Some((rest, Proto::Udp)),
-        Some(_) => None,
+        Some((rest, name)) => {
+            let proto = name.parse().ok().filter(|p| publishable(*p))?;
+            Some((rest, proto))
+        }
         None => Some((text, Proto::Tcp)),
     }
 }
@@ -285,11 +253,7 @@ pub fn publish_locked(tables: &mut Tables, ip: Ipv4Addr, mappings: &[Mapping]) -
     let mut done: Vec<PortKey> = Vec::new();
     for m in mappings {
         let key = m.host.key();
-        let target = PortTarget {
-            container_ip: wire_ip(ip),
-            container_port: m.container_port.to_be(),
-            _pad: 0,
-        };
+        let target = PortTarget::new(ip, m.container_port);
         let inserted = tables.publish(&key, &target);
         if !matches!(inserted, Ok(true)) {
             let _ = tables.unpublish(&done);
@@ -340,11 +304,10 @@ pub fn remove(instance: &Instance, tables: &mut Tables, spec: &str) -> Result<Ve
 /// Unpublishes every port leading to `ip` (a container going away). The
 /// caller holds the instance lock.
 pub fn remove_for_ip_locked(tables: &mut Tables, ip: Ipv4Addr) -> Result<()> {
-    let wire = wire_ip(ip);
     let keys: Vec<PortKey> = tables
         .ports()?
         .into_iter()
-        .filter(|(_, target)| target.container_ip == wire)
+        .filter(|(_, target)| target.container_ip() == ip)
         .map(|(key, _)| key)
         .collect();
     tables.unpublish(&keys)?;
@@ -358,7 +321,7 @@ pub fn list(instance: &Instance, tables: &Tables) -> Result<Vec<Published>> {
         .ports()?
         .into_iter()
         .filter_map(|(k, t)| {
-            let container_ip = ip_of(t.container_ip);
+            let container_ip = t.container_ip();
             let container = state
                 .containers
                 .values()
@@ -366,13 +329,13 @@ pub fn list(instance: &Instance, tables: &Tables) -> Result<Vec<Published>> {
                 .map(|c| c.name.clone());
             Some(Published {
                 host: HostPort {
-                    ip: (k.host_ip != 0).then(|| ip_of(k.host_ip)),
-                    port: u16::from_be(k.host_port),
-                    proto: Proto::from_number(k.proto)?,
+                    ip: k.host_ip(),
+                    port: k.host_port(),
+                    proto: k.proto().filter(|p| publishable(*p))?,
                 },
                 container,
                 container_ip,
-                container_port: u16::from_be(t.container_port),
+                container_port: t.container_port(),
             })
         })
         .collect();
@@ -423,6 +386,7 @@ mod tests {
             "80:b",
             "0:80",
             "80:80/sctp",
+            "80:80/icmp",
             "1.2.3:80:80",
             "9000-9001:80",
             "70000:80",

@@ -4,7 +4,9 @@
 use std::{io, net::Ipv4Addr};
 
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
-use netpath_common::{Config, Endpoint, FlowEntry, FlowKey, PortKey, PortTarget, names, stat};
+use netpath_common::{
+    Config, Endpoint, FlowEntry, FlowKey, PortKey, PortTarget, host::ip_to_wire, names, stat,
+};
 
 use crate::directories::{Instance, NotUp};
 
@@ -27,16 +29,6 @@ fn map_err(path: &str) -> impl FnOnce(MapError) -> TablesError + '_ {
         path: path.to_string(),
         source,
     }
-}
-
-/// Host-order view of an address kept in wire order.
-pub fn ip_of(wire: u32) -> Ipv4Addr {
-    Ipv4Addr::from(wire.to_ne_bytes())
-}
-
-/// Wire-order form of an address.
-pub fn wire_ip(ip: Ipv4Addr) -> u32 {
-    u32::from_ne_bytes(ip.octets())
 }
 
 /// The instance's pinned maps, opened. A command opens them once and passes
@@ -108,12 +100,12 @@ impl Tables {
 
     pub fn add_endpoint(&mut self, ip: Ipv4Addr, ep: &Endpoint) -> Result<(), TablesError> {
         self.endpoints
-            .insert(wire_ip(ip), ep, 0)
+            .insert(ip_to_wire(ip), ep, 0)
             .map_err(map_err(names::ENDPOINTS))
     }
 
     pub fn remove_endpoint(&mut self, ip: Ipv4Addr) -> Result<(), TablesError> {
-        match self.endpoints.remove(&wire_ip(ip)) {
+        match self.endpoints.remove(&ip_to_wire(ip)) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(map_err(names::ENDPOINTS)(e)),
         }

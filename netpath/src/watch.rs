@@ -55,10 +55,10 @@ impl Printer<'_> {
             if event.ts_ns < self.since_ns {
                 continue;
             }
-            let view = FlowEventView::new(&event, self.wall_offset_ns);
-            if !view.matches(self.filter) {
+            if !self.filter.matches(&event.key, &event.reply) {
                 continue;
             }
+            let view = FlowEventView::new(&event, self.wall_offset_ns);
             let written = if self.json {
                 serde_json::to_writer(&mut out, &view)?;
                 writeln!(out)

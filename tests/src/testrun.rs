@@ -49,7 +49,9 @@ use anyhow::{Context, Result, bail};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use aya::programs::{SchedClassifier, TestRunOptions, TestRunResult, Xdp};
 use aya::{Ebpf, EbpfLoader, TestRun};
-use netpath_common::{Config, Endpoint, FlowEntry, FlowKey, PortKey, PortTarget, names};
+use netpath_common::{
+    Config, Endpoint, FlowEntry, FlowKey, PortKey, PortTarget, Proto, host::ip_to_wire, names,
+};
 
 use crate::names::unique_name;
 use crate::netns::Netns;
@@ -80,11 +82,6 @@ pub const SNAT_RANGE: (u16, u16) = (40000, 49999);
 pub const TC_ACT_OK: u32 = 0;
 pub const TC_ACT_SHOT: u32 = 2;
 pub const TC_ACT_REDIRECT: u32 = 7;
-
-/// `bpf_fib_lookup` and the maps hold addresses in network byte order.
-pub fn wire(ip: Ipv4Addr) -> u32 {
-    u32::from_ne_bytes(ip.octets())
-}
 
 /// The classifiers, each with the interface its packets arrive on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -237,20 +234,11 @@ impl TestDatapath {
         self.config()?.set(
             0,
             Config {
-                host_ip: wire(HOST_IP),
-                gateway_ip: wire(GATEWAY_IP),
-                subnet_addr: wire(SUBNET_ADDR),
-                subnet_mask: wire(SUBNET_MASK),
                 uplink_ifindex,
-                bridge_ifindex: 0,
-                netns_cookie: 0,
                 snat_port_min: SNAT_RANGE.0,
                 snat_port_max: SNAT_RANGE.1,
-                flags: 0,
                 gateway_mac: GATEWAY_MAC,
-                probe_port: 0,
-                max_flows_per_container: 0,
-                max_flows_per_source: 0,
+                ..Config::new(HOST_IP, GATEWAY_IP, SUBNET_ADDR, SUBNET_MASK)
             },
             0,
         )?;
@@ -260,15 +248,8 @@ impl TestDatapath {
     /// A container at `ip` behind `c0`.
     pub fn add_endpoint(&mut self, ip: Ipv4Addr, mac: [u8; 6]) -> Result<()> {
         let ifindex = self.container_ifindex;
-        self.endpoints()?.insert(
-            wire(ip),
-            Endpoint {
-                ifindex,
-                mac,
-                network_id: 0,
-            },
-            0,
-        )?;
+        self.endpoints()?
+            .insert(ip_to_wire(ip), Endpoint::new(ifindex, mac), 0)?;
         Ok(())
     }
 
@@ -276,10 +257,10 @@ impl TestDatapath {
     pub fn set_endpoint_mac(&mut self, ip: Ipv4Addr, mac: [u8; 6]) -> Result<()> {
         let mut endpoints = self.endpoints()?;
         let mut endpoint = endpoints
-            .get(&wire(ip), 0)
+            .get(&ip_to_wire(ip), 0)
             .with_context(|| format!("no endpoint {ip}"))?;
         endpoint.mac = mac;
-        endpoints.insert(wire(ip), endpoint, 0)?;
+        endpoints.insert(ip_to_wire(ip), endpoint, 0)?;
         Ok(())
     }
 
@@ -289,22 +270,13 @@ impl TestDatapath {
         host_port: u16,
         target: Ipv4Addr,
         port: u16,
-        proto: u8,
+        proto: Proto,
     ) -> Result<()> {
         let mut ports: HashMap<_, PortKey, PortTarget> =
             HashMap::try_from(self.map_mut(names::PORTS)?)?;
         ports.insert(
-            PortKey {
-                host_ip: 0,
-                host_port: host_port.to_be(),
-                proto,
-                _pad: 0,
-            },
-            PortTarget {
-                container_ip: wire(target),
-                container_port: port.to_be(),
-                _pad: 0,
-            },
+            PortKey::new(None, host_port, proto),
+            PortTarget::new(target, port),
             0,
         )?;
         Ok(())

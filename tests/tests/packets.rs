@@ -8,13 +8,13 @@ use std::{fs, net::Ipv4Addr};
 
 use anyhow::Result;
 use netpath::datapath::{EBPF_OBJECT, has_coarse_clock};
-use netpath_common::{FlowKey, IPPROTO_TCP, stat, tcp_state};
+use netpath_common::{FlowKey, Proto, stat, tcp_state};
 use netpath_tests::{
     packet::{Frame, L4, Parsed, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     testrun::{
         C1_IP, C1_MAC, C2_IP, C2_MAC, GATEWAY_IP, GATEWAY_MAC, HOST_IP, HOST_MAC, OUTSIDE_IP,
         OUTSIDE_MAC, RunOutput, SNAT_RANGE, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TcProgram,
-        TestDatapath, wire,
+        TestDatapath,
     },
 };
 
@@ -216,7 +216,7 @@ fn ping_is_masqueraded_with_a_translated_echo_id() -> Result<()> {
 #[test]
 fn published_port_is_dnated_keeping_the_client_address() -> Result<()> {
     let mut dp = datapath()?;
-    dp.publish(8080, C2_IP, 80, 6)?;
+    dp.publish(8080, C2_IP, 80, Proto::Tcp)?;
     let syn = Frame::new(
         OUTSIDE_IP,
         HOST_IP,
@@ -262,7 +262,7 @@ fn published_port_is_dnated_keeping_the_client_address() -> Result<()> {
 #[test]
 fn hairpin_to_a_published_port_is_dnated_and_snated_to_the_gateway() -> Result<()> {
     let mut dp = datapath()?;
-    dp.publish(8080, C2_IP, 80, 6)?;
+    dp.publish(8080, C2_IP, 80, Proto::Tcp)?;
     let syn = Frame::new(
         C1_IP,
         HOST_IP,
@@ -388,7 +388,7 @@ fn port_unreachable_and_time_exceeded_are_translated_too() -> Result<()> {
 #[test]
 fn a_containers_port_unreachable_about_a_published_flow_goes_out_as_the_host() -> Result<()> {
     let mut dp = datapath()?;
-    dp.publish(5353, C2_IP, 53, 17)?;
+    dp.publish(5353, C2_IP, 53, Proto::Udp)?;
     let query = Frame::new(
         OUTSIDE_IP,
         HOST_IP,
@@ -512,14 +512,7 @@ fn a_snat_port_in_time_wait_goes_to_no_other_connection_until_the_peer_lets_go()
         );
         return Ok(());
     }
-    let key = FlowKey {
-        saddr: wire(C1_IP),
-        daddr: wire(OUTSIDE_IP),
-        sport: 33001u16.to_be(),
-        dport: 80u16.to_be(),
-        proto: IPPROTO_TCP,
-        _pad: [0; 3],
-    };
+    let key = FlowKey::new(C1_IP, OUTSIDE_IP, 33001, 80, Proto::Tcp);
     dp.age_flow(key, now - 61_000_000_000)?;
     gets_the_port(&dp, 33002, "TIME_WAIT, idle 61 s")?;
     Ok(())
@@ -591,7 +584,7 @@ fn an_established_flow_leaves_by_its_cached_next_hop_until_routes_change() -> Re
 fn a_published_flow_reaches_its_container_by_the_cached_endpoint_until_routes_change() -> Result<()>
 {
     let mut dp = datapath()?;
-    dp.publish(8080, C2_IP, 80, 6)?;
+    dp.publish(8080, C2_IP, 80, Proto::Tcp)?;
     let from_outside = |flags| {
         Frame::new(
             OUTSIDE_IP,
@@ -841,14 +834,7 @@ fn only_an_rst_at_the_next_sequence_number_closes_a_flow() -> Result<()> {
     .payload(&[]);
     assert_eq!(dp.from_container(&ack.bytes())?.verdict, TC_ACT_REDIRECT);
     let state = |dp: &TestDatapath| -> Result<u8> {
-        let key = FlowKey {
-            saddr: wire(C1_IP),
-            daddr: wire(OUTSIDE_IP),
-            sport: 41000u16.to_be(),
-            dport: 80u16.to_be(),
-            proto: IPPROTO_TCP,
-            _pad: [0; 3],
-        };
+        let key = FlowKey::new(C1_IP, OUTSIDE_IP, 41000, 80, Proto::Tcp);
         Ok(dp.flow(key)?.expect("the flow").tcp_state)
     };
     assert_eq!(state(&dp)?, tcp_state::ESTABLISHED);

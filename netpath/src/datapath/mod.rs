@@ -209,10 +209,6 @@ impl Datapath {
         let (max_flows_per_container, max_flows_per_source) =
             cfg.flow_limits.resolved(sizes.conntrack);
         let config = Config {
-            host_ip: u32::from_ne_bytes(cfg.host_ip.octets()),
-            gateway_ip: u32::from_ne_bytes(cfg.gateway_ip.octets()),
-            subnet_addr: u32::from_ne_bytes(cfg.subnet.network().octets()),
-            subnet_mask: u32::from_ne_bytes(cfg.subnet.netmask().octets()),
             uplink_ifindex: cfg.uplink_ifindex,
             bridge_ifindex: cfg.bridge_ifindex,
             // 0 never matches: without a cookie the socket hooks stay off.
@@ -224,6 +220,12 @@ impl Datapath {
             probe_port: 0,
             max_flows_per_container,
             max_flows_per_source,
+            ..Config::new(
+                cfg.host_ip,
+                cfg.gateway_ip,
+                cfg.subnet.network(),
+                cfg.subnet.netmask(),
+            )
         };
         let mut tables = Tables::open(instance)?;
         tables.set_config(&config)?;
@@ -293,14 +295,7 @@ pub fn attach_endpoint(
         return Err(instance.not_up().into());
     }
     raise_memlock();
-    tables.add_endpoint(
-        ep.ip,
-        &Endpoint {
-            ifindex: ep.host_ifindex,
-            mac: ep.mac,
-            network_id: 0,
-        },
-    )?;
+    tables.add_endpoint(ep.ip, &Endpoint::new(ep.host_ifindex, ep.mac))?;
     let mut prog =
         SchedClassifier::from_pin(&pin).map_err(prog_err("opening the pinned from_container"))?;
     attach_tc(&mut prog, instance, &ep.host_ifname, TcDirection::Ingress)?;
@@ -324,8 +319,7 @@ pub fn detach_endpoint(
     if let Some(tables) = tables {
         tables.remove_endpoint(ep.ip)?;
         tables.flush_flows(|key, entry| {
-            let ip = u32::from_ne_bytes(ep.ip.octets());
-            key.saddr == ip || entry.reply.saddr == ip || key.daddr == ip
+            key.src() == ep.ip || entry.reply.src() == ep.ip || key.dst() == ep.ip
         })?;
     }
     Ok(())

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use aya::util::KernelVersion;
-use netpath_common::IPPROTO_TCP;
+use netpath_common::Proto;
 use netpath_tests::packet::{Frame, L4, TCP_ACK, TCP_SYN, arp_request};
 use netpath_tests::testrun::{
     C1_IP, C1_MAC, GATEWAY_MAC, HOST_IP, HOST_MAC, OUTSIDE_IP, OUTSIDE_MAC, RunOutput, TcProgram,
@@ -111,7 +111,7 @@ fn run_cases(object: &[u8], iters: usize) -> Result<Vec<Case>> {
         u8::from(KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(5, 11, 0)));
     let mut dp = TestDatapath::load(object, has_coarse_clock)?;
     dp.add_endpoint(CONTAINER_IP, CONTAINER_MAC)?;
-    dp.publish(PUBLISHED, CONTAINER_IP, 80, IPPROTO_TCP)?;
+    dp.publish(PUBLISHED, CONTAINER_IP, 80, Proto::Tcp)?;
     dp.load_xdp_programs()?;
     let time_tc =
         |prog, frame: &dyn Fn(usize) -> Vec<u8>| median_ns(iters, |i| dp.run_tc(prog, &frame(i)));

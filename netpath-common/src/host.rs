@@ -1,0 +1,268 @@
+//! The map types in host terms, for userspace: constructors and accessors that
+//! take and give `Ipv4Addr` and host-order ports, so no caller converts byte
+//! orders by hand. The records themselves keep the wire order the datapath
+//! reads (see the crate doc).
+use core::{fmt, net::Ipv4Addr, str::FromStr};
+
+use crate::{
+    Config, Endpoint, FlowKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, PortKey, PortTarget,
+};
+
+/// The wire-order `u32` a map holds for `ip` (e.g. an `ENDPOINTS` key).
+pub fn ip_to_wire(ip: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(ip.octets())
+}
+
+/// The address a wire-order `u32` of a map holds.
+pub fn ip_from_wire(wire: u32) -> Ipv4Addr {
+    Ipv4Addr::from(wire.to_ne_bytes())
+}
+
+/// The transport protocols the datapath tracks.
+// No doc comments on the variants: clap would print them as per-value help
+// and change `--help`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
+pub enum Proto {
+    Tcp,
+    Udp,
+    Icmp,
+}
+
+impl Proto {
+    pub const ALL: [Proto; 3] = [Proto::Tcp, Proto::Udp, Proto::Icmp];
+
+    /// The IP header's protocol number (`IPPROTO_*`).
+    pub const fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => IPPROTO_TCP,
+            Proto::Udp => IPPROTO_UDP,
+            Proto::Icmp => IPPROTO_ICMP,
+        }
+    }
+
+    pub const fn from_number(number: u8) -> Option<Self> {
+        match number {
+            IPPROTO_TCP => Some(Proto::Tcp),
+            IPPROTO_UDP => Some(Proto::Udp),
+            IPPROTO_ICMP => Some(Proto::Icmp),
+            _ => None,
+        }
+    }
+
+    /// Lower case, as the command line and the output spell it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+            Proto::Icmp => "icmp",
+        }
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A protocol name other than tcp, udp or icmp.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnknownProto;
+
+impl fmt::Display for UnknownProto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("unknown protocol: use tcp, udp or icmp")
+    }
+}
+
+impl core::error::Error for UnknownProto {}
+
+impl FromStr for Proto {
+    type Err = UnknownProto;
+
+    /// Exact lower-case names only, as the command line always accepted.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Proto::ALL
+            .into_iter()
+            .find(|p| p.name() == text)
+            .ok_or(UnknownProto)
+    }
+}
+
+// By hand: the derive names `::std`, which this no_std crate does not have.
+#[cfg(feature = "clap")]
+impl clap::ValueEnum for Proto {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Proto::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.name()))
+    }
+}
+
+impl FlowKey {
+    /// Ports in host order; for ICMP echo both are the echo identifier.
+    pub fn new(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, proto: Proto) -> Self {
+        Self {
+            saddr: ip_to_wire(src),
+            daddr: ip_to_wire(dst),
+            sport: sport.to_be(),
+            dport: dport.to_be(),
+            proto: proto.number(),
+            _pad: [0; 3],
+        }
+    }
+
+    pub fn src(&self) -> Ipv4Addr {
+        ip_from_wire(self.saddr)
+    }
+
+    pub fn dst(&self) -> Ipv4Addr {
+        ip_from_wire(self.daddr)
+    }
+
+    /// Host order.
+    pub fn sport(&self) -> u16 {
+        u16::from_be(self.sport)
+    }
+
+    /// Host order.
+    pub fn dport(&self) -> u16 {
+        u16::from_be(self.dport)
+    }
+
+    /// `None`: a protocol number the datapath does not track.
+    pub fn proto(&self) -> Option<Proto> {
+        Proto::from_number(self.proto)
+    }
+}
+
+impl PortKey {
+    /// `host_ip` `None`: the port on every host address.
+    pub fn new(host_ip: Option<Ipv4Addr>, host_port: u16, proto: Proto) -> Self {
+        Self {
+            host_ip: host_ip.map_or(0, ip_to_wire),
+            host_port: host_port.to_be(),
+            proto: proto.number(),
+            _pad: 0,
+        }
+    }
+
+    /// `None`: every host address.
+    pub fn host_ip(&self) -> Option<Ipv4Addr> {
+        (self.host_ip != 0).then(|| ip_from_wire(self.host_ip))
+    }
+
+    /// Host order.
+    pub fn host_port(&self) -> u16 {
+        u16::from_be(self.host_port)
+    }
+
+    pub fn proto(&self) -> Option<Proto> {
+        Proto::from_number(self.proto)
+    }
+}
+
+impl PortTarget {
+    pub fn new(container_ip: Ipv4Addr, container_port: u16) -> Self {
+        Self {
+            container_ip: ip_to_wire(container_ip),
+            container_port: container_port.to_be(),
+            _pad: 0,
+        }
+    }
+
+    pub fn container_ip(&self) -> Ipv4Addr {
+        ip_from_wire(self.container_ip)
+    }
+
+    /// Host order.
+    pub fn container_port(&self) -> u16 {
+        u16::from_be(self.container_port)
+    }
+}
+
+impl Endpoint {
+    /// An endpoint of network 0, the only network an instance has.
+    pub fn new(ifindex: u32, mac: [u8; 6]) -> Self {
+        Self {
+            ifindex,
+            mac,
+            network_id: 0,
+        }
+    }
+}
+
+impl Config {
+    /// The addresses in host types; every other field 0, to be filled with
+    /// struct update syntax (`Config { uplink_ifindex, ..Config::new(..) }`).
+    pub fn new(
+        host_ip: Ipv4Addr,
+        gateway_ip: Ipv4Addr,
+        subnet_addr: Ipv4Addr,
+        subnet_mask: Ipv4Addr,
+    ) -> Self {
+        Self {
+            host_ip: ip_to_wire(host_ip),
+            gateway_ip: ip_to_wire(gateway_ip),
+            subnet_addr: ip_to_wire(subnet_addr),
+            subnet_mask: ip_to_wire(subnet_mask),
+            ..Self::default()
+        }
+    }
+
+    pub fn host_ip(&self) -> Ipv4Addr {
+        ip_from_wire(self.host_ip)
+    }
+
+    pub fn gateway_ip(&self) -> Ipv4Addr {
+        ip_from_wire(self.gateway_ip)
+    }
+
+    pub fn subnet_addr(&self) -> Ipv4Addr {
+        ip_from_wire(self.subnet_addr)
+    }
+
+    pub fn subnet_mask(&self) -> Ipv4Addr {
+        ip_from_wire(self.subnet_mask)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accessors_give_back_what_constructors_took() {
+        let (a, b) = (Ipv4Addr::new(10, 77, 0, 2), Ipv4Addr::new(1, 2, 3, 4));
+        let key = FlowKey::new(a, b, 33000, 80, Proto::Tcp);
+        assert_eq!(
+            (key.src(), key.dst(), key.sport(), key.dport(), key.proto()),
+            (a, b, 33000, 80, Some(Proto::Tcp))
+        );
+        // The wire bytes, as the packet carries them.
+        assert_eq!(key.saddr.to_ne_bytes(), [10, 77, 0, 2]);
+        assert_eq!(key.dport.to_ne_bytes(), [0, 80]);
+
+        let port = PortKey::new(None, 8080, Proto::Udp);
+        assert_eq!(port.host_ip, 0);
+        assert_eq!((port.host_ip(), port.host_port()), (None, 8080));
+        assert_eq!(PortKey::new(Some(b), 1, Proto::Tcp).host_ip(), Some(b));
+
+        let target = PortTarget::new(a, 80);
+        assert_eq!((target.container_ip(), target.container_port()), (a, 80));
+    }
+
+    #[test]
+    fn proto_names_and_numbers() {
+        for proto in Proto::ALL {
+            assert_eq!(proto.name().parse(), Ok(proto));
+            assert_eq!(Proto::from_number(proto.number()), Some(proto));
+        }
+        assert_eq!("TCP".parse::<Proto>(), Err(UnknownProto));
+        assert_eq!(Proto::from_number(47), None);
+    }
+}

@@ -1,0 +1,176 @@
+//! The command line as clap parses it. Doc comments here are the `--help`
+//! text.
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use netpath_common::Proto;
+
+use crate::config::{Accel, TimeoutSetting};
+
+/// Docker-style bridge networking for containers, with NAT, conntrack and
+/// forwarding in eBPF.
+#[derive(Debug, Parser)]
+#[command(name = "netpath", version)]
+pub(super) struct Cli {
+    /// Instance to act on; everything of one netpath lives under its name.
+    #[arg(
+        long,
+        global = true,
+        env = "NETPATH_INSTANCE",
+        default_value = "default"
+    )]
+    pub instance: String,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum Command {
+    /// Build the bridge, load the datapath and run the agent.
+    Up(UpArgs),
+    /// Stop the agent and remove containers, bridge, pins and state.
+    Down,
+    /// Manage containers.
+    #[command(subcommand)]
+    Container(ContainerCommand),
+    /// Run a command in a container's network namespace.
+    Exec(ExecArgs),
+    /// Show the instance, its agent and its containers.
+    Status,
+    /// Publish container ports on the host (Docker's -p).
+    #[command(subcommand)]
+    Publish(PublishCommand),
+    /// Show the conntrack table: one line per flow, with its counters.
+    Flows(FlowsArgs),
+    /// Show the datapath's verdict and drop counters.
+    Stats,
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum PublishCommand {
+    /// Publish ports of a container: [hostIP:]hostPort[-end]:containerPort[-end][/tcp|udp].
+    Add {
+        name: String,
+        #[arg(required = true)]
+        specs: Vec<String>,
+    },
+    /// Unpublish: [hostIP:]hostPort[-end][/tcp|udp] (or a whole spec).
+    Rm { spec: String },
+    /// List published ports (read from the datapath's port map).
+    Ls,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct FlowsArgs {
+    /// Only flows of this container.
+    #[arg(long)]
+    pub container: Option<String>,
+    /// Only flows with this port on either side.
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Only tcp, udp or icmp flows.
+    #[arg(long, value_enum)]
+    pub proto: Option<Proto>,
+    /// Stream flow opened/closed events as they happen, until Ctrl-C. Events
+    /// are consumed from one shared ring buffer: two watchers of one instance
+    /// split the events between them.
+    #[arg(long)]
+    pub watch: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(super) enum LogLevelArg {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl From<LogLevelArg> for log::LevelFilter {
+    fn from(arg: LogLevelArg) -> Self {
+        match arg {
+            LogLevelArg::Error => Self::Error,
+            LogLevelArg::Warn => Self::Warn,
+            LogLevelArg::Info => Self::Info,
+            LogLevelArg::Debug => Self::Debug,
+            LogLevelArg::Trace => Self::Trace,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub(super) struct UpArgs {
+    /// Uplink interface [default: the interface of the default route].
+    #[arg(long, value_name = "IF")]
+    pub uplink: Option<String>,
+    /// Container subnet [default: 10.77.0.0/16]; the gateway is its first address.
+    #[arg(long, value_name = "CIDR")]
+    pub subnet: Option<String>,
+    /// Bridge name [default: np0].
+    #[arg(long, value_name = "NAME")]
+    pub bridge: Option<String>,
+    /// Where the uplink ingress translations run [default: tc].
+    #[arg(long, value_enum)]
+    pub accel: Option<Accel>,
+    /// cgroup v2 directory for the socket hooks [default: the cgroup2 mount].
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+    /// Run the agent in the background once the instance is up.
+    #[arg(long)]
+    pub detach: bool,
+    /// Conntrack table size [default: scaled to the host's memory].
+    #[arg(long, value_name = "N")]
+    pub conntrack_size: Option<u32>,
+    /// Port range masquerade and hairpin SNAT take ports from; reserved for
+    /// netpath in the host netns [default: 40000-49999].
+    #[arg(long, value_name = "MIN-MAX")]
+    pub snat_ports: Option<String>,
+    /// Conntrack timeout in seconds, repeatable: syn, established, fin,
+    /// time_wait, close, unreplied (UDP/ICMP), replied (UDP/ICMP).
+    #[arg(long = "ct-timeout", value_name = "NAME=SECS")]
+    pub ct_timeouts: Vec<TimeoutSetting>,
+    /// Agent log level, also for the datapath's own log records
+    /// [default: info, or RUST_LOG when set].
+    #[arg(long, value_enum, value_name = "LEVEL")]
+    pub log_level: Option<LogLevelArg>,
+    /// Serve Prometheus metrics on ADDR (GET /metrics), e.g. 127.0.0.1:9477.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum ContainerCommand {
+    /// Create a container's network.
+    Add(AddArgs),
+    /// Remove a container's network.
+    Rm { name: String },
+    /// List containers.
+    Ls,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct AddArgs {
+    /// 1 to 12 letters, digits, '-' or '_'.
+    pub name: String,
+    /// Address in the subnet [default: the lowest free one].
+    #[arg(long, value_name = "ADDR")]
+    pub ip: Option<String>,
+    /// bridge, none, host or container:NAME.
+    #[arg(long, default_value = "bridge", value_name = "MODE")]
+    pub mode: String,
+    /// Publish a port, as docker -p: [hostIP:]hostPort[-end]:containerPort[-end][/tcp|udp]; repeatable.
+    #[arg(short = 'p', long = "publish", value_name = "SPEC")]
+    pub publish: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct ExecArgs {
+    pub name: String,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}

@@ -1,0 +1,68 @@
+//! `netpath flows`: the conntrack table, or with `--watch` its events.
+use super::{
+    Result,
+    args::FlowsArgs,
+    output::{Column, Output, Table},
+    runtime,
+};
+use crate::{
+    container,
+    directories::Instance,
+    flows::{self, FlowFilter, FlowView},
+    publish::PublishError,
+    state,
+    tables::Tables,
+    watch,
+};
+
+pub(super) fn run(instance: &Instance, args: FlowsArgs, out: Output) -> Result<()> {
+    let ip = match &args.container {
+        Some(name) => Some(
+            container::view(&state::load_required(instance)?, name)
+                .ip
+                .ok_or_else(|| PublishError::UnknownContainer(name.clone()))?,
+        ),
+        None => None,
+    };
+    let filter = FlowFilter {
+        ip,
+        port: args.port,
+        proto: args.proto,
+    };
+    if args.watch {
+        runtime()?.block_on(watch::watch(instance, &filter, out.json))?;
+        return Ok(());
+    }
+    let tables = Tables::open(instance)?;
+    out.show(&flows::list(&tables, &filter)?, |list| print_table(list))
+}
+
+fn print_table(list: &[FlowView]) {
+    const TABLE: Table<9> = Table {
+        columns: [
+            Column::left("PROTO", 5),
+            Column::left("KIND", 10),
+            Column::left("ORIGINAL", 44),
+            Column::left("TRANSLATED", 44),
+            Column::left("STATE", 12),
+            Column::right("AGE", 7),
+            Column::right("IDLE", 7),
+            Column::right("PKTS ORIG/REP", 14),
+            Column::right("BYTES ORIG/REP", 14),
+        ],
+        separator: " ",
+    };
+    TABLE.print(list.iter().map(|f| {
+        [
+            f.proto.to_owned(),
+            f.kind.to_owned(),
+            f.original.to_string(),
+            f.translated.to_string(),
+            f.state.to_owned(),
+            format!("{:.0}s", f.age_secs),
+            format!("{:.0}s", f.idle_secs),
+            format!("{}/{}", f.packets_original, f.packets_reply),
+            format!("{}/{}", f.bytes_original, f.bytes_reply),
+        ]
+    }));
+}

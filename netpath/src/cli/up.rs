@@ -1,0 +1,86 @@
+//! `netpath up`: build the instance and run its agent, in the foreground or
+//! detached.
+use ipnet::Ipv4Net;
+
+use super::{CliError, Result, args::UpArgs, output::Output, runtime};
+use crate::{
+    agent::AgentOptions,
+    daemon::ReadyNotifier,
+    directories::Instance,
+    lifecycle::{self, UpOptions},
+};
+
+pub(super) fn run(instance: &Instance, args: UpArgs, out: Output) -> Result<()> {
+    let options = UpOptions {
+        uplink: args.uplink,
+        subnet: args.subnet.as_deref().map(parse_subnet).transpose()?,
+        bridge: args.bridge,
+        accel: args.accel,
+        cgroup: args.cgroup,
+        conntrack_size: args.conntrack_size,
+        snat_ports: args
+            .snat_ports
+            .as_deref()
+            .map(parse_port_range)
+            .transpose()?,
+        ct_timeouts: args.ct_timeouts,
+        agent: AgentOptions {
+            metrics: args.metrics,
+        },
+    };
+    if args.detach {
+        let pid = lifecycle::up_detached(instance)?;
+        let log = instance.log_file();
+        return out.show(
+            &serde_json::json!({
+                "instance": instance.name(),
+                "agent_pid": pid,
+                "log": log,
+            }),
+            |_| {
+                println!(
+                    "instance {instance} up, agent pid {pid}, log {}",
+                    log.display()
+                );
+            },
+        );
+    }
+    let ready = ReadyNotifier::from_env();
+    runtime()?.block_on(lifecycle::up(instance, &options, ready, out.json))?;
+    Ok(())
+}
+
+fn parse_port_range(text: &str) -> Result<(u16, u16)> {
+    let bad = || CliError::BadInput {
+        what: "port range",
+        value: text.to_owned(),
+        hint: "use MIN-MAX with 1024 <= MIN <= MAX <= 65535, e.g. 40000-49999".to_owned(),
+    };
+    let (min, max) = text.split_once('-').ok_or_else(bad)?;
+    let (min, max): (u16, u16) = (
+        min.parse().map_err(|_| bad())?,
+        max.parse().map_err(|_| bad())?,
+    );
+    if min < 1024 || min > max {
+        return Err(bad());
+    }
+    Ok((min, max))
+}
+
+fn parse_subnet(text: &str) -> Result<Ipv4Net> {
+    let bad = |hint: String| CliError::BadInput {
+        what: "--subnet",
+        value: text.to_owned(),
+        hint,
+    };
+    let subnet: Ipv4Net = text
+        .parse()
+        .map_err(|_| bad("expected an IPv4 network such as 10.77.0.0/16".to_owned()))?;
+    if subnet.trunc() != subnet {
+        return Err(bad(format!(
+            "host bits are set: did you mean {}?",
+            subnet.trunc()
+        )));
+    }
+    Ok(subnet)
+}
