@@ -673,7 +673,8 @@ fn fragments_truncated_and_bogus_headers_are_never_rewritten() -> Result<()> {
         dport: 53,
         zero_csum: false,
     });
-    fragment.frag = (true, 0);
+    // A later fragment whose first never came: no ports to follow.
+    fragment.frag = (false, 100);
     let before = dp.counter(stat::DROP_FRAGMENT)?;
     let out = dp.from_container(&fragment.bytes())?;
     assert_eq!(
@@ -885,5 +886,51 @@ fn only_a_syn_opens_a_tcp_flow() -> Result<()> {
     });
     assert_eq!(dp.from_container(&echo_reply.bytes())?.verdict, TC_ACT_SHOT);
     assert_eq!(dp.counter(stat::DROP_NOT_INITIAL)?, before + 5);
+    Ok(())
+}
+
+/// Issue 10, item 6: a datagram's fragments follow its flow. The first
+/// carries the ports and is translated whole; a later one gets the same
+/// addresses (its own header checksum fixed, its payload untouched).
+#[test]
+fn a_datagrams_later_fragments_follow_the_first_ones_translation() -> Result<()> {
+    let dp = datapath()?;
+    let mut first = from_c1(L4::Udp {
+        sport: 40500,
+        dport: 53,
+        zero_csum: false,
+    })
+    .payload(&[0x5a; 24]);
+    first.frag = (true, 0);
+    let out = dp.from_container(&first.bytes())?;
+    assert_eq!(
+        out.verdict, TC_ACT_REDIRECT,
+        "the first fragment is masqueraded"
+    );
+    let sent = out.parsed();
+    assert_eq!(sent.src(), HOST_IP);
+    assert!(sent.ip_header_ok());
+
+    // A later fragment: an IPv4 header and payload bytes, no UDP header.
+    let mut later = from_c1(L4::Udp {
+        sport: 0,
+        dport: 0,
+        zero_csum: true,
+    })
+    .payload(&[0xa5; 24]);
+    later.frag = (false, 4);
+    let mut bytes = later.bytes();
+    // Same IP id as the first (the frame builder uses a fixed one); the 8
+    // bytes a UDP header would take are payload here.
+    bytes[14 + 20..14 + 28].fill(0xa5);
+    let out = dp.from_container(&bytes)?;
+    assert_eq!(
+        out.verdict, TC_ACT_REDIRECT,
+        "it follows the first one's flow"
+    );
+    let next = out.parsed();
+    assert_eq!((next.src(), next.dst()), (HOST_IP, OUTSIDE_IP));
+    assert!(next.ip_header_ok());
+    assert_eq!(out.frame[14 + 20..], bytes[14 + 20..], "payload untouched");
     Ok(())
 }
