@@ -90,6 +90,7 @@ pub struct UpOptions {
     pub accel: Option<Accel>,
     pub cgroup: Option<PathBuf>,
     pub conntrack_size: Option<u32>,
+    pub flow_limits: FlowLimits,
     pub snat_ports: Option<(u16, u16)>,
     /// Overrides of the conntrack timeouts, applied in order.
     pub ct_timeouts: Vec<TimeoutSetting>,
@@ -268,7 +269,7 @@ fn datapath_config(state: &State) -> Result<DatapathConfig> {
             ..MapSizes::default()
         },
         snat_ports: state.snat_ports,
-        flow_limits: FlowLimits::default(),
+        flow_limits: state.flow_limits,
     })
 }
 
@@ -354,6 +355,7 @@ async fn build<'a>(
         accel: options.accel.unwrap_or_default(),
         cgroup,
         conntrack_size: options.conntrack_size.unwrap_or(0),
+        flow_limits: options.flow_limits,
         snat_ports: options.snat_ports.unwrap_or(DEFAULT_SNAT_PORTS),
         ct_timeouts: Timeouts::default().with(&options.ct_timeouts),
         containers: Default::default(),
@@ -383,6 +385,12 @@ async fn adopt(host: &rtnetlink::Handle, mut state: State, options: &UpOptions) 
     }
     if let Some(size) = options.conntrack_size {
         state.conntrack_size = size;
+    }
+    if options.flow_limits.per_container.is_some() {
+        state.flow_limits.per_container = options.flow_limits.per_container;
+    }
+    if options.flow_limits.per_source.is_some() {
+        state.flow_limits.per_source = options.flow_limits.per_source;
     }
     if let Some(range) = options.snat_ports {
         state.snat_ports = range;

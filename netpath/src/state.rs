@@ -21,7 +21,7 @@ use nix::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    config::{Accel, DEFAULT_SNAT_PORTS, Timeouts},
+    config::{Accel, DEFAULT_SNAT_PORTS, FlowLimits, Timeouts},
     directories::{Instance, NotUp},
 };
 
@@ -141,6 +141,9 @@ pub struct State {
     pub cgroup: PathBuf,
     #[serde(default)]
     pub conntrack_size: u32,
+    /// `up --max-flows-per-container/--max-flows-per-source`.
+    #[serde(default)]
+    pub flow_limits: FlowLimits,
     /// Conntrack timeouts the agent's GC applies.
     #[serde(default)]
     pub ct_timeouts: Timeouts,

@@ -516,3 +516,51 @@ fn a_blind_reset_spray_does_not_close_a_masqueraded_connection() {
     assert_eq!(ours["state"], "established", "{ours}");
     wait_counter(&lab, "drop_tcp_out_of_window", before + 24);
 }
+
+/// Issue 10, item 1: one address can't fill the table: an outside source
+/// holds at most `--max-flows-per-source` flows into published ports, a
+/// container at most `--max-flows-per-container`; everyone else still gets
+/// through.
+#[test]
+fn one_source_or_container_cannot_take_more_than_its_share_of_the_table() {
+    let (lab, a) = lab_with_container(
+        "tc",
+        &[
+            "--max-flows-per-source",
+            "8",
+            "--max-flows-per-container",
+            "4",
+        ],
+    );
+    let _http = Server::http(lab.container(&a), "0.0.0.0", 8000);
+    lab.netpath(&["publish", "add", &a, "8080:8000"])
+        .expect_ok("publish");
+
+    // 20 SYNs from one forged source (on O's side, 198.19.3.3).
+    let wire = Wire::outside(&lab);
+    let syns: Vec<Vec<u8>> = (0..20u16)
+        .map(|i| {
+            wire.frame(
+                ip("198.19.3.3"),
+                ip(Lab::HOST_IP),
+                tcp(31000 + i, 8080, TCP_SYN),
+            )
+            .bytes()
+        })
+        .collect();
+    wire.send(&syns);
+    wait_counter(&lab, "drop_source_limit", 12);
+    let src = http_source(&lab.outside, &format!("http://{}:8080/", Lab::HOST_IP))
+        .expect("another source still gets through");
+    assert!(src.starts_with(Lab::OUTSIDE_IP), "{src}");
+
+    // The container: four UDP flows, then its limit.
+    let echo = Server::udp_echo(&lab.outside, "0.0.0.0", 0);
+    for sport in 41001..=41004 {
+        udp_request_from(lab.container(&a), sport, Lab::OUTSIDE_IP, echo.port(), "x")
+            .expect_ok("a flow within the container's share");
+    }
+    let over = udp_request_from(lab.container(&a), 41005, Lab::OUTSIDE_IP, echo.port(), "x");
+    assert!(!over.success(), "a fifth flow went through: {over}");
+    wait_counter(&lab, "drop_container_limit", 1);
+}

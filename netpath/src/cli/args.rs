@@ -125,6 +125,14 @@ pub(super) struct UpArgs {
     /// Conntrack table size [default: scaled to the host's memory].
     #[arg(long, value_name = "N")]
     pub conntrack_size: Option<u32>,
+    /// Most flows one container may hold, 0 for no limit [default: half
+    /// the table, at least 1024].
+    #[arg(long, value_name = "N")]
+    pub max_flows_per_container: Option<u32>,
+    /// Most flows one outside address may hold to published ports, 0 for
+    /// no limit [default: a sixteenth of the table, at least 256].
+    #[arg(long, value_name = "N")]
+    pub max_flows_per_source: Option<u32>,
     /// Port range masquerade and hairpin SNAT take ports from; reserved for
     /// netpath in the host netns [default: 40000-49999].
     #[arg(long, value_name = "MIN-MAX")]

@@ -5,6 +5,7 @@ use ipnet::Ipv4Net;
 use super::{CliError, Result, args::UpArgs, output::Output, runtime};
 use crate::{
     agent::AgentOptions,
+    config::FlowLimits,
     daemon::ReadyNotifier,
     directories::Instance,
     lifecycle::{self, UpOptions},
@@ -18,6 +19,10 @@ pub(super) fn run(instance: &Instance, args: UpArgs, out: Output) -> Result<()> 
         accel: args.accel,
         cgroup: args.cgroup,
         conntrack_size: args.conntrack_size,
+        flow_limits: FlowLimits {
+            per_container: args.max_flows_per_container,
+            per_source: args.max_flows_per_source,
+        },
         snat_ports: args
             .snat_ports
             .as_deref()
