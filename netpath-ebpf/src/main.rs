@@ -13,7 +13,7 @@ fn main() {}
 
 #[cfg(all(target_arch = "bpf", not(test)))]
 #[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
+fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
     loop {}
 }
 

@@ -275,7 +275,7 @@ pub fn run_timeout(cmd: &mut Command, timeout: Duration) -> CmdOutput {
             // SAFETY: kill(2) on the pid of our own child, not yet reaped
             // (the waiter thread reaps it after this).
             unsafe { libc::kill(pid, libc::SIGKILL) };
-            (st_rx.recv().ok().and_then(|r| r.ok()), true)
+            (st_rx.recv().ok().and_then(Result::ok), true)
         }
     };
     let deadline = std::time::Instant::now() + DRAIN_GRACE;

@@ -19,7 +19,7 @@ pub fn sum_words(data: &[u8]) -> u32 {
         } else {
             u16::from_be_bytes([chunk[0], 0])
         };
-        sum += word as u32;
+        sum += u32::from(word);
     }
     sum
 }
@@ -120,9 +120,8 @@ impl Frame {
     /// The sequence space a TCP segment of this frame takes: its payload,
     /// plus one for SYN and one for FIN.
     pub fn seq_len(&self) -> u32 {
-        let flags = match self.l4 {
-            L4::Tcp { flags, .. } => flags,
-            _ => return 0,
+        let L4::Tcp { flags, .. } = self.l4 else {
+            return 0;
         };
         self.payload.len() as u32
             + u32::from(flags & TCP_SYN != 0)
@@ -206,7 +205,7 @@ impl Frame {
         ip[0] = 0x40 | (ihl / 4) as u8;
         ip[2..4].copy_from_slice(&((ihl + l4.len()) as u16).to_be_bytes());
         ip[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
-        let frag = ((self.frag.0 as u16) << 13) | self.frag.1;
+        let frag = (u16::from(self.frag.0) << 13) | self.frag.1;
         ip[6..8].copy_from_slice(&frag.to_be_bytes());
         ip[8] = self.ttl;
         ip[9] = proto;

@@ -253,9 +253,8 @@ impl Server {
     pub fn wait_clients(&self, n: usize, timeout: Duration) -> Vec<String> {
         let deadline = Instant::now() + timeout;
         let (lock, cv) = &*self.clients;
-        let mut v = match lock.lock() {
-            Ok(v) => v,
-            Err(_) => return Vec::new(),
+        let Ok(mut v) = lock.lock() else {
+            return Vec::new();
         };
         while v.len() < n {
             let left = deadline.saturating_duration_since(Instant::now());

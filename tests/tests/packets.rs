@@ -53,7 +53,7 @@ fn from_c1(l4: L4) -> Frame {
     Frame::new(C1_IP, OUTSIDE_IP, l4).macs(C1_MAC, GATEWAY_MAC)
 }
 
-fn assert_valid(out: &Parsed) {
+fn assert_valid(out: &Parsed<'_>) {
     assert!(
         out.ip_header_ok(),
         "IPv4 header checksum is wrong: {:02x?}",
@@ -357,7 +357,7 @@ fn port_unreachable_and_time_exceeded_are_translated_too() -> Result<()> {
     // client's host answers the container's masqueraded probe instead.
     for (icmp_type, code) in [(3u8, 3u8), (11, 0)] {
         let probe = from_c1(L4::Udp {
-            sport: 21000 + icmp_type as u16,
+            sport: 21000 + u16::from(icmp_type),
             dport: 33434,
             zero_csum: false,
         });
@@ -379,7 +379,7 @@ fn port_unreachable_and_time_exceeded_are_translated_too() -> Result<()> {
         assert_valid(&back);
         let inner = back.quoted();
         assert_eq!(inner.src(), C1_IP);
-        assert_eq!(inner.sport(), 21000 + icmp_type as u16);
+        assert_eq!(inner.sport(), 21000 + u16::from(icmp_type));
         assert!(inner.ip_header_ok());
     }
     Ok(())

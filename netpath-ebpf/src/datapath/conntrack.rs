@@ -127,7 +127,10 @@ pub fn create(
         ..FlowEntry::default()
     };
     let entry: &FlowEntry = entry;
-    if CONNTRACK.insert(orig, entry, BPF_NOEXIST as u64).is_err() {
+    if CONNTRACK
+        .insert(orig, entry, u64::from(BPF_NOEXIST))
+        .is_err()
+    {
         // Lost a race for the same flow, or the table is full: give the reply
         // tuple back, then use whoever won.
         let _ = CT_REPLY.remove(reply);
@@ -158,7 +161,7 @@ pub fn create(
 /// flow each, so this is where a full table shows.
 #[inline(always)]
 fn claim_reply(reply: &FlowKey, orig: &FlowKey) -> Result<(), CreateError> {
-    match CT_REPLY.insert(reply, orig, BPF_NOEXIST as u64) {
+    match CT_REPLY.insert(reply, orig, u64::from(BPF_NOEXIST)) {
         Ok(()) => Ok(()),
         Err(e) if e == -EEXIST => Err(CreateError::ReplyTaken),
         Err(e) if e == -E2BIG => Err(CreateError::Full),
@@ -425,7 +428,7 @@ pub fn update(flow: &Flow, pkt: &Packet, now: u64) -> Result<(), u32> {
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*entry).packets[dir], 1);
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
             &raw mut (*entry).bytes[dir],
-            pkt.len as u64,
+            u64::from(pkt.len),
         );
         if dir == DIR_REPLY && (*entry).flags & FLOW_SEEN_REPLY == 0 {
             (*entry).flags |= FLOW_SEEN_REPLY;

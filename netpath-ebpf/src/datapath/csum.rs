@@ -20,7 +20,7 @@ fn l4_csum(kind: L4, l4: usize) -> (usize, u64) {
     match kind {
         L4::Tcp => (l4 + 16, 0),
         // A UDP checksum of 0 means "none" and stays 0.
-        L4::Udp => (l4 + 6, BPF_F_MARK_MANGLED_0 as u64),
+        L4::Udp => (l4 + 6, u64::from(BPF_F_MARK_MANGLED_0)),
         L4::IcmpEcho | L4::IcmpError => (l4 + 2, 0),
         // No L4 header here: never rewritten (see `nat::rewrite`).
         L4::Fragment => (l4, 0),
@@ -62,7 +62,7 @@ pub fn set_addr<C: Ctx>(
     // ICMP's checksum has no pseudo-header: an address change leaves it alone.
     if matches!(pkt.l4_kind, L4::Tcp | L4::Udp) {
         let (csum_off, flags) = l4_csum(pkt.l4_kind, pkt.l4);
-        ctx.l4_csum_replace(csum_off, old, new, flags | BPF_F_PSEUDO_HDR as u64 | 4)?;
+        ctx.l4_csum_replace(csum_off, old, new, flags | u64::from(BPF_F_PSEUDO_HDR) | 4)?;
     }
     ctx.l3_csum_replace(pkt.l3 + IP_CSUM_OFF, old, new, 4)?;
     ctx.store(off, &new)?;
@@ -88,7 +88,7 @@ pub fn set_port<C: Ctx>(
         (_, Side::Destination) => pkt.l4 + 2,
     };
     let (csum_off, flags) = l4_csum(pkt.l4_kind, pkt.l4);
-    ctx.l4_csum_replace(csum_off, old as u32, new as u32, flags | 2)?;
+    ctx.l4_csum_replace(csum_off, u32::from(old), u32::from(new), flags | 2)?;
     ctx.store(off, &new)?;
     Ok(())
 }
@@ -101,7 +101,7 @@ pub fn dec_ttl<C: Ctx>(ctx: &mut C, pkt: &Packet) -> RewriteResult {
     let mut bytes = old.to_ne_bytes();
     bytes[0] = bytes[0].wrapping_sub(1);
     let new = u16::from_ne_bytes(bytes);
-    ctx.l3_csum_replace(pkt.l3 + IP_CSUM_OFF, old as u32, new as u32, 2)?;
+    ctx.l3_csum_replace(pkt.l3 + IP_CSUM_OFF, u32::from(old), u32::from(new), 2)?;
     ctx.store(off, &new)?;
     Ok(())
 }
@@ -151,7 +151,7 @@ pub fn set_quoted_port<C: Ctx>(
     if old == new {
         return Ok(());
     }
-    ctx.l4_csum_replace(outer.l4 + 2, old as u32, new as u32, 2)?;
+    ctx.l4_csum_replace(outer.l4 + 2, u32::from(old), u32::from(new), 2)?;
     ctx.store(off, &new)?;
     Ok(())
 }

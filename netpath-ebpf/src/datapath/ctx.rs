@@ -5,7 +5,7 @@
 //! header checksum by hand (RFC 1624 incremental updates). L4 checksums: TC uses the kernel's
 //! helper, which knows whether the skb is CHECKSUM_PARTIAL; XDP sees whole
 //! frames and fixes them by hand.
-use core::{ffi::c_void, mem, ptr};
+use core::{ffi::c_void, ptr};
 
 use aya_ebpf::{
     EbpfContext,
@@ -65,7 +65,7 @@ impl Packet for TcContext {
     }
     #[inline(always)]
     fn l4_csum_replace(&mut self, off: usize, old: u32, new: u32, flags: u64) -> Result<(), i64> {
-        TcContext::l4_csum_replace(self, off, old as u64, new as u64, flags)
+        TcContext::l4_csum_replace(self, off, u64::from(old), u64::from(new), flags)
     }
 }
 
@@ -88,7 +88,7 @@ fn in_frame<T>(data: usize, data_end: usize, off: usize) -> Option<*mut T> {
         return None;
     }
     let start = data + off;
-    if start + mem::size_of::<T>() > data_end {
+    if start + size_of::<T>() > data_end {
         return None;
     }
     Some(start as *mut T)
@@ -97,7 +97,7 @@ fn in_frame<T>(data: usize, data_end: usize, off: usize) -> Option<*mut T> {
 /// One's-complement incremental update of a checksum field (RFC 1624 eqn. 3).
 #[inline(always)]
 fn csum_update(csum: u16, old: u32, new: u32, size: u64) -> u16 {
-    let mut sum = (!csum) as u32;
+    let mut sum = u32::from(!csum);
     if size == 4 {
         sum += !(old >> 16) & 0xffff;
         sum += !old & 0xffff;
@@ -143,7 +143,7 @@ impl Packet for XdpContext {
         let size = flags & 0xf;
         let (old, new) = wire_values(old, new, size);
         let csum = u16::from_be(self.load::<u16>(off)?);
-        let mangled_0 = flags & BPF_F_MARK_MANGLED_0 as u64 != 0;
+        let mangled_0 = flags & u64::from(BPF_F_MARK_MANGLED_0) != 0;
         if mangled_0 && csum == 0 {
             return Ok(());
         }
@@ -163,8 +163,8 @@ fn wire_values(old: u32, new: u32, size: u64) -> (u32, u32) {
         (u32::from_be(old), u32::from_be(new))
     } else {
         (
-            u16::from_be(old as u16) as u32,
-            u16::from_be(new as u16) as u32,
+            u32::from(u16::from_be(old as u16)),
+            u32::from(u16::from_be(new as u16)),
         )
     }
 }

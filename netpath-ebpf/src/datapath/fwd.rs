@@ -77,7 +77,7 @@ fn fib<C: Ctx>(ctx: &C, tuple: &FlowKey) -> Result<Egress, u32> {
         fib_lookup(
             ctx.as_raw().cast(),
             params,
-            mem::size_of::<bpf_fib_lookup>() as i32,
+            size_of::<bpf_fib_lookup>() as i32,
             0,
         )
     } as u32;
@@ -181,7 +181,7 @@ pub fn remember(flow: &Flow, egress: &Egress, generation: u32, now: u64) {
 fn fits(ctx: &TcContext, mtu: u16) -> bool {
     let skb = ctx.skb.skb;
     let (len, gso_size) = unsafe { ((*skb).len, (*skb).gso_size) };
-    len <= mtu as u32 + ETH_HLEN as u32 + VLAN_HLEN || gso_size != 0
+    len <= u32::from(mtu) + ETH_HLEN as u32 + VLAN_HLEN || gso_size != 0
 }
 
 /// Whether sending a packet crosses an L3 hop, which costs it one TTL.
@@ -227,15 +227,10 @@ pub fn send(ctx: &mut TcContext, cfg: &Config, pkt: &Packet, egress: &Egress, ho
         }
         Egress::Resolve { ifindex, nexthop } => {
             let mut nh: bpf_redir_neigh = unsafe { mem::zeroed() };
-            nh.nh_family = AF_INET as u32;
+            nh.nh_family = u32::from(AF_INET);
             nh.__bindgen_anon_1.ipv4_nh = *nexthop;
             Verdict::redirect(stat::REDIRECT_NEIGH, unsafe {
-                bpf_redirect_neigh(
-                    *ifindex,
-                    &mut nh,
-                    mem::size_of::<bpf_redir_neigh>() as i32,
-                    0,
-                )
+                bpf_redirect_neigh(*ifindex, &mut nh, size_of::<bpf_redir_neigh>() as i32, 0)
             })
         }
     }

@@ -41,7 +41,7 @@ pub fn admit(cfg: &Config, pkt: &Packet) -> Result<(), u32> {
         None => {
             // A racing first flow of the same source may win the insert;
             // one uncounted flow until the agent's next recount.
-            let _ = FLOW_COUNTS.insert(source, 1u32, BPF_NOEXIST as u64);
+            let _ = FLOW_COUNTS.insert(source, 1u32, u64::from(BPF_NOEXIST));
         }
     }
     Ok(())

@@ -616,9 +616,8 @@ fn rewrite_icmp_error(
 /// untracked packet.
 #[inline(always)]
 fn icmp_error(ctx: &mut TcContext, cfg: &Config, pkt: &Packet, ingress: Ingress) -> Verdict {
-    let inner = match parse::parse_inner(ctx, pkt.inner_l3) {
-        Parsed::Ours(inner) => inner,
-        _ => return untracked(cfg, ingress, pkt.key.daddr),
+    let Parsed::Ours(inner) = parse::parse_inner(ctx, pkt.inner_l3) else {
+        return untracked(cfg, ingress, pkt.key.daddr);
     };
     // The quoted packet went out; a packet coming back the other way would carry
     // the reversed tuple, and its translation is what the error needs.

@@ -45,9 +45,9 @@ pub fn create_snat_flow(
     dst_port: u16,
     nat_kind: u8,
 ) -> Result<Flow, u32> {
-    let min = cfg.snat_port_min as u32;
-    let span = (cfg.snat_port_max as u32).saturating_sub(min) + 1;
-    let orig_port = u16::from_be(pkt.key.sport) as u32;
+    let min = u32::from(cfg.snat_port_min);
+    let span = u32::from(cfg.snat_port_max).saturating_sub(min) + 1;
+    let orig_port = u32::from(u16::from_be(pkt.key.sport));
     let mut candidate = if orig_port >= min && orig_port - min < span {
         orig_port
     } else {

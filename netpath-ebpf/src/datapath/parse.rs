@@ -187,8 +187,8 @@ fn parse_ipv4<C: Ctx>(ctx: &C, l3: usize, header: Header) -> Parsed {
                 pkt.tcp_ack = u32::from_be_bytes(tcp.ack);
                 pkt.tcp_window = u16::from_be_bytes(tcp.window);
                 pkt.tcp_seq_len = (tot_len - ihl - doff) as u32
-                    + (flags & TCP_SYN != 0) as u32
-                    + (flags & TCP_FIN != 0) as u32;
+                    + u32::from(flags & TCP_SYN != 0)
+                    + u32::from(flags & TCP_FIN != 0);
             }
         }
         IPPROTO_UDP => {

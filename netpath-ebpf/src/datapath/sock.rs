@@ -58,8 +58,8 @@ fn to_container(ctx: &SockAddrContext) -> i32 {
         return ALLOW;
     }
     let proto = match protocol {
-        p if p == IPPROTO_TCP as u32 => IPPROTO_TCP,
-        p if p == IPPROTO_UDP as u32 => IPPROTO_UDP,
+        p if p == u32::from(IPPROTO_TCP) => IPPROTO_TCP,
+        p if p == u32::from(IPPROTO_UDP) => IPPROTO_UDP,
         _ => return ALLOW,
     };
     let mut key = PortKey {
@@ -71,7 +71,7 @@ fn to_container(ctx: &SockAddrContext) -> i32 {
     let target = match unsafe { PORTS.get(key) } {
         Some(t) => *t,
         None => {
-            let loopback = ip.to_ne_bytes()[0] as u32 == LOOPBACK_NET;
+            let loopback = u32::from(ip.to_ne_bytes()[0]) == LOOPBACK_NET;
             if !(ip == cfg.host_ip || ip == cfg.gateway_ip || loopback) {
                 return ALLOW;
             }
@@ -97,7 +97,7 @@ fn to_container(ctx: &SockAddrContext) -> i32 {
     let _ = SOCK_REVNAT.insert(rev_key, rev, 0);
     unsafe {
         (*sa).user_ip4 = target.container_ip;
-        (*sa).user_port = target.container_port as u32;
+        (*sa).user_port = u32::from(target.container_port);
     }
     count(stat::SOCK_REWRITE);
     ALLOW
@@ -122,7 +122,7 @@ fn from_container(ctx: &SockAddrContext) -> i32 {
     if let Some(orig) = unsafe { SOCK_REVNAT.get(key) } {
         unsafe {
             (*sa).user_ip4 = orig.orig_ip;
-            (*sa).user_port = orig.orig_port as u32;
+            (*sa).user_port = u32::from(orig.orig_port);
         }
     }
     ALLOW

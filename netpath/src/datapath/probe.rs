@@ -15,7 +15,7 @@ pub(super) fn netns_cookie() -> Result<u64, DatapathError> {
     let sock = std::net::UdpSocket::bind("127.0.0.1:0")
         .map_err(io_err("opening a socket to read the netns cookie"))?;
     let mut cookie: u64 = 0;
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    let mut len = size_of::<u64>() as libc::socklen_t;
     // SAFETY: valid fd, output buffer of the advertised size.
     let rc = unsafe {
         libc::getsockopt(
@@ -78,7 +78,7 @@ pub(super) fn learn_netns_cookie(tables: &mut Tables, cgroup: &Path) -> Result<u
                 && libc::connect(
                     sock,
                     (&raw const addr).cast(),
-                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                    size_of::<libc::sockaddr_in>() as libc::socklen_t,
                 ) == 0;
             libc::_exit(if connected { 0 } else { 1 });
         }

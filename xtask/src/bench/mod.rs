@@ -203,7 +203,7 @@ fn server_ports(plan: &Plan) -> Vec<u16> {
 /// only the addresses differ ([`Active::http`], [`Active::iperf`]).
 fn measure_mode(
     lab: &Lab,
-    active: &Active,
+    active: &Active<'_>,
     plan: &Plan,
     round: usize,
     res: &mut Results,

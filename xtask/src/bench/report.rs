@@ -297,7 +297,7 @@ fn chart(dir: &Path, json_path: &Path) {
 
 fn machine() -> Value {
     let kernel = probe(Command::new("uname").arg("-r")).unwrap_or_default();
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpus = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     let mem_gib = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {

@@ -181,7 +181,7 @@ impl Lab {
         let mut proc = Proc::spawn(cmd, dir.join("stdout.log"))?;
         std::thread::sleep(Duration::from_millis(50));
         proc.check_alive()
-            .with_context(|| format!("nginx in {ns}; see {}/error.log", d))?;
+            .with_context(|| format!("nginx in {ns}; see {d}/error.log"))?;
         Ok(proc)
     }
 

@@ -171,7 +171,7 @@ impl Image {
             let mut names: Vec<_> = fs::read_dir(&dir)
                 .with_context(|| format!("listing {}", dir.display()))?
                 .collect::<io::Result<_>>()?;
-            names.sort_by_key(|e| e.file_name());
+            names.sort_by_key(fs::DirEntry::file_name);
             for e in names {
                 let p = e.path();
                 if skip(&p) {
@@ -240,7 +240,7 @@ impl Image {
                     w.data(&mut &t[..], t.len() as u64)?;
                 }
                 Entry::CharDev { major, minor, mode } => {
-                    w.header(name, S_IFCHR | mode, 0, (*major, *minor))?
+                    w.header(name, S_IFCHR | mode, 0, (*major, *minor))?;
                 }
             }
         }

@@ -247,7 +247,7 @@ fn build_kernel_dir(apt: &Apt, package: &str, dir: &Path) -> Result<()> {
         usr_lib
     };
     let release = fs::read_dir(&modules_root)?
-        .filter_map(|e| e.ok())
+        .filter_map(std::result::Result::ok)
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .next()
         .context("the package has no modules directory")?;

@@ -26,7 +26,7 @@ pub struct VmRun {
     pub console: String,
 }
 
-pub fn run(cfg: &VmConfig) -> Result<VmRun> {
+pub fn run(cfg: &VmConfig<'_>) -> Result<VmRun> {
     let log = File::create(&cfg.log).with_context(|| format!("creating {}", cfg.log.display()))?;
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-accel", "tcg", "-smp", "1", "-nographic", "-no-reboot"])
