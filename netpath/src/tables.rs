@@ -41,6 +41,7 @@ pub struct Tables {
     ct_reply: HashMap<MapData, FlowKey, FlowKey>,
     stats: PerCpuArray<MapData, u64>,
     route_gen: Array<MapData, u32>,
+    flow_counts: HashMap<MapData, u32, u32>,
     conntrack_capacity: u32,
 }
 
@@ -70,6 +71,8 @@ impl Tables {
             stats: PerCpuArray::try_from(open(names::STATS)?).map_err(map_err(names::STATS))?,
             route_gen: Array::try_from(open(names::ROUTE_GEN)?)
                 .map_err(map_err(names::ROUTE_GEN))?,
+            flow_counts: HashMap::try_from(open(names::FLOW_COUNTS)?)
+                .map_err(map_err(names::FLOW_COUNTS))?,
         })
     }
 
@@ -201,6 +204,38 @@ impl Tables {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(map_err(names::CT_REPLY)(e)),
         }
+    }
+
+    /// Writes the true number of flows per original source (what the
+    /// datapath's per-source and per-container limits count) from `flows`,
+    /// the table as just read: the datapath only ever adds to these, so
+    /// without a recount a source's count would never come down.
+    pub fn recount_flow_sources(
+        &mut self,
+        flows: &[(FlowKey, FlowEntry)],
+    ) -> Result<(), TablesError> {
+        let mut counts = std::collections::HashMap::<u32, u32>::new();
+        for (key, _) in flows {
+            *counts.entry(key.saddr).or_default() += 1;
+        }
+        let gone: Vec<u32> = self
+            .flow_counts
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|source| !counts.contains_key(source))
+            .collect();
+        for source in gone {
+            match self.flow_counts.remove(&source) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(names::FLOW_COUNTS)(e)),
+            }
+        }
+        for (source, count) in counts {
+            self.flow_counts
+                .insert(source, count, 0)
+                .map_err(map_err(names::FLOW_COUNTS))?;
+        }
+        Ok(())
     }
 
     /// Reply keys whose original is gone (a crash between the two deletes).

@@ -98,22 +98,35 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> DatapathError {
 fn prog_err(what: impl Into<String>) -> impl FnOnce(aya::programs::ProgramError) -> DatapathError {
     let what = what.into();
     move |source| match source {
-        // One line that names the kernel, never a verifier dump.
+        // One line that names the kernel and the verifier's complaint, never
+        // a verifier dump (which goes to the log at debug).
         aya::programs::ProgramError::LoadError {
             io_error,
             verifier_log,
-        } => DatapathError::Refused {
-            what,
-            kernel: KernelVersion::current().map_or_else(|_| "?".to_string(), |v| format!("{v:?}")),
-            reason: verifier_log
-                .to_string()
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .map_or_else(|| io_error.to_string(), str::to_owned),
-        },
+        } => {
+            let log = verifier_log.to_string();
+            log::debug!("{what}: the verifier's log:\n{log}");
+            DatapathError::Refused {
+                what,
+                kernel: KernelVersion::current()
+                    .map_or_else(|_| "?".to_string(), |v| format!("{v:?}")),
+                reason: verifier_complaint(&log)
+                    .map_or_else(|| io_error.to_string(), str::to_owned),
+            }
+        }
         source => DatapathError::Program { what, source },
     }
+}
+
+/// The line of a verifier log that says why: the last one before the
+/// closing statistics (verification time, stack depth, instructions
+/// processed).
+fn verifier_complaint(log: &str) -> Option<&str> {
+    const STATISTICS: [&str; 3] = ["verification time", "stack depth", "processed "];
+    log.lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !STATISTICS.iter().any(|s| l.starts_with(s)))
 }
 
 /// What `up` knows once the topology exists.
