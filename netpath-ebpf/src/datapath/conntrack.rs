@@ -228,20 +228,26 @@ pub fn early_drop() -> bool {
 /// add up instead of multiplying.
 #[inline(never)]
 fn drop_if_unassured(slot: u32) -> bool {
-    let Some(candidate) = CT_RECENT.get(slot) else {
+    // Keys are passed as pointers into the map values, not copied: this
+    // frame adds to the caller's, and old kernels cap the sum at 512 bytes.
+    let Some(orig) = CT_RECENT.get(slot) else {
         return false;
     };
-    let orig = *candidate;
     let Some(entry) = CONNTRACK.get_ptr(orig) else {
         return false;
     };
     // SAFETY: entry points into a live map value.
-    let (reply, droppable) = unsafe { ((*entry).reply, unassured(&orig, &*entry)) };
-    if !droppable || CONNTRACK.remove(orig).is_err() {
+    let entry = unsafe { &*entry };
+    if !unassured(orig, entry) {
         return false;
     }
-    let _ = CT_REPLY.remove(reply);
-    true
+    // The reply key first: it lives in the entry, gone once the entry is.
+    #[allow(
+        clippy::needless_borrows_for_generic_args,
+        reason = "a pointer into the map value, not a copy on the stack"
+    )]
+    let _ = CT_REPLY.remove(&entry.reply);
+    CONNTRACK.remove(orig).is_ok()
 }
 
 /// How long a Linux peer keeps a closed connection's tuple in TIME_WAIT

@@ -44,17 +44,30 @@ pub fn from_container(mut ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn from_container_verdict(ctx: &mut TcContext, cfg: &Config) -> Verdict {
-    let pkt = match parse::parse(ctx) {
-        Parsed::Ours(pkt) => pkt,
-        Parsed::OtherIpv4(other) => return other_from_container(ctx, cfg, &other),
+    let (pkt, translatable) = match parse::parse(ctx) {
+        Parsed::Ours(pkt) => (pkt, true),
+        Parsed::OtherIpv4(other) => (other, false),
         Parsed::Arp => return arp_from_container(ctx),
         // IPv6 (until netpath translates it), VLAN tags, anything else: a
         // container on a bridge network speaks IPv4 and ARP.
         Parsed::OtherL2 => return Verdict::drop(stat::DROP_ETHERTYPE),
         Parsed::Malformed => return Verdict::drop(stat::DROP_MALFORMED),
     };
+    // Every IPv4 packet, whatever its protocol, carries the container's
+    // own address and MAC.
     if !source_is_endpoint(ctx, pkt.key.saddr) {
-        return spoofed(ctx, pkt.key.saddr);
+        // Rare (a misconfigured or hostile container), so worth a record; at
+        // debug, which the loader switches off below the agent's level.
+        aya_log_ebpf::debug!(
+            ctx,
+            "drop: spoofed source {:i} from ifindex {}",
+            u32::from_be(pkt.key.saddr),
+            unsafe { (*ctx.skb.skb).ifindex }
+        );
+        return Verdict::drop(stat::DROP_SPOOFED);
+    }
+    if !translatable {
+        return other_from_container(cfg, &pkt);
     }
     if pkt.l4_kind == L4::Fragment {
         return later_fragment_from_container(ctx, cfg, pkt);
@@ -108,13 +121,10 @@ fn from_container_verdict(ctx: &mut TcContext, cfg: &Config) -> Verdict {
 }
 
 /// IPv4 from a container that we don't translate (another protocol, an ICMP
-/// type we leave alone, a fragment): its addresses are checked like any
-/// other's, and it may go to the host or the container network only.
+/// type we leave alone, a fragment of one): it may go to the host or the
+/// container network only.
 #[inline(always)]
-fn other_from_container(ctx: &TcContext, cfg: &Config, other: &Packet) -> Verdict {
-    if !source_is_endpoint(ctx, other.key.saddr) {
-        return spoofed(ctx, other.key.saddr);
-    }
+fn other_from_container(cfg: &Config, other: &Packet) -> Verdict {
     if is_loopback(other.key.daddr) {
         return Verdict::drop(stat::DROP_MARTIAN_DESTINATION);
     }
@@ -187,19 +197,6 @@ fn arp_from_container(ctx: &TcContext) -> Verdict {
 
 /// Offset of an Ethernet/IPv4 ARP frame's sender hardware address.
 const ETH_ARP_SHA: usize = parse::ETH_HLEN + 8;
-
-#[inline(always)]
-fn spoofed(ctx: &TcContext, saddr: u32) -> Verdict {
-    // Rare (a misconfigured or hostile container), so worth a record; at
-    // debug, which the loader switches off below the agent's level.
-    aya_log_ebpf::debug!(
-        ctx,
-        "drop: spoofed source {:i} from ifindex {}",
-        u32::from_be(saddr),
-        unsafe { (*ctx.skb.skb).ifindex }
-    );
-    Verdict::drop(stat::DROP_SPOOFED)
-}
 
 /// Where a packet entered the datapath.
 #[derive(Clone, Copy, PartialEq, Eq)]
