@@ -36,6 +36,9 @@ pub enum DaemonError {
         "instance {instance} is already up (agent pid {pid}): run `netpath down` first, or use another --instance"
     )]
     AlreadyUp { instance: String, pid: u32 },
+    /// `up` failed in the detached agent, with this error.
+    #[error("{0}")]
+    Up(String),
     #[error("the agent failed to start: {0}")]
     AgentStart(String),
     #[error("cannot stop the agent (pid {pid}): {source}")]
@@ -80,29 +83,61 @@ impl ReadyNotifier {
 
     pub fn signal(mut self) {
         // If the parent is gone there is no one to tell; carry on.
-        let _ = self.0.write_all(b"R");
+        let _ = self.0.write_all(READY);
+    }
+
+    /// Tells `up --detach` why `up` failed, for it to print as its error.
+    pub fn fail(mut self, error: &str) {
+        let _ = self.0.write_all(FAILED);
+        let _ = self.0.write_all(error.as_bytes());
     }
 }
 
+/// What a detached agent writes on the readiness pipe: READY, or FAILED and
+/// its error, then it closes the pipe.
+const READY: &[u8] = b"R";
+const FAILED: &[u8] = b"E";
+
+/// Sends this process's stdout and stderr to the instance's agent log. A
+/// detached agent calls it once it holds the instance lock and knows the
+/// instance is its own: an `up` that loses a race never touches the log.
+pub fn log_to_file(instance: &Instance) -> Result<()> {
+    let path = instance.log_file();
+    let log = File::create(&path)
+        .map_err(|e| DaemonError::AgentStart(format!("cannot create {}: {e}", path.display())))?;
+    let _ = io::stdout().flush();
+    let _ = io::stderr().flush();
+    for target in [libc::STDOUT_FILENO, libc::STDERR_FILENO] {
+        // SAFETY: dup2 onto the standard fds, from an fd we own; Rust's
+        // stdout/stderr handles keep writing to the fd numbers.
+        if unsafe { libc::dup2(log.as_raw_fd(), target) } < 0 {
+            return Err(DaemonError::AgentStart(format!(
+                "cannot log to {}: {}",
+                path.display(),
+                io::Error::last_os_error()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// `netpath up --detach`: starts `netpath up` (same arguments) as a daemon
-/// in its own session, logging to agent.log, and returns once it reports
-/// readiness on a pipe, or fails with the end of its log if it dies first.
+/// in its own session and returns once it reports readiness on a pipe, or
+/// fails with its error. Until the agent knows the instance is its own (see
+/// `log_to_file`), its output comes back to us, not to the agent log: this
+/// process creates nothing, so an `up` that loses a race leaves no trace.
 pub fn start_detached(instance: &Instance) -> Result<u32> {
     check_not_running(instance)?;
     let start_err = |what: &str| {
         let what = what.to_owned();
         move |e: io::Error| DaemonError::AgentStart(format!("{what}: {e}"))
     };
-    let dir_existed = instance.run_dir().is_dir();
-    state::create_run_dir(instance)?;
-    let log_path = instance.log_file();
-    let log = File::create(&log_path).map_err(start_err("cannot create the agent log"))?;
-    let log_for_stderr = log
+    let pipe = || pipe2(OFlag::O_CLOEXEC).map_err(|e| start_err("cannot make a pipe")(e.into()));
+    let (read_end, write_end): (OwnedFd, OwnedFd) = pipe()?;
+    let (early_read, early_write): (OwnedFd, OwnedFd) = pipe()?;
+    let early_for_stderr = early_write
         .try_clone()
-        .map_err(start_err("cannot create the agent log"))?;
-
-    let (read_end, write_end): (OwnedFd, OwnedFd) =
-        pipe2(OFlag::O_CLOEXEC).map_err(|e| start_err("cannot make a pipe")(e.into()))?;
+        .map_err(start_err("cannot make a pipe"))?;
     let exe = std::env::current_exe().map_err(start_err("cannot find our executable"))?;
     let args = std::env::args_os().skip(1).filter(|arg| arg != "--detach");
     let ready_fd = write_end.as_raw_fd();
@@ -111,8 +146,8 @@ pub fn start_detached(instance: &Instance) -> Result<u32> {
         .args(args)
         .env(READY_FD_ENV, ready_fd.to_string())
         .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log_for_stderr);
+        .stdout(early_write)
+        .stderr(early_for_stderr);
     // SAFETY: between fork and exec only async-signal-safe calls are made
     // (setsid, fcntl), on no memory but the fd number copied in.
     unsafe {
@@ -131,30 +166,39 @@ pub fn start_detached(instance: &Instance) -> Result<u32> {
     let mut child = command
         .spawn()
         .map_err(start_err("cannot start the agent"))?;
+    // The command holds our copies of the pipes' write ends: close them, so
+    // that the child's exit is an EOF.
+    drop(command);
     drop(write_end);
+    let early = std::thread::spawn(move || {
+        let mut output = Vec::new();
+        let _ = File::from(early_read).read_to_end(&mut output);
+        output
+    });
 
-    let mut byte = [0u8; 1];
-    let mut reader = File::from(read_end);
-    let got = reader.read(&mut byte).unwrap_or(0);
-    if got == 1 {
+    let mut report = Vec::new();
+    let _ = File::from(read_end).read_to_end(&mut report);
+    if report.starts_with(READY) {
         return Ok(child.id());
     }
-    // EOF: the child exited (or closed the pipe) before it was ready.
     let _ = child.wait();
-    let last_line = std::fs::read_to_string(&log_path)
-        .ok()
-        .and_then(|log| {
-            log.lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| format!("see {}", log_path.display()));
-    if !dir_existed && state::load(instance).ok().flatten().is_none() {
-        let _ = std::fs::remove_dir_all(instance.run_dir());
+    if let Some(error) = report.strip_prefix(FAILED) {
+        return Err(DaemonError::Up(String::from_utf8_lossy(error).into_owned()));
     }
+    // Died without a word on the pipe (a crash): its last words, if any.
+    let output = early.join().unwrap_or_default();
+    let log = std::fs::read_to_string(instance.log_file()).unwrap_or_default();
+    let last_line = |text: &str| {
+        text.lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .map(str::to_owned)
+    };
+    let line = last_line(&String::from_utf8_lossy(&output))
+        .or_else(|| last_line(&log))
+        .unwrap_or_else(|| "it exited without a word".to_owned());
     Err(DaemonError::AgentStart(
-        last_line.trim_start_matches("error: ").to_owned(),
+        line.trim_start_matches("error: ").to_owned(),
     ))
 }
 

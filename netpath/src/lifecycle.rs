@@ -158,37 +158,69 @@ fn bridge_mac(instance: &str, bridge: &str) -> [u8; 6] {
 }
 
 /// `netpath up`: builds (or adopts) the instance, loads the datapath, then
-/// runs the agent until SIGINT/SIGTERM.
+/// runs the agent until SIGINT/SIGTERM. A detached agent (`ready` is Some)
+/// reports success or its error on the readiness pipe.
 pub async fn up(
     instance: &Instance,
     options: &UpOptions,
     ready: Option<ReadyNotifier>,
     json: bool,
 ) -> Result<()> {
+    let (agent, state, datapath) = match start(instance, options, ready.is_some(), json).await {
+        Ok(started) => started,
+        Err(e) => {
+            if let Some(ready) = ready {
+                ready.fail(&e.to_string());
+            }
+            return Err(e);
+        }
+    };
+    if let Some(ready) = ready {
+        ready.signal();
+    }
+    let pid = std::process::id();
+    let result = agent.run(&state, datapath).await;
+    state::remove_pid_if_ours(instance, pid);
+    Ok(result?)
+}
+
+/// Everything `up` does before the agent runs.
+async fn start(
+    instance: &Instance,
+    options: &UpOptions,
+    detached: bool,
+    json: bool,
+) -> Result<(Agent, State, Datapath)> {
     check_prerequisites()?;
     netns::ensure_bpffs()?;
-    let dir_existed = instance.run_dir().is_dir();
-    state::create_run_dir(instance)?;
     let mut rollback = Rollback::default();
-    if !dir_existed {
-        rollback.push(|| {
-            let _ = std::fs::remove_dir_all(instance.run_dir());
-        });
-    }
-    let lock =
-        InstanceLock::acquire(instance)?.ok_or_else(|| StateError::from(instance.not_up()))?;
+    let lock = InstanceLock::acquire_creating(instance)?;
     // The rollback owns the lock: on failure it is released after the undos
     // below it, so no other command sees a half-removed instance; on success
     // the commit releases it.
     rollback.push(move || drop(lock));
+    // Before anything of ours exists: an `up` racing another one for the
+    // same instance leaves with this error and touches nothing.
     daemon::check_not_running(instance)?;
+    let existing = state::load(instance)?;
+    if existing.is_none() {
+        // Under the lock, without a state file, the directory is ours: a
+        // failed fresh `up` removes it (and anyone waiting for the lock
+        // notices, see `InstanceLock`).
+        rollback.push(|| {
+            let _ = std::fs::remove_dir_all(instance.run_dir());
+        });
+    }
+    if detached {
+        daemon::log_to_file(instance)?;
+    }
     // Before anything is built: a taken metrics address fails `up` cleanly.
     let agent = Agent::prepare(instance, &options.agent).await?;
 
     let host = topology::connect()?;
     // A failed fresh `up` removes what it made, pins included; a failed
     // adopt leaves everything as it found it, so no flow is lost.
-    let state = match state::load(instance)? {
+    let state = match existing {
         Some(existing) => adopt(&host, existing, options).await?,
         None => {
             let state = build(&host, instance, options, &mut rollback).await?;
@@ -211,12 +243,7 @@ pub async fn up(
 
     print_up_summary(&state, pid, json);
     let _ = io::stdout().flush();
-    if let Some(ready) = ready {
-        ready.signal();
-    }
-    let result = agent.run(&state, datapath).await;
-    state::remove_pid_if_ours(instance, pid);
-    Ok(result?)
+    Ok((agent, state, datapath))
 }
 
 /// What `up` prints once the instance is up (in the agent log when detached).
