@@ -21,11 +21,11 @@ use crate::{
     daemon::{self, DaemonError, ReadyNotifier},
     datapath::{self, Datapath, DatapathConfig, DatapathError},
     directories::Instance,
+    host::{self, HostError},
     ipam::{self, IpamError},
     netns::{self, NetnsError},
     rollback::Rollback,
     state::{self, InstanceLock, State, StateError},
-    sysctl::{self, SysctlError},
     tables::Tables,
     topology::{self, TopologyError},
 };
@@ -71,7 +71,7 @@ pub enum InstanceError {
     #[error(transparent)]
     Ipam(#[from] IpamError),
     #[error(transparent)]
-    Sysctl(#[from] SysctlError),
+    Host(#[from] HostError),
     #[error(transparent)]
     Container(#[from] ContainerError),
     #[error("datapath: {0}")]
@@ -203,7 +203,8 @@ async fn start(
     // same instance leaves with this error and touches nothing.
     daemon::check_not_running(instance)?;
     let existing = state::load(instance)?;
-    if existing.is_none() {
+    let fresh = existing.is_none();
+    if fresh {
         // Under the lock, without a state file, the directory is ours: a
         // failed fresh `up` removes it (and anyone waiting for the lock
         // notices, see `InstanceLock`).
@@ -232,11 +233,22 @@ async fn start(
         }
     };
 
-    // Host settings the datapath relies on, in place before it runs.
-    sysctl::enable_ipv4_forwarding()?;
-    sysctl::reserve_local_ports(state.snat_ports)?;
-    let datapath = Datapath::load_or_adopt(instance, &datapath_config(&state)?)?;
+    // Host settings the datapath relies on, in place before it runs, and
+    // recorded at once: only the state says what to give back.
+    let mut state = state;
+    let claims = host::claims(&state, Tables::open(instance).ok().as_ref());
+    host::apply(instance, &mut state, &claims, true)?;
     state::save(instance, &state)?;
+    if fresh {
+        let mut undo_state = state.clone();
+        rollback.push(move || {
+            let none = host::PortSet::new();
+            if let Err(e) = host::apply(instance, &mut undo_state, &none, false) {
+                log::warn!("cannot restore the host settings: {e}");
+            }
+        });
+    }
+    let datapath = Datapath::load_or_adopt(instance, &datapath_config(&state)?)?;
     let pid = std::process::id();
     state::write_pid(instance, pid)?;
     rollback.commit();
@@ -383,6 +395,7 @@ async fn build<'a>(
         snat_ports: options.snat_ports.unwrap_or(DEFAULT_SNAT_PORTS),
         ct_timeouts: Timeouts::default().with(&options.ct_timeouts),
         containers: Default::default(),
+        host: Default::default(),
     })
 }
 
@@ -478,6 +491,10 @@ pub fn down(instance: &Instance) -> Result<bool> {
             }
         }
         if let Err(e) = topology::delete_link_blocking(&state.bridge) {
+            first_error.get_or_insert(e.into());
+        }
+        let mut state = state.clone();
+        if let Err(e) = host::apply(instance, &mut state, &host::PortSet::new(), false) {
             first_error.get_or_insert(e.into());
         }
     }

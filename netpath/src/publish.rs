@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::{
     directories::{Instance, NotUp},
+    host::{self, HostError},
     state::{self, InstanceLock, State, StateError},
     tables::{Tables, TablesError, ip_of, wire_ip},
 };
@@ -39,6 +40,8 @@ pub enum PublishError {
     State(#[from] StateError),
     #[error(transparent)]
     Tables(#[from] TablesError),
+    #[error(transparent)]
+    Host(#[from] HostError),
 }
 
 type Result<T> = std::result::Result<T, PublishError>;
@@ -318,7 +321,21 @@ pub fn add(
         mappings.extend(parse_spec(spec)?);
     }
     publish_locked(tables, ip, &mappings)?;
+    if let Err(e) = reserve_published(instance, tables, state) {
+        let keys: Vec<PortKey> = mappings.iter().map(|m| m.host.key()).collect();
+        let _ = tables.unpublish(&keys);
+        return Err(e);
+    }
     Ok(mappings)
+}
+
+/// Keeps `ip_local_reserved_ports` in step with the `PORTS` map and saves
+/// the state with what was added (see `host`). The caller holds the lock.
+pub fn reserve_published(instance: &Instance, tables: &Tables, mut state: State) -> Result<()> {
+    let claims = host::claims(&state, Some(tables));
+    host::apply(instance, &mut state, &claims, true)?;
+    state::save(instance, &state)?;
+    Ok(())
 }
 
 /// `netpath publish rm SPEC`: unpublishes and flushes the mapping's flows.
@@ -334,6 +351,8 @@ pub fn remove(instance: &Instance, tables: &mut Tables, spec: &str) -> Result<Ve
     }
     let keys: Vec<PortKey> = hosts.iter().map(HostPort::key).collect();
     tables.unpublish(&keys)?;
+    let state = state::load(instance)?.ok_or_else(|| instance.not_up())?;
+    reserve_published(instance, tables, state)?;
     Ok(hosts)
 }
 

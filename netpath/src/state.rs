@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     config::{Accel, DEFAULT_SNAT_PORTS, Timeouts},
     directories::{Instance, NotUp},
+    host::HostChanges,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -150,6 +151,9 @@ pub struct State {
     pub snat_ports: (u16, u16),
     #[serde(default)]
     pub containers: BTreeMap<String, ContainerRecord>,
+    /// What `up` and `publish` changed on the host, for `down` to give back.
+    #[serde(default)]
+    pub host: HostChanges,
 }
 
 fn default_snat_ports() -> (u16, u16) {

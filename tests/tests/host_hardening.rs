@@ -49,3 +49,64 @@ fn two_racing_ups_of_a_new_instance_leave_one_whole_instance() {
         lab.assert_clean();
     }
 }
+
+/// Reads a sysctl of H (`net/ipv4/...`).
+fn host_sysctl(lab: &Lab, key: &str) -> String {
+    let out = lab.host.exec(&["cat", &format!("/proc/sys/{key}")]);
+    out.expect_ok("reading a sysctl of H");
+    out.stdout.trim().to_owned()
+}
+
+fn set_host_sysctl(lab: &Lab, key: &str, value: &str) {
+    let script = format!("echo '{value}' > /proc/sys/{key}");
+    lab.host
+        .exec(&["sh", "-c", &script])
+        .expect_ok("setting a sysctl of H");
+}
+
+const RESERVED: &str = "net/ipv4/ip_local_reserved_ports";
+const FORWARD: &str = "net/ipv4/ip_forward";
+
+#[test]
+fn up_merges_host_settings_reserves_published_ports_and_down_gives_back_exactly_its_own() {
+    let lab = Lab::new();
+    // The admin's own reservations, one inside netpath's SNAT range.
+    set_host_sysctl(&lab, RESERVED, "5000,6000-6010,45000");
+    set_host_sysctl(&lab, FORWARD, "0");
+
+    lab.up_ok(&[]);
+    assert_eq!(
+        host_sysctl(&lab, RESERVED),
+        "5000,6000-6010,40000-49999",
+        "up adds its SNAT range to the admin's ports"
+    );
+    assert_eq!(host_sysctl(&lab, FORWARD), "1");
+
+    let a = lab.container_name("a");
+    lab.container_add_ok(&a, &["--publish", "9300:80"]);
+    lab.netpath(&["publish", "add", &a, "9200:80", "6005:81/udp"])
+        .expect_ok("publish");
+    assert_eq!(
+        host_sysctl(&lab, RESERVED),
+        "5000,6000-6010,9200,9300,40000-49999",
+        "published host ports are reserved while published"
+    );
+    lab.netpath(&["publish", "rm", "9200"])
+        .expect_ok("unpublish");
+    lab.netpath(&["publish", "rm", "6005/udp"])
+        .expect_ok("unpublish the admin's port");
+    assert_eq!(
+        host_sysctl(&lab, RESERVED),
+        "5000,6000-6010,9300,40000-49999",
+        "an unpublished port is released, the admin's stays"
+    );
+
+    lab.down().expect_ok("down");
+    lab.assert_clean();
+    assert_eq!(
+        host_sysctl(&lab, RESERVED),
+        "5000,6000-6010,45000",
+        "down gives back exactly what the admin had"
+    );
+    assert_eq!(host_sysctl(&lab, FORWARD), "0", "and ip_forward as it was");
+}
