@@ -110,3 +110,52 @@ fn up_merges_host_settings_reserves_published_ports_and_down_gives_back_exactly_
     );
     assert_eq!(host_sysctl(&lab, FORWARD), "0", "and ip_forward as it was");
 }
+
+#[test]
+fn publishing_over_an_ipv6_or_dual_stack_listener_is_refused() {
+    let lab = Lab::new();
+    lab.up_ok(&[]);
+    let a = lab.container_name("a");
+    lab.container_add_ok(&a, &[]);
+    // A dual-stack TCP listener on [::]:9100 and a UDP socket on [::]:9101.
+    let script = "import socket, sys, time\n\
+        t = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)\n\
+        t.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)\n\
+        t.bind(('::', 9100)); t.listen()\n\
+        u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n\
+        u.bind(('::', 9101))\n\
+        print('ready', flush=True)\n\
+        time.sleep(600)\n";
+    let mut cmd = lab.host.place().command("python3");
+    cmd.args(["-u", "-c", script])
+        .stdout(std::process::Stdio::piped())
+        .stdin(std::process::Stdio::null());
+    let mut child = cmd.spawn().expect("python listener");
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+        &mut ready,
+    )
+    .expect("listener ready");
+    let _listener = KillOnDrop(child);
+    assert_eq!(ready.trim(), "ready");
+
+    for spec in ["9100:80", "9101:53/udp"] {
+        let out = lab.netpath(&["publish", "add", &a, spec]);
+        out.expect_fail("publishing a port a host IPv6 socket holds");
+        assert_eq!(out.stderr.trim().lines().count(), 1, "{out}");
+        assert!(out.stderr.contains("in use"), "{out}");
+    }
+    let listed = lab.netpath_json(&["publish", "ls"]);
+    assert_eq!(listed.as_array().map(Vec::len), Some(0), "{listed}");
+}
+
+/// A child process killed (by pid) and reaped on drop.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
