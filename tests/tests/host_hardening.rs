@@ -2,9 +2,12 @@
 //! same host can do to an instance, and what an instance may do to the host.
 //! Each test attacks one way and checks that the instance and the host come
 //! out whole.
-use std::thread;
+use std::{
+    thread,
+    time::{Duration, Instant},
+};
 
-use netpath_tests::Lab;
+use netpath_tests::{Lab, Server};
 
 #[test]
 fn two_racing_ups_of_a_new_instance_leave_one_whole_instance() {
@@ -158,4 +161,82 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Sends a bare SYN from SRC:SPORT to DST:DPORT every 200 ms, forever, the
+/// same tuple each time (a SYN flood's retransmissions). The source is an
+/// address nobody owns, so the SYN-ACKs go nowhere and nobody answers RST.
+const SYN_SENDER_PY: &str = r#"
+import socket, struct, sys, time
+src, dst, sport, dport = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+def csum(data):
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+    s = (s >> 16) + (s & 0xffff)
+    s += s >> 16
+    return ~s & 0xffff
+tcp = struct.pack("!HHIIBBHHH", sport, dport, 1000, 0, 5 << 4, 0x02, 64240, 0, 0)
+pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 6, len(tcp))
+tcp = tcp[:16] + struct.pack("!H", csum(pseudo + tcp)) + tcp[18:]
+ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 1, 0, 64, 6, 0,
+                 socket.inet_aton(src), socket.inet_aton(dst))
+ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+while True:
+    s.sendto(ip + tcp, (dst, 0))
+    time.sleep(0.2)
+"#;
+
+#[test]
+fn a_half_open_flow_expires_by_its_age_however_often_it_is_refreshed() {
+    let lab = Lab::new();
+    lab.up_ok(&["--ct-timeout", "syn=2"]);
+    let a = lab.container_name("a");
+    lab.container_add_ok(&a, &[]);
+    let _server = Server::tcp_echo(lab.container(&a), "0.0.0.0", 7000);
+    lab.netpath(&["publish", "add", &a, "17100:7000"])
+        .expect_ok("publish");
+    let mut sender = lab.outside.place().command("python3");
+    sender.args([
+        "-c",
+        SYN_SENDER_PY,
+        "198.18.0.77",
+        Lab::HOST_IP,
+        "41000",
+        "17100",
+    ]);
+    lab.spawn(&mut sender);
+
+    // (state, age) of the flood's flow, if it is in the table.
+    let flow = || -> Option<(String, f64)> {
+        let flows = lab.netpath_json(&["flows", "--proto", "tcp", "--port", "17100"]);
+        let f = flows.as_array()?.first()?.clone();
+        Some((f["state"].as_str()?.to_owned(), f["age_secs"].as_f64()?))
+    };
+    // syn=2 plus a GC interval (2 s) and slack: older means nothing expires it.
+    let limit = 6.0;
+    let mut seen = Vec::new();
+    let mut renewed = false;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline && !renewed {
+        if let Some((state, age)) = flow() {
+            assert!(
+                age <= limit,
+                "a handshake that never completes lives on: {state} for {age} s (seen {seen:?})"
+            );
+            // A younger flow after an older one: the first was removed
+            // while SYNs kept refreshing it.
+            renewed = seen
+                .last()
+                .is_some_and(|(_, last): &(String, f64)| *last >= 2.0 && age < *last);
+            seen.push((state, age));
+        }
+        thread::sleep(Duration::from_millis(250));
+    }
+    assert!(
+        seen.iter().any(|(state, _)| state == "syn_recv"),
+        "the container answered the SYNs: {seen:?}"
+    );
+    assert!(renewed, "the half-open flow was never removed: {seen:?}");
 }
