@@ -204,6 +204,12 @@ async fn start(
     daemon::check_not_running(instance)?;
     let existing = state::load(instance)?;
     let fresh = existing.is_none();
+    if fresh && daemon::is_restart() {
+        // A supervisor restarting a dead agent of an instance `down` removed
+        // meanwhile: there is nothing left to adopt.
+        let _ = std::fs::remove_dir_all(instance.run_dir());
+        return Err(StateError::from(instance.not_up()).into());
+    }
     if fresh {
         // Under the lock, without a state file, the directory is ours: a
         // failed fresh `up` removes it (and anyone waiting for the lock

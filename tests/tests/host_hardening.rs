@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use netpath_tests::{Lab, Server};
+use netpath_tests::{Lab, Server, udp_request_from};
 
 #[test]
 fn two_racing_ups_of_a_new_instance_leave_one_whole_instance() {
@@ -239,4 +239,56 @@ fn a_half_open_flow_expires_by_its_age_however_often_it_is_refreshed() {
         "the container answered the SYNs: {seen:?}"
     );
     assert!(renewed, "the half-open flow was never removed: {seen:?}");
+}
+
+fn agent_pid(lab: &Lab) -> Option<i32> {
+    std::fs::read_to_string(format!("/run/netpath/{}/agent.pid", lab.instance()))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[test]
+fn a_killed_detached_agent_is_started_again_and_its_flows_stay() {
+    let lab = Lab::new();
+    lab.up_ok(&[]);
+    let a = lab.container_name("a");
+    lab.container_add_ok(&a, &[]);
+    let echo = Server::udp_echo(&lab.outside, "0.0.0.0", 0);
+    udp_request_from(lab.container(&a), 36000, Lab::OUTSIDE_IP, echo.port(), "x")
+        .expect_ok("a flow through the datapath");
+    let udp_flows = || {
+        lab.netpath_json(&["flows", "--proto", "udp"])
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    assert_eq!(udp_flows(), 1);
+
+    let first = agent_pid(&lab).expect("the agent's pid file");
+    // SAFETY: kill(2) on the agent netpath started for this lab.
+    assert_eq!(unsafe { libc::kill(first, libc::SIGKILL) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = lab.netpath_json(&["status"]);
+        let pid = status["agent_pid"].as_i64();
+        if status["agent_alive"] == true && pid.is_some_and(|p| p != i64::from(first)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the killed agent (pid {first}) was not started again: {status}\n--- log\n{}",
+            lab.agent_log()
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(udp_flows(), 1, "the flow outlived its agent");
+    let log = lab.agent_log();
+    assert!(
+        log.contains(&format!("agent pid {first} died")),
+        "the restart is in the log\n{log}"
+    );
+    lab.down()
+        .expect_ok("down stops the agent and its supervisor");
+    lab.assert_clean();
 }
