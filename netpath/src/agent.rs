@@ -46,28 +46,47 @@ pub enum AgentError {
 /// One garbage-collection pass; returns how many flows it removed. The
 /// traffic of removed flows through published ports goes to `retired`, so
 /// the per-port metrics keep counting.
+///
+/// The walk reads every entry (one syscall each: aya 0.14 has no batch
+/// lookups for hash maps), and the datapath keeps updating entries while it
+/// runs. So each candidate is read again right before it is deleted and
+/// judged on that fresh copy: a flow that saw a packet since (its
+/// `last_seen_ns` moved) is kept, unless it is a handshake past its
+/// lifetime, which no packet extends (`Timeouts::expired`).
 pub fn collect_garbage(
     datapath: &mut Datapath,
     retired: &Retired,
     timeouts: &Timeouts,
 ) -> Result<usize, TablesError> {
-    let now = monotonic_ns();
+    let started = std::time::Instant::now();
     let tables = &mut datapath.tables;
-    let expired: Vec<(FlowKey, FlowEntry)> = tables
-        .flows()?
-        .into_iter()
-        .filter(|(key, entry)| {
-            let idle = Duration::from_nanos(now.saturating_sub(entry.last_seen_ns));
-            idle > timeouts.of(key, entry)
-        })
+    let now = monotonic_ns();
+    let mut flows = tables.flows()?;
+    let walked = flows.len();
+    let candidates: Vec<FlowKey> = flows
+        .iter()
+        .filter(|(key, entry)| timeouts.expired(key, entry, now))
+        .map(|(key, _)| *key)
         .collect();
-    for (key, entry) in &expired {
-        tables.remove_flow(key, &entry.reply)?;
+    let mut expired: Vec<(FlowKey, FlowEntry)> = Vec::with_capacity(candidates.len());
+    for key in candidates {
+        let Some(entry) = tables.flow(&key)? else {
+            continue;
+        };
+        if !timeouts.expired(&key, &entry, monotonic_ns()) {
+            continue;
+        }
+        tables.remove_flow(&key, &entry.reply)?;
         log::trace!(
             "conntrack GC: expired {}",
-            FlowView::new(key, entry, now).original
+            FlowView::new(&key, &entry, now).original
         );
+        expired.push((key, entry));
     }
+    // What stays, counted per source for the datapath's flow limits.
+    let gone: std::collections::HashSet<FlowKey> = expired.iter().map(|(key, _)| *key).collect();
+    flows.retain(|(key, _)| !gone.contains(key));
+    tables.recount_flow_sources(&flows)?;
     if !expired.is_empty() {
         let mut totals = retired.lock().unwrap_or_else(PoisonError::into_inner);
         for (key, entry) in &expired {
@@ -84,6 +103,11 @@ pub fn collect_garbage(
             dangling.len()
         );
     }
+    log::trace!(
+        "conntrack GC: walked {walked} flows in {:?}, removed {}",
+        started.elapsed(),
+        expired.len()
+    );
     Ok(expired.len())
 }
 

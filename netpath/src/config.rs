@@ -159,7 +159,23 @@ impl Timeouts {
         self
     }
 
-    /// The idle time after which the GC removes this flow.
+    /// Whether the GC removes this flow at `now_ns` (`bpf_ktime_get_ns`
+    /// time). A TCP flow still in its handshake lives `syn` from its first
+    /// packet, not from its last: retransmitted SYNs and SYN-ACKs of a
+    /// handshake that never completes (a SYN flood) do not keep it, as
+    /// nf_conntrack caps them. Every other flow expires by idle time.
+    pub fn expired(&self, key: &FlowKey, entry: &FlowEntry, now_ns: u64) -> bool {
+        let handshake = key.proto == IPPROTO_TCP
+            && matches!(entry.tcp_state, tcp_state::SYN_SENT | tcp_state::SYN_RECV);
+        let since = if handshake {
+            entry.created_ns
+        } else {
+            entry.last_seen_ns
+        };
+        Duration::from_nanos(now_ns.saturating_sub(since)) > self.of(key, entry)
+    }
+
+    /// The time after which the GC removes this flow (see `expired`).
     pub fn of(&self, key: &FlowKey, entry: &FlowEntry) -> Duration {
         let secs = if key.proto == IPPROTO_TCP {
             match entry.tcp_state {

@@ -273,13 +273,18 @@ pub async fn add(instance: &Instance, request: AddRequest) -> Result<ContainerVi
         let ip = published_ip.ok_or_else(|| PublishError::NoAddress(request.name.clone()))?;
         publish::publish_locked(open_once(&mut tables, instance)?, ip, &mappings)?;
     }
-    if let Err(e) = state::save(instance, &state) {
+    let saved = match tables.as_ref().filter(|_| !mappings.is_empty()) {
+        Some(tables) => publish::reserve_published(instance, tables, state.clone())
+            .map_err(ContainerError::from),
+        None => state::save(instance, &state).map_err(ContainerError::from),
+    };
+    if let Err(e) = saved {
         if let (Some(ip), Some(tables)) = (published_ip, tables.as_mut())
             && !mappings.is_empty()
         {
             let _ = publish::remove_for_ip_locked(tables, ip);
         }
-        return Err(e.into());
+        return Err(e);
     }
     rollback.commit();
     Ok(view(&state, &request.name))
@@ -433,7 +438,11 @@ pub fn remove(instance: &Instance, name: &str) -> Result<()> {
     }
     teardown(instance, tables.as_mut(), record)?;
     state.containers.remove(name);
-    state::save(instance, &state)?;
+    match &tables {
+        // Gives back the host ports the container's mappings reserved.
+        Some(tables) => publish::reserve_published(instance, tables, state)?,
+        None => state::save(instance, &state)?,
+    }
     Ok(())
 }
 

@@ -32,6 +32,11 @@ pub struct BadInstanceName(String);
 #[error("instance {0} is not up: run `netpath up` first")]
 pub struct NotUp(String);
 
+/// `/run/netpath`, the parent of every instance's run-time directory.
+pub fn run_root() -> &'static Path {
+    Path::new(RUN_ROOT)
+}
+
 /// `/sys/fs/bpf/netpath`, shared by all instances.
 pub fn pins_root() -> PathBuf {
     Path::new(BPFFS_ROOT).join(NETPATH_DIR)

@@ -14,6 +14,7 @@ pub mod datapath;
 pub mod directories;
 pub mod ebpf_log;
 pub mod flows;
+pub mod host;
 pub mod ipam;
 pub mod lifecycle;
 pub mod metrics;

@@ -21,11 +21,11 @@ use crate::{
     daemon::{self, DaemonError, ReadyNotifier},
     datapath::{self, Datapath, DatapathConfig, DatapathError},
     directories::Instance,
+    host::{self, HostError},
     ipam::{self, IpamError},
     netns::{self, NetnsError},
     rollback::Rollback,
     state::{self, InstanceLock, State, StateError},
-    sysctl::{self, SysctlError},
     tables::Tables,
     topology::{self, TopologyError},
 };
@@ -71,7 +71,7 @@ pub enum InstanceError {
     #[error(transparent)]
     Ipam(#[from] IpamError),
     #[error(transparent)]
-    Sysctl(#[from] SysctlError),
+    Host(#[from] HostError),
     #[error(transparent)]
     Container(#[from] ContainerError),
     #[error("datapath: {0}")]
@@ -159,37 +159,76 @@ fn bridge_mac(instance: &str, bridge: &str) -> [u8; 6] {
 }
 
 /// `netpath up`: builds (or adopts) the instance, loads the datapath, then
-/// runs the agent until SIGINT/SIGTERM.
+/// runs the agent until SIGINT/SIGTERM. A detached agent (`ready` is Some)
+/// reports success or its error on the readiness pipe.
 pub async fn up(
     instance: &Instance,
     options: &UpOptions,
     ready: Option<ReadyNotifier>,
     json: bool,
 ) -> Result<()> {
+    let (agent, state, datapath) = match start(instance, options, ready.is_some(), json).await {
+        Ok(started) => started,
+        Err(e) => {
+            if let Some(ready) = ready {
+                ready.fail(&e.to_string());
+            }
+            return Err(e);
+        }
+    };
+    if let Some(ready) = ready {
+        ready.signal();
+    }
+    let pid = std::process::id();
+    let result = agent.run(&state, datapath).await;
+    state::remove_pid_if_ours(instance, pid);
+    Ok(result?)
+}
+
+/// Everything `up` does before the agent runs.
+async fn start(
+    instance: &Instance,
+    options: &UpOptions,
+    detached: bool,
+    json: bool,
+) -> Result<(Agent, State, Datapath)> {
     check_prerequisites()?;
     netns::ensure_bpffs()?;
-    let dir_existed = instance.run_dir().is_dir();
-    state::create_run_dir(instance)?;
     let mut rollback = Rollback::default();
-    if !dir_existed {
-        rollback.push(|| {
-            let _ = std::fs::remove_dir_all(instance.run_dir());
-        });
-    }
-    let lock =
-        InstanceLock::acquire(instance)?.ok_or_else(|| StateError::from(instance.not_up()))?;
+    let lock = InstanceLock::acquire_creating(instance)?;
     // The rollback owns the lock: on failure it is released after the undos
     // below it, so no other command sees a half-removed instance; on success
     // the commit releases it.
     rollback.push(move || drop(lock));
+    // Before anything of ours exists: an `up` racing another one for the
+    // same instance leaves with this error and touches nothing.
     daemon::check_not_running(instance)?;
+    let existing = state::load(instance)?;
+    let fresh = existing.is_none();
+    if fresh && daemon::is_restart() {
+        // A supervisor restarting a dead agent of an instance `down` removed
+        // meanwhile: there is nothing left to adopt.
+        let _ = std::fs::remove_dir_all(instance.run_dir());
+        return Err(StateError::from(instance.not_up()).into());
+    }
+    if fresh {
+        // Under the lock, without a state file, the directory is ours: a
+        // failed fresh `up` removes it (and anyone waiting for the lock
+        // notices, see `InstanceLock`).
+        rollback.push(|| {
+            let _ = std::fs::remove_dir_all(instance.run_dir());
+        });
+    }
+    if detached {
+        daemon::log_to_file(instance)?;
+    }
     // Before anything is built: a taken metrics address fails `up` cleanly.
     let agent = Agent::prepare(instance, &options.agent).await?;
 
     let host = topology::connect()?;
     // A failed fresh `up` removes what it made, pins included; a failed
     // adopt leaves everything as it found it, so no flow is lost.
-    let state = match state::load(instance)? {
+    let state = match existing {
         Some(existing) => adopt(&host, existing, options).await?,
         None => {
             let state = build(&host, instance, options, &mut rollback).await?;
@@ -201,23 +240,29 @@ pub async fn up(
         }
     };
 
-    // Host settings the datapath relies on, in place before it runs.
-    sysctl::enable_ipv4_forwarding()?;
-    sysctl::reserve_local_ports(state.snat_ports)?;
-    let datapath = Datapath::load_or_adopt(instance, &datapath_config(&state)?)?;
+    // Host settings the datapath relies on, in place before it runs, and
+    // recorded at once: only the state says what to give back.
+    let mut state = state;
+    let claims = host::claims(&state, Tables::open(instance).ok().as_ref());
+    host::apply(instance, &mut state, &claims, true)?;
     state::save(instance, &state)?;
+    if fresh {
+        let mut undo_state = state.clone();
+        rollback.push(move || {
+            let none = host::PortSet::new();
+            if let Err(e) = host::apply(instance, &mut undo_state, &none, false) {
+                log::warn!("cannot restore the host settings: {e}");
+            }
+        });
+    }
+    let datapath = Datapath::load_or_adopt(instance, &datapath_config(&state)?)?;
     let pid = std::process::id();
     state::write_pid(instance, pid)?;
     rollback.commit();
 
     print_up_summary(&state, pid, json);
     let _ = io::stdout().flush();
-    if let Some(ready) = ready {
-        ready.signal();
-    }
-    let result = agent.run(&state, datapath).await;
-    state::remove_pid_if_ours(instance, pid);
-    Ok(result?)
+    Ok((agent, state, datapath))
 }
 
 /// What `up` prints once the instance is up (in the agent log when detached).
@@ -359,6 +404,7 @@ async fn build<'a>(
         snat_ports: options.snat_ports.unwrap_or(DEFAULT_SNAT_PORTS),
         ct_timeouts: Timeouts::default().with(&options.ct_timeouts),
         containers: Default::default(),
+        host: Default::default(),
     })
 }
 
@@ -460,6 +506,10 @@ pub fn down(instance: &Instance) -> Result<bool> {
             }
         }
         if let Err(e) = topology::delete_link_blocking(&state.bridge) {
+            first_error.get_or_insert(e.into());
+        }
+        let mut state = state.clone();
+        if let Err(e) = host::apply(instance, &mut state, &host::PortSet::new(), false) {
             first_error.get_or_insert(e.into());
         }
     }

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::{
     directories::{Instance, NotUp},
+    host::{self, HostError},
     state::{self, InstanceLock, State, StateError},
     tables::{Tables, TablesError},
 };
@@ -39,6 +40,8 @@ pub enum PublishError {
     State(#[from] StateError),
     #[error(transparent)]
     Tables(#[from] TablesError),
+    #[error(transparent)]
+    Host(#[from] HostError),
 }
 
 type Result<T> = std::result::Result<T, PublishError>;
@@ -152,10 +155,18 @@ pub fn parse_host_side(spec: &str) -> Result<Vec<HostPort>> {
 }
 
 /// Host sockets bound to a port (TCP listening, or UDP bound), read once from
-/// /proc/net of the host netns: (protocol, local address, port).
+/// /proc/net of the host netns, IPv4 and IPv6 alike: (protocol, local
+/// address, port). A socket on `[::]` takes the port on every IPv4 address
+/// too (dual-stack) and shows as 0.0.0.0; one on `::ffff:a.b.c.d` as
+/// a.b.c.d; one on another IPv6 address cannot receive IPv4 and is left out.
 fn host_sockets() -> Vec<(Proto, Ipv4Addr, u16)> {
     let mut out = Vec::new();
-    for (proto, file) in [(Proto::Tcp, "/proc/net/tcp"), (Proto::Udp, "/proc/net/udp")] {
+    for (proto, file) in [
+        (Proto::Tcp, "/proc/net/tcp"),
+        (Proto::Udp, "/proc/net/udp"),
+        (Proto::Tcp, "/proc/net/tcp6"),
+        (Proto::Udp, "/proc/net/udp6"),
+    ] {
         let Ok(text) = fs::read_to_string(file) else {
             continue;
         };
@@ -167,20 +178,45 @@ fn host_sockets() -> Vec<(Proto, Ipv4Addr, u16)> {
             let Some((addr_hex, port_hex)) = local.split_once(':') else {
                 continue;
             };
-            let (Ok(addr), Ok(port)) = (
-                u32::from_str_radix(addr_hex, 16),
-                u16::from_str_radix(port_hex, 16),
-            ) else {
+            let (Some(addr), Ok(port)) = (proc_ipv4(addr_hex), u16::from_str_radix(port_hex, 16))
+            else {
                 continue;
             };
             if proto == Proto::Tcp && *st != "0A" {
                 continue; // not listening
             }
-            // /proc prints the address as the host-order u32 of the wire bytes.
-            out.push((proto, Ipv4Addr::from(addr.to_ne_bytes()), port));
+            out.push((proto, addr, port));
         }
     }
     out
+}
+
+/// The IPv4 address a /proc/net address stands for. /proc prints each 32-bit
+/// word of the address as the host-order u32 of its wire bytes: 8 hex digits
+/// for IPv4, 32 for IPv6.
+fn proc_ipv4(hex: &str) -> Option<Ipv4Addr> {
+    let words: Vec<[u8; 4]> = (0..hex.len() / 8)
+        .map(|i| {
+            let word = hex.get(i * 8..i * 8 + 8)?;
+            u32::from_str_radix(word, 16).ok().map(u32::to_ne_bytes)
+        })
+        .collect::<Option<_>>()?;
+    match words.as_slice() {
+        [v4] => Some(Ipv4Addr::from(*v4)),
+        [a, b, c, d] => {
+            let mut bytes = [0u8; 16];
+            for (chunk, word) in bytes.chunks_mut(4).zip([a, b, c, d]) {
+                chunk.copy_from_slice(word);
+            }
+            let v6 = std::net::Ipv6Addr::from(bytes);
+            if v6.is_unspecified() {
+                Some(Ipv4Addr::UNSPECIFIED)
+            } else {
+                v6.to_ipv4_mapped()
+            }
+        }
+        _ => None,
+    }
 }
 
 /// Is a host socket bound to this port on this address or on every address?
@@ -282,7 +318,21 @@ pub fn add(
         mappings.extend(parse_spec(spec)?);
     }
     publish_locked(tables, ip, &mappings)?;
+    if let Err(e) = reserve_published(instance, tables, state) {
+        let keys: Vec<PortKey> = mappings.iter().map(|m| m.host.key()).collect();
+        let _ = tables.unpublish(&keys);
+        return Err(e);
+    }
     Ok(mappings)
+}
+
+/// Keeps `ip_local_reserved_ports` in step with the `PORTS` map and saves
+/// the state with what was added (see `host`). The caller holds the lock.
+pub fn reserve_published(instance: &Instance, tables: &Tables, mut state: State) -> Result<()> {
+    let claims = host::claims(&state, Some(tables));
+    host::apply(instance, &mut state, &claims, true)?;
+    state::save(instance, &state)?;
+    Ok(())
 }
 
 /// `netpath publish rm SPEC`: unpublishes and flushes the mapping's flows.
@@ -298,6 +348,8 @@ pub fn remove(instance: &Instance, tables: &mut Tables, spec: &str) -> Result<Ve
     }
     let keys: Vec<PortKey> = hosts.iter().map(HostPort::key).collect();
     tables.unpublish(&keys)?;
+    let state = state::load(instance)?.ok_or_else(|| instance.not_up())?;
+    reserve_published(instance, tables, state)?;
     Ok(hosts)
 }
 
@@ -394,6 +446,22 @@ mod tests {
         ] {
             assert!(parse_spec(bad).is_err(), "{bad:?} should be rejected");
         }
+    }
+
+    #[test]
+    fn proc_net_addresses_of_both_families() {
+        assert_eq!(proc_ipv4("0100007F"), Some(Ipv4Addr::LOCALHOST));
+        assert_eq!(
+            proc_ipv4("00000000000000000000000000000000"),
+            Some(Ipv4Addr::UNSPECIFIED),
+            "[::] takes the IPv4 port too"
+        );
+        assert_eq!(
+            proc_ipv4("0000000000000000FFFF00000100007F"),
+            Some(Ipv4Addr::LOCALHOST)
+        );
+        assert_eq!(proc_ipv4("00000000000000000000000001000000"), None, "::1");
+        assert_eq!(proc_ipv4("xyz"), None);
     }
 
     #[test]

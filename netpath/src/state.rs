@@ -8,6 +8,7 @@ use std::{
     fs::File,
     io::{self, Write},
     net::Ipv4Addr,
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     str::FromStr,
 };
@@ -23,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     config::{Accel, DEFAULT_SNAT_PORTS, FlowLimits, Timeouts},
     directories::{Instance, NotUp},
+    host::HostChanges,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +154,9 @@ pub struct State {
     pub snat_ports: (u16, u16),
     #[serde(default)]
     pub containers: BTreeMap<String, ContainerRecord>,
+    /// What `up` and `publish` changed on the host, for `down` to give back.
+    #[serde(default)]
+    pub host: HostChanges,
 }
 
 fn default_snat_ports() -> (u16, u16) {
@@ -174,20 +179,59 @@ impl InstanceLock {
     /// directory; every other command gets None when it does not exist, so
     /// a command on an instance that is not up leaves nothing behind.
     pub fn acquire(instance: &Instance) -> Result<Option<Self>> {
-        if !instance.run_dir().is_dir() {
-            return Ok(None);
+        loop {
+            if !instance.run_dir().is_dir() {
+                return Ok(None);
+            }
+            match Self::try_lock(instance)? {
+                Locked::Held(lock) => return Ok(Some(lock)),
+                Locked::Gone => {}
+            }
         }
+    }
+
+    /// For `up`: creates the instance directory if needed, then waits for
+    /// and takes the lock.
+    pub fn acquire_creating(instance: &Instance) -> Result<Self> {
+        loop {
+            create_run_dir(instance)?;
+            if let Locked::Held(lock) = Self::try_lock(instance)? {
+                return Ok(lock);
+            }
+        }
+    }
+
+    /// Locks the lock file. `down` and a failed fresh `up` remove the
+    /// directory while they hold the lock, so whoever waited meanwhile holds
+    /// a lock on a file nobody else can open any more: `Gone`, look again.
+    fn try_lock(instance: &Instance) -> Result<Locked> {
         let path = instance.lock_file();
-        let file = File::options()
+        let file = match File::options()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&path)
-            .map_err(io_err("open", &path))?;
+        {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Locked::Gone),
+            Err(e) => return Err(io_err("open", &path)(e)),
+        };
         let lock = Flock::lock(file, FlockArg::LockExclusive)
             .map_err(|(_, errno)| io_err("lock", &path)(errno.into()))?;
-        Ok(Some(Self { _lock: lock }))
+        let held = lock.metadata().map_err(io_err("stat", &path))?;
+        let same = std::fs::metadata(&path)
+            .is_ok_and(|now| (now.dev(), now.ino()) == (held.dev(), held.ino()));
+        Ok(if same {
+            Locked::Held(Self { _lock: lock })
+        } else {
+            Locked::Gone
+        })
     }
+}
+
+enum Locked {
+    Held(InstanceLock),
+    Gone,
 }
 
 /// Reads the instance's state; None when the instance is not up.

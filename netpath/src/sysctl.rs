@@ -25,17 +25,20 @@ pub fn write(key: &str, value: &str) -> Result<(), SysctlError> {
     })
 }
 
-/// Turns on IPv4 forwarding in the current network namespace: the bridge is
-/// the slow path and must route between containers and the uplink.
-pub fn enable_ipv4_forwarding() -> Result<(), SysctlError> {
-    write("net.ipv4.ip_forward", "1")
-}
-
-/// Reserves the SNAT port range (host order, inclusive) in the current
-/// network namespace: host sockets must never be given a port our SNAT may
-/// hand out.
-pub fn reserve_local_ports((min, max): (u16, u16)) -> Result<(), SysctlError> {
-    write("net.ipv4.ip_local_reserved_ports", &format!("{min}-{max}"))
+/// Reads the sysctl `key` (dotted form), trimmed. In one `read`: some
+/// handlers (`ip_local_reserved_ports`) answer a read at an offset with EOF,
+/// so a value read in pieces comes back cut.
+pub fn read(key: &str) -> Result<String, SysctlError> {
+    let err = |source| SysctlError {
+        key: key.to_owned(),
+        value: "(read)".to_owned(),
+        source,
+    };
+    let mut file = std::fs::File::open(proc_path(key)).map_err(err)?;
+    // The longest list of ports, every other one of 65536, fits.
+    let mut buf = vec![0u8; 256 * 1024];
+    let n = io::Read::read(&mut file, &mut buf).map_err(err)?;
+    Ok(String::from_utf8_lossy(&buf[..n]).trim().to_owned())
 }
 
 #[cfg(test)]

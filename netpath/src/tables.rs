@@ -238,6 +238,15 @@ impl Tables {
         Ok(())
     }
 
+    /// The conntrack entry of `key` as it is now; None when it is gone.
+    pub fn flow(&self, key: &FlowKey) -> Result<Option<FlowEntry>, TablesError> {
+        match self.conntrack.get(key, 0) {
+            Ok(entry) => Ok(Some(entry)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(names::CONNTRACK)(e)),
+        }
+    }
+
     /// Reply keys whose original is gone (a crash between the two deletes).
     pub fn dangling_replies(&self) -> Vec<FlowKey> {
         self.ct_reply

@@ -530,6 +530,8 @@ fn one_source_or_container_cannot_take_more_than_its_share_of_the_table() {
             "8",
             "--max-flows-per-container",
             "4",
+            "--ct-timeout",
+            "replied=2",
         ],
     );
     let _http = Server::http(lab.container(&a), "0.0.0.0", 8000);
@@ -563,4 +565,14 @@ fn one_source_or_container_cannot_take_more_than_its_share_of_the_table() {
     let over = udp_request_from(lab.container(&a), 41005, Lab::OUTSIDE_IP, echo.port(), "x");
     assert!(!over.success(), "a fifth flow went through: {over}");
     wait_counter(&lab, "drop_container_limit", 1);
+
+    // Once its flows expire (replied UDP: 2 s here), the agent's recount
+    // gives the container its share back.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !udp_request_from(lab.container(&a), 41006, Lab::OUTSIDE_IP, echo.port(), "x").success() {
+        assert!(
+            Instant::now() < deadline,
+            "the container's count never came down"
+        );
+    }
 }
