@@ -42,3 +42,18 @@ pub fn require_root() {
 pub mod inject;
 pub mod packet;
 pub mod testrun;
+
+/// Runs each named scenario (a `fn(accel: &str)` in the calling module) as
+/// two tests, with the uplink translations in TC and in XDP:
+/// `tc::NAME` and `xdp::NAME`.
+#[macro_export]
+macro_rules! with_each_accel {
+    ($($scenario:ident),* $(,)?) => {
+        mod tc {
+            $(#[test] fn $scenario() { super::$scenario("tc") })*
+        }
+        mod xdp {
+            $(#[test] fn $scenario() { super::$scenario("xdp") })*
+        }
+    };
+}

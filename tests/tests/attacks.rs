@@ -13,19 +13,7 @@ use netpath_tests::inject::{mac_of, send_frames};
 use netpath_tests::packet::{Frame, L4, TCP_ACK, TCP_RST, TCP_SYN, checksum};
 use netpath_tests::{Lab, Server, curl, http_source, ping, udp_request_from, udp_source};
 
-/// Each scenario on the uplink runs with its translations in TC and in XDP.
-macro_rules! with_each_accel {
-    ($($scenario:ident),* $(,)?) => {
-        mod tc {
-            $(#[test] fn $scenario() { super::$scenario("tc") })*
-        }
-        mod xdp {
-            $(#[test] fn $scenario() { super::$scenario("xdp") })*
-        }
-    };
-}
-
-with_each_accel!(
+netpath_tests::with_each_accel!(
     a_host_routing_into_the_container_network_reaches_nothing,
     a_port_published_on_loopback_is_unreachable_from_the_wire_and_from_containers,
     sources_that_cannot_come_from_outside_are_dropped,

@@ -8,19 +8,7 @@ use netpath_tests::{
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// Each scenario runs with the uplink translations in TC and in XDP.
-macro_rules! with_each_accel {
-    ($($scenario:ident),* $(,)?) => {
-        mod tc {
-            $(#[test] fn $scenario() { super::$scenario("tc") })*
-        }
-        mod xdp {
-            $(#[test] fn $scenario() { super::$scenario("xdp") })*
-        }
-    };
-}
-
-with_each_accel!(
+netpath_tests::with_each_accel!(
     containers_masquerade_to_the_outside_as_the_host,
     published_port_reaches_the_container_with_the_client_address,
     port_range_and_host_ip_binding,
