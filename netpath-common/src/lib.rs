@@ -16,7 +16,7 @@ pub use host::Proto;
 /// Bumped whenever a map's key or value layout, or a map's kind, changes. Pins
 /// live under a directory named after it, so a netpath never adopts maps laid out
 /// by another version.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Names of the pinned maps and programs, shared so userspace finds what the
 /// object declares.
@@ -87,14 +87,19 @@ pub struct Config {
     /// The bridge's MAC, the source MAC of frames redirected into containers.
     pub gateway_mac: [u8; 6],
     /// Host order. While `netns_cookie` is 0 (kernels without
-    /// SO_NETNS_COOKIE), a connect to 127.0.0.1 on this port from the hooked
-    /// cgroup teaches the socket hooks the host netns's cookie.
+    /// SO_NETNS_COOKIE), netpath's probe connect to 127.0.0.1 on this port
+    /// (the socket `probe_cookie` names) teaches the socket hooks the host
+    /// netns's cookie.
     pub probe_port: u16,
     /// Most flows one container may hold open (0: no limit).
     pub max_flows_per_container: u32,
     /// Most flows one outside source may hold open to published ports (0: no
     /// limit).
     pub max_flows_per_source: u32,
+    /// The socket cookie (SO_COOKIE) of netpath's probe socket: only that
+    /// socket's connect to the probe port counts, for any process of the
+    /// hooked cgroup, in any netns, can connect to 127.0.0.1 too.
+    pub probe_cookie: u64,
 }
 
 impl Config {

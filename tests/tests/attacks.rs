@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use netpath_tests::inject::{mac_of, send_frames};
 use netpath_tests::packet::{Frame, L4, TCP_ACK, TCP_RST, TCP_SYN, checksum};
-use netpath_tests::{Lab, Server, curl, http_source, ping, udp_request_from, udp_source};
+use netpath_tests::{
+    Lab, Place, Server, curl, http_source, ping, run_timeout, udp_request_from, udp_source,
+};
 
 netpath_tests::with_each_accel!(
     a_host_routing_into_the_container_network_reaches_nothing,
@@ -304,6 +306,98 @@ fn flagless_segments_open_no_flows_and_a_syn_flood_does_not_crowd_out_connection
     }
     // And the container's own outbound traffic.
     ping(lab.container(&a), Lab::REMOTE_IP).expect_ok("the container gets out");
+}
+
+/// Keeps connecting UDP sockets (nothing is sent) to 127.0.0.1:`port` from
+/// `place` until dropped, which kills it by pid.
+struct ConnectLoop(Child);
+
+impl ConnectLoop {
+    const PY: &'static str = r#"
+import socket, sys
+port = int(sys.argv[1])
+first = True
+while True:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.connect(("127.0.0.1", port))
+    s.close()
+    if first:
+        print("connecting", flush=True)
+        first = False
+"#;
+
+    /// Returns once the first connect went through.
+    fn start(place: Place, port: u16) -> Self {
+        let mut child = place
+            .command("python3")
+            .args(["-c", Self::PY, &port.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawning the connect loop");
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("piped stdout");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("reading the connect loop");
+        let running = Self(child);
+        assert_eq!(line.trim(), "connecting", "the connect loop did not start");
+        running
+    }
+}
+
+impl Drop for ConnectLoop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Item 16: where the kernel cannot tell userspace a netns cookie (before
+/// 5.14), the socket hooks learn the host's from netpath's own probe connect
+/// to 127.0.0.1:PORT from the hooked cgroup. Another netns in that cgroup
+/// connecting to the same address the whole time `up` probes must not pass
+/// for the host: the host keeps its published ports through the hooks, the
+/// impostor's netns is left alone. The test makes `up` take that path on any
+/// kernel, on a port it knows (NETPATH_FORCE_NETNS_PROBE, for tests only).
+#[test]
+fn another_netns_connecting_to_the_netns_probe_is_not_taken_for_the_host() {
+    const PROBE_PORT: u16 = 47_123;
+    let lab = Lab::new();
+    let impostor = Place::netns(lab.outside.name().to_string()).in_cgroup(lab.cgroup_path());
+    let racing = ConnectLoop::start(impostor.clone(), PROBE_PORT);
+    let cgroup = lab.cgroup_path().to_string_lossy().into_owned();
+    let mut up = lab.netpath_cmd();
+    up.env("NETPATH_FORCE_NETNS_PROBE", PROBE_PORT.to_string())
+        .args([
+            "up",
+            "--detach",
+            "--uplink",
+            Lab::UPLINK,
+            "--cgroup",
+            &cgroup,
+        ]);
+    let out = run_timeout(&mut up, Duration::from_secs(120));
+    assert!(
+        out.success(),
+        "netpath up failed\n{out}\n--- agent log\n{}",
+        lab.agent_log()
+    );
+    drop(racing);
+    assert!(
+        !lab.agent_log().contains("socket hooks) is off"),
+        "the probe failed:\n{}",
+        lab.agent_log()
+    );
+
+    let a = lab.container_name("a");
+    lab.container_add_ok(&a, &[]);
+    let _http = Server::http(lab.container(&a), "0.0.0.0", 8080);
+    lab.netpath(&["publish", "add", &a, "18080:8080"])
+        .expect_ok("publish");
+    http_source(lab.host_in_cgroup(), "http://127.0.0.1:18080/")
+        .expect("the host netns is the one the hooks learned");
+    let out = curl(impostor, &["http://127.0.0.1:18080/"]);
+    assert!(!out.success(), "the hooks rewrote the impostor's connect");
 }
 
 /// Issue 10, item 4: the host's own TCP connections may use a port number

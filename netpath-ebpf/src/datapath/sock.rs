@@ -19,14 +19,20 @@ const ALLOW: i32 = 1;
 const LOOPBACK_NET: u32 = 127;
 
 /// netpath's own probe connect (see `Config::probe_port`) tells us which
-/// netns is the host's: nothing is rewritten until then.
+/// netns is the host's: nothing is rewritten until then. The address alone
+/// proves nothing (the cgroup spans namespaces, anyone in it may connect
+/// there first), so the socket must be the probe's own (`probe_cookie`).
 #[inline(always)]
 fn learn_host_netns(ctx: &SockAddrContext, ip: u32, port: u16) {
     let Some(cfg) = CONFIG.get_ptr_mut(0) else {
         return;
     };
-    let probe = unsafe { (*cfg).probe_port };
-    if probe != 0 && ip == LOOPBACK_PROBE_IP && port == probe.to_be() {
+    let (probe, probe_cookie) = unsafe { ((*cfg).probe_port, (*cfg).probe_cookie) };
+    if probe != 0
+        && ip == LOOPBACK_PROBE_IP
+        && port == probe.to_be()
+        && unsafe { bpf_get_socket_cookie(ctx.as_ptr()) } == probe_cookie
+    {
         unsafe {
             (*cfg).netns_cookie = bpf_get_netns_cookie(ctx.as_ptr());
             (*cfg).probe_port = 0;

@@ -29,7 +29,10 @@ use self::{
     attach::{
         CONTAINER_IFNAME, SOCK_HOOKS, attach_sock_hooks, attach_tc, attach_xdp, attach_xdp_pass,
     },
-    probe::{check_kernel, ifname_of, learn_netns_cookie, netns_cookie, raise_memlock, use_tcx},
+    probe::{
+        check_kernel, forced_probe_port, ifname_of, learn_netns_cookie, netns_cookie,
+        raise_memlock, use_tcx,
+    },
 };
 pub use self::{
     link_pin::{LinkPin, TcDirection},
@@ -218,7 +221,14 @@ impl Datapath {
             .map_max_entries(names::ENDPOINTS, sizes.endpoints)
             .load(EBPF_OBJECT)?;
 
-        let netns_cookie = netns_cookie();
+        let forced_probe = forced_probe_port();
+        let netns_cookie = match forced_probe {
+            Some(_) => Err(DatapathError::Io {
+                what: "reading the netns cookie".to_string(),
+                source: io::Error::other("NETPATH_FORCE_NETNS_PROBE is set"),
+            }),
+            None => netns_cookie(),
+        };
         let (max_flows_per_container, max_flows_per_source) =
             cfg.flow_limits.resolved(sizes.conntrack);
         let config = Config {
@@ -231,6 +241,7 @@ impl Datapath {
             flags: 0,
             gateway_mac: cfg.gateway_mac,
             probe_port: 0,
+            probe_cookie: 0,
             max_flows_per_container,
             max_flows_per_source,
             ..Config::new(
@@ -272,7 +283,7 @@ impl Datapath {
         attach_sock_hooks(&mut ebpf, instance, &cfg.cgroup)?;
         if netns_cookie.is_err() {
             // Until the cookie is known the hooks rewrite nothing.
-            if let Err(e) = learn_netns_cookie(&mut tables, &cfg.cgroup) {
+            if let Err(e) = learn_netns_cookie(&mut tables, &cfg.cgroup, forced_probe) {
                 log::warn!("{e}; the host's own access to published ports (socket hooks) is off");
             }
         }

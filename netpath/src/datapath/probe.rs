@@ -1,7 +1,12 @@
 //! What the kernel can do, asked before and while loading: its version and
 //! helpers, tcx, the interface driver, and the netns-cookie probe for kernels
 //! that cannot tell userspace the cookie.
-use std::{fs, io, os::fd::AsRawFd, path::Path};
+use std::{
+    fs,
+    io::{self, Read, Write},
+    os::fd::AsRawFd,
+    path::Path,
+};
 
 use aya::util::KernelVersion;
 
@@ -34,20 +39,40 @@ pub(super) fn netns_cookie() -> Result<u64, DatapathError> {
     Ok(cookie)
 }
 
+/// For tests only, not a setting: `NETPATH_FORCE_NETNS_PROBE=PORT` makes `up`
+/// learn the netns cookie through the socket hooks (the path of kernels before
+/// 5.14) even where SO_NETNS_COOKIE works, probing on PORT rather than a
+/// random port, so a test can run that path on any kernel and race it.
+pub(super) fn forced_probe_port() -> Option<u16> {
+    std::env::var("NETPATH_FORCE_NETNS_PROBE")
+        .ok()?
+        .parse()
+        .ok()
+        .filter(|&port| port != 0)
+}
+
 /// Kernels before 5.14 can't give userspace a netns cookie, but the socket
-/// hooks can read it: a child process joins the hooked cgroup and connects a
-/// UDP socket (nothing is sent) to 127.0.0.1 on a random probe port, and
-/// `sock_connect4` records the cookie of the netns it ran in, ours.
-pub(super) fn learn_netns_cookie(tables: &mut Tables, cgroup: &Path) -> Result<u64, DatapathError> {
-    let mut random = [0u8; 2];
-    fs::File::open("/dev/urandom")
-        .and_then(|mut f| io::Read::read_exact(&mut f, &mut random))
-        .map_err(io_err("reading /dev/urandom"))?;
-    let probe_port = 1024 + u16::from_ne_bytes(random) % (u16::MAX - 1024);
-    let mut config = tables.config()?;
-    config.netns_cookie = 0;
-    config.probe_port = probe_port;
-    tables.set_config(&config)?;
+/// hooks can read it: a child process joins the hooked cgroup, opens a UDP
+/// socket and tells us its socket cookie; once CONFIG names that socket and a
+/// random probe port, the child connects it (nothing is sent) to 127.0.0.1 on
+/// that port, and `sock_connect4` records the cookie of the netns it ran in,
+/// ours. Naming the socket matters: the cgroup spans namespaces, and any
+/// process in it could connect to the probe address first.
+pub(super) fn learn_netns_cookie(
+    tables: &mut Tables,
+    cgroup: &Path,
+    port: Option<u16>,
+) -> Result<u64, DatapathError> {
+    let probe_port = match port {
+        Some(port) => port,
+        None => {
+            let mut random = [0u8; 2];
+            fs::File::open("/dev/urandom")
+                .and_then(|mut f| f.read_exact(&mut random))
+                .map_err(io_err("reading /dev/urandom"))?;
+            1024 + u16::from_ne_bytes(random) % (u16::MAX - 1024)
+        }
+    };
     let procs = std::ffi::CString::new(
         cgroup
             .join("cgroup.procs")
@@ -66,15 +91,45 @@ pub(super) fn learn_netns_cookie(tables: &mut Tables, cgroup: &Path) -> Result<u
         },
         sin_zero: [0; 8],
     };
+    // The child sends its socket's cookie on one pipe, then waits on the
+    // other until CONFIG names that socket before it connects.
+    let (mut cookie_rx, cookie_tx) =
+        io::pipe().map_err(io_err("opening the netns probe's pipe"))?;
+    let (go_rx, mut go_tx) = io::pipe().map_err(io_err("opening the netns probe's pipe"))?;
+    let (cookie_fd, go_rx_fd, go_tx_fd) =
+        (cookie_tx.as_raw_fd(), go_rx.as_raw_fd(), go_tx.as_raw_fd());
     // SAFETY: the child only makes async-signal-safe syscalls on data
     // prepared before the fork, then _exits.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
         unsafe {
+            // Our copy of the write end would keep the read below from
+            // seeing the end of a parent that gave up.
+            libc::close(go_tx_fd);
             let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
             let joined = fd >= 0 && libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
-            let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
-            let connected = joined
+            // A socket answers to the hooks of the cgroup it was created in:
+            // join first, then open it.
+            let sock = if joined {
+                libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0)
+            } else {
+                -1
+            };
+            let mut cookie: u64 = 0;
+            let mut len = size_of::<u64>() as libc::socklen_t;
+            let told = sock >= 0
+                && libc::getsockopt(
+                    sock,
+                    libc::SOL_SOCKET,
+                    libc::SO_COOKIE,
+                    (&raw mut cookie).cast(),
+                    &mut len,
+                ) == 0
+                && libc::write(cookie_fd, (&raw const cookie).cast(), size_of::<u64>())
+                    == size_of::<u64>() as isize;
+            let mut go = 0u8;
+            let connected = told
+                && libc::read(go_rx_fd, (&raw mut go).cast(), 1) == 1
                 && libc::connect(
                     sock,
                     (&raw const addr).cast(),
@@ -83,12 +138,32 @@ pub(super) fn learn_netns_cookie(tables: &mut Tables, cgroup: &Path) -> Result<u
             libc::_exit(if connected { 0 } else { 1 });
         }
     }
+    // The child's ends now live only in the child: a child that dies early
+    // reads as end of file.
+    drop((cookie_tx, go_rx));
     if pid < 0 {
         return Err(io_err("forking the netns probe")(io::Error::last_os_error()));
     }
+    let armed = (|| -> Result<(), DatapathError> {
+        let mut cookie = [0u8; size_of::<u64>()];
+        cookie_rx.read_exact(&mut cookie).map_err(io_err(
+            "reading the netns probe socket's cookie (joining the cgroup, socket or SO_COOKIE failed)",
+        ))?;
+        let mut config = tables.config()?;
+        config.netns_cookie = 0;
+        config.probe_port = probe_port;
+        config.probe_cookie = u64::from_ne_bytes(cookie);
+        tables.set_config(&config)?;
+        go_tx
+            .write_all(&[1])
+            .map_err(io_err("starting the netns probe"))
+    })();
+    // A child still waiting for its go (we failed) sees end of file and exits.
+    drop(go_tx);
     let mut status = 0;
     // SAFETY: waiting for the child we just forked.
     unsafe { libc::waitpid(pid, &mut status, 0) };
+    armed?;
     let config = tables.config()?;
     if config.netns_cookie == 0 {
         return Err(DatapathError::Io {
