@@ -613,7 +613,7 @@ fn one_source_or_container_cannot_take_more_than_its_share_of_the_table() {
             "--max-flows-per-container",
             "4",
             "--ct-timeout",
-            "replied=2",
+            "replied=20",
         ],
     );
     let _http = Server::http(lab.container(&a), "0.0.0.0", 8000);
@@ -648,9 +648,10 @@ fn one_source_or_container_cannot_take_more_than_its_share_of_the_table() {
     assert!(!over.success(), "a fifth flow went through: {over}");
     wait_counter(&lab, "drop_container_limit", 1);
 
-    // Once its flows expire (replied UDP: 2 s here), the agent's recount
-    // gives the container its share back.
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // Once its flows expire (replied UDP: 20 s here, long enough for the
+    // five requests above on a slow VM), the agent's recount gives the
+    // container its share back.
+    let deadline = Instant::now() + Duration::from_secs(90);
     while !udp_request_from(lab.container(&a), 41006, Lab::OUTSIDE_IP, echo.port(), "x").success() {
         assert!(
             Instant::now() < deadline,
