@@ -7,8 +7,8 @@
 //! `/init`. Only the last is rebuilt on every run.
 //!
 //! Environment knobs: `NETPATH_VM_CACHE` (cache dir, default
-//! `target/vm-cache`), `NETPATH_VM_TIMEOUT` (seconds per VM, default 1500),
-//! `NETPATH_VM_TEST_TIMEOUT` (seconds per test binary, default 480),
+//! `target/vm-cache`), `NETPATH_VM_TIMEOUT` (seconds per VM, default 3000),
+//! `NETPATH_VM_TEST_TIMEOUT` (seconds per test binary, default 900),
 //! `NETPATH_VM_MEMORY` (MiB, default 1536), `NETPATH_VM_OFFLINE` (no
 //! `apt-get update`), `NETPATH_VM_SMOKE` (boot and load modules only, no
 //! tests), `NETPATH_VM_DEBIAN_MIRROR`.
@@ -82,8 +82,8 @@ pub fn vm_test(kernel: &str, extra_test_args: &[String]) -> Result<()> {
         .unwrap_or_else(|| workspace.join("target/vm-cache"));
     fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
     let smoke = env::var_os("NETPATH_VM_SMOKE").is_some();
-    let vm_timeout = Duration::from_secs(env_u64("NETPATH_VM_TIMEOUT", 1500)?);
-    let test_timeout = env_u64("NETPATH_VM_TEST_TIMEOUT", 480)?;
+    let vm_timeout = Duration::from_secs(env_u64("NETPATH_VM_TIMEOUT", 3000)?);
+    let test_timeout = env_u64("NETPATH_VM_TEST_TIMEOUT", 900)?;
     let memory = u32::try_from(env_u64("NETPATH_VM_MEMORY", 1536)?)?;
 
     let kernels = series
