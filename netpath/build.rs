@@ -4,35 +4,111 @@
 //! A fresh machine has neither the nightly's rust-src nor bpf-linker; both are
 //! set up here so `cargo build` is the only step, and a step that cannot be done
 //! fails the build with what to do about it.
+//!
+//! The nested `cargo build` is ours rather than aya-build's (whose flags it
+//! keeps): aya-build forwards every line the nested cargo prints as a
+//! `cargo:warning`, about fifty on each build; we show only what
+//! `nested_cargo_output` keeps.
 use std::{
     env,
+    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
 };
 
 use anyhow::{Context as _, Result, bail};
 
+#[path = "build/nested_cargo_output.rs"]
+mod nested_cargo_output;
+
+use nested_cargo_output::Message;
+
 const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";
+const EBPF_PACKAGE: &str = "netpath-ebpf";
 
 fn main() -> Result<()> {
     ensure_rust_src()?;
     ensure_bpf_linker()?;
     let ebpf_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../netpath-ebpf");
     let common_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../netpath-common");
+    // The build-dependency on netpath-ebpf reruns us when its library side
+    // changes; the programs are its binary, so watch its sources too.
+    println!("cargo:rerun-if-changed={}", ebpf_dir.display());
     println!("cargo:rerun-if-changed={}", common_dir.display());
-    let root_dir = ebpf_dir
-        .to_str()
-        .context("the netpath-ebpf path is not UTF-8")?;
-    aya_build::build_ebpf(
-        [aya_build::Package {
-            name: "netpath-ebpf",
-            root_dir,
-            ..Default::default()
-        }],
-        aya_build::Toolchain::Nightly,
-    )
-    .context("building the eBPF programs (netpath-ebpf) failed; the lines above say why")
+    build_ebpf()
+        .context("building the eBPF programs (netpath-ebpf) failed; the lines above say why")
+}
+
+/// `rustup run nightly cargo build` of netpath-ebpf for the bpf target, as
+/// aya-build 0.2 runs it, then copies each binary to `OUT_DIR/<target name>`.
+fn build_ebpf() -> Result<()> {
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").context("OUT_DIR not set")?);
+    let target = match env::var("CARGO_CFG_TARGET_ENDIAN").as_deref() {
+        Ok("little") => "bpfel-unknown-none",
+        Ok("big") => "bpfeb-unknown-none",
+        other => bail!("unsupported target endianness {other:?}"),
+    };
+    // The programs read pt_regs laid out for the arch they will run on.
+    let arch = env::var("CARGO_CFG_TARGET_ARCH").context("CARGO_CFG_TARGET_ARCH not set")?;
+    let mut cmd = rustup(&["run", NIGHTLY, "cargo", "build"]);
+    cmd.args(["--package", EBPF_PACKAGE, "--bins", "--release"])
+        .args(["--message-format=json", "--target", target])
+        .args(["-Z", "build-std=core"])
+        // Apart from OUT_DIR's copies: cargo locks its target directory,
+        // and the outer cargo holds ours.
+        .arg("--target-dir")
+        .arg(out_dir.join("ebpf-target"))
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            [
+                format!("--cfg=bpf_target_arch=\"{arch}\""),
+                "-Cdebuginfo=2".to_owned(),
+                "-Clink-arg=--btf".to_owned(),
+            ]
+            .join("\x1f"),
+        )
+        // The outer (stable) cargo's compiler must not stand in for the nightly.
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        // Plain lines: they end up in cargo's own output, not on a terminal.
+        .env("CARGO_TERM_COLOR", "never")
+        .env("CARGO_TERM_PROGRESS_WHEN", "never")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().with_context(|| format!("cannot run {cmd:?}"))?;
+    let stderr = BufReader::new(child.stderr.take().context("no stderr pipe")?);
+    let stderr = std::thread::spawn(move || stderr.lines().map_while(Result::ok).collect());
+    let stdout = BufReader::new(child.stdout.take().context("no stdout pipe")?);
+    let messages: Vec<Message> = stdout
+        .lines()
+        .map_while(Result::ok)
+        .map(|line| nested_cargo_output::parse_message(&line))
+        .collect();
+    let status = child
+        .wait()
+        .with_context(|| format!("waiting for {cmd:?}"))?;
+    let stderr: Vec<String> = stderr.join().unwrap_or_default();
+
+    let shown = nested_cargo_output::lines_to_show(status.success(), &messages, &stderr);
+    if !status.success() {
+        // A failing build script's stderr is what cargo shows of it.
+        for line in shown {
+            eprintln!("{line}");
+        }
+        bail!("`cargo build --package {EBPF_PACKAGE}` for {target} failed ({status})");
+    }
+    for line in shown {
+        println!("cargo:warning={line}");
+    }
+    for message in messages {
+        if let Message::Executable { target, path } = message {
+            let copy = out_dir.join(&target);
+            std::fs::copy(&path, &copy)
+                .with_context(|| format!("cannot copy {} to {}", path.display(), copy.display()))?;
+        }
+    }
+    Ok(())
 }
 
 fn rustup(args: &[&str]) -> Command {
@@ -79,7 +155,7 @@ fn find_in_path(program: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// aya-build's nested cargo finds bpf-linker through PATH, which does not always
+/// The nested cargo finds bpf-linker through PATH, which does not always
 /// hold cargo's bin directory (where it is installed).
 fn add_to_path(dir: &Path) -> Result<()> {
     let mut paths: Vec<PathBuf> =

@@ -6,11 +6,40 @@ use netpath_common::{FLOW_SEEN_REPLY, FlowEntry, FlowKey, IPPROTO_TCP, tcp_state
 
 /// Container subnet of a new instance; the gateway is its first address.
 pub const DEFAULT_SUBNET: &str = "10.77.0.0/16";
-/// Bridge of a new instance.
+/// Bridge of a new instance named `default` (see `default_bridge_name`).
 pub const DEFAULT_BRIDGE: &str = "np0";
+/// Name of the instance used when `--instance` is not given.
+pub const DEFAULT_INSTANCE: &str = "default";
+/// Start of the bridge name of every other instance. Not `np-`: that is the
+/// host side of a container's veth (`np-CONTAINER`), which could take it.
+const BRIDGE_PREFIX: &str = "npbr-";
+/// Longest interface name (IFNAMSIZ less the NUL).
+pub const MAX_IFNAME_LEN: usize = 15;
 /// Default SNAT port range (host order, inclusive); the range is written to
 /// `ip_local_reserved_ports` so host sockets never take these ports.
 pub const DEFAULT_SNAT_PORTS: (u16, u16) = (40000, 49999);
+
+/// The bridge of a new instance without `--bridge`: `np0` for the default
+/// instance, `npbr-INSTANCE` for the others, so instances in one network
+/// namespace do not collide. A name too long for an interface keeps its
+/// first letters and gets a hash of the whole name (stable across builds and
+/// versions: FNV-1a, not std's hasher), so it stays deterministic and
+/// distinct.
+pub fn default_bridge_name(instance: &str) -> String {
+    if instance == DEFAULT_INSTANCE {
+        return DEFAULT_BRIDGE.to_owned();
+    }
+    let whole = format!("{BRIDGE_PREFIX}{instance}");
+    if whole.len() <= MAX_IFNAME_LEN {
+        return whole;
+    }
+    let hash = instance.bytes().fold(0x811c_9dc5_u32, |hash, byte| {
+        (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+    });
+    // npbr- + 4 letters + - + 5 hex digits = 15.
+    let kept: String = instance.chars().take(4).collect();
+    format!("{BRIDGE_PREFIX}{kept}-{:05x}", hash & 0xf_ffff)
+}
 
 /// Where the uplink ingress translations run.
 #[derive(
@@ -223,6 +252,19 @@ impl FromStr for TimeoutSetting {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_bridge_names_fit_and_differ_per_instance() {
+        assert_eq!(default_bridge_name("default"), "np0");
+        assert_eq!(default_bridge_name("web"), "npbr-web");
+        assert_eq!(default_bridge_name("abcdefghij"), "npbr-abcdefghij");
+        let long = default_bridge_name("staging-frontend");
+        assert_eq!(long, default_bridge_name("staging-frontend"));
+        assert!(long.starts_with("npbr-stag-"), "{long}");
+        assert_eq!(long.len(), MAX_IFNAME_LEN);
+        assert_ne!(long, default_bridge_name("staging-backend"));
+        assert!(default_bridge_name(&"x".repeat(32)).len() <= MAX_IFNAME_LEN);
+    }
 
     #[test]
     fn timeout_settings_parse_and_apply() {

@@ -14,13 +14,13 @@ use nix::unistd::geteuid;
 use crate::{
     agent::{Agent, AgentError, AgentOptions},
     config::{
-        Accel, DEFAULT_BRIDGE, DEFAULT_SNAT_PORTS, DEFAULT_SUBNET, FlowLimits, MapSizes,
-        TimeoutSetting, Timeouts,
+        Accel, DEFAULT_SNAT_PORTS, DEFAULT_SUBNET, FlowLimits, MAX_IFNAME_LEN, MapSizes,
+        TimeoutSetting, Timeouts, default_bridge_name,
     },
     container::{self, ContainerError, ContainerView},
     daemon::{self, DaemonError, ReadyNotifier},
     datapath::{self, Datapath, DatapathConfig, DatapathError},
-    directories::Instance,
+    directories::{self, Instance},
     host::{self, HostError},
     ipam::{self, IpamError},
     netns::{self, NetnsError},
@@ -45,6 +45,14 @@ pub enum InstanceError {
         instance: String,
         what: &'static str,
         existing: String,
+    },
+    #[error(
+        "subnet {subnet} overlaps {other_subnet} of instance {other} in this network namespace: pass --subnet with another range"
+    )]
+    SubnetTaken {
+        subnet: Ipv4Net,
+        other: String,
+        other_subnet: Ipv4Net,
     },
     #[error("interface {0} already exists: pass --bridge NAME or remove it")]
     BridgeExists(String),
@@ -138,7 +146,7 @@ fn find_cgroup2_mount() -> Result<PathBuf> {
 
 fn validate_bridge_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
-        && name.len() <= 15
+        && name.len() <= MAX_IFNAME_LEN
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
@@ -354,6 +362,60 @@ fn resolve_cgroup(requested: Option<&Path>) -> Result<PathBuf> {
     Ok(cgroup)
 }
 
+/// Fails unless `subnet` is apart from the subnet of every other instance in
+/// this network namespace: two bridges routing one range would split it.
+///
+/// Another instance is in this netns when its bridge is here, under the name
+/// and with the MAC its state records: netpath sets that MAC, derived from
+/// the instance's name, so nothing else makes that pair. Weaker tests fail:
+/// names and ifindexes repeat in every netns built the same way (every test
+/// lab has an `up0` with ifindex 2), and a netns inode number is reused once
+/// its netns is gone, so a stale state file could seem to live here. The
+/// state files are replaced atomically, so they are read without their
+/// locks. (Two fresh `up`s racing in one netns can still both pass.)
+async fn check_subnet_free(
+    host: &rtnetlink::Handle,
+    instance: &Instance,
+    subnet: Ipv4Net,
+) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(directories::run_root()) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(other) = name.to_str().and_then(|n| Instance::new(n).ok()) else {
+            continue;
+        };
+        if other == *instance {
+            continue;
+        }
+        // Unreadable or corrupt: that instance's own commands report it.
+        let Ok(Some(other_state)) = state::load(&other) else {
+            continue;
+        };
+        let overlaps = subnet.contains(&other_state.subnet.network())
+            || other_state.subnet.contains(&subnet.network());
+        if overlaps && bridge_is_here(host, &other_state).await? {
+            return Err(InstanceError::SubnetTaken {
+                subnet,
+                other: other.name().to_owned(),
+                other_subnet: other_state.subnet,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Whether the bridge `state` records is in this netns (see
+/// `check_subnet_free`).
+async fn bridge_is_here(host: &rtnetlink::Handle, state: &State) -> Result<bool> {
+    let Some(link) = topology::find_link(host, &state.bridge).await? else {
+        return Ok(false);
+    };
+    Ok(topology::link_mac(&link)
+        .is_some_and(|mac| topology::parse_mac(&state.bridge_mac) == Some(mac)))
+}
+
 /// A fresh instance: resolve the uplink, create the bridge with the gateway.
 async fn build<'a>(
     host: &rtnetlink::Handle,
@@ -371,10 +433,11 @@ async fn build<'a>(
     let bridge = options
         .bridge
         .clone()
-        .unwrap_or_else(|| DEFAULT_BRIDGE.to_owned());
+        .unwrap_or_else(|| default_bridge_name(instance.name()));
     validate_bridge_name(&bridge)?;
     let cgroup = resolve_cgroup(options.cgroup.as_deref())?;
     let (uplink, uplink_ifindex, host_ip) = resolve_uplink(host, options.uplink.as_deref()).await?;
+    check_subnet_free(host, instance, subnet).await?;
     if topology::find_link(host, &bridge).await?.is_some() {
         return Err(InstanceError::BridgeExists(bridge));
     }

@@ -39,7 +39,7 @@ pub enum NetnsError {
     },
     #[error("cannot delete network namespace {name}: {source}")]
     Delete { name: String, source: io::Error },
-    #[error("cannot switch to the parent's mount namespace ({what}): {source}")]
+    #[error("cannot switch to the mount namespace netpath was started from ({what}): {source}")]
     MountNamespace {
         what: &'static str,
         source: io::Error,
@@ -221,45 +221,82 @@ fn is_bpffs(path: &str) -> bool {
     statfs(path).is_ok_and(|fs| fs.filesystem_type() == BPF_FS_MAGIC)
 }
 
-/// Joins the parent's mount namespace when we were started in a private copy
-/// of it, as `ip netns exec H netpath ...` does.
+/// Joins the mount namespace we were started from when we run in a private
+/// copy of it, as `ip netns exec H netpath ...` makes.
 ///
 /// Why: `ip netns exec` unshares the mount namespace (recursively MS_SLAVE)
 /// and remounts /sys for the target netns. In that copy (1) the bpffs at
 /// /sys/fs/bpf and the cgroup2 mount are gone, so pins made by one command are
 /// invisible to the next, and (2) bind mounts we make under /run/netns never
 /// propagate back, so container netns handles would vanish when we exit.
-/// The parent (the shell or test that ran `ip`) still is in the real mount
-/// namespace, and its `/proc/PPID/ns/mnt` is readable where `/proc/1` is not.
+/// The process that ran `ip` still is in the real mount namespace. It is not
+/// always our parent: under `ip netns exec H cargo xtask run -- up` (or any
+/// shell or script in between) the parent is a process `ip` became, inside
+/// the private copy with us. So we walk up the ancestors to the first one in
+/// another mount namespace; their `/proc/PID/ns/mnt` is readable where
+/// `/proc/1`'s may not be (another pid namespace shows no real PID 1).
 /// Only the mount namespace changes; the network namespace stays the one we
 /// were started in. setns(CLONE_NEWNS) needs a single-threaded process, so
 /// this must run first in `main`, before any thread or runtime exists.
-pub fn join_parent_mount_namespace_if_private() -> Result<(), NetnsError> {
+pub fn join_outer_mount_namespace_if_private() -> Result<(), NetnsError> {
     if is_bpffs(BPFFS_ROOT) {
         return Ok(());
     }
     let mnt_err =
         |what: &'static str| move |source: io::Error| NetnsError::MountNamespace { what, source };
-    let parent = format!("/proc/{}/ns/mnt", nix::unistd::getppid());
     let ours =
         std::fs::metadata("/proc/self/ns/mnt").map_err(mnt_err("stat our mount namespace"))?;
-    let Ok(theirs) = std::fs::metadata(&parent) else {
-        // A parent we cannot inspect (exited, or another user): stay put.
+    let Some(outer) = first_ancestor_mount_namespace_other_than((ours.dev(), ours.ino())) else {
+        // Every ancestor shares ours (a container's own namespace, or
+        // `unshare -m` without `ip`): it is the namespace we were meant to use.
         return Ok(());
     };
-    if ours.ino() == theirs.ino() && ours.dev() == theirs.dev() {
-        return Ok(());
-    }
-    let parent_ns = File::open(&parent).map_err(mnt_err("open the parent's mount namespace"))?;
     // setns(CLONE_NEWNS) resets the working directory to the new root: keep
     // the caller's, so relative paths on the command line still mean the same.
     let cwd = std::env::current_dir().ok();
-    setns(parent_ns.as_fd(), CloneFlags::CLONE_NEWNS)
+    setns(outer.as_fd(), CloneFlags::CLONE_NEWNS)
         .map_err(|e| mnt_err("setns")(io::Error::from(e)))?;
     if let Some(dir) = cwd {
         let _ = std::env::set_current_dir(dir);
     }
     Ok(())
+}
+
+/// Ancestors further up than this are not looked at: `ip netns exec` is a
+/// few levels above us at most, and a loop in a corrupt /proc must end.
+const MAX_ANCESTORS: usize = 32;
+
+/// The mount namespace of our nearest ancestor whose namespace is not `ours`
+/// (dev, inode), opened; None when every ancestor we can inspect shares it.
+/// Each namespace is opened before it is compared, so an ancestor that exits
+/// meanwhile cannot make us join a namespace we did not compare.
+fn first_ancestor_mount_namespace_other_than(ours: (u64, u64)) -> Option<File> {
+    let mut pid = nix::unistd::getppid().as_raw();
+    for _ in 0..MAX_ANCESTORS {
+        if pid <= 0 {
+            return None;
+        }
+        // An ancestor we cannot inspect (exited, or another user's): stop.
+        let ns = File::open(format!("/proc/{pid}/ns/mnt")).ok()?;
+        let theirs = ns.metadata().ok()?;
+        if (theirs.dev(), theirs.ino()) != ours {
+            return Some(ns);
+        }
+        pid = parent_pid(pid)?;
+    }
+    None
+}
+
+/// The parent of process `pid`, from the `PPid:` line of /proc/PID/status
+/// (0 for the first process of a pid namespace).
+fn parent_pid(pid: i32) -> Option<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("PPid:"))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Mounts bpffs at /sys/fs/bpf unless one is there already.
@@ -275,4 +312,22 @@ pub fn ensure_bpffs() -> Result<(), NetnsError> {
         Some("mode=0700"),
     )
     .map_err(NetnsError::Bpffs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parent_pid_reads_the_status_file() {
+        let ours = i32::try_from(std::process::id()).expect("pid fits i32");
+        assert_eq!(parent_pid(ours), Some(nix::unistd::getppid().as_raw()));
+        assert_eq!(parent_pid(i32::MAX), None);
+    }
+
+    #[test]
+    fn an_ancestor_in_another_mount_namespace_is_found() {
+        // No process is in a namespace with inode 0: the parent "differs".
+        assert!(first_ancestor_mount_namespace_other_than((0, 0)).is_some());
+    }
 }

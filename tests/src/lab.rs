@@ -182,6 +182,17 @@ impl Lab {
         out
     }
 
+    /// The instance's bridge, as `status` reports it (the default name is
+    /// derived from the instance name).
+    #[track_caller]
+    pub fn bridge(&self) -> String {
+        let status = self.netpath_json(&["status"]);
+        status["bridge"]
+            .as_str()
+            .unwrap_or_else(|| panic!("status has no bridge: {status}"))
+            .to_owned()
+    }
+
     /// The agent's log, `/run/netpath/<instance>/agent.log` ("" if none).
     pub fn agent_log(&self) -> String {
         std::fs::read_to_string(

@@ -94,7 +94,7 @@ impl Wire {
         Self {
             netns: PathBuf::from(format!("/run/netns/np-{name}")),
             src_mac: mac_of(lab.container(name), "eth0").expect("container MAC"),
-            dst_mac: mac_of(&lab.host, "np0").expect("gateway MAC"),
+            dst_mac: mac_of(&lab.host, &lab.bridge()).expect("gateway MAC"),
         }
     }
 

@@ -112,7 +112,8 @@ fn two_containers_reach_each_other_and_the_gateway() {
     let port = lab
         .host
         .exec(&["ip", "-o", "link", "show", &format!("np-{a}")]);
-    assert!(port.stdout.contains("master np0"), "{port}");
+    let bridge = lab.bridge();
+    assert!(port.stdout.contains(&format!("master {bridge}")), "{port}");
 }
 
 #[test]

@@ -3,8 +3,8 @@
 //!
 //! On the host netpath-ebpf is an empty `main` (the datapath is
 //! `cfg(target_arch = "bpf")`), so `cargo clippy --workspace` never sees the
-//! eBPF code. The second run lints it as netpath/build.rs builds it through
-//! aya-build: the nightly toolchain, `-Z build-std=core`, `--release`,
+//! eBPF code. The second run lints it as netpath/build.rs builds it: the
+//! nightly toolchain, `-Z build-std=core`, `--release`,
 //! `--cfg bpf_target_arch="<host arch>"`; in a target directory of its own,
 //! so it neither invalidates nor waits for the normal builds.
 
@@ -17,7 +17,7 @@ use crate::util::{cargo, describe, status_ok, workspace_root};
 
 const NIGHTLY: &str = "nightly";
 
-/// The bpf target of this host's byte order, as aya-build picks it.
+/// The bpf target of this host's byte order, as netpath/build.rs picks it.
 const BPF_TARGET: &str = if cfg!(target_endian = "big") {
     "bpfeb-unknown-none"
 } else {
@@ -60,7 +60,7 @@ fn bpf() -> Result<()> {
 }
 
 /// `rustup run nightly cargo clippy` for netpath-ebpf on the bpf target,
-/// with aya-build's flags (see the module doc).
+/// with netpath/build.rs's flags (see the module doc).
 fn bpf_command() -> Command {
     let mut cmd = Command::new("rustup");
     cmd.args(["run", NIGHTLY, "cargo", "clippy"])
@@ -70,15 +70,15 @@ fn bpf_command() -> Command {
         .arg(target_dir())
         .args(["--", "-D", "warnings"])
         .current_dir(workspace_root())
-        // aya-build passes the arch the programs are built for (the host's:
-        // it picks the pt_regs layout); aya-ebpf's build script would derive
-        // the same, but the flag keeps this run identical to the build.
+        // netpath/build.rs passes the arch the programs are built for (the
+        // host's: it picks the pt_regs layout); aya-ebpf's build script would
+        // derive the same, but the flag keeps this run identical to the build.
         .env(
             "CARGO_ENCODED_RUSTFLAGS",
             format!("--cfg=bpf_target_arch=\"{}\"", std::env::consts::ARCH),
         )
         // The outer (stable) cargo's compiler settings must not leak into
-        // the nightly run; aya-build removes the same.
+        // the nightly run; netpath/build.rs removes the same.
         .env_remove("RUSTFLAGS")
         .env_remove("RUSTC")
         .env_remove("RUSTC_WRAPPER")

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use netpath_common::Proto;
 
-use crate::config::{Accel, TimeoutSetting};
+use crate::config::{Accel, DEFAULT_INSTANCE, TimeoutSetting};
 
 /// Docker-style bridge networking for containers, with NAT, conntrack and
 /// forwarding in eBPF.
@@ -17,7 +17,7 @@ pub(super) struct Cli {
         long,
         global = true,
         env = "NETPATH_INSTANCE",
-        default_value = "default"
+        default_value = DEFAULT_INSTANCE
     )]
     pub instance: String,
     /// Print machine-readable JSON instead of text.
@@ -107,10 +107,12 @@ pub(super) struct UpArgs {
     /// Uplink interface [default: the interface of the default route].
     #[arg(long, value_name = "IF")]
     pub uplink: Option<String>,
-    /// Container subnet [default: 10.77.0.0/16]; the gateway is its first address.
+    /// Container subnet [default: 10.77.0.0/16]; the gateway is its first
+    /// address. Instances in one network namespace need subnets apart.
     #[arg(long, value_name = "CIDR")]
     pub subnet: Option<String>,
-    /// Bridge name [default: np0].
+    /// Bridge name [default: np0 for the default instance, npbr-INSTANCE
+    /// (shortened to 15 characters) for the others].
     #[arg(long, value_name = "NAME")]
     pub bridge: Option<String>,
     /// Where the uplink ingress translations run [default: tc].

@@ -148,7 +148,7 @@ pub fn main() -> ExitCode {
         }
     };
     // Must come before any thread or runtime exists: see its doc comment.
-    if let Err(e) = netns::join_parent_mount_namespace_if_private() {
+    if let Err(e) = netns::join_outer_mount_namespace_if_private() {
         eprintln!("error: {e}");
         return ExitCode::from(EXIT_FAILURE);
     }
