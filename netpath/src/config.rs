@@ -81,13 +81,14 @@ pub struct FlowLimits {
 impl FlowLimits {
     /// The limits for a table of `capacity` flows, as the datapath takes
     /// them (0: none). By default one container may fill half the table,
-    /// one outside source a sixteenth: generous for real clients, and no
-    /// single address can crowd everyone out. Floors keep small test tables
-    /// usable.
+    /// one outside source a quarter: generous for real clients (a busy one
+    /// opens tens of thousands of connections a second, each new flow
+    /// counting until the agent's next recount), and no single address can
+    /// crowd everyone out. Floors keep small test tables usable.
     pub fn resolved(self, capacity: u32) -> (u32, u32) {
         (
             self.per_container.unwrap_or((capacity / 2).max(1024)),
-            self.per_source.unwrap_or((capacity / 16).max(256)),
+            self.per_source.unwrap_or((capacity / 4).max(256)),
         )
     }
 }

@@ -5,7 +5,8 @@ use std::{io, net::Ipv4Addr};
 
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
 use netpath_common::{
-    Config, Endpoint, FlowEntry, FlowKey, PortKey, PortTarget, host::ip_to_wire, names, stat,
+    Config, Endpoint, FlowEntry, FlowKey, IPPROTO_TCP, PortKey, PortTarget, host::ip_to_wire,
+    names, stat, tcp_state,
 };
 
 use crate::directories::{Instance, NotUp};
@@ -206,7 +207,7 @@ impl Tables {
         }
     }
 
-    /// Writes the true number of flows per original source (what the
+    /// Writes the true number of open flows per original source (what the
     /// datapath's per-source and per-container limits count) from `flows`,
     /// the table as just read: the datapath only ever adds to these, so
     /// without a recount a source's count would never come down.
@@ -215,8 +216,16 @@ impl Tables {
         flows: &[(FlowKey, FlowEntry)],
     ) -> Result<(), TablesError> {
         let mut counts = std::collections::HashMap::<u32, u32>::new();
-        for (key, _) in flows {
-            *counts.entry(key.saddr).or_default() += 1;
+        // Finished connections don't count: they hold no peer's resources,
+        // and a full table gives them up first (early drop).
+        let finished = |key: &FlowKey, entry: &FlowEntry| {
+            key.proto == IPPROTO_TCP
+                && matches!(entry.tcp_state, tcp_state::TIME_WAIT | tcp_state::CLOSED)
+        };
+        for (key, entry) in flows {
+            if !finished(key, entry) {
+                *counts.entry(key.saddr).or_default() += 1;
+            }
         }
         let gone: Vec<u32> = self
             .flow_counts

@@ -132,7 +132,7 @@ pub(super) struct UpArgs {
     #[arg(long, value_name = "N")]
     pub max_flows_per_container: Option<u32>,
     /// Most flows one outside address may hold to published ports, 0 for
-    /// no limit [default: a sixteenth of the table, at least 256].
+    /// no limit [default: a quarter of the table, at least 256].
     #[arg(long, value_name = "N")]
     pub max_flows_per_source: Option<u32>,
     /// Port range masquerade and hairpin SNAT take ports from; reserved for
