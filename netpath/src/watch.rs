@@ -18,7 +18,7 @@ use tokio::{
 
 use crate::{
     directories::Instance,
-    flows::{FlowEventView, FlowFilter, monotonic_ns, realtime_ns},
+    flows::{FlowEventView, FlowFilter, monotonic_coarse_ns, monotonic_ns, realtime_ns},
     tables::TablesError,
 };
 
@@ -95,12 +95,16 @@ pub async fn watch(instance: &Instance, filter: &FlowFilter, json: bool) -> Resu
     let mut ring = readable(ring)?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    let since_ns = monotonic_ns();
+    // Events are stamped with the coarse clock where the kernel has it (a
+    // tick behind the fine one): "since" on the fine clock would skip an
+    // event of the next few milliseconds. The coarse clock is never ahead
+    // of either.
+    let since_ns = monotonic_coarse_ns();
     let printer = Printer {
         filter,
         json,
         since_ns,
-        wall_offset_ns: realtime_ns() - i128::from(since_ns),
+        wall_offset_ns: realtime_ns() - i128::from(monotonic_ns()),
     };
     // Skips the backlog; from here on every new event is ours to show.
     if !printer.drain(ring.get_mut())? {
