@@ -117,6 +117,17 @@ impl Lab {
         Ok(lab)
     }
 
+    /// The interfaces in H, by name (`ip -o link show`).
+    pub fn host_links(&self) -> Vec<String> {
+        let out = self.host.exec(&["ip", "-o", "link", "show"]);
+        out.expect_ok("listing links in H");
+        out.stdout
+            .lines()
+            .filter_map(|l| l.split(':').nth(1))
+            .map(|n| n.trim().split('@').next().unwrap_or("").to_owned())
+            .collect()
+    }
+
     /// The unique `--instance` name this lab gives netpath.
     pub fn instance(&self) -> &str {
         &self.instance

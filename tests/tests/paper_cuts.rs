@@ -111,17 +111,6 @@ impl Drop for NeighbourInstance<'_> {
     }
 }
 
-/// The interfaces in H, by name.
-fn host_links(lab: &Lab) -> Vec<String> {
-    let out = lab.host.exec(&["ip", "-o", "link", "show"]);
-    out.expect_ok("listing links in H");
-    out.stdout
-        .lines()
-        .filter_map(|l| l.split(':').nth(1))
-        .map(|n| n.trim().split('@').next().unwrap_or("").to_owned())
-        .collect()
-}
-
 #[test]
 fn two_instances_in_one_netns_come_up_with_their_own_bridges_and_subnets() {
     let lab = Lab::new();
@@ -143,7 +132,7 @@ fn two_instances_in_one_netns_come_up_with_their_own_bridges_and_subnets() {
         bridge.starts_with("npbr-") && bridge.len() <= 15,
         "derived bridge name: {bridge:?}"
     );
-    let links = host_links(&lab);
+    let links = lab.host_links();
     assert!(
         links.contains(&"np0".to_owned()) && links.contains(&bridge),
         "both bridges in H: {links:?}"
@@ -165,7 +154,7 @@ fn two_instances_in_one_netns_come_up_with_their_own_bridges_and_subnets() {
 fn an_instance_whose_subnet_overlaps_another_in_its_netns_is_refused_whole() {
     let lab = Lab::new();
     lab.up_ok(&[]);
-    let links_before = host_links(&lab);
+    let links_before = lab.host_links();
     for extra in [
         &[][..],
         &["--subnet", "10.77.128.0/17"],
@@ -185,7 +174,7 @@ fn an_instance_whose_subnet_overlaps_another_in_its_netns_is_refused_whole() {
         );
         Lab::assert_no_leftovers(&third.name);
         assert_eq!(
-            host_links(&lab),
+            lab.host_links(),
             links_before,
             "{extra:?} left interfaces behind"
         );

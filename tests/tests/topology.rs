@@ -29,17 +29,6 @@ fn listed_ip(lab: &Lab, name: &str) -> Option<String> {
         .and_then(|c| c["ip"].as_str().map(str::to_owned))
 }
 
-/// `ip -o link show` in H: the interface names.
-fn host_links(lab: &Lab) -> Vec<String> {
-    let out = lab.host.exec(&["ip", "-o", "link", "show"]);
-    out.expect_ok("listing links in H");
-    out.stdout
-        .lines()
-        .filter_map(|l| l.split(':').nth(1))
-        .map(|n| n.trim().split('@').next().unwrap_or("").to_owned())
-        .collect()
-}
-
 fn netns_exists(name: &str) -> bool {
     Path::new("/run/netns").join(format!("np-{name}")).exists()
 }
@@ -152,7 +141,7 @@ fn an_address_released_by_rm_is_reused() {
     lab.netpath(&["container", "rm", &a]).expect_ok("rm a");
     assert!(!netns_exists(&a), "rm removes the netns");
     assert!(
-        !host_links(&lab).contains(&format!("np-{a}")),
+        !lab.host_links().contains(&format!("np-{a}")),
         "rm removes the veth"
     );
 
@@ -204,7 +193,7 @@ fn mode_none_has_only_lo() {
     assert_eq!(names, ["lo"], "{links}");
     assert!(links.stdout.contains("UP"), "lo is up\n{links}");
     assert!(
-        !host_links(&lab).contains(&format!("np-{n}")),
+        !lab.host_links().contains(&format!("np-{n}")),
         "no veth for none"
     );
     assert_eq!(listed_ip(&lab, &n), None);
@@ -343,7 +332,7 @@ fn bad_input_fails_with_one_line_and_leaves_nothing() {
     expect_error(&lab.netpath(&not_a_cgroup), "cgroup v2");
     Lab::assert_no_leftovers(lab.instance());
     assert_eq!(
-        host_links(&lab),
+        lab.host_links(),
         ["lo", Lab::UPLINK],
         "failed ups left links"
     );
@@ -352,7 +341,7 @@ fn bad_input_fails_with_one_line_and_leaves_nothing() {
     let a = lab.container_name("a");
     lab.container_add_ok(&a, &["--ip", "10.77.0.9"]);
     let before = containers(&lab);
-    let links_before = host_links(&lab);
+    let links_before = lab.host_links();
 
     let x_ns = format!("container:{x}");
     let cases: Vec<(Vec<&str>, &str)> = vec![
@@ -423,7 +412,7 @@ fn bad_input_fails_with_one_line_and_leaves_nothing() {
         }
         assert!(!netns_exists(&x), "{args:?} left a netns");
         assert_eq!(containers(&lab), before, "{args:?} changed the state");
-        assert_eq!(host_links(&lab), links_before, "{args:?} changed H's links");
+        assert_eq!(lab.host_links(), links_before, "{args:?} changed H's links");
     }
 }
 
