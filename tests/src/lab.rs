@@ -170,10 +170,32 @@ impl Lab {
 
     /// `netpath up --detach --uplink up0 --cgroup <lab cgroup> EXTRA`.
     pub fn up(&self, extra: &[&str]) -> CmdOutput {
-        let cg = self.cgroup.path().to_string_lossy().into_owned();
-        let mut args = vec!["up", "--detach", "--uplink", Self::UPLINK, "--cgroup", &cg];
-        args.extend_from_slice(extra);
+        let args = self.up_args(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.netpath(&args)
+    }
+
+    /// The arguments of [`Lab::up`], for tests that run `up` their own way.
+    pub fn up_args(&self, extra: &[&str]) -> Vec<String> {
+        let cgroup = self.cgroup.path().to_string_lossy().into_owned();
+        [
+            "up",
+            "--detach",
+            "--uplink",
+            Self::UPLINK,
+            "--cgroup",
+            &cgroup,
+        ]
+        .iter()
+        .chain(extra)
+        .map(|a| (*a).to_owned())
+        .collect()
+    }
+
+    /// A datapath counter from `netpath stats`, if the netpath under test
+    /// has it.
+    pub fn counter(&self, name: &str) -> Option<u64> {
+        self.netpath_json(&["stats"])["counters"][name].as_u64()
     }
 
     /// `up` that must succeed. `up --detach` must also return with its

@@ -28,9 +28,7 @@ fn ip(s: &str) -> Ipv4Addr {
 /// A datapath counter; 0 where the netpath under test has no such counter
 /// (NETPATH_BIN may be an older netpath, to show an attack working there).
 fn counter(lab: &Lab, name: &str) -> u64 {
-    lab.netpath_json(&["stats"])["counters"][name]
-        .as_u64()
-        .unwrap_or(0)
+    lab.counter(name).unwrap_or(0)
 }
 
 /// Waits until counter `name` reaches `at_least` (the datapath counts in
@@ -365,17 +363,9 @@ fn another_netns_connecting_to_the_netns_probe_is_not_taken_for_the_host() {
     let lab = Lab::new();
     let impostor = Place::netns(lab.outside.name().to_string()).in_cgroup(lab.cgroup_path());
     let racing = ConnectLoop::start(impostor.clone(), PROBE_PORT);
-    let cgroup = lab.cgroup_path().to_string_lossy().into_owned();
     let mut up = lab.netpath_cmd();
     up.env("NETPATH_FORCE_NETNS_PROBE", PROBE_PORT.to_string())
-        .args([
-            "up",
-            "--detach",
-            "--uplink",
-            Lab::UPLINK,
-            "--cgroup",
-            &cgroup,
-        ]);
+        .args(lab.up_args(&[]));
     let out = run_timeout(&mut up, Duration::from_secs(120));
     assert!(
         out.success(),

@@ -97,8 +97,7 @@ fn kill_and_wait(pid: i32) {
 }
 
 fn counter(lab: &Lab, name: &str) -> u64 {
-    lab.netpath_json(&["stats"])["counters"][name]
-        .as_u64()
+    lab.counter(name)
         .unwrap_or_else(|| panic!("no counter {name}"))
 }
 

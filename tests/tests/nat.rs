@@ -105,8 +105,7 @@ fn a_servers_time_wait_tuple_is_not_handed_to_another_container() {
 }
 
 fn counter(lab: &Lab, name: &str) -> u64 {
-    lab.netpath_json(&["stats"])["counters"][name]
-        .as_u64()
+    lab.counter(name)
         .unwrap_or_else(|| panic!("no counter {name}"))
 }
 

@@ -44,18 +44,9 @@ fn netpath_under_wrapper(lab: &Lab, args: &[&str]) -> CmdOutput {
 #[test]
 fn up_and_down_work_under_ip_netns_exec_through_a_wrapper_process() {
     let lab = Lab::new();
-    let cgroup = lab.cgroup_path().to_string_lossy().into_owned();
-    let up = netpath_under_wrapper(
-        &lab,
-        &[
-            "up",
-            "--detach",
-            "--uplink",
-            Lab::UPLINK,
-            "--cgroup",
-            &cgroup,
-        ],
-    );
+    let up_args = lab.up_args(&[]);
+    let up_args: Vec<&str> = up_args.iter().map(String::as_str).collect();
+    let up = netpath_under_wrapper(&lab, &up_args);
     up.expect_ok("netpath up under ip netns exec and a wrapper");
     // The pins and the state are in the real mount namespace, where every
     // later command (here: the lab's, through nsenter) looks for them.
@@ -88,16 +79,8 @@ impl<'lab> NeighbourInstance<'lab> {
 
     /// `up --detach` on the lab's uplink and cgroup.
     fn up(&self, extra: &[&str]) -> CmdOutput {
-        let cgroup = self.lab.cgroup_path().to_string_lossy().into_owned();
-        let mut args = vec![
-            "up",
-            "--detach",
-            "--uplink",
-            Lab::UPLINK,
-            "--cgroup",
-            &cgroup,
-        ];
-        args.extend_from_slice(extra);
+        let args = self.lab.up_args(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.netpath(&args)
     }
 }
