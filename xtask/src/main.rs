@@ -1,18 +1,23 @@
-//! Developer tasks: `cargo xtask build | run | clippy | test | demo | bench | vm-test`.
+//! Developer tasks: `cargo xtask build | run | clippy | test | demo | bench | vm-test |
+//! install | tools`.
 
 mod bench;
 mod demo;
 mod lint;
+mod tools;
 mod util;
 mod vm;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
-use crate::util::{cargo, is_root, status_ok, workspace_root};
+use crate::{
+    tools::Task,
+    util::{cargo, is_root, status_ok, workspace_root},
+};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "netpath developer tasks")]
@@ -87,6 +92,19 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Build the release binary, then install it with its systemd unit,
+    /// shell completions and man pages (`netpath install`).
+    Install {
+        /// Installation prefix.
+        #[arg(long, default_value = "/usr/local")]
+        prefix: PathBuf,
+        /// Staging directory prepended to every path (for packaging).
+        #[arg(long)]
+        destdir: Option<PathBuf>,
+    },
+    /// The commands demo, test, bench and vm-test run, with their Debian
+    /// packages (what those tasks check, and install, before they start).
+    Tools,
 }
 
 fn main() -> ExitCode {
@@ -116,6 +134,7 @@ fn real_main() -> Result<ExitCode> {
             args,
         } => test(release, no_unit, no_lint, &args),
         Cmd::Demo { release } => {
+            tools::preflight(Task::Demo)?;
             require_root("demo")?;
             // NETPATH_BIN: demo a netpath built elsewhere (no build here).
             let bin = match std::env::var_os("NETPATH_BIN") {
@@ -131,6 +150,9 @@ fn real_main() -> Result<ExitCode> {
             modes,
             prog_cost_only,
         } => {
+            if !prog_cost_only {
+                tools::preflight(Task::Bench)?;
+            }
             require_root("bench")?;
             if prog_cost_only {
                 bench::run_prog_cost_only(quick)?;
@@ -140,7 +162,13 @@ fn real_main() -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::VmTest { kernel, args } => {
+            tools::preflight(Task::VmTest)?;
             vm::vm_test(&kernel, &args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Install { prefix, destdir } => install(&prefix, destdir.as_deref()),
+        Cmd::Tools => {
+            tools::print();
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -214,19 +242,20 @@ fn exit_code(status: std::process::ExitStatus) -> ExitCode {
 }
 
 fn test(release: bool, no_unit: bool, no_lint: bool, args: &[String]) -> Result<ExitCode> {
+    tools::preflight(Task::Test)?;
     require_root("test")?;
     // A lint failure is reported with the test results, not instead of them.
     let mut results = if no_lint { Vec::new() } else { lint::clippy() };
     let bin = build(release)?;
 
     if !no_unit {
-        println!("xtask: unit tests (cargo test -p netpath)");
+        println!("xtask: unit tests (cargo test -p netpath -p xtask)");
         let mut cmd = cargo();
-        cmd.args(["test", "-p", "netpath"]);
+        cmd.args(["test", "-p", "netpath", "-p", "xtask"]);
         if release {
             cmd.arg("--release");
         }
-        results.push(("unit (netpath)", status_ok(&mut cmd).is_ok()));
+        results.push(("unit (netpath, xtask)", status_ok(&mut cmd).is_ok()));
     }
 
     println!(
@@ -245,6 +274,18 @@ fn test(release: bool, no_unit: bool, no_lint: bool, args: &[String]) -> Result<
     results.push(("end-to-end (netpath-tests)", status_ok(&mut cmd).is_ok()));
 
     Ok(summary("test", &results))
+}
+
+/// `cargo xtask install`: the release build, installed by itself.
+fn install(prefix: &Path, destdir: Option<&Path>) -> Result<ExitCode> {
+    let bin = build(true)?;
+    let mut cmd = Command::new(&bin);
+    cmd.arg("install").arg("--prefix").arg(prefix);
+    if let Some(destdir) = destdir {
+        cmd.arg("--destdir").arg(destdir);
+    }
+    status_ok(&mut cmd)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Prints each step's outcome; failure if any step failed.

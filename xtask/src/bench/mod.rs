@@ -25,7 +25,7 @@ use modes::{Active, Mode, last_scale_port};
 use tools::{Iperf, iperf, wrk};
 use topo::{CLIENT_IP, HTTP_PORT, Lab, OUTSIDE_IPERF_PORT};
 
-use crate::util::{cargo, in_path};
+use crate::util::cargo;
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -111,7 +111,7 @@ impl Results {
 pub fn run(quick: bool, rounds: Option<usize>, only: &[String]) -> Result<()> {
     let plan = Plan::new(quick, rounds);
     let modes = Mode::select(only)?;
-    preflight()?;
+    ensure_run_netns()?;
     let (bin, object) = build_release()?;
     ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst))
         .context("installing the Ctrl-C handler")?;
@@ -303,27 +303,9 @@ fn measure_mode(
     Ok(())
 }
 
-fn preflight() -> Result<()> {
-    let missing: Vec<&str> = [
-        "ip",
-        "nsenter",
-        "wrk",
-        "nginx",
-        "iperf3",
-        "iptables",
-        "iptables-restore",
-        "nft",
-        "ethtool",
-    ]
-    .into_iter()
-    .filter(|t| !in_path(t))
-    .collect();
-    if !missing.is_empty() {
-        bail!(
-            "missing tools: {}; on Debian/Ubuntu: apt-get install -y wrk nginx-light iperf3 iptables nftables iproute2 util-linux ethtool",
-            missing.join(", ")
-        );
-    }
+/// `ip netns add` needs /run/netns (the tools were checked before the
+/// bench started, by `tools::preflight`).
+fn ensure_run_netns() -> Result<()> {
     if !Path::new("/run/netns").exists() {
         std::fs::create_dir_all("/run/netns").context("creating /run/netns")?;
     }

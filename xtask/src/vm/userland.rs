@@ -12,37 +12,10 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use super::{build::TestBinary, image::Image};
+use crate::tools;
 
 /// Bump when what `base_image` puts in changes, to rebuild cached bases.
 const BASE_FORMAT: u32 = 3;
-
-/// Tools the tests call by name. busybox's `ip` has no netns support, and
-/// its shell runs its own applets whatever PATH says, so these are the
-/// distribution's real binaries and no busybox link shadows them.
-const REQUIRED_TOOLS: &[&str] = &[
-    "/usr/sbin/ip",
-    "/usr/sbin/tc",
-    "/usr/sbin/bridge",
-    "/usr/bin/ss",
-    "/usr/bin/ping",
-    "/usr/bin/curl",
-    "/usr/bin/nsenter",
-    "/usr/bin/unshare",
-    "/usr/bin/setpriv",
-    "/usr/bin/dash",
-    "/usr/bin/bash",
-    "/usr/bin/python3",
-];
-/// Taken along when this machine has them.
-const OPTIONAL_TOOLS: &[&str] = &[
-    "/usr/bin/tcpdump",
-    "/usr/bin/socat",
-    "/usr/sbin/bpftool",
-    "/usr/sbin/iptables",
-    "/usr/sbin/iptables-save",
-    "/usr/sbin/ethtool",
-    "/usr/bin/strace",
-];
 
 /// Parts of python's stdlib that no test server needs (about 35 of 54 MB).
 const PYTHON_SKIP: &[&str] = &[
@@ -91,9 +64,8 @@ fn busybox() -> Result<PathBuf> {
 /// mtimes decide whether a cached base is still right.
 pub fn base_fingerprint() -> Result<String> {
     let mut fp = format!("format {BASE_FORMAT}\n");
-    let tools = REQUIRED_TOOLS
-        .iter()
-        .chain(OPTIONAL_TOOLS)
+    let tools = tools::vm_paths(true)
+        .chain(tools::vm_paths(false))
         .map(PathBuf::from);
     for p in tools.chain([busybox()?, python_lib()?]) {
         if let Ok(m) = fs::metadata(&p) {
@@ -148,11 +120,12 @@ pub fn base_image() -> Result<Image> {
         }
     }
 
-    for tool in REQUIRED_TOOLS {
+    // The distribution's tools at their paths (see `tools::InVm`).
+    for tool in tools::vm_paths(true) {
         img.host_binary(Path::new(tool))
             .with_context(|| format!("{tool} is needed in the VM image: install it"))?;
     }
-    for tool in OPTIONAL_TOOLS.iter().filter(|t| Path::new(t).exists()) {
+    for tool in tools::vm_paths(false).filter(|t| Path::new(t).exists()) {
         img.host_binary(Path::new(tool))?;
     }
     // dash as /bin/sh: `sh -c "ip ..."` from a test then runs the real ip.
