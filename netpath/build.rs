@@ -28,6 +28,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const EBPF_PACKAGE: &str = "netpath-ebpf";
 
 fn main() -> Result<()> {
+    embed_git_commit();
     ensure_rust_src()?;
     ensure_bpf_linker()?;
     let ebpf_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../netpath-ebpf");
@@ -38,6 +39,38 @@ fn main() -> Result<()> {
     println!("cargo:rerun-if-changed={}", common_dir.display());
     build_ebpf()
         .context("building the eBPF programs (netpath-ebpf) failed; the lines above say why")
+}
+
+/// `NETPATH_GIT_COMMIT` for `netpath --version`: the commit of the checkout
+/// being built, "unknown" outside a git checkout (a source tarball).
+fn embed_git_commit() {
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        let text = String::from_utf8(out.stdout).ok()?;
+        (out.status.success() && !text.trim().is_empty()).then(|| text.trim().to_owned())
+    };
+    let commit = git(&["rev-parse", "--short=12", "HEAD"]);
+    println!(
+        "cargo:rustc-env=NETPATH_GIT_COMMIT={}",
+        commit.as_deref().unwrap_or("unknown")
+    );
+    // Rebuilt when HEAD moves: a checkout (HEAD) or a commit (the branch's
+    // ref, loose or packed; in a worktree HEAD is its own, refs are shared).
+    if let (Some(git_dir), Some(common_dir)) = (
+        git(&["rev-parse", "--absolute-git-dir"]),
+        git(&["rev-parse", "--path-format=absolute", "--git-common-dir"]),
+    ) {
+        println!("cargo:rerun-if-changed={git_dir}/HEAD");
+        println!("cargo:rerun-if-changed={common_dir}/packed-refs");
+        if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
+            println!("cargo:rerun-if-changed={common_dir}/{branch}");
+        }
+    }
 }
 
 /// `rustup run nightly cargo build` of netpath-ebpf for the bpf target, as

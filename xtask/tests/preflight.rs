@@ -28,10 +28,8 @@ impl TempDir {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
-        let dir = std::env::temp_dir().join(format!(
-            "xtask-preflight-{}-{nanos}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("xtask-preflight-{}-{nanos}", std::process::id()));
         fs::create_dir_all(&dir).expect("creating a temp dir");
         Self(dir)
     }
@@ -64,7 +62,10 @@ fn tools_of(task: &str) -> Vec<String> {
 fn test_stops_at_once_with_one_line_naming_the_missing_command_and_its_package() {
     let tools = tools_of("test");
     for expected in ["ping", "promtool", "prometheus", "systemd-analyze", "ip"] {
-        assert!(tools.iter().any(|t| t == expected), "{expected} in {tools:?}");
+        assert!(
+            tools.iter().any(|t| t == expected),
+            "{expected} in {tools:?}"
+        );
     }
     // Every tool of the task but ping, as a stand-in that does nothing.
     let bin = TempDir::new();

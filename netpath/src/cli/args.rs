@@ -1,16 +1,27 @@
 //! The command line as clap parses it. Doc comments here are the `--help`
 //! text.
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, sync::LazyLock};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use netpath_common::Proto;
+use netpath_common::{LAYOUT_VERSION, Proto};
 
 use crate::config::{Accel, DEFAULT_INSTANCE, TimeoutSetting};
+
+/// `netpath --version`: the release, the commit it was built from and the
+/// layout of its pinned maps (a datapath pinned by another layout is not
+/// adopted).
+static VERSION: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{} (commit {}, map layout {LAYOUT_VERSION})",
+        env!("CARGO_PKG_VERSION"),
+        env!("NETPATH_GIT_COMMIT")
+    )
+});
 
 /// Docker-style bridge networking for containers, with NAT, conntrack and
 /// forwarding in eBPF.
 #[derive(Debug, Parser)]
-#[command(name = "netpath", version)]
+#[command(name = "netpath", version = VERSION.as_str())]
 pub(super) struct Cli {
     /// Instance to act on; everything of one netpath lives under its name.
     #[arg(
@@ -47,6 +58,21 @@ pub(super) enum Command {
     Flows(FlowsArgs),
     /// Show the datapath's verdict and drop counters.
     Stats,
+    /// Install this binary, the systemd unit netpath@.service, shell
+    /// completions (bash, zsh, fish) and man pages.
+    Install(InstallArgs),
+}
+
+#[derive(Debug, Args)]
+pub(super) struct InstallArgs {
+    /// Installation prefix: PREFIX/bin/netpath, PREFIX/lib/systemd/system,
+    /// PREFIX/share/{bash-completion,zsh,fish,man}.
+    #[arg(long, default_value = "/usr/local")]
+    pub prefix: PathBuf,
+    /// Staging directory prepended to every path written (packaging); the
+    /// unit still names PREFIX/bin/netpath.
+    #[arg(long)]
+    pub destdir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

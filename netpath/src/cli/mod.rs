@@ -7,6 +7,7 @@ mod container;
 mod down;
 mod exec;
 mod flows;
+mod install;
 mod output;
 mod publish;
 mod stats;
@@ -60,6 +61,11 @@ pub enum CliError {
     Tables(#[from] TablesError),
     #[error(transparent)]
     Watch(#[from] WatchError),
+    #[error("cannot install {}: {source}", path.display())]
+    Install {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 type Result<T> = std::result::Result<T, CliError>;
@@ -77,6 +83,7 @@ impl Command {
         !matches!(
             self,
             Command::Status
+                | Command::Install(_)
                 | Command::Container(ContainerCommand::Ls)
                 | Command::Publish(PublishCommand::Ls)
         )
@@ -98,6 +105,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Publish(command) => publish::run(instance, command, out),
         Command::Flows(args) => flows::run(instance, args, out),
         Command::Stats => stats::run(instance, out),
+        Command::Install(args) => install::run(&args, out),
     }
 }
 
