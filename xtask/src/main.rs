@@ -93,7 +93,8 @@ enum Cmd {
         args: Vec<String>,
     },
     /// Build the release binary, then install it with its systemd unit,
-    /// shell completions and man pages (`netpath install`).
+    /// shell completions and man pages (`netpath install`). Installs
+    /// $NETPATH_BIN instead of building when set.
     Install {
         /// Installation prefix.
         #[arg(long, default_value = "/usr/local")]
@@ -136,12 +137,7 @@ fn real_main() -> Result<ExitCode> {
         Cmd::Demo { release } => {
             tools::preflight(Task::Demo)?;
             require_root("demo")?;
-            // NETPATH_BIN: demo a netpath built elsewhere (no build here).
-            let bin = match std::env::var_os("NETPATH_BIN") {
-                Some(p) => PathBuf::from(p),
-                None => build(release)?,
-            };
-            demo::run(&bin)?;
+            demo::run(&netpath_bin_or_build(release)?)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Bench {
@@ -276,9 +272,18 @@ fn test(release: bool, no_unit: bool, no_lint: bool, args: &[String]) -> Result<
     Ok(summary("test", &results))
 }
 
-/// `cargo xtask install`: the release build, installed by itself.
+/// `$NETPATH_BIN`, a netpath built elsewhere (no build here), or the build.
+fn netpath_bin_or_build(release: bool) -> Result<PathBuf> {
+    match std::env::var_os("NETPATH_BIN") {
+        Some(p) => Ok(PathBuf::from(p)),
+        None => build(release),
+    }
+}
+
+/// `cargo xtask install`: the release build (or `$NETPATH_BIN`), installed
+/// by itself (`netpath install`).
 fn install(prefix: &Path, destdir: Option<&Path>) -> Result<ExitCode> {
-    let bin = build(true)?;
+    let bin = netpath_bin_or_build(true)?;
     let mut cmd = Command::new(&bin);
     cmd.arg("install").arg("--prefix").arg(prefix);
     if let Some(destdir) = destdir {
