@@ -291,7 +291,13 @@ fn up_after_the_agent_died_adopts_the_instance() {
     // SAFETY: kill has no memory preconditions; pid is our test's agent.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
     assert!(wait_for_exit(pid, Duration::from_secs(5)));
-    assert_eq!(lab.netpath_json(&["status"])["agent_alive"], false);
+    let status = lab.status();
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "a dead agent is unhealthy\n{status}"
+    );
+    assert_eq!(status.json()["agent_alive"], false);
 
     lab.up_ok(&[]);
     assert_eq!(lab.netpath_json(&["status"])["agent_alive"], true);

@@ -60,6 +60,9 @@ pub enum CliError {
     Tables(#[from] TablesError),
     #[error(transparent)]
     Watch(#[from] WatchError),
+    /// `status` found something wrong (printed after the status itself).
+    #[error("instance {instance} is unhealthy: {problems}")]
+    Unhealthy { instance: String, problems: String },
 }
 
 type Result<T> = std::result::Result<T, CliError>;
@@ -72,13 +75,12 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 impl Command {
-    /// Everything but reading the state changes namespaces, links or /run.
+    /// Everything but reading the state changes namespaces, links or /run
+    /// (`status` reads bpffs and asks the kernel about the programs).
     fn needs_root(&self) -> bool {
         !matches!(
             self,
-            Command::Status
-                | Command::Container(ContainerCommand::Ls)
-                | Command::Publish(PublishCommand::Ls)
+            Command::Container(ContainerCommand::Ls) | Command::Publish(PublishCommand::Ls)
         )
     }
 }
