@@ -375,10 +375,15 @@ fn poll_status(lab: &Lab, what: &str, done: impl Fn(&CmdOutput) -> bool) -> CmdO
     }
 }
 
-#[test]
-fn status_is_healthy_after_up_and_names_a_detached_program_or_a_lost_map_pin() {
+netpath_tests::with_each_accel!(
+    status_is_healthy_after_up_and_names_a_detached_program_or_a_lost_map_pin
+);
+
+/// With `--accel xdp` the XDP programs on the uplink and on the containers'
+/// `eth0` are among the hooks checked.
+fn status_is_healthy_after_up_and_names_a_detached_program_or_a_lost_map_pin(accel: &str) {
     let lab = Lab::new();
-    lab.up_ok(&[]);
+    lab.up_ok(&["--accel", accel]);
     let a = lab.container_name("a");
     lab.container_add_ok(&a, &[]);
     let status = lab.status();

@@ -110,7 +110,7 @@ fn describe(expected: &Expected<'_>, hook: &Hook<'_>) -> String {
     match hook {
         Hook::Tc(ifname, direction) => format!("tc {} of {ifname}", direction.name()),
         Hook::XdpUplink(ifname) => format!("xdp of {ifname}"),
-        Hook::XdpContainer(veth) => format!("xdp of {CONTAINER_IFNAME} (peer of {veth})"),
+        Hook::XdpContainer(veth) => format!("xdp of the {CONTAINER_IFNAME} behind {veth}"),
         Hook::Cgroup(program) => format!(
             "cgroup {} of {}",
             program.trim_start_matches("sock_"),
