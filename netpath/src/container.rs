@@ -8,7 +8,10 @@
 //! Removing a container that others share (`--mode container:NAME`) is
 //! refused: the dependents would silently lose their network, so they must be
 //! removed first. `down` removes everything, dependents included.
-use std::{convert::Infallible, net::Ipv4Addr, os::unix::process::CommandExt, path::PathBuf};
+use std::{
+    convert::Infallible, net::Ipv4Addr, os::unix::process::CommandExt, path::PathBuf,
+    time::Duration,
+};
 
 use rtnetlink::Handle;
 
@@ -17,6 +20,7 @@ use crate::{
     directories::Instance,
     ipam::{self, IpamError},
     netns::{self, NetnsError, NetnsGuard},
+    netns_processes,
     publish::{self, PublishError},
     rollback::Rollback,
     state::{self, ContainerRecord, InstanceLock, Mode, State, StateError},
@@ -199,6 +203,24 @@ fn teardown_steps(record: &ContainerRecord) -> Vec<Undo> {
         }
     }
     steps
+}
+
+/// Stops the processes in the network namespaces of `records` (those with
+/// one of their own: a `host` container's processes are the host's, a
+/// `container:OTHER` one's are OTHER's), all in one grace period.
+pub fn stop_processes(records: &[ContainerRecord], grace: Duration) {
+    let paths: Vec<PathBuf> = records
+        .iter()
+        .filter_map(|record| record.netns.as_deref())
+        .map(netns::named_netns_path)
+        .collect();
+    let paths: Vec<&std::path::Path> = paths.iter().map(PathBuf::as_path).collect();
+    let stuck = netns_processes::stop(&paths, grace);
+    if !stuck.is_empty() {
+        log::warn!(
+            "processes {stuck:?} would not die: their network namespaces stay until they do"
+        );
+    }
 }
 
 /// Takes a recorded container apart (datapath endpoint, veth, netns).
@@ -409,7 +431,9 @@ fn use_snat_ports_for_ephemeral(netns_path: &std::path::Path, state: &State) -> 
 }
 
 /// `netpath container rm`.
-pub fn remove(instance: &Instance, name: &str) -> Result<()> {
+/// `container rm`: stops the processes in the container's netns (SIGTERM,
+/// up to `grace`, SIGKILL), then tears its network down.
+pub fn remove(instance: &Instance, name: &str, grace: Duration) -> Result<()> {
     let (_lock, mut state) = lock_and_load(instance)?;
     let record = state
         .containers
@@ -436,6 +460,7 @@ pub fn remove(instance: &Instance, name: &str) -> Result<()> {
     if let (Mode::Bridge, Some(ip), Some(tables)) = (&record.mode, record.ip, tables.as_mut()) {
         publish::remove_for_ip_locked(tables, ip)?;
     }
+    stop_processes(std::slice::from_ref(record), grace);
     teardown(instance, tables.as_mut(), record)?;
     state.containers.remove(name);
     match &tables {

@@ -188,8 +188,9 @@ pub fn start_detached(instance: &Instance) -> Result<u32> {
     ))
 }
 
-/// Set in the environment of an agent the supervisor starts again: it must
-/// adopt the instance, never build a new one (`down` may be removing it).
+/// Set in the environment of an agent the supervisor starts again, to the
+/// number of restarts so far: it must adopt the instance, never build a new
+/// one (`down` may be removing it), and it records the count for `status`.
 const RESTART_ENV: &str = "NETPATH_RESTART";
 /// Wait before starting a dead agent again: doubles up to the maximum, back
 /// to the minimum once an agent ran for `STABLE_RUN`.
@@ -197,9 +198,18 @@ const RESTART_BACKOFF_MIN: Duration = Duration::from_secs(1);
 const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(30);
 const STABLE_RUN: Duration = Duration::from_secs(60);
 
+/// How many times the supervisor restarted the agent before this one (0 for
+/// an agent it did not restart).
+pub fn restart_count() -> u32 {
+    std::env::var(RESTART_ENV)
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Whether this agent was started again by its supervisor.
 pub fn is_restart() -> bool {
-    std::env::var_os(RESTART_ENV).is_some()
+    restart_count() > 0
 }
 
 /// A line from the supervisor in the agent log.
@@ -210,7 +220,7 @@ fn supervisor_log(instance: &Instance, line: &str) {
 }
 
 /// An agent process with its readiness report.
-fn spawn_agent(output: OwnedFd, restart: bool) -> io::Result<(Child, Vec<u8>)> {
+fn spawn_agent(output: OwnedFd, restarts: u32) -> io::Result<(Child, Vec<u8>)> {
     let (read_end, write_end): (OwnedFd, OwnedFd) = pipe2(OFlag::O_CLOEXEC)?;
     let exe = std::env::current_exe()?;
     let args = std::env::args_os().skip(1).filter(|arg| arg != "--detach");
@@ -222,8 +232,8 @@ fn spawn_agent(output: OwnedFd, restart: bool) -> io::Result<(Child, Vec<u8>)> {
         .stdin(Stdio::null())
         .stdout(output.try_clone()?)
         .stderr(output);
-    if restart {
-        command.env(RESTART_ENV, "1");
+    if restarts > 0 {
+        command.env(RESTART_ENV, restarts.to_string());
     }
     // SAFETY: between fork and exec only fcntl is called, on no memory but
     // the fd number copied in.
@@ -265,8 +275,13 @@ fn supervise(instance: &Instance, report: OwnedFd, early: OwnedFd) -> i32 {
     let mut report = Some(File::from(report));
     let mut early = Some(early);
     let mut backoff = RESTART_BACKOFF_MIN;
+    // Agents started after the first, counting failed starts.
+    let mut restarts = 0;
     loop {
         let restart = report.is_none();
+        if restart {
+            restarts += 1;
+        }
         let output = match early.take() {
             Some(fd) => Ok(fd),
             None => File::options()
@@ -274,7 +289,7 @@ fn supervise(instance: &Instance, report: OwnedFd, early: OwnedFd) -> i32 {
                 .open(instance.log_file())
                 .map(OwnedFd::from),
         };
-        let started = output.and_then(|output| spawn_agent(output, restart));
+        let started = output.and_then(|output| spawn_agent(output, restarts));
         let first_start = report.take();
         let (mut child, first_start) = match (started, first_start) {
             (Ok((child, ready)), first) if ready.starts_with(READY) => (child, first),

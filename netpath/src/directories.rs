@@ -99,6 +99,11 @@ impl Instance {
         self.run_dir.join("agent.pid")
     }
 
+    /// The agent's start time and restart count (`state::AgentRecord`).
+    pub fn agent_file(&self) -> PathBuf {
+        self.run_dir.join("agent.json")
+    }
+
     /// The log of an agent started with `up --detach`.
     pub fn log_file(&self) -> PathBuf {
         self.run_dir.join("agent.log")

@@ -19,6 +19,7 @@ pub mod ipam;
 pub mod lifecycle;
 pub mod metrics;
 pub mod netns;
+pub mod netns_processes;
 pub mod publish;
 pub mod rollback;
 pub mod state;

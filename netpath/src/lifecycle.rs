@@ -24,6 +24,7 @@ use crate::{
     host::{self, HostError},
     ipam::{self, IpamError},
     netns::{self, NetnsError},
+    netns_processes,
     rollback::Rollback,
     state::{self, InstanceLock, State, StateError},
     tables::Tables,
@@ -265,7 +266,14 @@ async fn start(
     }
     let datapath = Datapath::load_or_adopt(instance, &datapath_config(&state)?)?;
     let pid = std::process::id();
-    state::write_pid(instance, pid)?;
+    state::write_agent(
+        instance,
+        &state::AgentRecord {
+            pid,
+            started_at: jiff::Timestamp::now().as_second(),
+            restarts: daemon::restart_count(),
+        },
+    )?;
     rollback.commit();
 
     print_up_summary(&state, pid, json);
@@ -563,6 +571,8 @@ pub fn down(instance: &Instance) -> Result<bool> {
     let mut tables = Tables::open(instance).ok();
     let mut first_error: Option<InstanceError> = None;
     if let Some(state) = &state {
+        let records: Vec<_> = state.containers.values().cloned().collect();
+        container::stop_processes(&records, netns_processes::DEFAULT_GRACE);
         for record in state.containers.values() {
             if let Err(e) = container::teardown(instance, tables.as_mut(), record) {
                 first_error.get_or_insert(e.into());
@@ -614,16 +624,45 @@ pub struct StatusView {
     pub cgroup: PathBuf,
     pub agent_pid: Option<u32>,
     pub agent_alive: bool,
+    /// When the running agent started (RFC 3339, UTC).
+    pub agent_started_at: Option<String>,
+    /// How many times the supervisor of `up --detach` restarted the agent.
+    pub agent_restarts: u32,
     pub pin_dir: PathBuf,
     /// Which program sits on which hook.
     pub attachments: Vec<datapath::Attachment>,
     pub containers: Vec<ContainerView>,
+    /// The agent runs and the datapath is whole: nothing in `problems`.
+    pub healthy: bool,
+    /// What is wrong, one line each.
+    pub problems: Vec<String>,
 }
 
-/// `netpath status`.
-pub fn status(instance: &Instance) -> Result<StatusView> {
+/// `netpath status`: the instance, and whether it is healthy: its agent
+/// alive, every map pinned and every program on its hook.
+pub async fn status(instance: &Instance) -> Result<StatusView> {
     let state = state::load_required(instance)?;
     let agent_pid = state::read_pid(instance);
+    let agent_alive = agent_pid.is_some_and(state::process_alive);
+    let agent = state::read_agent(instance);
+    let mut problems = Vec::new();
+    match (agent_pid, agent_alive) {
+        (_, true) => {}
+        (Some(pid), false) => problems.push(format!("the agent (pid {pid}) is not running")),
+        (None, false) => problems.push("the agent is not running".to_owned()),
+    }
+    let expected = datapath::Expected {
+        uplink: &state.uplink,
+        cgroup: &state.cgroup,
+        container_veths: state
+            .containers
+            .values()
+            .filter(|record| record.ip.is_some())
+            .filter_map(|record| record.host_veth.as_deref())
+            .collect(),
+    };
+    let host = topology::connect()?;
+    problems.extend(datapath::problems(instance, &host, &expected).await);
     Ok(StatusView {
         instance: state.instance.clone(),
         uplink: state.uplink.clone(),
@@ -634,7 +673,13 @@ pub fn status(instance: &Instance) -> Result<StatusView> {
         accel: state.accel,
         cgroup: state.cgroup.clone(),
         agent_pid,
-        agent_alive: agent_pid.is_some_and(state::process_alive),
+        agent_alive,
+        agent_started_at: agent.as_ref().filter(|_| agent_alive).and_then(|a| {
+            jiff::Timestamp::from_second(a.started_at)
+                .ok()
+                .map(|t| t.to_string())
+        }),
+        agent_restarts: agent.map_or(0, |a| a.restarts),
         pin_dir: instance.pin_root().to_owned(),
         attachments: datapath::attachments(instance, &state.uplink),
         containers: state
@@ -642,6 +687,8 @@ pub fn status(instance: &Instance) -> Result<StatusView> {
             .keys()
             .map(|name| container::view(&state, name))
             .collect(),
+        healthy: problems.is_empty(),
+        problems,
     })
 }
 

@@ -1,5 +1,5 @@
 //! The instance's state file, `/run/netpath/<instance>/state.json`, its lock
-//! and the agent's pid file. Every mutating command holds the lock for its
+//! and the agent's pid file and record. Every mutating command holds the lock for its
 //! whole read-modify-write, and the file is replaced atomically, so parallel
 //! commands see each other's changes and a crash never leaves half a file.
 use std::{
@@ -278,15 +278,40 @@ pub fn save(instance: &Instance, state: &State) -> Result<()> {
     write_atomically(&path, &json)
 }
 
-/// Writes the agent's pid file.
-pub fn write_pid(instance: &Instance, pid: u32) -> Result<()> {
-    write_atomically(&instance.pid_file(), format!("{pid}\n").as_bytes())
+/// The running agent as it recorded itself, for `status`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AgentRecord {
+    pub pid: u32,
+    /// When it started, in seconds since the Unix epoch.
+    pub started_at: i64,
+    /// How many times the supervisor of `up --detach` started an agent again
+    /// before this one.
+    pub restarts: u32,
 }
 
-/// Removes the agent's pid file if it still names `pid`.
+/// Writes the agent's record, then its pid file (which says the agent runs).
+pub fn write_agent(instance: &Instance, record: &AgentRecord) -> Result<()> {
+    let path = instance.agent_file();
+    let json = serde_json::to_vec(record).map_err(|source| StateError::Corrupt {
+        path: path.clone(),
+        source,
+    })?;
+    write_atomically(&path, &json)?;
+    write_atomically(&instance.pid_file(), format!("{}\n", record.pid).as_bytes())
+}
+
+/// The agent's record, if it is the one of the agent the pid file names.
+pub fn read_agent(instance: &Instance) -> Option<AgentRecord> {
+    let text = std::fs::read_to_string(instance.agent_file()).ok()?;
+    let record: AgentRecord = serde_json::from_str(&text).ok()?;
+    (read_pid(instance) == Some(record.pid)).then_some(record)
+}
+
+/// Removes the agent's pid file and record if they still name `pid`.
 pub fn remove_pid_if_ours(instance: &Instance, pid: u32) {
     if read_pid(instance) == Some(pid) {
         let _ = std::fs::remove_file(instance.pid_file());
+        let _ = std::fs::remove_file(instance.agent_file());
     }
 }
 

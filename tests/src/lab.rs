@@ -168,6 +168,12 @@ impl Lab {
         out.json()
     }
 
+    /// `netpath --json status`, whatever its exit status (1 when the
+    /// instance is unhealthy, with the JSON on stdout all the same).
+    pub fn status(&self) -> CmdOutput {
+        self.netpath(&["--json", "status"])
+    }
+
     /// `netpath up --detach --uplink up0 --cgroup <lab cgroup> EXTRA`.
     pub fn up(&self, extra: &[&str]) -> CmdOutput {
         let args = self.up_args(extra);

@@ -270,7 +270,8 @@ fn a_killed_detached_agent_is_started_again_and_its_flows_stay() {
     assert_eq!(unsafe { libc::kill(first, libc::SIGKILL) }, 0);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let status = lab.netpath_json(&["status"]);
+        // Unhealthy (exit 1) until the agent runs again.
+        let status = lab.status().json();
         let pid = status["agent_pid"].as_i64();
         if status["agent_alive"] == true && pid.is_some_and(|p| p != i64::from(first)) {
             break;

@@ -1,14 +1,16 @@
-//! The datapath's life outside the agent: restarts that keep every connection,
-//! pins of another version refused, full tables and exhausted SNAT ranges that
+//! The datapath's life outside the agent: restarts that keep every connection
+//! (by hand and by the supervisor), `status` as a health check, pins of
+//! another version refused, full tables and exhausted SNAT ranges that
 //! drop and count instead of breaking, concurrent CLI calls, bpftool views.
 use std::{
     io::{BufRead, BufReader, Write},
+    path::Path,
     process::{Child, ChildStdin, ChildStdout, Stdio},
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use netpath_tests::{Lab, Place, Server, udp_request_from};
+use netpath_tests::{CmdOutput, Lab, Place, Server, udp_request_from};
 
 /// A long-lived TCP connection to a `Server::tcp_echo`, driven line by line.
 struct Stream {
@@ -339,10 +341,10 @@ fn tcp_states_are_tracked_and_the_agent_collects_expired_flows() {
             .len()
     };
     assert_eq!(udp_flows(&lab), 1);
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(20);
     while udp_flows(&lab) != 0 {
         assert!(
-            std::time::Instant::now() < deadline,
+            Instant::now() < deadline,
             "GC did not remove an expired UDP flow"
         );
         thread::sleep(Duration::from_millis(200));
@@ -352,4 +354,121 @@ fn tcp_states_are_tracked_and_the_agent_collects_expired_flows() {
         !bad.success() && bad.stderr.contains("--ct-timeout"),
         "{bad}"
     );
+}
+
+/// `netpath --json status` until `done` holds for its output, or panics
+/// after 20 s showing the last one.
+#[track_caller]
+fn poll_status(lab: &Lab, what: &str, done: impl Fn(&CmdOutput) -> bool) -> CmdOutput {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = lab.status();
+        if done(&status) {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not seen in 20 s\n{status}\n--- agent log\n{}",
+            lab.agent_log()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+netpath_tests::with_each_accel!(
+    status_is_healthy_after_up_and_names_a_detached_program_or_a_lost_map_pin
+);
+
+/// With `--accel xdp` the XDP programs on the uplink and on the containers'
+/// `eth0` are among the hooks checked.
+fn status_is_healthy_after_up_and_names_a_detached_program_or_a_lost_map_pin(accel: &str) {
+    let lab = Lab::new();
+    lab.up_ok(&["--accel", accel]);
+    let a = lab.container_name("a");
+    lab.container_add_ok(&a, &[]);
+    let status = lab.status();
+    status.expect_ok("status of a healthy instance");
+    let view = status.json();
+    assert_eq!(view["healthy"], true, "{view}");
+    assert_eq!(view["problems"], serde_json::json!([]), "{view}");
+    assert_eq!(view["agent_restarts"], 0, "{view}");
+    assert!(view["agent_started_at"].is_string(), "{view}");
+
+    // Take the container's program off its veth, as an admin's slip would:
+    // its pinned link where TC has links (tcx), else its clsact filter.
+    let veth = format!("np-{a}");
+    let pins = format!(
+        "/sys/fs/bpf/netpath/{}/v{}",
+        lab.instance(),
+        netpath_common::LAYOUT_VERSION
+    );
+    let link = format!("{pins}/link_tc_{veth}_ingress");
+    if Path::new(&link).exists() {
+        std::fs::remove_file(&link).expect("removing the veth's link pin");
+    } else {
+        lab.host
+            .exec(&["tc", "filter", "del", "dev", &veth, "ingress"])
+            .expect_ok("deleting the veth's clsact filter");
+    }
+    let status = lab.status();
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "a detached program: unhealthy\n{status}"
+    );
+    let reason = status.stderr.trim();
+    assert!(
+        !reason.contains('\n')
+            && reason.contains("unhealthy")
+            && reason.contains(&format!(
+                "from_container is not attached (tc ingress of {veth})"
+            )),
+        "one line naming the program and its hook\n{status}"
+    );
+    assert_eq!(status.json()["healthy"], false);
+
+    std::fs::remove_file(format!("{pins}/FLOW_COUNTS")).expect("removing a map pin");
+    let status = lab.status();
+    assert_eq!(status.code(), Some(1), "{status}");
+    let problems = status.json()["problems"].clone();
+    assert_eq!(problems.as_array().map(Vec::len), Some(2), "{problems}");
+    assert!(
+        problems[0]
+            .as_str()
+            .is_some_and(|p| p.starts_with("map FLOW_COUNTS is not pinned")),
+        "{problems}"
+    );
+    lab.down().expect_ok("down of a damaged instance");
+    lab.assert_clean();
+}
+
+#[test]
+fn the_supervisor_restarts_a_killed_agent_status_counts_it_and_connections_stay() {
+    let lab = Lab::new();
+    lab.up_ok(&[]);
+    let a = lab.container_name("a");
+    lab.container_add_ok(&a, &[]);
+    let server = Server::tcp_echo(&lab.outside, "0.0.0.0", 0);
+    let mut stream = Stream::connect(lab.container(&a), Lab::OUTSIDE_IP, server.port());
+    assert_eq!(stream.roundtrip("before"), "before");
+    let first = agent_pid(&lab);
+
+    kill_and_wait(first);
+    let status = poll_status(&lab, "the agent started again, healthy", |status| {
+        let view = status.json();
+        status.success()
+            && view["agent_restarts"] == 1
+            && view["agent_pid"]
+                .as_i64()
+                .is_some_and(|pid| pid != i64::from(first))
+    });
+    let view = status.json();
+    assert_eq!(view["healthy"], true, "{view}");
+    assert!(view["agent_started_at"].is_string(), "{view}");
+    assert_eq!(
+        stream.roundtrip("after"),
+        "after",
+        "the connection survives"
+    );
+    assert_eq!(server.clients().len(), 1, "the very same connection");
 }

@@ -5,8 +5,9 @@
 //! container names), so they run in parallel; the lab's `Drop` cleans up
 //! after a failing test.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use netpath_tests::{CmdOutput, Lab, Place, ping, ping_ok, run};
 use serde_json::Value;
@@ -291,7 +292,13 @@ fn up_after_the_agent_died_adopts_the_instance() {
     // SAFETY: kill has no memory preconditions; pid is our test's agent.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
     assert!(wait_for_exit(pid, Duration::from_secs(5)));
-    assert_eq!(lab.netpath_json(&["status"])["agent_alive"], false);
+    let status = lab.status();
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "a dead agent is unhealthy\n{status}"
+    );
+    assert_eq!(status.json()["agent_alive"], false);
 
     lab.up_ok(&[]);
     assert_eq!(lab.netpath_json(&["status"])["agent_alive"], true);
@@ -453,4 +460,143 @@ fn container_netns_survives_ip_netns_exec() {
     run(&mut cmd).expect_ok("container add through ip netns exec");
     assert!(netns_exists(&a), "the netns handle is visible outside");
     ping(lab.container(&a), GATEWAY).expect_ok("and the container works");
+}
+
+/// Starts `command` in container `name` with `netpath exec` (the lab kills
+/// it on drop) and returns its pid once it runs in the container's netns
+/// and `ready` holds for it (`netpath exec` has become the command).
+#[track_caller]
+fn exec_in_container(lab: &Lab, name: &str, command: &[&str], ready: fn(i32) -> bool) -> i32 {
+    let pid = lab.spawn(lab.netpath_cmd().args(["exec", name, "--"]).args(command)) as i32;
+    let netns = std::fs::metadata(format!("/run/netns/np-{name}"))
+        .expect("the container's netns")
+        .ino();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let inside =
+            std::fs::metadata(format!("/proc/{pid}/ns/net")).is_ok_and(|m| m.ino() == netns);
+        if inside && ready(pid) {
+            return pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{command:?} did not start in container {name}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+const SLEEP: [&str; 2] = ["sleep", "300"];
+
+fn is_sleep(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
+}
+
+/// A shell that ignores SIGTERM, forking sleeps (which inherit that) until
+/// it is killed.
+const STUBBORN_SHELL: [&str; 3] = ["sh", "-c", "trap '' TERM; while :; do sleep 1; done"];
+
+/// Whether process `pid` ignores SIGTERM (/proc/PID/status SigIgn).
+fn ignores_sigterm(pid: i32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (libc::SIGTERM - 1)) != 0)
+}
+
+/// The netns of container `name`, as (device, inode).
+fn netns_id(name: &str) -> (u64, u64) {
+    let m = std::fs::metadata(format!("/run/netns/np-{name}")).expect("the container's netns");
+    (m.dev(), m.ino())
+}
+
+/// The pids of the processes in the netns `id` (forked ones included).
+fn processes_in(id: (u64, u64)) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter(|e| {
+            std::fs::metadata(e.path().join("ns/net")).is_ok_and(|m| (m.dev(), m.ino()) == id)
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+fn has_exited(pid: i32) -> bool {
+    wait_for_exit(pid, Duration::ZERO)
+}
+
+#[test]
+fn container_rm_stops_the_processes_in_its_netns_and_no_other() {
+    let lab = Lab::new();
+    lab.up_ok(&[]);
+    let a = lab.container_name("a");
+    let b = lab.container_name("b");
+    lab.container_add_ok(&a, &[]);
+    lab.container_add_ok(&b, &[]);
+    let polite = exec_in_container(&lab, &a, &SLEEP, is_sleep);
+    let stubborn = exec_in_container(&lab, &a, &STUBBORN_SHELL, ignores_sigterm);
+    let neighbour = exec_in_container(&lab, &b, &SLEEP, is_sleep);
+    let on_host = lab.spawn(lab.host.place().command("sleep").arg("300")) as i32;
+    let netns_a = netns_id(&a);
+
+    let started = Instant::now();
+    lab.netpath(&["container", "rm", "-t", "1", &a])
+        .expect_ok("container rm");
+    let took = started.elapsed();
+    assert!(
+        (Duration::from_secs(1)..Duration::from_secs(8)).contains(&took),
+        "SIGKILL after the 1 s of -t, not the 10 s default: took {took:?}"
+    );
+    assert!(has_exited(polite), "the process that heeds SIGTERM is gone");
+    assert!(has_exited(stubborn), "the one ignoring SIGTERM is gone too");
+    assert_eq!(
+        processes_in(netns_a),
+        Vec::<String>::new(),
+        "and all they forked"
+    );
+    assert!(!netns_exists(&a), "the netns is gone");
+    assert!(
+        !lab.host_links().contains(&format!("np-{a}")),
+        "and its veth"
+    );
+    assert!(
+        !has_exited(neighbour),
+        "another container's process runs on"
+    );
+    assert!(!has_exited(on_host), "a host process runs on");
+}
+
+#[test]
+fn down_stops_the_processes_of_every_container() {
+    let lab = Lab::new();
+    lab.up_ok(&[]);
+    let a = lab.container_name("a");
+    let n = lab.container_name("n");
+    lab.container_add_ok(&a, &[]);
+    lab.container_add_ok(&n, &["--mode", "none"]);
+    let in_a = exec_in_container(&lab, &a, &SLEEP, is_sleep);
+    let in_n = exec_in_container(&lab, &n, &STUBBORN_SHELL, ignores_sigterm);
+    let on_host = lab.spawn(lab.host.place().command("sleep").arg("300")) as i32;
+    let namespaces = [netns_id(&a), netns_id(&n)];
+
+    let started = Instant::now();
+    lab.down().expect_ok("down");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(10),
+        "SIGKILL only after the 10 s grace: took {took:?}"
+    );
+    assert!(has_exited(in_a) && has_exited(in_n), "no process left");
+    for id in namespaces {
+        assert_eq!(
+            processes_in(id),
+            Vec::<String>::new(),
+            "nor any they forked"
+        );
+    }
+    lab.assert_clean();
+    assert!(!has_exited(on_host), "a host process runs on");
 }

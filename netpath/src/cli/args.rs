@@ -5,7 +5,10 @@ use std::{net::SocketAddr, path::PathBuf, sync::LazyLock};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use netpath_common::{LAYOUT_VERSION, Proto};
 
-use crate::config::{Accel, DEFAULT_INSTANCE, TimeoutSetting};
+use crate::{
+    config::{Accel, DEFAULT_INSTANCE, TimeoutSetting},
+    netns_processes::DEFAULT_GRACE,
+};
 
 /// `netpath --version`: the release, the commit it was built from and the
 /// layout of its pinned maps (a datapath pinned by another layout is not
@@ -182,8 +185,14 @@ pub(super) struct UpArgs {
 pub(super) enum ContainerCommand {
     /// Create a container's network.
     Add(AddArgs),
-    /// Remove a container's network.
-    Rm { name: String },
+    /// Stop the processes in the container's network namespace (SIGTERM,
+    /// then SIGKILL after --time) and remove its network.
+    Rm {
+        name: String,
+        /// Seconds to wait after SIGTERM before SIGKILL.
+        #[arg(short = 't', long = "time", value_name = "SECS", default_value_t = DEFAULT_GRACE.as_secs())]
+        time: u64,
+    },
     /// List containers.
     Ls,
 }

@@ -1,5 +1,5 @@
 //! `netpath container add | rm | ls`.
-use std::net::Ipv4Addr;
+use std::{net::Ipv4Addr, time::Duration};
 
 use super::{
     CliError, Result,
@@ -16,8 +16,8 @@ use crate::{
 pub(super) fn run(instance: &Instance, command: ContainerCommand, out: Output) -> Result<()> {
     match command {
         ContainerCommand::Add(args) => add(instance, args, out),
-        ContainerCommand::Rm { name } => {
-            container::remove(instance, &name)?;
+        ContainerCommand::Rm { name, time } => {
+            container::remove(instance, &name, Duration::from_secs(time))?;
             out.show(&serde_json::json!({ "removed": name }), |_| {
                 println!("container {name} removed");
             })

@@ -66,6 +66,9 @@ pub enum CliError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    /// `status` found something wrong (printed after the status itself).
+    #[error("instance {instance} is unhealthy: {problems}")]
+    Unhealthy { instance: String, problems: String },
 }
 
 type Result<T> = std::result::Result<T, CliError>;
@@ -78,12 +81,12 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 impl Command {
-    /// Everything but reading the state changes namespaces, links or /run.
+    /// Everything but reading the state changes namespaces, links or /run
+    /// (`status` reads bpffs and asks the kernel about the programs).
     fn needs_root(&self) -> bool {
         !matches!(
             self,
-            Command::Status
-                | Command::Install(_)
+            Command::Install(_)
                 | Command::Container(ContainerCommand::Ls)
                 | Command::Publish(PublishCommand::Ls)
         )

@@ -1,12 +1,23 @@
-//! `netpath status`: the instance, its agent, attachments and containers.
-use super::{Result, container, output::Output};
+//! `netpath status`: the instance, its agent, attachments and containers,
+//! and whether all is well: exits with an error naming what is wrong when
+//! not, so that it serves as a health check.
+use super::{CliError, Result, container, output::Output, runtime};
 use crate::{
     directories::Instance,
     lifecycle::{self, StatusView},
 };
 
 pub(super) fn run(instance: &Instance, out: Output) -> Result<()> {
-    out.show(&lifecycle::status(instance)?, print)
+    let status = runtime()?.block_on(lifecycle::status(instance))?;
+    out.show(&status, print)?;
+    if status.healthy {
+        Ok(())
+    } else {
+        Err(CliError::Unhealthy {
+            instance: status.instance,
+            problems: status.problems.join("; "),
+        })
+    }
 }
 
 fn print(status: &StatusView) {
@@ -15,6 +26,11 @@ fn print(status: &StatusView) {
         (Some(pid), false) => format!("not running (stale pid {pid})"),
         (None, _) => "not running".to_owned(),
     };
+    let since = status
+        .agent_started_at
+        .as_ref()
+        .map(|t| format!(" since {t}"))
+        .unwrap_or_default();
     println!("instance:   {}", status.instance);
     println!("uplink:     {} ({})", status.uplink, status.host_ip);
     println!("bridge:     {} gateway {}", status.bridge, status.gateway);
@@ -22,7 +38,8 @@ fn print(status: &StatusView) {
     println!("accel:      {}", status.accel);
     println!("cgroup:     {}", status.cgroup.display());
     println!("pins:       {}", status.pin_dir.display());
-    println!("agent:      {agent}");
+    println!("agent:      {agent}{since}");
+    println!("restarts:   {}", status.agent_restarts);
     println!("programs:");
     for a in &status.attachments {
         println!("  {:<18} {:<20} {}", a.program, a.hook, a.target);
@@ -30,5 +47,13 @@ fn print(status: &StatusView) {
     println!("containers: {}", status.containers.len());
     if !status.containers.is_empty() {
         container::print_table(&status.containers);
+    }
+    if status.healthy {
+        println!("health:     ok");
+    } else {
+        println!("health:     {} problem(s)", status.problems.len());
+        for problem in &status.problems {
+            println!("  {problem}");
+        }
     }
 }

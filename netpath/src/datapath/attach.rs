@@ -33,7 +33,7 @@ pub(super) const SOCK_HOOKS: [&str; 4] = [
 
 /// Handle and priority of our clsact filters on kernels without tcx: fixed, so
 /// a second attach finds the first instead of stacking another.
-const NL_PRIORITY: u16 = 0xe000;
+pub(super) const NL_PRIORITY: u16 = 0xe000;
 const NL_HANDLE: u32 = 0xe000;
 
 /// Attaches a TC program to `ifname` unless it already is (an adopted pin, or

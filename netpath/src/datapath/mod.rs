@@ -8,10 +8,12 @@
 //! stay attached by themselves and which a second attach recognises.
 //!
 //! `attach` puts programs on hooks, `link_pin` names the links that keep them
-//! there, `probe` asks the kernel what it can do. Host settings the datapath
+//! there, `health` checks they still are, `probe` asks the kernel what it can
+//! do. Host settings the datapath
 //! relies on (`ip_forward`, the reserved SNAT ports) belong to the instance's
 //! life cycle, not to loading.
 mod attach;
+mod health;
 mod link_pin;
 mod probe;
 
@@ -35,6 +37,7 @@ use self::{
     },
 };
 pub use self::{
+    health::{Expected, problems},
     link_pin::{LinkPin, TcDirection},
     probe::has_coarse_clock,
 };
