@@ -17,6 +17,10 @@ use serde_json::Value;
 
 const TARGET: &str = "x86_64-unknown-linux-gnu";
 
+/// Test binaries (tests/tests/NAME.rs) that need tools the VM image does
+/// not have (prometheus, promtool, ...): they run on the host only.
+const HOST_ONLY_TESTS: &[&str] = &["prometheus"];
+
 pub struct TestBinary {
     /// Unique, file-name safe: `<kind>-<target>`, e.g. `test-e2e`.
     pub name: String,
@@ -82,6 +86,9 @@ pub fn build(workspace: &Path) -> Result<Artifacts> {
     for a in built.iter().filter(|a| a["profile"]["test"] == true) {
         let target = a["target"]["name"].as_str().unwrap_or("unknown");
         let kind = a["target"]["kind"][0].as_str().unwrap_or("unknown");
+        if kind == "test" && HOST_ONLY_TESTS.contains(&target) {
+            continue;
+        }
         let path = a["executable"].as_str().context("test artifact path")?;
         let mut name: String = format!("{kind}-{target}")
             .chars()
