@@ -11,6 +11,7 @@ mod output;
 mod publish;
 mod stats;
 mod status;
+mod top;
 mod up;
 
 use std::process::ExitCode;
@@ -60,6 +61,8 @@ pub enum CliError {
     Tables(#[from] TablesError),
     #[error(transparent)]
     Watch(#[from] WatchError),
+    #[error("terminal: {0}")]
+    Terminal(std::io::Error),
 }
 
 type Result<T> = std::result::Result<T, CliError>;
@@ -98,6 +101,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Publish(command) => publish::run(instance, command, out),
         Command::Flows(args) => flows::run(instance, args, out),
         Command::Stats => stats::run(instance, out),
+        Command::Top(args) => top::run(instance, args, out),
     }
 }
 
