@@ -62,8 +62,8 @@ pub(super) struct TopArgs {
     #[arg(long, value_name = "SECS", default_value = "1")]
     pub interval: f64,
     /// Print N plain-text snapshots (JSON under --json), one per interval,
-    /// instead of the live view; without a terminal, snapshots are printed
-    /// until interrupted.
+    /// instead of the live view. Under --json or without a terminal,
+    /// snapshots are printed until interrupted.
     #[arg(short = 'n', long, value_name = "N")]
     pub iterations: Option<u64>,
     /// Show at most N flows in a snapshot [default: all].

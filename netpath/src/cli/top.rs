@@ -51,7 +51,7 @@ pub(super) fn run(instance: &Instance, args: TopArgs, out: Output) -> Result<()>
         interval,
         last: None,
     };
-    if args.iterations.is_some() || !std::io::stdout().is_terminal() {
+    if args.iterations.is_some() || out.json || !std::io::stdout().is_terminal() {
         snapshots(&mut top, args.iterations, args.limit, out)
     } else {
         live(&mut top, instance)
