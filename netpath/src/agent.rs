@@ -187,12 +187,13 @@ impl Agent {
         let mut terminate = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;
         let mut interrupt = signal(SignalKind::interrupt()).map_err(AgentError::Signals)?;
         let retired = Retired::default();
+        let started = metrics::unix_now();
         if let Some(listener) = self.metrics {
             if let Ok(addr) = listener.local_addr() {
                 log::info!("serving Prometheus metrics on http://{addr}/metrics");
             }
             let tables = Arc::new(Tables::open(&self.instance)?);
-            tokio::spawn(metrics::serve(listener, tables, retired.clone()));
+            tokio::spawn(metrics::serve(listener, tables, retired.clone(), started));
         }
         match ebpf_log::forward(&self.instance) {
             0 => log::debug!("the datapath has no log maps: no eBPF log records to forward"),

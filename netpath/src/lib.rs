@@ -25,5 +25,6 @@ pub mod rollback;
 pub mod state;
 pub mod sysctl;
 pub mod tables;
+pub mod top;
 pub mod topology;
 pub mod watch;

@@ -6,10 +6,10 @@ use std::{
     fmt::Write as _,
     io,
     sync::{Arc, Mutex, PoisonError},
-    time::Duration,
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use netpath_common::{DIR_ORIGINAL, DIR_REPLY, FlowEntry, FlowKey, nat_kind};
+use netpath_common::{DIR_ORIGINAL, DIR_REPLY, FlowEntry, FlowKey, IPPROTO_ICMP, nat_kind};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -95,13 +95,47 @@ impl Exposition {
     }
 }
 
-/// Everything a scrape shows, from already-read tables.
-pub fn render(
-    counters: &Counters,
-    flows: &[(FlowKey, FlowEntry)],
-    capacity: u32,
-    retired: &PortTraffic,
-) -> String {
+/// What a scrape reads from the maps.
+pub struct Snapshot {
+    pub counters: Counters,
+    pub flows: Vec<(FlowKey, FlowEntry)>,
+    pub conntrack_capacity: u32,
+    /// How many ports the SNAT range holds.
+    pub snat_range_size: u32,
+}
+
+/// The most SNAT ports any one destination (address, port, protocol) holds:
+/// a translated flow's reply tuple must be unique, so the range runs out
+/// per destination (`drop_no_snat_port`), not for the host as a whole.
+pub fn snat_ports_busiest_destination(flows: &[(FlowKey, FlowEntry)]) -> u64 {
+    let mut per_destination = std::collections::HashMap::<(u32, u16, u32, u8), u64>::new();
+    for (key, entry) in flows {
+        if !matches!(entry.nat_kind, nat_kind::MASQUERADE | nat_kind::HAIRPIN) {
+            continue;
+        }
+        let reply = &entry.reply;
+        // Echo replies carry the translated id in both "ports".
+        let port = if key.proto == IPPROTO_ICMP {
+            0
+        } else {
+            reply.sport
+        };
+        *per_destination
+            .entry((reply.saddr, port, reply.daddr, key.proto))
+            .or_default() += 1;
+    }
+    per_destination.into_values().max().unwrap_or(0)
+}
+
+/// Everything a scrape shows, from already-read tables. `started`: when
+/// the agent started, in seconds since the epoch.
+pub fn render(snapshot: &Snapshot, retired: &PortTraffic, started: u64) -> String {
+    let Snapshot {
+        counters,
+        flows,
+        conntrack_capacity: capacity,
+        snat_range_size,
+    } = snapshot;
     const PACKETS: &str = "netpath_packets_total";
     const DROPS: &str = "netpath_drops_total";
     const CREATED: &str = "netpath_conntrack_flows_created_total";
@@ -146,10 +180,36 @@ pub fn render(
         "gauge",
         "Size of the conntrack table, in flows.",
     );
-    out.sample("netpath_conntrack_capacity", &[], u64::from(capacity));
+    out.sample("netpath_conntrack_capacity", &[], u64::from(*capacity));
+    out.family(
+        "netpath_snat_port_range_size",
+        "gauge",
+        "Ports in the range masquerade and hairpin SNAT take ports from.",
+    );
+    out.sample(
+        "netpath_snat_port_range_size",
+        &[],
+        u64::from(*snat_range_size),
+    );
+    out.family(
+        "netpath_snat_ports_busiest_destination",
+        "gauge",
+        "SNAT ports in use toward the destination (address, port, protocol) that holds the most.",
+    );
+    out.sample(
+        "netpath_snat_ports_busiest_destination",
+        &[],
+        snat_ports_busiest_destination(flows),
+    );
+    out.family(
+        "netpath_agent_start_time_seconds",
+        "gauge",
+        "When the agent serving these metrics started, in seconds since the epoch.",
+    );
+    out.sample("netpath_agent_start_time_seconds", &[], started);
 
     let mut ports = retired.clone();
-    for (key, entry) in flows {
+    for (key, entry) in flows.iter() {
         account(&mut ports, key, entry);
     }
     for (unit, help) in [
@@ -185,31 +245,42 @@ pub fn render(
 }
 
 /// Reads the instance's pinned maps and renders them.
-pub fn scrape(tables: &Tables, retired: &Retired) -> Result<String, TablesError> {
-    let counters = tables.counters()?;
-    let flows = tables.flows()?;
+pub fn scrape(tables: &Tables, retired: &Retired, started: u64) -> Result<String, TablesError> {
+    let config = tables.config()?;
+    let snapshot = Snapshot {
+        counters: tables.counters()?,
+        flows: tables.flows()?,
+        conntrack_capacity: tables.conntrack_capacity(),
+        snat_range_size: u32::from(config.snat_port_max)
+            .saturating_sub(u32::from(config.snat_port_min))
+            + 1,
+    };
     let retired = retired
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .clone();
-    Ok(render(
-        &counters,
-        &flows,
-        tables.conntrack_capacity(),
-        &retired,
-    ))
+    Ok(render(&snapshot, &retired, started))
+}
+
+/// Seconds since the epoch, now: the agent's start time for
+/// `netpath_agent_start_time_seconds`.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Serves scrapes until the task is dropped. `tables` is the agent's own
-/// read-only handle on the maps, opened once.
-pub async fn serve(listener: TcpListener, tables: Arc<Tables>, retired: Retired) {
+/// read-only handle on the maps, opened once; `started` is the agent's
+/// start time ([`unix_now`] then).
+pub async fn serve(listener: TcpListener, tables: Arc<Tables>, retired: Retired, started: u64) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let tables = tables.clone();
                 let retired = retired.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = answer(stream, tables, retired).await {
+                    if let Err(e) = answer(stream, tables, retired, started).await {
                         log::debug!("metrics: request from {peer}: {e}");
                     }
                 });
@@ -263,14 +334,20 @@ fn route(head: &[u8]) -> Route {
     }
 }
 
-async fn answer(mut stream: TcpStream, tables: Arc<Tables>, retired: Retired) -> io::Result<()> {
+async fn answer(
+    mut stream: TcpStream,
+    tables: Arc<Tables>,
+    retired: Retired,
+    started: u64,
+) -> io::Result<()> {
     let head = tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut stream))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no request in time"))??;
     let (status, content_type, body, head_only) = match route(&head) {
         Route::Metrics { head_only } => {
             // Walking a large conntrack table takes a while: off the runtime.
-            let scraped = tokio::task::spawn_blocking(move || scrape(&tables, &retired)).await;
+            let scraped =
+                tokio::task::spawn_blocking(move || scrape(&tables, &retired, started)).await;
             match scraped {
                 Ok(Ok(text)) => (
                     "200 OK",
@@ -356,7 +433,13 @@ mod tests {
         let mut retired = PortTraffic::new();
         let (k, e) = flow(8080, nat_kind::DNAT, [10, 0]);
         account(&mut retired, &k, &e);
-        let text = render(&counters, &flows, 65536, &retired);
+        let snapshot = Snapshot {
+            counters,
+            flows: flows.to_vec(),
+            conntrack_capacity: 65536,
+            snat_range_size: 10000,
+        };
+        let text = render(&snapshot, &retired, 1_700_000_000);
         for line in [
             "# TYPE netpath_packets_total counter",
             "netpath_packets_total{verdict=\"redirect_peer\"} 5",
@@ -364,6 +447,10 @@ mod tests {
             "netpath_conntrack_flows_created_total 3",
             "netpath_conntrack_entries 3",
             "netpath_conntrack_capacity 65536",
+            "netpath_snat_port_range_size 10000",
+            // The hairpin and the masquerade flow (same, zeroed reply tuple).
+            "netpath_snat_ports_busiest_destination 2",
+            "netpath_agent_start_time_seconds 1700000000",
             "netpath_published_port_packets_total{port=\"8080\",proto=\"tcp\",direction=\"original\"} 14",
             "netpath_published_port_packets_total{port=\"8080\",proto=\"tcp\",direction=\"reply\"} 3",
             "netpath_published_port_bytes_total{port=\"8080\",proto=\"tcp\",direction=\"original\"} 1400",
@@ -381,7 +468,34 @@ mod tests {
         // Every sample's family is declared once, before its samples.
         let types = text.lines().filter(|l| l.starts_with("# TYPE")).count();
         let helps = text.lines().filter(|l| l.starts_with("# HELP")).count();
-        assert_eq!((types, helps), (7, 7));
+        assert_eq!((types, helps), (10, 10));
+    }
+
+    #[test]
+    fn snat_ports_are_counted_per_destination() {
+        let snat = |daddr: [u8; 4], dport: u16, port: u16, kind: u8| {
+            let (key, mut entry) = flow(dport, kind, [1, 1]);
+            entry.reply = FlowKey::new(
+                Ipv4Addr::from(daddr),
+                Ipv4Addr::new(198, 18, 0, 1),
+                dport,
+                port,
+                Proto::Tcp,
+            );
+            (key, entry)
+        };
+        let flows = [
+            snat([1, 1, 1, 1], 443, 40000, nat_kind::MASQUERADE),
+            snat([1, 1, 1, 1], 443, 40001, nat_kind::MASQUERADE),
+            snat([1, 1, 1, 1], 443, 40002, nat_kind::HAIRPIN),
+            // Another destination port, another address: other counts.
+            snat([1, 1, 1, 1], 80, 40000, nat_kind::MASQUERADE),
+            snat([2, 2, 2, 2], 443, 40000, nat_kind::MASQUERADE),
+            // DNAT takes no SNAT port.
+            snat([1, 1, 1, 1], 443, 40003, nat_kind::DNAT),
+        ];
+        assert_eq!(snat_ports_busiest_destination(&flows), 3);
+        assert_eq!(snat_ports_busiest_destination(&[]), 0);
     }
 
     #[test]

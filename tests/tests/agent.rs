@@ -1,5 +1,5 @@
-//! End to end: what the agent and `flows --watch` let people observe, with
-//! real traffic through a published port.
+//! End to end: what the agent, `flows --watch` and `top` let people observe,
+//! with real traffic through a published port.
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Stdio};
 use std::sync::mpsc;
@@ -379,4 +379,257 @@ fn route_and_neighbour_changes_bump_the_route_generation() {
         .ip(&["route", "add", "198.20.0.0/16", "via", Lab::OUTSIDE_IP])
         .expect_ok("a route");
     wait_for_bump(after_neigh, "after a route change");
+}
+
+#[test]
+fn top_puts_the_flow_with_traffic_first_with_a_rate() {
+    let (lab, web, _server) = lab_with_published_web(&[], 18084);
+    // A finished flow, idle from now on.
+    http_source(&lab.outside, &published_url(18084)).expect("curl via the published port");
+    // A flow with a packet each way every second for as long as the test runs.
+    let web_ip = lab.container_ip(&web).expect("container address");
+    lab.spawn(
+        lab.container(&web)
+            .command("ping")
+            .arg(Lab::REMOTE_IP)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+
+    // Over 2 s, the ping flow sees at least one echo and its reply.
+    let out = lab.netpath(&["top", "--iterations", "1", "--interval", "2"]);
+    out.expect_ok("netpath top --iterations 1");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert!(
+        lines.first().is_some_and(|l| l.starts_with("flows ")),
+        "{out}"
+    );
+    assert!(
+        lines.get(1).is_some_and(|l| l.starts_with("PROTO")),
+        "{out}"
+    );
+    let first: Vec<&str> = lines.get(2).unwrap_or(&"").split_whitespace().collect();
+    // PROTO KIND ORIGINAL(3 words) TRANSLATED(3) STATE PKT/S BYTES/S PKTS BYTES
+    assert_eq!(first.len(), 13, "{out}");
+    assert_eq!(&first[..2], ["icmp", "masquerade"], "{out}");
+    assert!(first[2].starts_with(&format!("{web_ip}:")), "{out}");
+    assert_ne!(first[9], "0", "the ping flow has a packet rate\n{out}");
+    let idle = lines
+        .iter()
+        .find(|l| l.contains(":18084 "))
+        .unwrap_or_else(|| panic!("no row of the finished HTTP flow\n{out}"));
+    assert_eq!(idle.split_whitespace().nth(9), Some("0"), "{out}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("COUNTER ")),
+        "no counters\n{out}"
+    );
+
+    let view = lab.netpath_json(&[
+        "top",
+        "-n",
+        "1",
+        "--interval",
+        "2",
+        "--sort",
+        "bytes",
+        "--limit",
+        "1",
+    ]);
+    let flows = view["flows"].as_array().expect("flows");
+    assert_eq!(flows.len(), 1, "{view}");
+    assert_eq!(flows[0]["proto"], "icmp", "{view}");
+    assert!(
+        flows[0]["bytes_per_sec"].as_f64().is_some_and(|r| r > 0.0),
+        "{view}"
+    );
+    assert_eq!(view["sort"], "bytes", "{view}");
+}
+
+/// A child process, killed by pid (and reaped) on drop.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A pseudo-terminal of 160×40 for a program under test; what the program
+/// writes is collected on a thread.
+struct Pty {
+    master: std::fs::File,
+    slave: std::fs::File,
+    screen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl Pty {
+    fn open() -> Self {
+        use std::os::fd::FromRawFd;
+        let (mut master, mut slave) = (-1, -1);
+        let size = libc::winsize {
+            ws_row: 40,
+            ws_col: 160,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: valid out-pointers; no name buffer, default termios.
+        let rc = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                &size,
+            )
+        };
+        assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+        // SAFETY: openpty returned two open descriptors we now own.
+        let (master, slave) = unsafe {
+            (
+                std::fs::File::from_raw_fd(master),
+                std::fs::File::from_raw_fd(slave),
+            )
+        };
+        let screen = std::sync::Arc::<std::sync::Mutex<Vec<u8>>>::default();
+        let mut reader = master.try_clone().expect("pty master fd");
+        let sink = screen.clone();
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            // EIO once the last slave descriptor is closed.
+            while let Ok(n @ 1..) = reader.read(&mut chunk) {
+                sink.lock()
+                    .expect("screen lock")
+                    .extend_from_slice(&chunk[..n]);
+            }
+        });
+        Self {
+            master,
+            slave,
+            screen,
+        }
+    }
+
+    fn stdio(&self) -> Stdio {
+        Stdio::from(self.slave.try_clone().expect("pty slave fd"))
+    }
+
+    fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.screen.lock().expect("screen lock")).into_owned()
+    }
+
+    /// The screen as a terminal would show it now. Enough of a terminal for
+    /// ratatui: printable characters, cursor positioning (CSI row;col H)
+    /// and clearing (CSI J); other sequences (colours, modes) change no text.
+    fn text(&self) -> String {
+        const ROWS: usize = 40;
+        const COLS: usize = 160;
+        let mut grid = vec![[' '; COLS]; ROWS];
+        let (mut row, mut col) = (0, 0);
+        let screen = self.screen();
+        let mut chars = screen.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\x1b' => {
+                    if chars.next() != Some('[') {
+                        continue;
+                    }
+                    let mut params = String::new();
+                    for c in chars.by_ref() {
+                        if ('@'..='~').contains(&c) {
+                            match c {
+                                'H' => {
+                                    let mut at = params.split(';').map(|n| n.parse().unwrap_or(1));
+                                    row = at.next().unwrap_or(1_usize).max(1) - 1;
+                                    col = at.next().unwrap_or(1_usize).max(1) - 1;
+                                }
+                                'J' => grid = vec![[' '; COLS]; ROWS],
+                                _ => {}
+                            }
+                            break;
+                        }
+                        params.push(c);
+                    }
+                }
+                '\r' => col = 0,
+                '\n' => row += 1,
+                c if !c.is_control() => {
+                    if row < ROWS && col < COLS {
+                        grid[row][col] = c;
+                    }
+                    col += 1;
+                }
+                _ => {}
+            }
+        }
+        grid.iter()
+            .map(|line| line.iter().collect::<String>().trim_end().to_owned())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Waits until `pred` holds for the terminal.
+    #[track_caller]
+    fn wait_until(&self, what: &str, pred: impl Fn(&Self) -> bool) {
+        let deadline = Instant::now() + LINE_TIMEOUT;
+        while !pred(self) {
+            assert!(
+                Instant::now() < deadline,
+                "{what} never showed on the terminal:\n{}",
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until the screen shows `words`.
+    #[track_caller]
+    fn wait_for(&self, words: &str) {
+        self.wait_until(words, |pty| pty.text().contains(words));
+    }
+
+    fn press(&mut self, key: &str) {
+        use std::io::Write;
+        self.master
+            .write_all(key.as_bytes())
+            .expect("writing to the pty");
+    }
+}
+
+#[test]
+fn top_live_view_sorts_on_keys_and_quits_on_q() {
+    let (lab, _web, _server) = lab_with_published_web(&[], 18085);
+    http_source(&lab.outside, &published_url(18085)).expect("curl via the published port");
+    let mut pty = Pty::open();
+    let mut cmd = lab.netpath_cmd();
+    cmd.args(["top", "--interval", "0.5"])
+        .stdin(pty.stdio())
+        .stdout(pty.stdio())
+        .stderr(pty.stdio());
+    let mut top = KillOnDrop(cmd.spawn().expect("spawning netpath top"));
+    pty.wait_for("sorted by packets");
+    pty.wait_for(":18085");
+    pty.press("b");
+    pty.wait_for("sorted by bytes");
+    pty.press("s");
+    pty.wait_for("sorted by source");
+    pty.press("q");
+    let child = &mut top.0;
+    let deadline = Instant::now() + LINE_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for netpath top") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "top did not quit on q:\n{}",
+            pty.text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}\n{}", pty.text());
+    // It gave the terminal back: left the alternate screen.
+    pty.wait_until("leaving the alternate screen", |pty| {
+        pty.screen().contains("\x1b[?1049l")
+    });
 }

@@ -64,6 +64,10 @@ pub(super) enum Command {
     /// Install this binary, the systemd unit netpath@.service, shell
     /// completions (bash, zsh, fish) and man pages.
     Install(InstallArgs),
+    /// Live view of the flows with the highest packet or byte rates, and
+    /// the counters' rates, refreshed from the maps (keys: p, b, s sort by
+    /// packets, bytes, source; q quits).
+    Top(TopArgs),
 }
 
 #[derive(Debug, Args)]
@@ -76,6 +80,31 @@ pub(super) struct InstallArgs {
     /// unit still names PREFIX/bin/netpath.
     #[arg(long)]
     pub destdir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct TopArgs {
+    /// Order flows by packet or byte rate, or by source.
+    #[arg(long, value_enum, default_value = "packets")]
+    pub sort: TopSort,
+    /// Seconds between refreshes (rates are over this interval).
+    #[arg(long, value_name = "SECS", default_value = "1")]
+    pub interval: f64,
+    /// Print N plain-text snapshots (JSON under --json), one per interval,
+    /// instead of the live view. Under --json or without a terminal,
+    /// snapshots are printed until interrupted.
+    #[arg(short = 'n', long, value_name = "N")]
+    pub iterations: Option<u64>,
+    /// Show at most N flows in a snapshot [default: all].
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(super) enum TopSort {
+    Packets,
+    Bytes,
+    Source,
 }
 
 #[derive(Debug, Subcommand)]

@@ -12,6 +12,7 @@ mod output;
 mod publish;
 mod stats;
 mod status;
+mod top;
 mod up;
 
 use std::process::ExitCode;
@@ -69,6 +70,8 @@ pub enum CliError {
     /// `status` found something wrong (printed after the status itself).
     #[error("instance {instance} is unhealthy: {problems}")]
     Unhealthy { instance: String, problems: String },
+    #[error("terminal: {0}")]
+    Terminal(std::io::Error),
 }
 
 type Result<T> = std::result::Result<T, CliError>;
@@ -109,6 +112,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Flows(args) => flows::run(instance, args, out),
         Command::Stats => stats::run(instance, out),
         Command::Install(args) => install::run(&args, out),
+        Command::Top(args) => top::run(instance, args, out),
     }
 }
 

@@ -64,6 +64,18 @@ impl Column {
         }
     }
 
+    pub fn header(&self) -> &'static str {
+        self.header
+    }
+
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    pub fn is_right_aligned(&self) -> bool {
+        matches!(self.align, Align::Right)
+    }
+
     fn pad(&self, cell: &str) -> String {
         match self.align {
             Align::Left => format!("{cell:<width$}", width = self.width),

@@ -18,8 +18,9 @@ use serde_json::Value;
 const TARGET: &str = "x86_64-unknown-linux-gnu";
 
 /// Test binaries (tests/tests/NAME.rs) that run only on this machine, not in
-/// the VMs: they need tools the VM's userland does not have.
-const HOST_ONLY_TESTS: &[&str] = &["install"];
+/// the VMs: they need tools the VM's userland does not have (systemd-analyze,
+/// prometheus, promtool).
+const HOST_ONLY_TESTS: &[&str] = &["install", "prometheus"];
 
 pub struct TestBinary {
     /// Unique, file-name safe: `<kind>-<target>`, e.g. `test-e2e`.
