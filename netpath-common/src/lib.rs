@@ -16,7 +16,7 @@ pub use host::Proto;
 /// Bumped whenever a map's key or value layout, or a map's kind, changes. Pins
 /// live under a directory named after it, so a netpath never adopts maps laid out
 /// by another version.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Names of the pinned maps and programs, shared so userspace finds what the
 /// object declares.
@@ -31,8 +31,10 @@ pub mod names {
     pub const SOCK_REVNAT: &str = "SOCK_REVNAT";
     pub const ROUTE_GEN: &str = "ROUTE_GEN";
     pub const FLOW_COUNTS: &str = "FLOW_COUNTS";
+    pub const SNAT_PORTS: &str = "SNAT_PORTS";
+    pub const SNAT_SHARES: &str = "SNAT_SHARES";
     /// Every map, each pinned under its name.
-    pub const MAPS: [&str; 10] = [
+    pub const MAPS: [&str; 12] = [
         CONFIG,
         ENDPOINTS,
         PORTS,
@@ -43,6 +45,8 @@ pub mod names {
         SOCK_REVNAT,
         ROUTE_GEN,
         FLOW_COUNTS,
+        SNAT_PORTS,
+        SNAT_SHARES,
     ];
 
     pub const PROG_FROM_CONTAINER: &str = "from_container";
@@ -100,6 +104,11 @@ pub struct Config {
     /// socket's connect to the probe port counts, for any process of the
     /// hooked cgroup, in any netns, can connect to 127.0.0.1 too.
     pub probe_cookie: u64,
+    /// Most SNAT ports one container may hold open toward one destination
+    /// (0: no limit), so that one container can't take every port to a
+    /// server the others use too.
+    pub snat_ports_per_container: u32,
+    pub _pad: u32,
 }
 
 impl Config {
@@ -169,6 +178,88 @@ impl FlowKey {
             _pad: [0; 3],
         }
     }
+}
+
+/// Where SNAT flows go, and from which translated address: the reply tuples
+/// of all SNAT flows toward one destination differ only in the SNAT port,
+/// so the ports in use are counted per destination (`SNAT_PORTS` key).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq, Eq, Hash)]
+pub struct SnatDestination {
+    pub nat_addr: u32,
+    pub dst_addr: u32,
+    /// Wire order; 0 for ICMP echo, whose reply carries the SNAT id in both
+    /// "ports".
+    pub dst_port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+impl SnatDestination {
+    /// The destination of an SNAT flow, from its reply tuple.
+    #[inline(always)]
+    pub fn of_reply(reply: &FlowKey) -> Self {
+        Self {
+            nat_addr: reply.daddr,
+            dst_addr: reply.saddr,
+            dst_port: if reply.proto == IPPROTO_ICMP {
+                0
+            } else {
+                reply.sport
+            },
+            proto: reply.proto,
+            _pad: 0,
+        }
+    }
+}
+
+/// The most ports an SNAT range may hold: what one `SnatPortPool` covers.
+pub const SNAT_POOL_PORTS: u32 = 32768;
+/// 64-bit words of `SnatPortPool::used`.
+pub const SNAT_POOL_WORDS: usize = (SNAT_POOL_PORTS / 64) as usize;
+
+/// `SNAT_PORTS` value: which SNAT ports toward one destination are taken.
+/// Bit `i` of `used` is port `snat_port_min + i`; bit `w` of `full` says
+/// word `w` of `used` has no clear bit, so a search reads at most
+/// `full`'s words and one of `used`'s. Hints: the claim of the reply tuple
+/// in `CT_REPLY` decides, and the agent rewrites both from the conntrack
+/// table on every GC pass.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq)]
+pub struct SnatPortPool {
+    pub used: [u64; SNAT_POOL_WORDS],
+    pub full: [u64; SNAT_POOL_WORDS / 64],
+}
+
+impl SnatPortPool {
+    /// Marks port offset `offset` (from `snat_port_min`) taken.
+    #[inline(always)]
+    pub fn mark_used(&mut self, offset: u32) {
+        let word = Self::word_of(offset);
+        self.used[word] |= 1 << (offset % 64);
+        if self.used[word] == u64::MAX {
+            self.full[word / 64] |= 1 << (word % 64);
+        }
+    }
+
+    /// The word of `used` that holds `offset`'s bit. The mask is what lets
+    /// the verifier see the index in bounds; read through a volatile load,
+    /// LLVM can't prove it redundant (where the caller checked the offset
+    /// against the range) and drop it.
+    #[inline(always)]
+    fn word_of(offset: u32) -> usize {
+        // SAFETY: a read of a local.
+        let offset = unsafe { core::ptr::read_volatile(&offset) };
+        (offset / 64) as usize & (SNAT_POOL_WORDS - 1)
+    }
+}
+
+/// `SNAT_SHARES` key: one container's SNAT flows toward one destination.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq, Eq, Hash)]
+pub struct SnatShareKey {
+    pub container: u32,
+    pub destination: SnatDestination,
 }
 
 /// What the datapath does to a flow.
@@ -319,6 +410,9 @@ pub mod stat {
     pub const DROP_SOURCE_LIMIT: u32 = 35;
     /// A new flow over the per-container limit.
     pub const DROP_CONTAINER_LIMIT: u32 = 36;
+    /// A container's new SNAT flow toward a destination to which it holds
+    /// its share of the SNAT ports already.
+    pub const DROP_SNAT_SHARE: u32 = 37;
     pub const STATS_LEN: u32 = 48;
 
     /// Names for output, indexed like the counters; empty = unused slot.
@@ -360,7 +454,7 @@ pub mod stat {
         "drop_tcp_out_of_window",
         "drop_source_limit",
         "drop_container_limit",
-        "",
+        "drop_snat_share",
         "",
         "",
         "",
@@ -424,4 +518,7 @@ mod user {
     unsafe impl aya::Pod for SockRevNatKey {}
     unsafe impl aya::Pod for SockRevNatValue {}
     unsafe impl aya::Pod for FlowEvent {}
+    unsafe impl aya::Pod for SnatDestination {}
+    unsafe impl aya::Pod for SnatPortPool {}
+    unsafe impl aya::Pod for SnatShareKey {}
 }

@@ -8,8 +8,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use netpath_common::{
-    Config, Endpoint, FlowEntry, FlowEvent, FlowKey, PortKey, PortTarget, SockRevNatKey,
-    SockRevNatValue, stat,
+    Config, Endpoint, FlowEntry, FlowEvent, FlowKey, PortKey, PortTarget, SnatDestination,
+    SnatPortPool, SnatShareKey, SockRevNatKey, SockRevNatValue, stat,
 };
 
 #[btf_map]
@@ -59,6 +59,26 @@ pub static CT_RECENT_NEXT: Array<u32, 1> = Array::new();
 /// of forged sources the oldest counts go, which only ever lets more in.
 #[btf_map]
 pub static FLOW_COUNTS: LruHashMap<u32, u32, 65536> = LruHashMap::new();
+
+/// `BPF_F_NO_PREALLOC`: memory for an entry is taken when it is made.
+const NO_PREALLOC: usize = 1;
+
+/// The SNAT ports taken toward each destination (see `snat_ports`). Not
+/// preallocated: a pool is 4 KiB, and only destinations with SNAT flows
+/// have one (the agent deletes the others).
+#[btf_map]
+pub static SNAT_PORTS: HashMap<SnatDestination, SnatPortPool, 4096, NO_PREALLOC> =
+    HashMap::new();
+
+/// An empty pool, the single element, never written: what a destination's
+/// first pool is copied from (4 KiB fit on no stack).
+#[btf_map]
+pub static EMPTY_SNAT_POOL: Array<SnatPortPool, 1> = Array::new();
+
+/// Open SNAT flows per container and destination (see `snat_ports`). LRU
+/// like `FLOW_COUNTS`: a lost count only ever lets more in.
+#[btf_map]
+pub static SNAT_SHARES: LruHashMap<SnatShareKey, u32, 65536> = LruHashMap::new();
 
 /// A fragmented datagram's identity.
 #[repr(C)]

@@ -13,6 +13,7 @@ mod limits;
 mod maps;
 mod nat;
 mod parse;
+mod snat_ports;
 mod sock;
 mod verdict;
 

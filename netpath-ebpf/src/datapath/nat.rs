@@ -1,7 +1,7 @@
 //! Address and port translation: choosing NAT ports and rewriting a packet to
 //! the tuple its flow says it must carry.
 use aya_ebpf::helpers::bpf_get_prandom_u32;
-use netpath_common::{Config, FlowKey, stat};
+use netpath_common::{Config, FlowKey, SNAT_POOL_PORTS, SnatDestination, stat};
 
 use super::{
     conntrack::{self, CreateError, Flow},
@@ -9,10 +9,14 @@ use super::{
     ctx::Packet as Ctx,
     limits,
     parse::{L4, Packet},
+    snat_ports::{self, Search},
 };
 
-/// Random probes for a free SNAT port before giving up (a counted drop).
-const SNAT_PROBES: u32 = 16;
+/// Random probes for a free SNAT port before the pool's lowest free one.
+const RANDOM_PROBES: u32 = 4;
+/// Probes in all: the last ones take the ports the pool marks free (one
+/// marked free but taken after all is marked and the next one tried).
+const PROBES: u32 = 6;
 
 /// Rewrites the packet from its tuple (`pkt.key`) to `target`. A later
 /// fragment has only addresses: its ports, and the L4 checksum that covers
@@ -34,8 +38,13 @@ pub fn rewrite<C: Ctx>(ctx: &mut C, pkt: &Packet, target: &FlowKey) -> RewriteRe
 
 /// Creates a flow whose source is translated to `nat_addr` and a port from the
 /// SNAT range, and whose destination is `(dst_addr, dst_port)` after any DNAT.
-/// Keeps the original source port when it lies in the range and is free.
+/// Keeps the original source port when it lies in the range and is free;
+/// finds a free port while the range has one (see `snat_ports`).
 /// `Err(reason)`: no flow, the packet is dropped.
+///
+/// The search only looks ports up; one claim (two if a full table made
+/// room, or another CPU took the port in between) creates the flow. A claim
+/// per probe would have the verifier walk the whole of `create` per probe.
 #[inline(always)]
 pub fn create_snat_flow(
     cfg: &Config,
@@ -45,47 +54,129 @@ pub fn create_snat_flow(
     dst_port: u16,
     nat_kind: u8,
 ) -> Result<Flow, u32> {
-    let min = u32::from(cfg.snat_port_min);
-    let span = u32::from(cfg.snat_port_max).saturating_sub(min) + 1;
-    let orig_port = u32::from(u16::from_be(pkt.key.sport));
-    let mut candidate = if orig_port >= min && orig_port - min < span {
-        orig_port
-    } else {
-        min + unsafe { bpf_get_prandom_u32() } % span
-    };
-    limits::admit(cfg, pkt)?;
     let is_echo = pkt.l4_kind == L4::IcmpEcho;
+    let dest = SnatDestination {
+        nat_addr,
+        dst_addr,
+        dst_port: if is_echo { 0 } else { dst_port },
+        proto: pkt.key.proto,
+        _pad: 0,
+    };
+    if conntrack::opens_flow(pkt) && snat_ports::share_full(cfg, pkt.key.saddr, &dest) {
+        return Err(stat::DROP_SNAT_SHARE);
+    }
+    limits::admit(cfg, pkt)?;
+    let range = PortRange::of(cfg);
     let mut made_room = false;
-    for _ in 0..SNAT_PROBES {
-        let port = (candidate as u16).to_be();
-        let reply = FlowKey {
-            saddr: dst_addr,
-            daddr: nat_addr,
-            // Echo replies carry the (translated) id in both "ports".
-            sport: if is_echo { port } else { dst_port },
-            dport: port,
-            proto: pkt.key.proto,
-            _pad: [0; 3],
-        };
+    for _ in 0..2 {
+        let offset = free_port(pkt, &dest, &range);
+        if offset == NO_FREE_PORT {
+            return Err(stat::DROP_NO_SNAT_PORT);
+        }
+        let reply = snat_reply(&dest, range.port(offset));
         match conntrack::create(&pkt.key, &reply, nat_kind, pkt) {
-            Ok(flow) => return Ok(flow),
+            Ok(flow) => {
+                snat_ports::mark_used(&dest, offset);
+                snat_ports::share_add(cfg, pkt.key.saddr, &dest, 1);
+                return Ok(flow);
+            }
             Err(CreateError::Refused(reason)) => return Err(reason),
-            // Full: one early drop, then the same port again.
+            // Full: one early drop, then once more.
             Err(CreateError::Full) => {
                 if made_room || !conntrack::early_drop() {
                     return Err(stat::DROP_CT_FULL);
                 }
                 made_room = true;
             }
-            Err(CreateError::ReplyTaken) => {
-                // Try the same port again once its finished holder is gone.
-                if !conntrack::reclaim_finished(&reply, pkt) {
-                    candidate = min + unsafe { bpf_get_prandom_u32() } % span;
-                }
-            }
+            // Another CPU claimed the port since we looked: once more.
+            Err(CreateError::ReplyTaken) => {}
         }
     }
     Err(stat::DROP_NO_SNAT_PORT)
+}
+
+/// The SNAT range as offsets from its first port.
+struct PortRange {
+    min: u32,
+    span: u32,
+}
+
+impl PortRange {
+    #[inline(always)]
+    fn of(cfg: &Config) -> Self {
+        let min = u32::from(cfg.snat_port_min);
+        let span = u32::from(cfg.snat_port_max).saturating_sub(min) + 1;
+        Self {
+            min,
+            span: span.min(SNAT_POOL_PORTS),
+        }
+    }
+
+    /// Wire order.
+    #[inline(always)]
+    fn port(&self, offset: u32) -> u16 {
+        ((self.min + offset) as u16).to_be()
+    }
+
+    #[inline(always)]
+    fn random_offset(&self) -> u32 {
+        // SAFETY: a helper without arguments.
+        (unsafe { bpf_get_prandom_u32() }) % self.span
+    }
+}
+
+/// The reply tuple of an SNAT flow toward `dest` from SNAT port `port`.
+#[inline(always)]
+fn snat_reply(dest: &SnatDestination, port: u16) -> FlowKey {
+    FlowKey {
+        saddr: dest.dst_addr,
+        daddr: dest.nat_addr,
+        // Echo replies carry the (translated) id in both "ports".
+        sport: if dest.dst_port == 0 { port } else { dest.dst_port },
+        dport: port,
+        proto: dest.proto,
+        _pad: [0; 3],
+    }
+}
+
+/// [`free_port`]'s "the range is exhausted".
+const NO_FREE_PORT: u32 = u32::MAX;
+
+/// An SNAT port offset no flow toward `dest` holds: the packet's own
+/// source port if it lies in the range, random ones, then the lowest the
+/// destination's pool marks free; [`NO_FREE_PORT`] when there is none. Not
+/// inlined: the verifier walks the rest of the program once after it, not
+/// once per way out of the loop.
+#[inline(never)]
+fn free_port(pkt: &Packet, dest: &SnatDestination, range: &PortRange) -> u32 {
+    let own = u32::from(u16::from_be(pkt.key.sport));
+    let mut offset = if own >= range.min && own - range.min < range.span {
+        own - range.min
+    } else {
+        range.random_offset()
+    };
+    let Some(pool) = snat_ports::pool(dest) else {
+        return NO_FREE_PORT;
+    };
+    for probe in 0..PROBES {
+        if conntrack::reply_claimable(&snat_reply(dest, range.port(offset)), pkt) {
+            return offset;
+        }
+        if probe + 1 < RANDOM_PROBES {
+            offset = range.random_offset();
+            continue;
+        }
+        // SAFETY: a live map value; racing writers lose bits only.
+        let pool = unsafe { &mut *pool };
+        pool.mark_used(offset);
+        match snat_ports::lowest_free(pool, range.span) {
+            Search::Free(free) => offset = free,
+            // The same, taken port: marked, looked at again.
+            Search::Again => {}
+            Search::Exhausted => return NO_FREE_PORT,
+        }
+    }
+    NO_FREE_PORT
 }
 
 /// Creates a flow that only translates the destination (a published port

@@ -244,6 +244,9 @@ impl Datapath {
             probe_cookie: 0,
             max_flows_per_container,
             max_flows_per_source,
+            snat_ports_per_container: cfg
+                .flow_limits
+                .snat_share(u32::from(cfg.snat_ports.1 - cfg.snat_ports.0) + 1),
             ..Config::new(
                 cfg.host_ip,
                 cfg.gateway_ip,
