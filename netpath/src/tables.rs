@@ -6,7 +6,7 @@ use std::{io, net::Ipv4Addr};
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
 use netpath_common::{
     Config, Endpoint, FlowEntry, FlowKey, IPPROTO_TCP, PortKey, PortTarget, SNAT_POOL_PORTS,
-    SnatDestination, SnatPortPool, SnatShareKey, host::ip_to_wire, nat_kind, names, stat,
+    SnatDestination, SnatPortPool, SnatShareKey, host::ip_to_wire, names, nat_kind, stat,
     tcp_state,
 };
 

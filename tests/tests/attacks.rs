@@ -720,7 +720,13 @@ fn the_snat_port_search_finds_the_last_free_port() {
     wait_counter(&lab, "flow_created", created + 63);
     assert_eq!(counter(&lab, "drop_no_snat_port"), 0);
 
-    let reply = udp_request_from(lab.container(&a), 51000, Lab::OUTSIDE_IP, echo.port(), "last");
+    let reply = udp_request_from(
+        lab.container(&a),
+        51000,
+        Lab::OUTSIDE_IP,
+        echo.port(),
+        "last",
+    );
     reply.expect_ok("the 64th port");
     assert_eq!(reply.stdout.trim(), "last");
     assert_eq!(counter(&lab, "drop_no_snat_port"), 0);

@@ -67,8 +67,7 @@ const NO_PREALLOC: usize = 1;
 /// preallocated: a pool is 4 KiB, and only destinations with SNAT flows
 /// have one (the agent deletes the others).
 #[btf_map]
-pub static SNAT_PORTS: HashMap<SnatDestination, SnatPortPool, 4096, NO_PREALLOC> =
-    HashMap::new();
+pub static SNAT_PORTS: HashMap<SnatDestination, SnatPortPool, 4096, NO_PREALLOC> = HashMap::new();
 
 /// An empty pool, the single element, never written: what a destination's
 /// first pool is copied from (4 KiB fit on no stack).
@@ -119,6 +118,8 @@ pub struct Scratch {
     pub fib: bpf_fib_lookup,
     /// A flow being created, before it is copied into `CONNTRACK`.
     pub entry: FlowEntry,
+    /// See [`forget_bounds`].
+    pub opaque: u32,
 }
 
 #[btf_map]
@@ -131,6 +132,23 @@ pub fn scratch() -> Option<&'static mut Scratch> {
     // with bottom halves off: none of them starts on this CPU while another
     // is using the slot.
     SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
+/// `x`, with all the verifier knew of its range forgotten: a round trip
+/// through this CPU's scratch space (it does not track what map memory
+/// holds). For values that leave a loop by many ways with as many ranges:
+/// forgotten, the states after the loop are one, not one per way out.
+#[inline(always)]
+pub fn forget_bounds(x: u32) -> u32 {
+    let Some(scratch) = scratch() else {
+        return x;
+    };
+    // SAFETY: this CPU's slot, as in `scratch`; volatile so that LLVM keeps
+    // the round trip.
+    unsafe {
+        core::ptr::write_volatile(&raw mut scratch.opaque, x);
+        core::ptr::read_volatile(&raw const scratch.opaque)
+    }
 }
 
 #[inline(always)]

@@ -8,15 +8,16 @@ use super::{
     csum::{self, RewriteResult, Side},
     ctx::Packet as Ctx,
     limits,
+    maps::forget_bounds,
     parse::{L4, Packet},
-    snat_ports::{self, Search},
+    snat_ports,
 };
 
 /// Random probes for a free SNAT port before the pool's lowest free one.
-const RANDOM_PROBES: u32 = 4;
+const RANDOM_PROBES: u32 = 8;
 /// Probes in all: the last ones take the ports the pool marks free (one
 /// marked free but taken after all is marked and the next one tried).
-const PROBES: u32 = 6;
+const PROBES: u32 = 16;
 
 /// Rewrites the packet from its tuple (`pkt.key`) to `target`. A later
 /// fragment has only addresses: its ports, and the L4 checksum that covers
@@ -76,7 +77,6 @@ pub fn create_snat_flow(
         let reply = snat_reply(&dest, range.port(offset));
         match conntrack::create(&pkt.key, &reply, nat_kind, pkt) {
             Ok(flow) => {
-                snat_ports::mark_used(&dest, offset);
                 snat_ports::share_add(cfg, pkt.key.saddr, &dest, 1);
                 return Ok(flow);
             }
@@ -132,7 +132,11 @@ fn snat_reply(dest: &SnatDestination, port: u16) -> FlowKey {
         saddr: dest.dst_addr,
         daddr: dest.nat_addr,
         // Echo replies carry the (translated) id in both "ports".
-        sport: if dest.dst_port == 0 { port } else { dest.dst_port },
+        sport: if dest.dst_port == 0 {
+            port
+        } else {
+            dest.dst_port
+        },
         dport: port,
         proto: dest.proto,
         _pad: [0; 3],
@@ -142,38 +146,41 @@ fn snat_reply(dest: &SnatDestination, port: u16) -> FlowKey {
 /// [`free_port`]'s "the range is exhausted".
 const NO_FREE_PORT: u32 = u32::MAX;
 
-/// An SNAT port offset no flow toward `dest` holds: the packet's own
-/// source port if it lies in the range, random ones, then the lowest the
-/// destination's pool marks free; [`NO_FREE_PORT`] when there is none. Not
-/// inlined: the verifier walks the rest of the program once after it, not
-/// once per way out of the loop.
+/// An SNAT port offset no flow toward `dest` holds, marked taken in the
+/// destination's pool (before the claim: a port whose claim fails is
+/// someone else's, or hidden until the agent's next recount): the packet's
+/// own source port if it lies in the range, random ones, then the lowest
+/// the pool marks free. [`NO_FREE_PORT`] when there is none. Not inlined,
+/// and what it returns has no range the verifier knows: the rest of the
+/// program is walked once after it, not once per way out of the loop.
 #[inline(never)]
 fn free_port(pkt: &Packet, dest: &SnatDestination, range: &PortRange) -> u32 {
+    let Some(pool) = snat_ports::pool(dest) else {
+        return NO_FREE_PORT;
+    };
+    // SAFETY: a live map value; racing writers lose bits only.
+    let pool = unsafe { &mut *pool };
     let own = u32::from(u16::from_be(pkt.key.sport));
     let mut offset = if own >= range.min && own - range.min < range.span {
         own - range.min
     } else {
         range.random_offset()
     };
-    let Some(pool) = snat_ports::pool(dest) else {
-        return NO_FREE_PORT;
-    };
     for probe in 0..PROBES {
         if conntrack::reply_claimable(&snat_reply(dest, range.port(offset)), pkt) {
-            return offset;
+            pool.mark_used(offset);
+            return forget_bounds(offset);
         }
         if probe + 1 < RANDOM_PROBES {
             offset = range.random_offset();
             continue;
         }
-        // SAFETY: a live map value; racing writers lose bits only.
-        let pool = unsafe { &mut *pool };
         pool.mark_used(offset);
         match snat_ports::lowest_free(pool, range.span) {
-            Search::Free(free) => offset = free,
             // The same, taken port: marked, looked at again.
-            Search::Again => {}
-            Search::Exhausted => return NO_FREE_PORT,
+            snat_ports::SEARCH_AGAIN => {}
+            snat_ports::SEARCH_EXHAUSTED => return NO_FREE_PORT,
+            free => offset = free,
         }
     }
     NO_FREE_PORT

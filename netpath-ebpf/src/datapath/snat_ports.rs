@@ -24,7 +24,7 @@ use netpath_common::{
     Config, SNAT_POOL_WORDS, SnatDestination, SnatPortPool, SnatShareKey, nat_kind,
 };
 
-use super::maps::{EMPTY_SNAT_POOL, SNAT_PORTS, SNAT_SHARES};
+use super::maps::{EMPTY_SNAT_POOL, SNAT_PORTS, SNAT_SHARES, forget_bounds};
 
 /// Words of `SnatPortPool::full`.
 const SUMMARY_WORDS: usize = SNAT_POOL_WORDS / 64;
@@ -42,28 +42,15 @@ pub fn pool(dest: &SnatDestination) -> Option<*mut SnatPortPool> {
     SNAT_PORTS.get_ptr_mut(dest)
 }
 
-/// Marks port `offset` taken in `dest`'s pool, just claimed.
-#[inline(never)]
-pub fn mark_used(dest: &SnatDestination, offset: u32) {
-    if let Some(pool) = SNAT_PORTS.get_ptr_mut(dest) {
-        // SAFETY: a live map value; racing writers lose bits only.
-        unsafe { (*pool).mark_used(offset) };
-    }
-}
+/// [`lowest_free`]: a summary bit was stale and is now set, look again.
+pub const SEARCH_AGAIN: u32 = u32::MAX;
+/// [`lowest_free`]: no port in the range is free.
+pub const SEARCH_EXHAUSTED: u32 = u32::MAX - 1;
 
-/// What one look at a pool found.
-pub enum Search {
-    /// This offset from `snat_port_min` is marked free.
-    Free(u32),
-    /// A summary bit was stale and is now set: look again.
-    Again,
-    /// No port in the range is free.
-    Exhausted,
-}
-
-/// The lowest port offset below `span` that `pool` marks free.
+/// The lowest port offset below `span` that `pool` marks free, or
+/// [`SEARCH_AGAIN`] or [`SEARCH_EXHAUSTED`].
 #[inline(never)]
-pub fn lowest_free(pool: &mut SnatPortPool, span: u32) -> Search {
+pub fn lowest_free(pool: &mut SnatPortPool, span: u32) -> u32 {
     for s in 0..SUMMARY_WORDS {
         let open_words = !pool.full[s];
         if open_words == 0 {
@@ -73,18 +60,18 @@ pub fn lowest_free(pool: &mut SnatPortPool, span: u32) -> Search {
         let free = !pool.used[word % SNAT_POOL_WORDS];
         if free == 0 {
             pool.full[s] |= 1 << (word % 64);
-            return Search::Again;
+            return SEARCH_AGAIN;
         }
         // Ports past the range are never claimed, so the first clear bit
         // past it means every port in it is taken.
         let offset = word as u32 * 64 + lowest_bit(free);
         return if offset < span {
-            Search::Free(offset)
+            forget_bounds(offset)
         } else {
-            Search::Exhausted
+            SEARCH_EXHAUSTED
         };
     }
-    Search::Exhausted
+    SEARCH_EXHAUSTED
 }
 
 /// The index of the lowest set bit of `x` (not 0). Without branches: BPF
