@@ -33,8 +33,9 @@ pub mod names {
     pub const FLOW_COUNTS: &str = "FLOW_COUNTS";
     pub const SNAT_PORTS: &str = "SNAT_PORTS";
     pub const SNAT_SHARES: &str = "SNAT_SHARES";
+    pub const SLOW_PATHS: &str = "SLOW_PATHS";
     /// Every map, each pinned under its name.
-    pub const MAPS: [&str; 12] = [
+    pub const MAPS: [&str; 13] = [
         CONFIG,
         ENDPOINTS,
         PORTS,
@@ -47,9 +48,14 @@ pub mod names {
         FLOW_COUNTS,
         SNAT_PORTS,
         SNAT_SHARES,
+        SLOW_PATHS,
     ];
 
     pub const PROG_FROM_CONTAINER: &str = "from_container";
+    /// The first packet of a flow from a container: `from_container` and
+    /// `to_uplink` tail-call it (`SLOW_PATHS[SLOW_PATH_NEW_FLOW]`), attached
+    /// nowhere.
+    pub const PROG_FROM_CONTAINER_NEW_FLOW: &str = "from_container_new_flow";
     pub const PROG_FROM_UPLINK: &str = "from_uplink";
     pub const PROG_TO_UPLINK: &str = "to_uplink";
     pub const PROG_XDP_UPLINK: &str = "xdp_uplink";
@@ -59,6 +65,13 @@ pub mod names {
     pub const PROG_RECVMSG4: &str = "sock_recvmsg4";
     pub const PROG_GETPEERNAME4: &str = "sock_getpeername4";
 }
+
+/// `SLOW_PATHS` index of `from_container_new_flow`.
+pub const SLOW_PATH_NEW_FLOW: u32 = 0;
+/// `SLOW_PATHS` indexes of the programs that ask for new flows, where the
+/// slow path returns.
+pub const SLOW_PATH_FROM_CONTAINER: u32 = 1;
+pub const SLOW_PATH_TO_UPLINK: u32 = 2;
 
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
@@ -212,6 +225,9 @@ impl SnatDestination {
         }
     }
 }
+
+/// Capacity of `SNAT_PORTS`: destinations with a pool.
+pub const SNAT_POOLS_MAX: usize = 4096;
 
 /// The most ports an SNAT range may hold: what one `SnatPortPool` covers.
 pub const SNAT_POOL_PORTS: u32 = 32768;
@@ -413,6 +429,9 @@ pub mod stat {
     /// A container's new SNAT flow toward a destination to which it holds
     /// its share of the SNAT ports already.
     pub const DROP_SNAT_SHARE: u32 = 37;
+    /// `from_container` could not hand a new flow to its slow path (no
+    /// program in `SLOW_PATHS`: never, once `up` has loaded it).
+    pub const DROP_NO_SLOW_PATH: u32 = 38;
     pub const STATS_LEN: u32 = 48;
 
     /// Names for output, indexed like the counters; empty = unused slot.
@@ -455,7 +474,7 @@ pub mod stat {
         "drop_source_limit",
         "drop_container_limit",
         "drop_snat_share",
-        "",
+        "drop_no_slow_path",
         "",
         "",
         "",

@@ -6,8 +6,8 @@ use std::{io, net::Ipv4Addr};
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
 use netpath_common::{
     Config, Endpoint, FlowEntry, FlowKey, IPPROTO_TCP, PortKey, PortTarget, SNAT_POOL_PORTS,
-    SnatDestination, SnatPortPool, SnatShareKey, host::ip_to_wire, names, nat_kind, stat,
-    tcp_state,
+    SNAT_POOLS_MAX, SnatDestination, SnatPortPool, SnatShareKey, host::ip_to_wire, names, nat_kind,
+    stat, tcp_state,
 };
 
 use crate::directories::{Instance, NotUp};
@@ -63,7 +63,13 @@ where
         }
     }
     for (key, value) in &entries {
-        map.insert(key, value, 0).map_err(map_err(name))?;
+        match map.insert(key, value, 0) {
+            Ok(()) => {}
+            // Filled by the datapath since the walk (a plain hash): the
+            // entry waits for the next pass.
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::E2BIG) => {}
+            Err(e) => return Err(map_err(name)(e)),
+        }
     }
     Ok(())
 }
@@ -301,6 +307,15 @@ impl Tables {
             }
         }
         replace_all(&mut self.snat_shares, names::SNAT_SHARES, shares)?;
+        // The map has room for so many pools: the busiest destinations get
+        // them (the others' few ports are found by random probes).
+        let mut pools: Vec<_> = pools.into_iter().collect();
+        if pools.len() > SNAT_POOLS_MAX {
+            pools.sort_by_cached_key(|(_, pool)| {
+                std::cmp::Reverse(pool.used.iter().map(|w| w.count_ones()).sum::<u32>())
+            });
+            pools.truncate(SNAT_POOLS_MAX);
+        }
         let pools = pools.into_iter().map(|(dest, pool)| (dest, *pool));
         replace_all(&mut self.snat_ports, names::SNAT_PORTS, pools)
     }

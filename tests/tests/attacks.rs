@@ -664,6 +664,18 @@ fn udp_flows_from(lab: &Lab, name: &str, sports: std::ops::Range<u16>, port: u16
     wire.send(&frames);
 }
 
+/// A UDP echo's answer ("SOURCE:PORT\nPAYLOAD") to a masqueraded request:
+/// from the host's address and a port of the SNAT range.
+#[track_caller]
+fn assert_masqueraded_echo(answer: &str, payload: &str) {
+    let (source, echoed) = answer.trim().split_once('\n').expect("source and payload");
+    assert_eq!(echoed, payload);
+    let (addr, port) = source.split_once(':').expect("address:port");
+    assert_eq!(addr, Lab::HOST_IP);
+    let port: u16 = port.parse().expect("a port");
+    assert!((40000..=40063).contains(&port), "{source}");
+}
+
 /// Issue 10, item 12: one container can't take every SNAT port toward a
 /// destination (here: 64 ports, half of them its share), so another still
 /// reaches it. Connections that finish give their port back to the share
@@ -685,7 +697,7 @@ fn one_container_cannot_take_every_snat_port_toward_a_destination() {
     assert_eq!(counter(&lab, "drop_no_snat_port"), 0);
     let reply = udp_request_from(lab.container(&b), 50000, Lab::OUTSIDE_IP, echo.port(), "b");
     reply.expect_ok("B reaches the destination A tried to take");
-    assert_eq!(reply.stdout.trim(), "b");
+    assert_masqueraded_echo(&reply.stdout, "b");
 
     // TCP from B, share 32: 40 connections one after the other all go
     // through, each giving its port back as it closes.
@@ -702,7 +714,8 @@ fn one_container_cannot_take_every_snat_port_toward_a_destination() {
 /// Issue 10, item 12: the SNAT port search finds the last free port. 63 of
 /// 64 ports toward O taken (no share limit), the next flow gets the 64th
 /// (16 random probes find it about one time in five), and only a 65th is
-/// refused.
+/// refused. Once those flows expired, the agent has given their ports back
+/// to the pool: the same again finds all 64.
 #[test]
 fn the_snat_port_search_finds_the_last_free_port() {
     let (lab, a) = lab_with_container(
@@ -712,25 +725,38 @@ fn the_snat_port_search_finds_the_last_free_port() {
             "40000-40063",
             "--snat-ports-per-container",
             "0",
+            "--ct-timeout",
+            "replied=3",
         ],
     );
     let echo = Server::udp_echo(&lab.outside, "0.0.0.0", 0);
-    let created = counter(&lab, "flow_created");
-    udp_flows_from(&lab, &a, 50000..50063, echo.port());
-    wait_counter(&lab, "flow_created", created + 63);
-    assert_eq!(counter(&lab, "drop_no_snat_port"), 0);
+    for round in 0..2u16 {
+        let base = 50000 + round * 1000;
+        let created = counter(&lab, "flow_created");
+        udp_flows_from(&lab, &a, base..base + 63, echo.port());
+        wait_counter(&lab, "flow_created", created + 63);
+        assert_eq!(counter(&lab, "drop_no_snat_port"), u64::from(round));
 
-    let reply = udp_request_from(
-        lab.container(&a),
-        51000,
-        Lab::OUTSIDE_IP,
-        echo.port(),
-        "last",
-    );
-    reply.expect_ok("the 64th port");
-    assert_eq!(reply.stdout.trim(), "last");
-    assert_eq!(counter(&lab, "drop_no_snat_port"), 0);
+        let last = udp_request_from(
+            lab.container(&a),
+            base + 500,
+            Lab::OUTSIDE_IP,
+            echo.port(),
+            "last",
+        );
+        last.expect_ok("the 64th port");
+        assert_masqueraded_echo(&last.stdout, "last");
+        assert_eq!(counter(&lab, "drop_no_snat_port"), u64::from(round));
 
-    udp_flows_from(&lab, &a, 52000..52001, echo.port());
-    wait_counter(&lab, "drop_no_snat_port", 1);
+        udp_flows_from(&lab, &a, base + 600..base + 601, echo.port());
+        wait_counter(&lab, "drop_no_snat_port", u64::from(round) + 1);
+
+        // Every flow expires 3 s after its last packet; the next GC pass
+        // frees the ports.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while conntrack_entries(&lab) > 0 {
+            assert!(Instant::now() < deadline, "the flows never expired");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
 }

@@ -120,8 +120,11 @@ impl PortRange {
 
     #[inline(always)]
     fn random_offset(&self) -> u32 {
-        // SAFETY: a helper without arguments.
-        (unsafe { bpf_get_prandom_u32() }) % self.span
+        // SAFETY: a helper without arguments. `checked_rem`: no division
+        // by zero panic for the verifier to find (the span is never 0).
+        (unsafe { bpf_get_prandom_u32() })
+            .checked_rem(self.span)
+            .unwrap_or(0)
     }
 }
 
@@ -155,11 +158,7 @@ const NO_FREE_PORT: u32 = u32::MAX;
 /// program is walked once after it, not once per way out of the loop.
 #[inline(never)]
 fn free_port(pkt: &Packet, dest: &SnatDestination, range: &PortRange) -> u32 {
-    let Some(pool) = snat_ports::pool(dest) else {
-        return NO_FREE_PORT;
-    };
-    // SAFETY: a live map value; racing writers lose bits only.
-    let pool = unsafe { &mut *pool };
+    let pool = snat_ports::pool(dest);
     let own = u32::from(u16::from_be(pkt.key.sport));
     let mut offset = if own >= range.min && own - range.min < range.span {
         own - range.min
@@ -168,13 +167,22 @@ fn free_port(pkt: &Packet, dest: &SnatDestination, range: &PortRange) -> u32 {
     };
     for probe in 0..PROBES {
         if conntrack::reply_claimable(&snat_reply(dest, range.port(offset)), pkt) {
-            pool.mark_used(offset);
+            if let Some(pool) = pool {
+                // SAFETY: a live map value; racing writers lose bits only.
+                unsafe { (*pool).mark_used(offset) };
+            }
             return forget_bounds(offset);
         }
         if probe + 1 < RANDOM_PROBES {
             offset = range.random_offset();
             continue;
         }
+        // No pool (the map is full): the random probes alone.
+        let Some(pool) = pool else {
+            return NO_FREE_PORT;
+        };
+        // SAFETY: as above.
+        let pool = unsafe { &mut *pool };
         pool.mark_used(offset);
         match snat_ports::lowest_free(pool, range.span) {
             // The same, taken port: marked, looked at again.
