@@ -16,7 +16,7 @@ pub use host::Proto;
 /// Bumped whenever a map's key or value layout, or a map's kind, changes. Pins
 /// live under a directory named after it, so a netpath never adopts maps laid out
 /// by another version.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Names of the pinned maps and programs, shared so userspace finds what the
 /// object declares.
@@ -31,8 +31,11 @@ pub mod names {
     pub const SOCK_REVNAT: &str = "SOCK_REVNAT";
     pub const ROUTE_GEN: &str = "ROUTE_GEN";
     pub const FLOW_COUNTS: &str = "FLOW_COUNTS";
+    pub const SNAT_PORTS: &str = "SNAT_PORTS";
+    pub const SNAT_SHARES: &str = "SNAT_SHARES";
+    pub const SLOW_PATHS: &str = "SLOW_PATHS";
     /// Every map, each pinned under its name.
-    pub const MAPS: [&str; 10] = [
+    pub const MAPS: [&str; 13] = [
         CONFIG,
         ENDPOINTS,
         PORTS,
@@ -43,9 +46,16 @@ pub mod names {
         SOCK_REVNAT,
         ROUTE_GEN,
         FLOW_COUNTS,
+        SNAT_PORTS,
+        SNAT_SHARES,
+        SLOW_PATHS,
     ];
 
     pub const PROG_FROM_CONTAINER: &str = "from_container";
+    /// The first packet of a flow from a container: `from_container` and
+    /// `to_uplink` tail-call it (`SLOW_PATHS[SLOW_PATH_NEW_FLOW]`), attached
+    /// nowhere.
+    pub const PROG_FROM_CONTAINER_NEW_FLOW: &str = "from_container_new_flow";
     pub const PROG_FROM_UPLINK: &str = "from_uplink";
     pub const PROG_TO_UPLINK: &str = "to_uplink";
     pub const PROG_XDP_UPLINK: &str = "xdp_uplink";
@@ -55,6 +65,13 @@ pub mod names {
     pub const PROG_RECVMSG4: &str = "sock_recvmsg4";
     pub const PROG_GETPEERNAME4: &str = "sock_getpeername4";
 }
+
+/// `SLOW_PATHS` index of `from_container_new_flow`.
+pub const SLOW_PATH_NEW_FLOW: u32 = 0;
+/// `SLOW_PATHS` indexes of the programs that ask for new flows, where the
+/// slow path returns.
+pub const SLOW_PATH_FROM_CONTAINER: u32 = 1;
+pub const SLOW_PATH_TO_UPLINK: u32 = 2;
 
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
@@ -100,6 +117,11 @@ pub struct Config {
     /// socket's connect to the probe port counts, for any process of the
     /// hooked cgroup, in any netns, can connect to 127.0.0.1 too.
     pub probe_cookie: u64,
+    /// Most SNAT ports one container may hold open toward one destination
+    /// (0: no limit), so that one container can't take every port to a
+    /// server the others use too.
+    pub snat_ports_per_container: u32,
+    pub _pad: u32,
 }
 
 impl Config {
@@ -169,6 +191,91 @@ impl FlowKey {
             _pad: [0; 3],
         }
     }
+}
+
+/// Where SNAT flows go, and from which translated address: the reply tuples
+/// of all SNAT flows toward one destination differ only in the SNAT port,
+/// so the ports in use are counted per destination (`SNAT_PORTS` key).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq, Eq, Hash)]
+pub struct SnatDestination {
+    pub nat_addr: u32,
+    pub dst_addr: u32,
+    /// Wire order; 0 for ICMP echo, whose reply carries the SNAT id in both
+    /// "ports".
+    pub dst_port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+impl SnatDestination {
+    /// The destination of an SNAT flow, from its reply tuple.
+    #[inline(always)]
+    pub fn of_reply(reply: &FlowKey) -> Self {
+        Self {
+            nat_addr: reply.daddr,
+            dst_addr: reply.saddr,
+            dst_port: if reply.proto == IPPROTO_ICMP {
+                0
+            } else {
+                reply.sport
+            },
+            proto: reply.proto,
+            _pad: 0,
+        }
+    }
+}
+
+/// Capacity of `SNAT_PORTS`: destinations with a pool.
+pub const SNAT_POOLS_MAX: usize = 4096;
+
+/// The most ports an SNAT range may hold: what one `SnatPortPool` covers.
+pub const SNAT_POOL_PORTS: u32 = 32768;
+/// 64-bit words of `SnatPortPool::used`.
+pub const SNAT_POOL_WORDS: usize = (SNAT_POOL_PORTS / 64) as usize;
+
+/// `SNAT_PORTS` value: which SNAT ports toward one destination are taken.
+/// Bit `i` of `used` is port `snat_port_min + i`; bit `w` of `full` says
+/// word `w` of `used` has no clear bit, so a search reads at most
+/// `full`'s words and one of `used`'s. Hints: the claim of the reply tuple
+/// in `CT_REPLY` decides, and the agent rewrites both from the conntrack
+/// table on every GC pass.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq)]
+pub struct SnatPortPool {
+    pub used: [u64; SNAT_POOL_WORDS],
+    pub full: [u64; SNAT_POOL_WORDS / 64],
+}
+
+impl SnatPortPool {
+    /// Marks port offset `offset` (from `snat_port_min`) taken.
+    #[inline(always)]
+    pub fn mark_used(&mut self, offset: u32) {
+        let word = Self::word_of(offset);
+        self.used[word] |= 1 << (offset % 64);
+        if self.used[word] == u64::MAX {
+            self.full[word / 64] |= 1 << (word % 64);
+        }
+    }
+
+    /// The word of `used` that holds `offset`'s bit. The mask is what lets
+    /// the verifier see the index in bounds; read through a volatile load,
+    /// LLVM can't prove it redundant (where the caller checked the offset
+    /// against the range) and drop it.
+    #[inline(always)]
+    fn word_of(offset: u32) -> usize {
+        // SAFETY: a read of a local.
+        let offset = unsafe { core::ptr::read_volatile(&offset) };
+        (offset / 64) as usize & (SNAT_POOL_WORDS - 1)
+    }
+}
+
+/// `SNAT_SHARES` key: one container's SNAT flows toward one destination.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq, Eq, Hash)]
+pub struct SnatShareKey {
+    pub container: u32,
+    pub destination: SnatDestination,
 }
 
 /// What the datapath does to a flow.
@@ -319,6 +426,12 @@ pub mod stat {
     pub const DROP_SOURCE_LIMIT: u32 = 35;
     /// A new flow over the per-container limit.
     pub const DROP_CONTAINER_LIMIT: u32 = 36;
+    /// A container's new SNAT flow toward a destination to which it holds
+    /// its share of the SNAT ports already.
+    pub const DROP_SNAT_SHARE: u32 = 37;
+    /// `from_container` could not hand a new flow to its slow path (no
+    /// program in `SLOW_PATHS`: never, once `up` has loaded it).
+    pub const DROP_NO_SLOW_PATH: u32 = 38;
     pub const STATS_LEN: u32 = 48;
 
     /// Names for output, indexed like the counters; empty = unused slot.
@@ -360,8 +473,8 @@ pub mod stat {
         "drop_tcp_out_of_window",
         "drop_source_limit",
         "drop_container_limit",
-        "",
-        "",
+        "drop_snat_share",
+        "drop_no_slow_path",
         "",
         "",
         "",
@@ -424,4 +537,7 @@ mod user {
     unsafe impl aya::Pod for SockRevNatKey {}
     unsafe impl aya::Pod for SockRevNatValue {}
     unsafe impl aya::Pod for FlowEvent {}
+    unsafe impl aya::Pod for SnatDestination {}
+    unsafe impl aya::Pod for SnatPortPool {}
+    unsafe impl aya::Pod for SnatShareKey {}
 }

@@ -87,6 +87,7 @@ pub fn collect_garbage(
     let gone: std::collections::HashSet<FlowKey> = expired.iter().map(|(key, _)| *key).collect();
     flows.retain(|(key, _)| !gone.contains(key));
     tables.recount_flow_sources(&flows)?;
+    tables.recount_snat_ports(&flows)?;
     if !expired.is_empty() {
         let mut totals = retired.lock().unwrap_or_else(PoisonError::into_inner);
         for (key, entry) in &expired {

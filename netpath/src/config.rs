@@ -76,6 +76,9 @@ impl fmt::Display for Accel {
 pub struct FlowLimits {
     pub per_container: Option<u32>,
     pub per_source: Option<u32>,
+    /// SNAT ports one container may hold toward one destination.
+    #[serde(default)]
+    pub snat_ports_per_container: Option<u32>,
 }
 
 impl FlowLimits {
@@ -90,6 +93,15 @@ impl FlowLimits {
             self.per_container.unwrap_or((capacity / 2).max(1024)),
             self.per_source.unwrap_or((capacity / 4).max(256)),
         )
+    }
+
+    /// The SNAT share for a range of `snat_ports` ports (0: none). By
+    /// default half the range: a container may keep thousands of
+    /// connections open to one server, and can't take every port the
+    /// others need to reach it.
+    pub fn snat_share(self, snat_ports: u32) -> u32 {
+        self.snat_ports_per_container
+            .unwrap_or((snat_ports / 2).max(1))
     }
 }
 

@@ -509,6 +509,9 @@ async fn adopt(host: &rtnetlink::Handle, mut state: State, options: &UpOptions) 
     if options.flow_limits.per_source.is_some() {
         state.flow_limits.per_source = options.flow_limits.per_source;
     }
+    if options.flow_limits.snat_ports_per_container.is_some() {
+        state.flow_limits.snat_ports_per_container = options.flow_limits.snat_ports_per_container;
+    }
     if let Some(range) = options.snat_ports {
         state.snat_ports = range;
     }

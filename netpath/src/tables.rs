@@ -5,8 +5,9 @@ use std::{io, net::Ipv4Addr};
 
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
 use netpath_common::{
-    Config, Endpoint, FlowEntry, FlowKey, IPPROTO_TCP, PortKey, PortTarget, host::ip_to_wire,
-    names, stat, tcp_state,
+    Config, Endpoint, FlowEntry, FlowKey, IPPROTO_TCP, PortKey, PortTarget, SNAT_POOL_PORTS,
+    SNAT_POOLS_MAX, SnatDestination, SnatPortPool, SnatShareKey, host::ip_to_wire, names, nat_kind,
+    stat, tcp_state,
 };
 
 use crate::directories::{Instance, NotUp};
@@ -32,6 +33,47 @@ fn map_err(path: &str) -> impl FnOnce(MapError) -> TablesError + '_ {
     }
 }
 
+/// A finished TCP connection: it holds no peer's resources, and a full
+/// table gives it up first (early drop), so it counts against no limit.
+fn finished(key: &FlowKey, entry: &FlowEntry) -> bool {
+    key.proto == IPPROTO_TCP && matches!(entry.tcp_state, tcp_state::TIME_WAIT | tcp_state::CLOSED)
+}
+
+/// Makes `map` hold exactly `entries`: what the datapath counts between
+/// two GC passes is replaced by the truth.
+fn replace_all<K, V>(
+    map: &mut HashMap<MapData, K, V>,
+    name: &str,
+    entries: impl IntoIterator<Item = (K, V)>,
+) -> Result<(), TablesError>
+where
+    K: aya::Pod + Eq + std::hash::Hash,
+    V: aya::Pod,
+{
+    let entries: std::collections::HashMap<K, V> = entries.into_iter().collect();
+    let gone: Vec<K> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|key| !entries.contains_key(key))
+        .collect();
+    for key in gone {
+        match map.remove(&key) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_err(name)(e)),
+        }
+    }
+    for (key, value) in &entries {
+        match map.insert(key, value, 0) {
+            Ok(()) => {}
+            // Filled by the datapath since the walk (a plain hash): the
+            // entry waits for the next pass.
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::E2BIG) => {}
+            Err(e) => return Err(map_err(name)(e)),
+        }
+    }
+    Ok(())
+}
+
 /// The instance's pinned maps, opened. A command opens them once and passes
 /// this handle down.
 pub struct Tables {
@@ -43,6 +85,8 @@ pub struct Tables {
     stats: PerCpuArray<MapData, u64>,
     route_gen: Array<MapData, u32>,
     flow_counts: HashMap<MapData, u32, u32>,
+    snat_ports: HashMap<MapData, SnatDestination, SnatPortPool>,
+    snat_shares: HashMap<MapData, SnatShareKey, u32>,
     conntrack_capacity: u32,
 }
 
@@ -74,6 +118,10 @@ impl Tables {
                 .map_err(map_err(names::ROUTE_GEN))?,
             flow_counts: HashMap::try_from(open(names::FLOW_COUNTS)?)
                 .map_err(map_err(names::FLOW_COUNTS))?,
+            snat_ports: HashMap::try_from(open(names::SNAT_PORTS)?)
+                .map_err(map_err(names::SNAT_PORTS))?,
+            snat_shares: HashMap::try_from(open(names::SNAT_SHARES)?)
+                .map_err(map_err(names::SNAT_SHARES))?,
         })
     }
 
@@ -216,35 +264,60 @@ impl Tables {
         flows: &[(FlowKey, FlowEntry)],
     ) -> Result<(), TablesError> {
         let mut counts = std::collections::HashMap::<u32, u32>::new();
-        // Finished connections don't count: they hold no peer's resources,
-        // and a full table gives them up first (early drop).
-        let finished = |key: &FlowKey, entry: &FlowEntry| {
-            key.proto == IPPROTO_TCP
-                && matches!(entry.tcp_state, tcp_state::TIME_WAIT | tcp_state::CLOSED)
-        };
         for (key, entry) in flows {
             if !finished(key, entry) {
                 *counts.entry(key.saddr).or_default() += 1;
             }
         }
-        let gone: Vec<u32> = self
-            .flow_counts
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|source| !counts.contains_key(source))
-            .collect();
-        for source in gone {
-            match self.flow_counts.remove(&source) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_err(names::FLOW_COUNTS)(e)),
+        replace_all(&mut self.flow_counts, names::FLOW_COUNTS, counts)
+    }
+
+    /// Rewrites the datapath's SNAT port pools (the ports taken toward each
+    /// destination) and the containers' SNAT shares from `flows`, the table
+    /// as just read. The datapath only sets bits and counts in between, so
+    /// this is where the ports of flows gone become free again, and where
+    /// pools of destinations no flow goes to any more are deleted.
+    pub fn recount_snat_ports(
+        &mut self,
+        flows: &[(FlowKey, FlowEntry)],
+    ) -> Result<(), TablesError> {
+        let cfg = self.config()?;
+        let min = u32::from(cfg.snat_port_min);
+        let span = (u32::from(cfg.snat_port_max).saturating_sub(min) + 1).min(SNAT_POOL_PORTS);
+        let mut pools = std::collections::HashMap::<SnatDestination, Box<SnatPortPool>>::new();
+        let mut shares = std::collections::HashMap::<SnatShareKey, u32>::new();
+        for (key, entry) in flows {
+            if !matches!(entry.nat_kind, nat_kind::MASQUERADE | nat_kind::HAIRPIN) {
+                continue;
+            }
+            let destination = SnatDestination::of_reply(&entry.reply);
+            let port = u32::from(u16::from_be(entry.reply.dport));
+            if let Some(offset) = port.checked_sub(min).filter(|offset| *offset < span) {
+                pools
+                    .entry(destination)
+                    .or_insert_with(|| Box::new(bytemuck::Zeroable::zeroed()))
+                    .mark_used(offset);
+            }
+            if cfg.in_subnet(key.saddr) && !finished(key, entry) {
+                let share = SnatShareKey {
+                    container: key.saddr,
+                    destination,
+                };
+                *shares.entry(share).or_default() += 1;
             }
         }
-        for (source, count) in counts {
-            self.flow_counts
-                .insert(source, count, 0)
-                .map_err(map_err(names::FLOW_COUNTS))?;
+        replace_all(&mut self.snat_shares, names::SNAT_SHARES, shares)?;
+        // The map has room for so many pools: the busiest destinations get
+        // them (the others' few ports are found by random probes).
+        let mut pools: Vec<_> = pools.into_iter().collect();
+        if pools.len() > SNAT_POOLS_MAX {
+            pools.sort_by_cached_key(|(_, pool)| {
+                std::cmp::Reverse(pool.used.iter().map(|w| w.count_ones()).sum::<u32>())
+            });
+            pools.truncate(SNAT_POOLS_MAX);
         }
-        Ok(())
+        let pools = pools.into_iter().map(|(dest, pool)| (dest, *pool));
+        replace_all(&mut self.snat_ports, names::SNAT_PORTS, pools)
     }
 
     /// The conntrack entry of `key` as it is now; None when it is gone.

@@ -46,11 +46,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, ProgramArray};
 use aya::programs::{SchedClassifier, TestRunOptions, TestRunResult, Xdp};
 use aya::{Ebpf, EbpfLoader, TestRun};
 use netpath_common::{
-    Config, Endpoint, FlowEntry, FlowKey, PortKey, PortTarget, Proto, host::ip_to_wire, names,
+    Config, Endpoint, FlowEntry, FlowKey, PortKey, PortTarget, Proto, SLOW_PATH_FROM_CONTAINER,
+    SLOW_PATH_NEW_FLOW, SLOW_PATH_TO_UPLINK, host::ip_to_wire, names,
 };
 
 use crate::names::unique_name;
@@ -207,7 +208,40 @@ impl TestDatapath {
                 .load()
                 .with_context(|| format!("the verifier rejected {}", prog.name()))?;
         }
+        dp.link_slow_paths()?;
         Ok(dp)
+    }
+
+    /// Loads the new-flow slow path and fills `SLOW_PATHS` as netpath's
+    /// loader does: first packets of flows run through it.
+    fn link_slow_paths(&mut self) -> Result<()> {
+        let name = names::PROG_FROM_CONTAINER_NEW_FLOW;
+        let new_flow: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(name)
+            .with_context(|| format!("no program {name}"))?
+            .try_into()?;
+        new_flow
+            .load()
+            .with_context(|| format!("the verifier rejected {name}"))?;
+        let mut fds = Vec::new();
+        for (index, name) in [
+            (SLOW_PATH_NEW_FLOW, name),
+            (SLOW_PATH_FROM_CONTAINER, names::PROG_FROM_CONTAINER),
+            (SLOW_PATH_TO_UPLINK, names::PROG_TO_UPLINK),
+        ] {
+            let prog: &SchedClassifier = self
+                .ebpf
+                .program(name)
+                .with_context(|| format!("no program {name}"))?
+                .try_into()?;
+            fds.push((index, prog.fd()?.try_clone()?));
+        }
+        let mut slow_paths = ProgramArray::try_from(self.map_mut(names::SLOW_PATHS)?)?;
+        for (index, fd) in &fds {
+            slow_paths.set(*index, fd, 0)?;
+        }
+        Ok(())
     }
 
     /// Loads (verifies) the XDP programs too; only cost measurements run them.

@@ -7,16 +7,17 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use aya_ebpf::bindings::BPF_NOEXIST;
 use netpath_common::{
     DIR_ORIGINAL, DIR_REPLY, EVENT_CLOSED, EVENT_OPENED, FLOW_FIN_ORIGINAL, FLOW_FIN_REPLY,
-    FLOW_REPLY_SEQ_KNOWN, FLOW_SEEN_REPLY, FlowEntry, FlowEvent, FlowKey, IPPROTO_TCP, stat,
-    tcp_state,
+    FLOW_REPLY_SEQ_KNOWN, FLOW_SEEN_REPLY, FlowEntry, FlowEvent, FlowKey, IPPROTO_TCP,
+    SnatDestination, stat, tcp_state,
 };
 
 use super::{
     maps::{
-        CONNTRACK, CT_RECENT, CT_RECENT_NEXT, CT_RECENT_SLOTS, CT_REPLY, EVENTS, count, now_ns,
-        scratch,
+        CONNTRACK, CT_RECENT, CT_RECENT_NEXT, CT_RECENT_SLOTS, CT_REPLY, EVENTS, config, count,
+        now_ns, scratch,
     },
     parse::{ICMP_ECHO_REQUEST, L4, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    snat_ports,
 };
 
 /// A tracked flow as a packet found it.
@@ -250,6 +251,15 @@ fn drop_if_unassured(slot: u32) -> bool {
     CONNTRACK.remove(orig).is_ok()
 }
 
+/// Whether a new flow may claim the reply tuple `reply`: no flow holds it,
+/// or the finished connection that held it was just given up (see
+/// [`reclaim_finished`]). A hint: the claim in [`create`] decides. Not
+/// inlined: called from a loop, its branches end here.
+#[inline(never)]
+pub fn reply_claimable(reply: &FlowKey, pkt: &Packet) -> bool {
+    CT_REPLY.get_ptr(reply).is_none() || reclaim_finished(reply, pkt)
+}
+
 /// How long a Linux peer keeps a closed connection's tuple in TIME_WAIT
 /// (`TCP_TIMEWAIT_LEN`).
 const PEER_TIME_WAIT_NS: u64 = 60 * 1_000_000_000;
@@ -263,7 +273,7 @@ const PEER_TIME_WAIT_NS: u64 = 60 * 1_000_000_000;
 /// reuses its own tuple needs no takeover: it finds its flow by the original
 /// key.) Returns whether the tuple was freed.
 #[inline(always)]
-pub fn reclaim_finished(reply: &FlowKey, pkt: &Packet) -> bool {
+fn reclaim_finished(reply: &FlowKey, pkt: &Packet) -> bool {
     if pkt.key.proto != IPPROTO_TCP || pkt.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
         return false;
     }
@@ -467,11 +477,38 @@ unsafe fn advance_tcp(flow: &Flow, pkt: &Packet) {
         let new = next_tcp_state(&mut *entry, flow.dir, flags);
         if new != old {
             (*entry).tcp_state = new;
-            if matches!(new, tcp_state::TIME_WAIT | tcp_state::CLOSED) {
-                emit(EVENT_CLOSED, &flow.orig, &*entry);
+            match (finished(old), finished(new)) {
+                (false, true) => {
+                    emit(EVENT_CLOSED, &flow.orig, &*entry);
+                    count_snat_share(flow, -1);
+                }
+                (true, false) => count_snat_share(flow, 1),
+                _ => {}
             }
         }
     }
+}
+
+#[inline(always)]
+fn finished(state: u8) -> bool {
+    matches!(state, tcp_state::TIME_WAIT | tcp_state::CLOSED)
+}
+
+/// A TCP flow finished (`delta` -1) or was reopened (1): its SNAT port
+/// leaves or rejoins its container's share. Not inlined: one copy for every
+/// transition, and its key off the caller's stack.
+#[inline(never)]
+fn count_snat_share(flow: &Flow, delta: i32) {
+    // SAFETY: entry points into a live map value.
+    let entry = unsafe { &*flow.entry };
+    if !snat_ports::holds_port(entry.nat_kind) {
+        return;
+    }
+    let Some(cfg) = config() else {
+        return;
+    };
+    let dest = SnatDestination::of_reply(&entry.reply);
+    snat_ports::share_add(cfg, flow.orig.saddr, &dest, delta);
 }
 
 #[inline(always)]

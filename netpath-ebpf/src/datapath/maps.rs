@@ -1,15 +1,16 @@
 //! The maps. BTF-defined, so `bpftool map dump` shows named fields; the loader
 //! pins each one under the instance's directory so userspace and later loads
 //! share them. Sizes here are defaults; the loader sets the real ones.
+use super::parse::Packet;
 use aya_ebpf::{
     bindings::bpf_fib_lookup,
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
     helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::btf_map,
 };
 use netpath_common::{
-    Config, Endpoint, FlowEntry, FlowEvent, FlowKey, PortKey, PortTarget, SockRevNatKey,
-    SockRevNatValue, stat,
+    Config, Endpoint, FlowEntry, FlowEvent, FlowKey, PortKey, PortTarget, SNAT_POOLS_MAX,
+    SnatDestination, SnatPortPool, SnatShareKey, SockRevNatKey, SockRevNatValue, stat,
 };
 
 #[btf_map]
@@ -60,6 +61,31 @@ pub static CT_RECENT_NEXT: Array<u32, 1> = Array::new();
 #[btf_map]
 pub static FLOW_COUNTS: LruHashMap<u32, u32, 65536> = LruHashMap::new();
 
+/// Programs tail-called for rare, costly paths, which the verifier then
+/// walks in a program of their own: `SLOW_PATH_NEW_FLOW`.
+#[btf_map]
+pub static SLOW_PATHS: ProgramArray<3> = ProgramArray::new();
+
+/// `BPF_F_NO_PREALLOC`: memory for an entry is taken when it is made.
+const NO_PREALLOC: usize = 1;
+
+/// The SNAT ports taken toward each destination (see `snat_ports`). Not
+/// preallocated: a pool is 4 KiB, and only destinations with SNAT flows
+/// have one (the agent deletes the others).
+#[btf_map]
+pub static SNAT_PORTS: HashMap<SnatDestination, SnatPortPool, SNAT_POOLS_MAX, NO_PREALLOC> =
+    HashMap::new();
+
+/// An empty pool, the single element, never written: what a destination's
+/// first pool is copied from (4 KiB fit on no stack).
+#[btf_map]
+pub static EMPTY_SNAT_POOL: Array<SnatPortPool, 1> = Array::new();
+
+/// Open SNAT flows per container and destination (see `snat_ports`). LRU
+/// like `FLOW_COUNTS`: a lost count only ever lets more in.
+#[btf_map]
+pub static SNAT_SHARES: LruHashMap<SnatShareKey, u32, 65536> = LruHashMap::new();
+
 /// A fragmented datagram's identity.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -99,6 +125,24 @@ pub struct Scratch {
     pub fib: bpf_fib_lookup,
     /// A flow being created, before it is copied into `CONNTRACK`.
     pub entry: FlowEntry,
+    /// See [`forget_bounds`].
+    pub opaque: u32,
+    /// What `from_container` hands its new-flow slow path.
+    pub new_flow: NewFlowRequest,
+}
+
+/// A flow `from_container` wants made: its first packet (as parsed) and
+/// what `nat::create_snat_flow` takes besides.
+#[derive(Clone, Copy)]
+pub struct NewFlowRequest {
+    pub pkt: Packet,
+    pub nat_addr: u32,
+    pub dst_addr: u32,
+    pub dst_port: u16,
+    pub nat_kind: u8,
+    /// The `SLOW_PATHS` index of the program to run the packet through
+    /// again once the flow is made: the one that asked.
+    pub then: u32,
 }
 
 #[btf_map]
@@ -111,6 +155,23 @@ pub fn scratch() -> Option<&'static mut Scratch> {
     // with bottom halves off: none of them starts on this CPU while another
     // is using the slot.
     SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
+/// `x`, with all the verifier knew of its range forgotten: a round trip
+/// through this CPU's scratch space (it does not track what map memory
+/// holds). For values that leave a loop by many ways with as many ranges:
+/// forgotten, the states after the loop are one, not one per way out.
+#[inline(always)]
+pub fn forget_bounds(x: u32) -> u32 {
+    let Some(scratch) = scratch() else {
+        return x;
+    };
+    // SAFETY: this CPU's slot, as in `scratch`; volatile so that LLVM keeps
+    // the round trip.
+    unsafe {
+        core::ptr::write_volatile(&raw mut scratch.opaque, x);
+        core::ptr::read_volatile(&raw const scratch.opaque)
+    }
 }
 
 #[inline(always)]

@@ -13,6 +13,7 @@ mod limits;
 mod maps;
 mod nat;
 mod parse;
+mod snat_ports;
 mod sock;
 mod verdict;
 
@@ -22,13 +23,14 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use netpath_common::{
-    Config, FlowKey, IPPROTO_TCP, IPPROTO_UDP, PortKey, PortTarget, nat_kind, stat,
+    Config, FlowKey, IPPROTO_TCP, IPPROTO_UDP, PortKey, PortTarget, SLOW_PATH_FROM_CONTAINER,
+    SLOW_PATH_NEW_FLOW, SLOW_PATH_TO_UPLINK, nat_kind, stat,
 };
 
 use conntrack::Flow;
 use csum::Side;
 use fwd::{Egress, Hop};
-use maps::{ENDPOINTS, PORTS, config, now_ns, route_gen};
+use maps::{ENDPOINTS, NewFlowRequest, PORTS, SLOW_PATHS, config, now_ns, route_gen, scratch};
 use parse::{L4, Packet, Parsed};
 use verdict::Verdict;
 
@@ -101,23 +103,72 @@ fn from_container_verdict(ctx: &mut TcContext, cfg: &Config) -> Verdict {
         if pkt.ttl <= 1 {
             return Verdict::pass(stat::PASS_TTL);
         }
-        return match nat::create_snat_flow(
-            cfg,
-            &pkt,
-            cfg.gateway_ip,
-            target.container_ip,
-            target.container_port,
-            nat_kind::HAIRPIN,
-        ) {
-            Ok(flow) => forward_flow(ctx, cfg, &pkt, &flow),
-            Err(reason) => Verdict::drop(reason),
-        };
+        return new_flow(
+            ctx,
+            NewFlowRequest {
+                pkt,
+                nat_addr: cfg.gateway_ip,
+                dst_addr: target.container_ip,
+                dst_port: target.container_port,
+                nat_kind: nat_kind::HAIRPIN,
+                then: SLOW_PATH_FROM_CONTAINER,
+            },
+        );
     }
     if is_local(cfg, dst) {
         // The host itself, or broadcast/unknown on the bridge: the kernel's job.
         return Verdict::pass(stat::PASS);
     }
     masquerade(ctx, cfg, &pkt, MasqueradeAt::ContainerVeth)
+}
+
+/// The first packet of a flow from a container: the flow is made in a
+/// program of its own, `from_container_new_flow`, which the verifier walks
+/// apart from the asking one (the port search would take that one past its
+/// budget, walked once per state a packet can reach it in; here it is
+/// walked once). The request goes through this CPU's scratch space, which
+/// the tail call keeps.
+#[inline(always)]
+fn new_flow(ctx: &TcContext, request: NewFlowRequest) -> Verdict {
+    let Some(scratch) = scratch() else {
+        return Verdict::drop(stat::DROP_NO_SLOW_PATH);
+    };
+    scratch.new_flow = request;
+    // SAFETY: a tail call; it returns only when it fails.
+    unsafe { SLOW_PATHS.tail_call(ctx, SLOW_PATH_NEW_FLOW) };
+    Verdict::drop(stat::DROP_NO_SLOW_PATH)
+}
+
+/// The slow path for the first packet of a flow from a container: makes the
+/// flow `from_container` or `to_uplink` asked for, then runs that program
+/// again, which now finds it. Attached nowhere; reached by tail call only.
+#[classifier]
+pub fn from_container_new_flow(ctx: TcContext) -> i32 {
+    let Some(cfg) = config() else {
+        return Verdict::pass(stat::PASS).tc();
+    };
+    let Some(scratch) = scratch() else {
+        return Verdict::drop(stat::DROP_NO_SLOW_PATH).tc();
+    };
+    let request = scratch.new_flow;
+    if let Err(reason) = create_flow(cfg, &request) {
+        return Verdict::drop(reason).tc();
+    }
+    // SAFETY: a tail call; it returns only when it fails.
+    unsafe { SLOW_PATHS.tail_call(&ctx, request.then) };
+    Verdict::drop(stat::DROP_NO_SLOW_PATH).tc()
+}
+
+#[inline(always)]
+fn create_flow(cfg: &Config, request: &NewFlowRequest) -> Result<Flow, u32> {
+    nat::create_snat_flow(
+        cfg,
+        &request.pkt,
+        request.nat_addr,
+        request.dst_addr,
+        request.dst_port,
+        request.nat_kind,
+    )
 }
 
 /// IPv4 from a container that we don't translate (another protocol, an ICMP
@@ -527,19 +578,21 @@ fn masquerade(ctx: &mut TcContext, cfg: &Config, pkt: &Packet, at: MasqueradeAt)
         }
         MasqueradeAt::UplinkEgress => None,
     };
-    let flow = match conntrack::lookup(&pkt.key) {
-        Some(flow) => flow,
-        None => match nat::create_snat_flow(
-            cfg,
-            pkt,
-            cfg.host_ip,
-            pkt.key.daddr,
-            pkt.key.dport,
-            nat_kind::MASQUERADE,
-        ) {
-            Ok(flow) => flow,
-            Err(reason) => return Verdict::drop(reason),
-        },
+    let Some(flow) = conntrack::lookup(&pkt.key) else {
+        return new_flow(
+            ctx,
+            NewFlowRequest {
+                pkt: *pkt,
+                nat_addr: cfg.host_ip,
+                dst_addr: pkt.key.daddr,
+                dst_port: pkt.key.dport,
+                nat_kind: nat_kind::MASQUERADE,
+                then: match at {
+                    MasqueradeAt::ContainerVeth => SLOW_PATH_FROM_CONTAINER,
+                    MasqueradeAt::UplinkEgress => SLOW_PATH_TO_UPLINK,
+                },
+            },
+        );
     };
     let now = now_ns();
     if let Some(egress) = &egress {

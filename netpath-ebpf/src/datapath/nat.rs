@@ -1,18 +1,23 @@
 //! Address and port translation: choosing NAT ports and rewriting a packet to
 //! the tuple its flow says it must carry.
 use aya_ebpf::helpers::bpf_get_prandom_u32;
-use netpath_common::{Config, FlowKey, stat};
+use netpath_common::{Config, FlowKey, SNAT_POOL_PORTS, SnatDestination, stat};
 
 use super::{
     conntrack::{self, CreateError, Flow},
     csum::{self, RewriteResult, Side},
     ctx::Packet as Ctx,
     limits,
+    maps::forget_bounds,
     parse::{L4, Packet},
+    snat_ports,
 };
 
-/// Random probes for a free SNAT port before giving up (a counted drop).
-const SNAT_PROBES: u32 = 16;
+/// Random probes for a free SNAT port before the pool's lowest free one.
+const RANDOM_PROBES: u32 = 8;
+/// Probes in all: the last ones take the ports the pool marks free (one
+/// marked free but taken after all is marked and the next one tried).
+const PROBES: u32 = 16;
 
 /// Rewrites the packet from its tuple (`pkt.key`) to `target`. A later
 /// fragment has only addresses: its ports, and the L4 checksum that covers
@@ -34,8 +39,13 @@ pub fn rewrite<C: Ctx>(ctx: &mut C, pkt: &Packet, target: &FlowKey) -> RewriteRe
 
 /// Creates a flow whose source is translated to `nat_addr` and a port from the
 /// SNAT range, and whose destination is `(dst_addr, dst_port)` after any DNAT.
-/// Keeps the original source port when it lies in the range and is free.
+/// Keeps the original source port when it lies in the range and is free;
+/// finds a free port while the range has one (see `snat_ports`).
 /// `Err(reason)`: no flow, the packet is dropped.
+///
+/// The search only looks ports up; one claim (two if a full table made
+/// room, or another CPU took the port in between) creates the flow. A claim
+/// per probe would have the verifier walk the whole of `create` per probe.
 #[inline(always)]
 pub fn create_snat_flow(
     cfg: &Config,
@@ -45,47 +55,143 @@ pub fn create_snat_flow(
     dst_port: u16,
     nat_kind: u8,
 ) -> Result<Flow, u32> {
-    let min = u32::from(cfg.snat_port_min);
-    let span = u32::from(cfg.snat_port_max).saturating_sub(min) + 1;
-    let orig_port = u32::from(u16::from_be(pkt.key.sport));
-    let mut candidate = if orig_port >= min && orig_port - min < span {
-        orig_port
-    } else {
-        min + unsafe { bpf_get_prandom_u32() } % span
-    };
-    limits::admit(cfg, pkt)?;
     let is_echo = pkt.l4_kind == L4::IcmpEcho;
+    let dest = SnatDestination {
+        nat_addr,
+        dst_addr,
+        dst_port: if is_echo { 0 } else { dst_port },
+        proto: pkt.key.proto,
+        _pad: 0,
+    };
+    if conntrack::opens_flow(pkt) && snat_ports::share_full(cfg, pkt.key.saddr, &dest) {
+        return Err(stat::DROP_SNAT_SHARE);
+    }
+    limits::admit(cfg, pkt)?;
+    let range = PortRange::of(cfg);
     let mut made_room = false;
-    for _ in 0..SNAT_PROBES {
-        let port = (candidate as u16).to_be();
-        let reply = FlowKey {
-            saddr: dst_addr,
-            daddr: nat_addr,
-            // Echo replies carry the (translated) id in both "ports".
-            sport: if is_echo { port } else { dst_port },
-            dport: port,
-            proto: pkt.key.proto,
-            _pad: [0; 3],
-        };
+    for _ in 0..2 {
+        let offset = free_port(pkt, &dest, &range);
+        if offset == NO_FREE_PORT {
+            return Err(stat::DROP_NO_SNAT_PORT);
+        }
+        let reply = snat_reply(&dest, range.port(offset));
         match conntrack::create(&pkt.key, &reply, nat_kind, pkt) {
-            Ok(flow) => return Ok(flow),
+            Ok(flow) => {
+                snat_ports::share_add(cfg, pkt.key.saddr, &dest, 1);
+                return Ok(flow);
+            }
             Err(CreateError::Refused(reason)) => return Err(reason),
-            // Full: one early drop, then the same port again.
+            // Full: one early drop, then once more.
             Err(CreateError::Full) => {
                 if made_room || !conntrack::early_drop() {
                     return Err(stat::DROP_CT_FULL);
                 }
                 made_room = true;
             }
-            Err(CreateError::ReplyTaken) => {
-                // Try the same port again once its finished holder is gone.
-                if !conntrack::reclaim_finished(&reply, pkt) {
-                    candidate = min + unsafe { bpf_get_prandom_u32() } % span;
-                }
-            }
+            // Another CPU claimed the port since we looked: once more.
+            Err(CreateError::ReplyTaken) => {}
         }
     }
     Err(stat::DROP_NO_SNAT_PORT)
+}
+
+/// The SNAT range as offsets from its first port.
+struct PortRange {
+    min: u32,
+    span: u32,
+}
+
+impl PortRange {
+    #[inline(always)]
+    fn of(cfg: &Config) -> Self {
+        let min = u32::from(cfg.snat_port_min);
+        let span = u32::from(cfg.snat_port_max).saturating_sub(min) + 1;
+        Self {
+            min,
+            span: span.min(SNAT_POOL_PORTS),
+        }
+    }
+
+    /// Wire order.
+    #[inline(always)]
+    fn port(&self, offset: u32) -> u16 {
+        ((self.min + offset) as u16).to_be()
+    }
+
+    #[inline(always)]
+    fn random_offset(&self) -> u32 {
+        // SAFETY: a helper without arguments. `checked_rem`: no division
+        // by zero panic for the verifier to find (the span is never 0).
+        (unsafe { bpf_get_prandom_u32() })
+            .checked_rem(self.span)
+            .unwrap_or(0)
+    }
+}
+
+/// The reply tuple of an SNAT flow toward `dest` from SNAT port `port`.
+#[inline(always)]
+fn snat_reply(dest: &SnatDestination, port: u16) -> FlowKey {
+    FlowKey {
+        saddr: dest.dst_addr,
+        daddr: dest.nat_addr,
+        // Echo replies carry the (translated) id in both "ports".
+        sport: if dest.dst_port == 0 {
+            port
+        } else {
+            dest.dst_port
+        },
+        dport: port,
+        proto: dest.proto,
+        _pad: [0; 3],
+    }
+}
+
+/// [`free_port`]'s "the range is exhausted".
+const NO_FREE_PORT: u32 = u32::MAX;
+
+/// An SNAT port offset no flow toward `dest` holds, marked taken in the
+/// destination's pool (before the claim: a port whose claim fails is
+/// someone else's, or hidden until the agent's next recount): the packet's
+/// own source port if it lies in the range, random ones, then the lowest
+/// the pool marks free. [`NO_FREE_PORT`] when there is none. Not inlined,
+/// and what it returns has no range the verifier knows: the rest of the
+/// program is walked once after it, not once per way out of the loop.
+#[inline(never)]
+fn free_port(pkt: &Packet, dest: &SnatDestination, range: &PortRange) -> u32 {
+    let pool = snat_ports::pool(dest);
+    let own = u32::from(u16::from_be(pkt.key.sport));
+    let mut offset = if own >= range.min && own - range.min < range.span {
+        own - range.min
+    } else {
+        range.random_offset()
+    };
+    for probe in 0..PROBES {
+        if conntrack::reply_claimable(&snat_reply(dest, range.port(offset)), pkt) {
+            if let Some(pool) = pool {
+                // SAFETY: a live map value; racing writers lose bits only.
+                unsafe { (*pool).mark_used(offset) };
+            }
+            return forget_bounds(offset);
+        }
+        if probe + 1 < RANDOM_PROBES {
+            offset = range.random_offset();
+            continue;
+        }
+        // No pool (the map is full): the random probes alone.
+        let Some(pool) = pool else {
+            return NO_FREE_PORT;
+        };
+        // SAFETY: as above.
+        let pool = unsafe { &mut *pool };
+        pool.mark_used(offset);
+        match snat_ports::lowest_free(pool, range.span) {
+            // The same, taken port: marked, looked at again.
+            snat_ports::SEARCH_AGAIN => {}
+            snat_ports::SEARCH_EXHAUSTED => return NO_FREE_PORT,
+            free => offset = free,
+        }
+    }
+    NO_FREE_PORT
 }
 
 /// Creates a flow that only translates the destination (a published port

@@ -197,6 +197,10 @@ pub(super) struct UpArgs {
     /// netpath in the host netns [default: 40000-49999].
     #[arg(long, value_name = "MIN-MAX")]
     pub snat_ports: Option<String>,
+    /// Most SNAT ports one container may hold toward one destination, 0 for
+    /// no limit [default: half the SNAT port range].
+    #[arg(long, value_name = "N")]
+    pub snat_ports_per_container: Option<u32>,
     /// Conntrack timeout in seconds, repeatable: syn, established, fin,
     /// time_wait, close, unreplied (UDP/ICMP), replied (UDP/ICMP).
     #[arg(long = "ct-timeout", value_name = "NAME=SECS")]

@@ -1,6 +1,7 @@
 //! `netpath up`: build the instance and run its agent, in the foreground or
 //! detached.
 use ipnet::Ipv4Net;
+use netpath_common::SNAT_POOL_PORTS;
 
 use super::{CliError, Result, args::UpArgs, output::Output, runtime};
 use crate::{
@@ -22,6 +23,7 @@ pub(super) fn run(instance: &Instance, args: UpArgs, out: Output) -> Result<()> 
         flow_limits: FlowLimits {
             per_container: args.max_flows_per_container,
             per_source: args.max_flows_per_source,
+            snat_ports_per_container: args.snat_ports_per_container,
         },
         snat_ports: args
             .snat_ports
@@ -59,14 +61,17 @@ fn parse_port_range(text: &str) -> Result<(u16, u16)> {
     let bad = || CliError::BadInput {
         what: "port range",
         value: text.to_owned(),
-        hint: "use MIN-MAX with 1024 <= MIN <= MAX <= 65535, e.g. 40000-49999".to_owned(),
+        hint: format!(
+            "use MIN-MAX with 1024 <= MIN <= MAX <= 65535 and at most {SNAT_POOL_PORTS} ports, \
+             e.g. 40000-49999"
+        ),
     };
     let (min, max) = text.split_once('-').ok_or_else(bad)?;
     let (min, max): (u16, u16) = (
         min.parse().map_err(|_| bad())?,
         max.parse().map_err(|_| bad())?,
     );
-    if min < 1024 || min > max {
+    if min < 1024 || min > max || u32::from(max - min) >= SNAT_POOL_PORTS {
         return Err(bad());
     }
     Ok((min, max))

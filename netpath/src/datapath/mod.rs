@@ -17,15 +17,23 @@ mod health;
 mod link_pin;
 mod probe;
 
-use std::{fs, io, net::Ipv4Addr, path::PathBuf};
+use std::{
+    fs, io,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
+    maps::ProgramArray,
     programs::{SchedClassifier, tc},
     util::KernelVersion,
 };
 use ipnet::Ipv4Net;
-use netpath_common::{CONFIG_FLAG_XDP, Config, Endpoint, LAYOUT_VERSION, names};
+use netpath_common::{
+    CONFIG_FLAG_XDP, Config, Endpoint, LAYOUT_VERSION, SLOW_PATH_FROM_CONTAINER,
+    SLOW_PATH_NEW_FLOW, SLOW_PATH_TO_UPLINK, names,
+};
 
 use self::{
     attach::{
@@ -88,12 +96,22 @@ pub enum DatapathError {
     },
     #[error("pinning {path}: {message}")]
     Pin { path: String, message: String },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
     #[error(transparent)]
     Tables(#[from] TablesError),
     #[error(
         "kernel {0} is too old: netpath needs Linux 5.10 or newer (bpf_redirect_peer, bpf_redirect_neigh)"
     )]
     KernelTooOld(String),
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DatapathError {
+    move |source| DatapathError::Map { name, source }
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> DatapathError {
@@ -247,6 +265,9 @@ impl Datapath {
             probe_cookie: 0,
             max_flows_per_container,
             max_flows_per_source,
+            snat_ports_per_container: cfg
+                .flow_limits
+                .snat_share(u32::from(cfg.snat_ports.1 - cfg.snat_ports.0) + 1),
             ..Config::new(
                 cfg.host_ip,
                 cfg.gateway_ip,
@@ -278,6 +299,7 @@ impl Datapath {
             prog.load().map_err(prog_err(format!("loading {name}")))?;
             attach_tc(prog, instance, &cfg.uplink_name, direction)?;
         }
+        link_slow_paths(&mut ebpf, &pin)?;
         if cfg.accel == Accel::Xdp && attach_xdp(&mut ebpf, instance, &cfg.uplink_name)? {
             let mut config = tables.config()?;
             config.flags |= CONFIG_FLAG_XDP;
@@ -295,6 +317,47 @@ impl Datapath {
             tables,
         })
     }
+}
+
+/// Fills `SLOW_PATHS`: `from_container_new_flow`, freshly loaded, and the
+/// programs it returns to: `to_uplink`, loaded just before, and the pinned
+/// `from_container`, which may be an adopted one (the instance's veths run
+/// it).
+fn link_slow_paths(ebpf: &mut Ebpf, from_container_pin: &Path) -> Result<(), DatapathError> {
+    let new_flow: &mut SchedClassifier = program(ebpf, names::PROG_FROM_CONTAINER_NEW_FLOW)?;
+    new_flow
+        .load()
+        .map_err(prog_err("loading from_container_new_flow"))?;
+    let fd = |prog: &SchedClassifier, name: &str| {
+        prog.fd()
+            .map_err(prog_err(name.to_string()))?
+            .try_clone()
+            .map_err(io_err("duplicating a program fd"))
+    };
+    let new_flow = fd(new_flow, names::PROG_FROM_CONTAINER_NEW_FLOW)?;
+    let to_uplink = fd(program(ebpf, names::PROG_TO_UPLINK)?, names::PROG_TO_UPLINK)?;
+    let from_container = fd(
+        &SchedClassifier::from_pin(from_container_pin)
+            .map_err(prog_err("opening the pinned from_container"))?,
+        names::PROG_FROM_CONTAINER,
+    )?;
+    let map = ebpf
+        .map_mut(names::SLOW_PATHS)
+        .ok_or_else(|| DatapathError::Program {
+            what: format!("the eBPF object has no map {}", names::SLOW_PATHS),
+            source: aya::programs::ProgramError::NotLoaded,
+        })?;
+    let mut slow_paths = ProgramArray::try_from(map).map_err(map_err(names::SLOW_PATHS))?;
+    for (index, prog) in [
+        (SLOW_PATH_NEW_FLOW, &new_flow),
+        (SLOW_PATH_FROM_CONTAINER, &from_container),
+        (SLOW_PATH_TO_UPLINK, &to_uplink),
+    ] {
+        slow_paths
+            .set(index, prog, 0)
+            .map_err(map_err(names::SLOW_PATHS))?;
+    }
+    Ok(())
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, DatapathError>
