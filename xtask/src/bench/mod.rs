@@ -308,7 +308,10 @@ fn measure_mode(lab: &Lab, active: &Active<'_>, plan: &Plan, res: &mut Results) 
             }
             // eth0 also sees a few control packets: loss is clamped at 0.
             let loss = (100.0 * (1.0 - delivered / run.packets_sent)).max(0.0);
+            // What the client managed to send: on a loaded machine less
+            // than offered, and then the row did not test that rate.
             Ok(vec![
+                (format!("udp_sent_{pps}"), run.packets_sent / run.seconds),
                 (format!("udp_pps_{pps}"), delivered / run.seconds),
                 (format!("udp_loss_{pps}"), loss),
                 (format!("cpu_udp_{pps}"), us_per(cpu, delivered) * 1e3),

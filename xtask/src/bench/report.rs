@@ -66,6 +66,12 @@ const METRICS: &[(&str, &str, &str, bool)] = &[
         false,
     ),
     (
+        "udp_sent",
+        "UDP 64 B sent by the client, N pkt/s offered",
+        "pkt/s",
+        true,
+    ),
+    (
         "udp_pps",
         "UDP 64 B delivered at the container's eth0, N pkt/s offered",
         "pkt/s",
