@@ -164,8 +164,14 @@ pub fn iperf(
         .filter(|s| *s > 0.0)
         .context("no end.sum_sent.seconds")?;
     Ok(IperfRun {
-        gbps: received["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9,
-        bytes: received["bytes"].as_f64().unwrap_or(0.0),
+        gbps: received["bits_per_second"]
+            .as_f64()
+            .context("no end.sum_received.bits_per_second")?
+            / 1e9,
+        bytes: received["bytes"]
+            .as_f64()
+            .context("no end.sum_received.bytes")?,
+        // Only UDP counts datagrams.
         packets_sent: sent["packets"].as_f64().unwrap_or(0.0),
         seconds,
     })
