@@ -65,8 +65,8 @@ enum Cmd {
         #[arg(long)]
         release: bool,
     },
-    /// netpath vs plain routing, iptables and nftables on one namespace
-    /// topology (root); results in target/bench/.
+    /// netpath vs the topology's limit (direct), plain routing, iptables
+    /// and nftables on one namespace topology (root); results in target/bench/.
     Bench {
         /// Short smoke run (CI): 1 round, 1 s runs, scale up to 1000 ports.
         #[arg(long)]
@@ -74,8 +74,8 @@ enum Cmd {
         /// Rounds (modes interleaved per round) [default: 5, 1 with --quick].
         #[arg(long)]
         rounds: Option<usize>,
-        /// Only these modes (comma-separated: route, iptables, nftables,
-        /// netpath-tc, netpath-xdp) [default: all].
+        /// Only these modes (comma-separated: direct, route, iptables,
+        /// nftables, netpath-tc, netpath-xdp) [default: all].
         #[arg(long, value_delimiter = ',')]
         modes: Vec<String>,
         /// Only the program cost (BPF_PROG_TEST_RUN), printed; no topology,

@@ -15,7 +15,7 @@ import matplotlib.ticker  # noqa: E402
 doc = json.load(open(sys.argv[1]))
 out = sys.argv[2]
 modes = doc["modes"]
-colors = {"route": "#999999", "iptables": "#d62728", "nftables": "#ff7f0e",
+colors = {"direct": "#2ca02c", "route": "#999999", "iptables": "#d62728", "nftables": "#ff7f0e",
           "netpath-tc": "#1f77b4", "netpath-xdp": "#17becf"}
 metrics = [m for m in doc["metrics"] if m["id"] != "conn_errors"
            and (m["values"].get("iptables") or {}).get("median")]

@@ -4,7 +4,9 @@
 //! One driver ([`measure_mode`]) measures every mode; the modes differ only
 //! in how they are set up ([`modes`]). Rounds interleave the modes (rotated
 //! each round) so that drift hits all of them alike; the report takes
-//! medians. Results: `target/bench/bench.{md,json,png}`.
+//! medians. Two phases: every row on each mode's one-port state, then the
+//! scale steps ([`measure_scale`]), each on a mode set up for it alone.
+//! Results: `target/bench/bench.{md,json,png}`.
 
 mod exec;
 mod modes;
@@ -22,7 +24,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 use modes::{Active, Mode, last_scale_port};
-use tools::{Iperf, iperf, wrk};
+use tools::{Iperf, iperf, with_kernel_cpu, wrk};
 use topo::{CLIENT_IP, HTTP_PORT, Lab, OUTSIDE_IPERF_PORT};
 
 use crate::util::cargo;
@@ -50,6 +52,8 @@ pub struct Plan {
     pub rounds: usize,
     pub secs: u64,
     pub scale: Vec<u16>,
+    /// Offered rates of the paced UDP runs, packets/s.
+    pub udp_rates: Vec<u32>,
     pub prog_iters: usize,
     /// Concurrent connections of the connection-rate runs.
     pub conns: u32,
@@ -57,16 +61,23 @@ pub struct Plan {
 
 impl Plan {
     pub fn new(quick: bool, rounds: Option<usize>) -> Self {
-        let (r, secs, scale, prog_iters) = if quick {
-            (1, 1, vec![1, 1000], 1000)
+        let (r, secs, scale, udp_rates, prog_iters) = if quick {
+            (1, 1, vec![1, 1000], vec![50_000], 1000)
         } else {
-            (5, 3, vec![1, 1000, 10000], 5000)
+            (
+                5,
+                3,
+                vec![1, 1000, 10000],
+                vec![50_000, 100_000, 200_000],
+                5000,
+            )
         };
         Self {
             quick,
             rounds: rounds.unwrap_or(r).max(1),
             secs,
             scale,
+            udp_rates,
             prog_iters,
             conns: 16,
         }
@@ -118,12 +129,13 @@ pub fn run(quick: bool, rounds: Option<usize>, only: &[String]) -> Result<()> {
     let started = std::time::Instant::now();
     let lab = Lab::new()?;
     println!(
-        "bench: namespaces {} (client), {} (host), {} (baseline container); {} round(s) of {} s runs",
-        lab.client, lab.host, lab.base, plan.rounds, plan.secs
+        "bench: namespaces {} (client), {} (host), {} (baseline container), {} (direct container); {} round(s) of {} s runs",
+        lab.client, lab.host, lab.base, lab.direct, plan.rounds, plan.secs
     );
     let mut results = Results::default();
     results.loadavg.push(loadavg());
     let server_ports = server_ports(&plan);
+    // Phase 1: every row but the scale steps, each mode in its one-port state.
     for round in 0..plan.rounds {
         // Rotate the order so no mode is always first or last.
         let mut order = modes.clone();
@@ -136,18 +148,36 @@ pub fn run(quick: bool, rounds: Option<usize>, only: &[String]) -> Result<()> {
                 plan.rounds,
                 mode.name()
             );
-            match mode.setup(&lab, &bin, &server_ports) {
-                Ok(active) => {
-                    measure_mode(&lab, &active, &plan, round, &mut results)?;
-                    if round + 1 == plan.rounds
-                        && let Some(stats) = active.netpath_stats()
-                    {
-                        results.netpath_stats.insert(mode.name(), stats);
-                    }
+            if let Some(active) = setup(mode, &lab, &bin, &server_ports, &mut results) {
+                measure_mode(&lab, &active, &plan, &mut results)?;
+                if round + 1 == plan.rounds
+                    && let Some(stats) = active.netpath_stats()
+                {
+                    results.netpath_stats.insert(mode.name(), stats);
                 }
-                Err(e) => {
-                    eprintln!("bench: FAILED {e:#}");
-                    results.errors.push(format!("{e:#}"));
+            }
+        }
+    }
+    // Phase 2: the scale steps, each on a mode set up for it alone, whose
+    // teardown removes the ports again: no other row sees them.
+    let publishing: Vec<Mode> = modes.into_iter().filter(|m| m.publishes()).collect();
+    for round in 0..plan.rounds {
+        let mut order = publishing.clone();
+        order.rotate_left(round % publishing.len().max(1));
+        for mode in order {
+            // Steps above 1000 ports are slow to install: first round only.
+            for &n in plan.scale.iter().filter(|&&n| n <= 1000 || round == 0) {
+                check_interrupt()?;
+                println!(
+                    "bench: scale round {}/{}: {} with {n} more port(s)",
+                    round + 1,
+                    plan.rounds,
+                    mode.name()
+                );
+                if let Some(active) = setup(mode, &lab, &bin, &server_ports, &mut results) {
+                    results.record(mode, &format!("scale {n}"), || {
+                        measure_scale(&lab, &active, &plan, n)
+                    });
                 }
             }
         }
@@ -199,51 +229,57 @@ fn server_ports(plan: &Plan) -> Vec<u16> {
     ports
 }
 
-/// Every metric, on one mode that is set up. The same code for all modes:
-/// only the addresses differ ([`Active::http`], [`Active::iperf`]).
-fn measure_mode(
-    lab: &Lab,
-    active: &Active<'_>,
-    plan: &Plan,
-    round: usize,
+/// Sets `mode` up (its `Drop` tears it down); a failed setup is recorded,
+/// not fatal, so the other modes still get measured.
+fn setup<'a>(
+    mode: Mode,
+    lab: &'a Lab,
+    bin: &'a Path,
+    server_ports: &[u16],
     res: &mut Results,
-) -> Result<()> {
+) -> Option<Active<'a>> {
+    mode.setup(lab, bin, server_ports)
+        .inspect_err(|e| {
+            eprintln!("bench: FAILED {e:#}");
+            res.errors.push(format!("{e:#}"));
+        })
+        .ok()
+}
+
+/// Kernel CPU microseconds per unit of work (connection, packet).
+fn us_per(cpu_s: f64, count: f64) -> f64 {
+    cpu_s * 1e6 / count.max(1.0)
+}
+
+/// Every metric but the scale steps, on one mode that is set up. The same
+/// code for all modes: only the addresses differ ([`Active::http`],
+/// [`Active::iperf`]). Each rate comes with the kernel CPU time its run
+/// cost per connection, packet or GB ([`with_kernel_cpu`]).
+fn measure_mode(lab: &Lab, active: &Active<'_>, plan: &Plan, res: &mut Results) -> Result<()> {
     let mode = active.mode;
     let (c, secs, scratch) = (lab.client.as_str(), plan.secs, lab.scratch.as_path());
     let http = active.http();
     let http = (http.0.as_str(), http.1);
     let ipf = active.iperf();
     let ipf = (ipf.0.as_str(), ipf.1);
-    let one = |id: &str, v: f64| vec![(id.to_string(), v)];
+    // TCP: Gbit/s and kernel milliseconds per GB received.
+    let tcp = |id: &str, ns: &str, target: (&str, u16), reverse: bool| {
+        let (run, cpu) =
+            with_kernel_cpu(|| iperf(ns, target, Iperf::Tcp { reverse }, secs, scratch))?;
+        Ok(vec![
+            (id.to_string(), run.gbps),
+            (format!("cpu_{id}"), cpu * 1e3 / (run.bytes / 1e9).max(1e-9)),
+        ])
+    };
 
     // Warm-up, not recorded: the first connections after a setup pay for
     // conntrack/ARP/socket-cache warm-up that no later run sees.
     let _ = wrk(c, http, plan.conns, true, 1, scratch);
-    // Scale first: netpath's publish checks scan the host's socket table,
-    // so it should not also pay for this mode's own TIME_WAIT sockets.
-    if mode.publishes() {
-        for &n in &plan.scale {
-            // Steps above 1000 ports are slow to install: first round only.
-            if n > 1000 && round > 0 {
-                continue;
-            }
-            check_interrupt()?;
-            res.record(mode, &format!("scale {n}"), || {
-                let took = active.install_ports(n)?;
-                let port = last_scale_port(n);
-                let target = active.dial(port, port);
-                let w = wrk(c, (&target.0, target.1), plan.conns, true, secs, scratch)?;
-                Ok(vec![
-                    (format!("scale_conn_{n}"), w.requests_per_s),
-                    (format!("scale_install_{n}"), took.as_secs_f64() * 1e3),
-                ])
-            });
-        }
-    }
     res.record(mode, "connection rate", || {
-        let w = wrk(c, http, plan.conns, true, secs, scratch)?;
+        let (w, cpu) = with_kernel_cpu(|| wrk(c, http, plan.conns, true, secs, scratch))?;
         Ok(vec![
             ("conn_rate".into(), w.requests_per_s),
+            ("cpu_conn".into(), us_per(cpu, w.requests as f64)),
             ("conn_errors".into(), w.socket_errors as f64),
         ])
     });
@@ -256,51 +292,71 @@ fn measure_mode(
         ])
     });
     check_interrupt()?;
-    res.record(mode, "TCP in", || {
-        Ok(one(
-            "tcp_in",
-            iperf(c, ipf, Iperf::Tcp { reverse: false }, secs, scratch)?.0,
-        ))
-    });
+    res.record(mode, "TCP in", || tcp("tcp_in", c, ipf, false));
     check_interrupt()?;
-    res.record(mode, "TCP out", || {
-        Ok(one(
-            "tcp_out",
-            iperf(c, ipf, Iperf::Tcp { reverse: true }, secs, scratch)?.0,
-        ))
-    });
-    check_interrupt()?;
-    res.record(mode, "UDP 64 B", || {
-        let (_, udp) = iperf(c, ipf, Iperf::Udp, secs, scratch)?;
-        let udp = udp.context("no UDP result")?;
-        Ok(vec![
-            ("udp_pps".into(), udp.delivered_pps),
-            ("udp_loss".into(), udp.loss_pct),
-        ])
-    });
+    res.record(mode, "TCP out", || tcp("tcp_out", c, ipf, true));
+    for &pps in &plan.udp_rates {
+        check_interrupt()?;
+        res.record(mode, &format!("UDP 64 B at {pps} pkt/s"), || {
+            // Counted where the container receives them, not by iperf3's
+            // receiver, whose own drain rate would decide the row.
+            let before = active.container_rx_packets()?;
+            let (run, cpu) = with_kernel_cpu(|| iperf(c, ipf, Iperf::Udp { pps }, secs, scratch))?;
+            let delivered = active.container_rx_packets()?.saturating_sub(before) as f64;
+            if run.packets_sent <= 0.0 {
+                bail!("iperf3 sent no datagram");
+            }
+            // eth0 also sees a few control packets: loss is clamped at 0.
+            let loss = (100.0 * (1.0 - delivered / run.packets_sent)).max(0.0);
+            // What the client managed to send: on a loaded machine less
+            // than offered, and then the row did not test that rate.
+            Ok(vec![
+                (format!("udp_sent_{pps}"), run.packets_sent / run.seconds),
+                (format!("udp_pps_{pps}"), delivered / run.seconds),
+                (format!("udp_loss_{pps}"), loss),
+                (format!("cpu_udp_{pps}"), us_per(cpu, delivered) * 1e3),
+            ])
+        });
+    }
     check_interrupt()?;
     // Masquerade: the container is the client, C the server.
     let cns = active.container_ns();
     res.record(mode, "masquerade connection rate", || {
-        let w = wrk(
-            &cns,
-            (CLIENT_IP, mode.outside_http_port()),
-            plan.conns,
-            true,
-            secs,
-            scratch,
-        )?;
-        Ok(one("masq_conn_rate", w.requests_per_s))
+        let outside = (CLIENT_IP, mode.outside_http_port());
+        let (w, cpu) = with_kernel_cpu(|| wrk(&cns, outside, plan.conns, true, secs, scratch))?;
+        Ok(vec![
+            ("masq_conn_rate".into(), w.requests_per_s),
+            ("cpu_masq_conn".into(), us_per(cpu, w.requests as f64)),
+        ])
     });
     check_interrupt()?;
     res.record(mode, "masquerade TCP", || {
-        let kind = Iperf::Tcp { reverse: false };
-        Ok(one(
-            "masq_tcp",
-            iperf(&cns, (CLIENT_IP, OUTSIDE_IPERF_PORT), kind, secs, scratch)?.0,
-        ))
+        tcp("masq_tcp", &cns, (CLIENT_IP, OUTSIDE_IPERF_PORT), false)
     });
     Ok(())
+}
+
+/// One scale step on a freshly set up mode: publish `n` more ports, then
+/// the connection rate (and its kernel CPU per connection) to the last.
+fn measure_scale(
+    lab: &Lab,
+    active: &Active<'_>,
+    plan: &Plan,
+    n: u16,
+) -> Result<Vec<(String, f64)>> {
+    let (c, scratch) = (lab.client.as_str(), lab.scratch.as_path());
+    let took = active.install_ports(n)?;
+    let port = last_scale_port(n);
+    let target = active.dial(port, port);
+    let target = (target.0.as_str(), target.1);
+    // Warm-up, not recorded, as in measure_mode.
+    let _ = wrk(c, target, plan.conns, true, 1, scratch);
+    let (w, cpu) = with_kernel_cpu(|| wrk(c, target, plan.conns, true, plan.secs, scratch))?;
+    Ok(vec![
+        (format!("scale_conn_{n}"), w.requests_per_s),
+        (format!("scale_cpu_{n}"), us_per(cpu, w.requests as f64)),
+        (format!("scale_install_{n}"), took.as_secs_f64() * 1e3),
+    ])
 }
 
 /// `ip netns add` needs /run/netns (the tools were checked before the

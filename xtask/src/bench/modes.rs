@@ -9,8 +9,9 @@ use anyhow::{Context, Result, bail};
 
 use super::exec::{Proc, in_ns, run_bounded, wait_tcp};
 use super::topo::{
-    BASE_BRIDGE, BASE_IP, BASE_SUBNET, CLIENT_IP, HOST_HTTP_PORT, HOST_IP, HTTP_PORT, IPERF_PORT,
-    Lab, NETPATH_IP, OUTSIDE_HTTP_PORTS, SCALE_BASE_PORT, TW_REUSE, UPLINK,
+    BASE_BRIDGE, BASE_IP, BASE_SUBNET, CLIENT_IP, CONTAINER_IFNAME, DIRECT_IP, HOST_HTTP_PORT,
+    HOST_IP, HTTP_PORT, IPERF_PORT, Lab, NETPATH_IP, OUTSIDE_HTTP_PORTS, SCALE_BASE_PORT, TW_REUSE,
+    UPLINK,
 };
 
 /// Bound for one netpath command or ruleset load: publishing 10000 ports
@@ -19,6 +20,8 @@ const INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
+    /// The limit: client and server on one veth, no hop, no NAT.
+    Direct,
     Route,
     Iptables,
     Nftables,
@@ -27,7 +30,8 @@ pub enum Mode {
 }
 
 impl Mode {
-    pub const ALL: [Mode; 5] = [
+    pub const ALL: [Mode; 6] = [
+        Mode::Direct,
         Mode::Route,
         Mode::Iptables,
         Mode::Nftables,
@@ -42,7 +46,7 @@ impl Mode {
             .find(|n| !Mode::ALL.iter().any(|m| m.name() == n.as_str()))
         {
             bail!(
-                "unknown bench mode {unknown:?}: use route, iptables, nftables, netpath-tc or netpath-xdp"
+                "unknown bench mode {unknown:?}: use direct, route, iptables, nftables, netpath-tc or netpath-xdp"
             );
         }
         Ok(Mode::ALL
@@ -63,6 +67,7 @@ impl Mode {
 
     pub fn name(self) -> &'static str {
         match self {
+            Mode::Direct => "direct",
             Mode::Route => "route",
             Mode::Iptables => "iptables",
             Mode::Nftables => "nftables",
@@ -79,9 +84,10 @@ impl Mode {
         }
     }
 
-    /// Plain routing publishes nothing, so it has no port-scale numbers.
+    /// Plain routing and `direct` publish nothing, so they have no
+    /// port-scale numbers.
     pub fn publishes(self) -> bool {
-        self != Mode::Route
+        !matches!(self, Mode::Direct | Mode::Route)
     }
 
     /// Builds the mode and starts the container's servers.
@@ -122,25 +128,46 @@ pub struct Active<'a> {
 
 impl Active<'_> {
     pub fn container_ns(&self) -> String {
-        match self.mode.netpath_accel() {
-            Some(_) => format!("np-{}", self.container),
-            None => self.lab.base.clone(),
+        match self.mode {
+            Mode::Direct => self.lab.direct.clone(),
+            Mode::NetpathTc | Mode::NetpathXdp => format!("np-{}", self.container),
+            Mode::Route | Mode::Iptables | Mode::Nftables => self.lab.base.clone(),
         }
     }
 
     fn container_ip(&self) -> &'static str {
-        match self.mode.netpath_accel() {
-            Some(_) => NETPATH_IP,
-            None => BASE_IP,
+        match self.mode {
+            Mode::Direct => DIRECT_IP,
+            Mode::NetpathTc | Mode::NetpathXdp => NETPATH_IP,
+            Mode::Route | Mode::Iptables | Mode::Nftables => BASE_IP,
         }
+    }
+
+    /// Packets the container's `eth0` has received: what UDP delivery is
+    /// counted by, so that the receiving iperf3's drain rate does not
+    /// decide the row (read over rtnetlink in the container's netns; /sys
+    /// would show the netns it was mounted in).
+    pub fn container_rx_packets(&self) -> Result<u64> {
+        let out = self.lab.sh(
+            &self.container_ns(),
+            "ip",
+            &["-j", "-s", "link", "show", "dev", CONTAINER_IFNAME],
+        )?;
+        let links: serde_json::Value =
+            serde_json::from_str(&out).context("`ip -j -s link` output is not JSON")?;
+        links[0]["stats64"]["rx"]["packets"]
+            .as_u64()
+            .with_context(|| format!("no rx packet count in `ip -j -s link`: {out}"))
     }
 
     /// Address and port C dials for a service on `container_port` that is
     /// published as `host_port`.
     pub fn dial(&self, host_port: u16, container_port: u16) -> (String, u16) {
         match self.mode {
-            Mode::Route => (BASE_IP.to_string(), container_port),
-            _ => (HOST_IP.to_string(), host_port),
+            Mode::Direct | Mode::Route => (self.container_ip().to_string(), container_port),
+            Mode::Iptables | Mode::Nftables | Mode::NetpathTc | Mode::NetpathXdp => {
+                (HOST_IP.to_string(), host_port)
+            }
         }
     }
 
@@ -160,7 +187,7 @@ impl Active<'_> {
 
     fn build(&mut self, server_ports: &[u16]) -> Result<()> {
         match self.mode {
-            Mode::Route => {}
+            Mode::Direct | Mode::Route => {}
             Mode::Iptables | Mode::Nftables => drop(self.install_ports(0)?),
             Mode::NetpathTc | Mode::NetpathXdp => {
                 let accel = self.mode.netpath_accel().unwrap_or("tc");
@@ -208,13 +235,11 @@ impl Active<'_> {
     /// on top of the standard ones) and returns how long installing them
     /// took. For iptables and nftables the whole NAT ruleset is reloaded in
     /// one transaction (`iptables-restore`, `nft -f`), the fastest way each
-    /// offers, so it holds exactly this block; netpath gets one `publish add`
-    /// of the range and keeps the smaller blocks from before (unpublishing
-    /// walks the conntrack table per port, far too slow to undo 10000 ports
-    /// between steps; a hash lookup does not care about 1001 more entries).
+    /// offers; netpath gets one `publish add` of the range. Each scale step
+    /// runs on a mode set up for it alone, whose teardown removes the ports.
     pub fn install_ports(&self, n: u16) -> Result<Duration> {
         match self.mode {
-            Mode::Route => bail!("plain routing publishes no ports"),
+            Mode::Direct | Mode::Route => bail!("{} publishes no ports", self.mode.name()),
             Mode::Iptables => {
                 let file = self.write_rules("iptables.rules", &iptables_rules(n))?;
                 self.timed("iptables-restore", &file)
@@ -277,7 +302,7 @@ impl Active<'_> {
             self.client_tx_csum(true)?;
         }
         match self.mode {
-            Mode::Route => Ok(()),
+            Mode::Direct | Mode::Route => Ok(()),
             Mode::Iptables => {
                 let file = self.write_rules("iptables.empty", "*nat\nCOMMIT\n")?;
                 self.timed("iptables-restore", &file).map(drop)

@@ -11,8 +11,10 @@ use serde_json::{Value, json};
 use super::modes::Mode;
 use super::{Plan, Results, probe};
 
-/// (id prefix, label, unit, higher is better), in table order. Scale ids
-/// carry the port count as a suffix.
+/// (id prefix, label, unit, higher is better), in table order. Scale and
+/// UDP ids carry the port count or offered rate as a suffix (`N` in the
+/// label). `cpu_*`: kernel CPU time (system + softirq, all CPUs) of the run
+/// above it, per unit of work.
 const METRICS: &[(&str, &str, &str, bool)] = &[
     (
         "conn_rate",
@@ -20,6 +22,7 @@ const METRICS: &[(&str, &str, &str, bool)] = &[
         "conn/s",
         true,
     ),
+    ("cpu_conn", "kernel CPU per connection", "us/conn", false),
     (
         "conn_errors",
         "socket errors during the connection run",
@@ -45,18 +48,58 @@ const METRICS: &[(&str, &str, &str, bool)] = &[
         true,
     ),
     (
+        "cpu_tcp_in",
+        "kernel CPU per GB client -> container",
+        "ms/GB",
+        false,
+    ),
+    (
         "tcp_out",
         "TCP throughput container -> client (-R)",
         "Gbit/s",
         true,
     ),
-    ("udp_pps", "UDP 64 B delivered", "pkt/s", true),
-    ("udp_loss", "UDP 64 B lost", "%", false),
+    (
+        "cpu_tcp_out",
+        "kernel CPU per GB container -> client",
+        "ms/GB",
+        false,
+    ),
+    (
+        "udp_sent",
+        "UDP 64 B sent by the client, N pkt/s offered",
+        "pkt/s",
+        true,
+    ),
+    (
+        "udp_pps",
+        "UDP 64 B delivered at the container's eth0, N pkt/s offered",
+        "pkt/s",
+        true,
+    ),
+    (
+        "udp_loss",
+        "UDP 64 B lost before eth0, N pkt/s offered",
+        "%",
+        false,
+    ),
+    (
+        "cpu_udp",
+        "kernel CPU per delivered UDP packet, N pkt/s offered",
+        "ns/pkt",
+        false,
+    ),
     (
         "masq_conn_rate",
         "masquerade: container -> outside connections/s",
         "conn/s",
         true,
+    ),
+    (
+        "cpu_masq_conn",
+        "kernel CPU per masquerade connection",
+        "us/conn",
+        false,
     ),
     (
         "masq_tcp",
@@ -65,12 +108,29 @@ const METRICS: &[(&str, &str, &str, bool)] = &[
         true,
     ),
     (
+        "cpu_masq_tcp",
+        "kernel CPU per masquerade GB",
+        "ms/GB",
+        false,
+    ),
+    (
         "scale_conn",
-        "connections/s to the last of N published ports",
+        "connections/s to the last of N more published ports",
         "conn/s",
         true,
     ),
-    ("scale_install", "installing N published ports", "ms", false),
+    (
+        "scale_cpu",
+        "kernel CPU per connection, N more published ports",
+        "us/conn",
+        false,
+    ),
+    (
+        "scale_install",
+        "installing N more published ports",
+        "ms",
+        false,
+    ),
 ];
 
 fn describe(id: &str) -> (String, &'static str, bool) {
@@ -114,18 +174,34 @@ fn fmt(v: Option<f64>, unit: &str) -> String {
         Some(v) => match unit {
             "Gbit/s" => format!("{v:.2}"),
             "%" => format!("{v:.2}"),
-            "ms" => format!("{v:.1}"),
+            "ms" | "us/conn" => format!("{v:.1}"),
             _ => format!("{v:.0}"),
         },
     }
 }
 
-const RATIOS: [(&str, &str); 4] = [
+/// The ratio columns: netpath to iptables (what it replaces), and every
+/// mode to `direct` (the limit of the topology).
+const RATIOS: [(&str, &str); 7] = [
     ("netpath-tc", "iptables"),
-    ("netpath-tc", "route"),
     ("netpath-xdp", "iptables"),
-    ("netpath-xdp", "route"),
+    ("route", "direct"),
+    ("iptables", "direct"),
+    ("nftables", "direct"),
+    ("netpath-tc", "direct"),
+    ("netpath-xdp", "direct"),
 ];
+
+/// A mode's name in a ratio column's header.
+fn short(mode: &str) -> &str {
+    match mode {
+        "iptables" => "ipt",
+        "nftables" => "nft",
+        "netpath-tc" => "tc",
+        "netpath-xdp" => "xdp",
+        m => m,
+    }
+}
 
 /// The program-cost rows ([`super::progcost::measure`]) as a markdown table;
 /// empty if they are missing (the measurement failed).
@@ -173,15 +249,21 @@ pub fn write(dir: &Path, plan: &Plan, res: &Results, prog: &Value, took: Duratio
         plan.secs,
         if plan.quick { " (--quick)" } else { "" },
     );
+    let ratio_names: Vec<String> = RATIOS
+        .iter()
+        .map(|(a, b)| format!("{}/{}", short(a), short(b)))
+        .collect();
     let _ = writeln!(
         md,
-        "| metric | unit | {} | tc/ipt | tc/route | xdp/ipt | xdp/route |",
-        modes.join(" | ")
+        "| metric | unit | {} | {} |",
+        modes.join(" | "),
+        ratio_names.join(" | ")
     );
     let _ = writeln!(
         md,
-        "|---|---|{}---|---|---|---|",
-        "---:|".repeat(modes.len())
+        "|---|---|{}{}",
+        "---:|".repeat(modes.len()),
+        "---|".repeat(RATIOS.len())
     );
     for id in ids {
         let (label, unit, higher) = describe(id);
@@ -218,7 +300,10 @@ pub fn write(dir: &Path, plan: &Plan, res: &Results, prog: &Value, took: Duratio
     }
     let _ = writeln!(
         md,
-        "\n↑ higher is better, ↓ lower is better. `–`: not applicable or failed."
+        "\n↑ higher is better, ↓ lower is better. `–`: not applicable or failed. \
+         Kernel CPU: system + softirq time of all CPUs from /proc/stat over the run, \
+         the client's and servers' socket work included. Scale rows: each step on a \
+         mode set up for it alone, removed after; every other row on the one-port state."
     );
     let _ = writeln!(
         md,
@@ -244,7 +329,8 @@ pub fn write(dir: &Path, plan: &Plan, res: &Results, prog: &Value, took: Duratio
     let doc = json!({
         "machine": machine,
         "plan": {"quick": plan.quick, "rounds": plan.rounds, "secs": plan.secs,
-                 "scale": plan.scale, "prog_iters": plan.prog_iters, "conns": plan.conns},
+                 "scale": plan.scale, "udp_rates": plan.udp_rates,
+                 "prog_iters": plan.prog_iters, "conns": plan.conns},
         "modes": modes,
         "metrics": metrics,
         "prog_cost": prog,

@@ -1,4 +1,5 @@
-//! The load generators (wrk, iperf3) and their output parsers.
+//! The load generators (wrk, iperf3), their output parsers, and the
+//! kernel CPU time a run cost.
 
 use std::path::Path;
 use std::time::Duration;
@@ -12,6 +13,8 @@ use super::exec::{in_ns, run_bounded};
 const SLACK: Duration = Duration::from_secs(20);
 
 pub struct Wrk {
+    /// Completed requests: with `Connection: close`, connections.
+    pub requests: u64,
     pub requests_per_s: f64,
     pub p50_us: f64,
     pub p99_us: f64,
@@ -41,12 +44,14 @@ pub fn wrk(
 }
 
 fn parse_wrk(out: &str) -> Result<Wrk> {
-    let mut rps = None;
+    let (mut rps, mut requests) = (None, None);
     let (mut p50, mut p99, mut errors) = (None, None, 0);
     for line in out.lines().map(str::trim) {
         let mut f = line.split_whitespace();
         match (f.next(), f.next()) {
             (Some("Requests/sec:"), Some(v)) => rps = v.parse::<f64>().ok(),
+            // "9000 requests in 1.00s, 1.00MB read"
+            (Some(n), Some("requests")) => requests = n.parse::<u64>().ok(),
             (Some("50%"), Some(v)) => p50 = parse_duration_us(v),
             (Some("99%"), Some(v)) => p99 = parse_duration_us(v),
             (Some("Socket"), Some("errors:")) => {
@@ -64,6 +69,7 @@ fn parse_wrk(out: &str) -> Result<Wrk> {
         bail!("wrk completed no request");
     }
     Ok(Wrk {
+        requests: requests.context("no \"N requests in\" line")?,
         requests_per_s,
         p50_us: p50.context("no 50% line")?,
         p99_us: p99.context("no 99% line")?,
@@ -87,26 +93,35 @@ fn parse_duration_us(v: &str) -> Option<f64> {
     Some(num * scale)
 }
 
-pub struct Udp {
-    pub delivered_pps: f64,
-    pub loss_pct: f64,
-}
-
 pub enum Iperf {
     /// TCP, `reverse`: the server sends.
     Tcp { reverse: bool },
-    /// UDP flood of 64-byte datagrams at an unlimited rate.
-    Udp,
+    /// 64-byte datagrams paced at `pps` packets/s (`-b`).
+    Udp { pps: u32 },
 }
 
-/// iperf3 client in `ns`; TCP returns Gbit/s received, UDP the delivery.
+/// UDP payload per datagram.
+const UDP_PAYLOAD: u32 = 64;
+
+pub struct IperfRun {
+    /// TCP: Gbit/s received.
+    pub gbps: f64,
+    /// TCP: bytes received.
+    pub bytes: f64,
+    /// UDP: datagrams the client sent.
+    pub packets_sent: f64,
+    /// How long the client sent.
+    pub seconds: f64,
+}
+
+/// iperf3 client in `ns`.
 pub fn iperf(
     ns: &str,
     (addr, port): (&str, u16),
     kind: Iperf,
     secs: u64,
     scratch: &Path,
-) -> Result<(f64, Option<Udp>)> {
+) -> Result<IperfRun> {
     let mut cmd = in_ns(ns, "iperf3");
     cmd.args(["-J", "--connect-timeout", "3000", "-c", addr])
         .args(["-p", &port.to_string(), "-t", &secs.to_string()]);
@@ -115,11 +130,18 @@ pub fn iperf(
             cmd.arg("-R");
         }
         Iperf::Tcp { reverse: false } => {}
-        Iperf::Udp => {
-            cmd.args(["-u", "-l", "64", "-b", "0"]);
+        Iperf::Udp { pps } => {
+            // -b counts payload bits.
+            let bits = u64::from(pps) * u64::from(UDP_PAYLOAD) * 8;
+            cmd.args([
+                "-u",
+                "-l",
+                &UDP_PAYLOAD.to_string(),
+                "-b",
+                &bits.to_string(),
+            ]);
         }
     }
-    let udp = matches!(kind, Iperf::Udp);
     // An iperf3 server closes and reopens its listening socket between
     // tests, and is not listening yet right after it starts: a refused
     // connect is retried (bounded), anything else is an error.
@@ -136,37 +158,56 @@ pub fn iperf(
             None => break v,
         }
     };
-    let end = &v["end"];
-    if udp {
-        // iperf 3.12 puts the receiver's counts (fetched from the server) in
-        // end.sum; newer versions have end.sum_received.
-        let sum = if end["sum_received"]["packets"].is_u64() {
-            &end["sum_received"]
-        } else {
-            &end["sum"]
-        };
-        let packets = sum["packets"].as_f64().context("no UDP packet count")?;
-        let lost = sum["lost_packets"].as_f64().unwrap_or(0.0);
-        let seconds = sum["seconds"]
-            .as_f64()
-            .filter(|s| *s > 0.0)
-            .context("no seconds")?;
-        let delivered = (packets - lost).max(0.0);
-        let loss_pct = if packets > 0.0 {
-            100.0 * lost / packets
-        } else {
-            100.0
-        };
-        let udp = Udp {
-            delivered_pps: delivered / seconds,
-            loss_pct,
-        };
-        return Ok((udp.delivered_pps, Some(udp)));
-    }
-    let bps = end["sum_received"]["bits_per_second"]
+    let (sent, received) = (&v["end"]["sum_sent"], &v["end"]["sum_received"]);
+    let seconds = sent["seconds"]
         .as_f64()
-        .context("no end.sum_received.bits_per_second")?;
-    Ok((bps / 1e9, None))
+        .filter(|s| *s > 0.0)
+        .context("no end.sum_sent.seconds")?;
+    Ok(IperfRun {
+        gbps: received["bits_per_second"]
+            .as_f64()
+            .context("no end.sum_received.bits_per_second")?
+            / 1e9,
+        bytes: received["bytes"]
+            .as_f64()
+            .context("no end.sum_received.bytes")?,
+        // Only UDP counts datagrams.
+        packets_sent: sent["packets"].as_f64().unwrap_or(0.0),
+        seconds,
+    })
+}
+
+/// /proc/stat counts in USER_HZ, which is 100 on every Linux architecture.
+const USER_HZ: f64 = 100.0;
+
+/// Kernel CPU time so far, in seconds: system + softirq of all CPUs
+/// (/proc/stat's `cpu` line). Machine-wide: the client's and servers'
+/// socket work is in it too, alike in every mode.
+fn kernel_cpu_s() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let line = stat
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .context("no cpu line in /proc/stat")?;
+    // cpu user nice system idle iowait irq softirq ...
+    let ticks: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|t| t.parse().unwrap_or(0.0))
+        .collect();
+    let (system, softirq) = (ticks.get(2), ticks.get(6));
+    match (system, softirq) {
+        (Some(system), Some(softirq)) => Ok((system + softirq) / USER_HZ),
+        _ => bail!("short cpu line in /proc/stat: {line}"),
+    }
+}
+
+/// Runs `f` and returns its result with the kernel CPU seconds spent
+/// meanwhile ([`kernel_cpu_s`]).
+pub fn with_kernel_cpu<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
+    let before = kernel_cpu_s()?;
+    let out = f()?;
+    Ok((out, kernel_cpu_s()? - before))
 }
 
 #[cfg(test)]
@@ -180,6 +221,7 @@ mod tests {
                    99%    2.50ms\n  9000 requests in 1.00s, 1.00MB read\n  \
                    Socket errors: connect 0, read 3, write 0, timeout 1\nRequests/sec:   8999.50\n";
         let w = parse_wrk(out).expect("parse");
+        assert_eq!(w.requests, 9000);
         assert_eq!(w.requests_per_s, 8999.5);
         assert_eq!(w.p50_us, 812.0);
         assert_eq!(w.p99_us, 2500.0);

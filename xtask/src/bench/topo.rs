@@ -5,7 +5,11 @@
 //!  out0 198.18.0.2/24 <-- veth --> up0 198.18.0.1/24
 //!  10.78.0.0/24 via 198.18.0.1     brb0 10.78.0.1/24 <-- veth --> eth0 10.78.0.2/24
 //!                                  np0 10.77.0.1/16  <-- veth --> np-<name>: 10.77.0.2 (netpath modes)
+//!  dir0 10.79.0.1/24 <-- veth --> D (direct container): eth0 10.79.0.2/24
 //! ```
+//!
+//! D is the `direct` mode's server: one veth from the client, no forwarding
+//! hop, no NAT, the best this topology can do.
 //!
 //! Only namespaces created here are touched. [`Lab`]'s `Drop` removes them
 //! (after the servers, killed by pid), also when the bench fails midway.
@@ -25,6 +29,9 @@ pub const BASE_IP: &str = "10.78.0.2";
 pub const BASE_SUBNET: &str = "10.78.0.0/24";
 pub const BASE_BRIDGE: &str = "brb0";
 pub const NETPATH_IP: &str = "10.77.0.2";
+pub const DIRECT_IP: &str = "10.79.0.2";
+/// Every container's interface (B, D and netpath's): where UDP is counted.
+pub const CONTAINER_IFNAME: &str = "eth0";
 pub const UPLINK: &str = "up0";
 /// The published port (Docker's `-p 8080:80`) and the iperf3 ports.
 pub const HOST_HTTP_PORT: u16 = 8080;
@@ -33,7 +40,7 @@ pub const IPERF_PORT: u16 = 5201;
 /// C's nginx for the masquerade direction: one port per mode (in
 /// [`Mode::ALL`](super::modes::Mode::ALL)'s order, see
 /// [`Mode::outside_http_port`](super::modes::Mode::outside_http_port)).
-pub const OUTSIDE_HTTP_PORTS: [u16; 5] = [8101, 8102, 8103, 8104, 8105];
+pub const OUTSIDE_HTTP_PORTS: [u16; 6] = [8101, 8102, 8103, 8104, 8105, 8106];
 /// iperf3 in C for the masquerade direction.
 pub const OUTSIDE_IPERF_PORT: u16 = 5202;
 /// Scale ports are published 1:1 from here on (below netpath's SNAT range
@@ -51,6 +58,7 @@ pub struct Lab {
     pub client: String,
     pub host: String,
     pub base: String,
+    pub direct: String,
     pub scratch: PathBuf,
     pub cgroup: PathBuf,
     created_ns: Vec<String>,
@@ -70,6 +78,7 @@ impl Lab {
             client: format!("npb-c-{sfx}"),
             host: format!("npb-h-{sfx}"),
             base: format!("npb-b-{sfx}"),
+            direct: format!("npb-d-{sfx}"),
             cgroup: cg2.join(format!("netpath-bench-{sfx}")),
             sfx,
             scratch,
@@ -109,11 +118,16 @@ impl Lab {
         std::fs::create_dir(&self.cgroup)
             .with_context(|| format!("creating cgroup {}", self.cgroup.display()))?;
         self.cgroup_created = true;
-        for ns in [self.client.clone(), self.host.clone(), self.base.clone()] {
-            self.add_ns(ns)?;
+        let (c, h, b, d) = (
+            self.client.clone(),
+            self.host.clone(),
+            self.base.clone(),
+            self.direct.clone(),
+        );
+        for ns in [&c, &h, &b, &d] {
+            self.add_ns(ns.clone())?;
         }
-        let (c, h, b) = (self.client.clone(), self.host.clone(), self.base.clone());
-        for ns in [&c, &h, &b] {
+        for ns in [&c, &h, &b, &d] {
             self.ip(ns, "link set lo up")?;
         }
         // Uplink H <-> C, created in H and its peer moved to C.
@@ -140,9 +154,20 @@ impl Lab {
         self.ip(&b, &format!("addr add {BASE_IP}/24 dev eth0"))?;
         self.ip(&b, "link set eth0 up")?;
         self.ip(&b, "route add default via 10.78.0.1")?;
+        // The direct container on a veth of C's own; it reaches C's servers
+        // (CLIENT_IP, on out0) through C's local table.
+        self.ip(
+            &c,
+            &format!("link add dir0 type veth peer name eth0 netns {d}"),
+        )?;
+        self.ip(&c, "addr add 10.79.0.1/24 dev dir0")?;
+        self.ip(&c, "link set dir0 up")?;
+        self.ip(&d, &format!("addr add {DIRECT_IP}/24 dev eth0"))?;
+        self.ip(&d, "link set eth0 up")?;
+        self.ip(&d, "route add default via 10.79.0.1")?;
         // Per-netns sysctls of our own H, never the machine's.
         self.sysctl(&h, "net.ipv4.ip_forward=1")?;
-        for ns in [&c, &b] {
+        for ns in [&c, &b, &d] {
             self.sysctl(ns, TW_REUSE)?;
         }
         // The outside servers for the masquerade direction.
