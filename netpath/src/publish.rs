@@ -516,10 +516,7 @@ mod tests {
         assert_eq!(nets, want, "host bits dropped, repeats merged, sorted");
         for bad in ["", "203.0.113.0/33", "example.com", "::1", "10.0.0.0/8,"] {
             let err = parse_allow(&texts(&[bad])).expect_err(bad);
-            assert!(
-                matches!(err, PublishError::BadAllow(_)),
-                "{bad:?}: {err}"
-            );
+            assert!(matches!(err, PublishError::BadAllow(_)), "{bad:?}: {err}");
         }
     }
 

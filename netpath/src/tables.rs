@@ -227,7 +227,9 @@ impl Tables {
     }
 
     /// The allow-lists of restricted ports, by port.
-    pub fn allow_lists(&self) -> Result<std::collections::HashMap<PortKey, AllowList>, TablesError> {
+    pub fn allow_lists(
+        &self,
+    ) -> Result<std::collections::HashMap<PortKey, AllowList>, TablesError> {
         let mut lists = std::collections::HashMap::<PortKey, AllowList>::new();
         for entry in self.allowed.iter() {
             let (key, rule) = entry.map_err(map_err(names::ALLOWED))?;
