@@ -5,7 +5,8 @@
 use core::{fmt, net::Ipv4Addr, str::FromStr};
 
 use crate::{
-    Config, Endpoint, FlowKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, PortKey, PortTarget,
+    AllowKey, Config, Endpoint, FlowKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, PORT_RESTRICTED,
+    PortKey, PortTarget,
 };
 
 /// The wire-order `u32` a map holds for `ip` (e.g. an `ENDPOINTS` key).
@@ -171,7 +172,16 @@ impl PortTarget {
         Self {
             container_ip: ip_to_wire(container_ip),
             container_port: container_port.to_be(),
-            _pad: 0,
+            flags: 0,
+        }
+    }
+
+    /// The same target, taking new flows only from what `ALLOWED` admits.
+    #[must_use]
+    pub fn restricted(self) -> Self {
+        Self {
+            flags: self.flags | PORT_RESTRICTED,
+            ..self
         }
     }
 
@@ -182,6 +192,22 @@ impl PortTarget {
     /// Host order.
     pub fn container_port(&self) -> u16 {
         u16::from_be(self.container_port)
+    }
+}
+
+impl AllowKey {
+    /// `port`'s entry for sources starting with `source` (the prefix's
+    /// network address).
+    pub fn new(port: PortKey, source: Ipv4Addr) -> Self {
+        Self {
+            port,
+            saddr: ip_to_wire(source),
+            _pad: 0,
+        }
+    }
+
+    pub fn source(&self) -> Ipv4Addr {
+        ip_from_wire(self.saddr)
     }
 }
 

@@ -34,8 +34,9 @@ pub mod names {
     pub const SNAT_PORTS: &str = "SNAT_PORTS";
     pub const SNAT_SHARES: &str = "SNAT_SHARES";
     pub const SLOW_PATHS: &str = "SLOW_PATHS";
+    pub const ALLOWED: &str = "ALLOWED";
     /// Every map, each pinned under its name.
-    pub const MAPS: [&str; 13] = [
+    pub const MAPS: [&str; 14] = [
         CONFIG,
         ENDPOINTS,
         PORTS,
@@ -49,6 +50,7 @@ pub mod names {
         SNAT_PORTS,
         SNAT_SHARES,
         SLOW_PATHS,
+        ALLOWED,
     ];
 
     pub const PROG_FROM_CONTAINER: &str = "from_container";
@@ -155,6 +157,11 @@ pub struct PortKey {
     pub _pad: u8,
 }
 
+/// `PortTarget::flags`: the port has an allow-list, so a new flow to it
+/// needs its source admitted by `ALLOWED` (see `AllowKey`). Ports without
+/// one (the common case) cost no lookup there.
+pub const PORT_RESTRICTED: u16 = 1 << 0;
+
 /// `PORTS` value: where a published port leads.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq, Eq)]
@@ -162,7 +169,47 @@ pub struct PortTarget {
     pub container_ip: u32,
     /// Wire order.
     pub container_port: u16,
-    pub _pad: u16,
+    /// `PORT_RESTRICTED`.
+    pub flags: u16,
+}
+
+impl PortTarget {
+    #[inline(always)]
+    pub fn is_restricted(&self) -> bool {
+        self.flags & PORT_RESTRICTED != 0
+    }
+}
+
+/// `ALLOWED` key data, behind the LPM trie's prefix length: a restricted
+/// port's `PORTS` key, then an outside source prefix. Every entry covers
+/// the whole port key, so its prefix length is `ALLOW_PORT_BITS` plus the
+/// source prefix's; the datapath looks up `ALLOW_PORT_BITS + 32`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq, Eq)]
+pub struct AllowKey {
+    pub port: PortKey,
+    /// Wire order.
+    pub saddr: u32,
+    /// Never matched (prefixes end within `saddr`); makes the key data 16
+    /// bytes, so the trie keeps the value right after it 8-aligned.
+    pub _pad: u32,
+}
+
+/// Bits of `AllowKey` a port's entries always match: the `PortKey`.
+pub const ALLOW_PORT_BITS: u32 = 64;
+
+/// `ALLOWED` value. A restricted port has one entry per allowed prefix and
+/// one for 0.0.0.0/0 that refuses (unless 0.0.0.0/0 itself is allowed), so
+/// a lookup always finds the rule that decides.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq, Eq)]
+pub struct AllowRule {
+    /// First packets this rule decided (atomic adds): flows admitted, or
+    /// for the refusing rule, packets refused.
+    pub packets: u64,
+    /// 1: admit, 0: refuse.
+    pub allow: u8,
+    pub _pad: [u8; 7],
 }
 
 /// A flow's 5-tuple as a packet carries it when it reaches one of our hooks.
@@ -432,6 +479,9 @@ pub mod stat {
     /// `from_container` could not hand a new flow to its slow path (no
     /// program in `SLOW_PATHS`: never, once `up` has loaded it).
     pub const DROP_NO_SLOW_PATH: u32 = 38;
+    /// A new flow to a published port from a source its allow-list does
+    /// not admit.
+    pub const DROP_NOT_ALLOWED: u32 = 39;
     pub const STATS_LEN: u32 = 48;
 
     /// Names for output, indexed like the counters; empty = unused slot.
@@ -475,7 +525,7 @@ pub mod stat {
         "drop_container_limit",
         "drop_snat_share",
         "drop_no_slow_path",
-        "",
+        "drop_not_allowed",
         "",
         "",
         "",
@@ -532,6 +582,8 @@ mod user {
     unsafe impl aya::Pod for Endpoint {}
     unsafe impl aya::Pod for PortKey {}
     unsafe impl aya::Pod for PortTarget {}
+    unsafe impl aya::Pod for AllowKey {}
+    unsafe impl aya::Pod for AllowRule {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowEntry {}
     unsafe impl aya::Pod for SockRevNatKey {}

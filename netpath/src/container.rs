@@ -88,6 +88,8 @@ pub struct AddRequest {
     pub mode: Mode,
     pub ip: Option<Ipv4Addr>,
     pub publish: Vec<String>,
+    /// `--allow`: who may open flows to the published ports (empty: all).
+    pub allow: Vec<String>,
 }
 
 /// A container as shown by `ls`: addresses resolved through `container:`.
@@ -258,6 +260,7 @@ pub async fn add(instance: &Instance, request: AddRequest) -> Result<ContainerVi
     for spec in &request.publish {
         mappings.extend(publish::parse_spec(spec)?);
     }
+    let allow = publish::parse_allow(&request.allow)?;
     if request.ip.is_some() && request.mode != Mode::Bridge {
         return Err(ContainerError::IpNeedsBridge(request.mode));
     }
@@ -293,7 +296,7 @@ pub async fn add(instance: &Instance, request: AddRequest) -> Result<ContainerVi
     let published_ip = view(&state, &request.name).ip;
     if !mappings.is_empty() {
         let ip = published_ip.ok_or_else(|| PublishError::NoAddress(request.name.clone()))?;
-        publish::publish_locked(open_once(&mut tables, instance)?, ip, &mappings)?;
+        publish::publish_locked(open_once(&mut tables, instance)?, ip, &mappings, &allow)?;
     }
     let saved = match tables.as_ref().filter(|_| !mappings.is_empty()) {
         Some(tables) => publish::reserve_published(instance, tables, state.clone())

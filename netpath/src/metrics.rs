@@ -102,6 +102,8 @@ pub struct Snapshot {
     pub conntrack_capacity: u32,
     /// How many ports the SNAT range holds.
     pub snat_range_size: u32,
+    /// First packets each restricted port's allow-list refused.
+    pub refused: BTreeMap<PortLabel, u64>,
 }
 
 /// The most SNAT ports any one destination (address, port, protocol) holds:
@@ -135,6 +137,7 @@ pub fn render(snapshot: &Snapshot, retired: &PortTraffic, started: u64) -> Strin
         flows,
         conntrack_capacity: capacity,
         snat_range_size,
+        refused,
     } = snapshot;
     const PACKETS: &str = "netpath_packets_total";
     const DROPS: &str = "netpath_drops_total";
@@ -241,13 +244,33 @@ pub fn render(snapshot: &Snapshot, retired: &PortTraffic, started: u64) -> Strin
             }
         }
     }
+    const REFUSED: &str = "netpath_published_port_refused_total";
+    out.family(
+        REFUSED,
+        "counter",
+        "New flows to a published port its allow-list refused, by host port and protocol.",
+    );
+    for (label, value) in refused {
+        let port = label.port.to_string();
+        let labels = [("port", port.as_str()), ("proto", proto_name(label.proto))];
+        out.sample(REFUSED, &labels, *value);
+    }
     out.0
 }
 
 /// Reads the instance's pinned maps and renders them.
 pub fn scrape(tables: &Tables, retired: &Retired, started: u64) -> Result<String, TablesError> {
     let config = tables.config()?;
+    let mut refused = BTreeMap::<PortLabel, u64>::new();
+    for (port, list) in tables.allow_lists()? {
+        let label = PortLabel {
+            port: port.host_port(),
+            proto: port.proto,
+        };
+        *refused.entry(label).or_default() += list.refused;
+    }
     let snapshot = Snapshot {
+        refused,
         counters: tables.counters()?,
         flows: tables.flows()?,
         conntrack_capacity: tables.conntrack_capacity(),
@@ -438,6 +461,13 @@ mod tests {
             flows: flows.to_vec(),
             conntrack_capacity: 65536,
             snat_range_size: 10000,
+            refused: BTreeMap::from([(
+                PortLabel {
+                    port: 8080,
+                    proto: Proto::Tcp.number(),
+                },
+                4,
+            )]),
         };
         let text = render(&snapshot, &retired, 1_700_000_000);
         for line in [
@@ -454,6 +484,7 @@ mod tests {
             "netpath_published_port_packets_total{port=\"8080\",proto=\"tcp\",direction=\"original\"} 14",
             "netpath_published_port_packets_total{port=\"8080\",proto=\"tcp\",direction=\"reply\"} 3",
             "netpath_published_port_bytes_total{port=\"8080\",proto=\"tcp\",direction=\"original\"} 1400",
+            "netpath_published_port_refused_total{port=\"8080\",proto=\"tcp\"} 4",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
@@ -468,7 +499,7 @@ mod tests {
         // Every sample's family is declared once, before its samples.
         let types = text.lines().filter(|l| l.starts_with("# TYPE")).count();
         let helps = text.lines().filter(|l| l.starts_with("# HELP")).count();
-        assert_eq!((types, helps), (10, 10));
+        assert_eq!((types, helps), (11, 11));
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! Published ports: Docker's `-p` syntax, and the `PORTS` map as the one
 //! record of what is published (so `publish ls` and the datapath cannot
 //! disagree). Changes happen under the instance lock; the map insert itself
-//! uses `BPF_NOEXIST`, so a port is never published twice.
+//! uses `BPF_NOEXIST`, so a port is never published twice. A port published
+//! with `--allow` is restricted: its allow-list lives in the `ALLOWED` map,
+//! likewise the one record of it.
 use std::{fmt, fs, net::Ipv4Addr, str::FromStr};
 
+use ipnet::Ipv4Net;
 use netpath_common::{PortKey, PortTarget, Proto};
 use serde::Serialize;
 
@@ -22,6 +25,10 @@ pub enum PublishError {
     BadSpec(String),
     #[error("invalid port range in {0:?}: host and container ranges must have the same length")]
     RangeMismatch(String),
+    #[error(
+        "invalid --allow {0:?}: use an IPv4 address or prefix, e.g. 203.0.113.0/24 or 198.51.100.7"
+    )]
+    BadAllow(String),
     #[error("{0} is already published: `netpath publish rm {0}` first, or pick another host port")]
     Taken(String),
     #[error("{0} is in use by a process on the host: stop it or pick another host port")]
@@ -135,6 +142,26 @@ pub fn parse_spec(spec: &str) -> Result<Vec<Mapping>> {
         .collect())
 }
 
+/// Parses `--allow` values: IPv4 prefixes, or addresses (/32). Host bits
+/// are dropped (203.0.113.9/24 is 203.0.113.0/24); sorted, without repeats.
+pub fn parse_allow(texts: &[String]) -> Result<Vec<Ipv4Net>> {
+    let mut nets = texts
+        .iter()
+        .map(|text| {
+            let net = match text.parse::<Ipv4Net>() {
+                Ok(net) => net,
+                Err(_) => Ipv4Net::from(
+                    Ipv4Addr::from_str(text).map_err(|_| PublishError::BadAllow(text.clone()))?,
+                ),
+            };
+            Ok(net.trunc())
+        })
+        .collect::<Result<Vec<_>>>()?;
+    nets.sort();
+    nets.dedup();
+    Ok(nets)
+}
+
 /// Parses the host side alone (`[hostIP:]hostPort[-end][/proto]`), or a whole
 /// spec, for `publish rm`.
 pub fn parse_host_side(spec: &str) -> Result<Vec<HostPort>> {
@@ -235,6 +262,10 @@ pub struct Published {
     pub container: Option<String>,
     pub container_ip: Ipv4Addr,
     pub container_port: u16,
+    /// The sources admitted; `None`: open to all.
+    pub allow: Option<Vec<Ipv4Net>>,
+    /// First packets the allow-list refused.
+    pub refused: u64,
 }
 
 fn container_ip(state: &State, name: &str) -> Result<Ipv4Addr> {
@@ -251,9 +282,15 @@ fn container_ip(state: &State, name: &str) -> Result<Ipv4Addr> {
         .ok_or_else(|| PublishError::NoAddress(name.to_string()))
 }
 
-/// Publishes `mappings` to the container at `ip`, all or nothing. The caller
-/// holds the instance lock.
-pub fn publish_locked(tables: &mut Tables, ip: Ipv4Addr, mappings: &[Mapping]) -> Result<()> {
+/// Publishes `mappings` to the container at `ip`, all or nothing, open to
+/// all or (with `allow` not empty) to those sources only. The caller holds
+/// the instance lock.
+pub fn publish_locked(
+    tables: &mut Tables,
+    ip: Ipv4Addr,
+    mappings: &[Mapping],
+    allow: &[Ipv4Net],
+) -> Result<()> {
     // By (port, proto): the host addresses each is published on.
     let mut existing: std::collections::HashMap<(u16, u8), Vec<u32>> =
         std::collections::HashMap::new();
@@ -289,7 +326,10 @@ pub fn publish_locked(tables: &mut Tables, ip: Ipv4Addr, mappings: &[Mapping]) -
     let mut done: Vec<PortKey> = Vec::new();
     for m in mappings {
         let key = m.host.key();
-        let target = PortTarget::new(ip, m.container_port);
+        let mut target = PortTarget::new(ip, m.container_port);
+        if !allow.is_empty() {
+            target = target.restricted();
+        }
         let inserted = tables.publish(&key, &target);
         if !matches!(inserted, Ok(true)) {
             let _ = tables.unpublish(&done);
@@ -299,6 +339,12 @@ pub fn publish_locked(tables: &mut Tables, ip: Ipv4Addr, mappings: &[Mapping]) -
             };
         }
         done.push(key);
+        if !allow.is_empty()
+            && let Err(e) = tables.set_allow_list(&key, allow)
+        {
+            let _ = tables.unpublish(&done);
+            return Err(e.into());
+        }
     }
     Ok(())
 }
@@ -309,15 +355,17 @@ pub fn add(
     tables: &mut Tables,
     name: &str,
     specs: &[String],
+    allow: &[String],
 ) -> Result<Vec<Mapping>> {
-    let _lock = InstanceLock::acquire(instance)?.ok_or_else(|| instance.not_up())?;
-    let state = state::load(instance)?.ok_or_else(|| instance.not_up())?;
-    let ip = container_ip(&state, name)?;
     let mut mappings = Vec::new();
     for spec in specs {
         mappings.extend(parse_spec(spec)?);
     }
-    publish_locked(tables, ip, &mappings)?;
+    let allow = parse_allow(allow)?;
+    let _lock = InstanceLock::acquire(instance)?.ok_or_else(|| instance.not_up())?;
+    let state = state::load(instance)?.ok_or_else(|| instance.not_up())?;
+    let ip = container_ip(&state, name)?;
+    publish_locked(tables, ip, &mappings, &allow)?;
     if let Err(e) = reserve_published(instance, tables, state) {
         let keys: Vec<PortKey> = mappings.iter().map(|m| m.host.key()).collect();
         let _ = tables.unpublish(&keys);
@@ -366,9 +414,10 @@ pub fn remove_for_ip_locked(tables: &mut Tables, ip: Ipv4Addr) -> Result<()> {
     Ok(())
 }
 
-/// `netpath publish ls`: straight from the `PORTS` map.
+/// `netpath publish ls`: straight from the `PORTS` and `ALLOWED` maps.
 pub fn list(instance: &Instance, tables: &Tables) -> Result<Vec<Published>> {
     let state = state::load(instance)?.ok_or_else(|| instance.not_up())?;
+    let mut allow_lists = tables.allow_lists()?;
     let mut out: Vec<Published> = tables
         .ports()?
         .into_iter()
@@ -379,6 +428,7 @@ pub fn list(instance: &Instance, tables: &Tables) -> Result<Vec<Published>> {
                 .values()
                 .find(|c| c.ip == Some(container_ip))
                 .map(|c| c.name.clone());
+            let list = allow_lists.remove(&k).filter(|_| t.is_restricted());
             Some(Published {
                 host: HostPort {
                     ip: k.host_ip(),
@@ -388,6 +438,8 @@ pub fn list(instance: &Instance, tables: &Tables) -> Result<Vec<Published>> {
                 container,
                 container_ip,
                 container_port: t.container_port(),
+                refused: list.as_ref().map_or(0, |l| l.refused),
+                allow: list.map(|l| l.admitted),
             })
         })
         .collect();
@@ -445,6 +497,26 @@ mod tests {
             "90-80:80-70",
         ] {
             assert!(parse_spec(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn allow_lists_take_prefixes_and_addresses() {
+        let texts = |t: &[&str]| t.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let nets = parse_allow(&texts(&[
+            "198.51.100.7",
+            "203.0.113.9/24",
+            "203.0.113.0/24",
+        ]))
+        .expect("valid");
+        let want: Vec<Ipv4Net> = ["198.51.100.7/32", "203.0.113.0/24"]
+            .iter()
+            .map(|n| n.parse().expect("net"))
+            .collect();
+        assert_eq!(nets, want, "host bits dropped, repeats merged, sorted");
+        for bad in ["", "203.0.113.0/33", "example.com", "::1", "10.0.0.0/8,"] {
+            let err = parse_allow(&texts(&[bad])).expect_err(bad);
+            assert!(matches!(err, PublishError::BadAllow(_)), "{bad:?}: {err}");
         }
     }
 

@@ -3,11 +3,15 @@
 //! none needs the agent.
 use std::{io, net::Ipv4Addr};
 
-use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
+use aya::maps::{
+    Array, HashMap, Map, MapData, MapError, PerCpuArray,
+    lpm_trie::{Key, LpmTrie},
+};
+use ipnet::Ipv4Net;
 use netpath_common::{
-    Config, Endpoint, FlowEntry, FlowKey, IPPROTO_TCP, PortKey, PortTarget, SNAT_POOL_PORTS,
-    SNAT_POOLS_MAX, SnatDestination, SnatPortPool, SnatShareKey, host::ip_to_wire, names, nat_kind,
-    stat, tcp_state,
+    ALLOW_PORT_BITS, AllowKey, AllowRule, Config, Endpoint, FlowEntry, FlowKey, IPPROTO_TCP,
+    PortKey, PortTarget, SNAT_POOL_PORTS, SNAT_POOLS_MAX, SnatDestination, SnatPortPool,
+    SnatShareKey, host::ip_to_wire, names, nat_kind, stat, tcp_state,
 };
 
 use crate::directories::{Instance, NotUp};
@@ -87,7 +91,17 @@ pub struct Tables {
     flow_counts: HashMap<MapData, u32, u32>,
     snat_ports: HashMap<MapData, SnatDestination, SnatPortPool>,
     snat_shares: HashMap<MapData, SnatShareKey, u32>,
+    allowed: LpmTrie<MapData, AllowKey, AllowRule>,
     conntrack_capacity: u32,
+}
+
+/// A restricted port's allow-list, as `ALLOWED` holds it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AllowList {
+    /// The source prefixes admitted, sorted.
+    pub admitted: Vec<Ipv4Net>,
+    /// First packets refused so far.
+    pub refused: u64,
 }
 
 /// Verdict and drop counters summed over CPUs, by name.
@@ -122,6 +136,7 @@ impl Tables {
                 .map_err(map_err(names::SNAT_PORTS))?,
             snat_shares: HashMap::try_from(open(names::SNAT_SHARES)?)
                 .map_err(map_err(names::SNAT_SHARES))?,
+            allowed: LpmTrie::try_from(open(names::ALLOWED)?).map_err(map_err(names::ALLOWED))?,
         })
     }
 
@@ -195,6 +210,8 @@ impl Tables {
         if removed.is_empty() {
             return Ok(());
         }
+        // After the ports: a port is never restricted without its rules.
+        self.remove_allow_lists(|port| removed.iter().any(|(key, _)| key == port))?;
         // One pass over the conntrack table for all of them.
         self.flush_flows(|orig, entry| {
             removed.iter().any(|(key, target)| {
@@ -206,6 +223,80 @@ impl Tables {
             })
         })?;
         Ok(())
+    }
+
+    /// Writes `port`'s allow-list: a rule admitting each of `admitted`, and
+    /// one refusing every other source (replaced by an admitting one if
+    /// 0.0.0.0/0 is admitted). Rules an earlier list left are removed first.
+    /// Publish the port (restricted) first: until its rules are complete it
+    /// admits fewer sources, never more.
+    pub fn set_allow_list(
+        &mut self,
+        port: &PortKey,
+        admitted: &[Ipv4Net],
+    ) -> Result<(), TablesError> {
+        self.remove_allow_lists(|p| p == port)?;
+        let rule = |net: Ipv4Net, allow: u8| {
+            let key = Key::new(
+                ALLOW_PORT_BITS + u32::from(net.prefix_len()),
+                AllowKey::new(*port, net.network()),
+            );
+            let rule = AllowRule {
+                allow,
+                ..AllowRule::default()
+            };
+            (key, rule)
+        };
+        let refuse_all = rule(Ipv4Net::default(), 0);
+        let admit = admitted.iter().map(|net| rule(net.trunc(), 1));
+        for (key, rule) in std::iter::once(refuse_all).chain(admit) {
+            self.allowed
+                .insert(&key, rule, 0)
+                .map_err(map_err(names::ALLOWED))?;
+        }
+        Ok(())
+    }
+
+    /// Removes every rule of the ports `pred` selects.
+    fn remove_allow_lists(&mut self, pred: impl Fn(&PortKey) -> bool) -> Result<(), TablesError> {
+        let doomed: Vec<Key<AllowKey>> = self
+            .allowed
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| pred(&key.data().port))
+            .collect();
+        for key in doomed {
+            match self.allowed.remove(&key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(names::ALLOWED)(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// The allow-lists of restricted ports, by port.
+    pub fn allow_lists(
+        &self,
+    ) -> Result<std::collections::HashMap<PortKey, AllowList>, TablesError> {
+        let mut lists = std::collections::HashMap::<PortKey, AllowList>::new();
+        for entry in self.allowed.iter() {
+            let (key, rule) = entry.map_err(map_err(names::ALLOWED))?;
+            let data = key.data();
+            let list = lists.entry(data.port).or_default();
+            if rule.allow != 0 {
+                let bits = key.prefix_len().saturating_sub(ALLOW_PORT_BITS);
+                let net = u8::try_from(bits)
+                    .ok()
+                    .and_then(|bits| Ipv4Net::new(data.source(), bits).ok());
+                list.admitted.extend(net);
+            } else {
+                list.refused += rule.packets;
+            }
+        }
+        for list in lists.values_mut() {
+            list.admitted.sort();
+        }
+        Ok(lists)
     }
 
     pub fn ports(&self) -> Result<Vec<(PortKey, PortTarget)>, TablesError> {

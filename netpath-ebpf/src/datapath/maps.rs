@@ -4,13 +4,14 @@
 use super::parse::Packet;
 use aya_ebpf::{
     bindings::bpf_fib_lookup,
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
     helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::btf_map,
 };
 use netpath_common::{
-    Config, Endpoint, FlowEntry, FlowEvent, FlowKey, PortKey, PortTarget, SNAT_POOLS_MAX,
-    SnatDestination, SnatPortPool, SnatShareKey, SockRevNatKey, SockRevNatValue, stat,
+    AllowKey, AllowRule, Config, Endpoint, FlowEntry, FlowEvent, FlowKey, PortKey, PortTarget,
+    SNAT_POOLS_MAX, SnatDestination, SnatPortPool, SnatShareKey, SockRevNatKey, SockRevNatValue,
+    stat,
 };
 
 #[btf_map]
@@ -21,6 +22,10 @@ pub static ENDPOINTS: HashMap<u32, Endpoint, 4096> = HashMap::new();
 
 #[btf_map]
 pub static PORTS: HashMap<PortKey, PortTarget, 65536> = HashMap::new();
+
+/// The allow-lists of restricted ports (see `AllowKey`, `allow`).
+#[btf_map]
+pub static ALLOWED: LpmTrie<AllowKey, AllowRule, 16384> = LpmTrie::new();
 
 /// Original tuple → flow. A plain hash, see `FlowEntry`.
 #[btf_map]

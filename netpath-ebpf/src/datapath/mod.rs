@@ -4,6 +4,7 @@
 //! only as part of a tracked flow or as the first packet of a new flow to a
 //! published port. What a container sends must carry its own addresses, and
 //! leaves the host only translated.
+mod allow;
 mod conntrack;
 mod csum;
 mod ctx;
@@ -97,7 +98,7 @@ fn from_container_verdict(ctx: &mut TcContext, cfg: &Config) -> Verdict {
     if pkt.l4_kind == L4::IcmpError {
         return icmp_error(ctx, cfg, &pkt, Ingress::Container);
     }
-    if let Some(target) = published(cfg, &pkt) {
+    if let Some(Published { target, .. }) = published(cfg, &pkt) {
         // Hairpin: DNAT to the target and SNAT to the gateway, so the target's
         // reply comes back through us even when it is the sender itself.
         if pkt.ttl <= 1 {
@@ -336,9 +337,12 @@ fn from_uplink_verdict<C: UplinkHook>(ctx: &mut C, cfg: &Config) -> Verdict {
     if pkt.l4_kind == L4::IcmpError {
         return ctx.icmp_error(cfg, &pkt);
     }
-    let Some(target) = published(cfg, &pkt) else {
+    let Some(Published { key, target }) = published(cfg, &pkt) else {
         return untracked(cfg, Ingress::Uplink, pkt.key.daddr);
     };
+    if !allow::admits(&key, &target, pkt.key.saddr) {
+        return Verdict::drop(stat::DROP_NOT_ALLOWED);
+    }
     if pkt.ttl <= 1 {
         return Verdict::pass(stat::PASS_TTL);
     }
@@ -517,13 +521,19 @@ fn endpoint_matches(ctx: &TcContext, addr: u32, mac: &[u8; 6]) -> bool {
     ep.ifindex == unsafe { (*ctx.skb.skb).ifindex } && ep.mac == *mac
 }
 
+/// A published port: its `PORTS` key and value.
+struct Published {
+    key: PortKey,
+    target: PortTarget,
+}
+
 /// The published port a packet opens a flow to: a mapping bound to the
 /// destination address, or one bound to every address when the destination
 /// is one of the host's. Only a first packet (a TCP SYN, a UDP datagram)
 /// matches: the host's own connections may use a published number as their
 /// local port, and their replies are not for the container.
 #[inline(always)]
-fn published(cfg: &Config, pkt: &Packet) -> Option<PortTarget> {
+fn published(cfg: &Config, pkt: &Packet) -> Option<Published> {
     if pkt.key.proto != IPPROTO_TCP && pkt.key.proto != IPPROTO_UDP {
         return None;
     }
@@ -537,13 +547,15 @@ fn published(cfg: &Config, pkt: &Packet) -> Option<PortTarget> {
         _pad: 0,
     };
     if let Some(target) = unsafe { PORTS.get(key) } {
-        return Some(*target);
+        let target = *target;
+        return Some(Published { key, target });
     }
     if pkt.key.daddr != cfg.host_ip && pkt.key.daddr != cfg.gateway_ip {
         return None;
     }
     key.host_ip = 0;
-    unsafe { PORTS.get(key) }.copied()
+    let target = *unsafe { PORTS.get(key) }?;
+    Some(Published { key, target })
 }
 
 /// Where a new masqueraded flow is seen first.

@@ -114,6 +114,12 @@ pub(super) enum PublishCommand {
         name: String,
         #[arg(required = true)]
         specs: Vec<String>,
+        /// Take new connections to these ports only from this source
+        /// address or prefix (e.g. 203.0.113.0/24); repeatable. Without
+        /// it the ports are open to all. Enforced in the datapath, which
+        /// runs before the host's firewall.
+        #[arg(long = "allow", value_name = "CIDR")]
+        allow: Vec<String>,
     },
     /// Unpublish: [hostIP:]hostPort[-end][/tcp|udp] (or a whole spec).
     Rm { spec: String },
@@ -243,6 +249,11 @@ pub(super) struct AddArgs {
     /// Publish a port, as docker -p: [hostIP:]hostPort[-end]:containerPort[-end][/tcp|udp]; repeatable.
     #[arg(short = 'p', long = "publish", value_name = "SPEC")]
     pub publish: Vec<String>,
+    /// Take new connections to the published ports only from this source
+    /// address or prefix (e.g. 203.0.113.0/24); repeatable. Without it they
+    /// are open to all.
+    #[arg(long = "allow", value_name = "CIDR", requires = "publish")]
+    pub allow: Vec<String>,
 }
 
 #[derive(Debug, Args)]

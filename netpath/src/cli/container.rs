@@ -32,6 +32,7 @@ fn add(instance: &Instance, args: AddArgs, out: Output) -> Result<()> {
         ip: args.ip.as_deref().map(parse_ip).transpose()?,
         name: args.name,
         publish: args.publish,
+        allow: args.allow,
     };
     let added = runtime()?.block_on(container::add(instance, request))?;
     out.show(&added, |added| {

@@ -8,9 +8,9 @@ use crate::{directories::Instance, publish, tables::Tables};
 
 pub(super) fn run(instance: &Instance, command: PublishCommand, out: Output) -> Result<()> {
     match command {
-        PublishCommand::Add { name, specs } => {
+        PublishCommand::Add { name, specs, allow } => {
             let mut tables = Tables::open(instance)?;
-            let mappings = publish::add(instance, &mut tables, &name, &specs)?;
+            let mappings = publish::add(instance, &mut tables, &name, &specs, &allow)?;
             // JSON shows the whole list after the change, text what was added.
             if out.json {
                 print_json(&publish::list(instance, &tables)?)
@@ -37,12 +37,13 @@ pub(super) fn run(instance: &Instance, command: PublishCommand, out: Output) -> 
 }
 
 fn print_table(list: &[publish::Published]) {
-    const TABLE: Table<4> = Table {
+    const TABLE: Table<5> = Table {
         columns: [
             Column::left("HOST", 24),
             Column::left("CONTAINER", 14),
             Column::left("IP", 16),
-            Column::left("PORT", 0),
+            Column::left("PORT", 6),
+            Column::left("ALLOW", 0),
         ],
         separator: " ",
     };
@@ -52,6 +53,13 @@ fn print_table(list: &[publish::Published]) {
             dash(&p.container),
             p.container_ip.to_string(),
             p.container_port.to_string(),
+            p.allow.as_ref().map_or_else(
+                || "all".to_owned(),
+                |nets| {
+                    let nets: Vec<String> = nets.iter().map(ToString::to_string).collect();
+                    nets.join(",")
+                },
+            ),
         ]
     }));
 }
