@@ -477,6 +477,7 @@ async fn add_bridged<'a>(
             log::warn!("{host_veth}: the veth pair is not up yet; its first packets may be lost");
         }
     }
+    topology::replace_neighbour(&host, state.bridge_ifindex, ip, mac).await?;
 
     Ok(ContainerRecord {
         name: request.name.clone(),
@@ -492,8 +493,9 @@ async fn add_bridged<'a>(
 
 /// The MAC of the container with address `ip`: derived from it, as Docker
 /// does, so a container replaced by one with the same address (a runtime
-/// recreating it) has the same MAC too, and no neighbour still holds the
-/// old one.
+/// recreating it) has the same MAC too, and no neighbour (the other
+/// containers') still holds another one. The host's own entry is replaced
+/// by `add` as well, in case earlier tries left it FAILED.
 fn container_mac(ip: Ipv4Addr) -> [u8; 6] {
     let [a, b, c, d] = ip.octets();
     [0x02, 0x4e, a, b, c, d]

@@ -15,6 +15,7 @@ use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
     address::{AddressAttribute, AddressHeaderFlags},
     link::{LinkAttribute, LinkMessage, State},
+    neighbour::NeighbourState,
     route::{RouteAttribute, RouteHeader},
 };
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
@@ -240,6 +241,27 @@ pub async fn move_to_netns(handle: &Handle, index: u32, netns: &impl AsRawFd) ->
         .map_err(netlink_err(format!(
             "cannot move interface #{index} to another netns"
         )))
+}
+
+/// Records `ip` at `mac` on the interface `index` in the neighbour table
+/// (`ip neigh replace ... nud stale`): the kernel uses it and confirms it
+/// on first use, and an entry left FAILED by earlier tries (a removed
+/// container with the same address) is gone.
+pub async fn replace_neighbour(
+    handle: &Handle,
+    index: u32,
+    ip: Ipv4Addr,
+    mac: [u8; 6],
+) -> Result<()> {
+    handle
+        .neighbours()
+        .add(index, IpAddr::V4(ip))
+        .link_layer_address(&mac)
+        .state(NeighbourState::Stale)
+        .replace()
+        .execute()
+        .await
+        .map_err(netlink_err(format!("cannot record the neighbour {ip}")))
 }
 
 /// Waits up to `timeout` for the interface `index` to be operationally up.

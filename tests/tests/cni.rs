@@ -160,12 +160,22 @@ fn assert_healthy(lab: &Lab) {
     assert_eq!(json["healthy"], true, "status is unhealthy\n{status}");
 }
 
-#[test]
-fn add_check_del_with_a_published_port() {
+netpath_tests::with_each_accel!(add_check_del_with_a_published_port);
+
+/// The whole life of one attachment, on an interface not named eth0 (the
+/// XDP pass-through program goes on it with `--accel xdp`).
+fn add_check_del_with_a_published_port(accel: &str) {
     let lab = Lab::new();
-    lab.up_ok(&[]);
+    // A real wire's full checksums (see nat.rs).
+    lab.outside
+        .exec(&["ethtool", "-K", Lab::OUTSIDE_IF, "tx", "off"])
+        .expect_ok("checksums on the outside wire");
+    lab.up_ok(&["--accel", accel]);
     let netns = Netns::new("cn");
-    let attachment = Attachment::new(netpath_tests::unique_name("ctr"), &netns);
+    let attachment = Attachment {
+        ifname: "net1",
+        ..Attachment::new(netpath_tests::unique_name("ctr"), &netns)
+    };
     let ports = json!({"runtimeConfig": {"portMappings": [
         {"hostPort": 18080, "containerPort": 80, "protocol": "tcp", "hostIP": ""}
     ]}});
@@ -180,18 +190,19 @@ fn add_check_del_with_a_published_port() {
     let host_veth = interfaces[0]["name"].as_str().expect("host veth name");
     assert!(lab.host_links().contains(&host_veth.to_owned()), "{result}");
     assert!(interfaces[0]["sandbox"].is_null(), "{result}");
-    assert_eq!(interfaces[1]["name"], "eth0", "{result}");
+    assert_eq!(interfaces[1]["name"], "net1", "{result}");
     assert_eq!(
         interfaces[1]["sandbox"],
         netns.path().to_str().expect("UTF-8"),
         "{result}"
     );
     let mac = interfaces[1]["mac"].as_str().expect("container MAC");
-    let eth0 = netns.exec(&["ip", "-o", "link", "show", "eth0"]);
+    let net1 = netns.exec(&["ip", "-o", "link", "show", "net1"]);
     assert!(
-        eth0.stdout.contains(mac),
-        "the result's MAC is eth0's\n{eth0}"
+        net1.stdout.contains(mac),
+        "the result's MAC is net1's\n{net1}"
     );
+    assert_healthy(&lab);
     assert_eq!(result["ips"][0]["interface"], 1, "{result}");
     assert_eq!(result["ips"][0]["gateway"], GATEWAY, "{result}");
     assert!(
@@ -255,7 +266,7 @@ fn add_check_del_with_a_published_port() {
     assert!(published(&lab).is_empty(), "DEL unpublishes");
     assert!(flows_of(&lab, &ip).is_empty(), "DEL flushes the flows");
     assert!(!lab.host_links().contains(&host_veth.to_owned()));
-    assert_eq!(links(&netns), ["lo"], "eth0 left the container");
+    assert_eq!(links(&netns), ["lo"], "net1 left the container");
     assert!(
         netns.path().exists(),
         "DEL leaves the runtime's netns alone"
@@ -266,11 +277,14 @@ fn add_check_del_with_a_published_port() {
     attachment.del(&lab, &conf);
     expect_cni_error(&attachment.call(&lab, "CHECK", &check_conf), 3);
 
-    // The runtime recreates the container: same address, and the host
-    // reaches it at once (its MAC follows the address, so the host's
-    // neighbour entry for it is still right).
+    // The runtime recreates the container: same address and MAC, and the
+    // host reaches it at once, although its neighbour entry for the address
+    // failed just above.
     let recreated_netns = Netns::new("cn");
-    let recreated = Attachment::new(netpath_tests::unique_name("ctr"), &recreated_netns);
+    let recreated = Attachment {
+        ifname: "net1",
+        ..Attachment::new(netpath_tests::unique_name("ctr"), &recreated_netns)
+    };
     let result = recreated.add(&lab, &conf);
     assert_eq!(result_ip(&result), ip, "the freed address is reused");
     assert_eq!(result["interfaces"][1]["mac"], mac, "with the same MAC");
