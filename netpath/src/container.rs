@@ -161,6 +161,12 @@ enum Undo {
         netns: PathBuf,
         name: String,
     },
+    /// The ephemeral port range of the container's netns, as it was (an
+    /// attached netns outlives a failed attach).
+    PortRange {
+        netns: PathBuf,
+        range: String,
+    },
     Endpoint(EndpointSpec),
 }
 
@@ -183,6 +189,10 @@ impl Undo {
             Undo::LinkIn { netns, name } => {
                 let _inside = NetnsGuard::enter(netns)?;
                 topology::delete_link_blocking(name)?;
+            }
+            Undo::PortRange { netns, range } => {
+                let _inside = NetnsGuard::enter(netns)?;
+                crate::sysctl::write(PORT_RANGE_SYSCTL, range)?;
             }
             Undo::Endpoint(spec) => datapath::detach_endpoint(instance, tables, spec)?,
         }
@@ -460,7 +470,15 @@ async fn add_bridged<'a>(
     let mac = container_mac(ip);
     topology::set_mac(&inside, index, mac).await?;
     configure_container_side(&inside, index, ip, state).await?;
-    use_snat_ports_for_ephemeral(&netns_path, state)?;
+    let previous = use_snat_ports_for_ephemeral(&netns_path, state)?;
+    push_undo(
+        rollback,
+        instance,
+        Undo::PortRange {
+            netns: netns_path.clone(),
+            range: previous,
+        },
+    );
 
     let spec = EndpointSpec {
         host_ifname: host_veth.clone(),
@@ -530,12 +548,16 @@ async fn configure_container_side(
 /// masquerade keeps them (as iptables' MASQUERADE keeps a free source port)
 /// instead of handing out ports that a server may still hold in TIME_WAIT
 /// for another connection.
-fn use_snat_ports_for_ephemeral(netns_path: &Path, state: &State) -> Result<()> {
+/// Returns the range it replaced.
+fn use_snat_ports_for_ephemeral(netns_path: &Path, state: &State) -> Result<String> {
     let _inside = NetnsGuard::enter(netns_path)?;
+    let previous = crate::sysctl::read(PORT_RANGE_SYSCTL)?;
     let (min, max) = state.snat_ports;
-    crate::sysctl::write("net.ipv4.ip_local_port_range", &format!("{min} {max}"))?;
-    Ok(())
+    crate::sysctl::write(PORT_RANGE_SYSCTL, &format!("{min} {max}"))?;
+    Ok(previous)
 }
+
+const PORT_RANGE_SYSCTL: &str = "net.ipv4.ip_local_port_range";
 
 /// `netpath container rm`: stops the processes in the container's netns if
 /// netpath created it (SIGTERM, up to `grace`, SIGKILL), then tears its

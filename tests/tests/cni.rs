@@ -392,6 +392,12 @@ fn bad_requests_fail_with_error_json_and_leave_nothing() {
     let path = netns.path();
     let path = path.to_str().expect("UTF-8");
     let good = conf(&lab, json!({}));
+    let port_range = || {
+        netns
+            .exec(&["sysctl", "-n", "net.ipv4.ip_local_port_range"])
+            .stdout
+    };
+    let port_range_before = port_range();
     let full_env = [
         ("CNI_CONTAINERID", "ctr-bad"),
         ("CNI_NETNS", path),
@@ -479,6 +485,11 @@ fn bad_requests_fail_with_error_json_and_leave_nothing() {
 
     // Nothing was left anywhere.
     assert_eq!(links(&netns), ["lo"]);
+    assert_eq!(
+        port_range(),
+        port_range_before,
+        "the netns' port range is back"
+    );
     assert!(containers(&lab).is_empty());
     assert!(published(&lab).is_empty());
     let bridge = lab.bridge();
