@@ -245,6 +245,22 @@ fn add_check_del_with_a_published_port(accel: &str) {
         "{listed:?}"
     );
     assert_eq!(listed[0]["ip"], ip.as_str(), "{listed:?}");
+    let table = lab.netpath(&["container", "ls"]);
+    assert!(
+        table.stdout.contains(&format!("cni:{}", attachment.id)),
+        "the ORIGIN column names the container ID\n{table}"
+    );
+    let exec = lab.netpath(&[
+        "exec",
+        listed[0]["name"].as_str().expect("a name"),
+        "--",
+        "ip",
+        "-o",
+        "link",
+        "show",
+        "net1",
+    ]);
+    exec.expect_ok("exec enters the runtime's netns");
 
     // CHECK against the result: nothing on stdout.
     let mut check_conf = conf.clone();
