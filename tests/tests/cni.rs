@@ -410,7 +410,7 @@ fn bad_requests_fail_with_error_json_and_leave_nothing() {
     let good = conf(&lab, json!({}));
     let port_range = || {
         netns
-            .exec(&["sysctl", "-n", "net.ipv4.ip_local_port_range"])
+            .exec(&["cat", "/proc/sys/net/ipv4/ip_local_port_range"])
             .stdout
     };
     let port_range_before = port_range();
