@@ -414,6 +414,10 @@ fn bad_requests_fail_with_error_json_and_leave_nothing() {
             .stdout
     };
     let port_range_before = port_range();
+    assert!(
+        !port_range_before.trim().is_empty(),
+        "the netns' port range is read"
+    );
     let full_env = [
         ("CNI_CONTAINERID", "ctr-bad"),
         ("CNI_NETNS", path),
