@@ -62,7 +62,8 @@ pub(super) enum Command {
     /// Show the datapath's verdict and drop counters.
     Stats,
     /// Install this binary, the systemd unit netpath@.service, shell
-    /// completions (bash, zsh, fish) and man pages.
+    /// completions (bash, zsh, fish) and man pages; with --cni, the CNI
+    /// plugin and an example conflist too.
     Install(InstallArgs),
     /// Live view of the flows with the highest packet or byte rates, and
     /// the counters' rates, refreshed from the maps (keys: p, b, s sort by
@@ -80,6 +81,19 @@ pub(super) struct InstallArgs {
     /// unit still names PREFIX/bin/netpath.
     #[arg(long)]
     pub destdir: Option<PathBuf>,
+    /// Also install the CNI plugin netpath-cni (built next to this binary)
+    /// into --cni-bin-dir, and an example conflist as
+    /// PREFIX/share/netpath/cni/netpath.conflist.
+    #[arg(long)]
+    pub cni: bool,
+    /// Where runtimes look for CNI plugins.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "/opt/cni/bin",
+        requires = "cni"
+    )]
+    pub cni_bin_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -232,8 +246,32 @@ pub(super) enum ContainerCommand {
         #[arg(short = 't', long = "time", value_name = "SECS", default_value_t = DEFAULT_GRACE.as_secs())]
         time: u64,
     },
-    /// List containers.
+    /// Network an existing network namespace (a /proc/PID/ns/net, an `ip
+    /// netns` name or path) like a bridge container; its processes and the
+    /// netns stay its owner's.
+    Attach(AttachArgs),
+    /// Take netpath's network out of an attached netns (processes and netns
+    /// are left alone).
+    Detach { name: String },
+    /// List containers, and whether netpath created, attached or networked
+    /// them for a CNI runtime.
     Ls,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct AttachArgs {
+    /// 1 to 12 letters, digits, '-' or '_'.
+    pub name: String,
+    /// The network namespace: a path (/proc/PID/ns/net, /run/netns/NAME) or
+    /// an `ip netns` name.
+    #[arg(long, value_name = "PATH")]
+    pub netns: PathBuf,
+    /// Address in the subnet [default: the lowest free one].
+    #[arg(long, value_name = "ADDR")]
+    pub ip: Option<String>,
+    /// Publish a port, as docker -p; repeatable.
+    #[arg(short = 'p', long = "publish", value_name = "SPEC")]
+    pub publish: Vec<String>,
 }
 
 #[derive(Debug, Args)]
