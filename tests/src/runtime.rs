@@ -312,12 +312,16 @@ pub struct Containerd<'lab> {
     namespace: String,
 }
 
-/// `ctr run --cni` reads go-cni's fixed directories, `/etc/cni/net.d` and
-/// `/opt/cni/bin`, and has no option for others: ctr runs in a mount
-/// namespace of its own (slave: nothing mounted there reaches the system)
-/// where the test's directories are bind-mounted over those two.
-const CTR_IN_OWN_CNI_DIRS: &str =
-    "mount --bind \"$1\" /etc/cni/net.d && mount --bind \"$2\" /opt && shift 2 && exec ctr \"$@\"";
+/// `ctr run --cni` uses go-cni's and libcni's fixed directories,
+/// `/etc/cni/net.d`, `/opt/cni/bin` and the result cache `/var/lib/cni`,
+/// and has no option for others: ctr runs in a mount namespace of its own
+/// (slave: nothing mounted there reaches the system) where the test's
+/// directories (under `$1`) are bind-mounted over those.
+const CTR_IN_OWN_CNI_DIRS: &str = "mkdir -p /var/lib/cni \
+    && mount --bind \"$1/cni/net.d\" /etc/cni/net.d \
+    && mount --bind \"$1/opt\" /opt \
+    && mount --bind \"$1/cni/cache\" /var/lib/cni \
+    && shift && exec ctr \"$@\"";
 
 impl<'lab> Containerd<'lab> {
     const NETWORK: &'static str = "netpath";
@@ -330,6 +334,7 @@ impl<'lab> Containerd<'lab> {
         let dir = TempDir::new("ctd")?;
         let cni_conf = dir.subdir("cni/net.d")?;
         let cni_bin = dir.subdir("opt/cni/bin")?;
+        dir.subdir("cni/cache")?;
         write_conflist(&cni_conf, Self::NETWORK, lab)?;
         install_plugin(&cni_bin)?;
         dir.subdir("fifo")?;
@@ -397,8 +402,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             CTR_IN_OWN_CNI_DIRS,
             "sh",
         ])
-        .arg(d.join("cni/net.d"))
-        .arg(d.join("opt"))
+        .arg(d)
         .arg("--address")
         .arg(d.join("containerd.sock"))
         .args(["--namespace", &self.namespace]);

@@ -72,9 +72,9 @@ fn assert_nothing_left_of(lab: &Lab, ips: &[&str]) {
     );
 }
 
-/// `wget -q -O - URL` inside a podman container.
+/// `wget -q -T 5 -O - URL` inside a podman container.
 fn podman_get(podman: &Podman<'_>, name: &str, url: &str) -> String {
-    let out = podman.exec(name, &["wget", "-q", "-O", "-", url]);
+    let out = podman.exec(name, &["wget", "-q", "-T", "5", "-O", "-", url]);
     out.expect_ok(&format!("wget {url} in {name}"));
     out.stdout_trim().to_owned()
 }
@@ -178,7 +178,7 @@ fn ctr_run_cni_gets_an_address_reaches_the_outside_and_its_del_without_netns_cle
     let containerd = Containerd::start(&lab).unwrap_or_else(|e| panic!("{e:#}"));
     let id = unique_name("c");
     let script = format!(
-        "ip -4 -o addr show dev eth0; ip route; wget -q -O - http://{}:{}/; echo; echo READY; exec sleep 3600",
+        "ip -4 -o addr show dev eth0; ip route; wget -q -T 5 -O - http://{}:{}/; echo; echo READY; exec sleep 3600",
         Lab::OUTSIDE_IP,
         outside.port()
     );
