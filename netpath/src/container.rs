@@ -1,15 +1,24 @@
-//! Containers: `container add`, `rm`, `ls` and `exec`.
+//! Containers: `container add`, `attach`, `detach`, `rm`, `ls` and `exec`,
+//! and the CNI plugin's ADD/DEL/GC, which are `attach`/`detach` keyed by
+//! container ID and interface name.
 //!
 //! `add` is all or nothing: each completed step registers its undo in a
 //! [`Rollback`] guard, which runs the undos in reverse unless the state file
 //! was written. `rm` and `down` tear a container down with the same [`Undo`]
 //! steps.
 //!
+//! An attached (or CNI) container lives in a netns netpath did not make: its
+//! netns and processes belong to whoever made them, so `rm`, `detach` and
+//! `down` only take netpath's veth, endpoint and ports away.
+//!
 //! Removing a container that others share (`--mode container:NAME`) is
 //! refused: the dependents would silently lose their network, so they must be
 //! removed first. `down` removes everything, dependents included.
 use std::{
-    convert::Infallible, net::Ipv4Addr, os::unix::process::CommandExt, path::PathBuf,
+    convert::Infallible,
+    net::Ipv4Addr,
+    os::unix::{fs::MetadataExt, process::CommandExt},
+    path::{Path, PathBuf},
     time::Duration,
 };
 
@@ -21,9 +30,9 @@ use crate::{
     ipam::{self, IpamError},
     netns::{self, NetnsError, NetnsGuard},
     netns_processes,
-    publish::{self, PublishError},
+    publish::{self, Mapping, PublishError},
     rollback::Rollback,
-    state::{self, ContainerRecord, InstanceLock, Mode, State, StateError},
+    state::{self, ContainerRecord, InstanceLock, Mode, Origin, State, StateError},
     tables::{Tables, TablesError},
     topology::{self, TopologyError},
 };
@@ -33,8 +42,6 @@ use crate::{
 pub const MAX_NAME_LEN: usize = 12;
 /// Prefix of a container's netns name and of its host-side veth.
 const NAME_PREFIX: &str = "np-";
-/// The container's interface inside its netns.
-const CONTAINER_IFNAME: &str = "eth0";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
@@ -58,6 +65,18 @@ pub enum ContainerError {
     Unknown(String),
     #[error("--ip only applies to bridge mode, not {0}")]
     IpNeedsBridge(Mode),
+    #[error("an existing netns can only be attached in bridge mode, not {0}")]
+    AttachNeedsBridge(Mode),
+    #[error(
+        "interface {ifname} already exists in {netns}: pick another interface name or remove it"
+    )]
+    ContainerLinkTaken { ifname: String, netns: String },
+    #[error("{0} is netpath's own network namespace: attach a container's netns")]
+    OwnNetns(String),
+    #[error(
+        "container {0} was created by netpath, not attached: remove it with `netpath container rm {0}`"
+    )]
+    NotAttached(String),
     #[error(
         "container {name} is used by {dependents} (--mode container:{name}): remove them first"
     )]
@@ -81,13 +100,16 @@ pub enum ContainerError {
 
 type Result<T> = std::result::Result<T, ContainerError>;
 
-/// What `container add` was asked for.
+/// What `container add` or `attach` (or a CNI ADD) was asked for.
 #[derive(Clone, Debug)]
 pub struct AddRequest {
     pub name: String,
     pub mode: Mode,
     pub ip: Option<Ipv4Addr>,
-    pub publish: Vec<String>,
+    /// Parsed before anything is built, so a bad one leaves nothing behind.
+    pub publish: Vec<Mapping>,
+    /// `Created` makes a netns; the others attach the netns they name.
+    pub origin: Origin,
 }
 
 /// A container as shown by `ls`: addresses resolved through `container:`.
@@ -95,9 +117,16 @@ pub struct AddRequest {
 pub struct ContainerView {
     pub name: String,
     pub mode: String,
+    /// "created" (netpath made the netns), "attached" or "cni".
+    pub origin: &'static str,
+    /// The runtime's container ID, for CNI attachments.
+    pub container_id: Option<String>,
+    /// The container's interface.
+    pub ifname: String,
     pub ip: Option<Ipv4Addr>,
     pub mac: Option<String>,
     pub host_veth: Option<String>,
+    /// netpath's `np-NAME`, or the path of an attached netns.
     pub netns: Option<String>,
 }
 
@@ -124,6 +153,12 @@ fn prefixed(name: &str) -> String {
 enum Undo {
     NetnsHandle(String),
     HostLink(String),
+    /// An interface inside the container's netns (with its veth peer,
+    /// wherever that is by now).
+    LinkIn {
+        netns: PathBuf,
+        name: String,
+    },
     Endpoint(EndpointSpec),
 }
 
@@ -141,6 +176,10 @@ impl Undo {
             Undo::HostLink(name) => {
                 // Deleting the host end deletes the pair now; leaving it to
                 // the netns teardown would take an unknown while.
+                topology::delete_link_blocking(name)?;
+            }
+            Undo::LinkIn { netns, name } => {
+                let _inside = NetnsGuard::enter(netns)?;
                 topology::delete_link_blocking(name)?;
             }
             Undo::Endpoint(spec) => datapath::detach_endpoint(instance, tables, spec)?,
@@ -197,7 +236,8 @@ fn teardown_steps(record: &ContainerRecord) -> Vec<Undo> {
                     .as_deref()
                     .and_then(topology::parse_mac)
                     .unwrap_or_default(),
-                container_netns: record.netns.as_deref().map(netns::named_netns_path),
+                container_netns: netns_path(record),
+                container_ifname: record.origin.ifname().to_owned(),
             };
             steps.push(Undo::Endpoint(spec));
         }
@@ -205,16 +245,26 @@ fn teardown_steps(record: &ContainerRecord) -> Vec<Undo> {
     steps
 }
 
+/// Where a container's netns is: netpath's `np-NAME` handle, or the netns
+/// it was attached to. None for `host` and `container:OTHER`.
+fn netns_path(record: &ContainerRecord) -> Option<PathBuf> {
+    match &record.netns {
+        Some(name) => Some(netns::named_netns_path(name)),
+        None => record.origin.foreign_netns().map(Path::to_owned),
+    }
+}
+
 /// Stops the processes in the network namespaces of `records` (those with
-/// one of their own: a `host` container's processes are the host's, a
-/// `container:OTHER` one's are OTHER's), all in one grace period.
+/// one of their own that netpath created: a `host` container's processes
+/// are the host's, a `container:OTHER` one's are OTHER's, and those of an
+/// attached netns its owner's), all in one grace period.
 pub fn stop_processes(records: &[ContainerRecord], grace: Duration) {
     let paths: Vec<PathBuf> = records
         .iter()
         .filter_map(|record| record.netns.as_deref())
         .map(netns::named_netns_path)
         .collect();
-    let paths: Vec<&std::path::Path> = paths.iter().map(PathBuf::as_path).collect();
+    let paths: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
     let stuck = netns_processes::stop(&paths, grace);
     if !stuck.is_empty() {
         log::warn!(
@@ -253,13 +303,12 @@ fn open_once<'t>(tables: &'t mut Option<Tables>, instance: &Instance) -> Result<
 /// `netpath container add`.
 pub async fn add(instance: &Instance, request: AddRequest) -> Result<ContainerView> {
     validate_name(&request.name)?;
-    // Parsed before anything is built, so a bad spec leaves nothing behind.
-    let mut mappings = Vec::new();
-    for spec in &request.publish {
-        mappings.extend(publish::parse_spec(spec)?);
-    }
+    let mappings = request.publish.clone();
     if request.ip.is_some() && request.mode != Mode::Bridge {
         return Err(ContainerError::IpNeedsBridge(request.mode));
+    }
+    if request.origin != Origin::Created && request.mode != Mode::Bridge {
+        return Err(ContainerError::AttachNeedsBridge(request.mode));
     }
     let (_lock, mut state) = lock_and_load(instance)?;
     if state.containers.contains_key(&request.name) {
@@ -282,6 +331,7 @@ pub async fn add(instance: &Instance, request: AddRequest) -> Result<ContainerVi
         Mode::Host | Mode::Container(_) => ContainerRecord {
             name: request.name.clone(),
             mode: request.mode.clone(),
+            origin: Origin::Created,
             netns: None,
             ip: None,
             mac: None,
@@ -325,6 +375,7 @@ async fn add_isolated<'a>(
     Ok(ContainerRecord {
         name: request.name.clone(),
         mode: Mode::None,
+        origin: Origin::Created,
         netns: Some(netns_name),
         ip: None,
         mac: None,
@@ -343,8 +394,9 @@ fn create_netns<'a>(
     Ok(path)
 }
 
-/// A netns with `eth0` (veth peer of `np-NAME` on the bridge), an address,
-/// a default route via the gateway, and the datapath endpoint.
+/// A netns (made here, or the one attached) with the container's interface
+/// (veth peer of `np-NAME` on the bridge), an address, a default route via
+/// the gateway, and the datapath endpoint.
 async fn add_bridged<'a>(
     instance: &'a Instance,
     tables: &mut Tables,
@@ -363,25 +415,48 @@ async fn add_bridged<'a>(
     if topology::find_link(&host, &host_veth).await?.is_some() {
         return Err(ContainerError::HostLinkTaken(host_veth));
     }
-    let netns_name = prefixed(&request.name);
-    let netns_path = create_netns(instance, &netns_name, rollback)?;
+    let ifname = request.origin.ifname().to_owned();
+    let (netns_name, netns_path) = match request.origin.foreign_netns() {
+        None => {
+            let name = prefixed(&request.name);
+            let path = create_netns(instance, &name, rollback)?;
+            (Some(name), path)
+        }
+        Some(path) => {
+            check_not_own_netns(path)?;
+            (None, path.to_owned())
+        }
+    };
     let inside = topology::connect_in(&netns_path)?;
+    if topology::find_link(&inside, &ifname).await?.is_some() {
+        return Err(ContainerError::ContainerLinkTaken {
+            ifname,
+            netns: netns_path.display().to_string(),
+        });
+    }
 
-    // The pair is made inside the container's netns, where `eth0` cannot
-    // collide with anything, and the host end is then moved out.
-    topology::create_veth(&inside, CONTAINER_IFNAME, &host_veth).await?;
+    // The pair is made inside the container's netns, where the container's
+    // name for it is checked free just above, and the host end is then moved
+    // out. Deleting the inside end deletes the pair wherever its peer is.
+    topology::create_veth(&inside, &ifname, &host_veth).await?;
+    push_undo(
+        rollback,
+        instance,
+        Undo::LinkIn {
+            netns: netns_path.clone(),
+            name: ifname.clone(),
+        },
+    );
     let host_end = topology::get_link(&inside, &host_veth).await?.header.index;
     let host_netns = netns::open_current_netns()?;
     topology::move_to_netns(&inside, host_end, &host_netns).await?;
-    push_undo(rollback, instance, Undo::HostLink(host_veth.clone()));
 
     let host_ifindex = topology::get_link(&host, &host_veth).await?.header.index;
     topology::attach_to_bridge(&host, host_ifindex, state.bridge_ifindex).await?;
 
-    let eth0 = topology::get_link(&inside, CONTAINER_IFNAME).await?;
-    let mac = topology::link_mac(&eth0)
-        .ok_or_else(|| TopologyError::NoMac(CONTAINER_IFNAME.to_owned()))?;
-    configure_container_side(&inside, eth0.header.index, ip, state).await?;
+    let link = topology::get_link(&inside, &ifname).await?;
+    let mac = topology::link_mac(&link).ok_or_else(|| TopologyError::NoMac(ifname.clone()))?;
+    configure_container_side(&inside, link.header.index, ip, state).await?;
     use_snat_ports_for_ephemeral(&netns_path, state)?;
 
     let spec = EndpointSpec {
@@ -390,6 +465,7 @@ async fn add_bridged<'a>(
         ip,
         mac,
         container_netns: Some(netns_path.clone()),
+        container_ifname: ifname,
     };
     datapath::attach_endpoint(instance, tables, &spec)?;
     push_undo(rollback, instance, Undo::Endpoint(spec));
@@ -397,7 +473,8 @@ async fn add_bridged<'a>(
     Ok(ContainerRecord {
         name: request.name.clone(),
         mode: Mode::Bridge,
-        netns: Some(netns_name),
+        origin: request.origin.clone(),
+        netns: netns_name,
         ip: Some(ip),
         mac: Some(topology::format_mac(&mac)),
         host_veth: Some(host_veth),
@@ -405,15 +482,26 @@ async fn add_bridged<'a>(
     })
 }
 
-/// Inside the container: address on eth0, eth0 and lo up, default route.
+/// Refuses to attach the netns netpath runs in: the host's own interfaces
+/// and routes would be changed.
+fn check_not_own_netns(path: &Path) -> Result<()> {
+    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    if id(path).is_some() && id(path) == id(&netns::current_thread_netns_path()) {
+        return Err(ContainerError::OwnNetns(path.display().to_string()));
+    }
+    Ok(())
+}
+
+/// Inside the container: address on its interface, it and lo up, default
+/// route.
 async fn configure_container_side(
     inside: &Handle,
-    eth0_index: u32,
+    index: u32,
     ip: Ipv4Addr,
     state: &State,
 ) -> Result<()> {
-    topology::add_ipv4(inside, eth0_index, ip, state.subnet.prefix_len()).await?;
-    topology::set_up(inside, eth0_index).await?;
+    topology::add_ipv4(inside, index, ip, state.subnet.prefix_len()).await?;
+    topology::set_up(inside, index).await?;
     topology::set_up_by_name(inside, "lo").await?;
     topology::add_default_route(inside, state.gateway).await?;
     Ok(())
@@ -423,52 +511,149 @@ async fn configure_container_side(
 /// masquerade keeps them (as iptables' MASQUERADE keeps a free source port)
 /// instead of handing out ports that a server may still hold in TIME_WAIT
 /// for another connection.
-fn use_snat_ports_for_ephemeral(netns_path: &std::path::Path, state: &State) -> Result<()> {
+fn use_snat_ports_for_ephemeral(netns_path: &Path, state: &State) -> Result<()> {
     let _inside = NetnsGuard::enter(netns_path)?;
     let (min, max) = state.snat_ports;
     crate::sysctl::write("net.ipv4.ip_local_port_range", &format!("{min} {max}"))?;
     Ok(())
 }
 
-/// `netpath container rm`.
-/// `container rm`: stops the processes in the container's netns (SIGTERM,
-/// up to `grace`, SIGKILL), then tears its network down.
+/// `netpath container rm`: stops the processes in the container's netns if
+/// netpath created it (SIGTERM, up to `grace`, SIGKILL), then tears its
+/// network down.
 pub fn remove(instance: &Instance, name: &str, grace: Duration) -> Result<()> {
+    let (_lock, mut state) = lock_and_load(instance)?;
+    remove_locked(instance, &mut state, &[name.to_owned()], grace)
+}
+
+/// `netpath container detach`: takes netpath's network out of an attached
+/// netns, leaving the netns and its processes alone.
+pub fn detach(instance: &Instance, name: &str) -> Result<()> {
     let (_lock, mut state) = lock_and_load(instance)?;
     let record = state
         .containers
         .get(name)
         .ok_or_else(|| ContainerError::Unknown(name.to_owned()))?;
-    let dependents: Vec<&str> = state
+    if record.origin == Origin::Created {
+        return Err(ContainerError::NotAttached(name.to_owned()));
+    }
+    remove_locked(instance, &mut state, &[name.to_owned()], Duration::ZERO)
+}
+
+/// CNI DEL: detaches what ADD attached for `container_id` and `ifname`, if
+/// anything. Nothing to do (nothing attached, or the instance is down, which
+/// took everything away) is success: DEL is idempotent.
+pub fn remove_cni(instance: &Instance, container_id: &str, ifname: &str) -> Result<()> {
+    remove_cni_where(instance, |origin| match origin {
+        Origin::Cni {
+            container_id: id,
+            ifname: name,
+            ..
+        } => id == container_id && name == ifname,
+        _ => false,
+    })
+}
+
+/// CNI GC: detaches every CNI attachment of `network` for which `valid`
+/// (container ID, ifname) is false.
+pub fn gc_cni(
+    instance: &Instance,
+    network: &str,
+    valid: impl Fn(&str, &str) -> bool,
+) -> Result<()> {
+    remove_cni_where(instance, |origin| match origin {
+        Origin::Cni {
+            container_id,
+            ifname,
+            network: of,
+            ..
+        } => of == network && !valid(container_id, ifname),
+        _ => false,
+    })
+}
+
+fn remove_cni_where(instance: &Instance, doomed: impl Fn(&Origin) -> bool) -> Result<()> {
+    let Some(_lock) = InstanceLock::acquire(instance)? else {
+        return Ok(());
+    };
+    let Some(mut state) = state::load(instance)? else {
+        return Ok(());
+    };
+    let names: Vec<String> = state
         .containers
         .values()
-        .filter(|c| c.mode == Mode::Container(name.to_owned()))
-        .map(|c| c.name.as_str())
+        .filter(|record| doomed(&record.origin))
+        .map(|record| record.name.clone())
         .collect();
-    if !dependents.is_empty() {
-        return Err(ContainerError::SharedBy {
-            name: name.to_owned(),
-            dependents: dependents.join(", "),
-        });
+    if names.is_empty() {
+        return Ok(());
+    }
+    remove_locked(instance, &mut state, &names, Duration::ZERO)
+}
+
+/// Removes the containers `names` (which must exist and not be shared by
+/// others) and saves the state. The caller holds the lock. A container
+/// whose teardown fails stays recorded, so removing it again retries.
+fn remove_locked(
+    instance: &Instance,
+    state: &mut State,
+    names: &[String],
+    grace: Duration,
+) -> Result<()> {
+    let mut records = Vec::new();
+    for name in names {
+        let record = state
+            .containers
+            .get(name)
+            .ok_or_else(|| ContainerError::Unknown(name.clone()))?;
+        let dependents: Vec<&str> = state
+            .containers
+            .values()
+            .filter(|c| c.mode == Mode::Container(name.clone()) && !names.contains(&c.name))
+            .map(|c| c.name.as_str())
+            .collect();
+        if !dependents.is_empty() {
+            return Err(ContainerError::SharedBy {
+                name: name.clone(),
+                dependents: dependents.join(", "),
+            });
+        }
+        records.push(record.clone());
     }
     // Only a container with an address of its own has an endpoint and ports.
-    let mut tables = match record.ip.map(|_| Tables::open(instance)) {
-        Some(Ok(tables)) => Some(tables),
-        None | Some(Err(TablesError::NotUp(_))) => None,
-        Some(Err(e)) => return Err(e.into()),
+    let mut tables = match records.iter().any(|r| r.ip.is_some()) {
+        false => None,
+        true => match Tables::open(instance) {
+            Ok(tables) => Some(tables),
+            Err(TablesError::NotUp(_)) => None,
+            Err(e) => return Err(e.into()),
+        },
     };
-    if let (Mode::Bridge, Some(ip), Some(tables)) = (&record.mode, record.ip, tables.as_mut()) {
-        publish::remove_for_ip_locked(tables, ip)?;
+    if let Some(tables) = tables.as_mut() {
+        for record in &records {
+            if let (Mode::Bridge, Some(ip)) = (&record.mode, record.ip) {
+                publish::remove_for_ip_locked(tables, ip)?;
+            }
+        }
     }
-    stop_processes(std::slice::from_ref(record), grace);
-    teardown(instance, tables.as_mut(), record)?;
-    state.containers.remove(name);
+    stop_processes(&records, grace);
+    let mut first_error = None;
+    for record in &records {
+        match teardown(instance, tables.as_mut(), record) {
+            Ok(()) => {
+                state.containers.remove(&record.name);
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
     match &tables {
-        // Gives back the host ports the container's mappings reserved.
-        Some(tables) => publish::reserve_published(instance, tables, state)?,
-        None => state::save(instance, &state)?,
+        // Gives back the host ports the containers' mappings reserved.
+        Some(tables) => publish::reserve_published(instance, tables, state.clone())?,
+        None => state::save(instance, state)?,
     }
-    Ok(())
+    first_error.map_or(Ok(()), Err)
 }
 
 /// The record whose network a container uses: itself, or the end of its
@@ -489,13 +674,24 @@ fn network_owner<'a>(state: &'a State, name: &str) -> Option<&'a ContainerRecord
 pub fn view(state: &State, name: &str) -> ContainerView {
     let record = state.containers.get(name);
     let owner = network_owner(state, name);
+    let origin = record.map(|r| &r.origin);
     ContainerView {
         name: name.to_owned(),
         mode: record.map(|r| r.mode.to_string()).unwrap_or_default(),
+        origin: origin.map_or("created", Origin::kind),
+        container_id: match origin {
+            Some(Origin::Cni { container_id, .. }) => Some(container_id.clone()),
+            _ => None,
+        },
+        ifname: owner.map_or("eth0", |o| o.origin.ifname()).to_owned(),
         ip: owner.and_then(|o| o.ip),
         mac: owner.and_then(|o| o.mac.clone()),
         host_veth: owner.and_then(|o| o.host_veth.clone()),
-        netns: owner.and_then(|o| o.netns.clone()),
+        netns: owner.and_then(|o| {
+            o.netns
+                .clone()
+                .or_else(|| Some(o.origin.foreign_netns()?.display().to_string()))
+        }),
     }
 }
 
@@ -519,8 +715,8 @@ pub fn exec(instance: &Instance, name: &str, command: &[String]) -> Result<Infal
     let owner =
         network_owner(&state, name).ok_or_else(|| ContainerError::Unknown(name.to_owned()))?;
     // Host mode has no netns of its own: the command stays in the host's.
-    let _inside = match &owner.netns {
-        Some(netns_name) => Some(NetnsGuard::enter(&netns::named_netns_path(netns_name))?),
+    let _inside = match netns_path(owner) {
+        Some(path) => Some(NetnsGuard::enter(&path)?),
         None => None,
     };
     let (program, args) = command.split_first().ok_or_else(|| ContainerError::Exec {

@@ -7,6 +7,7 @@
 //! `directories` owns every run-time path, `config` the settings and defaults.
 pub mod agent;
 pub mod cli;
+pub mod cni;
 pub mod config;
 pub mod container;
 pub mod daemon;

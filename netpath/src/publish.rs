@@ -70,7 +70,7 @@ impl fmt::Display for HostPort {
 }
 
 impl HostPort {
-    fn key(&self) -> PortKey {
+    pub fn key(&self) -> PortKey {
         PortKey::new(self.ip, self.port, self.proto)
     }
 }

@@ -108,17 +108,70 @@ impl TryFrom<String> for Mode {
     }
 }
 
-/// One container as recorded by `container add`.
+/// Who made a container's network namespace, and so who owns it (and the
+/// processes in it): netpath only stops and deletes what it created.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Origin {
+    /// `container add`: netpath made the netns (`np-NAME`).
+    #[default]
+    Created,
+    /// `container attach --netns PATH`: a netns someone else made.
+    Attached { netns: PathBuf },
+    /// A CNI ADD: the runtime's netns, found again by container ID and ifname.
+    Cni {
+        container_id: String,
+        ifname: String,
+        netns: PathBuf,
+        /// The network config's `name`: GC looks at its own network only.
+        network: String,
+    },
+}
+
+impl Origin {
+    fn is_created(&self) -> bool {
+        *self == Origin::Created
+    }
+
+    /// The netns of an attached or CNI container (not netpath's to delete).
+    pub fn foreign_netns(&self) -> Option<&Path> {
+        match self {
+            Origin::Created => None,
+            Origin::Attached { netns } | Origin::Cni { netns, .. } => Some(netns),
+        }
+    }
+
+    /// The container's interface: CNI_IFNAME for CNI, else `eth0`.
+    pub fn ifname(&self) -> &str {
+        match self {
+            Origin::Cni { ifname, .. } => ifname,
+            _ => "eth0",
+        }
+    }
+
+    /// "created", "attached" or "cni", as `container ls` shows it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Origin::Created => "created",
+            Origin::Attached { .. } => "attached",
+            Origin::Cni { .. } => "cni",
+        }
+    }
+}
+
+/// One container as recorded by `container add`, `attach` or a CNI ADD.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ContainerRecord {
     pub name: String,
     pub mode: Mode,
+    #[serde(default, skip_serializing_if = "Origin::is_created")]
+    pub origin: Origin,
     /// Named netns (`np-NAME`) for bridge and none modes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<Ipv4Addr>,
-    /// MAC of the container's eth0.
+    /// MAC of the container's interface.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

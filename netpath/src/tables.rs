@@ -108,6 +108,15 @@ impl Tables {
             .map_err(map_err(names::ENDPOINTS))
     }
 
+    /// Whether the datapath has an endpoint for `ip` (CNI CHECK).
+    pub fn has_endpoint(&self, ip: Ipv4Addr) -> Result<bool, TablesError> {
+        match self.endpoints.get(&ip_to_wire(ip), 0) {
+            Ok(_) => Ok(true),
+            Err(MapError::KeyNotFound) => Ok(false),
+            Err(e) => Err(map_err(names::ENDPOINTS)(e)),
+        }
+    }
+
     pub fn remove_endpoint(&mut self, ip: Ipv4Addr) -> Result<(), TablesError> {
         match self.endpoints.remove(&ip_to_wire(ip)) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),

@@ -1,6 +1,6 @@
 use std::ffi::CString;
 use std::fmt;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -244,10 +244,20 @@ pub fn run(cmd: &mut Command) -> CmdOutput {
 /// Runs `cmd` (stdin from /dev/null), capturing stdout and stderr; kills it
 /// by pid if it is still running after `timeout`. Never panics.
 pub fn run_timeout(cmd: &mut Command, timeout: Duration) -> CmdOutput {
+    run_with_input(cmd, None, timeout)
+}
+
+/// As [`run_timeout`], with `input` (when given) written to the command's
+/// stdin, which is then closed.
+pub fn run_with_input(cmd: &mut Command, input: Option<&str>, timeout: Duration) -> CmdOutput {
     let cmdline = describe(cmd);
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -261,6 +271,13 @@ pub fn run_timeout(cmd: &mut Command, timeout: Duration) -> CmdOutput {
             };
         }
     };
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        let input = input.as_bytes().to_vec();
+        // A thread, so a child that does not read cannot block us.
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+    }
     let (done_tx, done_rx) = mpsc::channel();
     let out = drain(child.stdout.take().expect("piped stdout"), done_tx.clone());
     let err = drain(child.stderr.take().expect("piped stderr"), done_tx);

@@ -27,6 +27,15 @@ pub fn netpath_bin() -> PathBuf {
     dir.join("netpath")
 }
 
+/// The CNI plugin under test: `$NETPATH_CNI_BIN`, else `netpath-cni` next
+/// to [`netpath_bin`] (cargo builds both into one directory).
+pub fn netpath_cni_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("NETPATH_CNI_BIN") {
+        return PathBuf::from(p);
+    }
+    netpath_bin().with_file_name("netpath-cni")
+}
+
 /// The standard topology: a netns H that plays the host, a netns O that
 /// plays the outside world, and a veth between them.
 ///

@@ -222,8 +222,32 @@ pub(super) enum ContainerCommand {
         #[arg(short = 't', long = "time", value_name = "SECS", default_value_t = DEFAULT_GRACE.as_secs())]
         time: u64,
     },
-    /// List containers.
+    /// Network an existing network namespace (a /proc/PID/ns/net, an `ip
+    /// netns` name or path) like a bridge container; its processes and the
+    /// netns stay its owner's.
+    Attach(AttachArgs),
+    /// Take netpath's network out of an attached netns (processes and netns
+    /// are left alone).
+    Detach { name: String },
+    /// List containers, and whether netpath created, attached or networked
+    /// them for a CNI runtime.
     Ls,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct AttachArgs {
+    /// 1 to 12 letters, digits, '-' or '_'.
+    pub name: String,
+    /// The network namespace: a path (/proc/PID/ns/net, /run/netns/NAME) or
+    /// an `ip netns` name.
+    #[arg(long, value_name = "PATH")]
+    pub netns: PathBuf,
+    /// Address in the subnet [default: the lowest free one].
+    #[arg(long, value_name = "ADDR")]
+    pub ip: Option<String>,
+    /// Publish a port, as docker -p; repeatable.
+    #[arg(short = 'p', long = "publish", value_name = "SPEC")]
+    pub publish: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -1,16 +1,18 @@
-//! `netpath container add | rm | ls`.
-use std::{net::Ipv4Addr, time::Duration};
+//! `netpath container add | attach | detach | rm | ls`.
+use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
 
 use super::{
     CliError, Result,
-    args::{AddArgs, ContainerCommand},
+    args::{AddArgs, AttachArgs, ContainerCommand},
     output::{Column, Output, Table, dash},
     runtime,
 };
 use crate::{
     container::{self, AddRequest, ContainerView},
     directories::Instance,
-    state::Mode,
+    netns,
+    publish::{self, Mapping},
+    state::{Mode, Origin},
 };
 
 pub(super) fn run(instance: &Instance, command: ContainerCommand, out: Output) -> Result<()> {
@@ -22,6 +24,13 @@ pub(super) fn run(instance: &Instance, command: ContainerCommand, out: Output) -
                 println!("container {name} removed");
             })
         }
+        ContainerCommand::Attach(args) => attach(instance, args, out),
+        ContainerCommand::Detach { name } => {
+            container::detach(instance, &name)?;
+            out.show(&serde_json::json!({ "detached": name }), |_| {
+                println!("container {name} detached");
+            })
+        }
         ContainerCommand::Ls => out.show(&container::list(instance)?, |c| print_table(c)),
     }
 }
@@ -31,12 +40,42 @@ fn add(instance: &Instance, args: AddArgs, out: Output) -> Result<()> {
         mode: parse_mode(&args.mode)?,
         ip: args.ip.as_deref().map(parse_ip).transpose()?,
         name: args.name,
-        publish: args.publish,
+        publish: parse_publish(&args.publish)?,
+        origin: Origin::Created,
     };
+    build(instance, request, "added", out)
+}
+
+fn attach(instance: &Instance, args: AttachArgs, out: Output) -> Result<()> {
+    // A bare name is an `ip netns` one.
+    let netns = if args.netns.components().count() == 1 && args.netns.is_relative() {
+        netns::named_netns_path(&args.netns.to_string_lossy())
+    } else {
+        args.netns
+    };
+    let request = AddRequest {
+        mode: Mode::Bridge,
+        ip: args.ip.as_deref().map(parse_ip).transpose()?,
+        name: args.name,
+        publish: parse_publish(&args.publish)?,
+        origin: Origin::Attached {
+            netns: absolute(netns),
+        },
+    };
+    build(instance, request, "attached", out)
+}
+
+/// The path as given when absolute, else from the current directory (the
+/// state outlives this command's working directory).
+fn absolute(path: PathBuf) -> PathBuf {
+    std::path::absolute(&path).unwrap_or(path)
+}
+
+fn build(instance: &Instance, request: AddRequest, done: &str, out: Output) -> Result<()> {
     let added = runtime()?.block_on(container::add(instance, request))?;
     out.show(&added, |added| {
         println!(
-            "container {} added ({}, ip {})",
+            "container {} {done} ({}, ip {})",
             added.name,
             added.mode,
             dash(&added.ip)
@@ -44,12 +83,21 @@ fn add(instance: &Instance, args: AddArgs, out: Output) -> Result<()> {
     })
 }
 
+fn parse_publish(specs: &[String]) -> Result<Vec<Mapping>> {
+    let mut mappings = Vec::new();
+    for spec in specs {
+        mappings.extend(publish::parse_spec(spec)?);
+    }
+    Ok(mappings)
+}
+
 /// The containers table, also part of `status`.
 pub(super) fn print_table(containers: &[ContainerView]) {
-    const TABLE: Table<5> = Table {
+    const TABLE: Table<6> = Table {
         columns: [
             Column::left("NAME", 12),
             Column::left("MODE", 22),
+            Column::left("ORIGIN", 16),
             Column::left("IP", 15),
             Column::left("MAC", 17),
             Column::left("VETH", 0),
@@ -60,11 +108,20 @@ pub(super) fn print_table(containers: &[ContainerView]) {
         [
             c.name.clone(),
             c.mode.clone(),
+            origin(c),
             dash(&c.ip),
             dash(&c.mac),
             dash(&c.host_veth),
         ]
     }));
+}
+
+/// `created`, `attached`, or `cni:` and the start of the container ID.
+fn origin(c: &ContainerView) -> String {
+    match &c.container_id {
+        Some(id) => format!("cni:{}", id.get(..12).unwrap_or(id)),
+        None => c.origin.to_owned(),
+    }
 }
 
 fn parse_ip(text: &str) -> Result<Ipv4Addr> {

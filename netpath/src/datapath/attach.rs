@@ -181,6 +181,7 @@ pub(super) fn attach_sock_hooks(
 pub(super) fn attach_xdp_pass(
     instance: &Instance,
     netns: &Path,
+    container_ifname: &str,
     host_ifname: &str,
 ) -> Result<(), DatapathError> {
     let pin = LinkPin::xdp(host_ifname);
@@ -197,9 +198,9 @@ pub(super) fn attach_xdp_pass(
         source: io::Error::other(e.to_string()),
     })?;
     let id = prog
-        .attach(CONTAINER_IFNAME, XdpMode::default())
+        .attach(container_ifname, XdpMode::default())
         .map_err(prog_err(format!(
-            "attaching xdp_pass to {CONTAINER_IFNAME} in {}",
+            "attaching xdp_pass to {container_ifname} in {}",
             netns.display()
         )))?;
     pin.pin(

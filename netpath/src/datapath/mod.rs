@@ -161,11 +161,13 @@ pub struct EndpointSpec {
     pub host_ifname: String,
     pub host_ifindex: u32,
     pub ip: Ipv4Addr,
-    /// MAC of the container's eth0.
+    /// MAC of the container's interface.
     pub mac: [u8; 6],
-    /// The container's netns, where `eth0` gets the XDP pass-through program
-    /// in `--accel xdp` mode.
+    /// The container's netns, where its interface gets the XDP pass-through
+    /// program in `--accel xdp` mode.
     pub container_netns: Option<PathBuf>,
+    /// The container's interface (`eth0`, or a CNI_IFNAME).
+    pub container_ifname: String,
 }
 
 /// Fails when the instance's pin directory holds another layout version.
@@ -329,7 +331,7 @@ pub fn attach_endpoint(
     if tables.config()?.flags & CONFIG_FLAG_XDP != 0
         && let Some(netns) = &ep.container_netns
     {
-        attach_xdp_pass(instance, netns, &ep.host_ifname)?;
+        attach_xdp_pass(instance, netns, &ep.container_ifname, &ep.host_ifname)?;
     }
     Ok(())
 }
