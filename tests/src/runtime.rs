@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 
 use crate::cmd::{CmdOutput, run, run_timeout};
-use crate::lab::{Lab, netpath_bin};
+use crate::lab::{Lab, netpath_cni_bin};
 use crate::names::unique_name;
 
 /// Bound on one runtime command (a `podman run` includes the CNI ADD).
@@ -26,15 +26,6 @@ const RUNTIME_TIMEOUT: Duration = Duration::from_secs(120);
 const DAEMON_TIMEOUT: Duration = Duration::from_secs(30);
 /// The plugin's executable name: the `type` of its network config.
 const PLUGIN_TYPE: &str = "netpath";
-
-/// The CNI plugin under test: `$NETPATH_CNI_BIN`, else `netpath-cni` next to
-/// the netpath binary under test.
-pub fn cni_bin() -> PathBuf {
-    match std::env::var_os("NETPATH_CNI_BIN") {
-        Some(p) => PathBuf::from(p),
-        None => netpath_bin().with_file_name("netpath-cni"),
-    }
-}
 
 /// Why a test of a runtime cannot run here: the commands of `commands` that
 /// no PATH directory holds, as one line, or `None` when all are there.
@@ -86,7 +77,7 @@ impl Drop for TempDir {
 }
 
 /// A container root filesystem made of busybox-static: every applet, and a
-/// web root for `httpd -f -p 80 -h /www` whose `/cgi-bin/addr` answers with
+/// web root for `httpd -f -p 0.0.0.0:80 -h /www` whose `/cgi-bin/addr` answers with
 /// the client's "ip:port" as the server saw it (as [`crate::Server::http`]
 /// does).
 pub struct BusyboxRootfs {
@@ -156,7 +147,7 @@ fn write_conflist(dir: &Path, network: &str, lab: &Lab) -> anyhow::Result<()> {
 /// The netpath plugin under its CNI type name in `dir`, copied (not linked:
 /// the directory may be bind-mounted where a link's target is hidden).
 fn install_plugin(dir: &Path) -> anyhow::Result<()> {
-    let plugin = cni_bin();
+    let plugin = netpath_cni_bin();
     anyhow::ensure!(
         plugin.is_file(),
         "the CNI plugin is not at {}: build netpath (`cargo build -p netpath`) or set NETPATH_CNI_BIN",

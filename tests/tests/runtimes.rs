@@ -16,8 +16,9 @@ use serde_json::Value;
 /// Bound on a container's server starting, or its task ending.
 const WAIT: Duration = Duration::from_secs(30);
 
-/// busybox httpd in the foreground on port 80, serving the rootfs's /www.
-const HTTPD: &[&str] = &["/bin/httpd", "-f", "-p", "80", "-h", "/www"];
+/// busybox httpd in the foreground on port 80, serving the rootfs's /www;
+/// IPv4 only, so its CGIs see IPv4 client addresses (not `[::ffff:a.b.c.d]`).
+const HTTPD: &[&str] = &["/bin/httpd", "-f", "-p", "0.0.0.0:80", "-h", "/www"];
 
 /// True (after saying why, past the test harness's capture: a skipped
 /// runtime test is never silent) when a command `test` needs is missing.
@@ -72,9 +73,10 @@ fn assert_nothing_left_of(lab: &Lab, ips: &[&str]) {
     );
 }
 
-/// `wget -q -T 5 -O - URL` inside a podman container.
+/// `wget -q -O - URL` inside a podman container, for at most 5 s (not
+/// `wget -T`: busybox 1.35's static wget crashes on it).
 fn podman_get(podman: &Podman<'_>, name: &str, url: &str) -> String {
-    let out = podman.exec(name, &["wget", "-q", "-T", "5", "-O", "-", url]);
+    let out = podman.exec(name, &["timeout", "5", "wget", "-q", "-O", "-", url]);
     out.expect_ok(&format!("wget {url} in {name}"));
     out.stdout_trim().to_owned()
 }
@@ -178,7 +180,7 @@ fn ctr_run_cni_gets_an_address_reaches_the_outside_and_its_del_without_netns_cle
     let containerd = Containerd::start(&lab).unwrap_or_else(|e| panic!("{e:#}"));
     let id = unique_name("c");
     let script = format!(
-        "ip -4 -o addr show dev eth0; ip route; wget -q -T 5 -O - http://{}:{}/; echo; echo READY; exec sleep 3600",
+        "ip -4 -o addr show dev eth0; ip route; timeout 5 wget -q -O - http://{}:{}/; echo; echo READY; exec sleep 3600",
         Lab::OUTSIDE_IP,
         outside.port()
     );
