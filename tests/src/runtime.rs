@@ -379,6 +379,11 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
     }
 
+    /// The containerd namespace of this test's containers.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
     /// `ctr --address A --namespace N` in the lab's host netns, with the
     /// test's CNI directories (add args yourself).
     pub fn command(&self) -> Command {

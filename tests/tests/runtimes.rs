@@ -52,6 +52,18 @@ fn flows_of(lab: &Lab, ip: &str) -> Vec<Value> {
         .collect()
 }
 
+/// netpath's endpoint (`container ls --json`) at `ip`.
+#[track_caller]
+fn endpoint(lab: &Lab, ip: &str) -> Value {
+    let ls = lab.netpath_json(&["container", "ls"]);
+    ls.as_array()
+        .expect("container ls --json is a list")
+        .iter()
+        .find(|c| c["ip"] == ip)
+        .cloned()
+        .unwrap_or_else(|| panic!("no endpoint {ip}: {ls}"))
+}
+
 /// Panics unless netpath holds no endpoint, published port or flow of any
 /// of `ips`.
 #[track_caller]
@@ -100,11 +112,18 @@ fn podman_containers_publish_masquerade_reach_each_other_and_rm_leaves_nothing()
     let web_ip = podman.ip(&web);
     let cli_ip = podman.ip(&cli);
 
-    // netpath has what podman has: the endpoints at the addresses of the
-    // plugin's results, and the published port.
-    let endpoints = endpoint_ips(&lab);
-    for ip in [&web_ip, &cli_ip] {
-        assert!(endpoints.contains(ip), "no endpoint {ip}: {endpoints:?}");
+    // netpath has what podman has: the endpoints of the containers at the
+    // addresses of the plugin's results, and the published port.
+    for (name, ip) in [(&web, &web_ip), (&cli, &cli_ip)] {
+        let endpoint = endpoint(&lab, ip);
+        let inspect = podman.podman(&["inspect", "--format", "{{.Id}}", name]);
+        inspect.expect_ok("podman inspect");
+        assert_eq!(endpoint["origin"], "cni", "{endpoint}");
+        assert_eq!(
+            endpoint["container_id"],
+            inspect.stdout_trim(),
+            "{endpoint}"
+        );
     }
     let published = lab.netpath_json(&["publish", "ls"]);
     assert!(
@@ -206,9 +225,12 @@ fn ctr_run_cni_gets_an_address_reaches_the_outside_and_its_del_without_netns_cle
         .and_then(|a| a.split('/').next())
         .unwrap_or_else(|| panic!("no address on eth0:\n{output}"))
         .to_owned();
-    assert!(
-        endpoint_ips(&lab).contains(&ip),
-        "netpath has no endpoint {ip}"
+    let endpoint = endpoint(&lab, &ip);
+    assert_eq!(endpoint["origin"], "cni", "{endpoint}");
+    assert_eq!(
+        endpoint["container_id"],
+        format!("{}-{id}", containerd.namespace()),
+        "ctr's CNI container ID is NAMESPACE-ID: {endpoint}"
     );
     assert!(
         output.contains("default via"),
