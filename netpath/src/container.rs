@@ -37,6 +37,8 @@ use crate::{
     topology::{self, TopologyError},
 };
 
+/// How long `add` waits for a new veth pair to carry packets.
+const LINK_UP_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest container name: the host-side veth is `np-NAME`, and interface
 /// names are at most 15 bytes.
 pub const MAX_NAME_LEN: usize = 12;
@@ -454,9 +456,10 @@ async fn add_bridged<'a>(
     let host_ifindex = topology::get_link(&host, &host_veth).await?.header.index;
     topology::attach_to_bridge(&host, host_ifindex, state.bridge_ifindex).await?;
 
-    let link = topology::get_link(&inside, &ifname).await?;
-    let mac = topology::link_mac(&link).ok_or_else(|| TopologyError::NoMac(ifname.clone()))?;
-    configure_container_side(&inside, link.header.index, ip, state).await?;
+    let index = topology::get_link(&inside, &ifname).await?.header.index;
+    let mac = container_mac(ip);
+    topology::set_mac(&inside, index, mac).await?;
+    configure_container_side(&inside, index, ip, state).await?;
     use_snat_ports_for_ephemeral(&netns_path, state)?;
 
     let spec = EndpointSpec {
@@ -469,6 +472,11 @@ async fn add_bridged<'a>(
     };
     datapath::attach_endpoint(instance, tables, &spec)?;
     push_undo(rollback, instance, Undo::Endpoint(spec));
+    for (handle, index) in [(&inside, index), (&host, host_ifindex)] {
+        if !topology::wait_operational(handle, index, LINK_UP_TIMEOUT).await? {
+            log::warn!("{host_veth}: the veth pair is not up yet; its first packets may be lost");
+        }
+    }
 
     Ok(ContainerRecord {
         name: request.name.clone(),
@@ -480,6 +488,15 @@ async fn add_bridged<'a>(
         host_veth: Some(host_veth),
         host_ifindex: Some(host_ifindex),
     })
+}
+
+/// The MAC of the container with address `ip`: derived from it, as Docker
+/// does, so a container replaced by one with the same address (a runtime
+/// recreating it) has the same MAC too, and no neighbour still holds the
+/// old one.
+fn container_mac(ip: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = ip.octets();
+    [0x02, 0x4e, a, b, c, d]
 }
 
 /// Refuses to attach the netns netpath runs in: the host's own interfaces
@@ -743,6 +760,13 @@ mod tests {
         for bad in ["", "-a", "_a", "a.b", "a b", "a/b", "A234567890123", "é"] {
             assert!(validate_name(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn container_macs_are_local_unicast_and_follow_the_address() {
+        let mac = container_mac(Ipv4Addr::new(10, 77, 0, 2));
+        assert_eq!(mac, [0x02, 0x4e, 10, 77, 0, 2]);
+        assert_eq!(mac[0] & 0x03, 0x02, "locally administered, unicast");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use netlink_packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkMessage, NetlinkPaylo
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
     address::{AddressAttribute, AddressHeaderFlags},
-    link::{LinkAttribute, LinkMessage},
+    link::{LinkAttribute, LinkMessage, State},
     route::{RouteAttribute, RouteHeader},
 };
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
@@ -182,6 +182,22 @@ pub async fn add_ipv4(handle: &Handle, index: u32, ip: Ipv4Addr, prefix_len: u8)
         )))
 }
 
+/// Sets the Ethernet address of the interface `index`.
+pub async fn set_mac(handle: &Handle, index: u32, mac: [u8; 6]) -> Result<()> {
+    handle
+        .link()
+        .set(
+            LinkUnspec::new_with_index(index)
+                .address(mac.to_vec())
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(netlink_err(format!(
+            "cannot set the MAC of interface #{index}"
+        )))
+}
+
 /// Brings the interface `index` up.
 pub async fn set_up(handle: &Handle, index: u32) -> Result<()> {
     handle
@@ -224,6 +240,33 @@ pub async fn move_to_netns(handle: &Handle, index: u32, netns: &impl AsRawFd) ->
         .map_err(netlink_err(format!(
             "cannot move interface #{index} to another netns"
         )))
+}
+
+/// Waits up to `timeout` for the interface `index` to be operationally up.
+/// The kernel turns a new link's carrier on asynchronously (linkwatch, at
+/// most once a second under load) and drops what is sent before: waiting
+/// here means a container's first packets are not lost. Returns whether it
+/// came up in time.
+pub async fn wait_operational(
+    handle: &Handle,
+    index: u32,
+    timeout: std::time::Duration,
+) -> Result<bool> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let link = get_link_by_index(handle, index).await?;
+        let up = link
+            .attributes
+            .iter()
+            .any(|attr| matches!(attr, LinkAttribute::OperState(State::Up)));
+        if up {
+            return Ok(true);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 /// Enslaves the interface `index` to the bridge `bridge_index` and brings it up.

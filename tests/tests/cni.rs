@@ -265,6 +265,16 @@ fn add_check_del_with_a_published_port() {
     // DEL again: still fine. CHECK now: the container is unknown.
     attachment.del(&lab, &conf);
     expect_cni_error(&attachment.call(&lab, "CHECK", &check_conf), 3);
+
+    // The runtime recreates the container: same address, and the host
+    // reaches it at once (its MAC follows the address, so the host's
+    // neighbour entry for it is still right).
+    let recreated_netns = Netns::new("cn");
+    let recreated = Attachment::new(netpath_tests::unique_name("ctr"), &recreated_netns);
+    let result = recreated.add(&lab, &conf);
+    assert_eq!(result_ip(&result), ip, "the freed address is reused");
+    assert_eq!(result["interfaces"][1]["mac"], mac, "with the same MAC");
+    ping(&lab.host, &ip).expect_ok("the host reaches the recreated container");
 }
 
 #[test]

@@ -176,3 +176,33 @@ fn version_names_the_release_the_commit_and_the_map_layout() {
         )
     );
 }
+
+#[test]
+fn install_cni_puts_the_plugin_and_an_example_conflist() {
+    let destdir = TempDir::new();
+    let out = run(Command::new(netpath_bin())
+        .args([
+            "--json",
+            "install",
+            "--prefix",
+            "/usr",
+            "--cni",
+            "--destdir",
+        ])
+        .arg(&destdir.0));
+    out.expect_ok("netpath install --cni");
+    let plugin = destdir.0.join("opt/cni/bin/netpath-cni");
+    assert_eq!(
+        fs::read(&plugin).expect("installed plugin"),
+        fs::read(netpath_tests::netpath_cni_bin()).expect("built plugin"),
+        "the installed plugin is the built one"
+    );
+    let mode = fs::metadata(&plugin).expect("stat").permissions().mode();
+    assert_eq!(mode & 0o777, 0o755);
+    let conflist = read(&destdir.0.join("usr/share/netpath/cni/netpath.conflist"));
+    let conflist: serde_json::Value = serde_json::from_str(&conflist).expect("JSON");
+    let netpath = &conflist["plugins"][0];
+    assert_eq!(netpath["type"], "netpath-cni", "{conflist}");
+    assert_eq!(netpath["capabilities"]["portMappings"], true, "{conflist}");
+    assert_eq!(conflist["cniVersion"], "1.0.0", "{conflist}");
+}

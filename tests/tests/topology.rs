@@ -9,7 +9,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use netpath_tests::{CmdOutput, Lab, Place, ping, ping_ok, run};
+use netpath_tests::{CmdOutput, Lab, Netns, Place, Server, http_source, ping, ping_ok, run};
 use serde_json::Value;
 
 const GATEWAY: &str = "10.77.0.1";
@@ -599,4 +599,92 @@ fn down_stops_the_processes_of_every_container() {
     }
     lab.assert_clean();
     assert!(!has_exited(on_host), "a host process runs on");
+}
+
+#[test]
+fn attach_and_detach_an_ip_netns_with_a_published_port() {
+    let lab = Lab::new();
+    lab.up_ok(&[]);
+    let netns = Netns::new("att");
+    let sleeper = lab.spawn(netns.command("sleep").arg("300")) as i32;
+    let w = lab.container_name("w");
+    let attached = lab.netpath_json(&[
+        "container",
+        "attach",
+        &w,
+        "--netns",
+        netns.name(),
+        "-p",
+        "18082:80",
+    ]);
+    assert_eq!(attached["origin"], "attached", "{attached}");
+    let ip = attached["ip"].as_str().expect("an address").to_owned();
+    let entry = containers(&lab)
+        .into_iter()
+        .find(|c| c["name"] == w.as_str())
+        .expect("listed");
+    assert_eq!(entry["origin"], "attached");
+    assert_eq!(entry["netns"], netns.path().to_str().expect("UTF-8"));
+
+    ping(&lab.host, &ip).expect_ok("H pings the attached netns");
+    ping(netns.place(), GATEWAY).expect_ok("it pings the gateway");
+    let _web = Server::http(netns.place(), "0.0.0.0", 80);
+    let client = http_source(&lab.outside, &format!("http://{}:18082/", Lab::HOST_IP))
+        .expect("the published port answers");
+    assert!(
+        client.starts_with(&format!("{}:", Lab::OUTSIDE_IP)),
+        "with the client's address: {client}"
+    );
+    let out = lab.netpath(&["exec", &w, "--", "ip", "-4", "-o", "addr", "show", "eth0"]);
+    assert!(
+        out.stdout.contains(&ip),
+        "exec enters the attached netns\n{out}"
+    );
+
+    // Only attached containers detach; netpath's own netns is refused.
+    let c = lab.container_name("c");
+    lab.container_add_ok(&c, &[]);
+    expect_error(&lab.netpath(&["container", "detach", &c]), "container rm");
+    lab.netpath(&["container", "rm", &c]).expect_ok("rm c");
+    expect_error(
+        &lab.netpath(&[
+            "container",
+            "attach",
+            "self",
+            "--netns",
+            "/proc/self/ns/net",
+        ]),
+        "own network namespace",
+    );
+
+    // detach takes netpath's network away, and nothing of the owner's.
+    lab.netpath(&["container", "detach", &w])
+        .expect_ok("detach");
+    let links = netns.exec(&["ip", "-o", "link", "show"]);
+    assert_eq!(links.stdout.lines().count(), 1, "only lo is left\n{links}");
+    assert!(netns.path().exists(), "the netns stays");
+    assert!(!has_exited(sleeper), "its process runs on");
+    assert!(!lab.host_links().contains(&format!("np-{w}")));
+    assert_eq!(lab.netpath_json(&["publish", "ls"]), serde_json::json!([]));
+
+    // Attached by /proc/PID/ns/net, then `down`: the netns and its process
+    // are the owner's and stay.
+    lab.netpath(&[
+        "container",
+        "attach",
+        &w,
+        "--netns",
+        &format!("/proc/{sleeper}/ns/net"),
+    ])
+    .expect_ok("attach by /proc/PID/ns/net");
+    ping(&lab.host, &ip).expect_ok("attached again");
+    lab.down().expect_ok("down");
+    assert!(
+        !has_exited(sleeper),
+        "down leaves the attached netns' process"
+    );
+    assert!(netns.path().exists(), "and the netns");
+    let links = netns.exec(&["ip", "-o", "link", "show"]);
+    assert_eq!(links.stdout.lines().count(), 1, "only lo is left\n{links}");
+    lab.assert_clean();
 }

@@ -92,9 +92,11 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Build the release binary, then install it with its systemd unit,
-    /// shell completions and man pages (`netpath install`). Installs
-    /// $NETPATH_BIN instead of building when set.
+    /// Build the release binaries, then install netpath with its systemd
+    /// unit, shell completions and man pages (`netpath install`); with
+    /// --cni also the CNI plugin in /opt/cni/bin and an example conflist.
+    /// Installs $NETPATH_BIN (and the netpath-cni next to it) instead of
+    /// building when set.
     Install {
         /// Installation prefix.
         #[arg(long, default_value = "/usr/local")]
@@ -102,6 +104,9 @@ enum Cmd {
         /// Staging directory prepended to every path (for packaging).
         #[arg(long)]
         destdir: Option<PathBuf>,
+        /// Also the CNI plugin and the example conflist.
+        #[arg(long)]
+        cni: bool,
     },
     /// The commands demo, test, bench and vm-test run, with their Debian
     /// packages (what those tasks check, and install, before they start).
@@ -162,7 +167,11 @@ fn real_main() -> Result<ExitCode> {
             vm::vm_test(&kernel, &args)?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Install { prefix, destdir } => install(&prefix, destdir.as_deref()),
+        Cmd::Install {
+            prefix,
+            destdir,
+            cni,
+        } => install(&prefix, destdir.as_deref(), cni),
         Cmd::Tools => {
             tools::print();
             Ok(ExitCode::SUCCESS)
@@ -195,7 +204,7 @@ fn profile_dir(release: bool) -> PathBuf {
     target_dir().join(if release { "release" } else { "debug" })
 }
 
-/// `cargo build -p netpath`; returns the binary's path.
+/// `cargo build -p netpath` (netpath and netpath-cni); returns netpath's path.
 fn build(release: bool) -> Result<PathBuf> {
     let mut cmd = cargo();
     cmd.args(["build", "-p", "netpath"]);
@@ -282,12 +291,15 @@ fn netpath_bin_or_build(release: bool) -> Result<PathBuf> {
 
 /// `cargo xtask install`: the release build (or `$NETPATH_BIN`), installed
 /// by itself (`netpath install`).
-fn install(prefix: &Path, destdir: Option<&Path>) -> Result<ExitCode> {
+fn install(prefix: &Path, destdir: Option<&Path>, cni: bool) -> Result<ExitCode> {
     let bin = netpath_bin_or_build(true)?;
     let mut cmd = Command::new(&bin);
     cmd.arg("install").arg("--prefix").arg(prefix);
     if let Some(destdir) = destdir {
         cmd.arg("--destdir").arg(destdir);
+    }
+    if cni {
+        cmd.arg("--cni");
     }
     status_ok(&mut cmd)?;
     Ok(ExitCode::SUCCESS)

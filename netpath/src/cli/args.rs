@@ -62,7 +62,8 @@ pub(super) enum Command {
     /// Show the datapath's verdict and drop counters.
     Stats,
     /// Install this binary, the systemd unit netpath@.service, shell
-    /// completions (bash, zsh, fish) and man pages.
+    /// completions (bash, zsh, fish) and man pages; with --cni, the CNI
+    /// plugin and an example conflist too.
     Install(InstallArgs),
     /// Live view of the flows with the highest packet or byte rates, and
     /// the counters' rates, refreshed from the maps (keys: p, b, s sort by
@@ -80,6 +81,19 @@ pub(super) struct InstallArgs {
     /// unit still names PREFIX/bin/netpath.
     #[arg(long)]
     pub destdir: Option<PathBuf>,
+    /// Also install the CNI plugin netpath-cni (built next to this binary)
+    /// into --cni-bin-dir, and an example conflist as
+    /// PREFIX/share/netpath/cni/netpath.conflist.
+    #[arg(long)]
+    pub cni: bool,
+    /// Where runtimes look for CNI plugins.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "/opt/cni/bin",
+        requires = "cni"
+    )]
+    pub cni_bin_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]

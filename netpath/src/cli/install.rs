@@ -2,7 +2,8 @@
 //! unit, shell completions and man pages, where a distribution package would
 //! put them under P (`/usr/local` by default). D is prepended to every path
 //! written (a staging directory for packaging) but not to the paths the
-//! files name: the unit runs `P/bin/netpath`.
+//! files name: the unit runs `P/bin/netpath`. `--cni` adds the CNI plugin
+//! (`/opt/cni/bin/netpath-cni`) and an example conflist.
 use std::{
     fs,
     io::Write as _,
@@ -22,6 +23,11 @@ use super::{
 /// The unit, with `@BINDIR@` where the binary's directory goes.
 const UNIT: &str = include_str!("../../../deploy/netpath@.service");
 const UNIT_NAME: &str = "netpath@.service";
+/// The example network configuration for CNI runtimes.
+const CONFLIST: &str = include_str!("../../../deploy/cni/netpath.conflist");
+/// The CNI plugin's binary, built next to `netpath`; also the `type` the
+/// conflist names.
+const CNI_PLUGIN: &str = "netpath-cni";
 
 pub(super) fn run(args: &InstallArgs, out: Output) -> Result<()> {
     let prefix = &args.prefix;
@@ -49,6 +55,21 @@ pub(super) fn run(args: &InstallArgs, out: Output) -> Result<()> {
     let exe = std::env::current_exe().map_err(|e| install_error(Path::new("netpath"), e))?;
     let binary = fs::read(&exe).map_err(|e| install_error(&exe, e))?;
     put(bin_dir.join("netpath"), &binary, 0o755)?;
+
+    if args.cni {
+        if !args.cni_bin_dir.is_absolute() {
+            return Err(CliError::BadInput {
+                what: "--cni-bin-dir",
+                value: args.cni_bin_dir.display().to_string(),
+                hint: "use an absolute path such as /opt/cni/bin".to_owned(),
+            });
+        }
+        let plugin_path = exe.with_file_name(CNI_PLUGIN);
+        let plugin = fs::read(&plugin_path).map_err(|e| install_error(&plugin_path, e))?;
+        put(args.cni_bin_dir.join(CNI_PLUGIN), &plugin, 0o755)?;
+        let conflist = share.join("netpath/cni/netpath.conflist");
+        put(conflist, CONFLIST.as_bytes(), 0o644)?;
+    }
 
     let unit = UNIT.replace("@BINDIR@", &bin_dir.display().to_string());
     let unit_path = prefix.join("lib/systemd/system").join(UNIT_NAME);
@@ -78,6 +99,12 @@ pub(super) fn run(args: &InstallArgs, out: Output) -> Result<()> {
             "run an instance as a service: systemctl enable --now netpath@default (up's flags: \
              NETPATH_UP_ARGS in /etc/netpath/default.env)"
         );
+        if args.cni {
+            println!(
+                "CNI: copy share/netpath/cni/netpath.conflist into your runtime's CNI config \
+                 directory (e.g. /etc/cni/net.d) once `netpath up` runs"
+            );
+        }
     })
 }
 
