@@ -24,8 +24,6 @@ use crate::names::unique_name;
 const RUNTIME_TIMEOUT: Duration = Duration::from_secs(120);
 /// Bound on containerd's start.
 const DAEMON_TIMEOUT: Duration = Duration::from_secs(30);
-/// The plugin's executable name: the `type` of its network config.
-const PLUGIN_TYPE: &str = "netpath";
 
 /// Why a test of a runtime cannot run here: the commands of `commands` that
 /// no PATH directory holds, as one line, or `None` when all are there.
@@ -127,35 +125,40 @@ fn which(command: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// The network config list naming the lab's instance: what the runtimes
-/// read, in a directory of the test's own.
-fn write_conflist(dir: &Path, network: &str, lab: &Lab) -> anyhow::Result<()> {
-    let conf = serde_json::json!({
-        "cniVersion": "1.0.0",
-        "name": network,
-        "plugins": [{
-            "type": PLUGIN_TYPE,
-            "instance": lab.instance(),
-            "capabilities": {"portMappings": true},
-        }],
-    });
-    let path = dir.join(format!("{network}.conflist"));
-    std::fs::write(&path, serde_json::to_vec_pretty(&conf)?)
-        .with_context(|| format!("writing {}", path.display()))
-}
+/// The example network config list the project ships (and `netpath
+/// install --cni` installs).
+const SHIPPED_CONFLIST: &str = include_str!("../../deploy/cni/netpath.conflist");
 
-/// The netpath plugin under its CNI type name in `dir`, copied (not linked:
-/// the directory may be bind-mounted where a link's target is hidden).
-fn install_plugin(dir: &Path) -> anyhow::Result<()> {
+/// The shipped config list with the lab's instance in it, in `conf_dir`
+/// (a directory of the test's own), and the plugin under test in `bin_dir`
+/// under the name the list gives it (copied, not linked: the directory may
+/// be bind-mounted where a link's target is hidden). Returns the network's
+/// name.
+fn install_network(conf_dir: &Path, bin_dir: &Path, lab: &Lab) -> anyhow::Result<String> {
+    let mut conf: serde_json::Value =
+        serde_json::from_str(SHIPPED_CONFLIST).context("deploy/cni/netpath.conflist")?;
+    let network = conf["name"]
+        .as_str()
+        .context("the conflist has no name")?
+        .to_owned();
+    let plugin_conf = &mut conf["plugins"][0];
+    let plugin_type = plugin_conf["type"]
+        .as_str()
+        .context("the conflist's plugin has no type")?
+        .to_owned();
+    plugin_conf["instance"] = lab.instance().into();
+    let path = conf_dir.join(format!("{network}.conflist"));
+    std::fs::write(&path, serde_json::to_vec_pretty(&conf)?)
+        .with_context(|| format!("writing {}", path.display()))?;
     let plugin = netpath_cni_bin();
     anyhow::ensure!(
         plugin.is_file(),
         "the CNI plugin is not at {}: build netpath (`cargo build -p netpath`) or set NETPATH_CNI_BIN",
         plugin.display()
     );
-    std::fs::copy(&plugin, dir.join(PLUGIN_TYPE))
+    std::fs::copy(&plugin, bin_dir.join(&plugin_type))
         .with_context(|| format!("copying {}", plugin.display()))?;
-    Ok(())
+    Ok(network)
 }
 
 /// Polls `check` every 100 ms until it gives `Ok`, or fails with `what`
@@ -178,25 +181,23 @@ pub fn wait_for<T>(
 }
 
 /// Podman (rootful, CNI backend) in the lab's host netns, with its config,
-/// storage, run and temp dirs in a directory of its own, and one network,
-/// [`Podman::NETWORK`], served by netpath-cni for the lab's instance.
+/// storage, run and temp dirs in a directory of its own, and one network:
+/// deploy/cni/netpath.conflist for the lab's instance.
 ///
 /// Drop: `podman rm -f --all` (the CNI DEL of each container), then the
 /// directory.
 pub struct Podman<'lab> {
     lab: &'lab Lab,
     dir: TempDir,
+    network: String,
 }
 
 impl<'lab> Podman<'lab> {
-    pub const NETWORK: &'static str = "netpath";
-
     pub fn new(lab: &'lab Lab) -> anyhow::Result<Self> {
         let dir = TempDir::new("pod")?;
         let cni_conf = dir.subdir("cni/net.d")?;
         let cni_bin = dir.subdir("cni/bin")?;
-        write_conflist(&cni_conf, Self::NETWORK, lab)?;
-        install_plugin(&cni_bin)?;
+        let network = install_network(&cni_conf, &cni_bin, lab)?;
         let d = dir.path().display();
         // CONTAINERS_CONF / CONTAINERS_STORAGE_CONF: these files only, none
         // of /etc/containers. The machines' quirks: crun refuses hybrid
@@ -227,7 +228,7 @@ cni_plugin_dirs = ["{bin}"]
             "[storage]\ndriver = \"vfs\"\ngraphroot = \"{d}/root\"\nrunroot = \"{d}/runroot\"\n"
         );
         std::fs::write(dir.path().join("storage.conf"), storage_conf)?;
-        Ok(Self { lab, dir })
+        Ok(Self { lab, dir, network })
     }
 
     /// `podman` in the lab's host netns with this instance's config (add
@@ -252,7 +253,7 @@ cni_plugin_dirs = ["{bin}"]
     #[track_caller]
     pub fn run_detached(&self, name: &str, publish: &[&str], rootfs: &Path, argv: &[&str]) {
         let mut cmd = self.command();
-        cmd.args(["run", "-d", "--name", name, "--network", Self::NETWORK]);
+        cmd.args(["run", "-d", "--name", name, "--network", &self.network]);
         for p in publish {
             cmd.args(["-p", p]);
         }
@@ -267,13 +268,13 @@ cni_plugin_dirs = ["{bin}"]
         self.podman(&args)
     }
 
-    /// The container's address on [`Podman::NETWORK`], as podman has it from
+    /// The container's address on the netpath network, as podman has it from
     /// the plugin's result.
     #[track_caller]
     pub fn ip(&self, name: &str) -> String {
         let format = format!(
             "{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}",
-            Self::NETWORK
+            self.network
         );
         let out = self.podman(&["inspect", "--format", &format, name]);
         out.expect_ok("podman inspect");
@@ -315,8 +316,6 @@ const CTR_IN_OWN_CNI_DIRS: &str = "mkdir -p /var/lib/cni \
     && shift && exec ctr \"$@\"";
 
 impl<'lab> Containerd<'lab> {
-    const NETWORK: &'static str = "netpath";
-
     pub fn start(lab: &'lab Lab) -> anyhow::Result<Self> {
         anyhow::ensure!(
             Path::new("/etc/cni/net.d").is_dir() && Path::new("/opt").is_dir(),
@@ -326,8 +325,7 @@ impl<'lab> Containerd<'lab> {
         let cni_conf = dir.subdir("cni/net.d")?;
         let cni_bin = dir.subdir("opt/cni/bin")?;
         dir.subdir("cni/cache")?;
-        write_conflist(&cni_conf, Self::NETWORK, lab)?;
-        install_plugin(&cni_bin)?;
+        install_network(&cni_conf, &cni_bin, lab)?;
         dir.subdir("fifo")?;
         let d = dir.path().display();
         // The CRI plugin (Kubernetes' side) is off: ctr does its own CNI
