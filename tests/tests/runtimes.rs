@@ -172,6 +172,20 @@ fn podman_containers_publish_masquerade_reach_each_other_and_rm_leaves_nothing()
         "{web} saw {seen}, not {cli}'s address {cli_ip}"
     );
 
+    // A restart is a DEL and an ADD of the same container: one endpoint
+    // again, and its published port answers again.
+    podman
+        .podman(&["restart", "--time", "0", &web])
+        .expect_ok("podman restart");
+    let web_ip = podman.ip(&web);
+    let endpoints = endpoint_ips(&lab);
+    assert_eq!(endpoints.len(), 2, "{endpoints:?}");
+    assert!(endpoints.contains(&web_ip), "{endpoints:?}");
+    wait_for("the published port answers after the restart", WAIT, || {
+        http_source(&lab.outside, &url).ok_or_else(|| "no answer".to_owned())
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+
     podman
         .podman(&["rm", "--force", "--time", "0", &web, &cli])
         .expect_ok("podman rm");
