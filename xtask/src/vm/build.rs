@@ -29,7 +29,8 @@ pub struct TestBinary {
 }
 
 pub struct Artifacts {
-    pub netpath: PathBuf,
+    /// netpath and the CNI plugin netpath-cni, for /usr/bin.
+    pub binaries: Vec<PathBuf>,
     pub tests: Vec<TestBinary>,
 }
 
@@ -73,12 +74,26 @@ fn cargo_json(workspace: &Path, args: &[&str]) -> Result<Vec<Value>> {
 }
 
 pub fn build(workspace: &Path) -> Result<Artifacts> {
-    let bins = cargo_json(workspace, &["build", "-p", "netpath", "--bin", "netpath"])?;
-    let netpath = bins
+    let built_bins = cargo_json(
+        workspace,
+        &[
+            "build",
+            "-p",
+            "netpath",
+            "--bin",
+            "netpath",
+            "--bin",
+            "netpath-cni",
+        ],
+    )?;
+    let binaries: Vec<PathBuf> = built_bins
         .iter()
-        .find_map(|a| a["executable"].as_str())
+        .filter_map(|a| a["executable"].as_str())
         .map(PathBuf::from)
-        .context("cargo built no netpath binary")?;
+        .collect();
+    if binaries.len() != 2 {
+        bail!("cargo built {binaries:?}, not netpath and netpath-cni");
+    }
     let mut tests = Vec::new();
     let built = cargo_json(
         workspace,
@@ -109,5 +124,5 @@ pub fn build(workspace: &Path) -> Result<Artifacts> {
             path: path.into(),
         });
     }
-    Ok(Artifacts { netpath, tests })
+    Ok(Artifacts { binaries, tests })
 }

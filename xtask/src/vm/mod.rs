@@ -92,11 +92,11 @@ pub fn vm_test(kernel: &str, extra_test_args: &[String]) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     let base = base_cpio(&cache)?;
 
-    let (netpath, tests) = if smoke {
-        (None, Vec::new())
+    let (binaries, tests) = if smoke {
+        (Vec::new(), Vec::new())
     } else {
         let a = build::build(&workspace)?;
-        (Some(a.netpath), a.tests)
+        (a.binaries, a.tests)
     };
     if !smoke && tests.is_empty() {
         eprintln!("vm-test: cargo reported no test executables; the VMs only boot");
@@ -104,7 +104,7 @@ pub fn vm_test(kernel: &str, extra_test_args: &[String]) -> Result<()> {
     let run_dir = cache.join("run");
     fs::create_dir_all(&run_dir)?;
     let tests_cpio = run_dir.join("tests.cpio");
-    let size = userland::tests_image(netpath.as_deref(), &tests, extra_test_args, test_timeout)?
+    let size = userland::tests_image(&binaries, &tests, extra_test_args, test_timeout)?
         .write_cpio(&tests_cpio)?;
     println!("vm-test: {} test binaries, {} MiB", tests.len(), size >> 20);
 

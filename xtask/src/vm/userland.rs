@@ -160,16 +160,18 @@ pub fn base_image() -> Result<Image> {
     Ok(img)
 }
 
-/// The per-run part: netpath, the test binaries and `/init` running them.
+/// The per-run part: netpath and netpath-cni in /usr/bin, the test
+/// binaries and `/init` running them.
 pub fn tests_image(
-    netpath: Option<&Path>,
+    binaries: &[PathBuf],
     tests: &[TestBinary],
     test_args: &[String],
     per_test_timeout_s: u64,
 ) -> Result<Image> {
     let mut img = Image::default();
-    if let Some(np) = netpath {
-        img.file_at(Path::new("/usr/bin/netpath"), np)?;
+    for bin in binaries {
+        let name = bin.file_name().context("binary without a file name")?;
+        img.file_at(&Path::new("/usr/bin").join(name), bin)?;
     }
     let mut runs = String::new();
     for t in tests {
