@@ -41,6 +41,7 @@ pub fn require_root() {
 }
 pub mod inject;
 pub mod packet;
+pub mod runtime;
 pub mod testrun;
 
 /// Runs each named scenario (a `fn(accel: &str)` in the calling module) as

@@ -96,13 +96,20 @@ pub const TOOLS: &[Tool] = {
         tool("promtool", "prometheus", &[Test], No),
         tool("prometheus", "prometheus", &[Test], No),
         tool("systemd-analyze", "systemd", &[Test], No),
+        // The real container runtimes of tests/tests/runtimes.rs, each run by
+        // the test inside the lab's namespaces with its own directories.
+        tool("podman", "podman", &[Test], No),
+        tool("runc", "runc", &[Test], No),
+        tool("containerd", "containerd", &[Test], No),
+        tool("ctr", "containerd", &[Test], No),
         tool("wrk", "wrk", &[Bench], No),
         tool("nginx", "nginx", &[Bench], No),
         tool("iperf3", "iperf3", &[Bench], No),
-        // vm-test on this machine: the VM, its busybox, and the private apt
+        // vm-test on this machine: the VM, its busybox (also the rootfs of the
+        // runtimes' containers in test), and the private apt
         // that fetches and unpacks Debian's kernels and modules.
         tool("qemu-system-x86_64", "qemu-system-x86", &[VmTest], No),
-        tool("busybox", "busybox-static", &[VmTest], No),
+        tool("busybox", "busybox-static", &[Test, VmTest], No),
         tool("apt-get", "apt", &[VmTest], No),
         tool("dpkg-deb", "dpkg", &[VmTest], No),
         tool("depmod", "kmod", &[VmTest], No),

@@ -19,8 +19,8 @@ const TARGET: &str = "x86_64-unknown-linux-gnu";
 
 /// Test binaries (tests/tests/NAME.rs) that run only on this machine, not in
 /// the VMs: they need tools the VM's userland does not have (systemd-analyze,
-/// prometheus, promtool).
-const HOST_ONLY_TESTS: &[&str] = &["install", "prometheus"];
+/// prometheus, promtool, the container runtimes).
+const HOST_ONLY_TESTS: &[&str] = &["install", "prometheus", "runtimes"];
 
 pub struct TestBinary {
     /// Unique, file-name safe: `<kind>-<target>`, e.g. `test-e2e`.
