@@ -24,7 +24,7 @@ use crate::{
     container::{self, AddRequest, ContainerError},
     directories::Instance,
     ipam, netns,
-    publish::{HostPort, Mapping},
+    publish::{self, HostPort, Mapping},
     state::{self, Mode, Origin, State},
     tables::Tables,
     topology,
@@ -90,6 +90,10 @@ struct NetConf {
     instance: Option<String>,
     #[serde(default)]
     ipam: Option<Value>,
+    /// Outside sources (addresses or CIDRs) that may reach the port
+    /// mappings; empty: all (`--allow` of `publish add`).
+    #[serde(default)]
+    allow: Vec<String>,
     #[serde(default)]
     runtime_config: RuntimeConfig,
     #[serde(default)]
@@ -354,7 +358,8 @@ fn add(conf: &NetConf, env: &Env, instance: &Instance) -> Result<Value> {
         mode: Mode::Bridge,
         ip: None,
         publish: port_mappings(&conf.runtime_config.port_mappings)?,
-        allow: Vec::new(),
+        allow: publish::parse_allow(&conf.allow)
+            .map_err(|e| CniError::new(code::INVALID_CONFIG, format!("allow: {e}")))?,
         origin: Origin::Cni {
             container_id: container_id.to_owned(),
             ifname: ifname.to_owned(),

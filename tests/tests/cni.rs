@@ -7,7 +7,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use netpath_tests::{
-    CmdOutput, Lab, Netns, Server, http_source, netpath_cni_bin, ping, ping_ok, run_with_input,
+    CmdOutput, Lab, Netns, Server, curl, http_source, netpath_cni_bin, ping, ping_ok,
+    run_with_input,
 };
 use serde_json::{Value, json};
 
@@ -613,4 +614,48 @@ fn twenty_parallel_adds_get_distinct_reachable_addresses() {
     for netns in &namespaces {
         assert_eq!(links(netns), ["lo"]);
     }
+}
+
+/// Issue 16 for runtimes: the network configuration's `allow` list limits
+/// who may reach the port mappings from outside, as `publish add --allow`
+/// does; a bad entry is an invalid configuration and leaves nothing.
+#[test]
+fn the_network_configurations_allow_list_restricts_the_port_mappings() {
+    let lab = Lab::new();
+    lab.up_ok(&[]);
+    let netns = Netns::new("cn");
+    let attachment = Attachment::new(netpath_tests::unique_name("ctr"), &netns);
+    let _web = Server::http(netns.place(), "0.0.0.0", 80);
+    let mut conf = conf(
+        &lab,
+        json!({"runtimeConfig": {"portMappings": [
+            {"hostPort": 18083, "containerPort": 80, "protocol": "tcp"}
+        ]}}),
+    );
+    conf["allow"] = json!(["bogus"]);
+    let out = attachment.call(&lab, "ADD", &conf);
+    expect_cni_error(&out, 7);
+    assert!(containers(&lab).is_empty());
+
+    conf["allow"] = json!([Lab::REMOTE_IP]);
+    attachment.add(&lab, &conf);
+    let url = format!("http://{}:18083/", Lab::HOST_IP);
+    let get_from = |source: &str| {
+        let out = curl(
+            &lab.outside,
+            &["--interface", source, "--connect-timeout", "2", &url],
+        );
+        out.success().then(|| out.stdout.trim().to_owned())
+    };
+    let admitted = get_from(Lab::REMOTE_IP).expect("the allowed source gets through");
+    assert!(admitted.starts_with(Lab::REMOTE_IP), "{admitted}");
+    let refused_before = lab.counter("drop_not_allowed").unwrap_or(0);
+    assert_eq!(
+        get_from(Lab::OUTSIDE_IP),
+        None,
+        "another source got through"
+    );
+    assert!(lab.counter("drop_not_allowed").unwrap_or(0) > refused_before);
+    attachment.del(&lab, &conf);
+    assert!(published(&lab).is_empty());
 }
