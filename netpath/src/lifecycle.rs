@@ -6,6 +6,7 @@ use std::{
     io::{self, Write},
     net::Ipv4Addr,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use ipnet::Ipv4Net;
@@ -24,7 +25,6 @@ use crate::{
     host::{self, HostError},
     ipam::{self, IpamError},
     netns::{self, NetnsError},
-    netns_processes,
     rollback::Rollback,
     state::{self, InstanceLock, State, StateError},
     tables::Tables,
@@ -558,7 +558,7 @@ pub fn up_detached(instance: &Instance) -> Result<u32> {
 
 /// `netpath down`: removes every trace of the instance, from whatever is
 /// left (a crashed agent, a half-removed instance, or nothing at all).
-pub fn down(instance: &Instance) -> Result<bool> {
+pub fn down(instance: &Instance, grace: Duration) -> Result<bool> {
     let agent_was_running = daemon::stop_agent(instance)?.is_some();
     let pins_existed = instance.pin_root().exists();
     let lock = InstanceLock::acquire(instance)?;
@@ -575,7 +575,7 @@ pub fn down(instance: &Instance) -> Result<bool> {
     let mut first_error: Option<InstanceError> = None;
     if let Some(state) = &state {
         let records: Vec<_> = state.containers.values().cloned().collect();
-        container::stop_processes(&records, netns_processes::DEFAULT_GRACE);
+        container::stop_processes(&records, grace);
         for record in state.containers.values() {
             if let Err(e) = container::teardown(instance, tables.as_mut(), record) {
                 first_error.get_or_insert(e.into());

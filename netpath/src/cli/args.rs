@@ -46,7 +46,12 @@ pub(super) enum Command {
     /// Build the bridge, load the datapath and run the agent.
     Up(UpArgs),
     /// Stop the agent and remove containers, bridge, pins and state.
-    Down,
+    Down {
+        /// Seconds to wait after SIGTERM before SIGKILL for the processes in
+        /// the containers' namespaces.
+        #[arg(short = 't', long = "time", value_name = "SECS", default_value_t = DEFAULT_GRACE.as_secs())]
+        time: u64,
+    },
     /// Manage containers.
     #[command(subcommand)]
     Container(ContainerCommand),

@@ -1,9 +1,11 @@
 //! `netpath down`: remove the instance.
+use std::time::Duration;
+
 use super::{Result, output::Output};
 use crate::{directories::Instance, lifecycle};
 
-pub(super) fn run(instance: &Instance, out: Output) -> Result<()> {
-    let removed = lifecycle::down(instance)?;
+pub(super) fn run(instance: &Instance, grace: Duration, out: Output) -> Result<()> {
+    let removed = lifecycle::down(instance, grace)?;
     out.show(
         &serde_json::json!({ "instance": instance.name(), "removed": removed }),
         |_| {

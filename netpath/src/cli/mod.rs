@@ -15,7 +15,7 @@ mod status;
 mod top;
 mod up;
 
-use std::process::ExitCode;
+use std::{process::ExitCode, time::Duration};
 
 use clap::Parser;
 
@@ -104,7 +104,7 @@ fn run(cli: Cli) -> Result<()> {
     let out = Output { json: cli.json };
     match cli.command {
         Command::Up(args) => up::run(instance, args, out),
-        Command::Down => down::run(instance, out),
+        Command::Down { time } => down::run(instance, Duration::from_secs(time), out),
         Command::Container(command) => container::run(instance, command, out),
         Command::Exec(args) => exec::run(instance, args),
         Command::Status => status::run(instance, out),
