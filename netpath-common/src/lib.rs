@@ -66,6 +66,9 @@ pub mod names {
     pub const PROG_SENDMSG4: &str = "sock_sendmsg4";
     pub const PROG_RECVMSG4: &str = "sock_recvmsg4";
     pub const PROG_GETPEERNAME4: &str = "sock_getpeername4";
+    pub const PROG_CONNECT6: &str = "sock_connect6";
+    pub const PROG_RECVMSG6: &str = "sock_recvmsg6";
+    pub const PROG_GETPEERNAME6: &str = "sock_getpeername6";
 }
 
 /// `SLOW_PATHS` index of `from_container_new_flow`.
@@ -554,8 +557,14 @@ pub struct SockRevNatKey {
 pub struct SockRevNatValue {
     pub orig_ip: u32,
     pub orig_port: u16,
-    pub _pad: u16,
+    /// `SOCK_ORIG_*`: how an IPv6 socket spelled `orig_ip` (0: as is, or
+    /// v4-mapped).
+    pub flags: u16,
 }
+
+/// `SockRevNatValue::flags`: the IPv6 socket asked for `[::1]`, looked up as
+/// 127.0.0.1.
+pub const SOCK_ORIG_IPV6_LOOPBACK: u16 = 1;
 
 /// `FlowEvent::kind`.
 pub const EVENT_OPENED: u8 = 1;

@@ -433,11 +433,21 @@ fn status_is_healthy_after_up_and_names_a_detached_program_or_a_lost_map_pin(acc
     );
     assert_eq!(status.json()["healthy"], false);
 
+    // The IPv6 socket hooks are checked as the IPv4 ones are.
+    std::fs::remove_file(format!("{pins}/link_sock_connect6")).expect("removing a cgroup link pin");
+    let status = lab.status();
+    assert!(
+        status
+            .stdout
+            .contains("sock_connect6 is not attached (cgroup connect6 of "),
+        "{status}"
+    );
+
     std::fs::remove_file(format!("{pins}/FLOW_COUNTS")).expect("removing a map pin");
     let status = lab.status();
     assert_eq!(status.code(), Some(1), "{status}");
     let problems = status.json()["problems"].clone();
-    assert_eq!(problems.as_array().map(Vec::len), Some(2), "{problems}");
+    assert_eq!(problems.as_array().map(Vec::len), Some(3), "{problems}");
     assert!(
         problems[0]
             .as_str()

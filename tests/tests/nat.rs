@@ -3,7 +3,8 @@
 use std::{thread, time::Duration};
 
 use netpath_tests::{
-    Lab, Place, Server, curl, http_source, ping, ping_ok, udp_request_from, udp_source,
+    CmdOutput, Lab, Place, Server, curl, http_source, ping, ping_ok, run_timeout, udp_request_from,
+    udp_source,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -230,6 +231,95 @@ fn host_reaches_published_ports_through_socket_hooks_only_in_its_netns(accel: &s
         !out.success(),
         "the hooks must leave other namespaces alone"
     );
+}
+
+/// One AF_INET6 exchange with `addr` `port`: `tcp` (an HTTP/1.0 GET),
+/// `udp` (sendto/recvfrom) or `udp-connected` (connect, send, recvfrom).
+/// Prints the peer address the socket reports (getpeername for the connected
+/// modes, else recvfrom's), `ADDR PORT`, then the reply's body.
+const IPV6_CLIENT_PY: &str = r#"
+import socket, sys
+mode, addr, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+kind = socket.SOCK_STREAM if mode == "tcp" else socket.SOCK_DGRAM
+s = socket.socket(socket.AF_INET6, kind)
+s.settimeout(5)
+if mode == "udp":
+    s.sendto(b"hello", (addr, port))
+    body, peer = s.recvfrom(65535)
+else:
+    s.connect((addr, port))
+    if mode == "tcp":
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        data = b""
+        while True:
+            d = s.recv(4096)
+            if not d:
+                break
+            data += d
+        body = data.split(b"\r\n\r\n", 1)[1]
+    else:
+        s.send(b"hello")
+        body, peer = s.recvfrom(65535)
+        assert peer[:2] == s.getpeername()[:2], (peer, s.getpeername())
+    peer = s.getpeername()
+print("%s %d" % peer[:2])
+sys.stdout.buffer.write(body)
+"#;
+
+fn ipv6_client(place: impl Into<Place>, mode: &str, addr: &str, port: u16) -> CmdOutput {
+    let mut cmd = place.into().command("python3");
+    cmd.args(["-c", IPV6_CLIENT_PY, mode, addr, &port.to_string()]);
+    run_timeout(&mut cmd, Duration::from_secs(15))
+}
+
+/// Host IPv6 sockets asking for an IPv4 address (v4-mapped) or `[::1]` reach
+/// published ports too, and see the address they asked for; only in the
+/// instance's host netns.
+#[test]
+fn host_ipv6_sockets_reach_published_ports_through_socket_hooks_only_in_its_netns() {
+    let lab = Lab::new();
+    lab.up_ok(&[]);
+    let a = lab.container_name("a");
+    lab.container_add_ok(&a, &[]);
+    let _http = Server::http(lab.container(&a), "0.0.0.0", 8080);
+    let _echo = Server::udp_echo(lab.container(&a), "0.0.0.0", 5353);
+    lab.netpath(&["publish", "add", &a, "18080:8080"])
+        .expect_ok("publish tcp");
+    lab.netpath(&["publish", "add", &a, "15353:5353/udp"])
+        .expect_ok("publish udp");
+    let host = lab.host_in_cgroup();
+    let host_mapped = format!("::ffff:{}", Lab::HOST_IP);
+    let cases = [
+        ("tcp", "::ffff:127.0.0.1", 18080),
+        ("tcp", host_mapped.as_str(), 18080),
+        ("tcp", "::1", 18080),
+        ("udp", "::ffff:127.0.0.1", 15353),
+        ("udp", host_mapped.as_str(), 15353),
+        ("udp-connected", "::1", 15353),
+    ];
+    for (mode, addr, port) in cases {
+        let out = ipv6_client(host.clone(), mode, addr, port);
+        out.expect_ok(&format!("{mode} to [{addr}]:{port} from the host"));
+        let peer = out.stdout.lines().next().unwrap_or_default();
+        assert_eq!(
+            peer,
+            format!("{addr} {port}"),
+            "{mode}: the socket sees the address it asked for\n{out}"
+        );
+        assert!(
+            out.stdout.lines().nth(1).is_some_and(|l| l.contains(':')),
+            "{mode} to [{addr}]:{port}: the container answered with the source it saw\n{out}"
+        );
+    }
+    // Another netns in the same cgroup: nothing listens on its own loopback.
+    let other = Place::netns(lab.outside.name().to_string()).in_cgroup(lab.cgroup_path());
+    for addr in ["::ffff:127.0.0.1", "::1"] {
+        let out = ipv6_client(other.clone(), "tcp", addr, 18080);
+        assert!(
+            !out.success() && out.stderr.contains("ConnectionRefused"),
+            "the hooks must leave other namespaces alone\n{out}"
+        );
+    }
 }
 
 fn same_source_port_from_several_containers_gets_distinct_snat_ports(accel: &str) {
