@@ -412,7 +412,8 @@ fn build_release() -> Result<(PathBuf, PathBuf)> {
                     .as_str()
                     .map(|d| Path::new(d).join("netpath"));
             }
-            Some("compiler-artifact") => {
+            // The package has two binaries (netpath, netpath-cni): by name.
+            Some("compiler-artifact") if msg["target"]["name"] == "netpath" => {
                 if let Some(exe) = msg["executable"].as_str() {
                     bin = Some(PathBuf::from(exe));
                 }
