@@ -73,17 +73,26 @@ fn an_allow_list_admits_its_sources_and_counts_the_refused(accel: &str) {
     lab.container_add_ok(&peer, &[]);
     let server = Server::http(lab.container(&web), "0.0.0.0", SERVER_PORT);
 
-    for (port, admitted, refused_source) in [
+    for (served, (port, admitted, refused_source)) in [
         (8080, Lab::OUTSIDE_IP, Lab::REMOTE_IP),
         (8081, Lab::REMOTE_IP, Lab::OUTSIDE_IP),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let seen = get_from(&lab, admitted, port)
             .unwrap_or_else(|| panic!("{admitted} is on {port}'s list but got no answer"));
         assert!(
             seen.starts_with(&format!("{admitted}:")),
             "the container must see the client's own address, saw {seen}"
         );
-        assert_eq!(server.last_client_ip().as_deref(), Some(admitted));
+        // The server logs a client after answering it: wait for this one.
+        let clients = server.wait_clients(served + 1, Duration::from_secs(5));
+        let last = clients
+            .last()
+            .and_then(|c| c.rsplit_once(':'))
+            .map(|(ip, _)| ip);
+        assert_eq!(last, Some(admitted), "{clients:?}");
 
         let before = refused(&lab);
         let port_refused_before = listed(&lab, port)["refused"].as_u64().unwrap_or(0);
