@@ -262,7 +262,7 @@ else:
         body, peer = s.recvfrom(65535)
         assert peer[:2] == s.getpeername()[:2], (peer, s.getpeername())
     peer = s.getpeername()
-print("%s %d" % peer[:2])
+print("%s %d" % peer[:2], flush=True)
 sys.stdout.buffer.write(body)
 "#;
 
