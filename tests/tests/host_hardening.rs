@@ -268,7 +268,9 @@ fn a_killed_detached_agent_is_started_again_and_its_flows_stay() {
     let first = agent_pid(&lab).expect("the agent's pid file");
     // SAFETY: kill(2) on the agent netpath started for this lab.
     assert_eq!(unsafe { libc::kill(first, libc::SIGKILL) }, 0);
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // Long: a new agent has the kernel verify every program again, which
+    // takes minutes in an emulated VM of the matrix.
+    let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         // Unhealthy (exit 1) until the agent runs again.
         let status = lab.status().json();

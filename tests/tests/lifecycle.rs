@@ -363,10 +363,11 @@ fn tcp_states_are_tracked_and_the_agent_collects_expired_flows() {
 }
 
 /// `netpath --json status` until `done` holds for its output, or panics
-/// after 20 s showing the last one.
+/// after 3 minutes showing the last one (a restarted agent has the kernel
+/// verify every program again, which takes minutes in an emulated VM).
 #[track_caller]
 fn poll_status(lab: &Lab, what: &str, done: impl Fn(&CmdOutput) -> bool) -> CmdOutput {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let status = lab.status();
         if done(&status) {
