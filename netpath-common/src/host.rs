@@ -5,8 +5,8 @@
 use core::{fmt, net::Ipv4Addr, str::FromStr};
 
 use crate::{
-    AllowKey, Config, Endpoint, FlowKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, PORT_RESTRICTED,
-    PortKey, PortTarget,
+    AllowKey, Config, Endpoint, FlowKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Network,
+    PORT_RESTRICTED, PortKey, PortTarget,
 };
 
 /// The wire-order `u32` a map holds for `ip` (e.g. an `ENDPOINTS` key).
@@ -212,48 +212,69 @@ impl AllowKey {
 }
 
 impl Endpoint {
-    /// An endpoint of network 0, the only network an instance has.
-    pub fn new(ifindex: u32, mac: [u8; 6]) -> Self {
+    /// The endpoint on host-side veth `ifindex` of network `network_id`.
+    pub fn new(ifindex: u32, mac: [u8; 6], network_id: u16) -> Self {
         Self {
             ifindex,
             mac,
-            network_id: 0,
+            network_id,
         }
     }
 }
 
-impl Config {
-    /// The addresses in host types; every other field 0, to be filled with
-    /// struct update syntax (`Config { uplink_ifindex, ..Config::new(..) }`).
+impl Network {
+    /// Network `subnet_addr/prefix_len` on bridge `bridge_ifindex`, with
+    /// `NETWORK_*` flags.
     pub fn new(
-        host_ip: Ipv4Addr,
-        gateway_ip: Ipv4Addr,
         subnet_addr: Ipv4Addr,
-        subnet_mask: Ipv4Addr,
+        prefix_len: u8,
+        gateway_ip: Ipv4Addr,
+        bridge_ifindex: u32,
+        flags: u32,
     ) -> Self {
+        let mask = u32::MAX
+            .checked_shl(32 - u32::from(prefix_len))
+            .unwrap_or(0);
         Self {
-            host_ip: ip_to_wire(host_ip),
+            subnet_addr: ip_to_wire(subnet_addr) & mask.to_be(),
+            subnet_mask: mask.to_be(),
             gateway_ip: ip_to_wire(gateway_ip),
-            subnet_addr: ip_to_wire(subnet_addr),
-            subnet_mask: ip_to_wire(subnet_mask),
-            ..Self::default()
+            bridge_ifindex,
+            flags,
+            _pad: 0,
         }
-    }
-
-    pub fn host_ip(&self) -> Ipv4Addr {
-        ip_from_wire(self.host_ip)
-    }
-
-    pub fn gateway_ip(&self) -> Ipv4Addr {
-        ip_from_wire(self.gateway_ip)
     }
 
     pub fn subnet_addr(&self) -> Ipv4Addr {
         ip_from_wire(self.subnet_addr)
     }
 
-    pub fn subnet_mask(&self) -> Ipv4Addr {
-        ip_from_wire(self.subnet_mask)
+    pub fn prefix_len(&self) -> u8 {
+        u32::from_be(self.subnet_mask).count_ones() as u8
+    }
+
+    pub fn gateway_ip(&self) -> Ipv4Addr {
+        ip_from_wire(self.gateway_ip)
+    }
+
+    /// Whether `addr` is in the subnet.
+    pub fn has(&self, addr: Ipv4Addr) -> bool {
+        self.contains(ip_to_wire(addr))
+    }
+}
+
+impl Config {
+    /// The host's address; every other field 0, to be filled with struct
+    /// update syntax (`Config { uplink_ifindex, ..Config::new(..) }`).
+    pub fn new(host_ip: Ipv4Addr) -> Self {
+        Self {
+            host_ip: ip_to_wire(host_ip),
+            ..Self::default()
+        }
+    }
+
+    pub fn host_ip(&self) -> Ipv4Addr {
+        ip_from_wire(self.host_ip)
     }
 }
 
@@ -280,6 +301,24 @@ mod tests {
 
         let target = PortTarget::new(a, 80);
         assert_eq!((target.container_ip(), target.container_port()), (a, 80));
+    }
+
+    #[test]
+    fn networks_contain_their_subnet_only() {
+        let net = Network::new(
+            Ipv4Addr::new(10, 88, 1, 7),
+            24,
+            Ipv4Addr::new(10, 88, 1, 1),
+            5,
+            0,
+        );
+        assert_eq!(
+            (net.subnet_addr(), net.prefix_len()),
+            (Ipv4Addr::new(10, 88, 1, 0), 24)
+        );
+        assert!(net.has(Ipv4Addr::new(10, 88, 1, 200)));
+        assert!(!net.has(Ipv4Addr::new(10, 88, 2, 1)));
+        assert!(!Network::default().has(Ipv4Addr::new(0, 0, 0, 0)));
     }
 
     #[test]

@@ -16,7 +16,7 @@ pub use host::Proto;
 /// Bumped whenever a map's key or value layout, or a map's kind, changes. Pins
 /// live under a directory named after it, so a netpath never adopts maps laid out
 /// by another version.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// Names of the pinned maps and programs, shared so userspace finds what the
 /// object declares.
@@ -35,8 +35,11 @@ pub mod names {
     pub const SNAT_SHARES: &str = "SNAT_SHARES";
     pub const SLOW_PATHS: &str = "SLOW_PATHS";
     pub const ALLOWED: &str = "ALLOWED";
+    pub const NETWORKS: &str = "NETWORKS";
+    pub const SUBNETS: &str = "SUBNETS";
+    pub const NETWORK_DROPS: &str = "NETWORK_DROPS";
     /// Every map, each pinned under its name.
-    pub const MAPS: [&str; 14] = [
+    pub const MAPS: [&str; 17] = [
         CONFIG,
         ENDPOINTS,
         PORTS,
@@ -51,6 +54,9 @@ pub mod names {
         SNAT_SHARES,
         SLOW_PATHS,
         ALLOWED,
+        NETWORKS,
+        SUBNETS,
+        NETWORK_DROPS,
     ];
 
     pub const PROG_FROM_CONTAINER: &str = "from_container";
@@ -93,20 +99,16 @@ pub struct Config {
     /// The uplink's primary IPv4 address: the masquerade source and the address
     /// published ports answer on.
     pub host_ip: u32,
-    /// The bridge's address, the containers' default gateway.
-    pub gateway_ip: u32,
-    /// The container subnet's network address and mask.
-    pub subnet_addr: u32,
-    pub subnet_mask: u32,
     pub uplink_ifindex: u32,
-    pub bridge_ifindex: u32,
     /// `bpf_get_netns_cookie` of the host netns: the socket hooks act only there.
     pub netns_cookie: u64,
     /// Host byte order: the reserved range SNAT ports are taken from.
     pub snat_port_min: u16,
     pub snat_port_max: u16,
     pub flags: u32,
-    /// The bridge's MAC, the source MAC of frames redirected into containers.
+    /// The MAC of every bridge of the instance (each is its own L2 segment,
+    /// so they can share it): the source MAC of frames redirected into
+    /// containers, whichever network they are on.
     pub gateway_mac: [u8; 6],
     /// Host order. While `netns_cookie` is 0 (kernels without
     /// SO_NETNS_COOKIE), netpath's probe connect to 127.0.0.1 on this port
@@ -129,13 +131,6 @@ pub struct Config {
     pub _pad: u32,
 }
 
-impl Config {
-    #[inline(always)]
-    pub fn in_subnet(&self, addr: u32) -> bool {
-        addr & self.subnet_mask == self.subnet_addr
-    }
-}
-
 /// `ENDPOINTS` key is the container's IPv4 (wire order); this is the value.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq, Eq)]
@@ -143,9 +138,77 @@ pub struct Endpoint {
     /// ifindex of the host-side veth: `bpf_redirect_peer` target, and the only
     /// interface this address may come from.
     pub ifindex: u32,
-    /// MAC of the container's `eth0`.
+    /// MAC of the container's interface.
     pub mac: [u8; 6],
+    /// The network this address is on: its index in `NETWORKS`.
     pub network_id: u16,
+}
+
+/// Most networks one instance has: network ids are below this.
+pub const NETWORKS_MAX: u32 = 256;
+
+/// `Network::flags`: no way out of the subnet (no masquerade, no published
+/// ports, no host address but its gateway), as Docker's `--internal`.
+pub const NETWORK_INTERNAL: u32 = 1 << 0;
+/// `Network::flags`: containers on it may not reach each other directly
+/// (Docker's `--icc=false`); published ports and the gateway still work.
+pub const NETWORK_NO_ICC: u32 = 1 << 1;
+
+/// `NETWORKS` value, indexed by network id: one bridge and its subnet. Every
+/// network of an instance shares the one datapath; `SUBNETS` finds a
+/// network by address. Networks are isolated from each other: a container
+/// reaches another network only through a published port of the host.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq, Eq)]
+pub struct Network {
+    /// The subnet's network address and mask (wire order); mask 0: no
+    /// network has this id.
+    pub subnet_addr: u32,
+    pub subnet_mask: u32,
+    /// The bridge's address, the containers' gateway: a host address.
+    pub gateway_ip: u32,
+    pub bridge_ifindex: u32,
+    /// `NETWORK_*`.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+impl Network {
+    #[inline(always)]
+    pub fn contains(&self, addr: u32) -> bool {
+        self.subnet_mask != 0 && addr & self.subnet_mask == self.subnet_addr
+    }
+
+    #[inline(always)]
+    pub fn is_internal(&self) -> bool {
+        self.flags & NETWORK_INTERNAL != 0
+    }
+
+    #[inline(always)]
+    pub fn allows_icc(&self) -> bool {
+        self.flags & NETWORK_NO_ICC == 0
+    }
+}
+
+/// Indexes of `NetworkDrops::packets`: the isolation refusals, counted per
+/// network of the sending container (and in `STATS` as every verdict).
+pub mod network_drop {
+    /// To a container or address of another network.
+    pub const OTHER_NETWORK: usize = 0;
+    /// To another container of a `--icc=false` network.
+    pub const ICC: usize = 1;
+    /// Out of an `--internal` network.
+    pub const INTERNAL: usize = 2;
+    pub const LEN: usize = 4;
+    /// Names for output, indexed like the counters; empty = unused slot.
+    pub const NAMES: [&str; LEN] = ["other_network", "icc", "internal", ""];
+}
+
+/// `NETWORK_DROPS` value (per-CPU array indexed by network id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq, Eq)]
+pub struct NetworkDrops {
+    pub packets: [u64; network_drop::LEN],
 }
 
 /// `PORTS` key: a published host port.
@@ -485,6 +548,13 @@ pub mod stat {
     /// A new flow to a published port from a source its allow-list does
     /// not admit.
     pub const DROP_NOT_ALLOWED: u32 = 39;
+    /// From a container to a container or address of another network
+    /// (network isolation).
+    pub const DROP_OTHER_NETWORK: u32 = 40;
+    /// From a container to another of its `--icc=false` network.
+    pub const DROP_ICC: u32 = 41;
+    /// From a container of an `--internal` network to outside its subnet.
+    pub const DROP_INTERNAL: u32 = 42;
     pub const STATS_LEN: u32 = 48;
 
     /// Names for output, indexed like the counters; empty = unused slot.
@@ -529,9 +599,9 @@ pub mod stat {
         "drop_snat_share",
         "drop_no_slow_path",
         "drop_not_allowed",
-        "",
-        "",
-        "",
+        "drop_other_network",
+        "drop_icc",
+        "drop_internal",
         "",
         "",
         "",
@@ -589,6 +659,8 @@ mod user {
     // SAFETY: every type is repr(C), Pod, and has no implicit padding.
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for Endpoint {}
+    unsafe impl aya::Pod for Network {}
+    unsafe impl aya::Pod for NetworkDrops {}
     unsafe impl aya::Pod for PortKey {}
     unsafe impl aya::Pod for PortTarget {}
     unsafe impl aya::Pod for AllowKey {}
