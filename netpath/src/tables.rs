@@ -10,8 +10,8 @@ use aya::maps::{
 use ipnet::Ipv4Net;
 use netpath_common::{
     ALLOW_PORT_BITS, AllowKey, AllowRule, Config, Endpoint, FlowEntry, FlowKey, IPPROTO_TCP,
-    PortKey, PortTarget, SNAT_POOL_PORTS, SNAT_POOLS_MAX, SnatDestination, SnatPortPool,
-    SnatShareKey, host::ip_to_wire, names, nat_kind, stat, tcp_state,
+    Network, NetworkDrops, PortKey, PortTarget, SNAT_POOL_PORTS, SNAT_POOLS_MAX, SnatDestination,
+    SnatPortPool, SnatShareKey, host::ip_to_wire, names, nat_kind, stat, tcp_state,
 };
 
 use crate::directories::{Instance, NotUp};
@@ -41,6 +41,11 @@ fn map_err(path: &str) -> impl FnOnce(MapError) -> TablesError + '_ {
 /// table gives it up first (early drop), so it counts against no limit.
 fn finished(key: &FlowKey, entry: &FlowEntry) -> bool {
     key.proto == IPPROTO_TCP && matches!(entry.tcp_state, tcp_state::TIME_WAIT | tcp_state::CLOSED)
+}
+
+/// `SUBNETS` key of `network`'s subnet.
+fn subnet_key(network: &Network) -> Key<u32> {
+    Key::new(u32::from(network.prefix_len()), network.subnet_addr)
 }
 
 /// Makes `map` hold exactly `entries`: what the datapath counts between
@@ -92,6 +97,9 @@ pub struct Tables {
     snat_ports: HashMap<MapData, SnatDestination, SnatPortPool>,
     snat_shares: HashMap<MapData, SnatShareKey, u32>,
     allowed: LpmTrie<MapData, AllowKey, AllowRule>,
+    networks: Array<MapData, Network>,
+    subnets: LpmTrie<MapData, u32, u32>,
+    network_drops: PerCpuArray<MapData, NetworkDrops>,
     conntrack_capacity: u32,
 }
 
@@ -137,7 +145,68 @@ impl Tables {
             snat_shares: HashMap::try_from(open(names::SNAT_SHARES)?)
                 .map_err(map_err(names::SNAT_SHARES))?,
             allowed: LpmTrie::try_from(open(names::ALLOWED)?).map_err(map_err(names::ALLOWED))?,
+            networks: Array::try_from(open(names::NETWORKS)?).map_err(map_err(names::NETWORKS))?,
+            subnets: LpmTrie::try_from(open(names::SUBNETS)?).map_err(map_err(names::SUBNETS))?,
+            network_drops: PerCpuArray::try_from(open(names::NETWORK_DROPS)?)
+                .map_err(map_err(names::NETWORK_DROPS))?,
         })
+    }
+
+    /// Writes network `id`: its `NETWORKS` slot, then its `SUBNETS` entry,
+    /// so the datapath never finds an id whose slot is not written yet.
+    pub fn set_network(&mut self, id: u16, network: &Network) -> Result<(), TablesError> {
+        self.networks
+            .set(u32::from(id), network, 0)
+            .map_err(map_err(names::NETWORKS))?;
+        self.subnets
+            .insert(&subnet_key(network), u32::from(id), 0)
+            .map_err(map_err(names::SUBNETS))
+    }
+
+    /// Removes network `id` (its subnet first, so nothing finds the id).
+    pub fn remove_network(&mut self, id: u16) -> Result<(), TablesError> {
+        let network = self
+            .networks
+            .get(&u32::from(id), 0)
+            .map_err(map_err(names::NETWORKS))?;
+        if network.subnet_mask == 0 {
+            return Ok(());
+        }
+        match self.subnets.remove(&subnet_key(&network)) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_err(names::SUBNETS)(e)),
+        }
+        self.networks
+            .set(u32::from(id), Network::default(), 0)
+            .map_err(map_err(names::NETWORKS))
+    }
+
+    /// The networks the datapath knows, by id.
+    pub fn networks(&self) -> Result<Vec<(u16, Network)>, TablesError> {
+        let mut found = Vec::new();
+        for (id, network) in self.networks.iter().enumerate() {
+            let network = network.map_err(map_err(names::NETWORKS))?;
+            if network.subnet_mask != 0 {
+                found.push((id as u16, network));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Network `id`'s isolation refusals, summed over CPUs, by
+    /// `network_drop` index.
+    pub fn network_drops(&self, id: u16) -> Result<NetworkDrops, TablesError> {
+        let per_cpu = self
+            .network_drops
+            .get(&u32::from(id), 0)
+            .map_err(map_err(names::NETWORK_DROPS))?;
+        let mut sum = NetworkDrops::default();
+        for cpu in per_cpu.iter() {
+            for (total, count) in sum.packets.iter_mut().zip(cpu.packets) {
+                *total += count;
+            }
+        }
+        Ok(sum)
     }
 
     pub fn config(&self) -> Result<Config, TablesError> {
@@ -398,7 +467,8 @@ impl Tables {
                     .or_insert_with(|| Box::new(bytemuck::Zeroable::zeroed()))
                     .mark_used(offset);
             }
-            if cfg.in_subnet(key.saddr) && !finished(key, entry) {
+            // The original source of an SNAT flow is always a container.
+            if !finished(key, entry) {
                 let share = SnatShareKey {
                     container: key.saddr,
                     destination,
