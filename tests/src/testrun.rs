@@ -51,8 +51,9 @@ use aya::maps::{Array, HashMap, MapData, PerCpuArray, ProgramArray};
 use aya::programs::{SchedClassifier, TestRunOptions, TestRunResult, Xdp};
 use aya::{Ebpf, EbpfLoader, TestRun};
 use netpath_common::{
-    Config, Endpoint, FlowEntry, FlowKey, Network, PortKey, PortTarget, Proto,
+    Config, Endpoint, FlowEntry, FlowKey, Network, NetworkDrops, PortKey, PortTarget, Proto,
     SLOW_PATH_FROM_CONTAINER, SLOW_PATH_NEW_FLOW, SLOW_PATH_TO_UPLINK, host::ip_to_wire, names,
+    network_drop,
 };
 
 use crate::names::unique_name;
@@ -71,6 +72,18 @@ pub const GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 pub const GATEWAY_MAC: [u8; 6] = [0x02, 0x9a, 0, 0, 0, 1];
 const SUBNET_ADDR: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 0);
 const SUBNET_PREFIX: u8 = 16;
+/// `set_network` flags for a network without any.
+pub const NETWORK_FLAGS_NONE: u32 = 0;
+
+/// The subnet of network `id` > 0: 10.(77 + id).0.0/16.
+pub fn other_subnet(id: u16) -> Ipv4Addr {
+    Ipv4Addr::new(10, 77 + id as u8, 0, 0)
+}
+
+/// The gateway of network `id` > 0: 10.(77 + id).0.1.
+pub fn other_gateway(id: u16) -> Ipv4Addr {
+    Ipv4Addr::new(10, 77 + id as u8, 0, 1)
+}
 /// Two container addresses; a container exists once [`TestDatapath::add_endpoint`]
 /// registers it.
 pub const C1_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
@@ -277,22 +290,57 @@ impl TestDatapath {
             },
             0,
         )?;
-        let network = Network::new(SUBNET_ADDR, SUBNET_PREFIX, GATEWAY_IP, 0, 0);
-        Array::<_, Network>::try_from(self.map_mut(names::NETWORKS)?)?.set(0, network, 0)?;
+        self.set_network(0, NETWORK_FLAGS_NONE)
+    }
+
+    /// Network 0 (C1's and C2's, 10.77.0.0/16) with `NETWORK_*` flags.
+    pub fn set_network(&mut self, id: u16, flags: u32) -> Result<()> {
+        let (addr, gateway) = if id == 0 {
+            (SUBNET_ADDR, GATEWAY_IP)
+        } else {
+            (other_subnet(id), other_gateway(id))
+        };
+        let network = Network::new(addr, SUBNET_PREFIX, gateway, 0, flags);
+        Array::<_, Network>::try_from(self.map_mut(names::NETWORKS)?)?.set(
+            u32::from(id),
+            network,
+            0,
+        )?;
         LpmTrie::<_, u32, u32>::try_from(self.map_mut(names::SUBNETS)?)?.insert(
             &Key::new(u32::from(SUBNET_PREFIX), network.subnet_addr),
-            0,
+            u32::from(id),
             0,
         )?;
         Ok(())
     }
 
-    /// A container at `ip` behind `c0`.
+    /// A container at `ip` behind `c0`, on network 0.
     pub fn add_endpoint(&mut self, ip: Ipv4Addr, mac: [u8; 6]) -> Result<()> {
+        self.add_endpoint_on(ip, mac, 0)
+    }
+
+    /// A container at `ip` behind `c0`, on network `network_id`.
+    pub fn add_endpoint_on(&mut self, ip: Ipv4Addr, mac: [u8; 6], network_id: u16) -> Result<()> {
         let ifindex = self.container_ifindex;
         self.endpoints()?
-            .insert(ip_to_wire(ip), Endpoint::new(ifindex, mac, 0), 0)?;
+            .insert(ip_to_wire(ip), Endpoint::new(ifindex, mac, network_id), 0)?;
         Ok(())
+    }
+
+    /// Network `id`'s isolation refusals, by `network_drop` index.
+    pub fn network_drops(&self, id: u16) -> Result<[u64; network_drop::LEN]> {
+        let map = self
+            .ebpf
+            .map(names::NETWORK_DROPS)
+            .with_context(|| format!("no map {}", names::NETWORK_DROPS))?;
+        let drops: PerCpuArray<_, NetworkDrops> = PerCpuArray::try_from(map)?;
+        let mut sum = [0; network_drop::LEN];
+        for cpu in drops.get(&u32::from(id), 0)?.iter() {
+            for (total, n) in sum.iter_mut().zip(cpu.packets) {
+                *total += n;
+            }
+        }
+        Ok(sum)
     }
 
     /// Changes a registered container's MAC behind the flows' back.

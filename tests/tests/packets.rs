@@ -8,13 +8,15 @@ use std::{fs, net::Ipv4Addr};
 
 use anyhow::Result;
 use netpath::datapath::{EBPF_OBJECT, has_coarse_clock};
-use netpath_common::{FlowKey, Proto, stat, tcp_state};
+use netpath_common::{
+    FlowKey, NETWORK_INTERNAL, NETWORK_NO_ICC, Proto, network_drop, stat, tcp_state,
+};
 use netpath_tests::{
     packet::{Frame, L4, Parsed, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     testrun::{
-        C1_IP, C1_MAC, C2_IP, C2_MAC, GATEWAY_IP, GATEWAY_MAC, HOST_IP, HOST_MAC, OUTSIDE_IP,
-        OUTSIDE_MAC, RunOutput, SNAT_RANGE, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TcProgram,
-        TestDatapath,
+        C1_IP, C1_MAC, C2_IP, C2_MAC, GATEWAY_IP, GATEWAY_MAC, HOST_IP, HOST_MAC,
+        NETWORK_FLAGS_NONE, OUTSIDE_IP, OUTSIDE_MAC, RunOutput, SNAT_RANGE, TC_ACT_OK,
+        TC_ACT_REDIRECT, TC_ACT_SHOT, TcProgram, TestDatapath, other_gateway, other_subnet,
     },
 };
 
@@ -932,5 +934,202 @@ fn a_datagrams_later_fragments_follow_the_first_ones_translation() -> Result<()>
     assert_eq!((next.src(), next.dst()), (HOST_IP, OUTSIDE_IP));
     assert!(next.ip_header_ok());
     assert_eq!(out.frame[14 + 20..], bytes[14 + 20..], "payload untouched");
+    Ok(())
+}
+
+/// C3, the one container of network 1 (10.78.0.0/16).
+const C3_MAC: [u8; 6] = [0x02, 0xc3, 0, 0, 0, 3];
+
+fn c3_ip() -> Ipv4Addr {
+    let [a, b, ..] = other_subnet(1).octets();
+    Ipv4Addr::new(a, b, 0, 2)
+}
+
+/// A TCP SYN from C1 (port 41000) to `dst:dport`.
+fn c1_syn(dst: Ipv4Addr, dport: u16) -> Vec<u8> {
+    let syn = L4::Tcp {
+        sport: 41000,
+        dport,
+        flags: TCP_SYN,
+    };
+    Frame::new(C1_IP, dst, syn)
+        .macs(C1_MAC, GATEWAY_MAC)
+        .bytes()
+}
+
+#[test]
+fn a_container_reaches_another_network_only_through_a_published_port() -> Result<()> {
+    let mut dp = datapath()?;
+    dp.set_network(1, NETWORK_FLAGS_NONE)?;
+    dp.add_endpoint_on(c3_ip(), C3_MAC, 1)?;
+    let before = dp.counter(stat::DROP_OTHER_NETWORK)?;
+
+    let direct = dp.from_container(&c1_syn(c3_ip(), 80))?;
+    assert_eq!(direct.verdict, TC_ACT_SHOT, "network 0 can't reach into 1");
+    let [a, b, ..] = other_subnet(1).octets();
+    let stray = Frame::new(
+        C1_IP,
+        Ipv4Addr::new(a, b, 9, 9),
+        L4::Udp {
+            sport: 5000,
+            dport: 53,
+            zero_csum: false,
+        },
+    )
+    .macs(C1_MAC, GATEWAY_MAC);
+    assert_eq!(
+        dp.from_container(&stray.bytes())?.verdict,
+        TC_ACT_SHOT,
+        "nor to an address of its subnet that no container has"
+    );
+    let ping = Frame::new(
+        c3_ip(),
+        C1_IP,
+        L4::IcmpEcho {
+            request: true,
+            id: 7,
+            seq: 1,
+        },
+    )
+    .macs(C3_MAC, GATEWAY_MAC);
+    assert_eq!(
+        dp.from_container(&ping.bytes())?.verdict,
+        TC_ACT_SHOT,
+        "and 1 can't reach into 0"
+    );
+    assert_eq!(dp.counter(stat::DROP_OTHER_NETWORK)?, before + 3);
+    assert_eq!(dp.network_drops(0)?[network_drop::OTHER_NETWORK], 2);
+    assert_eq!(dp.network_drops(1)?[network_drop::OTHER_NETWORK], 1);
+
+    let to_gateway = dp.from_container(&c1_syn(other_gateway(1), 22))?;
+    assert_eq!(
+        to_gateway.verdict, TC_ACT_OK,
+        "another network's gateway is the host's address: the kernel's"
+    );
+
+    // Through a published port: SNAT to the gateway of the target's
+    // network, so C3 answers its own gateway.
+    dp.publish(8080, c3_ip(), 80, Proto::Tcp)?;
+    let out = dp.from_container(&c1_syn(HOST_IP, 8080))?;
+    assert_eq!(out.verdict, TC_ACT_REDIRECT);
+    let out = out.parsed();
+    assert_eq!((out.dst(), out.dport()), (c3_ip(), 80));
+    assert_eq!(out.src(), other_gateway(1));
+    assert_valid(&out);
+    let reply = Frame::new(
+        c3_ip(),
+        other_gateway(1),
+        L4::Tcp {
+            sport: 80,
+            dport: out.sport(),
+            flags: TCP_SYN | TCP_ACK,
+        },
+    )
+    .macs(C3_MAC, GATEWAY_MAC);
+    let back = dp.from_container(&reply.bytes())?;
+    assert_eq!(back.verdict, TC_ACT_REDIRECT);
+    let back = back.parsed();
+    assert_eq!((back.src(), back.sport()), (HOST_IP, 8080));
+    assert_eq!((back.dst(), back.dport()), (C1_IP, 41000));
+    assert_valid(&back);
+
+    // Leaving the host is unchanged.
+    let out = dp.from_container(&c1_syn(OUTSIDE_IP, 443))?;
+    assert_eq!(out.verdict, TC_ACT_REDIRECT);
+    assert_eq!(out.parsed().src(), HOST_IP);
+    Ok(())
+}
+
+#[test]
+fn with_icc_off_containers_reach_each_other_only_through_published_ports() -> Result<()> {
+    let mut dp = datapath()?;
+    dp.set_network(0, NETWORK_NO_ICC)?;
+    let direct = dp.from_container(&c1_syn(C2_IP, 80))?;
+    assert_eq!(direct.verdict, TC_ACT_SHOT);
+    assert_eq!(dp.counter(stat::DROP_ICC)?, 1);
+    assert_eq!(dp.network_drops(0)?[network_drop::ICC], 1);
+    let broadcast = dp.from_container(&c1_syn(Ipv4Addr::new(10, 77, 255, 255), 80))?;
+    assert_eq!(
+        broadcast.verdict, TC_ACT_SHOT,
+        "the bridge would flood it to the others"
+    );
+
+    assert_eq!(
+        dp.from_container(&c1_syn(GATEWAY_IP, 53))?.verdict,
+        TC_ACT_OK,
+        "the gateway is the host"
+    );
+    dp.publish(8080, C2_IP, 80, Proto::Tcp)?;
+    let out = dp.from_container(&c1_syn(HOST_IP, 8080))?;
+    assert_eq!(out.verdict, TC_ACT_REDIRECT);
+    assert_eq!(out.parsed().dst(), C2_IP);
+    Ok(())
+}
+
+#[test]
+fn an_internal_network_reaches_nothing_outside_its_subnet() -> Result<()> {
+    let mut dp = datapath()?;
+    dp.set_network(0, NETWORK_INTERNAL)?;
+    dp.publish(8080, C2_IP, 80, Proto::Tcp)?;
+    for (dst, dport, what) in [
+        (OUTSIDE_IP, 443, "no masquerade"),
+        (
+            HOST_IP,
+            8080,
+            "no published port (the hairpin leaves the subnet)",
+        ),
+        (HOST_IP, 22, "no other address of the host"),
+    ] {
+        let out = dp.from_container(&c1_syn(dst, dport))?;
+        assert_eq!(out.verdict, TC_ACT_SHOT, "{what}");
+    }
+    assert_eq!(dp.counter(stat::DROP_INTERNAL)?, 3);
+    assert_eq!(dp.network_drops(0)?[network_drop::INTERNAL], 3);
+    assert_eq!(dp.counter(stat::FLOW_CREATED)?, 0);
+
+    assert_eq!(
+        dp.from_container(&c1_syn(C2_IP, 80))?.verdict,
+        TC_ACT_REDIRECT,
+        "its containers reach each other"
+    );
+    assert_eq!(
+        dp.from_container(&c1_syn(GATEWAY_IP, 53))?.verdict,
+        TC_ACT_OK,
+        "and its gateway"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_container_side_packet_of_a_published_flow_from_the_uplink_is_a_spoof() -> Result<()> {
+    let mut dp = datapath()?;
+    dp.publish(8080, C2_IP, 80, Proto::Tcp)?;
+    let client_syn = Frame::new(
+        OUTSIDE_IP,
+        HOST_IP,
+        L4::Tcp {
+            sport: 50000,
+            dport: 8080,
+            flags: TCP_SYN,
+        },
+    );
+    assert_eq!(
+        dp.from_uplink(&client_syn.bytes())?.verdict,
+        TC_ACT_REDIRECT
+    );
+    // The server's side of that flow, forged on the wire: it matches the
+    // flow's reply tuple, and would reach the client as the host's answer.
+    let forged = Frame::new(
+        C2_IP,
+        OUTSIDE_IP,
+        L4::Tcp {
+            sport: 80,
+            dport: 50000,
+            flags: TCP_SYN | TCP_ACK,
+        },
+    );
+    let before = dp.counter(stat::DROP_MARTIAN_SOURCE)?;
+    assert_eq!(dp.from_uplink(&forged.bytes())?.verdict, TC_ACT_SHOT);
+    assert_eq!(dp.counter(stat::DROP_MARTIAN_SOURCE)?, before + 1);
     Ok(())
 }
