@@ -10,8 +10,8 @@ use aya::maps::{
 use ipnet::Ipv4Net;
 use netpath_common::{
     ALLOW_PORT_BITS, AllowKey, AllowRule, Config, Endpoint, FlowEntry, FlowKey, IPPROTO_TCP,
-    PortKey, PortTarget, SNAT_POOL_PORTS, SNAT_POOLS_MAX, SnatDestination, SnatPortPool,
-    SnatShareKey, host::ip_to_wire, names, nat_kind, stat, tcp_state,
+    Network, NetworkDrops, PortKey, PortTarget, SNAT_POOL_PORTS, SNAT_POOLS_MAX, SnatDestination,
+    SnatPortPool, SnatShareKey, host::ip_to_wire, names, nat_kind, stat, tcp_state,
 };
 
 use crate::directories::{Instance, NotUp};
@@ -92,6 +92,9 @@ pub struct Tables {
     snat_ports: HashMap<MapData, SnatDestination, SnatPortPool>,
     snat_shares: HashMap<MapData, SnatShareKey, u32>,
     allowed: LpmTrie<MapData, AllowKey, AllowRule>,
+    networks: Array<MapData, Network>,
+    subnets: LpmTrie<MapData, u32, u32>,
+    network_drops: PerCpuArray<MapData, NetworkDrops>,
     conntrack_capacity: u32,
 }
 
@@ -137,6 +140,10 @@ impl Tables {
             snat_shares: HashMap::try_from(open(names::SNAT_SHARES)?)
                 .map_err(map_err(names::SNAT_SHARES))?,
             allowed: LpmTrie::try_from(open(names::ALLOWED)?).map_err(map_err(names::ALLOWED))?,
+            networks: Array::try_from(open(names::NETWORKS)?).map_err(map_err(names::NETWORKS))?,
+            subnets: LpmTrie::try_from(open(names::SUBNETS)?).map_err(map_err(names::SUBNETS))?,
+            network_drops: PerCpuArray::try_from(open(names::NETWORK_DROPS)?)
+                .map_err(map_err(names::NETWORK_DROPS))?,
         })
     }
 
@@ -462,4 +469,56 @@ impl Tables {
         }
         Ok(out)
     }
+
+    /// Writes network `id`: its `NETWORKS` slot and its `SUBNETS` entry.
+    pub fn set_network(&mut self, id: u16, network: &Network) -> Result<(), TablesError> {
+        self.networks
+            .set(u32::from(id), network, 0)
+            .map_err(map_err(names::NETWORKS))?;
+        self.subnets
+            .insert(&subnet_key(network), u32::from(id), 0)
+            .map_err(map_err(names::SUBNETS))
+    }
+
+    /// Takes network `id` out of `NETWORKS` and `SUBNETS`.
+    pub fn remove_network(&mut self, id: u16, network: &Network) -> Result<(), TablesError> {
+        match self.subnets.remove(&subnet_key(network)) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_err(names::SUBNETS)(e)),
+        }
+        self.networks
+            .set(u32::from(id), Network::default(), 0)
+            .map_err(map_err(names::NETWORKS))
+    }
+
+    /// Network `id`'s isolation drops (`network_drop::*`), summed over CPUs.
+    pub fn network_drops(&self, id: u16) -> Result<NetworkDrops, TablesError> {
+        let values = self
+            .network_drops
+            .get(&u32::from(id), 0)
+            .map_err(map_err(names::NETWORK_DROPS))?;
+        let mut sum = NetworkDrops::default();
+        for cpu in values.iter() {
+            for (total, count) in sum.packets.iter_mut().zip(cpu.packets) {
+                *total += count;
+            }
+        }
+        Ok(sum)
+    }
+
+    /// Zeroes network `id`'s drop counters, so a new network with a reused
+    /// id starts from nothing.
+    pub fn reset_network_drops(&mut self, id: u16) -> Result<(), TablesError> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| TablesError::Io(e))?;
+        let zeros = aya::maps::PerCpuValues::try_from(vec![NetworkDrops::default(); cpus])
+            .map_err(TablesError::Io)?;
+        self.network_drops
+            .set(u32::from(id), zeros, 0)
+            .map_err(map_err(names::NETWORK_DROPS))
+    }
+}
+
+/// A network's `SUBNETS` key: its prefix, the address in wire order.
+fn subnet_key(network: &Network) -> Key<u32> {
+    Key::new(u32::from(network.prefix_len()), network.subnet_addr)
 }
