@@ -701,6 +701,7 @@ pub struct StatusView {
     /// Which program sits on which hook.
     pub attachments: Vec<datapath::Attachment>,
     pub containers: Vec<ContainerView>,
+    pub networks: Vec<crate::network::NetworkView>,
     /// The agent runs and the datapath is whole: nothing in `problems`.
     pub healthy: bool,
     /// What is wrong, one line each.
@@ -728,6 +729,12 @@ pub async fn status(instance: &Instance) -> Result<StatusView> {
             .values()
             .filter(|record| record.ip.is_some())
             .filter_map(|record| record.host_veth.as_deref())
+            .chain(
+                state
+                    .containers
+                    .values()
+                    .flat_map(|record| record.connected.iter().map(|i| i.host_veth.as_str())),
+            )
             .collect(),
     };
     let host = topology::connect()?;
@@ -756,6 +763,7 @@ pub async fn status(instance: &Instance) -> Result<StatusView> {
             .keys()
             .map(|name| container::view(&state, name))
             .collect(),
+        networks: crate::network::views(&state),
         healthy: problems.is_empty(),
         problems,
     })

@@ -3,10 +3,10 @@
 //! `SUBNETS`) and keeps them apart. The first, `bridge` (id 0), is the one
 //! `up` makes; `network connect` and `disconnect` are containers' business
 //! (see `container`).
-use std::net::Ipv4Addr;
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use ipnet::Ipv4Net;
-use netpath_common::NETWORKS_MAX;
+use netpath_common::{NETWORKS_MAX, network_drop};
 
 use crate::{
     config::stable_hash,
@@ -255,6 +255,26 @@ pub fn views(state: &State) -> Vec<NetworkView> {
     let mut views: Vec<NetworkView> = state.networks.keys().map(|n| view(state, n)).collect();
     views.sort_by_key(|v| v.id);
     views
+}
+
+/// Each network's isolation drops by reason (`network_drop::NAMES`), for
+/// `stats` and the metrics.
+pub fn drops(
+    tables: &Tables,
+    state: &State,
+) -> std::result::Result<BTreeMap<String, BTreeMap<&'static str, u64>>, TablesError> {
+    let mut out = BTreeMap::new();
+    for (name, network) in &state.networks {
+        let counts = tables.network_drops(network.id)?;
+        let by_reason = network_drop::NAMES
+            .iter()
+            .zip(counts.packets)
+            .filter(|(reason, _)| !reason.is_empty())
+            .map(|(reason, count)| (*reason, count))
+            .collect();
+        out.insert(name.clone(), by_reason);
+    }
+    Ok(out)
 }
 
 /// `netpath network ls`.
