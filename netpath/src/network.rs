@@ -214,10 +214,9 @@ pub async fn create(instance: &Instance, request: CreateRequest) -> Result<Netwo
     let mut tables = Tables::open(instance)?;
     tables.reset_network_drops(id)?;
     tables.set_network(id, &record.datapath())?;
-    let written = record.datapath();
     rollback.push(move || {
         if let Ok(mut tables) = Tables::open(instance) {
-            let _ = tables.remove_network(id, &written);
+            let _ = tables.remove_network(id);
         }
     });
     state.networks.insert(request.name.clone(), record);
@@ -301,7 +300,7 @@ pub fn remove(instance: &Instance, name: &str) -> Result<()> {
         });
     }
     match Tables::open(instance) {
-        Ok(mut tables) => tables.remove_network(record.id, &record.datapath())?,
+        Ok(mut tables) => tables.remove_network(record.id)?,
         // The datapath is gone: nothing to take out of it.
         Err(TablesError::NotUp(_)) => {}
         Err(e) => return Err(e.into()),

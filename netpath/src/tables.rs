@@ -43,6 +43,11 @@ fn finished(key: &FlowKey, entry: &FlowEntry) -> bool {
     key.proto == IPPROTO_TCP && matches!(entry.tcp_state, tcp_state::TIME_WAIT | tcp_state::CLOSED)
 }
 
+/// `SUBNETS` key of `network`'s subnet.
+fn subnet_key(network: &Network) -> Key<u32> {
+    Key::new(u32::from(network.prefix_len()), network.subnet_addr)
+}
+
 /// Makes `map` hold exactly `entries`: what the datapath counts between
 /// two GC passes is replaced by the truth.
 fn replace_all<K, V>(
@@ -145,6 +150,63 @@ impl Tables {
             network_drops: PerCpuArray::try_from(open(names::NETWORK_DROPS)?)
                 .map_err(map_err(names::NETWORK_DROPS))?,
         })
+    }
+
+    /// Writes network `id`: its `NETWORKS` slot, then its `SUBNETS` entry,
+    /// so the datapath never finds an id whose slot is not written yet.
+    pub fn set_network(&mut self, id: u16, network: &Network) -> Result<(), TablesError> {
+        self.networks
+            .set(u32::from(id), network, 0)
+            .map_err(map_err(names::NETWORKS))?;
+        self.subnets
+            .insert(&subnet_key(network), u32::from(id), 0)
+            .map_err(map_err(names::SUBNETS))
+    }
+
+    /// Removes network `id` (its subnet first, so nothing finds the id).
+    pub fn remove_network(&mut self, id: u16) -> Result<(), TablesError> {
+        let network = self
+            .networks
+            .get(&u32::from(id), 0)
+            .map_err(map_err(names::NETWORKS))?;
+        if network.subnet_mask == 0 {
+            return Ok(());
+        }
+        match self.subnets.remove(&subnet_key(&network)) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_err(names::SUBNETS)(e)),
+        }
+        self.networks
+            .set(u32::from(id), Network::default(), 0)
+            .map_err(map_err(names::NETWORKS))
+    }
+
+    /// The networks the datapath knows, by id.
+    pub fn networks(&self) -> Result<Vec<(u16, Network)>, TablesError> {
+        let mut found = Vec::new();
+        for (id, network) in self.networks.iter().enumerate() {
+            let network = network.map_err(map_err(names::NETWORKS))?;
+            if network.subnet_mask != 0 {
+                found.push((id as u16, network));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Network `id`'s isolation refusals, summed over CPUs, by
+    /// `network_drop` index.
+    pub fn network_drops(&self, id: u16) -> Result<NetworkDrops, TablesError> {
+        let per_cpu = self
+            .network_drops
+            .get(&u32::from(id), 0)
+            .map_err(map_err(names::NETWORK_DROPS))?;
+        let mut sum = NetworkDrops::default();
+        for cpu in per_cpu.iter() {
+            for (total, count) in sum.packets.iter_mut().zip(cpu.packets) {
+                *total += count;
+            }
+        }
+        Ok(sum)
     }
 
     pub fn config(&self) -> Result<Config, TablesError> {
@@ -405,7 +467,8 @@ impl Tables {
                     .or_insert_with(|| Box::new(bytemuck::Zeroable::zeroed()))
                     .mark_used(offset);
             }
-            if cfg.in_subnet(key.saddr) && !finished(key, entry) {
+            // The original source of an SNAT flow is always a container.
+            if !finished(key, entry) {
                 let share = SnatShareKey {
                     container: key.saddr,
                     destination,
@@ -470,42 +533,6 @@ impl Tables {
         Ok(out)
     }
 
-    /// Writes network `id`: its `NETWORKS` slot and its `SUBNETS` entry.
-    pub fn set_network(&mut self, id: u16, network: &Network) -> Result<(), TablesError> {
-        self.networks
-            .set(u32::from(id), network, 0)
-            .map_err(map_err(names::NETWORKS))?;
-        self.subnets
-            .insert(&subnet_key(network), u32::from(id), 0)
-            .map_err(map_err(names::SUBNETS))
-    }
-
-    /// Takes network `id` out of `NETWORKS` and `SUBNETS`.
-    pub fn remove_network(&mut self, id: u16, network: &Network) -> Result<(), TablesError> {
-        match self.subnets.remove(&subnet_key(network)) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(e) => return Err(map_err(names::SUBNETS)(e)),
-        }
-        self.networks
-            .set(u32::from(id), Network::default(), 0)
-            .map_err(map_err(names::NETWORKS))
-    }
-
-    /// Network `id`'s isolation drops (`network_drop::*`), summed over CPUs.
-    pub fn network_drops(&self, id: u16) -> Result<NetworkDrops, TablesError> {
-        let values = self
-            .network_drops
-            .get(&u32::from(id), 0)
-            .map_err(map_err(names::NETWORK_DROPS))?;
-        let mut sum = NetworkDrops::default();
-        for cpu in values.iter() {
-            for (total, count) in sum.packets.iter_mut().zip(cpu.packets) {
-                *total += count;
-            }
-        }
-        Ok(sum)
-    }
-
     /// Zeroes network `id`'s drop counters, so a new network with a reused
     /// id starts from nothing.
     pub fn reset_network_drops(&mut self, id: u16) -> Result<(), TablesError> {
@@ -516,9 +543,4 @@ impl Tables {
             .set(u32::from(id), zeros, 0)
             .map_err(map_err(names::NETWORK_DROPS))
     }
-}
-
-/// A network's `SUBNETS` key: its prefix, the address in wire order.
-fn subnet_key(network: &Network) -> Key<u32> {
-    Key::new(u32::from(network.prefix_len()), network.subnet_addr)
 }

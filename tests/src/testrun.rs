@@ -46,12 +46,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, ProgramArray};
 use aya::programs::{SchedClassifier, TestRunOptions, TestRunResult, Xdp};
 use aya::{Ebpf, EbpfLoader, TestRun};
 use netpath_common::{
-    Config, Endpoint, FlowEntry, FlowKey, PortKey, PortTarget, Proto, SLOW_PATH_FROM_CONTAINER,
-    SLOW_PATH_NEW_FLOW, SLOW_PATH_TO_UPLINK, host::ip_to_wire, names,
+    Config, Endpoint, FlowEntry, FlowKey, Network, PortKey, PortTarget, Proto,
+    SLOW_PATH_FROM_CONTAINER, SLOW_PATH_NEW_FLOW, SLOW_PATH_TO_UPLINK, host::ip_to_wire, names,
 };
 
 use crate::names::unique_name;
@@ -69,7 +70,7 @@ pub const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
 pub const GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 pub const GATEWAY_MAC: [u8; 6] = [0x02, 0x9a, 0, 0, 0, 1];
 const SUBNET_ADDR: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 0);
-const SUBNET_MASK: Ipv4Addr = Ipv4Addr::new(255, 255, 0, 0);
+const SUBNET_PREFIX: u8 = 16;
 /// Two container addresses; a container exists once [`TestDatapath::add_endpoint`]
 /// registers it.
 pub const C1_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
@@ -272,8 +273,15 @@ impl TestDatapath {
                 snat_port_min: SNAT_RANGE.0,
                 snat_port_max: SNAT_RANGE.1,
                 gateway_mac: GATEWAY_MAC,
-                ..Config::new(HOST_IP, GATEWAY_IP, SUBNET_ADDR, SUBNET_MASK)
+                ..Config::new(HOST_IP)
             },
+            0,
+        )?;
+        let network = Network::new(SUBNET_ADDR, SUBNET_PREFIX, GATEWAY_IP, 0, 0);
+        Array::<_, Network>::try_from(self.map_mut(names::NETWORKS)?)?.set(0, network, 0)?;
+        LpmTrie::<_, u32, u32>::try_from(self.map_mut(names::SUBNETS)?)?.insert(
+            &Key::new(u32::from(SUBNET_PREFIX), network.subnet_addr),
+            0,
             0,
         )?;
         Ok(())
@@ -283,7 +291,7 @@ impl TestDatapath {
     pub fn add_endpoint(&mut self, ip: Ipv4Addr, mac: [u8; 6]) -> Result<()> {
         let ifindex = self.container_ifindex;
         self.endpoints()?
-            .insert(ip_to_wire(ip), Endpoint::new(ifindex, mac), 0)?;
+            .insert(ip_to_wire(ip), Endpoint::new(ifindex, mac, 0), 0)?;
         Ok(())
     }
 

@@ -12,16 +12,25 @@ use netpath_common::{Config, stat};
 
 use super::{conntrack, maps::FLOW_COUNTS, parse::Packet};
 
+/// Who opens a flow: the limit that applies.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Opener {
+    /// A container (masquerade, hairpin).
+    Container,
+    /// An outside client of a published port.
+    Outside,
+}
+
 /// Counts a new flow from `pkt`'s source, or `Err(reason)` when that source
 /// already holds its limit (0: no limit).
 #[inline(always)]
-pub fn admit(cfg: &Config, pkt: &Packet) -> Result<(), u32> {
+pub fn admit(cfg: &Config, pkt: &Packet, opener: Opener) -> Result<(), u32> {
     // What can't open a flow is refused by conntrack, uncounted here.
     if !conntrack::opens_flow(pkt) {
         return Ok(());
     }
     let source = pkt.key.saddr;
-    let (limit, reason) = if cfg.in_subnet(source) {
+    let (limit, reason) = if opener == Opener::Container {
         (cfg.max_flows_per_container, stat::DROP_CONTAINER_LIMIT)
     } else {
         (cfg.max_flows_per_source, stat::DROP_SOURCE_LIMIT)

@@ -9,9 +9,9 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use netpath_common::{
-    AllowKey, AllowRule, Config, Endpoint, FlowEntry, FlowEvent, FlowKey, PortKey, PortTarget,
-    SNAT_POOLS_MAX, SnatDestination, SnatPortPool, SnatShareKey, SockRevNatKey, SockRevNatValue,
-    stat,
+    AllowKey, AllowRule, Config, Endpoint, FlowEntry, FlowEvent, FlowKey, NETWORKS_MAX, Network,
+    NetworkDrops, PortKey, PortTarget, SNAT_POOLS_MAX, SnatDestination, SnatPortPool, SnatShareKey,
+    SockRevNatKey, SockRevNatValue, stat,
 };
 
 #[btf_map]
@@ -22,6 +22,18 @@ pub static ENDPOINTS: HashMap<u32, Endpoint, 4096> = HashMap::new();
 
 #[btf_map]
 pub static PORTS: HashMap<PortKey, PortTarget, 65536> = HashMap::new();
+
+/// Network id → network (see `networks`).
+#[btf_map]
+pub static NETWORKS: Array<Network, { NETWORKS_MAX as usize }> = Array::new();
+
+/// Subnet → network id: the network of an address.
+#[btf_map]
+pub static SUBNETS: LpmTrie<u32, u32, { NETWORKS_MAX as usize }> = LpmTrie::new();
+
+/// Isolation refusals per network of the sender.
+#[btf_map]
+pub static NETWORK_DROPS: PerCpuArray<NetworkDrops, { NETWORKS_MAX as usize }> = PerCpuArray::new();
 
 /// The allow-lists of restricted ports (see `AllowKey`, `allow`).
 #[btf_map]

@@ -13,6 +13,7 @@ mod fwd;
 mod limits;
 mod maps;
 mod nat;
+mod networks;
 mod parse;
 mod snat_ports;
 mod sock;
@@ -24,14 +25,16 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use netpath_common::{
-    Config, FlowKey, IPPROTO_TCP, IPPROTO_UDP, PortKey, PortTarget, SLOW_PATH_FROM_CONTAINER,
-    SLOW_PATH_NEW_FLOW, SLOW_PATH_TO_UPLINK, nat_kind, stat,
+    Config, DIR_ORIGINAL, Endpoint, FlowKey, IPPROTO_TCP, IPPROTO_UDP, PortKey, PortTarget,
+    SLOW_PATH_FROM_CONTAINER, SLOW_PATH_NEW_FLOW, SLOW_PATH_TO_UPLINK, nat_kind, network_drop,
+    stat,
 };
 
 use conntrack::Flow;
 use csum::Side;
 use fwd::{Egress, Hop};
 use maps::{ENDPOINTS, NewFlowRequest, PORTS, SLOW_PATHS, config, now_ns, route_gen, scratch};
+use networks::{Net, Reach};
 use parse::{L4, Packet, Parsed};
 use verdict::Verdict;
 
@@ -57,8 +60,8 @@ fn from_container_verdict(ctx: &mut TcContext, cfg: &Config) -> Verdict {
         Parsed::Malformed => return Verdict::drop(stat::DROP_MALFORMED),
     };
     // Every IPv4 packet, whatever its protocol, carries the container's
-    // own address and MAC.
-    if !source_is_endpoint(ctx, pkt.key.saddr) {
+    // own address and MAC, which also tell its network.
+    let Some(from) = source_network(ctx, pkt.key.saddr) else {
         // Rare (a misconfigured or hostile container), so worth a record; at
         // debug, which the loader switches off below the agent's level.
         aya_log_ebpf::debug!(
@@ -68,27 +71,30 @@ fn from_container_verdict(ctx: &mut TcContext, cfg: &Config) -> Verdict {
             unsafe { (*ctx.skb.skb).ifindex }
         );
         return Verdict::drop(stat::DROP_SPOOFED);
-    }
+    };
     if !translatable {
-        return other_from_container(cfg, &pkt);
+        return other_from_container(cfg, &from, &pkt);
     }
     if pkt.l4_kind == L4::Fragment {
-        return later_fragment_from_container(ctx, cfg, pkt);
+        return later_fragment_from_container(ctx, cfg, &from, pkt);
     }
     fragments::record(&pkt);
     let dst = pkt.key.daddr;
     if is_loopback(dst) {
         return Verdict::drop(stat::DROP_MARTIAN_DESTINATION);
     }
-    // Containers' addresses are all in the subnet: traffic leaving it (the
-    // common case) needs no ENDPOINTS lookup here.
-    if cfg.in_subnet(dst)
+    // Traffic leaving the network (the common case) needs no ENDPOINTS
+    // lookup here; a container of another network is not in this subnet.
+    if from.net.contains(dst)
         && let Some(ep) = unsafe { ENDPOINTS.get(dst) }
     {
         // Same network: straight into the peer's netns, no NAT, no TTL
         // change. Checked first: no translated flow is ever addressed to a
         // container's own address from another container (hairpin goes
         // through the host's address, its replies to the gateway's).
+        if !from.net.allows_icc() {
+            return networks::refuse(&from, network_drop::ICC);
+        }
         let ep = *ep;
         return fwd::send(ctx, cfg, &pkt, &Egress::Container(ep), Hop::Bridged);
     }
@@ -96,31 +102,48 @@ fn from_container_verdict(ctx: &mut TcContext, cfg: &Config) -> Verdict {
         return forward_flow(ctx, cfg, &pkt, &flow);
     }
     if pkt.l4_kind == L4::IcmpError {
-        return icmp_error(ctx, cfg, &pkt, Ingress::Container);
+        return icmp_error(ctx, cfg, &pkt)
+            .unwrap_or_else(|| untranslated_from_container(cfg, &from, &pkt));
+    }
+    if from.net.is_internal() && !from.net.contains(dst) {
+        // Not even a published port: those are reached through the host.
+        return networks::refuse(&from, network_drop::INTERNAL);
     }
     if let Some(Published { target, .. }) = published(cfg, &pkt) {
-        // Hairpin: DNAT to the target and SNAT to the gateway, so the target's
-        // reply comes back through us even when it is the sender itself.
-        if pkt.ttl <= 1 {
-            return Verdict::pass(stat::PASS_TTL);
-        }
-        return new_flow(
-            ctx,
-            NewFlowRequest {
-                pkt,
-                nat_addr: cfg.gateway_ip,
-                dst_addr: target.container_ip,
-                dst_port: target.container_port,
-                nat_kind: nat_kind::HAIRPIN,
-                then: SLOW_PATH_FROM_CONTAINER,
-            },
-        );
+        return hairpin(ctx, pkt, &target);
     }
-    if is_local(cfg, dst) {
+    match networks::reach(cfg, &from, dst) {
         // The host itself, or broadcast/unknown on the bridge: the kernel's job.
-        return Verdict::pass(stat::PASS);
+        Reach::Local => Verdict::pass(stat::PASS),
+        Reach::OffHost => masquerade(ctx, cfg, &pkt, MasqueradeAt::ContainerVeth),
+        Reach::Refused(verdict) => verdict,
     }
-    masquerade(ctx, cfg, &pkt, MasqueradeAt::ContainerVeth)
+}
+
+/// A container's new flow to a published port: DNAT to the target and SNAT
+/// to the gateway of the target's network, so the target's reply comes
+/// back through us even when it is the sender itself, and from another
+/// network it sees its own gateway, not a stranger.
+#[inline(always)]
+fn hairpin(ctx: &TcContext, pkt: Packet, target: &PortTarget) -> Verdict {
+    if pkt.ttl <= 1 {
+        return Verdict::pass(stat::PASS_TTL);
+    }
+    let Some(to) = networks::containing(target.container_ip) else {
+        // A port whose container's network is gone: nothing to reach.
+        return Verdict::drop(stat::DROP_UNTRANSLATED);
+    };
+    new_flow(
+        ctx,
+        NewFlowRequest {
+            pkt,
+            nat_addr: to.net.gateway_ip,
+            dst_addr: target.container_ip,
+            dst_port: target.container_port,
+            nat_kind: nat_kind::HAIRPIN,
+            then: SLOW_PATH_FROM_CONTAINER,
+        },
+    )
 }
 
 /// The first packet of a flow from a container: the flow is made in a
@@ -173,21 +196,28 @@ fn create_flow(cfg: &Config, request: &NewFlowRequest) -> Result<Flow, u32> {
 }
 
 /// IPv4 from a container that we don't translate (another protocol, an ICMP
-/// type we leave alone, a fragment of one): it may go to the host or the
-/// container network only.
+/// type we leave alone, a fragment of one): it may go to the host or its
+/// own network only.
 #[inline(always)]
-fn other_from_container(cfg: &Config, other: &Packet) -> Verdict {
+fn other_from_container(cfg: &Config, from: &Net, other: &Packet) -> Verdict {
     if is_loopback(other.key.daddr) {
         return Verdict::drop(stat::DROP_MARTIAN_DESTINATION);
     }
-    if is_local(cfg, other.key.daddr) {
-        return Verdict::pass(stat::PASS_NOT_OURS);
+    untranslated_from_container(cfg, from, other)
+}
+
+/// A container's packet that no flow translates and none may open: into
+/// the kernel where the container may reach untranslated, else dropped.
+#[inline(always)]
+fn untranslated_from_container(cfg: &Config, from: &Net, pkt: &Packet) -> Verdict {
+    match networks::reach(cfg, from, pkt.key.daddr) {
+        Reach::Local => Verdict::pass(stat::PASS_NOT_OURS),
+        Reach::OffHost if pkt.fragment || pkt.l4_kind == L4::Fragment => {
+            Verdict::drop(stat::DROP_FRAGMENT)
+        }
+        Reach::OffHost => Verdict::drop(stat::DROP_UNTRANSLATED),
+        Reach::Refused(verdict) => verdict,
     }
-    Verdict::drop(if other.fragment {
-        stat::DROP_FRAGMENT
-    } else {
-        stat::DROP_UNTRANSLATED
-    })
 }
 
 /// A later fragment from a container: it follows its datagram's flow, or
@@ -195,7 +225,12 @@ fn other_from_container(cfg: &Config, other: &Packet) -> Verdict {
 /// A path of its own: the main path's many branches need not be walked
 /// again for a packet that can only follow a flow.
 #[inline(always)]
-fn later_fragment_from_container(ctx: &mut TcContext, cfg: &Config, mut pkt: Packet) -> Verdict {
+fn later_fragment_from_container(
+    ctx: &mut TcContext,
+    cfg: &Config,
+    from: &Net,
+    mut pkt: Packet,
+) -> Verdict {
     let dst = pkt.key.daddr;
     if is_loopback(dst) {
         return Verdict::drop(stat::DROP_MARTIAN_DESTINATION);
@@ -205,16 +240,14 @@ fn later_fragment_from_container(ctx: &mut TcContext, cfg: &Config, mut pkt: Pac
     {
         return forward_flow(ctx, cfg, &pkt, &flow);
     }
-    if cfg.in_subnet(dst)
+    if from.net.contains(dst)
+        && from.net.allows_icc()
         && let Some(ep) = unsafe { ENDPOINTS.get(dst) }
     {
         let ep = *ep;
         return fwd::send(ctx, cfg, &pkt, &Egress::Container(ep), Hop::Bridged);
     }
-    if is_local(cfg, dst) {
-        return Verdict::pass(stat::PASS_NOT_OURS);
-    }
-    Verdict::drop(stat::DROP_FRAGMENT)
+    untranslated_from_container(cfg, from, &pkt)
 }
 
 /// ARP from a container must speak for itself: its sender MAC is the frame's
@@ -235,7 +268,7 @@ fn arp_from_container(ctx: &TcContext) -> Verdict {
     if sha != smac {
         return Verdict::drop(stat::DROP_SPOOFED_ARP);
     }
-    if spa != 0 && !endpoint_matches(ctx, spa, &smac) {
+    if spa != 0 && endpoint_on_this_veth(ctx, spa, &smac).is_none() {
         aya_log_ebpf::debug!(
             ctx,
             "drop: spoofed source {:i} in ARP from ifindex {}",
@@ -250,13 +283,6 @@ fn arp_from_container(ctx: &TcContext) -> Verdict {
 /// Offset of an Ethernet/IPv4 ARP frame's sender hardware address.
 const ETH_ARP_SHA: usize = parse::ETH_HLEN + 8;
 
-/// Where a packet entered the datapath.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Ingress {
-    Container,
-    Uplink,
-}
-
 /// How a program on the uplink finishes a packet once classified: the TC
 /// and XDP programs there share the classification and differ only in how
 /// they send. (A trait, not an enum of outcomes: an enum holding a flow
@@ -266,8 +292,9 @@ trait UplinkHook: ctx::Packet {
     /// A packet of a tracked flow (a reply to a masqueraded flow, or a flow
     /// to a published port, new or established).
     fn forward(&mut self, cfg: &Config, pkt: &Packet, flow: &Flow) -> Verdict;
-    /// An ICMP error that may quote one of our flows.
-    fn icmp_error(&mut self, cfg: &Config, pkt: &Packet) -> Verdict;
+    /// An ICMP error that may quote one of our flows; None when it quotes
+    /// none.
+    fn icmp_error(&mut self, cfg: &Config, pkt: &Packet) -> Option<Verdict>;
 }
 
 impl UplinkHook for TcContext {
@@ -276,8 +303,8 @@ impl UplinkHook for TcContext {
         forward_flow(self, cfg, pkt, flow)
     }
     #[inline(always)]
-    fn icmp_error(&mut self, cfg: &Config, pkt: &Packet) -> Verdict {
-        icmp_error(self, cfg, pkt, Ingress::Uplink)
+    fn icmp_error(&mut self, cfg: &Config, pkt: &Packet) -> Option<Verdict> {
+        icmp_error(self, cfg, pkt)
     }
 }
 
@@ -288,8 +315,8 @@ impl UplinkHook for XdpContext {
     }
     /// Left to the TC program.
     #[inline(always)]
-    fn icmp_error(&mut self, _cfg: &Config, _pkt: &Packet) -> Verdict {
-        Verdict::pass(stat::XDP_PASS)
+    fn icmp_error(&mut self, _cfg: &Config, _pkt: &Packet) -> Option<Verdict> {
+        Some(Verdict::pass(stat::XDP_PASS))
     }
 }
 
@@ -302,11 +329,9 @@ fn from_uplink_verdict<C: UplinkHook>(ctx: &mut C, cfg: &Config) -> Verdict {
     let mut pkt = match parse::parse(ctx) {
         Parsed::Ours(pkt) => pkt,
         Parsed::OtherIpv4(other) => {
-            return screen_uplink(cfg, &other).unwrap_or(untracked(
-                cfg,
-                Ingress::Uplink,
-                other.key.daddr,
-            ));
+            return screen_uplink(cfg, &other)
+                .or_else(|| screen_uplink_source(&other))
+                .unwrap_or_else(|| unsolicited(other.key.daddr));
         }
         // Not addressed to anything we translate: the host's own traffic
         // must never suffer from our parser.
@@ -322,9 +347,9 @@ fn from_uplink_verdict<C: UplinkHook>(ctx: &mut C, cfg: &Config) -> Verdict {
         if fragments::resolve(&mut pkt)
             && let Some(flow) = conntrack::lookup(&pkt.key)
         {
-            return ctx.forward(cfg, &pkt, &flow);
+            return forward_from_outside(ctx, cfg, &pkt, &flow);
         }
-        return if cfg.in_subnet(pkt.key.daddr) {
+        return if networks::is_container_network(pkt.key.daddr) {
             Verdict::drop(stat::DROP_FRAGMENT)
         } else {
             Verdict::pass(stat::PASS_NOT_OURS)
@@ -332,13 +357,18 @@ fn from_uplink_verdict<C: UplinkHook>(ctx: &mut C, cfg: &Config) -> Verdict {
     }
     fragments::record(&pkt);
     if let Some(flow) = conntrack::lookup(&pkt.key) {
-        return ctx.forward(cfg, &pkt, &flow);
+        return forward_from_outside(ctx, cfg, &pkt, &flow);
+    }
+    if let Some(verdict) = screen_uplink_source(&pkt) {
+        return verdict;
     }
     if pkt.l4_kind == L4::IcmpError {
-        return ctx.icmp_error(cfg, &pkt);
+        return ctx
+            .icmp_error(cfg, &pkt)
+            .unwrap_or_else(|| unsolicited(pkt.key.daddr));
     }
     let Some(Published { key, target }) = published(cfg, &pkt) else {
-        return untracked(cfg, Ingress::Uplink, pkt.key.daddr);
+        return unsolicited(pkt.key.daddr);
     };
     if !allow::admits(&key, &target, pkt.key.saddr) {
         return Verdict::drop(stat::DROP_NOT_ALLOWED);
@@ -358,14 +388,13 @@ fn from_uplink_verdict<C: UplinkHook>(ctx: &mut C, cfg: &Config) -> Verdict {
     }
 }
 
-/// Drops what can't come from outside: a source in the container network,
-/// the host's own address or loopback (a spoof, or a host routing into the
-/// containers), and a loopback destination (a frame aimed at what the host
-/// publishes on 127.0.0.1).
+/// Drops what can't come from outside, as far as it costs no lookup: the
+/// host's own address or loopback as source (a spoof), and a loopback
+/// destination (a frame aimed at what the host publishes on 127.0.0.1).
 #[inline(always)]
 fn screen_uplink(cfg: &Config, pkt: &Packet) -> Option<Verdict> {
     let (saddr, daddr) = (pkt.key.saddr, pkt.key.daddr);
-    if cfg.in_subnet(saddr) || saddr == cfg.host_ip || is_loopback(saddr) {
+    if saddr == cfg.host_ip || is_loopback(saddr) {
         return Some(Verdict::drop(stat::DROP_MARTIAN_SOURCE));
     }
     if is_loopback(daddr) {
@@ -374,16 +403,47 @@ fn screen_uplink(cfg: &Config, pkt: &Packet) -> Option<Verdict> {
     None
 }
 
-/// A packet in no flow that opens none: it may not cross between the
-/// container network and the outside untranslated. From the uplink into
-/// the container network it is unsolicited; from a container to off-host
-/// it would leave with a container's address.
+/// Drops a packet from the uplink with a source in a container network (a
+/// spoof, or a host routing into the containers) before it may open
+/// anything. A packet of a flow needs no such lookup: see
+/// `forward_from_outside`.
 #[inline(always)]
-fn untracked(cfg: &Config, ingress: Ingress, daddr: u32) -> Verdict {
-    match ingress {
-        Ingress::Uplink if cfg.in_subnet(daddr) => Verdict::drop(stat::DROP_UNSOLICITED),
-        Ingress::Container if !is_local(cfg, daddr) => Verdict::drop(stat::DROP_UNTRANSLATED),
-        _ => Verdict::pass(stat::PASS_NOT_OURS),
+fn screen_uplink_source(pkt: &Packet) -> Option<Verdict> {
+    networks::is_container_network(pkt.key.saddr).then(|| Verdict::drop(stat::DROP_MARTIAN_SOURCE))
+}
+
+/// A packet from the uplink of a tracked flow, in a direction that comes
+/// from outside: replies to masqueraded flows, and the client's side of a
+/// flow to a published port. Anything else (a reply of a container, a
+/// packet of a hairpin flow) can only be a spoof with a container's
+/// address.
+#[inline(always)]
+fn forward_from_outside<C: UplinkHook>(
+    ctx: &mut C,
+    cfg: &Config,
+    pkt: &Packet,
+    flow: &Flow,
+) -> Verdict {
+    // SAFETY: entry points into a live map value.
+    let kind = unsafe { (*flow.entry).nat_kind };
+    let from_outside = match flow.dir {
+        DIR_ORIGINAL => kind == nat_kind::DNAT,
+        _ => kind == nat_kind::MASQUERADE,
+    };
+    if !from_outside {
+        return Verdict::drop(stat::DROP_MARTIAN_SOURCE);
+    }
+    ctx.forward(cfg, pkt, flow)
+}
+
+/// A packet from the uplink in no flow that opens none: into a container
+/// network it is unsolicited; the host's own traffic passes.
+#[inline(always)]
+fn unsolicited(daddr: u32) -> Verdict {
+    if networks::is_container_network(daddr) {
+        Verdict::drop(stat::DROP_UNSOLICITED)
+    } else {
+        Verdict::pass(stat::PASS_NOT_OURS)
     }
 }
 
@@ -454,7 +514,12 @@ pub fn to_uplink(mut ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn to_uplink_verdict(ctx: &mut TcContext, cfg: &Config) -> Verdict {
-    let leaving = |pkt: &Packet| cfg.in_subnet(pkt.key.saddr) && !cfg.in_subnet(pkt.key.daddr);
+    // The uplink leads into no container network: a container's address
+    // there is leaving the host. Translated packets (the host's address)
+    // and the host's own traffic skip the lookup.
+    let leaving = |pkt: &Packet| {
+        pkt.key.saddr != cfg.host_ip && networks::is_container_network(pkt.key.saddr)
+    };
     let mut pkt = match parse::parse(ctx) {
         Parsed::Ours(pkt) => pkt,
         Parsed::OtherIpv4(other) if leaving(&other) => {
@@ -495,30 +560,20 @@ fn is_loopback(addr: u32) -> bool {
     addr.to_ne_bytes()[0] == 127
 }
 
-/// The host's own address or the container network (the gateway included):
-/// where a container's untranslated packet may go.
-#[inline(always)]
-fn is_local(cfg: &Config, addr: u32) -> bool {
-    addr == cfg.host_ip || cfg.in_subnet(addr)
-}
-
 /// Anti-spoofing: the source address must be the endpoint on this veth, with
-/// its MAC as the frame's source.
+/// its MAC as the frame's source. Gives the endpoint's network.
 #[inline(always)]
-fn source_is_endpoint(ctx: &TcContext, saddr: u32) -> bool {
-    let Ok(smac) = ctx.load::<[u8; 6]>(6) else {
-        return false;
-    };
-    endpoint_matches(ctx, saddr, &smac)
+fn source_network(ctx: &TcContext, saddr: u32) -> Option<Net> {
+    let smac = ctx.load::<[u8; 6]>(6).ok()?;
+    let ep = endpoint_on_this_veth(ctx, saddr, &smac)?;
+    networks::by_id(ep.network_id)
 }
 
-/// Whether `addr` is the endpoint on this veth with MAC `mac`.
+/// The endpoint `addr` if it is the one on this veth with MAC `mac`.
 #[inline(always)]
-fn endpoint_matches(ctx: &TcContext, addr: u32, mac: &[u8; 6]) -> bool {
-    let Some(ep) = (unsafe { ENDPOINTS.get(addr) }) else {
-        return false;
-    };
-    ep.ifindex == unsafe { (*ctx.skb.skb).ifindex } && ep.mac == *mac
+fn endpoint_on_this_veth(ctx: &TcContext, addr: u32, mac: &[u8; 6]) -> Option<Endpoint> {
+    let ep = *unsafe { ENDPOINTS.get(addr) }?;
+    (ep.ifindex == unsafe { (*ctx.skb.skb).ifindex } && ep.mac == *mac).then_some(ep)
 }
 
 /// A published port: its `PORTS` key and value.
@@ -550,7 +605,7 @@ fn published(cfg: &Config, pkt: &Packet) -> Option<Published> {
         let target = *target;
         return Some(Published { key, target });
     }
-    if pkt.key.daddr != cfg.host_ip && pkt.key.daddr != cfg.gateway_ip {
+    if pkt.key.daddr != cfg.host_ip && !networks::is_gateway(pkt.key.daddr) {
         return None;
     }
     key.host_ip = 0;
@@ -674,18 +729,27 @@ fn rewrite_icmp_error(
 /// An ICMP error (unreachable, frag-needed, time exceeded) about a packet of a
 /// translated flow: translate the outer header towards the flow's endpoint and
 /// the quoted header back to what that endpoint sent, or PMTU discovery and
-/// error reporting break. An error about nothing we track is judged like any
-/// untracked packet.
+/// error reporting break. None for an error about nothing we track: the
+/// caller judges it like any untracked packet.
 #[inline(always)]
-fn icmp_error(ctx: &mut TcContext, cfg: &Config, pkt: &Packet, ingress: Ingress) -> Verdict {
+fn icmp_error(ctx: &mut TcContext, cfg: &Config, pkt: &Packet) -> Option<Verdict> {
     let Parsed::Ours(inner) = parse::parse_inner(ctx, pkt.inner_l3) else {
-        return untracked(cfg, ingress, pkt.key.daddr);
+        return None;
     };
     // The quoted packet went out; a packet coming back the other way would carry
     // the reversed tuple, and its translation is what the error needs.
-    let Some(flow) = conntrack::lookup(&inner.key.reversed()) else {
-        return untracked(cfg, ingress, pkt.key.daddr);
-    };
+    let flow = conntrack::lookup(&inner.key.reversed())?;
+    Some(translate_icmp_error(ctx, cfg, pkt, &inner, &flow))
+}
+
+#[inline(always)]
+fn translate_icmp_error(
+    ctx: &mut TcContext,
+    cfg: &Config,
+    pkt: &Packet,
+    inner: &Packet,
+    flow: &Flow,
+) -> Verdict {
     // Forwarded like any packet: one whose TTL runs out here is the
     // kernel's (which sends no error about an error).
     if pkt.ttl <= 1 {
@@ -708,7 +772,7 @@ fn icmp_error(ctx: &mut TcContext, cfg: &Config, pkt: &Packet, ingress: Ingress)
         Ok(egress) => egress,
         Err(reason) => return Verdict::pass(reason),
     };
-    if rewrite_icmp_error(ctx, pkt, &inner, &quoted, &outer).is_err() {
+    if rewrite_icmp_error(ctx, pkt, inner, &quoted, &outer).is_err() {
         return Verdict::drop(stat::DROP_MALFORMED);
     }
     maps::count(stat::ICMP_ERROR_TRANSLATED);

@@ -7,7 +7,7 @@ use super::{
     conntrack::{self, CreateError, Flow},
     csum::{self, RewriteResult, Side},
     ctx::Packet as Ctx,
-    limits,
+    limits::{self, Opener},
     maps::forget_bounds,
     parse::{L4, Packet},
     snat_ports,
@@ -66,7 +66,7 @@ pub fn create_snat_flow(
     if conntrack::opens_flow(pkt) && snat_ports::share_full(cfg, pkt.key.saddr, &dest) {
         return Err(stat::DROP_SNAT_SHARE);
     }
-    limits::admit(cfg, pkt)?;
+    limits::admit(cfg, pkt, Opener::Container)?;
     let range = PortRange::of(cfg);
     let mut made_room = false;
     for _ in 0..2 {
@@ -212,7 +212,7 @@ pub fn create_dnat_flow(
         proto: pkt.key.proto,
         _pad: [0; 3],
     };
-    limits::admit(cfg, pkt)?;
+    limits::admit(cfg, pkt, Opener::Outside)?;
     let mut created = conntrack::create(&pkt.key, &reply, nat_kind, pkt);
     if matches!(created, Err(CreateError::Full)) && conntrack::early_drop() {
         created = conntrack::create(&pkt.key, &reply, nat_kind, pkt);

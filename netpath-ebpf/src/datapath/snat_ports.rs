@@ -83,11 +83,11 @@ fn lowest_bit(x: u64) -> u32 {
     ((x & x.wrapping_neg()).wrapping_sub(1)).count_ones()
 }
 
-/// The share key of `source`'s SNAT flow toward `dest`; None when no
-/// share applies (no limit, or the source is not a container).
+/// The share key of container `source`'s SNAT flow toward `dest` (only
+/// containers open SNAT flows); None when no limit applies.
 #[inline(always)]
 fn share_key(cfg: &Config, source: u32, dest: &SnatDestination) -> Option<SnatShareKey> {
-    if cfg.snat_ports_per_container == 0 || !cfg.in_subnet(source) {
+    if cfg.snat_ports_per_container == 0 {
         return None;
     }
     Some(SnatShareKey {

@@ -24,7 +24,10 @@ use netpath_common::{
     stat,
 };
 
-use super::maps::{CONFIG, PORTS, SOCK_REVNAT, config, count};
+use super::{
+    maps::{CONFIG, PORTS, SOCK_REVNAT, config, count},
+    networks,
+};
 
 /// Verdict that lets the syscall go on.
 const ALLOW: i32 = 1;
@@ -154,7 +157,7 @@ fn to_container<F: Family>(ctx: &SockAddrContext) -> i32 {
         Some(t) => *t,
         None => {
             let loopback = u32::from(ip.to_ne_bytes()[0]) == LOOPBACK_NET;
-            if !(ip == cfg.host_ip || ip == cfg.gateway_ip || loopback) {
+            if !(ip == cfg.host_ip || loopback || networks::is_gateway(ip)) {
                 return ALLOW;
             }
             key.host_ip = 0;

@@ -31,7 +31,7 @@ use aya::{
 };
 use ipnet::Ipv4Net;
 use netpath_common::{
-    CONFIG_FLAG_XDP, Config, Endpoint, LAYOUT_VERSION, SLOW_PATH_FROM_CONTAINER,
+    CONFIG_FLAG_XDP, Config, Endpoint, LAYOUT_VERSION, Network, SLOW_PATH_FROM_CONTAINER,
     SLOW_PATH_NEW_FLOW, SLOW_PATH_TO_UPLINK, names,
 };
 
@@ -258,7 +258,6 @@ impl Datapath {
             cfg.flow_limits.resolved(sizes.conntrack);
         let config = Config {
             uplink_ifindex: cfg.uplink_ifindex,
-            bridge_ifindex: cfg.bridge_ifindex,
             // 0 never matches: without a cookie the socket hooks stay off.
             netns_cookie: *netns_cookie.as_ref().unwrap_or(&0),
             snat_port_min: cfg.snat_ports.0,
@@ -272,15 +271,20 @@ impl Datapath {
             snat_ports_per_container: cfg
                 .flow_limits
                 .snat_share(u32::from(cfg.snat_ports.1 - cfg.snat_ports.0) + 1),
-            ..Config::new(
-                cfg.host_ip,
-                cfg.gateway_ip,
-                cfg.subnet.network(),
-                cfg.subnet.netmask(),
-            )
+            ..Config::new(cfg.host_ip)
         };
         let mut tables = Tables::open(instance)?;
         tables.set_config(&config)?;
+        tables.set_network(
+            0,
+            &Network::new(
+                cfg.subnet.network(),
+                cfg.subnet.prefix_len(),
+                cfg.gateway_ip,
+                cfg.bridge_ifindex,
+                0,
+            ),
+        )?;
         // Loaded or adopted: whatever next hops flows cached may be stale.
         tables.bump_route_generation()?;
 
