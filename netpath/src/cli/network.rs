@@ -97,7 +97,7 @@ pub(super) fn print_table(networks: &[NetworkView]) {
             Column::left("SUBNET", 18),
             Column::left("GATEWAY", 15),
             Column::left("BRIDGE", 15),
-            Column::left("FLAGS", 16),
+            Column::left("FLAGS", 18),
             Column::left("CONTAINERS", 0),
         ],
         separator: "  ",
