@@ -366,6 +366,7 @@ fn add(conf: &NetConf, env: &Env, instance: &Instance) -> Result<Value> {
             netns: netns.clone(),
             network: conf.name.clone(),
         },
+        network: state::DEFAULT_NETWORK.to_owned(),
     };
     let runtime = runtime()?;
     let (view, host_mac) = runtime.block_on(async {

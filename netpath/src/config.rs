@@ -33,12 +33,18 @@ pub fn default_bridge_name(instance: &str) -> String {
     if whole.len() <= MAX_IFNAME_LEN {
         return whole;
     }
-    let hash = instance.bytes().fold(0x811c_9dc5_u32, |hash, byte| {
-        (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
-    });
+    let hash = stable_hash(instance);
     // npbr- + 4 letters + - + 5 hex digits = 15.
     let kept: String = instance.chars().take(4).collect();
     format!("{BRIDGE_PREFIX}{kept}-{:05x}", hash & 0xf_ffff)
+}
+
+/// FNV-1a of `text`: stable across builds and versions (std's hasher is
+/// not), for names derived from an instance's name.
+pub fn stable_hash(text: &str) -> u32 {
+    text.bytes().fold(0x811c_9dc5_u32, |hash, byte| {
+        (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+    })
 }
 
 /// Where the uplink ingress translations run.

@@ -22,8 +22,6 @@ use std::{
     time::Duration,
 };
 
-use rtnetlink::Handle;
-
 use crate::{
     datapath::{self, DatapathError, EndpointSpec},
     directories::Instance,
@@ -32,7 +30,10 @@ use crate::{
     netns_processes,
     publish::{self, Mapping, PublishError},
     rollback::Rollback,
-    state::{self, ContainerRecord, InstanceLock, Mode, Origin, State, StateError},
+    state::{
+        self, ContainerRecord, InstanceLock, Interface, Mode, NetworkRecord, Origin, State,
+        StateError,
+    },
     tables::{Tables, TablesError},
     topology::{self, TopologyError},
 };
@@ -93,6 +94,28 @@ pub enum ContainerError {
     Tables(#[from] TablesError),
     #[error(transparent)]
     Sysctl(#[from] crate::sysctl::SysctlError),
+    #[error("no network named {0}: see `netpath network ls`")]
+    UnknownNetwork(String),
+    #[error("container {container} is on network {network} already")]
+    AlreadyOn { container: String, network: String },
+    #[error("container {container} is not on network {network}: see `netpath container ls`")]
+    NotOn { container: String, network: String },
+    #[error(
+        "network {network} is container {container}'s first network: remove the container instead"
+    )]
+    FirstNetwork { container: String, network: String },
+    #[error(
+        "container {0} has no interface of its own (mode {1}): connect a bridge-mode container"
+    )]
+    ConnectNeedsBridge(String, Mode),
+    #[error(
+        "container {container} publishes ports on {ip} (network {network}): `netpath publish rm` them first"
+    )]
+    PublishedOn {
+        container: String,
+        network: String,
+        ip: Ipv4Addr,
+    },
     #[error("cannot run {command}: {source}")]
     Exec {
         command: String,
@@ -114,6 +137,8 @@ pub struct AddRequest {
     pub allow: Vec<ipnet::Ipv4Net>,
     /// `Created` makes a netns; the others attach the netns they name.
     pub origin: Origin,
+    /// `--network`: the network of the container's first interface.
+    pub network: String,
 }
 
 /// A container as shown by `ls`: addresses resolved through `container:`.
@@ -132,6 +157,8 @@ pub struct ContainerView {
     pub host_veth: Option<String>,
     /// netpath's `np-NAME`, or the path of an attached netns.
     pub netns: Option<String>,
+    /// Every address, one per network, the first network first.
+    pub networks: Vec<state::Address>,
 }
 
 /// Checks a container name: it ends up in a netns name and an interface name.
@@ -252,11 +279,31 @@ fn teardown_steps(record: &ContainerRecord) -> Vec<Undo> {
                     .unwrap_or_default(),
                 container_netns: netns_path(record),
                 container_ifname: record.origin.ifname().to_owned(),
+                network_id: 0,
             };
             steps.push(Undo::Endpoint(spec));
         }
     }
+    for interface in &record.connected {
+        steps.extend(interface_teardown_steps(record, interface));
+    }
     steps
+}
+
+/// The undos that take one `network connect` interface apart.
+fn interface_teardown_steps(record: &ContainerRecord, interface: &Interface) -> [Undo; 2] {
+    [
+        Undo::HostLink(interface.host_veth.clone()),
+        Undo::Endpoint(EndpointSpec {
+            host_ifname: interface.host_veth.clone(),
+            host_ifindex: interface.host_ifindex,
+            ip: interface.ip,
+            mac: topology::parse_mac(&interface.mac).unwrap_or_default(),
+            container_netns: netns_path(record),
+            container_ifname: interface.ifname.clone(),
+            network_id: 0,
+        }),
+    ]
 }
 
 /// Where a container's netns is: netpath's `np-NAME` handle, or the netns
@@ -352,12 +399,16 @@ pub async fn add(instance: &Instance, request: AddRequest) -> Result<ContainerVi
             mac: None,
             host_veth: None,
             host_ifindex: None,
+            network: request.network.clone(),
+            connected: Vec::new(),
         },
     };
     state.containers.insert(record.name.clone(), record);
-    let published_ip = view(&state, &request.name).ip;
-    if !mappings.is_empty() {
-        let ip = published_ip.ok_or_else(|| PublishError::NoAddress(request.name.clone()))?;
+    let published_ip = match mappings.is_empty() {
+        true => None,
+        false => Some(publish::container_ip(&state, &request.name)?),
+    };
+    if let Some(ip) = published_ip {
         publish::publish_locked(open_once(&mut tables, instance)?, ip, &mappings, &allow)?;
     }
     let saved = match tables.as_ref().filter(|_| !mappings.is_empty()) {
@@ -396,6 +447,8 @@ async fn add_isolated<'a>(
         mac: None,
         host_veth: None,
         host_ifindex: None,
+        network: request.network.clone(),
+        connected: Vec::new(),
     })
 }
 
@@ -410,8 +463,8 @@ fn create_netns<'a>(
 }
 
 /// A netns (made here, or the one attached) with the container's interface
-/// (veth peer of `np-NAME` on the bridge), an address, a default route via
-/// the gateway, and the datapath endpoint.
+/// (veth peer of `np-NAME` on its network's bridge), an address, a default
+/// route via the gateway, and the datapath endpoint.
 async fn add_bridged<'a>(
     instance: &'a Instance,
     tables: &mut Tables,
@@ -419,18 +472,12 @@ async fn add_bridged<'a>(
     request: &AddRequest,
     rollback: &mut Rollback<'a>,
 ) -> Result<ContainerRecord> {
-    let used = state
-        .containers
-        .values()
-        .filter_map(|c| c.ip.map(|ip| (ip, c.name.as_str())));
-    let ip = ipam::allocate(state.subnet, used, request.ip)?;
-
+    let network = network_record(state, &request.network)?;
     let host = topology::connect()?;
     let host_veth = prefixed(&request.name);
     if topology::find_link(&host, &host_veth).await?.is_some() {
         return Err(ContainerError::HostLinkTaken(host_veth));
     }
-    let ifname = request.origin.ifname().to_owned();
     let (netns_name, netns_path) = match request.origin.foreign_netns() {
         None => {
             let name = prefixed(&request.name);
@@ -442,7 +489,86 @@ async fn add_bridged<'a>(
             (None, path.to_owned())
         }
     };
-    let inside = topology::connect_in(&netns_path)?;
+    let wanted = Wanted {
+        network: &request.network,
+        ifname: request.origin.ifname().to_owned(),
+        host_veth,
+        ip: request.ip,
+        default_route: !network.internal,
+    };
+    let interface = add_interface(instance, tables, state, &netns_path, wanted, rollback).await?;
+    topology::set_up_by_name(&topology::connect_in(&netns_path)?, "lo").await?;
+    let previous = use_snat_ports_for_ephemeral(&netns_path, state)?;
+    push_undo(
+        rollback,
+        instance,
+        Undo::PortRange {
+            netns: netns_path.clone(),
+            range: previous,
+        },
+    );
+
+    Ok(ContainerRecord {
+        name: request.name.clone(),
+        mode: Mode::Bridge,
+        origin: request.origin.clone(),
+        netns: netns_name,
+        ip: Some(interface.ip),
+        mac: Some(interface.mac),
+        host_veth: Some(interface.host_veth),
+        host_ifindex: Some(interface.host_ifindex),
+        network: request.network.clone(),
+        connected: Vec::new(),
+    })
+}
+
+/// The network named `name`.
+fn network_record<'s>(state: &'s State, name: &str) -> Result<&'s NetworkRecord> {
+    state
+        .network(name)
+        .ok_or_else(|| ContainerError::UnknownNetwork(name.to_owned()))
+}
+
+/// An interface to make in a container's netns.
+struct Wanted<'n> {
+    network: &'n str,
+    /// The container's name for it.
+    ifname: String,
+    host_veth: String,
+    /// `--ip`, else the lowest free address of the network.
+    ip: Option<Ipv4Addr>,
+    /// Whether the container's default route goes through it.
+    default_route: bool,
+}
+
+/// Makes one interface of a container: a veth pair from the container's
+/// netns into the network's bridge, the address, the route, the datapath
+/// endpoint. Each step registers its undo in `rollback`.
+async fn add_interface<'a>(
+    instance: &'a Instance,
+    tables: &mut Tables,
+    state: &State,
+    netns_path: &Path,
+    wanted: Wanted<'_>,
+    rollback: &mut Rollback<'a>,
+) -> Result<Interface> {
+    let network = network_record(state, wanted.network)?;
+    let used: Vec<(Ipv4Addr, String)> = state
+        .containers
+        .values()
+        .flat_map(|c| c.addresses().into_iter().map(|a| (a.ip, c.name.clone())))
+        .collect();
+    let ip = ipam::allocate(
+        network.subnet,
+        used.iter().map(|(ip, name)| (*ip, name.as_str())),
+        wanted.ip,
+    )?;
+    let (ifname, host_veth) = (wanted.ifname, wanted.host_veth);
+    let host = topology::connect()?;
+    if topology::find_link(&host, &host_veth).await?.is_some() {
+        return Err(ContainerError::HostLinkTaken(host_veth));
+    }
+    let inside = topology::connect_in(netns_path)?;
     if topology::find_link(&inside, &ifname).await?.is_some() {
         return Err(ContainerError::ContainerLinkTaken {
             ifname,
@@ -458,7 +584,7 @@ async fn add_bridged<'a>(
         rollback,
         instance,
         Undo::LinkIn {
-            netns: netns_path.clone(),
+            netns: netns_path.to_owned(),
             name: ifname.clone(),
         },
     );
@@ -467,29 +593,25 @@ async fn add_bridged<'a>(
     topology::move_to_netns(&inside, host_end, &host_netns).await?;
 
     let host_ifindex = topology::get_link(&host, &host_veth).await?.header.index;
-    topology::attach_to_bridge(&host, host_ifindex, state.bridge_ifindex).await?;
+    topology::attach_to_bridge(&host, host_ifindex, network.bridge_ifindex).await?;
 
     let index = topology::get_link(&inside, &ifname).await?.header.index;
     let mac = container_mac(ip);
     topology::set_mac(&inside, index, mac).await?;
-    configure_container_side(&inside, index, ip, state).await?;
-    let previous = use_snat_ports_for_ephemeral(&netns_path, state)?;
-    push_undo(
-        rollback,
-        instance,
-        Undo::PortRange {
-            netns: netns_path.clone(),
-            range: previous,
-        },
-    );
+    topology::add_ipv4(&inside, index, ip, network.subnet.prefix_len()).await?;
+    topology::set_up(&inside, index).await?;
+    if wanted.default_route {
+        topology::add_default_route(&inside, network.gateway).await?;
+    }
 
     let spec = EndpointSpec {
         host_ifname: host_veth.clone(),
         host_ifindex,
         ip,
         mac,
-        container_netns: Some(netns_path.clone()),
-        container_ifname: ifname,
+        container_netns: Some(netns_path.to_owned()),
+        container_ifname: ifname.clone(),
+        network_id: network.id,
     };
     datapath::attach_endpoint(instance, tables, &spec)?;
     push_undo(rollback, instance, Undo::Endpoint(spec));
@@ -498,17 +620,14 @@ async fn add_bridged<'a>(
             log::warn!("{host_veth}: the veth pair is not up yet; its first packets may be lost");
         }
     }
-    topology::replace_neighbour(&host, state.bridge_ifindex, ip, mac).await?;
-
-    Ok(ContainerRecord {
-        name: request.name.clone(),
-        mode: Mode::Bridge,
-        origin: request.origin.clone(),
-        netns: netns_name,
-        ip: Some(ip),
-        mac: Some(topology::format_mac(&mac)),
-        host_veth: Some(host_veth),
-        host_ifindex: Some(host_ifindex),
+    topology::replace_neighbour(&host, network.bridge_ifindex, ip, mac).await?;
+    Ok(Interface {
+        network: wanted.network.to_owned(),
+        ifname,
+        ip,
+        mac: topology::format_mac(&mac),
+        host_veth,
+        host_ifindex,
     })
 }
 
@@ -529,21 +648,6 @@ fn check_not_own_netns(path: &Path) -> Result<()> {
     if id(path).is_some() && id(path) == id(&netns::current_thread_netns_path()) {
         return Err(ContainerError::OwnNetns(path.display().to_string()));
     }
-    Ok(())
-}
-
-/// Inside the container: address on its interface, it and lo up, default
-/// route.
-async fn configure_container_side(
-    inside: &Handle,
-    index: u32,
-    ip: Ipv4Addr,
-    state: &State,
-) -> Result<()> {
-    topology::add_ipv4(inside, index, ip, state.subnet.prefix_len()).await?;
-    topology::set_up(inside, index).await?;
-    topology::set_up_by_name(inside, "lo").await?;
-    topology::add_default_route(inside, state.gateway).await?;
     Ok(())
 }
 
@@ -675,8 +779,8 @@ fn remove_locked(
     };
     if let Some(tables) = tables.as_mut() {
         for record in &records {
-            if let (Mode::Bridge, Some(ip)) = (&record.mode, record.ip) {
-                publish::remove_for_ip_locked(tables, ip)?;
+            for address in record.addresses() {
+                publish::remove_for_ip_locked(tables, address.ip)?;
             }
         }
     }
@@ -736,7 +840,181 @@ pub fn view(state: &State, name: &str) -> ContainerView {
                 .clone()
                 .or_else(|| Some(o.origin.foreign_netns()?.display().to_string()))
         }),
+        networks: owner.map(ContainerRecord::addresses).unwrap_or_default(),
     }
+}
+
+/// `netpath network connect NET CONTAINER [--ip IP]`: a new interface
+/// (eth1, eth2, ...) on that network. The container's default route goes
+/// through it if none of its networks so far had one (all internal).
+pub async fn connect(
+    instance: &Instance,
+    network: &str,
+    name: &str,
+    ip: Option<Ipv4Addr>,
+) -> Result<ContainerView> {
+    let (_lock, mut state) = lock_and_load(instance)?;
+    let target = network_record(&state, network)?.clone();
+    let record = state
+        .containers
+        .get(name)
+        .ok_or_else(|| ContainerError::Unknown(name.to_owned()))?
+        .clone();
+    if record.mode != Mode::Bridge {
+        return Err(ContainerError::ConnectNeedsBridge(
+            name.to_owned(),
+            record.mode.clone(),
+        ));
+    }
+    let addresses = record.addresses();
+    if addresses.iter().any(|a| a.network == network) {
+        return Err(ContainerError::AlreadyOn {
+            container: name.to_owned(),
+            network: network.to_owned(),
+        });
+    }
+    let netns_path = netns_path(&record).ok_or_else(|| ContainerError::Unknown(name.to_owned()))?;
+    let has_default_route = default_gateway(&state, &record).is_some();
+    let ifname = (1..)
+        .map(|n| format!("eth{n}"))
+        .find(|candidate| addresses.iter().all(|a| a.ifname != *candidate))
+        .expect("some ethN is free");
+    let wanted = Wanted {
+        network,
+        ifname,
+        // Apart from containers' `np-NAME` and bridges' `np<id>-...`; the
+        // address is unique on the host (networks do not overlap).
+        host_veth: connected_veth_name(ip.unwrap_or(Ipv4Addr::UNSPECIFIED)),
+        ip,
+        default_route: !has_default_route && !target.internal,
+    };
+    let mut tables = Tables::open(instance)?;
+    let mut rollback = Rollback::default();
+    // The veth is named after the address, known only once allocated.
+    let wanted = match wanted.ip {
+        Some(_) => wanted,
+        None => {
+            let used: Vec<(Ipv4Addr, String)> = state
+                .containers
+                .values()
+                .flat_map(|c| c.addresses().into_iter().map(|a| (a.ip, c.name.clone())))
+                .collect();
+            let ip = ipam::allocate(
+                target.subnet,
+                used.iter().map(|(ip, owner)| (*ip, owner.as_str())),
+                None,
+            )?;
+            Wanted {
+                host_veth: connected_veth_name(ip),
+                ip: Some(ip),
+                ..wanted
+            }
+        }
+    };
+    let interface = add_interface(
+        instance,
+        &mut tables,
+        &state,
+        &netns_path,
+        wanted,
+        &mut rollback,
+    )
+    .await?;
+    state
+        .containers
+        .get_mut(name)
+        .expect("looked up above")
+        .connected
+        .push(interface);
+    state::save(instance, &state)?;
+    rollback.commit();
+    Ok(view(&state, name))
+}
+
+/// The host-side veth of a `network connect` interface: `npx` and the
+/// address in hex (11 letters).
+fn connected_veth_name(ip: Ipv4Addr) -> String {
+    format!("npx{:08x}", u32::from(ip))
+}
+
+/// `netpath network disconnect NET CONTAINER`: takes the interface
+/// `network connect` made away. Refused for the container's first network
+/// and while its published ports lead to that address.
+pub async fn disconnect(instance: &Instance, network: &str, name: &str) -> Result<()> {
+    let (_lock, mut state) = lock_and_load(instance)?;
+    network_record(&state, network)?;
+    let record = state
+        .containers
+        .get(name)
+        .ok_or_else(|| ContainerError::Unknown(name.to_owned()))?
+        .clone();
+    if record.ip.is_some() && record.network == network {
+        return Err(ContainerError::FirstNetwork {
+            container: name.to_owned(),
+            network: network.to_owned(),
+        });
+    }
+    let Some(position) = record.connected.iter().position(|i| i.network == network) else {
+        return Err(ContainerError::NotOn {
+            container: name.to_owned(),
+            network: network.to_owned(),
+        });
+    };
+    let interface = &record.connected[position];
+    let mut tables = Tables::open(instance)?;
+    if tables
+        .ports()?
+        .iter()
+        .any(|(_, target)| target.container_ip() == interface.ip)
+    {
+        return Err(ContainerError::PublishedOn {
+            container: name.to_owned(),
+            network: network.to_owned(),
+            ip: interface.ip,
+        });
+    }
+    run_undos(
+        instance,
+        Some(&mut tables),
+        interface_teardown_steps(&record, interface).into_iter(),
+    )?;
+    let mut remaining = record.clone();
+    remaining.connected.remove(position);
+    restore_default_route(&state, &record, &remaining).await?;
+    state.containers.insert(name.to_owned(), remaining);
+    state::save(instance, &state)?;
+    Ok(())
+}
+
+/// The gateway of the container's default route: that of its first network
+/// that is not internal (`add` and `connect` keep it so).
+fn default_gateway(state: &State, record: &ContainerRecord) -> Option<Ipv4Addr> {
+    record
+        .addresses()
+        .iter()
+        .filter_map(|a| state.network(&a.network))
+        .find(|n| !n.internal)
+        .map(|n| n.gateway)
+}
+
+/// After an interface was taken away (`before` had it, `after` has not):
+/// if the default route went with it, it goes through the next network
+/// that is not internal.
+async fn restore_default_route(
+    state: &State,
+    before: &ContainerRecord,
+    after: &ContainerRecord,
+) -> Result<()> {
+    let (old, new) = (
+        default_gateway(state, before),
+        default_gateway(state, after),
+    );
+    if let (Some(new), true) = (new, old != new)
+        && let Some(netns) = netns_path(after)
+    {
+        topology::add_default_route(&topology::connect_in(&netns)?, new).await?;
+    }
+    Ok(())
 }
 
 /// `netpath container ls`.

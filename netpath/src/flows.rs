@@ -107,6 +107,9 @@ pub struct FlowView {
     pub bytes_original: u64,
     pub packets_reply: u64,
     pub bytes_reply: u64,
+    /// The network of the flow's container address (filled from the
+    /// state by `flows`).
+    pub network: Option<String>,
 }
 
 impl FlowView {
@@ -124,6 +127,7 @@ impl FlowView {
             bytes_original: entry.bytes[DIR_ORIGINAL],
             packets_reply: entry.packets[DIR_REPLY],
             bytes_reply: entry.bytes[DIR_REPLY],
+            network: None,
         }
     }
 }
@@ -236,10 +240,13 @@ pub struct StatsView {
     /// Bumped on every route, neighbour, address or link change the agent
     /// sees; flows re-resolve their cached next hop after each.
     pub route_generation: u32,
+    /// Isolation drops by network and reason.
+    pub networks: std::collections::BTreeMap<String, std::collections::BTreeMap<&'static str, u64>>,
 }
 
-pub fn stats(tables: &Tables) -> Result<StatsView, TablesError> {
+pub fn stats(tables: &Tables, state: &crate::state::State) -> Result<StatsView, TablesError> {
     Ok(StatsView {
+        networks: crate::network::drops(tables, state)?,
         counters: tables.counters()?.into_iter().collect(),
         conntrack_entries: tables.flows()?.len(),
         conntrack_capacity: tables.conntrack_capacity(),

@@ -22,6 +22,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod netns;
 pub mod netns_processes;
+pub mod network;
 pub mod publish;
 pub mod rollback;
 pub mod state;

@@ -145,7 +145,7 @@ fn find_cgroup2_mount() -> Result<PathBuf> {
         .ok_or(InstanceError::NoCgroup2)
 }
 
-fn validate_bridge_name(name: &str) -> Result<()> {
+pub(crate) fn validate_bridge_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= MAX_IFNAME_LEN
         && name
@@ -160,7 +160,7 @@ fn validate_bridge_name(name: &str) -> Result<()> {
 
 /// A locally administered unicast MAC for the bridge, stable per instance
 /// and bridge name (see `topology::create_bridge` for why it is fixed).
-fn bridge_mac(instance: &str, bridge: &str) -> [u8; 6] {
+pub(crate) fn bridge_mac(instance: &str, bridge: &str) -> [u8; 6] {
     let mut hasher = DefaultHasher::new();
     (instance, bridge).hash(&mut hasher);
     let h = hasher.finish().to_be_bytes();
@@ -264,7 +264,13 @@ async fn start(
             }
         });
     }
-    let datapath = Datapath::load_or_adopt(instance, &datapath_config(&state)?)?;
+    let mut datapath = Datapath::load_or_adopt(instance, &datapath_config(&state)?)?;
+    for network in state.networks.values() {
+        datapath
+            .tables
+            .set_network(network.id, &network.datapath())
+            .map_err(DatapathError::from)?;
+    }
     let pid = std::process::id();
     state::write_agent(
         instance,
@@ -370,8 +376,34 @@ fn resolve_cgroup(requested: Option<&Path>) -> Result<PathBuf> {
     Ok(cgroup)
 }
 
-/// Fails unless `subnet` is apart from the subnet of every other instance in
-/// this network namespace: two bridges routing one range would split it.
+/// Fails unless `subnet` is apart from the subnets of every other instance
+/// in this network namespace: two bridges routing one range would split it.
+async fn check_subnet_free(
+    host: &rtnetlink::Handle,
+    instance: &Instance,
+    subnet: Ipv4Net,
+) -> Result<()> {
+    let taken = subnets_of_other_instances(host, instance).await?;
+    match taken
+        .into_iter()
+        .find(|(_, other)| overlaps(subnet, *other))
+    {
+        Some((other, other_subnet)) => Err(InstanceError::SubnetTaken {
+            subnet,
+            other,
+            other_subnet,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Whether two subnets share an address.
+pub(crate) fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// The subnets of every network of the other instances in this network
+/// namespace, with the instance's name.
 ///
 /// Another instance is in this netns when its bridge is here, under the name
 /// and with the MAC its state records: netpath sets that MAC, derived from
@@ -381,13 +413,13 @@ fn resolve_cgroup(requested: Option<&Path>) -> Result<PathBuf> {
 /// its netns is gone, so a stale state file could seem to live here. The
 /// state files are replaced atomically, so they are read without their
 /// locks. (Two fresh `up`s racing in one netns can still both pass.)
-async fn check_subnet_free(
+pub(crate) async fn subnets_of_other_instances(
     host: &rtnetlink::Handle,
     instance: &Instance,
-    subnet: Ipv4Net,
-) -> Result<()> {
+) -> Result<Vec<(String, Ipv4Net)>> {
+    let mut taken = Vec::new();
     let Ok(entries) = std::fs::read_dir(directories::run_root()) else {
-        return Ok(());
+        return Ok(taken);
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
@@ -401,17 +433,16 @@ async fn check_subnet_free(
         let Ok(Some(other_state)) = state::load(&other) else {
             continue;
         };
-        let overlaps = subnet.contains(&other_state.subnet.network())
-            || other_state.subnet.contains(&subnet.network());
-        if overlaps && bridge_is_here(host, &other_state).await? {
-            return Err(InstanceError::SubnetTaken {
-                subnet,
-                other: other.name().to_owned(),
-                other_subnet: other_state.subnet,
-            });
+        if bridge_is_here(host, &other_state).await? {
+            taken.extend(
+                other_state
+                    .networks
+                    .values()
+                    .map(|n| (other.name().to_owned(), n.subnet)),
+            );
         }
     }
-    Ok(())
+    Ok(taken)
 }
 
 /// Whether the bridge `state` records is in this netns (see
@@ -451,14 +482,13 @@ async fn build<'a>(
     }
 
     let mac = bridge_mac(instance.name(), &bridge);
-    let bridge_ifindex = topology::create_bridge(host, &bridge, mac).await?;
     let created = bridge.clone();
     rollback.push(move || {
         let _ = topology::delete_link_blocking(&created);
     });
-    topology::add_ipv4(host, bridge_ifindex, gateway, subnet.prefix_len()).await?;
+    let bridge_ifindex = set_up_bridge(host, &bridge, mac, gateway, subnet).await?;
 
-    Ok(State {
+    let mut state = State {
         instance: instance.name().to_owned(),
         uplink,
         uplink_ifindex,
@@ -476,7 +506,29 @@ async fn build<'a>(
         ct_timeouts: Timeouts::default().with(&options.ct_timeouts),
         containers: Default::default(),
         host: Default::default(),
-    })
+        networks: Default::default(),
+    };
+    state.sync_default_network();
+    Ok(state)
+}
+
+/// Makes the bridge `name` of a network (or finds it, made by an earlier
+/// `up`), with the instance's bridge MAC, the gateway address, up: the
+/// same for the `up` network and every other one.
+pub(crate) async fn set_up_bridge(
+    host: &rtnetlink::Handle,
+    name: &str,
+    mac: [u8; 6],
+    gateway: Ipv4Addr,
+    subnet: Ipv4Net,
+) -> Result<u32> {
+    let index = match topology::find_link(host, name).await? {
+        Some(link) => link.header.index,
+        None => topology::create_bridge(host, name, mac).await?,
+    };
+    topology::add_ipv4(host, index, gateway, subnet.prefix_len()).await?;
+    topology::set_up(host, index).await?;
+    Ok(index)
 }
 
 /// An instance whose agent died: keep its bridge and containers, refresh
@@ -522,29 +574,41 @@ async fn adopt(host: &rtnetlink::Handle, mut state: State, options: &UpOptions) 
     let (uplink, uplink_ifindex, host_ip) = resolve_uplink(host, Some(&state.uplink)).await?;
     (state.uplink, state.uplink_ifindex, state.host_ip) = (uplink, uplink_ifindex, host_ip);
 
-    state.bridge_ifindex = match topology::find_link(host, &state.bridge).await? {
-        Some(link) => link.header.index,
-        None => {
-            let mac = topology::parse_mac(&state.bridge_mac)
-                .unwrap_or_else(|| bridge_mac(&state.instance, &state.bridge));
-            topology::create_bridge(host, &state.bridge, mac).await?
-        }
+    let mac = topology::parse_mac(&state.bridge_mac)
+        .unwrap_or_else(|| bridge_mac(&state.instance, &state.bridge));
+    state.bridge_ifindex =
+        set_up_bridge(host, &state.bridge, mac, state.gateway, state.subnet).await?;
+    state.sync_default_network();
+    for network in state.networks.values_mut() {
+        network.bridge_ifindex =
+            set_up_bridge(host, &network.bridge, mac, network.gateway, network.subnet).await?;
+    }
+    let bridge_of = |state: &State, network: &str| {
+        state
+            .network(network)
+            .map_or(state.bridge_ifindex, |n| n.bridge_ifindex)
     };
-    topology::add_ipv4(
-        host,
-        state.bridge_ifindex,
-        state.gateway,
-        state.subnet.prefix_len(),
-    )
-    .await?;
-    topology::set_up(host, state.bridge_ifindex).await?;
-    for record in state.containers.values_mut() {
-        let Some(veth) = &record.host_veth else {
-            continue;
-        };
-        if let Some(link) = topology::find_link(host, veth).await? {
+    let containers: Vec<String> = state.containers.keys().cloned().collect();
+    for name in containers {
+        let record = &state.containers[&name];
+        let first_bridge = bridge_of(&state, &record.network);
+        let connected_bridges: Vec<u32> = record
+            .connected
+            .iter()
+            .map(|i| bridge_of(&state, &i.network))
+            .collect();
+        let record = state.containers.get_mut(&name).expect("listed above");
+        if let Some(veth) = &record.host_veth
+            && let Some(link) = topology::find_link(host, veth).await?
+        {
             record.host_ifindex = Some(link.header.index);
-            topology::attach_to_bridge(host, link.header.index, state.bridge_ifindex).await?;
+            topology::attach_to_bridge(host, link.header.index, first_bridge).await?;
+        }
+        for (interface, bridge) in record.connected.iter_mut().zip(connected_bridges) {
+            if let Some(link) = topology::find_link(host, &interface.host_veth).await? {
+                interface.host_ifindex = link.header.index;
+                topology::attach_to_bridge(host, link.header.index, bridge).await?;
+            }
         }
     }
     Ok(state)
@@ -581,8 +645,10 @@ pub fn down(instance: &Instance, grace: Duration) -> Result<bool> {
                 first_error.get_or_insert(e.into());
             }
         }
-        if let Err(e) = topology::delete_link_blocking(&state.bridge) {
-            first_error.get_or_insert(e.into());
+        for network in state.networks.values() {
+            if let Err(e) = topology::delete_link_blocking(&network.bridge) {
+                first_error.get_or_insert(e.into());
+            }
         }
         let mut state = state.clone();
         if let Err(e) = host::apply(instance, &mut state, &host::PortSet::new(), false) {
@@ -635,6 +701,7 @@ pub struct StatusView {
     /// Which program sits on which hook.
     pub attachments: Vec<datapath::Attachment>,
     pub containers: Vec<ContainerView>,
+    pub networks: Vec<crate::network::NetworkView>,
     /// The agent runs and the datapath is whole: nothing in `problems`.
     pub healthy: bool,
     /// What is wrong, one line each.
@@ -662,6 +729,12 @@ pub async fn status(instance: &Instance) -> Result<StatusView> {
             .values()
             .filter(|record| record.ip.is_some())
             .filter_map(|record| record.host_veth.as_deref())
+            .chain(
+                state
+                    .containers
+                    .values()
+                    .flat_map(|record| record.connected.iter().map(|i| i.host_veth.as_str())),
+            )
             .collect(),
     };
     let host = topology::connect()?;
@@ -690,6 +763,7 @@ pub async fn status(instance: &Instance) -> Result<StatusView> {
             .keys()
             .map(|name| container::view(&state, name))
             .collect(),
+        networks: crate::network::views(&state),
         healthy: problems.is_empty(),
         problems,
     })

@@ -39,6 +39,10 @@ pub enum PublishError {
     NoAddress(String),
     #[error("no container named {0}: see `netpath container ls`")]
     UnknownContainer(String),
+    #[error(
+        "network {0} is internal: published ports need the container on a network that is not (`netpath network connect`)"
+    )]
+    Internal(String),
     #[error(transparent)]
     NotUp(#[from] NotUp),
     #[error("{0} is not published: see `netpath publish ls`")]
@@ -268,7 +272,9 @@ pub struct Published {
     pub refused: u64,
 }
 
-fn container_ip(state: &State, name: &str) -> Result<Ipv4Addr> {
+/// The address a container's published ports lead to: its address on its
+/// first network that is not internal.
+pub fn container_ip(state: &State, name: &str) -> Result<Ipv4Addr> {
     let record = state
         .containers
         .get(name)
@@ -277,9 +283,15 @@ fn container_ip(state: &State, name: &str) -> Result<Ipv4Addr> {
         state::Mode::Container(other) => state.containers.get(other).unwrap_or(record),
         _ => record,
     };
-    owner
-        .ip
-        .ok_or_else(|| PublishError::NoAddress(name.to_string()))
+    let addresses = owner.addresses();
+    let open = addresses
+        .iter()
+        .find(|a| state.network(&a.network).is_some_and(|n| !n.internal));
+    match (open, addresses.first()) {
+        (Some(address), _) => Ok(address.ip),
+        (None, Some(internal)) => Err(PublishError::Internal(internal.network.clone())),
+        (None, None) => Err(PublishError::NoAddress(name.to_string())),
+    }
 }
 
 /// Publishes `mappings` to the container at `ip`, all or nothing, open to

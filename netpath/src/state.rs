@@ -178,6 +178,102 @@ pub struct ContainerRecord {
     pub host_veth: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_ifindex: Option<u32>,
+    /// The network of the interface above (`ip`, `host_veth`): the one
+    /// `container add --network` named.
+    #[serde(default = "default_network_name")]
+    pub network: String,
+    /// The interfaces `network connect` added (eth1, eth2, ...), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub connected: Vec<Interface>,
+}
+
+/// An interface a container has on a network besides its first one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Interface {
+    pub network: String,
+    /// The container's name for it.
+    pub ifname: String,
+    pub ip: Ipv4Addr,
+    pub mac: String,
+    pub host_veth: String,
+    pub host_ifindex: u32,
+}
+
+/// One address of a container: its network and interface.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Address {
+    pub network: String,
+    pub ifname: String,
+    pub ip: Ipv4Addr,
+}
+
+impl ContainerRecord {
+    /// The container's own addresses (none for host and `container:`
+    /// modes), first network first.
+    pub fn addresses(&self) -> Vec<Address> {
+        let first = self.ip.map(|ip| Address {
+            network: self.network.clone(),
+            ifname: self.origin.ifname().to_owned(),
+            ip,
+        });
+        first
+            .into_iter()
+            .chain(self.connected.iter().map(|i| Address {
+                network: i.network.clone(),
+                ifname: i.ifname.clone(),
+                ip: i.ip,
+            }))
+            .collect()
+    }
+}
+
+/// The name of the instance's first network, the one `up` makes (Docker's
+/// default network is called so too).
+pub const DEFAULT_NETWORK: &str = "bridge";
+
+fn default_network_name() -> String {
+    DEFAULT_NETWORK.to_owned()
+}
+
+/// One network of the instance: a bridge and its subnet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkRecord {
+    /// Index in the datapath's `NETWORKS`; 0 is the `up` network.
+    pub id: u16,
+    pub subnet: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    pub bridge: String,
+    pub bridge_ifindex: u32,
+    /// `--internal`: no way out of the subnet.
+    #[serde(default)]
+    pub internal: bool,
+    /// false for `--icc=false`.
+    #[serde(default = "yes")]
+    pub icc: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl NetworkRecord {
+    /// The datapath's view of it.
+    pub fn datapath(&self) -> netpath_common::Network {
+        let mut flags = 0;
+        if self.internal {
+            flags |= netpath_common::NETWORK_INTERNAL;
+        }
+        if !self.icc {
+            flags |= netpath_common::NETWORK_NO_ICC;
+        }
+        netpath_common::Network::new(
+            self.subnet.network(),
+            self.subnet.prefix_len(),
+            self.gateway,
+            self.bridge_ifindex,
+            flags,
+        )
+    }
 }
 
 /// Everything `up` decided, and the containers added since.
@@ -210,6 +306,49 @@ pub struct State {
     /// What `up` and `publish` changed on the host, for `down` to give back.
     #[serde(default)]
     pub host: HostChanges,
+    /// Every network by name, `bridge` (the one above: `subnet`, `bridge`,
+    /// ...) included; see `sync_default_network`.
+    #[serde(default)]
+    pub networks: BTreeMap<String, NetworkRecord>,
+}
+
+impl State {
+    /// Records the `up` network (the top-level `bridge`, `subnet`, ...) as
+    /// network `bridge`, id 0: after `up` built or adopted it, and for
+    /// state files written before networks existed.
+    pub fn sync_default_network(&mut self) {
+        let record = NetworkRecord {
+            id: 0,
+            subnet: self.subnet,
+            gateway: self.gateway,
+            bridge: self.bridge.clone(),
+            bridge_ifindex: self.bridge_ifindex,
+            internal: false,
+            icc: true,
+        };
+        self.networks.insert(DEFAULT_NETWORK.to_owned(), record);
+    }
+
+    /// The network named `name`.
+    pub fn network(&self, name: &str) -> Option<&NetworkRecord> {
+        self.networks.get(name)
+    }
+
+    /// The name of the network with id `id`.
+    pub fn network_name(&self, id: u16) -> Option<&str> {
+        self.networks
+            .iter()
+            .find(|(_, n)| n.id == id)
+            .map(|(name, _)| name.as_str())
+    }
+
+    /// The network an address of a container (or gateway) is in.
+    pub fn network_of(&self, ip: Ipv4Addr) -> Option<&str> {
+        self.networks
+            .iter()
+            .find(|(_, n)| n.subnet.contains(&ip))
+            .map(|(name, _)| name.as_str())
+    }
 }
 
 fn default_snat_ports() -> (u16, u16) {
@@ -295,9 +434,10 @@ pub fn load(instance: &Instance) -> Result<Option<State>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_err("read", &path)(e)),
     };
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|source| StateError::Corrupt { path, source })
+    let mut state: State =
+        serde_json::from_str(&text).map_err(|source| StateError::Corrupt { path, source })?;
+    state.sync_default_network();
+    Ok(Some(state))
 }
 
 /// Reads the instance's state, which must exist.

@@ -532,4 +532,15 @@ impl Tables {
         }
         Ok(out)
     }
+
+    /// Zeroes network `id`'s drop counters, so a new network with a reused
+    /// id starts from nothing.
+    pub fn reset_network_drops(&mut self, id: u16) -> Result<(), TablesError> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| TablesError::Io(e))?;
+        let zeros = aya::maps::PerCpuValues::try_from(vec![NetworkDrops::default(); cpus])
+            .map_err(TablesError::Io)?;
+        self.network_drops
+            .set(u32::from(id), zeros, 0)
+            .map_err(map_err(names::NETWORK_DROPS))
+    }
 }

@@ -62,6 +62,9 @@ pub(super) enum Command {
     /// Publish container ports on the host (Docker's -p).
     #[command(subcommand)]
     Publish(PublishCommand),
+    /// Manage networks: several isolated bridges and subnets per instance.
+    #[command(subcommand)]
+    Network(NetworkCommand),
     /// Show the conntrack table: one line per flow, with its counters.
     Flows(FlowsArgs),
     /// Show the datapath's verdict and drop counters.
@@ -297,6 +300,46 @@ pub(super) struct AddArgs {
     /// are open to all.
     #[arg(long = "allow", value_name = "CIDR", requires = "publish")]
     pub allow: Vec<String>,
+    /// The network of the container's first interface (see `network ls`).
+    #[arg(long, default_value = "bridge", value_name = "NET")]
+    pub network: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum NetworkCommand {
+    /// Create a network: a bridge and a subnet, isolated from the others.
+    Create(NetworkCreateArgs),
+    /// List the networks.
+    Ls,
+    /// Remove a network no container is on.
+    Rm { name: String },
+    /// Give a container an interface on a network.
+    Connect {
+        network: String,
+        container: String,
+        /// The address on that network (default: the lowest free one).
+        #[arg(long, value_name = "ADDR")]
+        ip: Option<String>,
+    },
+    /// Take a container's interface on a network away.
+    Disconnect { network: String, container: String },
+}
+
+#[derive(Debug, Args)]
+pub(super) struct NetworkCreateArgs {
+    pub name: String,
+    /// The subnet (default: the first free /24 of 10.78.0.0/16).
+    #[arg(long, value_name = "CIDR")]
+    pub subnet: Option<String>,
+    /// No way out of the subnet: no masquerade, no published ports.
+    #[arg(long)]
+    pub internal: bool,
+    /// Whether containers on it may reach each other directly.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub icc: bool,
+    /// The bridge's name (default: np<id>-<hash of the instance>).
+    #[arg(long, value_name = "NAME")]
+    pub bridge: Option<String>,
 }
 
 #[derive(Debug, Args)]

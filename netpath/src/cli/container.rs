@@ -12,7 +12,7 @@ use crate::{
     directories::Instance,
     netns,
     publish::{self, Mapping},
-    state::{Mode, Origin},
+    state::{DEFAULT_NETWORK, Mode, Origin},
 };
 
 pub(super) fn run(instance: &Instance, command: ContainerCommand, out: Output) -> Result<()> {
@@ -43,6 +43,7 @@ fn add(instance: &Instance, args: AddArgs, out: Output) -> Result<()> {
         publish: parse_publish(&args.publish)?,
         allow: publish::parse_allow(&args.allow)?,
         origin: Origin::Created,
+        network: args.network,
     };
     build(instance, request, "added", out)
 }
@@ -63,6 +64,7 @@ fn attach(instance: &Instance, args: AttachArgs, out: Output) -> Result<()> {
         origin: Origin::Attached {
             netns: absolute(netns),
         },
+        network: DEFAULT_NETWORK.to_owned(),
     };
     build(instance, request, "attached", out)
 }
@@ -95,14 +97,15 @@ fn parse_publish(specs: &[String]) -> Result<Vec<Mapping>> {
 
 /// The containers table, also part of `status`.
 pub(super) fn print_table(containers: &[ContainerView]) {
-    const TABLE: Table<6> = Table {
+    const TABLE: Table<7> = Table {
         columns: [
             Column::left("NAME", 12),
             Column::left("MODE", 22),
             Column::left("ORIGIN", 16),
             Column::left("IP", 15),
             Column::left("MAC", 17),
-            Column::left("VETH", 0),
+            Column::left("VETH", 12),
+            Column::left("NETWORKS", 0),
         ],
         separator: "  ",
     };
@@ -114,8 +117,21 @@ pub(super) fn print_table(containers: &[ContainerView]) {
             dash(&c.ip),
             dash(&c.mac),
             dash(&c.host_veth),
+            networks(c),
         ]
     }));
+}
+
+/// `NET=IP` for each address, comma-separated; `-` for none.
+fn networks(c: &ContainerView) -> String {
+    if c.networks.is_empty() {
+        return "-".to_owned();
+    }
+    c.networks
+        .iter()
+        .map(|a| format!("{}={}", a.network, a.ip))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// `created`, `attached`, or `cni:` and the start of the container ID.
@@ -126,7 +142,7 @@ fn origin(c: &ContainerView) -> String {
     }
 }
 
-fn parse_ip(text: &str) -> Result<Ipv4Addr> {
+pub(super) fn parse_ip(text: &str) -> Result<Ipv4Addr> {
     text.parse().map_err(|_| CliError::BadInput {
         what: "--ip",
         value: text.to_owned(),

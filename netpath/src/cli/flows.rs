@@ -2,7 +2,7 @@
 use super::{
     Result,
     args::FlowsArgs,
-    output::{Column, Output, Table},
+    output::{self, Column, Output, Table},
     runtime,
 };
 use crate::{
@@ -16,9 +16,10 @@ use crate::{
 };
 
 pub(super) fn run(instance: &Instance, args: FlowsArgs, out: Output) -> Result<()> {
+    let state = state::load_required(instance)?;
     let ip = match &args.container {
         Some(name) => Some(
-            container::view(&state::load_required(instance)?, name)
+            container::view(&state, name)
                 .ip
                 .ok_or_else(|| PublishError::UnknownContainer(name.clone()))?,
         ),
@@ -34,12 +35,22 @@ pub(super) fn run(instance: &Instance, args: FlowsArgs, out: Output) -> Result<(
         return Ok(());
     }
     let tables = Tables::open(instance)?;
-    out.show(&flows::list(&tables, &filter)?, |list| print_table(list))
+    let mut list = flows::list(&tables, &filter)?;
+    for flow in &mut list {
+        // The container's side: the sender, else the translated target
+        // of a published port, else the destination.
+        flow.network = [flow.original.src, flow.translated.dst, flow.original.dst]
+            .into_iter()
+            .find_map(|ip| state.network_of(ip))
+            .map(str::to_owned);
+    }
+    out.show(&list, |list| print_table(list))
 }
 
 fn print_table(list: &[FlowView]) {
-    const TABLE: Table<9> = Table {
+    const TABLE: Table<10> = Table {
         columns: [
+            Column::left("NETWORK", 12),
             Column::left("PROTO", 5),
             Column::left("KIND", 10),
             Column::left("ORIGINAL", 44),
@@ -54,6 +65,7 @@ fn print_table(list: &[FlowView]) {
     };
     TABLE.print(list.iter().map(|f| {
         [
+            output::dash(&f.network),
             f.proto.to_owned(),
             f.kind.to_owned(),
             f.original.to_string(),

@@ -8,6 +8,7 @@ mod down;
 mod exec;
 mod flows;
 mod install;
+mod network;
 mod output;
 mod publish;
 mod stats;
@@ -20,7 +21,7 @@ use std::{process::ExitCode, time::Duration};
 use clap::Parser;
 
 use self::{
-    args::{Cli, Command, ContainerCommand, PublishCommand},
+    args::{Cli, Command, ContainerCommand, NetworkCommand, PublishCommand},
     output::Output,
 };
 use crate::{
@@ -59,6 +60,8 @@ pub enum CliError {
     #[error(transparent)]
     Publish(#[from] PublishError),
     #[error(transparent)]
+    Network(#[from] crate::network::NetworkError),
+    #[error(transparent)]
     Tables(#[from] TablesError),
     #[error(transparent)]
     Watch(#[from] WatchError),
@@ -92,6 +95,7 @@ impl Command {
             Command::Install(_)
                 | Command::Container(ContainerCommand::Ls)
                 | Command::Publish(PublishCommand::Ls)
+                | Command::Network(NetworkCommand::Ls)
         )
     }
 }
@@ -109,6 +113,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Exec(args) => exec::run(instance, args),
         Command::Status => status::run(instance, out),
         Command::Publish(command) => publish::run(instance, command, out),
+        Command::Network(command) => network::run(instance, command, out),
         Command::Flows(args) => flows::run(instance, args, out),
         Command::Stats => stats::run(instance, out),
         Command::Install(args) => install::run(&args, out),

@@ -3,11 +3,13 @@ use super::{Result, output::Output};
 use crate::{
     directories::Instance,
     flows::{self, StatsView},
+    state,
     tables::Tables,
 };
 
 pub(super) fn run(instance: &Instance, out: Output) -> Result<()> {
-    out.show(&flows::stats(&Tables::open(instance)?)?, print)
+    let state = state::load_required(instance)?;
+    out.show(&flows::stats(&Tables::open(instance)?, &state)?, print)
 }
 
 fn print(stats: &StatsView) {
@@ -19,4 +21,9 @@ fn print(stats: &StatsView) {
         "conntrack_entries", stats.conntrack_entries, stats.conntrack_capacity
     );
     println!("{:<24} {}", "route_generation", stats.route_generation);
+    for (network, drops) in &stats.networks {
+        for (reason, value) in drops {
+            println!("{:<24} {value}", format!("{network}.drop_{reason}"));
+        }
+    }
 }

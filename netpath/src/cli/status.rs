@@ -1,7 +1,7 @@
 //! `netpath status`: the instance, its agent, attachments and containers,
 //! and whether all is well: exits with an error naming what is wrong when
 //! not, so that it serves as a health check.
-use super::{CliError, Result, container, output::Output, runtime};
+use super::{CliError, Result, container, network, output::Output, runtime};
 use crate::{
     directories::Instance,
     lifecycle::{self, StatusView},
@@ -44,6 +44,8 @@ fn print(status: &StatusView) {
     for a in &status.attachments {
         println!("  {:<18} {:<20} {}", a.program, a.hook, a.target);
     }
+    println!("networks:   {}", status.networks.len());
+    network::print_table(&status.networks);
     println!("containers: {}", status.containers.len());
     if !status.containers.is_empty() {
         container::print_table(&status.containers);

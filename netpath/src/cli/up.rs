@@ -77,7 +77,7 @@ fn parse_port_range(text: &str) -> Result<(u16, u16)> {
     Ok((min, max))
 }
 
-fn parse_subnet(text: &str) -> Result<Ipv4Net> {
+pub(super) fn parse_subnet(text: &str) -> Result<Ipv4Net> {
     let bad = |hint: String| CliError::BadInput {
         what: "--subnet",
         value: text.to_owned(),

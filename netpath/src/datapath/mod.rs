@@ -186,6 +186,8 @@ pub struct EndpointSpec {
     pub container_netns: Option<PathBuf>,
     /// The container's interface (`eth0`, or a CNI_IFNAME).
     pub container_ifname: String,
+    /// The network the address is on (its id in `NETWORKS`).
+    pub network_id: u16,
 }
 
 /// Fails when the instance's pin directory holds another layout version.
@@ -391,7 +393,10 @@ pub fn attach_endpoint(
         return Err(instance.not_up().into());
     }
     raise_memlock();
-    tables.add_endpoint(ep.ip, &Endpoint::new(ep.host_ifindex, ep.mac, 0))?;
+    tables.add_endpoint(
+        ep.ip,
+        &Endpoint::new(ep.host_ifindex, ep.mac, ep.network_id),
+    )?;
     let mut prog =
         SchedClassifier::from_pin(&pin).map_err(prog_err("opening the pinned from_container"))?;
     attach_tc(&mut prog, instance, &ep.host_ifname, TcDirection::Ingress)?;
