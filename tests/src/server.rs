@@ -26,7 +26,8 @@ class H(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
     def src(self):
         s = "%s:%d" % self.client_address[:2]
-        print("CLIENT " + s, flush=True)
+        # One write per line: the handler threads must not interleave.
+        sys.stdout.write("CLIENT %s\n" % s)
         return s
     def do_GET(self):
         s = self.src()
@@ -74,7 +75,8 @@ host, port = sys.argv[1], int(sys.argv[2])
 class H(socketserver.BaseRequestHandler):
     def handle(self):
         src = "%s:%d" % self.client_address[:2]
-        print("CLIENT " + src, flush=True)
+        # One write per line: the handler threads must not interleave.
+        sys.stdout.write("CLIENT %s\n" % src)
         self.request.sendall(src.encode() + b"\n")
         while True:
             d = self.request.recv(65536)
