@@ -193,8 +193,13 @@ impl Agent {
             if let Ok(addr) = listener.local_addr() {
                 log::info!("serving Prometheus metrics on http://{addr}/metrics");
             }
-            let tables = Arc::new(Tables::open(&self.instance)?);
-            tokio::spawn(metrics::serve(listener, tables, retired.clone(), started));
+            let source = metrics::Source {
+                instance: self.instance.clone(),
+                tables: Arc::new(Tables::open(&self.instance)?),
+                retired: retired.clone(),
+                started,
+            };
+            tokio::spawn(metrics::serve(listener, source));
         }
         match ebpf_log::forward(&self.instance) {
             0 => log::debug!("the datapath has no log maps: no eBPF log records to forward"),

@@ -16,7 +16,9 @@ use tokio::{
 };
 
 use crate::{
+    directories::Instance,
     flows::proto_name,
+    network, state,
     tables::{Counters, Tables, TablesError},
 };
 
@@ -104,6 +106,8 @@ pub struct Snapshot {
     pub snat_range_size: u32,
     /// First packets each restricted port's allow-list refused.
     pub refused: BTreeMap<PortLabel, u64>,
+    /// Isolation refusals by network name, then `network_drop` reason.
+    pub network_drops: BTreeMap<String, BTreeMap<&'static str, u64>>,
 }
 
 /// The most SNAT ports any one destination (address, port, protocol) holds:
@@ -138,6 +142,7 @@ pub fn render(snapshot: &Snapshot, retired: &PortTraffic, started: u64) -> Strin
         conntrack_capacity: capacity,
         snat_range_size,
         refused,
+        network_drops,
     } = snapshot;
     const PACKETS: &str = "netpath_packets_total";
     const DROPS: &str = "netpath_drops_total";
@@ -255,11 +260,28 @@ pub fn render(snapshot: &Snapshot, retired: &PortTraffic, started: u64) -> Strin
         let labels = [("port", port.as_str()), ("proto", proto_name(label.proto))];
         out.sample(REFUSED, &labels, *value);
     }
+    const NETWORK_DROPS: &str = "netpath_network_drops_total";
+    out.family(
+        NETWORK_DROPS,
+        "counter",
+        "Packets refused by network isolation, by the sender's network and reason.",
+    );
+    for (network, reasons) in network_drops {
+        for (reason, value) in reasons {
+            let labels = [("network", network.as_str()), ("reason", *reason)];
+            out.sample(NETWORK_DROPS, &labels, *value);
+        }
+    }
     out.0
 }
 
 /// Reads the instance's pinned maps and renders them.
-pub fn scrape(tables: &Tables, retired: &Retired, started: u64) -> Result<String, TablesError> {
+pub fn scrape(
+    instance: &Instance,
+    tables: &Tables,
+    retired: &Retired,
+    started: u64,
+) -> Result<String, TablesError> {
     let config = tables.config()?;
     let mut refused = BTreeMap::<PortLabel, u64>::new();
     for (port, list) in tables.allow_lists()? {
@@ -269,8 +291,15 @@ pub fn scrape(tables: &Tables, retired: &Retired, started: u64) -> Result<String
         };
         *refused.entry(label).or_default() += list.refused;
     }
+    // Network names live in the state file; without it (a race with
+    // `down`) the scrape goes on without them.
+    let network_drops = match state::load(instance) {
+        Ok(Some(state)) => network::drops(tables, &state)?,
+        _ => BTreeMap::new(),
+    };
     let snapshot = Snapshot {
         refused,
+        network_drops,
         counters: tables.counters()?,
         flows: tables.flows()?,
         conntrack_capacity: tables.conntrack_capacity(),
@@ -293,17 +322,31 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Serves scrapes until the task is dropped. `tables` is the agent's own
-/// read-only handle on the maps, opened once; `started` is the agent's
-/// start time ([`unix_now`] then).
-pub async fn serve(listener: TcpListener, tables: Arc<Tables>, retired: Retired, started: u64) {
+/// What a scrape reads: the instance (for its state file), the agent's own
+/// read-only handle on the maps, opened once, what expired flows left, and
+/// the agent's start time ([`unix_now`] then).
+#[derive(Clone)]
+pub struct Source {
+    pub instance: Instance,
+    pub tables: Arc<Tables>,
+    pub retired: Retired,
+    pub started: u64,
+}
+
+impl Source {
+    fn scrape(&self) -> Result<String, TablesError> {
+        scrape(&self.instance, &self.tables, &self.retired, self.started)
+    }
+}
+
+/// Serves scrapes until the task is dropped.
+pub async fn serve(listener: TcpListener, source: Source) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                let tables = tables.clone();
-                let retired = retired.clone();
+                let source = source.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = answer(stream, tables, retired, started).await {
+                    if let Err(e) = answer(stream, source).await {
                         log::debug!("metrics: request from {peer}: {e}");
                     }
                 });
@@ -357,20 +400,14 @@ fn route(head: &[u8]) -> Route {
     }
 }
 
-async fn answer(
-    mut stream: TcpStream,
-    tables: Arc<Tables>,
-    retired: Retired,
-    started: u64,
-) -> io::Result<()> {
+async fn answer(mut stream: TcpStream, source: Source) -> io::Result<()> {
     let head = tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut stream))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no request in time"))??;
     let (status, content_type, body, head_only) = match route(&head) {
         Route::Metrics { head_only } => {
             // Walking a large conntrack table takes a while: off the runtime.
-            let scraped =
-                tokio::task::spawn_blocking(move || scrape(&tables, &retired, started)).await;
+            let scraped = tokio::task::spawn_blocking(move || source.scrape()).await;
             match scraped {
                 Ok(Ok(text)) => (
                     "200 OK",
@@ -468,6 +505,10 @@ mod tests {
                 },
                 4,
             )]),
+            network_drops: BTreeMap::from([(
+                "front".to_owned(),
+                BTreeMap::from([("other_network", 6), ("icc", 0)]),
+            )]),
         };
         let text = render(&snapshot, &retired, 1_700_000_000);
         for line in [
@@ -485,6 +526,8 @@ mod tests {
             "netpath_published_port_packets_total{port=\"8080\",proto=\"tcp\",direction=\"reply\"} 3",
             "netpath_published_port_bytes_total{port=\"8080\",proto=\"tcp\",direction=\"original\"} 1400",
             "netpath_published_port_refused_total{port=\"8080\",proto=\"tcp\"} 4",
+            "netpath_network_drops_total{network=\"front\",reason=\"other_network\"} 6",
+            "netpath_network_drops_total{network=\"front\",reason=\"icc\"} 0",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
@@ -499,7 +542,7 @@ mod tests {
         // Every sample's family is declared once, before its samples.
         let types = text.lines().filter(|l| l.starts_with("# TYPE")).count();
         let helps = text.lines().filter(|l| l.starts_with("# HELP")).count();
-        assert_eq!((types, helps), (11, 11));
+        assert_eq!((types, helps), (12, 12));
     }
 
     #[test]

@@ -226,11 +226,15 @@ fn assert_matrix(cells: &[Cell<'_>]) {
 /// A lab with netpath up (uplink translations in `accel`) and the outside
 /// a real wire (full checksums, as from a NIC: see nat.rs).
 fn lab_up(accel: &str) -> Lab {
+    lab_up_with(&["--accel", accel])
+}
+
+fn lab_up_with(up_args: &[&str]) -> Lab {
     let lab = Lab::new();
     lab.outside
         .exec(&["ethtool", "-K", Lab::OUTSIDE_IF, "tx", "off"])
         .expect_ok("checksums on the outside wire");
-    lab.up_ok(&["--accel", accel]);
+    lab.up_ok(up_args);
     lab
 }
 
@@ -526,7 +530,8 @@ fn an_internal_network_has_no_way_out_and_refuses_published_ports() {
 /// gateway and the outside.
 #[test]
 fn icc_off_keeps_members_apart_except_through_published_ports() {
-    let lab = lab_up("tc");
+    const METRICS: &str = "127.0.0.1:9479";
+    let lab = lab_up_with(&["--metrics", METRICS]);
     network_create(&lab, "nq", "10.64.0.0/24", &["--icc=false"]);
     let [c1, c2] = ["q", "q"].map(|p| lab.container_name(p));
     lab.container_add_ok(&c1, &["--network", "nq"]);
@@ -547,6 +552,33 @@ fn icc_off_keeps_members_apart_except_through_published_ports() {
         "containers of a --icc=false network pinged each other"
     );
     wait_counter(&lab, "drop_icc", before, 2);
+    // Counted for the network too: in stats and in the metrics.
+    let stats = lab.netpath_json(&["stats"]);
+    let icc = stats["networks"]["nq"]["icc"].as_u64().unwrap_or(0);
+    assert!(
+        icc >= 2,
+        "per-network drops in stats: {}",
+        stats["networks"]
+    );
+    assert_eq!(
+        stats["networks"]["bridge"]["icc"], 0,
+        "{}",
+        stats["networks"]
+    );
+    let scrape = lab
+        .host
+        .exec(&["curl", "-sS", &format!("http://{METRICS}/metrics")]);
+    scrape.expect_ok("scraping the agent's metrics");
+    let sample = "netpath_network_drops_total{network=\"nq\",reason=\"icc\"} ";
+    let scraped = scrape
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(sample)?.parse::<u64>().ok());
+    assert!(
+        scraped.is_some_and(|n| n >= 2),
+        "no {sample}>= 2 in\n{}",
+        scrape.stdout
+    );
     let from_c1 = format!("{c1_ip}:");
     assert!(
         !c2_server.clients().iter().any(|c| c.starts_with(&from_c1)),
