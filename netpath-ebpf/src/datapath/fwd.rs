@@ -143,7 +143,7 @@ pub fn route_flow(ctx: &TcContext, flow: &Flow, tuple: &FlowKey, now: u64) -> Re
 
 /// Caches where this direction of `flow` leaves (see [`route_flow`]).
 #[inline(always)]
-pub fn remember(flow: &Flow, egress: &Egress, generation: u32, now: u64) {
+fn remember(flow: &Flow, egress: &Egress, generation: u32, now: u64) {
     let (kind, ifindex, dmac, smac, mtu) = match *egress {
         Egress::Container(ep) => (next_hop::CONTAINER, ep.ifindex, ep.mac, [0; 6], 0),
         // Without the MTU (kernels before 5.12) the size check can't be

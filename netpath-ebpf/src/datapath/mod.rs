@@ -33,7 +33,7 @@ use netpath_common::{
 use conntrack::Flow;
 use csum::Side;
 use fwd::{Egress, Hop};
-use maps::{ENDPOINTS, NewFlowRequest, PORTS, SLOW_PATHS, config, now_ns, route_gen, scratch};
+use maps::{ENDPOINTS, NewFlowRequest, PORTS, SLOW_PATHS, config, now_ns, scratch};
 use networks::{Net, Reach};
 use parse::{L4, Packet, Parsed};
 use verdict::Verdict;
@@ -115,7 +115,7 @@ fn from_container_verdict(ctx: &mut TcContext, cfg: &Config) -> Verdict {
     match networks::reach(cfg, &from, dst) {
         // The host itself, or broadcast/unknown on the bridge: the kernel's job.
         Reach::Local => Verdict::pass(stat::PASS),
-        Reach::OffHost => masquerade(ctx, cfg, &pkt, MasqueradeAt::ContainerVeth),
+        Reach::OffHost => masquerade(ctx, cfg, &pkt, SLOW_PATH_FROM_CONTAINER),
         Reach::Refused(verdict) => verdict,
     }
 }
@@ -545,7 +545,7 @@ fn to_uplink_verdict(ctx: &mut TcContext, cfg: &Config) -> Verdict {
         // that got here is about nothing we track.
         return Verdict::drop(stat::DROP_UNTRANSLATED);
     }
-    masquerade(ctx, cfg, &pkt, MasqueradeAt::UplinkEgress)
+    masquerade_on_uplink(ctx, cfg, &pkt)
 }
 
 /// Keeps NAPI on for a veth that receives XDP-redirected frames.
@@ -613,68 +613,43 @@ fn published(cfg: &Config, pkt: &Packet) -> Option<Published> {
     Some(Published { key, target })
 }
 
-/// Where a new masqueraded flow is seen first.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum MasqueradeAt {
-    /// On the container's veth: routed and sent straight out from here.
-    ContainerVeth,
-    /// On the uplink's egress, after the kernel's stack routed it: it just
-    /// continues.
-    UplinkEgress,
+/// A container's packet to off-host in no flow (`from_container` looked):
+/// a new flow, SNAT to the host's address. The slow path makes it and runs
+/// `from_container` again, which forwards the packet as any flow's (or,
+/// when it can't route it itself, hands it to the stack untranslated, to be
+/// translated on the uplink's egress).
+#[inline(always)]
+fn masquerade(ctx: &TcContext, cfg: &Config, pkt: &Packet, then: u32) -> Verdict {
+    if pkt.ttl <= 1 {
+        return Verdict::pass(stat::PASS_TTL);
+    }
+    new_flow(
+        ctx,
+        NewFlowRequest {
+            pkt: *pkt,
+            nat_addr: cfg.host_ip,
+            dst_addr: pkt.key.daddr,
+            dst_port: pkt.key.dport,
+            nat_kind: nat_kind::MASQUERADE,
+            then,
+        },
+    )
 }
 
-/// New flow from a container to off-host: SNAT to the host's address.
+/// A container's packet leaving by the uplink after the kernel's stack
+/// routed it: translated as its flow's, or the first of a new one.
 #[inline(always)]
-fn masquerade(ctx: &mut TcContext, cfg: &Config, pkt: &Packet, at: MasqueradeAt) -> Verdict {
-    let egress = match at {
-        MasqueradeAt::ContainerVeth => {
-            if pkt.ttl <= 1 {
-                return Verdict::pass(stat::PASS_TTL);
-            }
-            // Route before translating: what we can't send ourselves goes to
-            // the stack as the container sent it, and is translated on the
-            // uplink's egress.
-            let natted = FlowKey {
-                saddr: cfg.host_ip,
-                ..pkt.key
-            };
-            match fwd::route(ctx, &natted) {
-                Ok(egress) => Some(egress),
-                Err(reason) => return Verdict::pass(reason),
-            }
-        }
-        MasqueradeAt::UplinkEgress => None,
-    };
+fn masquerade_on_uplink(ctx: &mut TcContext, cfg: &Config, pkt: &Packet) -> Verdict {
     let Some(flow) = conntrack::lookup(&pkt.key) else {
-        return new_flow(
-            ctx,
-            NewFlowRequest {
-                pkt: *pkt,
-                nat_addr: cfg.host_ip,
-                dst_addr: pkt.key.daddr,
-                dst_port: pkt.key.dport,
-                nat_kind: nat_kind::MASQUERADE,
-                then: match at {
-                    MasqueradeAt::ContainerVeth => SLOW_PATH_FROM_CONTAINER,
-                    MasqueradeAt::UplinkEgress => SLOW_PATH_TO_UPLINK,
-                },
-            },
-        );
+        return masquerade(ctx, cfg, pkt, SLOW_PATH_TO_UPLINK);
     };
-    let now = now_ns();
-    if let Some(egress) = &egress {
-        fwd::remember(&flow, egress, route_gen(), now);
-    }
-    if let Err(reason) = conntrack::update(&flow, pkt, now) {
+    if let Err(reason) = conntrack::update(&flow, pkt, now_ns()) {
         return Verdict::drop(reason);
     }
     if nat::rewrite(ctx, pkt, &flow.target()).is_err() {
         return Verdict::drop(stat::DROP_MALFORMED);
     }
-    match egress {
-        Some(egress) => fwd::send(ctx, cfg, pkt, &egress, Hop::Routed),
-        None => Verdict::pass(stat::PASS),
-    }
+    Verdict::pass(stat::PASS)
 }
 
 /// A packet of a tracked flow: account it, translate it, send it on.
