@@ -91,6 +91,12 @@ pub const IPPROTO_UDP: u8 = 17;
 /// `Config::flags`: the uplink ingress translations run in XDP, so the TC
 /// ingress program on the uplink only passes what XDP handed up.
 pub const CONFIG_FLAG_XDP: u32 = 1 << 0;
+/// `Config::flags`, set by `xdp_uplink` itself: the uplink delivers frames
+/// whose checksum is left to offload (CHECKSUM_PARTIAL, from a veth peer
+/// with TX checksumming on). XDP sees neither that state nor can it keep
+/// it through a redirect, so from then on it passes every frame up to the
+/// TC program, which handles such frames.
+pub const CONFIG_FLAG_XDP_FALLBACK: u32 = 1 << 1;
 
 /// Instance-wide settings, the single element of the `CONFIG` array.
 #[repr(C)]
@@ -555,6 +561,9 @@ pub mod stat {
     pub const DROP_ICC: u32 = 41;
     /// From a container of an `--internal` network to outside its subnet.
     pub const DROP_INTERNAL: u32 = 42;
+    /// Passed up from XDP to TC because the uplink delivers partial
+    /// checksums (`CONFIG_FLAG_XDP_FALLBACK`).
+    pub const XDP_PASS_FALLBACK: u32 = 43;
     pub const STATS_LEN: u32 = 48;
 
     /// Names for output, indexed like the counters; empty = unused slot.
@@ -602,7 +611,7 @@ pub mod stat {
         "drop_other_network",
         "drop_icc",
         "drop_internal",
-        "",
+        "xdp_pass_fallback",
         "",
         "",
         "",

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use netpath_common::{FlowEntry, FlowKey};
+use netpath_common::{CONFIG_FLAG_XDP_FALLBACK, FlowEntry, FlowKey};
 use tokio::{
     net::TcpListener,
     signal::unix::{SignalKind, signal},
@@ -208,6 +208,7 @@ impl Agent {
         let routes_changed = Arc::new(Notify::new());
         watch_routes(routes_changed.clone())?;
         let mut gc = tokio::time::interval(GC_INTERVAL);
+        let mut xdp_fallback_told = false;
         log::info!("agent of instance {} running", state.instance);
         loop {
             tokio::select! {
@@ -217,11 +218,22 @@ impl Agent {
                     Ok(generation) => log::debug!("routes or neighbours changed: route generation {generation}"),
                     Err(e) => log::warn!("invalidating cached next hops: {e}"),
                 },
-                _ = gc.tick() => match collect_garbage(&mut datapath, &retired, &state.ct_timeouts) {
-                    Ok(0) => {}
-                    Ok(n) => log::info!("conntrack GC: {n} expired flows removed"),
-                    Err(e) => log::warn!("conntrack GC: {e}"),
-                },
+                _ = gc.tick() => {
+                    match collect_garbage(&mut datapath, &retired, &state.ct_timeouts) {
+                        Ok(0) => {}
+                        Ok(n) => log::info!("conntrack GC: {n} expired flows removed"),
+                        Err(e) => log::warn!("conntrack GC: {e}"),
+                    }
+                    if !xdp_fallback_told && xdp_fell_back(&datapath) {
+                        xdp_fallback_told = true;
+                        log::warn!(
+                            "uplink {} delivers frames with partial checksums (a veth peer with TX \
+                             checksumming on), which XDP can't translate: the uplink's translations \
+                             run in TC from now on (turn the peer's TX checksumming off to keep XDP)",
+                            state.uplink
+                        );
+                    }
+                }
             }
         }
         log::info!(
@@ -230,4 +242,12 @@ impl Agent {
         );
         Ok(())
     }
+}
+
+/// Whether `xdp_uplink` fell back to TC (see `CONFIG_FLAG_XDP_FALLBACK`).
+fn xdp_fell_back(datapath: &Datapath) -> bool {
+    datapath
+        .tables
+        .config()
+        .is_ok_and(|cfg| cfg.flags & CONFIG_FLAG_XDP_FALLBACK != 0)
 }

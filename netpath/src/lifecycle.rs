@@ -10,6 +10,7 @@ use std::{
 };
 
 use ipnet::Ipv4Net;
+use netpath_common::CONFIG_FLAG_XDP_FALLBACK;
 use nix::unistd::geteuid;
 
 use crate::{
@@ -690,6 +691,10 @@ pub struct StatusView {
     pub subnet: Ipv4Net,
     pub gateway: Ipv4Addr,
     pub accel: Accel,
+    /// `--accel xdp`, but XDP passes everything up to TC: the uplink
+    /// delivers frames with partial checksums (a veth peer with TX
+    /// checksumming on), which XDP can't translate.
+    pub xdp_fallen_back_to_tc: bool,
     pub cgroup: PathBuf,
     pub agent_pid: Option<u32>,
     pub agent_alive: bool,
@@ -747,6 +752,9 @@ pub async fn status(instance: &Instance) -> Result<StatusView> {
         subnet: state.subnet,
         gateway: state.gateway,
         accel: state.accel,
+        xdp_fallen_back_to_tc: Tables::open(instance)
+            .and_then(|tables| tables.config())
+            .is_ok_and(|cfg| cfg.flags & CONFIG_FLAG_XDP_FALLBACK != 0),
         cgroup: state.cgroup.clone(),
         agent_pid,
         agent_alive,

@@ -485,3 +485,33 @@ fn fragmented_datagrams_are_translated_both_ways(accel: &str) {
     );
     assert_eq!(out.stdout.len() - prefix_len(&out.stdout), big.len());
 }
+
+/// A veth uplink whose peer leaves checksums to offload (veth's default)
+/// hands XDP CHECKSUM_PARTIAL segments it can't translate: `xdp_uplink`
+/// sees the first handshake segment with a partial checksum and passes
+/// everything up to TC from then on, so published ports and masquerade
+/// keep working, and `status` says so.
+#[test]
+fn xdp_falls_back_to_tc_when_the_uplink_delivers_partial_checksums() {
+    let lab = Lab::new();
+    lab.up_ok(&["--accel", "xdp"]);
+    let a = lab.container_name("a");
+    lab.container_add_ok(&a, &["-p", "8002:8002"]);
+    let server = Server::http(lab.container(&a), "0.0.0.0", 8002);
+    let url = format!("http://{}:8002/", Lab::HOST_IP);
+    let src = http_source(&lab.outside, &url)
+        .expect("the published port works though the outside sends partial checksums");
+    assert!(src.starts_with(&format!("{}:", Lab::OUTSIDE_IP)), "{src}");
+    assert_eq!(server.last_client_ip().as_deref(), Some(Lab::OUTSIDE_IP));
+    assert!(
+        counter(&lab, "xdp_pass_fallback") > 0,
+        "XDP passed the flow's later packets up"
+    );
+    let status = lab.netpath_json(&["status"]);
+    assert_eq!(status["xdp_fallen_back_to_tc"], true, "{status}");
+
+    let outside = Server::http(&lab.outside, "0.0.0.0", 0);
+    let url = format!("http://{}:{}/", Lab::OUTSIDE_IP, outside.port());
+    let src = http_source(lab.container(&a), &url).expect("masquerade works too");
+    assert!(src.starts_with(&format!("{}:", Lab::HOST_IP)), "{src}");
+}

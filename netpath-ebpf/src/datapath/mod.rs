@@ -14,6 +14,7 @@ mod limits;
 mod maps;
 mod nat;
 mod networks;
+mod offload;
 mod parse;
 mod snat_ports;
 mod sock;
@@ -295,6 +296,9 @@ trait UplinkHook: ctx::Packet {
     /// An ICMP error that may quote one of our flows; None when it quotes
     /// none.
     fn icmp_error(&mut self, cfg: &Config, pkt: &Packet) -> Option<Verdict>;
+    /// What to do with a frame this hook can't translate correctly: a
+    /// frame whose checksum is left to offload, in XDP (see `offload`).
+    fn cannot_translate(&self, pkt: &Packet) -> Option<Verdict>;
 }
 
 impl UplinkHook for TcContext {
@@ -305,6 +309,11 @@ impl UplinkHook for TcContext {
     #[inline(always)]
     fn icmp_error(&mut self, cfg: &Config, pkt: &Packet) -> Option<Verdict> {
         icmp_error(self, cfg, pkt)
+    }
+    /// TC keeps the skb's checksum state: it translates everything.
+    #[inline(always)]
+    fn cannot_translate(&self, _pkt: &Packet) -> Option<Verdict> {
+        None
     }
 }
 
@@ -317,6 +326,10 @@ impl UplinkHook for XdpContext {
     #[inline(always)]
     fn icmp_error(&mut self, _cfg: &Config, _pkt: &Packet) -> Option<Verdict> {
         Some(Verdict::pass(stat::XDP_PASS))
+    }
+    #[inline(always)]
+    fn cannot_translate(&self, pkt: &Packet) -> Option<Verdict> {
+        offload::has_partial_checksum(self, pkt).then(offload::fall_back)
     }
 }
 
@@ -340,6 +353,9 @@ fn from_uplink_verdict<C: UplinkHook>(ctx: &mut C, cfg: &Config) -> Verdict {
         }
     };
     if let Some(verdict) = screen_uplink(cfg, &pkt) {
+        return verdict;
+    }
+    if let Some(verdict) = ctx.cannot_translate(&pkt) {
         return verdict;
     }
     if pkt.l4_kind == L4::Fragment {
@@ -467,6 +483,9 @@ pub fn xdp_uplink(mut ctx: XdpContext) -> u32 {
     let Some(cfg) = config() else {
         return Verdict::pass(stat::XDP_PASS).xdp();
     };
+    if offload::fallen_back(cfg) {
+        return Verdict::pass(stat::XDP_PASS_FALLBACK).xdp();
+    }
     let verdict = from_uplink_verdict(&mut ctx, cfg);
     if verdict.is_pass() {
         return Verdict::pass(stat::XDP_PASS).xdp();

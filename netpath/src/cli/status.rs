@@ -35,7 +35,14 @@ fn print(status: &StatusView) {
     println!("uplink:     {} ({})", status.uplink, status.host_ip);
     println!("bridge:     {} gateway {}", status.bridge, status.gateway);
     println!("subnet:     {}", status.subnet);
-    println!("accel:      {}", status.accel);
+    if status.xdp_fallen_back_to_tc {
+        println!(
+            "accel:      {} (translating in tc: the uplink delivers partial checksums)",
+            status.accel
+        );
+    } else {
+        println!("accel:      {}", status.accel);
+    }
     println!("cgroup:     {}", status.cgroup.display());
     println!("pins:       {}", status.pin_dir.display());
     println!("agent:      {agent}{since}");
