@@ -24,6 +24,8 @@ const OUTSIDE_IF: &str = "out0";
 const HOST_ADDR: &str = "198.18.0.1/24";
 const OUTSIDE_ADDR: &str = "198.18.0.2/24";
 const OUTSIDE_IP: &str = "198.18.0.2";
+/// The demo's second network, `back`.
+const BACK_SUBNET: &str = "10.78.9.0/24";
 const HOST_IP: &str = "198.18.0.1";
 const WEB_PORT: &str = "8001";
 
@@ -89,7 +91,7 @@ impl Demo {
             host: format!("npdemo-host-{sfx}"),
             outside: format!("npdemo-out-{sfx}"),
             cgroup: cg2.join(format!("netpath-demo-{sfx}")),
-            containers: vec![format!("web{sfx}"), format!("db{sfx}")],
+            containers: vec![format!("web{sfx}"), format!("db{sfx}"), format!("cache{sfx}")],
             netns_created: Vec::new(),
             cgroup_created: false,
             up_ran: false,
@@ -203,6 +205,17 @@ impl Demo {
     fn ping_from(&self, name: &str, addr: &str) -> Result<()> {
         let ns = format!("np-{name}");
         self.sh(Command::new("ip").args(["netns", "exec", &ns, "ping", "-c", "1", "-W", "2", addr]))
+    }
+
+    /// Like `ping_from`, but the ping must fail.
+    fn ping_refused(&self, name: &str, addr: &str) -> Result<()> {
+        match self.ping_from(name, addr) {
+            Ok(()) => bail!("{name} reached {addr}, which it must not"),
+            Err(_) => {
+                println!("   (no answer, as it should be)");
+                Ok(())
+            }
+        }
     }
 
     fn cleanup(&mut self) {
@@ -382,6 +395,29 @@ pub fn steps(d: &Demo) -> Vec<Step> {
             |d| {
                 let db = format!("np-{}", d.container(1)?);
                 d.curl(&db, &format!("http://{HOST_IP}:{WEB_PORT}/"), false)
+            },
+        ),
+        step(
+            format!("netpath network create back --internal; netpath container add {} --network back", d.containers[2]),
+            Some(
+                "ip link add br-back type bridge; ...; iptables -I DOCKER-ISOLATION-STAGE-1 -i br-back ! -o br-back -j DROP; ..."
+                    .into(),
+            ),
+            |d| {
+                let cache = d.container(2)?.to_string();
+                d.netpath(&["network", "create", "back", "--internal", "--subnet", BACK_SUBNET])?;
+                d.netpath(&["container", "add", &cache, "--network", "back"])?;
+                d.netpath(&["network", "ls"])
+            },
+        ),
+        step(
+            "networks are isolated: web can't reach cache; cache (internal) can't reach the outside",
+            None,
+            |d| {
+                let (web, cache) = (d.container(0)?.to_string(), d.container(2)?.to_string());
+                let ip = d.container_ip(&cache)?;
+                d.ping_refused(&web, &ip)?;
+                d.ping_refused(&cache, OUTSIDE_IP)
             },
         ),
         step("netpath flows: the conntrack table, read from the pinned map", None, |d| {
