@@ -80,7 +80,7 @@ impl Collector {
         let started = std::time::Instant::now();
         let tables = &mut datapath.tables;
         let now = monotonic_ns();
-        let look_for_dangling = self.passes % DANGLING_EVERY == 0;
+        let look_for_dangling = self.passes.is_multiple_of(DANGLING_EVERY);
         self.passes += 1;
         self.tally.clear(&tables.config()?);
         self.candidates.clear();
@@ -138,11 +138,7 @@ impl Collector {
         self.replies.sort_unstable();
         let mut unknown = Vec::new();
         tables.for_each_reply(|reply, original| {
-            if self
-                .replies
-                .binary_search(&bytemuck::cast(*reply))
-                .is_err()
-            {
+            if self.replies.binary_search(&bytemuck::cast(*reply)).is_err() {
                 unknown.push((*reply, *original));
             }
         })?;

@@ -197,8 +197,8 @@ impl FlowTally {
         self.pools.clear();
         self.shares.clear();
         self.snat_min = u32::from(cfg.snat_port_min);
-        self.snat_span = (u32::from(cfg.snat_port_max).saturating_sub(self.snat_min) + 1)
-            .min(SNAT_POOL_PORTS);
+        self.snat_span =
+            (u32::from(cfg.snat_port_max).saturating_sub(self.snat_min) + 1).min(SNAT_POOL_PORTS);
     }
 
     /// Counts one flow that stays.
@@ -599,14 +599,20 @@ impl Tables {
     /// Calls `each` with every flow of the conntrack table, read in batches.
     pub fn for_each_flow(&self, each: impl FnMut(&FlowKey, &FlowEntry)) -> Result<(), TablesError> {
         for_each_entry(&self.conntrack, each).map_err(|e| {
-            TablesError::Io(io::Error::other(format!("reading {}: {e}", names::CONNTRACK)))
+            TablesError::Io(io::Error::other(format!(
+                "reading {}: {e}",
+                names::CONNTRACK
+            )))
         })
     }
 
     /// Calls `each` with every reply key and its original, read in batches.
     pub fn for_each_reply(&self, each: impl FnMut(&FlowKey, &FlowKey)) -> Result<(), TablesError> {
         for_each_entry(&self.ct_reply, each).map_err(|e| {
-            TablesError::Io(io::Error::other(format!("reading {}: {e}", names::CT_REPLY)))
+            TablesError::Io(io::Error::other(format!(
+                "reading {}: {e}",
+                names::CT_REPLY
+            )))
         })
     }
 

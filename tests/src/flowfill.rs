@@ -11,8 +11,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use aya::maps::{HashMap, Map, MapData, MapError};
 use netpath_common::{
-    FLOW_SEEN_REPLY, FlowEntry, FlowKey, IPPROTO_TCP, host::ip_to_wire, names, nat_kind,
-    tcp_state,
+    FLOW_SEEN_REPLY, FlowEntry, FlowKey, IPPROTO_TCP, host::ip_to_wire, names, nat_kind, tcp_state,
 };
 
 /// Flows per source address: distinct sources keep every one of them
@@ -37,7 +36,8 @@ pub struct Published {
 pub fn fill_published_flows(pins: &Path, flows: Range<u32>, to: Published) -> Result<u32> {
     let open = |name: &str| -> Result<Map> {
         let path = pins.join(name);
-        let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+        let data =
+            MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
         Ok(Map::HashMap(data))
     };
     let mut conntrack: HashMap<MapData, FlowKey, FlowEntry> =

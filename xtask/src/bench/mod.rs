@@ -24,9 +24,9 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 use modes::{Active, Mode, last_scale_port};
-use tools::{Iperf, iperf, with_kernel_cpu, wrk};
 use netpath_common::names::{CONNTRACK, CT_REPLY};
 use netpath_tests::flowfill::{Published, fill_published_flows};
+use tools::{Iperf, iperf, with_kernel_cpu, wrk};
 use topo::{CLIENT_IP, HOST_HTTP_PORT, HOST_IP, HTTP_PORT, Lab, NETPATH_IP, OUTSIDE_IPERF_PORT};
 
 use crate::util::cargo;
@@ -429,8 +429,14 @@ fn measure_flow_table(lab: &Lab, active: &Active<'_>, plan: &Plan) -> Result<Vec
         ("flows_cpu_conn".into(), us_per(cpu, w.requests as f64)),
         ("flows_filled".into(), f64::from(flows)),
         ("flows_agent_cpu".into(), agent_cpu * 100.0),
-        ("flows_agent_rss".into(), peak_rss_kib(agent)? as f64 / 1024.0),
-        ("flows_map_mib".into(), map_bytes as f64 / (1 << 20) as f64),
+        (
+            "flows_agent_rss".into(),
+            peak_rss_kib(agent)? as f64 / 1024.0,
+        ),
+        (
+            "flows_map_mib".into(),
+            map_bytes as f64 / f64::from(1 << 20),
+        ),
     ])
 }
 
@@ -470,8 +476,8 @@ fn peak_rss_kib(pid: u32) -> Result<u64> {
 /// fdinfo).
 fn map_memlock(pin: &Path) -> Result<u64> {
     use std::os::fd::{AsFd, AsRawFd};
-    let map = aya::maps::MapData::from_pin(pin)
-        .with_context(|| format!("opening {}", pin.display()))?;
+    let map =
+        aya::maps::MapData::from_pin(pin).with_context(|| format!("opening {}", pin.display()))?;
     let fd = map.fd().as_fd().as_raw_fd();
     let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
     info.lines()
