@@ -68,6 +68,9 @@ pub mod names {
     pub const PROG_TO_UPLINK: &str = "to_uplink";
     pub const PROG_XDP_UPLINK: &str = "xdp_uplink";
     pub const PROG_XDP_PASS: &str = "xdp_pass";
+    /// Returns TC_ACT_OK without reading the packet: the baseline of program
+    /// cost measurements, attached nowhere.
+    pub const PROG_TC_PASS: &str = "tc_pass";
     pub const PROG_CONNECT4: &str = "sock_connect4";
     pub const PROG_SENDMSG4: &str = "sock_sendmsg4";
     pub const PROG_RECVMSG4: &str = "sock_recvmsg4";

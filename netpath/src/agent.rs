@@ -24,7 +24,7 @@ use crate::{
     flows::{FlowView, monotonic_ns},
     metrics::{self, Retired},
     state::State,
-    tables::{Tables, TablesError},
+    tables::{FlowTally, Tables, TablesError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -43,76 +43,136 @@ pub enum AgentError {
     },
 }
 
-/// One garbage-collection pass; returns how many flows it removed. The
-/// traffic of removed flows through published ports goes to `retired`, so
-/// the per-port metrics keep counting.
-///
-/// The walk reads every entry (one syscall each: aya 0.14 has no batch
-/// lookups for hash maps), and the datapath keeps updating entries while it
-/// runs. So each candidate is read again right before it is deleted and
-/// judged on that fresh copy: a flow that saw a packet since (its
-/// `last_seen_ns` moved) is kept, unless it is a handshake past its
-/// lifetime, which no packet extends (`Timeouts::expired`).
-pub fn collect_garbage(
-    datapath: &mut Datapath,
-    retired: &Retired,
-    timeouts: &Timeouts,
-) -> Result<usize, TablesError> {
-    let started = std::time::Instant::now();
-    let tables = &mut datapath.tables;
-    let now = monotonic_ns();
-    let mut flows = tables.flows()?;
-    let walked = flows.len();
-    let candidates: Vec<FlowKey> = flows
-        .iter()
-        .filter(|(key, entry)| timeouts.expired(key, entry, now))
-        .map(|(key, _)| *key)
-        .collect();
-    let mut expired: Vec<(FlowKey, FlowEntry)> = Vec::with_capacity(candidates.len());
-    for key in candidates {
-        let Some(entry) = tables.flow(&key)? else {
-            continue;
-        };
-        if !timeouts.expired(&key, &entry, monotonic_ns()) {
-            continue;
-        }
-        tables.remove_flow(&key, &entry.reply)?;
-        log::trace!(
-            "conntrack GC: expired {}",
-            FlowView::new(&key, &entry, now).original
-        );
-        expired.push((key, entry));
-    }
-    // What stays, counted per source for the datapath's flow limits.
-    let gone: std::collections::HashSet<FlowKey> = expired.iter().map(|(key, _)| *key).collect();
-    flows.retain(|(key, _)| !gone.contains(key));
-    tables.recount_flow_sources(&flows)?;
-    tables.recount_snat_ports(&flows)?;
-    if !expired.is_empty() {
-        let mut totals = retired.lock().unwrap_or_else(PoisonError::into_inner);
-        for (key, entry) in &expired {
-            metrics::account(&mut totals, key, entry);
-        }
-    }
-    let dangling = tables.dangling_replies();
-    for reply in &dangling {
-        tables.remove_reply(reply);
-    }
-    if !dangling.is_empty() {
-        log::debug!(
-            "conntrack GC: {} dangling reply keys removed",
-            dangling.len()
-        );
-    }
-    log::trace!(
-        "conntrack GC: walked {walked} flows in {:?}, removed {}",
-        started.elapsed(),
-        expired.len()
-    );
-    Ok(expired.len())
+/// The conntrack GC, with what it keeps between passes: buffers sized for
+/// the table, and when it last looked for dangling reply keys.
+#[derive(Default)]
+pub struct Collector {
+    tally: FlowTally,
+    candidates: Vec<FlowKey>,
+    /// Reply keys of the flows the last walk found, sorted as `u128`s.
+    replies: Vec<u128>,
+    passes: u64,
 }
 
+/// Every how many passes the GC also walks `CT_REPLY` for reply keys whose
+/// original is gone: only a crash between a flow's two deletes leaves
+/// one, and the datapath deletes those it finds itself.
+const DANGLING_EVERY: u64 = 16;
+
+impl Collector {
+    /// One garbage-collection pass; returns how many flows it removed. The
+    /// traffic of removed flows through published ports goes to `retired`,
+    /// so the per-port metrics keep counting.
+    ///
+    /// One walk of the table (batched reads) judges every flow and counts
+    /// those that stay for the datapath's limits and SNAT pools. The
+    /// datapath keeps updating entries while it runs, so each candidate is
+    /// read again right before it is deleted and judged on that fresh copy:
+    /// a flow that saw a packet since (its `last_seen_ns` moved) is kept,
+    /// unless it is a handshake past its lifetime, which no packet extends
+    /// (`Timeouts::expired`).
+    pub fn collect(
+        &mut self,
+        datapath: &mut Datapath,
+        retired: &Retired,
+        timeouts: &Timeouts,
+    ) -> Result<usize, TablesError> {
+        let started = std::time::Instant::now();
+        let tables = &mut datapath.tables;
+        let now = monotonic_ns();
+        let look_for_dangling = self.passes.is_multiple_of(DANGLING_EVERY);
+        self.passes += 1;
+        self.tally.clear(&tables.config()?);
+        self.candidates.clear();
+        self.replies.clear();
+        let mut walked = 0;
+        tables.for_each_flow(|key, entry| {
+            walked += 1;
+            if timeouts.expired(key, entry, now) {
+                self.candidates.push(*key);
+            } else {
+                self.tally.add(key, entry);
+                if look_for_dangling {
+                    self.replies.push(bytemuck::cast(entry.reply));
+                }
+            }
+        })?;
+        let mut expired: Vec<(FlowKey, FlowEntry)> = Vec::new();
+        for key in &self.candidates {
+            let Some(entry) = tables.flow(key)? else {
+                continue;
+            };
+            if !timeouts.expired(key, &entry, monotonic_ns()) {
+                self.tally.add(key, &entry);
+                continue;
+            }
+            tables.remove_flow(key, &entry.reply)?;
+            log::trace!(
+                "conntrack GC: expired {}",
+                FlowView::new(key, &entry, now).original
+            );
+            expired.push((*key, entry));
+        }
+        tables.write_tally(&self.tally)?;
+        if !expired.is_empty() {
+            let mut totals = retired.lock().unwrap_or_else(PoisonError::into_inner);
+            for (key, entry) in &expired {
+                metrics::account(&mut totals, key, entry);
+            }
+        }
+        if look_for_dangling {
+            self.remove_dangling_replies(tables)?;
+        }
+        log::trace!(
+            "conntrack GC: walked {walked} flows in {:?}, removed {}",
+            started.elapsed(),
+            expired.len()
+        );
+        Ok(expired.len())
+    }
+
+    /// Removes reply keys whose original is gone. A reply key that no flow
+    /// of the walk has is looked up once more: its flow may be newer than
+    /// the walk.
+    fn remove_dangling_replies(&mut self, tables: &mut Tables) -> Result<(), TablesError> {
+        self.replies.sort_unstable();
+        let mut unknown = Vec::new();
+        tables.for_each_reply(|reply, original| {
+            if self.replies.binary_search(&bytemuck::cast(*reply)).is_err() {
+                unknown.push((*reply, *original));
+            }
+        })?;
+        let mut dangling = 0;
+        for (reply, original) in unknown {
+            if tables.flow(&original)?.is_none() {
+                tables.remove_reply(&reply);
+                dangling += 1;
+            }
+        }
+        if dangling > 0 {
+            log::debug!("conntrack GC: {dangling} dangling reply keys removed");
+        }
+        Ok(())
+    }
+}
+
+/// The shortest time between two GC passes.
 const GC_INTERVAL: Duration = Duration::from_secs(2);
+/// The GC takes at most 1/GC_CPU_SHARE of a core: a pass that cost more
+/// than that share of `GC_INTERVAL` (a large table) pushes the next one
+/// further out.
+const GC_CPU_SHARE: u32 = 50;
+
+/// CPU time of the calling thread (the GC pass runs on one, without awaiting).
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid timespec to write.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
 
 /// Watches the host netns for link, address, route and neighbour changes,
 /// any of which can change where a flow leaves, and wakes `changed` for each
@@ -207,7 +267,9 @@ impl Agent {
         }
         let routes_changed = Arc::new(Notify::new());
         watch_routes(routes_changed.clone())?;
-        let mut gc = tokio::time::interval(GC_INTERVAL);
+        let mut collector = Collector::default();
+        let gc = tokio::time::sleep(GC_INTERVAL);
+        tokio::pin!(gc);
         let mut xdp_fallback_told = false;
         log::info!("agent of instance {} running", state.instance);
         loop {
@@ -218,8 +280,9 @@ impl Agent {
                     Ok(generation) => log::debug!("routes or neighbours changed: route generation {generation}"),
                     Err(e) => log::warn!("invalidating cached next hops: {e}"),
                 },
-                _ = gc.tick() => {
-                    match collect_garbage(&mut datapath, &retired, &state.ct_timeouts) {
+                () = &mut gc => {
+                    let cpu = thread_cpu();
+                    match collector.collect(&mut datapath, &retired, &state.ct_timeouts) {
                         Ok(0) => {}
                         Ok(n) => log::info!("conntrack GC: {n} expired flows removed"),
                         Err(e) => log::warn!("conntrack GC: {e}"),
@@ -233,6 +296,8 @@ impl Agent {
                             state.uplink
                         );
                     }
+                    let next = GC_INTERVAL.max((thread_cpu() - cpu) * GC_CPU_SHARE);
+                    gc.as_mut().reset(tokio::time::Instant::now() + next);
                 }
             }
         }

@@ -3,8 +3,10 @@
 //! none needs the agent.
 use std::{io, net::Ipv4Addr};
 
+use std::os::fd::{AsFd, AsRawFd};
+
 use aya::maps::{
-    Array, HashMap, Map, MapData, MapError, PerCpuArray,
+    Array, HashMap, IterableMap, Map, MapData, MapError, PerCpuArray,
     lpm_trie::{Key, LpmTrie},
 };
 use ipnet::Ipv4Net;
@@ -48,30 +50,35 @@ fn subnet_key(network: &Network) -> Key<u32> {
     Key::new(u32::from(network.prefix_len()), network.subnet_addr)
 }
 
-/// Makes `map` hold exactly `entries`: what the datapath counts between
-/// two GC passes is replaced by the truth.
+/// Makes `map` hold exactly `wanted`: what the datapath counts between
+/// two GC passes is replaced by the truth. Only entries that differ are
+/// written and only those not wanted deleted: most stay as they are.
 fn replace_all<K, V>(
     map: &mut HashMap<MapData, K, V>,
     name: &str,
-    entries: impl IntoIterator<Item = (K, V)>,
+    wanted: &std::collections::HashMap<K, V>,
 ) -> Result<(), TablesError>
 where
     K: aya::Pod + Eq + std::hash::Hash,
-    V: aya::Pod,
+    V: aya::Pod + PartialEq,
 {
-    let entries: std::collections::HashMap<K, V> = entries.into_iter().collect();
-    let gone: Vec<K> = map
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|key| !entries.contains_key(key))
-        .collect();
+    let mut gone = Vec::new();
+    let mut current = std::collections::HashSet::with_capacity(wanted.len());
+    for_each_entry(map, |key: &K, value: &V| match wanted.get(key) {
+        Some(want) if want == value => {
+            current.insert(*key);
+        }
+        Some(_) => {}
+        None => gone.push(*key),
+    })
+    .map_err(|e| TablesError::Io(io::Error::other(format!("reading {name}: {e}"))))?;
     for key in gone {
         match map.remove(&key) {
             Ok(()) | Err(MapError::KeyNotFound) => {}
             Err(e) => return Err(map_err(name)(e)),
         }
     }
-    for (key, value) in &entries {
+    for (key, value) in wanted.iter().filter(|(key, _)| !current.contains(key)) {
         match map.insert(key, value, 0) {
             Ok(()) => {}
             // Filled by the datapath since the walk (a plain hash): the
@@ -81,6 +88,148 @@ where
         }
     }
     Ok(())
+}
+
+/// Entries per `BPF_MAP_LOOKUP_BATCH` call: more than any hash bucket holds.
+const BATCH: usize = 4096;
+
+/// Calls `each` with every entry of `map`, read with `BPF_MAP_LOOKUP_BATCH`
+/// (hash maps, Linux 5.6): one syscall per [`BATCH`] entries where aya
+/// 0.14's iterator makes two per entry. Entries the datapath adds or
+/// removes meanwhile may be seen or not, as with any walk.
+fn for_each_entry<K: aya::Pod, V: aya::Pod>(
+    map: &impl IterableMap<K, V>,
+    mut each: impl FnMut(&K, &V),
+) -> io::Result<()> {
+    /// `union bpf_attr`'s `batch` member.
+    #[repr(C)]
+    struct BatchAttr {
+        in_batch: u64,
+        out_batch: u64,
+        keys: u64,
+        values: u64,
+        count: u32,
+        map_fd: u32,
+        elem_flags: u64,
+        flags: u64,
+    }
+    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+    let (key_size, value_size) = (size_of::<K>(), size_of::<V>());
+    let mut keys = vec![0u8; BATCH * key_size];
+    let mut values = vec![0u8; BATCH * value_size];
+    // The kernel's cursor (a bucket index for hash maps): out of one call,
+    // into the next.
+    let (mut cursor_in, mut cursor_out) = (0u64, 0u64);
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first {
+                0
+            } else {
+                &raw const cursor_in as u64
+            },
+            out_batch: &raw mut cursor_out as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: BATCH as u32,
+            map_fd: map.map().fd().as_fd().as_raw_fd() as u32,
+            elem_flags: 0,
+            flags: 0,
+        };
+        // SAFETY: attr points to buffers of `count` keys and values of the
+        // map's sizes (aya checked them when it opened the map) and to the
+        // cursors, all alive for the call.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &raw mut attr,
+                size_of::<BatchAttr>(),
+            )
+        };
+        let done = ret < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOENT);
+        if ret < 0 && !done {
+            return Err(io::Error::last_os_error());
+        }
+        for i in 0..attr.count as usize {
+            // SAFETY: the kernel wrote `count` whole keys and values; Pod
+            // types have no invalid bit patterns.
+            let (key, value) = unsafe {
+                (
+                    keys.as_ptr().add(i * key_size).cast::<K>().read_unaligned(),
+                    values
+                        .as_ptr()
+                        .add(i * value_size)
+                        .cast::<V>()
+                        .read_unaligned(),
+                )
+            };
+            each(&key, &value);
+        }
+        if done {
+            return Ok(());
+        }
+        cursor_in = cursor_out;
+        first = false;
+    }
+}
+
+/// What the datapath's flow limits and SNAT pools count, from one walk of
+/// the conntrack table ([`Tables::write_tally`] writes it). Kept across GC
+/// passes: clearing keeps the allocations.
+#[derive(Default)]
+pub struct FlowTally {
+    /// Open flows per original source (see `recount`).
+    sources: std::collections::HashMap<u32, u32>,
+    /// SNAT ports taken per destination.
+    pools: std::collections::HashMap<SnatDestination, Box<SnatPortPool>>,
+    /// Open SNAT flows per container and destination.
+    shares: std::collections::HashMap<SnatShareKey, u32>,
+    /// The SNAT range: its first port and how many ports a pool covers.
+    snat_min: u32,
+    snat_span: u32,
+}
+
+impl FlowTally {
+    /// Starts a new count for the SNAT range of `cfg`.
+    pub fn clear(&mut self, cfg: &Config) {
+        self.sources.clear();
+        self.pools.clear();
+        self.shares.clear();
+        self.snat_min = u32::from(cfg.snat_port_min);
+        self.snat_span =
+            (u32::from(cfg.snat_port_max).saturating_sub(self.snat_min) + 1).min(SNAT_POOL_PORTS);
+    }
+
+    /// Counts one flow that stays.
+    pub fn add(&mut self, key: &FlowKey, entry: &FlowEntry) {
+        let open = !finished(key, entry);
+        if open {
+            *self.sources.entry(key.saddr).or_default() += 1;
+        }
+        if !matches!(entry.nat_kind, nat_kind::MASQUERADE | nat_kind::HAIRPIN) {
+            return;
+        }
+        let destination = SnatDestination::of_reply(&entry.reply);
+        let port = u32::from(u16::from_be(entry.reply.dport));
+        if let Some(offset) = port
+            .checked_sub(self.snat_min)
+            .filter(|offset| *offset < self.snat_span)
+        {
+            self.pools
+                .entry(destination)
+                .or_insert_with(|| Box::new(bytemuck::Zeroable::zeroed()))
+                .mark_used(offset);
+        }
+        // The original source of an SNAT flow is always a container.
+        if open {
+            let share = SnatShareKey {
+                container: key.saddr,
+                destination,
+            };
+            *self.shares.entry(share).or_default() += 1;
+        }
+    }
 }
 
 /// The instance's pinned maps, opened. A command opens them once and passes
@@ -385,13 +534,9 @@ impl Tables {
     }
 
     pub fn flows(&self) -> Result<Vec<(FlowKey, FlowEntry)>, TablesError> {
-        // Entries can vanish between key iteration and lookup (GC, races):
-        // skip those rather than fail.
-        Ok(self
-            .conntrack
-            .iter()
-            .filter_map(Result::ok)
-            .collect::<Vec<_>>())
+        let mut flows = Vec::new();
+        self.for_each_flow(|key, entry| flows.push((*key, *entry)))?;
+        Ok(flows)
     }
 
     /// Removes flows matching `pred`, both keys of each pair. Returns how many.
@@ -424,70 +569,51 @@ impl Tables {
         }
     }
 
-    /// Writes the true number of open flows per original source (what the
-    /// datapath's per-source and per-container limits count) from `flows`,
-    /// the table as just read: the datapath only ever adds to these, so
-    /// without a recount a source's count would never come down.
-    pub fn recount_flow_sources(
-        &mut self,
-        flows: &[(FlowKey, FlowEntry)],
-    ) -> Result<(), TablesError> {
-        let mut counts = std::collections::HashMap::<u32, u32>::new();
-        for (key, entry) in flows {
-            if !finished(key, entry) {
-                *counts.entry(key.saddr).or_default() += 1;
-            }
-        }
-        replace_all(&mut self.flow_counts, names::FLOW_COUNTS, counts)
-    }
-
-    /// Rewrites the datapath's SNAT port pools (the ports taken toward each
-    /// destination) and the containers' SNAT shares from `flows`, the table
-    /// as just read. The datapath only sets bits and counts in between, so
-    /// this is where the ports of flows gone become free again, and where
-    /// pools of destinations no flow goes to any more are deleted.
-    pub fn recount_snat_ports(
-        &mut self,
-        flows: &[(FlowKey, FlowEntry)],
-    ) -> Result<(), TablesError> {
-        let cfg = self.config()?;
-        let min = u32::from(cfg.snat_port_min);
-        let span = (u32::from(cfg.snat_port_max).saturating_sub(min) + 1).min(SNAT_POOL_PORTS);
-        let mut pools = std::collections::HashMap::<SnatDestination, Box<SnatPortPool>>::new();
-        let mut shares = std::collections::HashMap::<SnatShareKey, u32>::new();
-        for (key, entry) in flows {
-            if !matches!(entry.nat_kind, nat_kind::MASQUERADE | nat_kind::HAIRPIN) {
-                continue;
-            }
-            let destination = SnatDestination::of_reply(&entry.reply);
-            let port = u32::from(u16::from_be(entry.reply.dport));
-            if let Some(offset) = port.checked_sub(min).filter(|offset| *offset < span) {
-                pools
-                    .entry(destination)
-                    .or_insert_with(|| Box::new(bytemuck::Zeroable::zeroed()))
-                    .mark_used(offset);
-            }
-            // The original source of an SNAT flow is always a container.
-            if !finished(key, entry) {
-                let share = SnatShareKey {
-                    container: key.saddr,
-                    destination,
-                };
-                *shares.entry(share).or_default() += 1;
-            }
-        }
-        replace_all(&mut self.snat_shares, names::SNAT_SHARES, shares)?;
+    /// Writes what `tally` counted (the table as just walked) to the
+    /// datapath's counts: the true number of open flows per original
+    /// source (what the per-source and per-container limits count), the
+    /// SNAT port pools (the ports taken toward each destination) and the
+    /// containers' SNAT shares. The datapath only ever adds to these
+    /// between passes, so this is where counts come down, the ports of
+    /// flows gone become free again, and pools of destinations no flow goes
+    /// to any more are deleted.
+    pub fn write_tally(&mut self, tally: &FlowTally) -> Result<(), TablesError> {
+        replace_all(&mut self.flow_counts, names::FLOW_COUNTS, &tally.sources)?;
+        replace_all(&mut self.snat_shares, names::SNAT_SHARES, &tally.shares)?;
         // The map has room for so many pools: the busiest destinations get
         // them (the others' few ports are found by random probes).
-        let mut pools: Vec<_> = pools.into_iter().collect();
+        let mut pools: Vec<_> = tally.pools.iter().collect();
         if pools.len() > SNAT_POOLS_MAX {
             pools.sort_by_cached_key(|(_, pool)| {
                 std::cmp::Reverse(pool.used.iter().map(|w| w.count_ones()).sum::<u32>())
             });
             pools.truncate(SNAT_POOLS_MAX);
         }
-        let pools = pools.into_iter().map(|(dest, pool)| (dest, *pool));
-        replace_all(&mut self.snat_ports, names::SNAT_PORTS, pools)
+        let pools = pools
+            .into_iter()
+            .map(|(destination, pool)| (*destination, **pool))
+            .collect();
+        replace_all(&mut self.snat_ports, names::SNAT_PORTS, &pools)
+    }
+
+    /// Calls `each` with every flow of the conntrack table, read in batches.
+    pub fn for_each_flow(&self, each: impl FnMut(&FlowKey, &FlowEntry)) -> Result<(), TablesError> {
+        for_each_entry(&self.conntrack, each).map_err(|e| {
+            TablesError::Io(io::Error::other(format!(
+                "reading {}: {e}",
+                names::CONNTRACK
+            )))
+        })
+    }
+
+    /// Calls `each` with every reply key and its original, read in batches.
+    pub fn for_each_reply(&self, each: impl FnMut(&FlowKey, &FlowKey)) -> Result<(), TablesError> {
+        for_each_entry(&self.ct_reply, each).map_err(|e| {
+            TablesError::Io(io::Error::other(format!(
+                "reading {}: {e}",
+                names::CT_REPLY
+            )))
+        })
     }
 
     /// The conntrack entry of `key` as it is now; None when it is gone.
@@ -497,16 +623,6 @@ impl Tables {
             Err(MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(map_err(names::CONNTRACK)(e)),
         }
-    }
-
-    /// Reply keys whose original is gone (a crash between the two deletes).
-    pub fn dangling_replies(&self) -> Vec<FlowKey> {
-        self.ct_reply
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, orig)| matches!(self.conntrack.get(orig, 0), Err(MapError::KeyNotFound)))
-            .map(|(reply, _)| reply)
-            .collect()
     }
 
     pub fn remove_reply(&mut self, reply: &FlowKey) {

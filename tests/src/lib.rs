@@ -39,6 +39,7 @@ pub fn require_root() {
         "the netpath end-to-end tests need root (network namespaces, eBPF); run `cargo xtask test` as root"
     );
 }
+pub mod flowfill;
 pub mod inject;
 pub mod packet;
 pub mod runtime;

@@ -107,16 +107,24 @@ pub enum TcProgram {
     FromUplink,
     /// Egress of the uplink (`u0`): the host's own traffic.
     ToUplink,
+    /// Passes every packet unread: the baseline of a cost measurement.
+    Pass,
 }
 
 impl TcProgram {
-    pub const ALL: [TcProgram; 3] = [Self::FromContainer, Self::FromUplink, Self::ToUplink];
+    pub const ALL: [TcProgram; 4] = [
+        Self::FromContainer,
+        Self::FromUplink,
+        Self::ToUplink,
+        Self::Pass,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Self::FromContainer => names::PROG_FROM_CONTAINER,
             Self::FromUplink => names::PROG_FROM_UPLINK,
             Self::ToUplink => names::PROG_TO_UPLINK,
+            Self::Pass => names::PROG_TC_PASS,
         }
     }
 }
@@ -438,7 +446,7 @@ impl TestDatapath {
     pub fn run_tc(&self, prog: TcProgram, frame: &[u8]) -> Result<RunOutput> {
         let ifindex = match prog {
             TcProgram::FromContainer => self.container_ifindex,
-            TcProgram::FromUplink | TcProgram::ToUplink => self.uplink_ifindex,
+            TcProgram::FromUplink | TcProgram::ToUplink | TcProgram::Pass => self.uplink_ifindex,
         };
         let classifier: &SchedClassifier = self
             .ebpf

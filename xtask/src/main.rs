@@ -82,6 +82,10 @@ enum Cmd {
         /// no report files.
         #[arg(long, conflicts_with_all = ["rounds", "modes"])]
         prog_cost_only: bool,
+        /// Conntrack table size of the flow-table step [default: 1000000,
+        /// 20000 with --quick].
+        #[arg(long, value_name = "N")]
+        flow_table: Option<u32>,
     },
     /// The test suite in qemu on Debian's cloud kernels. ARGS go to every
     /// test binary in the VMs.
@@ -150,6 +154,7 @@ fn real_main() -> Result<ExitCode> {
             rounds,
             modes,
             prog_cost_only,
+            flow_table,
         } => {
             if !prog_cost_only {
                 tools::preflight(Task::Bench)?;
@@ -158,7 +163,7 @@ fn real_main() -> Result<ExitCode> {
             if prog_cost_only {
                 bench::run_prog_cost_only(quick)?;
             } else {
-                bench::run(quick, rounds, &modes)?;
+                bench::run(quick, rounds, &modes, flow_table)?;
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -5,6 +5,7 @@
 //! published port. What a container sends must carry its own addresses, and
 //! leaves the host only translated.
 mod allow;
+mod baseline;
 mod conntrack;
 mod csum;
 mod ctx;

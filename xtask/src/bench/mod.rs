@@ -24,8 +24,10 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 use modes::{Active, Mode, last_scale_port};
+use netpath_common::names::{CONNTRACK, CT_REPLY};
+use netpath_tests::flowfill::{Published, fill_published_flows};
 use tools::{Iperf, iperf, with_kernel_cpu, wrk};
-use topo::{CLIENT_IP, HTTP_PORT, Lab, OUTSIDE_IPERF_PORT};
+use topo::{CLIENT_IP, HOST_HTTP_PORT, HOST_IP, HTTP_PORT, Lab, NETPATH_IP, OUTSIDE_IPERF_PORT};
 
 use crate::util::cargo;
 
@@ -34,7 +36,7 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 /// `cargo xtask bench --prog-cost-only`: the program cost alone (no
 /// topology, no traffic tools), printed; a quick check of a datapath change.
 pub fn run_prog_cost_only(quick: bool) -> Result<()> {
-    let plan = Plan::new(quick, None);
+    let plan = Plan::new(quick, None, None);
     let (_, object) = build_release()?;
     println!(
         "bench: program cost (BPF_PROG_TEST_RUN, {} runs per case)",
@@ -57,10 +59,14 @@ pub struct Plan {
     pub prog_iters: usize,
     /// Concurrent connections of the connection-rate runs.
     pub conns: u32,
+    /// Capacity of the conntrack table in the flow-table step (netpath).
+    pub flow_table: u32,
+    /// Seconds over which the agent's CPU is measured with the table full.
+    pub flow_window: u64,
 }
 
 impl Plan {
-    pub fn new(quick: bool, rounds: Option<usize>) -> Self {
+    pub fn new(quick: bool, rounds: Option<usize>, flow_table: Option<u32>) -> Self {
         let (r, secs, scale, udp_rates, prog_iters) = if quick {
             (1, 1, vec![1, 1000], vec![50_000], 1000)
         } else {
@@ -80,6 +86,8 @@ impl Plan {
             udp_rates,
             prog_iters,
             conns: 16,
+            flow_table: flow_table.unwrap_or(if quick { 20_000 } else { 1_000_000 }),
+            flow_window: if quick { 4 } else { 30 },
         }
     }
 }
@@ -119,8 +127,13 @@ impl Results {
     }
 }
 
-pub fn run(quick: bool, rounds: Option<usize>, only: &[String]) -> Result<()> {
-    let plan = Plan::new(quick, rounds);
+pub fn run(
+    quick: bool,
+    rounds: Option<usize>,
+    only: &[String],
+    flow_table: Option<u32>,
+) -> Result<()> {
+    let plan = Plan::new(quick, rounds, flow_table);
     let modes = Mode::select(only)?;
     ensure_run_netns()?;
     let (bin, object) = build_release()?;
@@ -148,7 +161,7 @@ pub fn run(quick: bool, rounds: Option<usize>, only: &[String]) -> Result<()> {
                 plan.rounds,
                 mode.name()
             );
-            if let Some(active) = setup(mode, &lab, &bin, &server_ports, &mut results) {
+            if let Some(active) = setup(mode, &lab, &bin, &server_ports, None, &mut results) {
                 measure_mode(&lab, &active, &plan, &mut results)?;
                 if round + 1 == plan.rounds
                     && let Some(stats) = active.netpath_stats()
@@ -174,12 +187,29 @@ pub fn run(quick: bool, rounds: Option<usize>, only: &[String]) -> Result<()> {
                     plan.rounds,
                     mode.name()
                 );
-                if let Some(active) = setup(mode, &lab, &bin, &server_ports, &mut results) {
+                if let Some(active) = setup(mode, &lab, &bin, &server_ports, None, &mut results) {
                     results.record(mode, &format!("scale {n}"), || {
                         measure_scale(&lab, &active, &plan, n)
                     });
                 }
             }
+        }
+    }
+    // The flow-table step, first round's order, netpath only: filling
+    // nf_conntrack to 1M needs nf_conntrack_max, which only the root
+    // netns may set (global), and 1M real connections.
+    for mode in publishing.iter().filter(|m| m.netpath_accel().is_some()) {
+        check_interrupt()?;
+        println!(
+            "bench: flow table: {} with {} flows",
+            mode.name(),
+            plan.flow_table
+        );
+        let size = Some(plan.flow_table);
+        if let Some(active) = setup(*mode, &lab, &bin, &server_ports, size, &mut results) {
+            results.record(*mode, "flow table", || {
+                measure_flow_table(&lab, &active, &plan)
+            });
         }
     }
     results.loadavg.push(loadavg());
@@ -236,9 +266,10 @@ fn setup<'a>(
     lab: &'a Lab,
     bin: &'a Path,
     server_ports: &[u16],
+    conntrack_size: Option<u32>,
     res: &mut Results,
 ) -> Option<Active<'a>> {
-    mode.setup(lab, bin, server_ports)
+    mode.setup(lab, bin, server_ports, conntrack_size)
         .inspect_err(|e| {
             eprintln!("bench: FAILED {e:#}");
             res.errors.push(format!("{e:#}"));
@@ -357,6 +388,102 @@ fn measure_scale(
         (format!("scale_cpu_{n}"), us_per(cpu, w.requests as f64)),
         (format!("scale_install_{n}"), took.as_secs_f64() * 1e3),
     ])
+}
+
+/// The flow-table step on netpath set up with a table of
+/// `plan.flow_table` flows: the connection rate with the table 90 % full
+/// (established flows written from userspace, see
+/// [`netpath_tests::flowfill`]), then with it full the agent's CPU (GC
+/// passes over every flow) over `plan.flow_window` seconds, its peak RSS
+/// and the kernel memory of the two conntrack maps.
+fn measure_flow_table(lab: &Lab, active: &Active<'_>, plan: &Plan) -> Result<Vec<(String, f64)>> {
+    let (c, scratch) = (lab.client.as_str(), lab.scratch.as_path());
+    let pins = active.netpath_pins();
+    let to = Published {
+        host: (HOST_IP.parse()?, HOST_HTTP_PORT),
+        container: (NETPATH_IP.parse()?, HTTP_PORT),
+    };
+    let size = plan.flow_table;
+    let ninety = size / 10 * 9;
+    let filled = fill_published_flows(&pins, 0..ninety, to)?;
+    if filled < ninety {
+        bail!("the conntrack table took {filled} of {ninety} flows");
+    }
+    let http = active.http();
+    let http = (http.0.as_str(), http.1);
+    let _ = wrk(c, http, plan.conns, true, 1, scratch);
+    let (w, cpu) = with_kernel_cpu(|| wrk(c, http, plan.conns, true, plan.secs, scratch))?;
+    // Up to full: wrk's flows took some of the room.
+    let flows = filled + fill_published_flows(&pins, ninety..size, to)?;
+    let agent = active.netpath_agent_pid()?;
+    let before = process_cpu_s(agent)?;
+    let started = std::time::Instant::now();
+    std::thread::sleep(std::time::Duration::from_secs(plan.flow_window));
+    let agent_cpu = (process_cpu_s(agent)? - before) / started.elapsed().as_secs_f64();
+    let map_bytes: u64 = [CONNTRACK, CT_REPLY]
+        .iter()
+        .map(|map| map_memlock(&pins.join(map)))
+        .sum::<Result<u64>>()?;
+    Ok(vec![
+        ("flows_conn_rate".into(), w.requests_per_s),
+        ("flows_cpu_conn".into(), us_per(cpu, w.requests as f64)),
+        ("flows_filled".into(), f64::from(flows)),
+        ("flows_agent_cpu".into(), agent_cpu * 100.0),
+        (
+            "flows_agent_rss".into(),
+            peak_rss_kib(agent)? as f64 / 1024.0,
+        ),
+        (
+            "flows_map_mib".into(),
+            map_bytes as f64 / f64::from(1 << 20),
+        ),
+    ])
+}
+
+/// User + system CPU seconds `pid` has used (`/proc/PID/stat`).
+fn process_cpu_s(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // After the command name, which may hold spaces: state is field 3,
+    // utime and stime fields 14 and 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| -> Result<f64> {
+        fields
+            .get(i - 3)
+            .and_then(|f| f.parse::<f64>().ok())
+            .with_context(|| format!("no field {i} in /proc/{pid}/stat"))
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((ticks(14)? + ticks(15)?) / hz)
+}
+
+/// `VmHWM` of `pid`: its peak resident memory, KiB.
+fn peak_rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no VmHWM in /proc/{pid}/status"))
+}
+
+/// The kernel memory of the map pinned at `pin`, bytes (`memlock` of its
+/// fdinfo).
+fn map_memlock(pin: &Path) -> Result<u64> {
+    use std::os::fd::{AsFd, AsRawFd};
+    let map =
+        aya::maps::MapData::from_pin(pin).with_context(|| format!("opening {}", pin.display()))?;
+    let fd = map.fd().as_fd().as_raw_fd();
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("memlock:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no memlock in the fdinfo of {}", pin.display()))
 }
 
 /// `ip netns add` needs /run/netns (the tools were checked before the

@@ -76,7 +76,7 @@ impl Mode {
         }
     }
 
-    fn netpath_accel(self) -> Option<&'static str> {
+    pub fn netpath_accel(self) -> Option<&'static str> {
         match self {
             Mode::NetpathTc => Some("tc"),
             Mode::NetpathXdp => Some("xdp"),
@@ -90,12 +90,14 @@ impl Mode {
         !matches!(self, Mode::Direct | Mode::Route)
     }
 
-    /// Builds the mode and starts the container's servers.
+    /// Builds the mode and starts the container's servers; netpath with a
+    /// conntrack table of `conntrack_size` flows if given.
     pub fn setup<'a>(
         self,
         lab: &'a Lab,
         bin: &'a Path,
         server_ports: &[u16],
+        conntrack_size: Option<u32>,
     ) -> Result<Active<'a>> {
         let mut active = Active {
             mode: self,
@@ -106,6 +108,7 @@ impl Mode {
             netpath_up: false,
             client_csum_off: false,
             servers: Vec::new(),
+            conntrack_size,
         };
         active
             .build(server_ports)
@@ -124,6 +127,7 @@ pub struct Active<'a> {
     netpath_up: bool,
     client_csum_off: bool,
     servers: Vec<Proc>,
+    conntrack_size: Option<u32>,
 }
 
 impl Active<'_> {
@@ -193,9 +197,14 @@ impl Active<'_> {
                 let accel = self.mode.netpath_accel().unwrap_or("tc");
                 let cgroup = self.lab.cgroup.to_string_lossy().into_owned();
                 self.netpath_up = true;
-                self.netpath(&[
+                let mut up = vec![
                     "up", "--detach", "--uplink", UPLINK, "--accel", accel, "--cgroup", &cgroup,
-                ])?;
+                ];
+                let size = self.conntrack_size.map(|n| n.to_string());
+                if let Some(size) = &size {
+                    up.extend(["--conntrack-size", size]);
+                }
+                self.netpath(&up)?;
                 self.netpath(&["container", "add", &self.container, "--ip", NETPATH_IP])?;
                 // The same client settings as the baseline container (topo.rs).
                 let ns = self.container_ns();
@@ -255,6 +264,24 @@ impl Active<'_> {
                 Ok(start.elapsed())
             }
         }
+    }
+
+    /// Where netpath pins its maps (netpath modes only).
+    pub fn netpath_pins(&self) -> PathBuf {
+        Path::new("/sys/fs/bpf/netpath")
+            .join(&self.instance)
+            .join(format!("v{}", netpath_common::LAYOUT_VERSION))
+    }
+
+    /// The pid of netpath's agent (netpath modes only).
+    pub fn netpath_agent_pid(&self) -> Result<u32> {
+        let out = self.netpath(&["status", "--json"])?;
+        let status: serde_json::Value =
+            serde_json::from_str(&out).context("`netpath status --json` output is not JSON")?;
+        status["agent_pid"]
+            .as_u64()
+            .and_then(|pid| u32::try_from(pid).ok())
+            .with_context(|| format!("no agent pid in `netpath status --json`: {out}"))
     }
 
     /// `netpath stats --json` (netpath modes only).

@@ -131,6 +131,42 @@ const METRICS: &[(&str, &str, &str, bool)] = &[
         "ms",
         false,
     ),
+    (
+        "flows_conn_rate",
+        "connections/s, conntrack table 90 % full (netpath only)",
+        "conn/s",
+        true,
+    ),
+    (
+        "flows_cpu_conn",
+        "kernel CPU per connection, conntrack table 90 % full",
+        "us/conn",
+        false,
+    ),
+    (
+        "flows_filled",
+        "flows in the full conntrack table",
+        "flows",
+        true,
+    ),
+    (
+        "flows_agent_cpu",
+        "agent CPU, full conntrack table (expiry)",
+        "% of a core",
+        false,
+    ),
+    (
+        "flows_agent_rss",
+        "agent peak RSS, full conntrack table",
+        "MiB",
+        false,
+    ),
+    (
+        "flows_map_mib",
+        "conntrack maps' kernel memory (CONNTRACK + CT_REPLY)",
+        "MiB",
+        false,
+    ),
 ];
 
 fn describe(id: &str) -> (String, &'static str, bool) {
@@ -173,7 +209,7 @@ fn fmt(v: Option<f64>, unit: &str) -> String {
         None => "–".into(),
         Some(v) => match unit {
             "Gbit/s" => format!("{v:.2}"),
-            "%" => format!("{v:.2}"),
+            "%" | "% of a core" => format!("{v:.2}"),
             "ms" | "us/conn" => format!("{v:.1}"),
             _ => format!("{v:.0}"),
         },
