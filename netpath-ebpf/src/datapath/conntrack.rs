@@ -6,7 +6,7 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::bindings::BPF_NOEXIST;
 use netpath_common::{
-    DIR_ORIGINAL, DIR_REPLY, EVENT_CLOSED, EVENT_OPENED, FLOW_FIN_ORIGINAL, FLOW_FIN_REPLY,
+    Config, DIR_ORIGINAL, DIR_REPLY, EVENT_CLOSED, EVENT_OPENED, FLOW_FIN_ORIGINAL, FLOW_FIN_REPLY,
     FLOW_REPLY_SEQ_KNOWN, FLOW_SEEN_REPLY, FlowEntry, FlowEvent, FlowKey, IPPROTO_TCP,
     SnatDestination, stat, tcp_state,
 };
@@ -43,16 +43,72 @@ impl Flow {
     }
 }
 
-/// Finds the flow a packet belongs to, in either direction.
-#[inline(always)]
-pub fn lookup(key: &FlowKey) -> Option<Flow> {
-    if let Some(entry) = CONNTRACK.get_ptr_mut(key) {
-        return Some(Flow {
-            entry,
-            orig: *key,
-            dir: DIR_ORIGINAL,
-        });
+/// Which direction a packet most likely travels: where [`lookup`] looks
+/// first. A reply found on the first try costs two lookups (`CT_REPLY`,
+/// then the flow), not three; a wrong guess costs one more.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Likely {
+    Original,
+    Reply,
+}
+
+impl Likely {
+    /// What a packet from a container most likely is: from one of its
+    /// ephemeral ports (which are the SNAT range) the start of a flow it
+    /// opened, else a server's answer in a flow to a published port.
+    #[inline(always)]
+    pub fn from_container(cfg: &Config, pkt: &Packet) -> Self {
+        if in_snat_range(cfg, pkt.key.sport) {
+            Likely::Original
+        } else {
+            Likely::Reply
+        }
     }
+
+    /// What a packet from the uplink most likely is: to an SNAT port of the
+    /// host's address, the answer to a masqueraded flow; else a client's
+    /// packet to a published port.
+    #[inline(always)]
+    pub fn from_uplink(cfg: &Config, pkt: &Packet) -> Self {
+        if pkt.key.daddr == cfg.host_ip && in_snat_range(cfg, pkt.key.dport) {
+            Likely::Reply
+        } else {
+            Likely::Original
+        }
+    }
+}
+
+/// Whether `port` (wire order) is in the SNAT range.
+#[inline(always)]
+fn in_snat_range(cfg: &Config, port: u16) -> bool {
+    let port = u16::from_be(port);
+    port >= cfg.snat_port_min && port <= cfg.snat_port_max
+}
+
+/// Finds the flow a packet belongs to, in either direction, looking where
+/// it `likely` is first.
+#[inline(always)]
+pub fn lookup(key: &FlowKey, likely: Likely) -> Option<Flow> {
+    if likely == Likely::Reply {
+        return lookup_reply(key).or_else(|| lookup_original(key));
+    }
+    lookup_original(key).or_else(|| lookup_reply(key))
+}
+
+/// The flow whose original tuple is `key`.
+#[inline(always)]
+fn lookup_original(key: &FlowKey) -> Option<Flow> {
+    let entry = CONNTRACK.get_ptr_mut(key)?;
+    Some(Flow {
+        entry,
+        orig: *key,
+        dir: DIR_ORIGINAL,
+    })
+}
+
+/// The flow whose reply tuple is `key`.
+#[inline(always)]
+fn lookup_reply(key: &FlowKey) -> Option<Flow> {
     let orig = unsafe { *CT_REPLY.get_ptr(key)? };
     match CONNTRACK.get_ptr_mut(orig) {
         Some(entry) => Some(Flow {

@@ -32,7 +32,7 @@ use netpath_common::{
     stat,
 };
 
-use conntrack::Flow;
+use conntrack::{Flow, Likely};
 use csum::Side;
 use fwd::{Egress, Hop};
 use maps::{ENDPOINTS, NewFlowRequest, PORTS, SLOW_PATHS, config, now_ns, scratch};
@@ -100,7 +100,7 @@ fn from_container_verdict(ctx: &mut TcContext, cfg: &Config) -> Verdict {
         let ep = *ep;
         return fwd::send(ctx, cfg, &pkt, &Egress::Container(ep), Hop::Bridged);
     }
-    if let Some(flow) = conntrack::lookup(&pkt.key) {
+    if let Some(flow) = conntrack::lookup(&pkt.key, Likely::from_container(cfg, &pkt)) {
         return forward_flow(ctx, cfg, &pkt, &flow);
     }
     if pkt.l4_kind == L4::IcmpError {
@@ -238,7 +238,7 @@ fn later_fragment_from_container(
         return Verdict::drop(stat::DROP_MARTIAN_DESTINATION);
     }
     if fragments::resolve(&mut pkt)
-        && let Some(flow) = conntrack::lookup(&pkt.key)
+        && let Some(flow) = conntrack::lookup(&pkt.key, Likely::from_container(cfg, &pkt))
     {
         return forward_flow(ctx, cfg, &pkt, &flow);
     }
@@ -362,7 +362,7 @@ fn from_uplink_verdict<C: UplinkHook>(ctx: &mut C, cfg: &Config) -> Verdict {
     if pkt.l4_kind == L4::Fragment {
         // A later fragment follows its datagram's flow, or is the host's.
         if fragments::resolve(&mut pkt)
-            && let Some(flow) = conntrack::lookup(&pkt.key)
+            && let Some(flow) = conntrack::lookup(&pkt.key, Likely::from_uplink(cfg, &pkt))
         {
             return forward_from_outside(ctx, cfg, &pkt, &flow);
         }
@@ -373,7 +373,7 @@ fn from_uplink_verdict<C: UplinkHook>(ctx: &mut C, cfg: &Config) -> Verdict {
         };
     }
     fragments::record(&pkt);
-    if let Some(flow) = conntrack::lookup(&pkt.key) {
+    if let Some(flow) = conntrack::lookup(&pkt.key, Likely::from_uplink(cfg, &pkt)) {
         return forward_from_outside(ctx, cfg, &pkt, &flow);
     }
     if let Some(verdict) = screen_uplink_source(&pkt) {
@@ -660,7 +660,7 @@ fn masquerade(ctx: &TcContext, cfg: &Config, pkt: &Packet, then: u32) -> Verdict
 /// routed it: translated as its flow's, or the first of a new one.
 #[inline(always)]
 fn masquerade_on_uplink(ctx: &mut TcContext, cfg: &Config, pkt: &Packet) -> Verdict {
-    let Some(flow) = conntrack::lookup(&pkt.key) else {
+    let Some(flow) = conntrack::lookup(&pkt.key, Likely::Original) else {
         return masquerade(ctx, cfg, pkt, SLOW_PATH_TO_UPLINK);
     };
     if let Err(reason) = conntrack::update(&flow, pkt, now_ns()) {
@@ -733,7 +733,7 @@ fn icmp_error(ctx: &mut TcContext, cfg: &Config, pkt: &Packet) -> Option<Verdict
     };
     // The quoted packet went out; a packet coming back the other way would carry
     // the reversed tuple, and its translation is what the error needs.
-    let flow = conntrack::lookup(&inner.key.reversed())?;
+    let flow = conntrack::lookup(&inner.key.reversed(), Likely::Reply)?;
     Some(translate_icmp_error(ctx, cfg, pkt, &inner, &flow))
 }
 

@@ -31,6 +31,9 @@ use serde_json::{Value, json};
 const CONTAINER_IP: Ipv4Addr = C1_IP;
 const CONTAINER_MAC: [u8; 6] = C1_MAC;
 const PUBLISHED: u16 = 8080;
+/// The container's client port in the masquerade cases: in the SNAT range
+/// (`SNAT_RANGE`), as netpath sets containers' ephemeral ports.
+const CLIENT_PORT: u16 = 44444;
 
 /// One timed case.
 struct Case {
@@ -163,11 +166,12 @@ fn run_cases(object: &[u8], iters: usize) -> Result<Vec<Case>> {
             from_container(1024 + (i % 30000) as u16, 81, TCP_SYN)
         })?,
     );
-    let syn = dp.from_container(&from_container(34444, 80, TCP_SYN))?;
+    // A port of the SNAT range, where a container's ephemeral ports are.
+    let syn = dp.from_container(&from_container(CLIENT_PORT, 80, TCP_SYN))?;
     // The SNAT port the program chose.
     let nat_port = syn.parsed().sport();
     dp.from_uplink(&from_outside(80, nat_port, TCP_SYN | TCP_ACK))?;
-    let ack = from_container(34444, 80, TCP_ACK);
+    let ack = from_container(CLIENT_PORT, 80, TCP_ACK);
     add(
         "from_container: masquerade, established (SNAT)",
         time_tc(fc, &|_| ack.clone())?,
