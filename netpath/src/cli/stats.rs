@@ -13,17 +13,31 @@ pub(super) fn run(instance: &Instance, out: Output) -> Result<()> {
 }
 
 fn print(stats: &StatsView) {
+    let network_drops: Vec<(String, u64)> = stats
+        .networks
+        .iter()
+        .flat_map(|(network, drops)| {
+            drops
+                .iter()
+                .map(move |(reason, value)| (format!("{network}.drop_{reason}"), *value))
+        })
+        .collect();
+    // One column for every name, however long a network's name is.
+    let width = network_drops
+        .iter()
+        .map(|(name, _)| name.len())
+        .max()
+        .unwrap_or(0)
+        .max(24);
     for (name, value) in &stats.counters {
-        println!("{name:<24} {value}");
+        println!("{name:<width$} {value}");
     }
     println!(
-        "{:<24} {}/{}",
+        "{:<width$} {}/{}",
         "conntrack_entries", stats.conntrack_entries, stats.conntrack_capacity
     );
-    println!("{:<24} {}", "route_generation", stats.route_generation);
-    for (network, drops) in &stats.networks {
-        for (reason, value) in drops {
-            println!("{:<24} {value}", format!("{network}.drop_{reason}"));
-        }
+    println!("{:<width$} {}", "route_generation", stats.route_generation);
+    for (name, value) in &network_drops {
+        println!("{name:<width$} {value}");
     }
 }
