@@ -11,6 +11,8 @@ use bytemuck::{Pod, Zeroable};
 #[cfg(feature = "user")]
 pub mod host;
 #[cfg(feature = "user")]
+pub mod load;
+#[cfg(feature = "user")]
 pub use host::Proto;
 
 /// Bumped whenever a map's key or value layout, or a map's kind, changes. Pins

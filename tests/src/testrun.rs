@@ -50,6 +50,7 @@ use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, ProgramArray};
 use aya::programs::{SchedClassifier, TestRunOptions, TestRunResult, Xdp};
 use aya::{Ebpf, EbpfLoader, TestRun};
+use netpath_common::load::load_program;
 use netpath_common::{
     Config, Endpoint, FlowEntry, FlowKey, Network, NetworkDrops, PortKey, PortTarget, Proto,
     SLOW_PATH_FROM_CONTAINER, SLOW_PATH_NEW_FLOW, SLOW_PATH_TO_UPLINK, host::ip_to_wire, names,
@@ -226,8 +227,8 @@ impl TestDatapath {
         // As netpath's loader does: flows may cache next hops from here on.
         dp.set_route_generation(1)?;
         for prog in TcProgram::ALL {
-            dp.classifier_mut(prog)?
-                .load()
+            let classifier = dp.classifier_mut(prog)?;
+            load_program(|| classifier.load())
                 .with_context(|| format!("the verifier rejected {}", prog.name()))?;
         }
         dp.link_slow_paths()?;
@@ -243,8 +244,7 @@ impl TestDatapath {
             .program_mut(name)
             .with_context(|| format!("no program {name}"))?
             .try_into()?;
-        new_flow
-            .load()
+        load_program(|| new_flow.load())
             .with_context(|| format!("the verifier rejected {name}"))?;
         let mut fds = Vec::new();
         for (index, name) in [
@@ -274,7 +274,7 @@ impl TestDatapath {
                 .program_mut(prog.name())
                 .with_context(|| format!("no program {}", prog.name()))?
                 .try_into()?;
-            xdp.load()
+            load_program(|| xdp.load())
                 .with_context(|| format!("the verifier rejected {}", prog.name()))?;
         }
         Ok(())

@@ -15,6 +15,7 @@ use netpath_common::names;
 use super::{
     DatapathError, io_err,
     link_pin::{LinkPin, TcDirection},
+    load_program,
     probe::{driver_of, use_tcx},
     prog_err, program,
 };
@@ -114,7 +115,7 @@ pub(super) fn attach_xdp(
     let pass_pin = instance.prog_pin(names::PROG_XDP_PASS);
     if !pass_pin.exists() {
         let pass: &mut Xdp = program(ebpf, names::PROG_XDP_PASS)?;
-        pass.load().map_err(prog_err("loading xdp_pass"))?;
+        load_program(|| pass.load()).map_err(prog_err("loading xdp_pass"))?;
         pass.pin(&pass_pin).map_err(|e| DatapathError::Pin {
             path: pass_pin.display().to_string(),
             message: e.to_string(),
@@ -125,12 +126,12 @@ pub(super) fn attach_xdp(
         return Ok(true);
     }
     let prog: &mut Xdp = program(ebpf, names::PROG_XDP_UPLINK)?;
-    prog.load().map_err(prog_err("loading xdp_uplink"))?;
+    load_program(|| prog.load()).map_err(prog_err("loading xdp_uplink"))?;
     if driver_of(uplink).as_deref() == Some("veth") {
         // A veth's frames come from another stack with the L4 checksum left
         // to offload (CHECKSUM_PARTIAL), which XDP can neither see nor keep.
         log::warn!(
-            "{uplink} is a veth: XDP translates its frames correctly only when its peer sends full checksums (ethtool -K PEER tx off); otherwise use --accel tc"
+            "{uplink} is a veth: XDP translates its frames only when its peer sends full checksums (ethtool -K PEER tx off); on the first frame with a partial one, XDP hands everything to TC"
         );
     }
     let id = match prog.attach(uplink, XdpMode::default()) {
@@ -163,7 +164,7 @@ pub(super) fn attach_sock_hooks(
             continue;
         }
         let prog: &mut CgroupSockAddr = program(ebpf, name)?;
-        prog.load().map_err(prog_err(format!("loading {name}")))?;
+        load_program(|| prog.load()).map_err(prog_err(format!("loading {name}")))?;
         let id = prog
             .attach(cgroup_dir.as_fd(), CgroupAttachMode::Single)
             .map_err(prog_err(format!(

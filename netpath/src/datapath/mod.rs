@@ -30,6 +30,7 @@ use aya::{
     util::KernelVersion,
 };
 use ipnet::Ipv4Net;
+use netpath_common::load::load_program;
 use netpath_common::{
     CONFIG_FLAG_XDP, Config, Endpoint, LAYOUT_VERSION, Network, SLOW_PATH_FROM_CONTAINER,
     SLOW_PATH_NEW_FLOW, SLOW_PATH_TO_UPLINK, names,
@@ -293,9 +294,7 @@ impl Datapath {
         let from_container: &mut SchedClassifier = program(&mut ebpf, names::PROG_FROM_CONTAINER)?;
         let pin = instance.prog_pin(names::PROG_FROM_CONTAINER);
         if !pin.exists() {
-            from_container
-                .load()
-                .map_err(prog_err("loading from_container"))?;
+            load_program(|| from_container.load()).map_err(prog_err("loading from_container"))?;
             from_container.pin(&pin).map_err(|e| DatapathError::Pin {
                 path: pin.display().to_string(),
                 message: e.to_string(),
@@ -304,7 +303,7 @@ impl Datapath {
 
         for (name, direction) in UPLINK_TC_PROGRAMS {
             let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
-            prog.load().map_err(prog_err(format!("loading {name}")))?;
+            load_program(|| prog.load()).map_err(prog_err(format!("loading {name}")))?;
             attach_tc(prog, instance, &cfg.uplink_name, direction)?;
         }
         link_slow_paths(&mut ebpf, &pin)?;
@@ -333,9 +332,7 @@ impl Datapath {
 /// it).
 fn link_slow_paths(ebpf: &mut Ebpf, from_container_pin: &Path) -> Result<(), DatapathError> {
     let new_flow: &mut SchedClassifier = program(ebpf, names::PROG_FROM_CONTAINER_NEW_FLOW)?;
-    new_flow
-        .load()
-        .map_err(prog_err("loading from_container_new_flow"))?;
+    load_program(|| new_flow.load()).map_err(prog_err("loading from_container_new_flow"))?;
     let fd = |prog: &SchedClassifier, name: &str| {
         prog.fd()
             .map_err(prog_err(name.to_string()))?
