@@ -91,7 +91,11 @@ impl Demo {
             host: format!("npdemo-host-{sfx}"),
             outside: format!("npdemo-out-{sfx}"),
             cgroup: cg2.join(format!("netpath-demo-{sfx}")),
-            containers: vec![format!("web{sfx}"), format!("db{sfx}"), format!("cache{sfx}")],
+            containers: vec![
+                format!("web{sfx}"),
+                format!("db{sfx}"),
+                format!("cache{sfx}"),
+            ],
             netns_created: Vec::new(),
             cgroup_created: false,
             up_ran: false,
