@@ -80,12 +80,17 @@ enum Cmd {
         modes: Vec<String>,
         /// Only the program cost (BPF_PROG_TEST_RUN), printed; no topology,
         /// no report files.
-        #[arg(long, conflicts_with_all = ["rounds", "modes"])]
+        #[arg(long, conflicts_with_all = ["rounds", "modes", "scale"])]
         prog_cost_only: bool,
         /// Conntrack table size of the flow-table step [default: 1000000,
         /// 20000 with --quick].
         #[arg(long, value_name = "N")]
         flow_table: Option<u32>,
+        /// Only these scale steps (comma-separated numbers of published
+        /// ports, at most 65089) [default: 1,1000,10000,65000; 1,1000
+        /// with --quick].
+        #[arg(long, value_delimiter = ',', value_name = "N")]
+        scale: Vec<u16>,
     },
     /// The test suite in qemu on Debian's cloud kernels. ARGS go to every
     /// test binary in the VMs.
@@ -155,6 +160,7 @@ fn real_main() -> Result<ExitCode> {
             modes,
             prog_cost_only,
             flow_table,
+            scale,
         } => {
             if !prog_cost_only {
                 tools::preflight(Task::Bench)?;
@@ -163,7 +169,7 @@ fn real_main() -> Result<ExitCode> {
             if prog_cost_only {
                 bench::run_prog_cost_only(quick)?;
             } else {
-                bench::run(quick, rounds, &modes, flow_table)?;
+                bench::run(quick, rounds, &modes, flow_table, &scale)?;
             }
             Ok(ExitCode::SUCCESS)
         }

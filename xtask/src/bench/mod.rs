@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use modes::{Active, Mode, last_scale_port};
+use modes::{Active, Mode, UpOptions, last_scale_port, max_scale_ports};
 use netpath_common::names::{CONNTRACK, CT_REPLY};
 use netpath_tests::flowfill::{Published, fill_published_flows};
 use tools::{Iperf, iperf, with_kernel_cpu, wrk};
@@ -36,7 +36,7 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 /// `cargo xtask bench --prog-cost-only`: the program cost alone (no
 /// topology, no traffic tools), printed; a quick check of a datapath change.
 pub fn run_prog_cost_only(quick: bool) -> Result<()> {
-    let plan = Plan::new(quick, None, None);
+    let plan = Plan::new(quick, None, None, &[]);
     let (_, object) = build_release()?;
     println!(
         "bench: program cost (BPF_PROG_TEST_RUN, {} runs per case)",
@@ -66,14 +66,15 @@ pub struct Plan {
 }
 
 impl Plan {
-    pub fn new(quick: bool, rounds: Option<usize>, flow_table: Option<u32>) -> Self {
-        let (r, secs, scale, udp_rates, prog_iters) = if quick {
+    /// `scale`: the scale steps, empty for the default ones.
+    pub fn new(quick: bool, rounds: Option<usize>, flow_table: Option<u32>, scale: &[u16]) -> Self {
+        let (r, secs, default_scale, udp_rates, prog_iters) = if quick {
             (1, 1, vec![1, 1000], vec![50_000], 1000)
         } else {
             (
                 5,
                 3,
-                vec![1, 1000, 10000],
+                vec![1, 1000, 10000, 65000],
                 vec![50_000, 100_000, 200_000],
                 5000,
             )
@@ -82,7 +83,11 @@ impl Plan {
             quick,
             rounds: rounds.unwrap_or(r).max(1),
             secs,
-            scale,
+            scale: if scale.is_empty() {
+                default_scale
+            } else {
+                scale.to_vec()
+            },
             udp_rates,
             prog_iters,
             conns: 16,
@@ -132,9 +137,14 @@ pub fn run(
     rounds: Option<usize>,
     only: &[String],
     flow_table: Option<u32>,
+    scale: &[u16],
 ) -> Result<()> {
-    let plan = Plan::new(quick, rounds, flow_table);
+    let plan = Plan::new(quick, rounds, flow_table, scale);
     let modes = Mode::select(only)?;
+    let max = max_scale_ports();
+    if let Some(n) = plan.scale.iter().find(|&&n| n == 0 || usize::from(n) > max) {
+        bail!("--scale {n}: a scale step publishes 1 to {max} ports");
+    }
     ensure_run_netns()?;
     let (bin, object) = build_release()?;
     ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst))
@@ -161,7 +171,8 @@ pub fn run(
                 plan.rounds,
                 mode.name()
             );
-            if let Some(active) = setup(mode, &lab, &bin, &server_ports, None, &mut results) {
+            let up = UpOptions::default();
+            if let Some(active) = setup(mode, &lab, &bin, &server_ports, up, &mut results) {
                 measure_mode(&lab, &active, &plan, &mut results)?;
                 if round + 1 == plan.rounds
                     && let Some(stats) = active.netpath_stats()
@@ -187,7 +198,8 @@ pub fn run(
                     plan.rounds,
                     mode.name()
                 );
-                if let Some(active) = setup(mode, &lab, &bin, &server_ports, None, &mut results) {
+                let up = UpOptions::scale();
+                if let Some(active) = setup(mode, &lab, &bin, &server_ports, up, &mut results) {
                     results.record(mode, &format!("scale {n}"), || {
                         measure_scale(&lab, &active, &plan, n)
                     });
@@ -205,8 +217,11 @@ pub fn run(
             mode.name(),
             plan.flow_table
         );
-        let size = Some(plan.flow_table);
-        if let Some(active) = setup(*mode, &lab, &bin, &server_ports, size, &mut results) {
+        let up = UpOptions {
+            conntrack_size: Some(plan.flow_table),
+            ..UpOptions::default()
+        };
+        if let Some(active) = setup(*mode, &lab, &bin, &server_ports, up, &mut results) {
             results.record(*mode, "flow table", || {
                 measure_flow_table(&lab, &active, &plan)
             });
@@ -255,6 +270,7 @@ fn check_interrupt() -> Result<()> {
 fn server_ports(plan: &Plan) -> Vec<u16> {
     let mut ports = vec![HTTP_PORT];
     ports.extend(plan.scale.iter().map(|&n| last_scale_port(n)));
+    ports.sort_unstable();
     ports.dedup();
     ports
 }
@@ -266,10 +282,10 @@ fn setup<'a>(
     lab: &'a Lab,
     bin: &'a Path,
     server_ports: &[u16],
-    conntrack_size: Option<u32>,
+    up: UpOptions,
     res: &mut Results,
 ) -> Option<Active<'a>> {
-    mode.setup(lab, bin, server_ports, conntrack_size)
+    mode.setup(lab, bin, server_ports, up)
         .inspect_err(|e| {
             eprintln!("bench: FAILED {e:#}");
             res.errors.push(format!("{e:#}"));

@@ -10,13 +10,34 @@ use anyhow::{Context, Result, bail};
 use super::exec::{Proc, in_ns, run_bounded, wait_tcp};
 use super::topo::{
     BASE_BRIDGE, BASE_IP, BASE_SUBNET, CLIENT_IP, CONTAINER_IFNAME, DIRECT_IP, HOST_HTTP_PORT,
-    HOST_IP, HTTP_PORT, IPERF_PORT, Lab, NETPATH_IP, OUTSIDE_HTTP_PORTS, SCALE_BASE_PORT, TW_REUSE,
-    UPLINK,
+    HOST_IP, HTTP_PORT, IPERF_PORT, Lab, NETPATH_IP, OUTSIDE_HTTP_PORTS, SCALE_BASE_PORT,
+    SCALE_SNAT_PORTS, TW_REUSE, UPLINK, is_standard_port,
 };
 
-/// Bound for one netpath command or ruleset load: publishing 10000 ports
-/// is slow (see the README's benchmark analysis), but must still end.
+/// Bound for one netpath command or ruleset load: 65000 ports take seconds
+/// at most (iptables-restore: about 1.6 s on 2 vCPUs), but a hung load
+/// must still end.
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// How netpath is started beyond its defaults (the other modes ignore it).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct UpOptions {
+    /// `--conntrack-size`: the flow-table step.
+    pub conntrack_size: Option<u32>,
+    /// `--snat-ports`: the scale phase moves the SNAT range out of the way
+    /// of its port blocks ([`SCALE_SNAT_PORTS`]).
+    pub snat_ports: Option<(u16, u16)>,
+}
+
+impl UpOptions {
+    /// The scale phase's: every step of every size on the same setup.
+    pub fn scale() -> Self {
+        Self {
+            snat_ports: Some(SCALE_SNAT_PORTS),
+            ..Self::default()
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -90,14 +111,14 @@ impl Mode {
         !matches!(self, Mode::Direct | Mode::Route)
     }
 
-    /// Builds the mode and starts the container's servers; netpath with a
-    /// conntrack table of `conntrack_size` flows if given.
+    /// Builds the mode and starts the container's servers; netpath started
+    /// with `up`.
     pub fn setup<'a>(
         self,
         lab: &'a Lab,
         bin: &'a Path,
         server_ports: &[u16],
-        conntrack_size: Option<u32>,
+        up: UpOptions,
     ) -> Result<Active<'a>> {
         let mut active = Active {
             mode: self,
@@ -108,7 +129,7 @@ impl Mode {
             netpath_up: false,
             client_csum_off: false,
             servers: Vec::new(),
-            conntrack_size,
+            up,
         };
         active
             .build(server_ports)
@@ -127,7 +148,7 @@ pub struct Active<'a> {
     netpath_up: bool,
     client_csum_off: bool,
     servers: Vec<Proc>,
-    conntrack_size: Option<u32>,
+    up: UpOptions,
 }
 
 impl Active<'_> {
@@ -200,9 +221,13 @@ impl Active<'_> {
                 let mut up = vec![
                     "up", "--detach", "--uplink", UPLINK, "--accel", accel, "--cgroup", &cgroup,
                 ];
-                let size = self.conntrack_size.map(|n| n.to_string());
+                let size = self.up.conntrack_size.map(|n| n.to_string());
                 if let Some(size) = &size {
                     up.extend(["--conntrack-size", size]);
+                }
+                let snat = self.up.snat_ports.map(|(min, max)| format!("{min}-{max}"));
+                if let Some(snat) = &snat {
+                    up.extend(["--snat-ports", snat]);
                 }
                 self.netpath(&up)?;
                 self.netpath(&["container", "add", &self.container, "--ip", NETPATH_IP])?;
@@ -240,12 +265,13 @@ impl Active<'_> {
         Ok(())
     }
 
-    /// Publishes `n` extra TCP ports 1:1 (the block [`scale_block`]`(n)`,
-    /// on top of the standard ones) and returns how long installing them
-    /// took. For iptables and nftables the whole NAT ruleset is reloaded in
-    /// one transaction (`iptables-restore`, `nft -f`), the fastest way each
-    /// offers; netpath gets one `publish add` of the range. Each scale step
-    /// runs on a mode set up for it alone, whose teardown removes the ports.
+    /// Publishes `n` extra TCP ports 1:1 ([`scale_ports`]`(n)`, on top of
+    /// the standard ones) and returns how long installing them took. For
+    /// iptables and nftables the whole NAT ruleset is reloaded in one
+    /// transaction (`iptables-restore`, `nft -f`), the fastest way each
+    /// offers; netpath gets one `publish add` of the block's ranges. Each
+    /// scale step runs on a mode set up for it alone, whose teardown
+    /// removes the ports.
     pub fn install_ports(&self, n: u16) -> Result<Duration> {
         match self.mode {
             Mode::Direct | Mode::Route => bail!("{} publishes no ports", self.mode.name()),
@@ -258,9 +284,11 @@ impl Active<'_> {
                 self.timed("nft", &file)
             }
             Mode::NetpathTc | Mode::NetpathXdp => {
-                let spec = scale_spec(n);
+                let specs = scale_specs(n);
+                let mut args = vec!["publish", "add", &self.container];
+                args.extend(specs.iter().map(String::as_str));
                 let start = Instant::now();
-                self.netpath(&["publish", "add", &self.container, &spec])?;
+                self.netpath(&args)?;
                 Ok(start.elapsed())
             }
         }
@@ -359,30 +387,64 @@ impl Drop for Active<'_> {
     }
 }
 
-/// The ports of the `n`-port scale step: disjoint blocks per step size
-/// (1 -> 20000, 1000 -> 21000.., 10000 -> 22000..31999), all below
-/// netpath's SNAT range and H's ephemeral ports.
-pub fn scale_block(n: u16) -> std::ops::RangeInclusive<u16> {
+/// The ports of the `n`-port scale step, ascending: up to 10000 ports
+/// disjoint blocks per step size (1 -> 20000, 1000 -> 21000.., 10000 ->
+/// 22000..31999); more (65000) the `n` highest ports below the scale
+/// phase's SNAT range. Never a standard port ([`is_standard_port`]);
+/// fewer than `n` if that many do not fit ([`max_scale_ports`]).
+pub fn scale_ports(n: u16) -> Vec<u16> {
+    let n = usize::from(n);
+    let usable = |p: &u16| !is_standard_port(*p);
     let first = match n {
         0..=1 => SCALE_BASE_PORT,
         2..=1000 => SCALE_BASE_PORT + 1000,
-        _ => SCALE_BASE_PORT + 2000,
+        1001..=10000 => SCALE_BASE_PORT + 2000,
+        _ => {
+            let mut ports: Vec<u16> = (1..SCALE_SNAT_PORTS.0)
+                .rev()
+                .filter(usable)
+                .take(n)
+                .collect();
+            ports.reverse();
+            return ports;
+        }
     };
-    first..=first + n.max(1) - 1
+    (first..SCALE_SNAT_PORTS.0).filter(usable).take(n).collect()
 }
 
-fn scale_spec(n: u16) -> String {
-    let (first, last) = scale_block(n).into_inner();
-    if n == 1 {
-        format!("{first}:{first}/tcp")
-    } else {
-        format!("{first}-{last}:{first}-{last}/tcp")
+/// The most ports a scale step can publish: every port below the scale
+/// phase's SNAT range but the standard ones.
+pub fn max_scale_ports() -> usize {
+    (1..SCALE_SNAT_PORTS.0)
+        .filter(|&p| !is_standard_port(p))
+        .count()
+}
+
+/// The `publish add` specs of the `n`-port step: one range per run of
+/// consecutive ports (four for 65000 ports, around the standard ones).
+fn scale_specs(n: u16) -> Vec<String> {
+    let mut runs: Vec<(u16, u16)> = Vec::new();
+    for p in scale_ports(n) {
+        match runs.last_mut() {
+            Some((_, last)) if *last + 1 == p => *last = p,
+            _ => runs.push((p, p)),
+        }
     }
+    runs.into_iter()
+        .map(|(first, last)| {
+            if first == last {
+                format!("{first}:{first}/tcp")
+            } else {
+                format!("{first}-{last}:{first}-{last}/tcp")
+            }
+        })
+        .collect()
 }
 
-/// The last of `n` scale ports: what the scale measurement dials.
+/// The last of `n` scale ports: what the scale measurement dials (for
+/// iptables the last DNAT rule of the chain).
 pub fn last_scale_port(n: u16) -> u16 {
-    *scale_block(n).end()
+    scale_ports(n).last().copied().unwrap_or(SCALE_BASE_PORT)
 }
 
 /// Docker's NAT rules: PREROUTING/OUTPUT jump to DOCKER for local
@@ -406,10 +468,8 @@ fn iptables_rules(n: u16) -> String {
     dnat("tcp", HOST_HTTP_PORT, HTTP_PORT);
     dnat("tcp", IPERF_PORT, IPERF_PORT);
     dnat("udp", IPERF_PORT, IPERF_PORT);
-    if n > 0 {
-        for p in scale_block(n) {
-            dnat("tcp", p, p);
-        }
+    for p in scale_ports(n) {
+        dnat("tcp", p, p);
     }
     s.push_str("COMMIT\n");
     s
@@ -423,9 +483,11 @@ fn nft_rules(n: u16) -> String {
         format!("tcp . {IPERF_PORT} : {BASE_IP} . {IPERF_PORT}"),
         format!("udp . {IPERF_PORT} : {BASE_IP} . {IPERF_PORT}"),
     ];
-    if n > 0 {
-        elems.extend(scale_block(n).map(|p| format!("tcp . {p} : {BASE_IP} . {p}")));
-    }
+    elems.extend(
+        scale_ports(n)
+            .into_iter()
+            .map(|p| format!("tcp . {p} : {BASE_IP} . {p}")),
+    );
     format!(
         "table ip npbench\ndelete table ip npbench\ntable ip npbench {{\n\
          map ports {{\n type inet_proto . inet_service : ipv4_addr . inet_service\n\
@@ -436,4 +498,30 @@ fn nft_rules(n: u16) -> String {
          ip saddr {BASE_SUBNET} oifname != \"{BASE_BRIDGE}\" masquerade\n }}\n}}\n",
         elems.join(",\n ")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scale_blocks_avoid_the_standard_ports_and_the_snat_range() {
+        assert_eq!(scale_ports(1), vec![20000]);
+        assert_eq!(scale_ports(10000), (22000..=31999).collect::<Vec<_>>());
+        let ports = scale_ports(65000);
+        assert_eq!(ports.len(), 65000);
+        assert!(ports.windows(2).all(|w| w[0] < w[1]));
+        assert!(ports.iter().all(|&p| !is_standard_port(p)));
+        assert_eq!(last_scale_port(65000), SCALE_SNAT_PORTS.0 - 1);
+        assert_eq!(
+            scale_specs(65000),
+            [
+                "91-5200:91-5200/tcp",
+                "5203-8079:5203-8079/tcp",
+                "8081-8100:8081-8100/tcp",
+                "8107-65099:8107-65099/tcp"
+            ]
+        );
+        assert_eq!(scale_ports(65089).len(), max_scale_ports());
+    }
 }

@@ -43,9 +43,20 @@ pub const IPERF_PORT: u16 = 5201;
 pub const OUTSIDE_HTTP_PORTS: [u16; 6] = [8101, 8102, 8103, 8104, 8105, 8106];
 /// iperf3 in C for the masquerade direction.
 pub const OUTSIDE_IPERF_PORT: u16 = 5202;
-/// Scale ports are published 1:1 from here on (below netpath's SNAT range
-/// 40000-49999 and below H's ephemeral range).
+/// Scale ports are published 1:1 from here on (steps up to 10000 ports,
+/// see [`scale_ports`](super::modes::scale_ports)).
 pub const SCALE_BASE_PORT: u16 = 20000;
+/// netpath's SNAT range in the scale phase (`up --snat-ports`): netpath
+/// refuses to publish a host port inside it, and the default 40000-49999
+/// would be in the way of a step of 65000 ports.
+pub const SCALE_SNAT_PORTS: (u16, u16) = (65100, 65535);
+
+/// The ports the bench uses besides the scale steps (the container's, H's
+/// published ones and C's servers): no scale step publishes one of them.
+pub fn is_standard_port(port: u16) -> bool {
+    [HTTP_PORT, HOST_HTTP_PORT, IPERF_PORT, OUTSIDE_IPERF_PORT].contains(&port)
+        || OUTSIDE_HTTP_PORTS.contains(&port)
+}
 
 /// Short connections at high rates: clients in the containers and in C
 /// reuse TIME_WAIT ports (every container of every mode gets the same).
