@@ -83,7 +83,7 @@ enum Cmd {
         #[arg(long, conflicts_with_all = ["rounds", "modes", "scale"])]
         prog_cost_only: bool,
         /// Conntrack table size of the flow-table step [default: 1000000,
-        /// 20000 with --quick].
+        /// 200000 with --quick].
         #[arg(long, value_name = "N")]
         flow_table: Option<u32>,
         /// Only these scale steps (comma-separated numbers of published

@@ -91,7 +91,7 @@ impl Plan {
             udp_rates,
             prog_iters,
             conns: 16,
-            flow_table: flow_table.unwrap_or(if quick { 20_000 } else { 1_000_000 }),
+            flow_table: flow_table.unwrap_or(if quick { 200_000 } else { 1_000_000 }),
             flow_window: if quick { 4 } else { 30 },
         }
     }
