@@ -27,7 +27,7 @@ use modes::{Active, Mode, UpOptions, last_scale_port, max_scale_ports};
 use netpath_common::names::{CONNTRACK, CT_REPLY};
 use netpath_tests::flowfill::{Published, fill_published_flows};
 use tools::{Iperf, iperf, with_kernel_cpu, wrk};
-use topo::{CLIENT_IP, HOST_HTTP_PORT, HOST_IP, HTTP_PORT, Lab, NETPATH_IP, OUTSIDE_IPERF_PORT};
+use topo::{CLIENT_IP, HOST_HTTP_PORT, HOST_IP, HTTP_PORTS, Lab, NETPATH_IP, OUTSIDE_IPERF_PORT};
 
 use crate::util::cargo;
 
@@ -268,7 +268,7 @@ fn check_interrupt() -> Result<()> {
 /// Ports the container's nginx listens on: 80 and the last scale port of
 /// each scale step (published 1:1).
 fn server_ports(plan: &Plan) -> Vec<u16> {
-    let mut ports = vec![HTTP_PORT];
+    let mut ports = HTTP_PORTS.to_vec();
     ports.extend(plan.scale.iter().map(|&n| last_scale_port(n)));
     ports.sort_unstable();
     ports.dedup();
@@ -417,7 +417,7 @@ fn measure_flow_table(lab: &Lab, active: &Active<'_>, plan: &Plan) -> Result<Vec
     let pins = active.netpath_pins();
     let to = Published {
         host: (HOST_IP.parse()?, HOST_HTTP_PORT),
-        container: (NETPATH_IP.parse()?, HTTP_PORT),
+        container: (NETPATH_IP.parse()?, active.mode.http_port()),
     };
     let size = plan.flow_table;
     let ninety = size / 10 * 9;

@@ -10,8 +10,8 @@ use anyhow::{Context, Result, bail};
 use super::exec::{Proc, in_ns, run_bounded, wait_tcp};
 use super::topo::{
     BASE_BRIDGE, BASE_IP, BASE_SUBNET, CLIENT_IP, CONTAINER_IFNAME, DIRECT_IP, HOST_HTTP_PORT,
-    HOST_IP, HTTP_PORT, IPERF_PORT, Lab, NETPATH_IP, OUTSIDE_HTTP_PORTS, SCALE_BASE_PORT,
-    SCALE_SNAT_PORTS, TW_REUSE, UPLINK, is_standard_port,
+    HOST_IP, HTTP_PORT, HTTP_PORTS, IPERF_PORT, Lab, NETPATH_IP, OUTSIDE_HTTP_PORTS,
+    SCALE_BASE_PORT, SCALE_SNAT_PORTS, TW_REUSE, UPLINK, is_standard_port,
 };
 
 /// Bound for one netpath command or ruleset load: 65000 ports take seconds
@@ -82,8 +82,23 @@ impl Mode {
     /// right after another mode would see its SYNs rejected (PAWS) and
     /// retried a second later. A port of its own keeps the modes apart.
     pub fn outside_http_port(self) -> u16 {
-        let idx = Mode::ALL.iter().position(|m| *m == self).unwrap_or(0);
-        OUTSIDE_HTTP_PORTS[idx]
+        OUTSIDE_HTTP_PORTS[self.index()]
+    }
+
+    /// The container port this mode's connection-rate runs reach (published
+    /// as `HOST_HTTP_PORT`). The same hazard in the other direction: the
+    /// route, iptables and nftables modes share the baseline container,
+    /// which keeps the tuples it closed in TIME_WAIT, and the client's TCP
+    /// timestamps differ between dialling the container (route) and the
+    /// host's address, so a mode reusing the previous one's tuples had its
+    /// SYNs rejected and retried a second later (iptables' connection rate
+    /// fell to a fifth). A port of its own keeps them apart.
+    pub fn http_port(self) -> u16 {
+        HTTP_PORTS[self.index()]
+    }
+
+    fn index(self) -> usize {
+        Mode::ALL.iter().position(|m| *m == self).unwrap_or(0)
     }
 
     pub fn name(self) -> &'static str {
@@ -197,7 +212,7 @@ impl Active<'_> {
     }
 
     pub fn http(&self) -> (String, u16) {
-        self.dial(HOST_HTTP_PORT, HTTP_PORT)
+        self.dial(HOST_HTTP_PORT, self.mode.http_port())
     }
 
     pub fn iperf(&self) -> (String, u16) {
@@ -234,7 +249,7 @@ impl Active<'_> {
                 // The same client settings as the baseline container (topo.rs).
                 let ns = self.container_ns();
                 self.lab.sh(&ns, "sysctl", &["-qw", TW_REUSE]).map(drop)?;
-                let http = format!("{HOST_HTTP_PORT}:{HTTP_PORT}/tcp");
+                let http = format!("{HOST_HTTP_PORT}:{}/tcp", self.mode.http_port());
                 let tcp = format!("{IPERF_PORT}:{IPERF_PORT}/tcp");
                 let udp = format!("{IPERF_PORT}:{IPERF_PORT}/udp");
                 self.netpath(&["publish", "add", &self.container, &http, &tcp, &udp])?;
@@ -276,11 +291,11 @@ impl Active<'_> {
         match self.mode {
             Mode::Direct | Mode::Route => bail!("{} publishes no ports", self.mode.name()),
             Mode::Iptables => {
-                let file = self.write_rules("iptables.rules", &iptables_rules(n))?;
+                let file = self.write_rules("iptables.rules", &iptables_rules(n, self.mode))?;
                 self.timed("iptables-restore", &file)
             }
             Mode::Nftables => {
-                let file = self.write_rules("nft.rules", &nft_rules(n))?;
+                let file = self.write_rules("nft.rules", &nft_rules(n, self.mode))?;
                 self.timed("nft", &file)
             }
             Mode::NetpathTc | Mode::NetpathXdp => {
@@ -449,7 +464,7 @@ pub fn last_scale_port(n: u16) -> u16 {
 
 /// Docker's NAT rules: PREROUTING/OUTPUT jump to DOCKER for local
 /// destinations, one DNAT rule per published port, MASQUERADE for the subnet.
-fn iptables_rules(n: u16) -> String {
+fn iptables_rules(n: u16, mode: Mode) -> String {
     let mut s = String::from(
         "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
          :POSTROUTING ACCEPT [0:0]\n:DOCKER - [0:0]\n\
@@ -465,7 +480,7 @@ fn iptables_rules(n: u16) -> String {
             "-A DOCKER ! -i {BASE_BRIDGE} -p {proto} -m {proto} --dport {host} -j DNAT --to-destination {BASE_IP}:{port}"
         );
     };
-    dnat("tcp", HOST_HTTP_PORT, HTTP_PORT);
+    dnat("tcp", HOST_HTTP_PORT, mode.http_port());
     dnat("tcp", IPERF_PORT, IPERF_PORT);
     dnat("udp", IPERF_PORT, IPERF_PORT);
     for p in scale_ports(n) {
@@ -477,9 +492,9 @@ fn iptables_rules(n: u16) -> String {
 
 /// nftables: one DNAT rule looking up a `proto . port` map (a hash, so the
 /// lookup cost does not grow with the number of ports), and masquerade.
-fn nft_rules(n: u16) -> String {
+fn nft_rules(n: u16, mode: Mode) -> String {
     let mut elems = vec![
-        format!("tcp . {HOST_HTTP_PORT} : {BASE_IP} . {HTTP_PORT}"),
+        format!("tcp . {HOST_HTTP_PORT} : {BASE_IP} . {}", mode.http_port()),
         format!("tcp . {IPERF_PORT} : {BASE_IP} . {IPERF_PORT}"),
         format!("udp . {IPERF_PORT} : {BASE_IP} . {IPERF_PORT}"),
     ];

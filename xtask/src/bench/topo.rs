@@ -36,6 +36,12 @@ pub const UPLINK: &str = "up0";
 /// The published port (Docker's `-p 8080:80`) and the iperf3 ports.
 pub const HOST_HTTP_PORT: u16 = 8080;
 pub const HTTP_PORT: u16 = 80;
+/// The container's nginx port each mode's connection rate reaches, in
+/// [`Mode::ALL`](super::modes::Mode::ALL)'s order (see
+/// [`Mode::http_port`](super::modes::Mode::http_port)): route, iptables
+/// and nftables share one container, whose TIME_WAIT sockets must not be
+/// handed from one mode to the next.
+pub const HTTP_PORTS: [u16; 6] = [HTTP_PORT, 81, 82, 83, 84, 85];
 pub const IPERF_PORT: u16 = 5201;
 /// C's nginx for the masquerade direction: one port per mode (in
 /// [`Mode::ALL`](super::modes::Mode::ALL)'s order, see
@@ -54,7 +60,8 @@ pub const SCALE_SNAT_PORTS: (u16, u16) = (65100, 65535);
 /// The ports the bench uses besides the scale steps (the container's, H's
 /// published ones and C's servers): no scale step publishes one of them.
 pub fn is_standard_port(port: u16) -> bool {
-    [HTTP_PORT, HOST_HTTP_PORT, IPERF_PORT, OUTSIDE_IPERF_PORT].contains(&port)
+    [HOST_HTTP_PORT, IPERF_PORT, OUTSIDE_IPERF_PORT].contains(&port)
+        || HTTP_PORTS.contains(&port)
         || OUTSIDE_HTTP_PORTS.contains(&port)
 }
 
