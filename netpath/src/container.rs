@@ -553,16 +553,7 @@ async fn add_interface<'a>(
     rollback: &mut Rollback<'a>,
 ) -> Result<Interface> {
     let network = network_record(state, wanted.network)?;
-    let used: Vec<(Ipv4Addr, String)> = state
-        .containers
-        .values()
-        .flat_map(|c| c.addresses().into_iter().map(|a| (a.ip, c.name.clone())))
-        .collect();
-    let ip = ipam::allocate(
-        network.subnet,
-        used.iter().map(|(ip, name)| (*ip, name.as_str())),
-        wanted.ip,
-    )?;
+    let ip = allocate_address(state, network.subnet, wanted.ip)?;
     let (ifname, host_veth) = (wanted.ifname, wanted.host_veth);
     let host = topology::connect()?;
     if topology::find_link(&host, &host_veth).await?.is_some() {
@@ -894,16 +885,7 @@ pub async fn connect(
     let wanted = match wanted.ip {
         Some(_) => wanted,
         None => {
-            let used: Vec<(Ipv4Addr, String)> = state
-                .containers
-                .values()
-                .flat_map(|c| c.addresses().into_iter().map(|a| (a.ip, c.name.clone())))
-                .collect();
-            let ip = ipam::allocate(
-                target.subnet,
-                used.iter().map(|(ip, owner)| (*ip, owner.as_str())),
-                None,
-            )?;
+            let ip = allocate_address(&state, target.subnet, None)?;
             Wanted {
                 host_veth: connected_veth_name(ip),
                 ip: Some(ip),
@@ -1050,6 +1032,25 @@ pub fn exec(instance: &Instance, name: &str, command: &[String]) -> Result<Infal
         command: program.clone(),
         source,
     })
+}
+
+/// An address in `subnet` for a new interface: `requested` if free, else
+/// the lowest free one, against every address of every container.
+fn allocate_address(
+    state: &State,
+    subnet: ipnet::Ipv4Net,
+    requested: Option<Ipv4Addr>,
+) -> std::result::Result<Ipv4Addr, IpamError> {
+    let used: Vec<(Ipv4Addr, String)> = state
+        .containers
+        .values()
+        .flat_map(|c| c.addresses().into_iter().map(|a| (a.ip, c.name.clone())))
+        .collect();
+    ipam::allocate(
+        subnet,
+        used.iter().map(|(ip, owner)| (*ip, owner.as_str())),
+        requested,
+    )
 }
 
 #[cfg(test)]

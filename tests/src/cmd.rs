@@ -171,6 +171,23 @@ impl CmdOutput {
         self
     }
 
+    /// Panics unless the command failed with a one-line `error: ...`
+    /// naming `needle`: what netpath prints for every error a user can hit.
+    #[track_caller]
+    pub fn expect_one_line_error(&self, needle: &str) -> &Self {
+        self.expect_fail(needle);
+        let stderr = self.stderr.trim();
+        assert!(
+            stderr.starts_with("error: ") && stderr.lines().count() == 1,
+            "expected a one-line `error: ...`\n{self}"
+        );
+        assert!(
+            stderr.contains(needle),
+            "expected {needle:?} in the error\n{self}"
+        );
+        self
+    }
+
     /// stdout parsed as JSON; panics with the whole output if it is not.
     #[track_caller]
     pub fn json(&self) -> serde_json::Value {

@@ -99,7 +99,7 @@ fn inserted(result: Result<(), MapError>) -> Result<bool> {
 }
 
 /// `CLOCK_MONOTONIC`, the clock conntrack timestamps are taken on.
-fn monotonic_ns() -> u64 {
+pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

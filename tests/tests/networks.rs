@@ -4,7 +4,7 @@
 //! next to the traffic that must keep working.
 use std::time::{Duration, Instant};
 
-use netpath_tests::{CmdOutput, Lab, Place, Server, curl, ping_ok};
+use netpath_tests::{Lab, Place, Server, curl, ping_ok};
 use serde_json::Value;
 
 netpath_tests::with_each_accel!(two_networks_reach_each_other_only_through_published_ports);
@@ -42,21 +42,6 @@ fn wait_counter(lab: &Lab, name: &str, before: u64, more: u64) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// Panics unless `out` failed with a one-line `error: ...` naming `needle`.
-#[track_caller]
-fn expect_error(out: &CmdOutput, needle: &str) {
-    out.expect_fail(needle);
-    let stderr = out.stderr.trim();
-    assert!(
-        stderr.starts_with("error: ") && stderr.lines().count() == 1,
-        "expected a one-line `error: ...`\n{out}"
-    );
-    assert!(
-        stderr.contains(needle),
-        "expected {needle:?} in the error\n{out}"
-    );
 }
 
 /// `network create NAME --subnet SUBNET EXTRA` that must succeed.
@@ -510,14 +495,14 @@ fn an_internal_network_has_no_way_out_and_refuses_published_ports() {
     drop(i2_server);
 
     let refused = lab.container_add(&i3, &["--network", "ni", "-p", "8090:80"]);
-    expect_error(&refused, "internal");
+    refused.expect_one_line_error("internal");
     let ls = lab.netpath_json(&["container", "ls"]);
     assert!(
         !ls.to_string().contains(&i3),
         "a refused container was added: {ls}"
     );
     let refused = lab.netpath(&["publish", "add", &i1, "8090:80"]);
-    expect_error(&refused, "internal");
+    refused.expect_one_line_error("internal");
     assert_eq!(
         lab.netpath_json(&["publish", "ls"]),
         serde_json::json!([]),
@@ -680,7 +665,7 @@ fn network_rm_is_refused_while_in_use_and_clean_after() {
     assert!(lab.host_links().iter().any(|l| l == bridge), "bridge made");
 
     let refused = lab.netpath(&["network", "rm", "nr"]);
-    expect_error(&refused, "nr");
+    refused.expect_one_line_error("nr");
     assert!(network(&lab, "nr").is_some(), "nr still listed");
     assert!(lab.host_links().iter().any(|l| l == bridge), "bridge kept");
     assert!(
@@ -763,10 +748,8 @@ fn network_ls_shows_what_was_created() {
         );
     }
     // A name or a subnet already taken is refused, and nothing changes.
-    expect_error(
-        &lab.netpath(&["network", "create", "n1", "--subnet", "10.69.0.0/24"]),
-        "n1",
-    );
+    lab.netpath(&["network", "create", "n1", "--subnet", "10.69.0.0/24"])
+        .expect_one_line_error("n1");
     lab.netpath(&["network", "create", "n3", "--subnet", "10.67.0.128/25"])
         .expect_fail("a subnet overlapping n1's");
     assert_eq!(networks(&lab).len(), 3, "nothing was added");

@@ -12,6 +12,7 @@ use netpath_common::{
     FlowKey, NETWORK_INTERNAL, NETWORK_NO_ICC, Proto, network_drop, stat, tcp_state,
 };
 use netpath_tests::{
+    flowfill::monotonic_ns,
     packet::{Frame, L4, Parsed, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     testrun::{
         C1_IP, C1_MAC, C2_IP, C2_MAC, GATEWAY_IP, GATEWAY_MAC, HOST_IP, HOST_MAC,
@@ -29,17 +30,6 @@ fn kernel_at_least(major: u32, minor: u32) -> bool {
         .filter_map(|n| n.parse::<u32>().ok());
     let have = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     have >= (major, minor)
-}
-
-/// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// The datapath every test starts from: netpath's object as netpath loads

@@ -9,7 +9,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use netpath_tests::{CmdOutput, Lab, Netns, Place, Server, http_source, ping, ping_ok, run};
+use netpath_tests::{Lab, Netns, Place, Server, http_source, ping, ping_ok, run};
 use serde_json::Value;
 
 const GATEWAY: &str = "10.77.0.1";
@@ -52,20 +52,6 @@ fn wait_for_exit(pid: i32, timeout: Duration) -> bool {
     // SAFETY: fd came from pidfd_open above and is not used again.
     unsafe { libc::close(fd) };
     n > 0
-}
-
-#[track_caller]
-fn expect_error(out: &CmdOutput, needle: &str) {
-    out.expect_fail(needle);
-    let stderr = out.stderr.trim();
-    assert!(
-        stderr.starts_with("error: ") && stderr.lines().count() == 1,
-        "expected a one-line `error: ...`\n{out}"
-    );
-    assert!(
-        stderr.contains(needle),
-        "expected {needle:?} in the error\n{out}"
-    );
 }
 
 #[test]
@@ -243,7 +229,8 @@ fn mode_container_shares_the_other_netns() {
     );
 
     // x cannot go while y uses its netns; after y, it can.
-    expect_error(&lab.netpath(&["container", "rm", &x]), "remove them first");
+    lab.netpath(&["container", "rm", &x])
+        .expect_one_line_error("remove them first");
     assert!(netns_exists(&x));
     lab.netpath(&["container", "rm", &y]).expect_ok("rm y");
     lab.netpath(&["container", "rm", &x]).expect_ok("rm x");
@@ -274,7 +261,8 @@ fn down_leaves_nothing_and_is_idempotent() {
     lab.assert_clean();
     lab.down().expect_ok("a second down");
     lab.assert_clean();
-    expect_error(&lab.netpath(&["container", "ls"]), "is not up");
+    lab.netpath(&["container", "ls"])
+        .expect_one_line_error("is not up");
 }
 
 #[test]
@@ -287,7 +275,7 @@ fn up_after_the_agent_died_adopts_the_instance() {
     let status = lab.netpath_json(&["status"]);
     let pid = status["agent_pid"].as_i64().expect("agent pid") as i32;
 
-    expect_error(&lab.up(&[]), "already up");
+    lab.up(&[]).expect_one_line_error("already up");
 
     // SAFETY: kill has no memory preconditions; pid is our test's agent.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
@@ -312,11 +300,14 @@ fn bad_input_fails_with_one_line_and_leaves_nothing() {
     let x = lab.container_name("x");
 
     // Before up: nothing exists, and nothing is created.
-    expect_error(&lab.container_add(&x, &[]), "run `netpath up` first");
+    lab.container_add(&x, &[])
+        .expect_one_line_error("run `netpath up` first");
     assert!(!Path::new("/run/netpath").join(lab.instance()).exists());
     assert!(!netns_exists(&x));
-    expect_error(&lab.up(&["--subnet", "10.77.0.0/33"]), "--subnet");
-    expect_error(&lab.up(&["--subnet", "bogus"]), "--subnet");
+    lab.up(&["--subnet", "10.77.0.0/33"])
+        .expect_one_line_error("--subnet");
+    lab.up(&["--subnet", "bogus"])
+        .expect_one_line_error("--subnet");
     let cgroup = lab.cgroup_path().to_string_lossy().into_owned();
     let bad_uplink = [
         "up",
@@ -326,7 +317,7 @@ fn bad_input_fails_with_one_line_and_leaves_nothing() {
         "--cgroup",
         &cgroup,
     ];
-    expect_error(&lab.netpath(&bad_uplink), "nosuchif0");
+    lab.netpath(&bad_uplink).expect_one_line_error("nosuchif0");
     // A directory that is no cgroup v2 (the socket hooks need one).
     let not_a_cgroup = [
         "up",
@@ -336,7 +327,8 @@ fn bad_input_fails_with_one_line_and_leaves_nothing() {
         "--cgroup",
         "/tmp",
     ];
-    expect_error(&lab.netpath(&not_a_cgroup), "cgroup v2");
+    lab.netpath(&not_a_cgroup)
+        .expect_one_line_error("cgroup v2");
     Lab::assert_no_leftovers(lab.instance());
     assert_eq!(
         lab.host_links(),
@@ -415,7 +407,7 @@ fn bad_input_fails_with_one_line_and_leaves_nothing() {
             out.expect_fail(&args.join(" "));
             assert_eq!(out.stderr.trim().lines().count(), 1, "{out}");
         } else {
-            expect_error(&out, needle);
+            out.expect_one_line_error(needle);
         }
         assert!(!netns_exists(&x), "{args:?} left a netns");
         assert_eq!(containers(&lab), before, "{args:?} changed the state");
@@ -439,7 +431,7 @@ fn changing_commands_require_root() {
             .arg(lab.bin())
             .args(["--instance", lab.instance()])
             .args(args);
-        expect_error(&run(&mut cmd), "must run as root");
+        run(&mut cmd).expect_one_line_error("must run as root");
     }
     Lab::assert_no_leftovers(lab.instance());
     assert!(!netns_exists(&x));
@@ -644,18 +636,17 @@ fn attach_and_detach_an_ip_netns_with_a_published_port() {
     // Only attached containers detach; netpath's own netns is refused.
     let c = lab.container_name("c");
     lab.container_add_ok(&c, &[]);
-    expect_error(&lab.netpath(&["container", "detach", &c]), "container rm");
+    lab.netpath(&["container", "detach", &c])
+        .expect_one_line_error("container rm");
     lab.netpath(&["container", "rm", &c]).expect_ok("rm c");
-    expect_error(
-        &lab.netpath(&[
-            "container",
-            "attach",
-            "self",
-            "--netns",
-            "/proc/self/ns/net",
-        ]),
-        "own network namespace",
-    );
+    lab.netpath(&[
+        "container",
+        "attach",
+        "self",
+        "--netns",
+        "/proc/self/ns/net",
+    ])
+    .expect_one_line_error("own network namespace");
 
     // detach takes netpath's network away, and nothing of the owner's.
     lab.netpath(&["container", "detach", &w])
