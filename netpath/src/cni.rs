@@ -6,7 +6,9 @@
 //! STATUS says whether the instance can take containers.
 //!
 //! The network configuration names the instance (`"instance"`, default
-//! `default`), which `netpath up` must have brought up. Port mappings come
+//! `default`), which `netpath up` must have brought up, and may name one of
+//! its networks (`"netpathNetwork"`, default `bridge`; see `network
+//! create`). Port mappings come
 //! from the `portMappings` capability. Addresses come from netpath's own
 //! IPAM: a config with an `ipam` section is refused.
 //!
@@ -88,6 +90,10 @@ struct NetConf {
     name: String,
     #[serde(default)]
     instance: Option<String>,
+    /// The instance's network the containers go on (`network create`);
+    /// the instance's first, `bridge`, when absent.
+    #[serde(default)]
+    netpath_network: Option<String>,
     #[serde(default)]
     ipam: Option<Value>,
     /// Outside sources (addresses or CIDRs) that may reach the port
@@ -348,6 +354,13 @@ fn port_mappings(mappings: &[PortMapping]) -> Result<Vec<Mapping>> {
         .collect()
 }
 
+/// The instance's network the configuration puts containers on.
+fn network_name(conf: &NetConf) -> &str {
+    conf.netpath_network
+        .as_deref()
+        .unwrap_or(state::DEFAULT_NETWORK)
+}
+
 fn add(conf: &NetConf, env: &Env, instance: &Instance) -> Result<Value> {
     let container_id = env.container_id()?;
     let ifname = env.ifname()?;
@@ -366,7 +379,7 @@ fn add(conf: &NetConf, env: &Env, instance: &Instance) -> Result<Value> {
             netns: netns.clone(),
             network: conf.name.clone(),
         },
-        network: state::DEFAULT_NETWORK.to_owned(),
+        network: network_name(conf).to_owned(),
     };
     let runtime = runtime()?;
     let (view, host_mac) = runtime.block_on(async {
@@ -389,9 +402,12 @@ fn add(conf: &NetConf, env: &Env, instance: &Instance) -> Result<Value> {
     let ip = view
         .ip
         .ok_or_else(|| failed("the attachment got no address"))?;
+    let network = state
+        .network(network_name(conf))
+        .ok_or_else(|| failed("the network went away during ADD"))?;
     let mut address = json!({
-        "address": format!("{ip}/{}", state.subnet.prefix_len()),
-        "gateway": state.gateway,
+        "address": format!("{ip}/{}", network.subnet.prefix_len()),
+        "gateway": network.gateway,
         "interface": 1,
     });
     if conf.cni_version.starts_with("0.") {
@@ -411,7 +427,12 @@ fn add(conf: &NetConf, env: &Env, instance: &Instance) -> Result<Value> {
             },
         ],
         "ips": [address],
-        "routes": [{ "dst": "0.0.0.0/0", "gw": state.gateway }],
+        // An internal network has no way out, and no default route.
+        "routes": if network.internal {
+            json!([])
+        } else {
+            json!([{ "dst": "0.0.0.0/0", "gw": network.gateway }])
+        },
         "dns": {},
     }))
 }

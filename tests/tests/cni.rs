@@ -659,3 +659,62 @@ fn the_network_configurations_allow_list_restricts_the_port_mappings() {
     attachment.del(&lab, &conf);
     assert!(published(&lab).is_empty());
 }
+
+/// Runtimes reach the instance's other networks too: `netpathNetwork`
+/// names one (`network create`), the result gives that network's subnet
+/// and gateway, and isolation holds between it and `bridge`. An unknown
+/// network is an error that leaves nothing.
+#[test]
+fn the_network_configuration_picks_the_instances_network() {
+    let lab = Lab::new();
+    lab.up_ok(&[]);
+    lab.netpath(&["network", "create", "cnet", "--subnet", "10.66.0.0/24"])
+        .expect_ok("network create");
+    let (front_ns, bridge_ns) = (Netns::new("cn"), Netns::new("cn"));
+    let front = Attachment::new("ctr-net-front", &front_ns);
+    let on_bridge = Attachment::new("ctr-net-bridge", &bridge_ns);
+    let front_conf = conf(&lab, json!({ "netpathNetwork": "cnet" }));
+    let bridge_conf = conf(&lab, json!({}));
+
+    let result = front.add(&lab, &front_conf);
+    assert_eq!(result["ips"][0]["gateway"], "10.66.0.1", "{result}");
+    let front_ip = result_ip(&result);
+    assert!(front_ip.starts_with("10.66.0."), "{result}");
+    assert_eq!(result["routes"][0]["gw"], "10.66.0.1", "{result}");
+    ping(front_ns.place(), "10.66.0.1").expect_ok("the network's gateway");
+    let bridge_ip = result_ip(&on_bridge.add(&lab, &bridge_conf));
+    assert!(
+        !ping_ok(bridge_ns.place(), &front_ip),
+        "a container on bridge reached one on cnet"
+    );
+    ping(bridge_ns.place(), GATEWAY).expect_ok("bridge's own gateway");
+    let listed = containers(&lab);
+    let front_record = listed
+        .iter()
+        .find(|c| c["ip"] == front_ip.as_str())
+        .unwrap_or_else(|| panic!("{front_ip} in {listed:?}"));
+    assert_eq!(
+        front_record["networks"][0]["network"], "cnet",
+        "{front_record}"
+    );
+    assert!(listed.iter().any(|c| c["ip"] == bridge_ip.as_str()));
+
+    let missing = conf(&lab, json!({ "netpathNetwork": "nosuchnet" }));
+    let other_ns = Netns::new("cn");
+    let out = Attachment::new("ctr-net-missing", &other_ns).call(&lab, "ADD", &missing);
+    let error = expect_cni_error(&out, 100);
+    assert!(
+        error["msg"]
+            .as_str()
+            .is_some_and(|m| m.contains("nosuchnet")),
+        "{error}"
+    );
+    assert_eq!(links(&other_ns), ["lo"], "a failed ADD leaves nothing");
+
+    front.del(&lab, &front_conf);
+    on_bridge.del(&lab, &bridge_conf);
+    assert!(containers(&lab).is_empty());
+    lab.netpath(&["network", "rm", "cnet"])
+        .expect_ok("the network is free again");
+    assert_healthy(&lab);
+}
