@@ -658,17 +658,23 @@ fn attach_and_detach_an_ip_netns_with_a_published_port() {
     assert!(!lab.host_links().contains(&format!("np-{w}")));
     assert_eq!(lab.netpath_json(&["publish", "ls"]), serde_json::json!([]));
 
-    // Attached by /proc/PID/ns/net, then `down`: the netns and its process
-    // are the owner's and stay.
-    lab.netpath(&[
+    // Attached by /proc/PID/ns/net, on another network, then `down`: the
+    // netns and its process are the owner's and stay.
+    lab.netpath(&["network", "create", "natt", "--subnet", "10.67.0.0/24"])
+        .expect_ok("network create");
+    let again = lab.netpath_json(&[
         "container",
         "attach",
         &w,
         "--netns",
         &format!("/proc/{sleeper}/ns/net"),
-    ])
-    .expect_ok("attach by /proc/PID/ns/net");
+        "--network",
+        "natt",
+    ]);
+    let ip = again["ip"].as_str().expect("an address").to_owned();
+    assert!(ip.starts_with("10.67.0."), "on natt: {again}");
     ping(&lab.host, &ip).expect_ok("attached again");
+    ping(netns.place(), "10.67.0.1").expect_ok("it pings natt's gateway");
     lab.down().expect_ok("down");
     assert!(
         !has_exited(sleeper),

@@ -280,6 +280,9 @@ pub(super) struct AttachArgs {
     /// Publish a port, as docker -p; repeatable.
     #[arg(short = 'p', long = "publish", value_name = "SPEC")]
     pub publish: Vec<String>,
+    /// The network of the interface (see `network ls`).
+    #[arg(long, default_value = "bridge", value_name = "NET")]
+    pub network: String,
 }
 
 #[derive(Debug, Args)]

@@ -12,7 +12,7 @@ use crate::{
     directories::Instance,
     netns,
     publish::{self, Mapping},
-    state::{DEFAULT_NETWORK, Mode, Origin},
+    state::{Mode, Origin},
 };
 
 pub(super) fn run(instance: &Instance, command: ContainerCommand, out: Output) -> Result<()> {
@@ -64,7 +64,7 @@ fn attach(instance: &Instance, args: AttachArgs, out: Output) -> Result<()> {
         origin: Origin::Attached {
             netns: absolute(netns),
         },
-        network: DEFAULT_NETWORK.to_owned(),
+        network: args.network,
     };
     build(instance, request, "attached", out)
 }
