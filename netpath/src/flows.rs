@@ -8,7 +8,10 @@ use netpath_common::{
 };
 use serde::Serialize;
 
-use crate::tables::{Tables, TablesError};
+use crate::{
+    state::State,
+    tables::{Tables, TablesError},
+};
 
 /// `CLOCK_MONOTONIC`, the clock of `bpf_ktime_get_ns`.
 pub fn monotonic_ns() -> u64 {
@@ -166,6 +169,17 @@ pub struct FlowEventView {
     pub original: Tuple,
     pub translated: Tuple,
     pub state: &'static str,
+    /// The network of the flow's container address (see [`network_of`]).
+    pub network: Option<String>,
+}
+
+/// The network of a flow's container side: the sender, else the translated
+/// target of a published port, else the destination.
+pub fn network_of(state: &State, original: &Tuple, translated: &Tuple) -> Option<String> {
+    [original.src, translated.dst, original.dst]
+        .into_iter()
+        .find_map(|ip| state.network_of(ip))
+        .map(str::to_owned)
 }
 
 impl FlowEventView {
@@ -188,6 +202,7 @@ impl FlowEventView {
             original: Tuple::of(&event.key),
             translated: Tuple::of(&event.reply.reversed()),
             state: state_name(event.key.proto, event.tcp_state),
+            network: None,
         }
     }
 }
@@ -196,14 +211,15 @@ impl std::fmt::Display for FlowEventView {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} {:<6} {:<5} {:<10} {} => {} {}",
+            "{} {:<6} {:<5} {:<10} {} => {} {} {}",
             self.time,
             self.event,
             self.proto,
             self.kind,
             self.original,
             self.translated,
-            self.state
+            self.state,
+            self.network.as_deref().unwrap_or("-")
         )
     }
 }
@@ -244,7 +260,7 @@ pub struct StatsView {
     pub networks: std::collections::BTreeMap<String, std::collections::BTreeMap<&'static str, u64>>,
 }
 
-pub fn stats(tables: &Tables, state: &crate::state::State) -> Result<StatsView, TablesError> {
+pub fn stats(tables: &Tables, state: &State) -> Result<StatsView, TablesError> {
     Ok(StatsView {
         networks: crate::network::drops(tables, state)?,
         counters: tables.counters()?.into_iter().collect(),

@@ -18,7 +18,10 @@ use tokio::{
 
 use crate::{
     directories::Instance,
-    flows::{FlowEventView, FlowFilter, monotonic_coarse_ns, monotonic_ns, realtime_ns},
+    flows::{
+        FlowEventView, FlowFilter, monotonic_coarse_ns, monotonic_ns, network_of, realtime_ns,
+    },
+    state::State,
     tables::TablesError,
 };
 
@@ -34,6 +37,8 @@ pub enum WatchError {
 
 /// Where the events go: one line each, text or compact JSON.
 struct Printer<'a> {
+    /// The networks, as the watch began, for each event's.
+    state: &'a State,
     filter: &'a FlowFilter,
     json: bool,
     /// Events stamped before we started are backlog nobody consumed (the ring
@@ -58,7 +63,8 @@ impl Printer<'_> {
             if !self.filter.matches(&event.key, &event.reply) {
                 continue;
             }
-            let view = FlowEventView::new(&event, self.wall_offset_ns);
+            let mut view = FlowEventView::new(&event, self.wall_offset_ns);
+            view.network = network_of(self.state, &view.original, &view.translated);
             let written = if self.json {
                 serde_json::to_writer(&mut out, &view)?;
                 writeln!(out)
@@ -84,7 +90,12 @@ pub(crate) fn readable<T: AsRawFd>(ring: T) -> io::Result<AsyncFd<T>> {
 }
 
 /// Streams events until SIGINT or SIGTERM (or until stdout closes).
-pub async fn watch(instance: &Instance, filter: &FlowFilter, json: bool) -> Result<(), WatchError> {
+pub async fn watch(
+    instance: &Instance,
+    state: &State,
+    filter: &FlowFilter,
+    json: bool,
+) -> Result<(), WatchError> {
     let path = instance.map_pin(names::EVENTS);
     let map_err = |source| TablesError::Map {
         path: path.display().to_string(),
@@ -101,6 +112,7 @@ pub async fn watch(instance: &Instance, filter: &FlowFilter, json: bool) -> Resu
     // of either.
     let since_ns = monotonic_coarse_ns();
     let printer = Printer {
+        state,
         filter,
         json,
         since_ns,

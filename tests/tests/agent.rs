@@ -144,6 +144,7 @@ fn watch_json_streams_opened_and_closed_events_of_a_published_port() {
     assert_eq!(opened["original"]["dport"], 18080);
     assert_eq!(opened["translated"]["dst"], web_ip.as_str());
     assert_eq!(opened["translated"]["dport"], 8080);
+    assert_eq!(opened["network"], "bridge", "the container's network");
     assert!(
         opened["time"].as_str().is_some_and(|t| t.ends_with('Z')),
         "{opened}"

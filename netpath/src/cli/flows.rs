@@ -31,18 +31,13 @@ pub(super) fn run(instance: &Instance, args: FlowsArgs, out: Output) -> Result<(
         proto: args.proto,
     };
     if args.watch {
-        runtime()?.block_on(watch::watch(instance, &filter, out.json))?;
+        runtime()?.block_on(watch::watch(instance, &state, &filter, out.json))?;
         return Ok(());
     }
     let tables = Tables::open(instance)?;
     let mut list = flows::list(&tables, &filter)?;
     for flow in &mut list {
-        // The container's side: the sender, else the translated target
-        // of a published port, else the destination.
-        flow.network = [flow.original.src, flow.translated.dst, flow.original.dst]
-            .into_iter()
-            .find_map(|ip| state.network_of(ip))
-            .map(str::to_owned);
+        flow.network = flows::network_of(&state, &flow.original, &flow.translated);
     }
     out.show(&list, |list| print_table(list))
 }
