@@ -142,6 +142,15 @@ pub struct Config {
     pub _pad: u32,
 }
 
+impl Config {
+    /// Whether `xdp_uplink` passes everything up to TC for good (see
+    /// `CONFIG_FLAG_XDP_FALLBACK`).
+    #[inline(always)]
+    pub fn xdp_fell_back(&self) -> bool {
+        self.flags & CONFIG_FLAG_XDP_FALLBACK != 0
+    }
+}
+
 /// `ENDPOINTS` key is the container's IPv4 (wire order); this is the value.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq, Eq)]

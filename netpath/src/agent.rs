@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use netpath_common::{CONFIG_FLAG_XDP_FALLBACK, FlowEntry, FlowKey};
+use netpath_common::{FlowEntry, FlowKey};
 use tokio::{
     net::TcpListener,
     signal::unix::{SignalKind, signal},
@@ -21,7 +21,7 @@ use crate::{
     datapath::Datapath,
     directories::Instance,
     ebpf_log,
-    flows::{FlowView, monotonic_ns},
+    flows::{FlowView, monotonic_ns, thread_cpu_ns},
     metrics::{self, Retired},
     state::State,
     tables::{FlowTally, Tables, TablesError},
@@ -163,17 +163,6 @@ const GC_INTERVAL: Duration = Duration::from_secs(2);
 /// further out.
 const GC_CPU_SHARE: u32 = 50;
 
-/// CPU time of the calling thread (the GC pass runs on one, without awaiting).
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid timespec to write.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
 /// Watches the host netns for link, address, route and neighbour changes,
 /// any of which can change where a flow leaves, and wakes `changed` for each
 /// burst of them. The datapath's cached next hops are then invalidated by a
@@ -281,13 +270,16 @@ impl Agent {
                     Err(e) => log::warn!("invalidating cached next hops: {e}"),
                 },
                 () = &mut gc => {
-                    let cpu = thread_cpu();
+                    // The pass runs on this thread, without awaiting.
+                    let cpu = thread_cpu_ns();
                     match collector.collect(&mut datapath, &retired, &state.ct_timeouts) {
                         Ok(0) => {}
                         Ok(n) => log::info!("conntrack GC: {n} expired flows removed"),
                         Err(e) => log::warn!("conntrack GC: {e}"),
                     }
-                    if !xdp_fallback_told && xdp_fell_back(&datapath) {
+                    if !xdp_fallback_told
+                        && datapath.tables.config().is_ok_and(|cfg| cfg.xdp_fell_back())
+                    {
                         xdp_fallback_told = true;
                         log::warn!(
                             "uplink {} delivers frames with partial checksums (a veth peer with TX \
@@ -296,7 +288,8 @@ impl Agent {
                             state.uplink
                         );
                     }
-                    let next = GC_INTERVAL.max((thread_cpu() - cpu) * GC_CPU_SHARE);
+                    let spent = Duration::from_nanos(thread_cpu_ns().saturating_sub(cpu));
+                    let next = GC_INTERVAL.max(spent * GC_CPU_SHARE);
                     gc.as_mut().reset(tokio::time::Instant::now() + next);
                 }
             }
@@ -307,12 +300,4 @@ impl Agent {
         );
         Ok(())
     }
-}
-
-/// Whether `xdp_uplink` fell back to TC (see `CONFIG_FLAG_XDP_FALLBACK`).
-fn xdp_fell_back(datapath: &Datapath) -> bool {
-    datapath
-        .tables
-        .config()
-        .is_ok_and(|cfg| cfg.flags & CONFIG_FLAG_XDP_FALLBACK != 0)
 }

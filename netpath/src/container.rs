@@ -345,13 +345,6 @@ pub fn teardown(
 }
 
 /// Takes the instance lock and loads the state, which must exist.
-fn lock_and_load(instance: &Instance) -> Result<(InstanceLock, State)> {
-    let lock =
-        InstanceLock::acquire(instance)?.ok_or_else(|| StateError::from(instance.not_up()))?;
-    let state = state::load(instance)?.ok_or_else(|| StateError::from(instance.not_up()))?;
-    Ok((lock, state))
-}
-
 /// The command's maps, opened on first use: modes without an endpoint and
 /// without published ports never need them.
 fn open_once<'t>(tables: &'t mut Option<Tables>, instance: &Instance) -> Result<&'t mut Tables> {
@@ -372,7 +365,7 @@ pub async fn add(instance: &Instance, request: AddRequest) -> Result<ContainerVi
     if request.origin != Origin::Created && request.mode != Mode::Bridge {
         return Err(ContainerError::AttachNeedsBridge(request.mode));
     }
-    let (_lock, mut state) = lock_and_load(instance)?;
+    let (_lock, mut state) = state::lock_and_load(instance)?;
     if state.containers.contains_key(&request.name) {
         return Err(ContainerError::Duplicate(request.name));
     }
@@ -473,11 +466,6 @@ async fn add_bridged<'a>(
     rollback: &mut Rollback<'a>,
 ) -> Result<ContainerRecord> {
     let network = network_record(state, &request.network)?;
-    let host = topology::connect()?;
-    let host_veth = prefixed(&request.name);
-    if topology::find_link(&host, &host_veth).await?.is_some() {
-        return Err(ContainerError::HostLinkTaken(host_veth));
-    }
     let (netns_name, netns_path) = match request.origin.foreign_netns() {
         None => {
             let name = prefixed(&request.name);
@@ -492,7 +480,7 @@ async fn add_bridged<'a>(
     let wanted = Wanted {
         network: &request.network,
         ifname: request.origin.ifname().to_owned(),
-        host_veth,
+        host_veth: prefixed(&request.name),
         ip: request.ip,
         default_route: !network.internal,
     };
@@ -661,14 +649,14 @@ const PORT_RANGE_SYSCTL: &str = "net.ipv4.ip_local_port_range";
 /// netpath created it (SIGTERM, up to `grace`, SIGKILL), then tears its
 /// network down.
 pub fn remove(instance: &Instance, name: &str, grace: Duration) -> Result<()> {
-    let (_lock, mut state) = lock_and_load(instance)?;
+    let (_lock, mut state) = state::lock_and_load(instance)?;
     remove_locked(instance, &mut state, &[name.to_owned()], grace)
 }
 
 /// `netpath container detach`: takes netpath's network out of an attached
 /// netns, leaving the netns and its processes alone.
 pub fn detach(instance: &Instance, name: &str) -> Result<()> {
-    let (_lock, mut state) = lock_and_load(instance)?;
+    let (_lock, mut state) = state::lock_and_load(instance)?;
     let record = state
         .containers
         .get(name)
@@ -844,7 +832,7 @@ pub async fn connect(
     name: &str,
     ip: Option<Ipv4Addr>,
 ) -> Result<ContainerView> {
-    let (_lock, mut state) = lock_and_load(instance)?;
+    let (_lock, mut state) = state::lock_and_load(instance)?;
     let target = network_record(&state, network)?.clone();
     let record = state
         .containers
@@ -870,29 +858,17 @@ pub async fn connect(
         .map(|n| format!("eth{n}"))
         .find(|candidate| addresses.iter().all(|a| a.ifname != *candidate))
         .expect("some ethN is free");
+    // The veth is named after the address: allocated first.
+    let ip = allocate_address(&state, target.subnet, ip)?;
     let wanted = Wanted {
         network,
         ifname,
-        // Apart from containers' `np-NAME` and bridges' `np<id>-...`; the
-        // address is unique on the host (networks do not overlap).
-        host_veth: connected_veth_name(ip.unwrap_or(Ipv4Addr::UNSPECIFIED)),
-        ip,
+        host_veth: connected_veth_name(ip),
+        ip: Some(ip),
         default_route: !has_default_route && !target.internal,
     };
     let mut tables = Tables::open(instance)?;
     let mut rollback = Rollback::default();
-    // The veth is named after the address, known only once allocated.
-    let wanted = match wanted.ip {
-        Some(_) => wanted,
-        None => {
-            let ip = allocate_address(&state, target.subnet, None)?;
-            Wanted {
-                host_veth: connected_veth_name(ip),
-                ip: Some(ip),
-                ..wanted
-            }
-        }
-    };
     let interface = add_interface(
         instance,
         &mut tables,
@@ -914,7 +890,8 @@ pub async fn connect(
 }
 
 /// The host-side veth of a `network connect` interface: `npx` and the
-/// address in hex (11 letters).
+/// address in hex (11 letters), apart from containers' `np-NAME` and
+/// bridges' `np<id>-...`; unique, as networks do not overlap.
 fn connected_veth_name(ip: Ipv4Addr) -> String {
     format!("npx{:08x}", u32::from(ip))
 }
@@ -923,7 +900,7 @@ fn connected_veth_name(ip: Ipv4Addr) -> String {
 /// `network connect` made away. Refused for the container's first network
 /// and while its published ports lead to that address.
 pub async fn disconnect(instance: &Instance, network: &str, name: &str) -> Result<()> {
-    let (_lock, mut state) = lock_and_load(instance)?;
+    let (_lock, mut state) = state::lock_and_load(instance)?;
     network_record(&state, network)?;
     let record = state
         .containers

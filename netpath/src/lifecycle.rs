@@ -10,7 +10,6 @@ use std::{
 };
 
 use ipnet::Ipv4Net;
-use netpath_common::CONFIG_FLAG_XDP_FALLBACK;
 use nix::unistd::geteuid;
 
 use crate::{
@@ -265,13 +264,7 @@ async fn start(
             }
         });
     }
-    let mut datapath = Datapath::load_or_adopt(instance, &datapath_config(&state)?)?;
-    for network in state.networks.values() {
-        datapath
-            .tables
-            .set_network(network.id, &network.datapath())
-            .map_err(DatapathError::from)?;
-    }
+    let datapath = Datapath::load_or_adopt(instance, &datapath_config(&state)?)?;
     let pid = std::process::id();
     state::write_agent(
         instance,
@@ -325,11 +318,12 @@ fn datapath_config(state: &State) -> Result<DatapathConfig> {
         uplink_name: state.uplink.clone(),
         uplink_ifindex: state.uplink_ifindex,
         host_ip: state.host_ip,
-        bridge_name: state.bridge.clone(),
-        bridge_ifindex: state.bridge_ifindex,
-        gateway_ip: state.gateway,
         gateway_mac,
-        subnet: state.subnet,
+        networks: state
+            .networks
+            .values()
+            .map(|network| (network.id, network.datapath()))
+            .collect(),
         accel: state.accel,
         cgroup: state.cgroup.clone(),
         map_sizes: MapSizes {
@@ -577,13 +571,14 @@ async fn adopt(host: &rtnetlink::Handle, mut state: State, options: &UpOptions) 
 
     let mac = topology::parse_mac(&state.bridge_mac)
         .unwrap_or_else(|| bridge_mac(&state.instance, &state.bridge));
-    state.bridge_ifindex =
-        set_up_bridge(host, &state.bridge, mac, state.gateway, state.subnet).await?;
     state.sync_default_network();
     for network in state.networks.values_mut() {
         network.bridge_ifindex =
             set_up_bridge(host, &network.bridge, mac, network.gateway, network.subnet).await?;
     }
+    state.bridge_ifindex = state
+        .network(state::DEFAULT_NETWORK)
+        .map_or(state.bridge_ifindex, |n| n.bridge_ifindex);
     let bridge_of = |state: &State, network: &str| {
         state
             .network(network)
@@ -754,7 +749,7 @@ pub async fn status(instance: &Instance) -> Result<StatusView> {
         accel: state.accel,
         xdp_fallen_back_to_tc: Tables::open(instance)
             .and_then(|tables| tables.config())
-            .is_ok_and(|cfg| cfg.flags & CONFIG_FLAG_XDP_FALLBACK != 0),
+            .is_ok_and(|cfg| cfg.xdp_fell_back()),
         cgroup: state.cgroup.clone(),
         agent_pid,
         agent_alive,

@@ -14,7 +14,7 @@ use crate::{
     ipam::{self, IpamError},
     lifecycle::{self, InstanceError},
     rollback::Rollback,
-    state::{self, DEFAULT_NETWORK, InstanceLock, NetworkRecord, State, StateError},
+    state::{self, DEFAULT_NETWORK, NetworkRecord, State, StateError},
     tables::{Tables, TablesError},
     topology::{self, TopologyError},
 };
@@ -164,20 +164,13 @@ fn choose_subnet(
     Ok(subnet)
 }
 
-fn lock_and_load(instance: &Instance) -> Result<(InstanceLock, State)> {
-    let lock =
-        InstanceLock::acquire(instance)?.ok_or_else(|| StateError::from(instance.not_up()))?;
-    let state = state::load_required(instance)?;
-    Ok((lock, state))
-}
-
 /// `netpath network create`.
 pub async fn create(instance: &Instance, request: CreateRequest) -> Result<NetworkView> {
     validate_name(&request.name)?;
     if let Some(bridge) = &request.bridge {
         lifecycle::validate_bridge_name(bridge)?;
     }
-    let (_lock, mut state) = lock_and_load(instance)?;
+    let (_lock, mut state) = state::lock_and_load(instance)?;
     if state.networks.contains_key(&request.name) {
         return Err(NetworkError::Duplicate(request.name));
     }
@@ -283,7 +276,7 @@ pub fn list(instance: &Instance) -> Result<Vec<NetworkView>> {
 
 /// `netpath network rm`: refused while containers are on it.
 pub fn remove(instance: &Instance, name: &str) -> Result<()> {
-    let (_lock, mut state) = lock_and_load(instance)?;
+    let (_lock, mut state) = state::lock_and_load(instance)?;
     if name == DEFAULT_NETWORK {
         return Err(NetworkError::Default);
     }

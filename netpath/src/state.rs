@@ -445,6 +445,13 @@ pub fn load_required(instance: &Instance) -> Result<State> {
     Ok(load(instance)?.ok_or_else(|| instance.not_up())?)
 }
 
+/// Takes the instance lock and reads the state under it, for a
+/// read-modify-write; the instance must be up.
+pub fn lock_and_load(instance: &Instance) -> Result<(InstanceLock, State)> {
+    let lock = InstanceLock::acquire(instance)?.ok_or_else(|| instance.not_up())?;
+    Ok((lock, load_required(instance)?))
+}
+
 /// Writes `contents` to `path` atomically: a temporary file in the same
 /// directory, fsync, rename over the old one, fsync of the directory.
 fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {

@@ -484,7 +484,7 @@ pub fn xdp_uplink(mut ctx: XdpContext) -> u32 {
     let Some(cfg) = config() else {
         return Verdict::pass(stat::XDP_PASS).xdp();
     };
-    if offload::fallen_back(cfg) {
+    if cfg.xdp_fell_back() {
         return Verdict::pass(stat::XDP_PASS_FALLBACK).xdp();
     }
     let verdict = from_uplink_verdict(&mut ctx, cfg);

@@ -6,7 +6,7 @@
 //! would get a segment with a checksum that is never finished. `xdp_uplink`
 //! recognises such a frame by its handshake segments and falls back to TC.
 use aya_ebpf::programs::XdpContext;
-use netpath_common::{CONFIG_FLAG_XDP_FALLBACK, Config, stat};
+use netpath_common::{CONFIG_FLAG_XDP_FALLBACK, stat};
 
 use super::{
     ctx::Packet as _,
@@ -62,12 +62,6 @@ pub fn has_partial_checksum(ctx: &XdpContext, pkt: &Packet) -> bool {
 fn fold(mut sum: u32) -> u32 {
     sum = (sum & 0xffff) + (sum >> 16);
     (sum & 0xffff) + (sum >> 16)
-}
-
-/// Whether XDP has fallen back to TC on this uplink.
-#[inline(always)]
-pub fn fallen_back(cfg: &Config) -> bool {
-    cfg.flags & CONFIG_FLAG_XDP_FALLBACK != 0
 }
 
 /// Falls back to TC for good (until `up` writes the configuration again,

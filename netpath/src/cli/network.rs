@@ -62,18 +62,23 @@ fn create(instance: &Instance, args: NetworkCreateArgs, out: Output) -> Result<(
     };
     let created = runtime()?.block_on(network::create(instance, request))?;
     out.show(&created, |n| {
+        let flags = flags(n);
         println!(
             "network {} created: bridge {} {}/{}{}",
             n.name,
             n.bridge,
             n.gateway,
             n.subnet.prefix_len(),
-            flags(n)
+            if flags.is_empty() {
+                String::new()
+            } else {
+                format!(" ({flags})")
+            }
         );
     })
 }
 
-/// ` (internal, icc off)`, or nothing for a plain network.
+/// `internal, icc off`, or nothing for a plain network.
 fn flags(n: &NetworkView) -> String {
     let mut flags = Vec::new();
     if n.internal {
@@ -82,10 +87,7 @@ fn flags(n: &NetworkView) -> String {
     if !n.icc {
         flags.push("icc off");
     }
-    match flags.is_empty() {
-        true => String::new(),
-        false => format!(" ({})", flags.join(", ")),
-    }
+    flags.join(", ")
 }
 
 /// The networks table, also part of `status`.
@@ -104,14 +106,13 @@ pub(super) fn print_table(networks: &[NetworkView]) {
     };
     TABLE.print(networks.iter().map(|n| {
         let flags = flags(n);
-        let flags = flags.trim().trim_start_matches('(').trim_end_matches(')');
         [
             n.name.clone(),
             n.id.to_string(),
             n.subnet.to_string(),
             n.gateway.to_string(),
             n.bridge.clone(),
-            if flags.is_empty() { "-" } else { flags }.to_owned(),
+            if flags.is_empty() { "-".to_owned() } else { flags },
             if n.containers.is_empty() {
                 "-".to_owned()
             } else {

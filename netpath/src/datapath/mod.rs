@@ -29,7 +29,6 @@ use aya::{
     programs::{SchedClassifier, tc},
     util::KernelVersion,
 };
-use ipnet::Ipv4Net;
 use netpath_common::load::load_program;
 use netpath_common::{
     CONFIG_FLAG_XDP, Config, Endpoint, LAYOUT_VERSION, Network, SLOW_PATH_FROM_CONTAINER,
@@ -160,11 +159,10 @@ pub struct DatapathConfig {
     pub uplink_name: String,
     pub uplink_ifindex: u32,
     pub host_ip: Ipv4Addr,
-    pub bridge_name: String,
-    pub bridge_ifindex: u32,
-    pub gateway_ip: Ipv4Addr,
+    /// The MAC of every bridge of the instance.
     pub gateway_mac: [u8; 6],
-    pub subnet: Ipv4Net,
+    /// Every network of the instance, by id.
+    pub networks: Vec<(u16, Network)>,
     pub accel: Accel,
     /// cgroup v2 directory the socket hooks attach to.
     pub cgroup: PathBuf,
@@ -276,16 +274,9 @@ impl Datapath {
         };
         let mut tables = Tables::open(instance)?;
         tables.set_config(&config)?;
-        tables.set_network(
-            0,
-            &Network::new(
-                cfg.subnet.network(),
-                cfg.subnet.prefix_len(),
-                cfg.gateway_ip,
-                cfg.bridge_ifindex,
-                0,
-            ),
-        )?;
+        for (id, network) in &cfg.networks {
+            tables.set_network(*id, network)?;
+        }
         // Loaded or adopted: whatever next hops flows cached may be stale.
         tables.bump_route_generation()?;
 
