@@ -112,7 +112,11 @@ pub(super) fn print_table(networks: &[NetworkView]) {
             n.subnet.to_string(),
             n.gateway.to_string(),
             n.bridge.clone(),
-            if flags.is_empty() { "-".to_owned() } else { flags },
+            if flags.is_empty() {
+                "-".to_owned()
+            } else {
+                flags
+            },
             if n.containers.is_empty() {
                 "-".to_owned()
             } else {
