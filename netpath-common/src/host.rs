@@ -2,11 +2,15 @@
 //! take and give `Ipv4Addr` and host-order ports, so no caller converts byte
 //! orders by hand. The records themselves keep the wire order the datapath
 //! reads (see the crate doc).
-use core::{fmt, net::Ipv4Addr, str::FromStr};
+use core::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    str::FromStr,
+};
 
 use crate::{
-    AllowKey, Config, Endpoint, FlowKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Network,
-    PORT_RESTRICTED, PortKey, PortTarget,
+    Addr, AllowKey, Config, Endpoint, FlowKey, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
+    IPPROTO_UDP, Ip6, Network, PORT_RESTRICTED, PortKey, PortTarget,
 };
 
 /// The wire-order `u32` a map holds for `ip` (e.g. an `ENDPOINTS` key).
@@ -17,6 +21,66 @@ pub fn ip_to_wire(ip: Ipv4Addr) -> u32 {
 /// The address a wire-order `u32` of a map holds.
 pub fn ip_from_wire(wire: u32) -> Ipv4Addr {
     Ipv4Addr::from(wire.to_ne_bytes())
+}
+
+/// The wire-order words a map holds for `ip` (e.g. an `ENDPOINTS6` key).
+pub fn ip6_to_wire(ip: Ipv6Addr) -> Ip6 {
+    let o = ip.octets();
+    core::array::from_fn(|i| {
+        u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+    })
+}
+
+/// The address wire-order words of a map hold.
+pub fn ip6_from_wire(wire: Ip6) -> Ipv6Addr {
+    let mut o = [0u8; 16];
+    for (i, word) in wire.iter().enumerate() {
+        o[4 * i..4 * i + 4].copy_from_slice(&word.to_ne_bytes());
+    }
+    Ipv6Addr::from(o)
+}
+
+/// A map address in host terms: `Ipv4Addr` for `u32`, `Ipv6Addr` for `Ip6`.
+pub trait HostAddr: Addr {
+    type Ip: HostIp<Wire = Self>;
+    fn to_host(self) -> Self::Ip;
+}
+
+/// An address as userspace spells it, and how a map holds it. Constructors
+/// take this side, so the family follows from the arguments.
+pub trait HostIp:
+    Copy + fmt::Display + fmt::Debug + PartialEq + Eq + core::hash::Hash + Into<IpAddr>
+{
+    type Wire: HostAddr<Ip = Self>;
+    fn to_wire(self) -> Self::Wire;
+}
+
+impl HostAddr for u32 {
+    type Ip = Ipv4Addr;
+    fn to_host(self) -> Ipv4Addr {
+        ip_from_wire(self)
+    }
+}
+
+impl HostIp for Ipv4Addr {
+    type Wire = u32;
+    fn to_wire(self) -> u32 {
+        ip_to_wire(self)
+    }
+}
+
+impl HostAddr for Ip6 {
+    type Ip = Ipv6Addr;
+    fn to_host(self) -> Ipv6Addr {
+        ip6_from_wire(self)
+    }
+}
+
+impl HostIp for Ipv6Addr {
+    type Wire = Ip6;
+    fn to_wire(self) -> Ip6 {
+        ip6_to_wire(self)
+    }
 }
 
 /// The transport protocols the datapath tracks.
@@ -43,11 +107,21 @@ impl Proto {
         }
     }
 
+    /// The protocol number in a record of address family `A`: ICMP is
+    /// ICMPv6 over IPv6.
+    pub fn number_in<A: Addr>(self) -> u8 {
+        match self {
+            Proto::Icmp if A::AF == crate::AF_INET6 => IPPROTO_ICMPV6,
+            _ => self.number(),
+        }
+    }
+
+    /// Either family's numbers: ICMPv6 is `Icmp` too.
     pub const fn from_number(number: u8) -> Option<Self> {
         match number {
             IPPROTO_TCP => Some(Proto::Tcp),
             IPPROTO_UDP => Some(Proto::Udp),
-            IPPROTO_ICMP => Some(Proto::Icmp),
+            IPPROTO_ICMP | IPPROTO_ICMPV6 => Some(Proto::Icmp),
             _ => None,
         }
     }
@@ -104,25 +178,26 @@ impl clap::ValueEnum for Proto {
     }
 }
 
-impl FlowKey {
+impl<A: HostAddr> FlowKey<A> {
     /// Ports in host order; for ICMP echo both are the echo identifier.
-    pub fn new(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, proto: Proto) -> Self {
+    /// `Proto::Icmp` is ICMPv6 in an IPv6 key.
+    pub fn new<I: HostIp<Wire = A>>(src: I, dst: I, sport: u16, dport: u16, proto: Proto) -> Self {
         Self {
-            saddr: ip_to_wire(src),
-            daddr: ip_to_wire(dst),
+            saddr: src.to_wire(),
+            daddr: dst.to_wire(),
             sport: sport.to_be(),
             dport: dport.to_be(),
-            proto: proto.number(),
+            proto: proto.number_in::<A>(),
             _pad: [0; 3],
         }
     }
 
-    pub fn src(&self) -> Ipv4Addr {
-        ip_from_wire(self.saddr)
+    pub fn src(&self) -> A::Ip {
+        self.saddr.to_host()
     }
 
-    pub fn dst(&self) -> Ipv4Addr {
-        ip_from_wire(self.daddr)
+    pub fn dst(&self) -> A::Ip {
+        self.daddr.to_host()
     }
 
     /// Host order.
@@ -141,11 +216,12 @@ impl FlowKey {
     }
 }
 
-impl PortKey {
-    /// `host_ip` `None`: the port on every host address.
-    pub fn new(host_ip: Option<Ipv4Addr>, host_port: u16, proto: Proto) -> Self {
+impl<A: HostAddr> PortKey<A> {
+    /// `host_ip` `None`: the port on every host address. `Proto::Icmp` is
+    /// never published.
+    pub fn new<I: HostIp<Wire = A>>(host_ip: Option<I>, host_port: u16, proto: Proto) -> Self {
         Self {
-            host_ip: host_ip.map_or(0, ip_to_wire),
+            host_ip: host_ip.map_or(A::UNSPECIFIED, I::to_wire),
             host_port: host_port.to_be(),
             proto: proto.number(),
             _pad: 0,
@@ -153,8 +229,8 @@ impl PortKey {
     }
 
     /// `None`: every host address.
-    pub fn host_ip(&self) -> Option<Ipv4Addr> {
-        (self.host_ip != 0).then(|| ip_from_wire(self.host_ip))
+    pub fn host_ip(&self) -> Option<A::Ip> {
+        (self.host_ip != A::UNSPECIFIED).then(|| self.host_ip.to_host())
     }
 
     /// Host order.
@@ -167,10 +243,10 @@ impl PortKey {
     }
 }
 
-impl PortTarget {
-    pub fn new(container_ip: Ipv4Addr, container_port: u16) -> Self {
+impl<A: HostAddr> PortTarget<A> {
+    pub fn new<I: HostIp<Wire = A>>(container_ip: I, container_port: u16) -> Self {
         Self {
-            container_ip: ip_to_wire(container_ip),
+            container_ip: container_ip.to_wire(),
             container_port: container_port.to_be(),
             flags: 0,
         }
@@ -185,8 +261,8 @@ impl PortTarget {
         }
     }
 
-    pub fn container_ip(&self) -> Ipv4Addr {
-        ip_from_wire(self.container_ip)
+    pub fn container_ip(&self) -> A::Ip {
+        self.container_ip.to_host()
     }
 
     /// Host order.
@@ -241,8 +317,37 @@ impl Network {
             gateway_ip: ip_to_wire(gateway_ip),
             bridge_ifindex,
             flags,
-            _pad: 0,
+            ..Self::default()
         }
+    }
+
+    /// The same network with IPv6 subnet `subnet6_addr/prefix_len` and
+    /// gateway `gateway6`.
+    #[must_use]
+    pub fn with_ipv6(self, subnet6_addr: Ipv6Addr, prefix_len: u8, gateway6: Ipv6Addr) -> Self {
+        let mask = u128::MAX
+            .checked_shl(128 - u32::from(prefix_len))
+            .unwrap_or(0);
+        Self {
+            subnet6_addr: ip6_to_wire(Ipv6Addr::from(u128::from(subnet6_addr) & mask)),
+            subnet6_mask: ip6_to_wire(Ipv6Addr::from(mask)),
+            gateway6: ip6_to_wire(gateway6),
+            ..self
+        }
+    }
+
+    /// The IPv6 subnet and its prefix length, if the network has one.
+    pub fn subnet6(&self) -> Option<(Ipv6Addr, u8)> {
+        self.has_ipv6().then(|| {
+            (
+                ip6_from_wire(self.subnet6_addr),
+                u128::from(ip6_from_wire(self.subnet6_mask)).count_ones() as u8,
+            )
+        })
+    }
+
+    pub fn gateway6(&self) -> Ipv6Addr {
+        ip6_from_wire(self.gateway6)
     }
 
     pub fn subnet_addr(&self) -> Ipv4Addr {
@@ -276,6 +381,11 @@ impl Config {
     pub fn host_ip(&self) -> Ipv4Addr {
         ip_from_wire(self.host_ip)
     }
+
+    /// The uplink's global IPv6 address, if it has one.
+    pub fn host_ip6(&self) -> Option<Ipv6Addr> {
+        (self.host_ip6 != Ip6::UNSPECIFIED).then(|| ip6_from_wire(self.host_ip6))
+    }
 }
 
 #[cfg(test)]
@@ -294,7 +404,7 @@ mod tests {
         assert_eq!(key.saddr.to_ne_bytes(), [10, 77, 0, 2]);
         assert_eq!(key.dport.to_ne_bytes(), [0, 80]);
 
-        let port = PortKey::new(None, 8080, Proto::Udp);
+        let port = PortKey::new(None::<Ipv4Addr>, 8080, Proto::Udp);
         assert_eq!(port.host_ip, 0);
         assert_eq!((port.host_ip(), port.host_port()), (None, 8080));
         assert_eq!(PortKey::new(Some(b), 1, Proto::Tcp).host_ip(), Some(b));

@@ -18,7 +18,82 @@ pub use host::Proto;
 /// Bumped whenever a map's key or value layout, or a map's kind, changes. Pins
 /// live under a directory named after it, so a netpath never adopts maps laid out
 /// by another version.
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 7;
+
+/// An IPv6 address: four `u32`s holding its 16 wire bytes in order.
+pub type Ip6 = [u32; 4];
+
+/// The address of one family as the maps hold it: `u32` (IPv4) or [`Ip6`].
+pub trait Addr:
+    Copy + Default + PartialEq + Eq + core::hash::Hash + core::fmt::Debug + Pod + 'static
+{
+    /// `AF_INET` or `AF_INET6`.
+    const AF: u8;
+    /// The unspecified address (0.0.0.0, ::): "none" or "every" in a record.
+    const UNSPECIFIED: Self;
+    /// Whether `self` is in `net`'s subnet of this family.
+    fn in_subnet(self, net: &Network) -> bool;
+    /// `net`'s gateway address of this family.
+    fn gateway_of(net: &Network) -> Self;
+    /// The host's address of this family: the masquerade source.
+    fn host_of(cfg: &Config) -> Self;
+}
+
+pub const AF_INET: u8 = 2;
+pub const AF_INET6: u8 = 10;
+
+impl Addr for u32 {
+    const AF: u8 = AF_INET;
+    const UNSPECIFIED: Self = 0;
+    #[inline(always)]
+    fn in_subnet(self, net: &Network) -> bool {
+        net.contains(self)
+    }
+    #[inline(always)]
+    fn gateway_of(net: &Network) -> Self {
+        net.gateway_ip
+    }
+    #[inline(always)]
+    fn host_of(cfg: &Config) -> Self {
+        cfg.host_ip
+    }
+}
+
+impl Addr for Ip6 {
+    const AF: u8 = AF_INET6;
+    const UNSPECIFIED: Self = [0; 4];
+    #[inline(always)]
+    fn in_subnet(self, net: &Network) -> bool {
+        net.contains6(self)
+    }
+    #[inline(always)]
+    fn gateway_of(net: &Network) -> Self {
+        net.gateway6
+    }
+    #[inline(always)]
+    fn host_of(cfg: &Config) -> Self {
+        cfg.host_ip6
+    }
+}
+
+/// `unsafe impl Pod + Zeroable` for the instantiations of a generic record,
+/// each checked to have no implicit padding: its size is the sum of its
+/// fields'. (bytemuck's derive can't check a generic struct.)
+macro_rules! pod_for {
+    ($name:ident { $($field:ident: $ty:ty),+ $(,)? }) => {
+        pod_for!(@one $name, u32, { $($ty),+ });
+        pod_for!(@one $name, Ip6, { $($ty),+ });
+    };
+    (@one $name:ident, $addr:ty, { $($ty:ty),+ }) => {
+        const _: () = {
+            type A = $addr;
+            assert!(core::mem::size_of::<$name<A>>() == 0 $(+ core::mem::size_of::<$ty>())+);
+            // SAFETY: repr(C), every field Pod, no padding (asserted above).
+            unsafe impl Zeroable for $name<A> {}
+            unsafe impl Pod for $name<A> {}
+        };
+    };
+}
 
 /// Names of the pinned maps and programs, shared so userspace finds what the
 /// object declares.
@@ -40,8 +115,18 @@ pub mod names {
     pub const NETWORKS: &str = "NETWORKS";
     pub const SUBNETS: &str = "SUBNETS";
     pub const NETWORK_DROPS: &str = "NETWORK_DROPS";
+    /// The IPv6 twins of the maps above: the same records over `Ip6`.
+    pub const ENDPOINTS6: &str = "ENDPOINTS6";
+    pub const PORTS6: &str = "PORTS6";
+    pub const CONNTRACK6: &str = "CONNTRACK6";
+    pub const CT_REPLY6: &str = "CT_REPLY6";
+    pub const SUBNETS6: &str = "SUBNETS6";
+    pub const SNAT_PORTS6: &str = "SNAT_PORTS6";
+    pub const SNAT_SHARES6: &str = "SNAT_SHARES6";
+    pub const FLOW_COUNTS6: &str = "FLOW_COUNTS6";
+    pub const SOCK_REVNAT6: &str = "SOCK_REVNAT6";
     /// Every map, each pinned under its name.
-    pub const MAPS: [&str; 17] = [
+    pub const MAPS: [&str; 26] = [
         CONFIG,
         ENDPOINTS,
         PORTS,
@@ -59,6 +144,15 @@ pub mod names {
         NETWORKS,
         SUBNETS,
         NETWORK_DROPS,
+        ENDPOINTS6,
+        PORTS6,
+        CONNTRACK6,
+        CT_REPLY6,
+        SUBNETS6,
+        SNAT_PORTS6,
+        SNAT_SHARES6,
+        FLOW_COUNTS6,
+        SOCK_REVNAT6,
     ];
 
     pub const PROG_FROM_CONTAINER: &str = "from_container";
@@ -67,6 +161,13 @@ pub mod names {
     /// nowhere.
     pub const PROG_FROM_CONTAINER_NEW_FLOW: &str = "from_container_new_flow";
     pub const PROG_FROM_UPLINK: &str = "from_uplink";
+    /// The IPv6 programs: the IPv4 entry points tail-call them
+    /// (`SLOW_PATHS[SLOW_PATH_*6]`) for IPv6 frames, so each family's
+    /// program is verified apart. Attached nowhere.
+    pub const PROG_FROM_CONTAINER6: &str = "from_container6";
+    pub const PROG_FROM_CONTAINER6_NEW_FLOW: &str = "from_container6_new_flow";
+    pub const PROG_FROM_UPLINK6: &str = "from_uplink6";
+    pub const PROG_TO_UPLINK6: &str = "to_uplink6";
     pub const PROG_TO_UPLINK: &str = "to_uplink";
     pub const PROG_XDP_UPLINK: &str = "xdp_uplink";
     pub const PROG_XDP_PASS: &str = "xdp_pass";
@@ -80,6 +181,7 @@ pub mod names {
     pub const PROG_CONNECT6: &str = "sock_connect6";
     pub const PROG_RECVMSG6: &str = "sock_recvmsg6";
     pub const PROG_GETPEERNAME6: &str = "sock_getpeername6";
+    pub const PROG_SENDMSG6: &str = "sock_sendmsg6";
 }
 
 /// `SLOW_PATHS` index of `from_container_new_flow`.
@@ -88,10 +190,18 @@ pub const SLOW_PATH_NEW_FLOW: u32 = 0;
 /// slow path returns.
 pub const SLOW_PATH_FROM_CONTAINER: u32 = 1;
 pub const SLOW_PATH_TO_UPLINK: u32 = 2;
+/// `SLOW_PATHS` indexes of the IPv6 programs (see `names::PROG_*6`).
+pub const SLOW_PATH_NEW_FLOW6: u32 = 3;
+pub const SLOW_PATH_FROM_CONTAINER6: u32 = 4;
+pub const SLOW_PATH_TO_UPLINK6: u32 = 5;
+pub const SLOW_PATH_FROM_UPLINK6: u32 = 6;
+/// Slots of `SLOW_PATHS`.
+pub const SLOW_PATHS_LEN: u32 = 8;
 
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
 
 /// `Config::flags`: the uplink ingress translations run in XDP, so the TC
 /// ingress program on the uplink only passes what XDP handed up.
@@ -102,6 +212,12 @@ pub const CONFIG_FLAG_XDP: u32 = 1 << 0;
 /// it through a redirect, so from then on it passes every frame up to the
 /// TC program, which handles such frames.
 pub const CONFIG_FLAG_XDP_FALLBACK: u32 = 1 << 1;
+/// `Config::flags`: IPv6 is on (`up --ipv6`, the default); without it the
+/// datapath drops containers' IPv6 as before.
+pub const CONFIG_FLAG_IPV6: u32 = 1 << 2;
+/// `Config::flags`: `--ipv6-mode routed`: containers' IPv6 addresses are
+/// routed as they are, no NAT66 (the host owns the prefix).
+pub const CONFIG_FLAG_IPV6_ROUTED: u32 = 1 << 3;
 
 /// Instance-wide settings, the single element of the `CONFIG` array.
 #[repr(C)]
@@ -140,6 +256,9 @@ pub struct Config {
     /// server the others use too.
     pub snat_ports_per_container: u32,
     pub _pad: u32,
+    /// The uplink's global IPv6 address: the NAT66 masquerade source and
+    /// the address published ports answer on over IPv6 (:: if it has none).
+    pub host_ip6: Ip6,
 }
 
 impl Config {
@@ -149,9 +268,20 @@ impl Config {
     pub fn xdp_fell_back(&self) -> bool {
         self.flags & CONFIG_FLAG_XDP_FALLBACK != 0
     }
+
+    #[inline(always)]
+    pub fn ipv6(&self) -> bool {
+        self.flags & CONFIG_FLAG_IPV6 != 0
+    }
+
+    #[inline(always)]
+    pub fn ipv6_routed(&self) -> bool {
+        self.flags & CONFIG_FLAG_IPV6_ROUTED != 0
+    }
 }
 
-/// `ENDPOINTS` key is the container's IPv4 (wire order); this is the value.
+/// `ENDPOINTS` key is the container's IPv4 (wire order), `ENDPOINTS6`'s its
+/// IPv6 ([`Ip6`]); this is the value of both.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq, Eq)]
 pub struct Endpoint {
@@ -191,12 +321,32 @@ pub struct Network {
     /// `NETWORK_*`.
     pub flags: u32,
     pub _pad: u32,
+    /// The IPv6 subnet (wire order), as above; mask all 0: the network has
+    /// no IPv6.
+    pub subnet6_addr: Ip6,
+    pub subnet6_mask: Ip6,
+    /// The bridge's IPv6 address, the containers' IPv6 gateway.
+    pub gateway6: Ip6,
 }
 
 impl Network {
     #[inline(always)]
     pub fn contains(&self, addr: u32) -> bool {
         self.subnet_mask != 0 && addr & self.subnet_mask == self.subnet_addr
+    }
+
+    #[inline(always)]
+    pub fn has_ipv6(&self) -> bool {
+        self.subnet6_mask[0] != 0
+    }
+
+    #[inline(always)]
+    pub fn contains6(&self, addr: Ip6) -> bool {
+        self.has_ipv6()
+            && addr[0] & self.subnet6_mask[0] == self.subnet6_addr[0]
+            && addr[1] & self.subnet6_mask[1] == self.subnet6_addr[1]
+            && addr[2] & self.subnet6_mask[2] == self.subnet6_addr[2]
+            && addr[3] & self.subnet6_mask[3] == self.subnet6_addr[3]
     }
 
     #[inline(always)]
@@ -231,12 +381,13 @@ pub struct NetworkDrops {
     pub packets: [u64; network_drop::LEN],
 }
 
-/// `PORTS` key: a published host port.
+/// `PORTS` (`PORTS6`) key: a published host port.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq, Eq, Hash)]
-pub struct PortKey {
-    /// The host address the mapping is bound to, 0 for every host address.
-    pub host_ip: u32,
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PortKey<A: Addr = u32> {
+    /// The host address the mapping is bound to, unspecified for every host
+    /// address.
+    pub host_ip: A,
     /// Wire order.
     pub host_port: u16,
     pub proto: u8,
@@ -248,18 +399,31 @@ pub struct PortKey {
 /// one (the common case) cost no lookup there.
 pub const PORT_RESTRICTED: u16 = 1 << 0;
 
-/// `PORTS` value: where a published port leads.
+pod_for!(PortKey {
+    host_ip: A,
+    host_port: u16,
+    proto: u8,
+    _pad: u8
+});
+
+/// `PORTS` (`PORTS6`) value: where a published port leads.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq, Eq)]
-pub struct PortTarget {
-    pub container_ip: u32,
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortTarget<A: Addr = u32> {
+    pub container_ip: A,
     /// Wire order.
     pub container_port: u16,
     /// `PORT_RESTRICTED`.
     pub flags: u16,
 }
 
-impl PortTarget {
+pod_for!(PortTarget {
+    container_ip: A,
+    container_port: u16,
+    flags: u16
+});
+
+impl<A: Addr> PortTarget<A> {
     #[inline(always)]
     pub fn is_restricted(&self) -> bool {
         self.flags & PORT_RESTRICTED != 0
@@ -302,17 +466,26 @@ pub struct AllowRule {
 /// ICMP echo uses the echo identifier as both ports, so the reversed tuple of a
 /// request is the tuple of its reply.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq, Eq, Hash)]
-pub struct FlowKey {
-    pub saddr: u32,
-    pub daddr: u32,
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey<A: Addr = u32> {
+    pub saddr: A,
+    pub daddr: A,
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
     pub _pad: [u8; 3],
 }
 
-impl FlowKey {
+pod_for!(FlowKey {
+    saddr: A,
+    daddr: A,
+    sport: u16,
+    dport: u16,
+    proto: u8,
+    _pad: [u8; 3]
+});
+
+impl<A: Addr> FlowKey<A> {
     #[inline(always)]
     pub fn reversed(&self) -> Self {
         Self {
@@ -330,10 +503,10 @@ impl FlowKey {
 /// of all SNAT flows toward one destination differ only in the SNAT port,
 /// so the ports in use are counted per destination (`SNAT_PORTS` key).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq, Eq, Hash)]
-pub struct SnatDestination {
-    pub nat_addr: u32,
-    pub dst_addr: u32,
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SnatDestination<A: Addr = u32> {
+    pub nat_addr: A,
+    pub dst_addr: A,
     /// Wire order; 0 for ICMP echo, whose reply carries the SNAT id in both
     /// "ports".
     pub dst_port: u16,
@@ -341,14 +514,22 @@ pub struct SnatDestination {
     pub _pad: u8,
 }
 
-impl SnatDestination {
+pod_for!(SnatDestination {
+    nat_addr: A,
+    dst_addr: A,
+    dst_port: u16,
+    proto: u8,
+    _pad: u8
+});
+
+impl<A: Addr> SnatDestination<A> {
     /// The destination of an SNAT flow, from its reply tuple.
     #[inline(always)]
-    pub fn of_reply(reply: &FlowKey) -> Self {
+    pub fn of_reply(reply: &FlowKey<A>) -> Self {
         Self {
             nat_addr: reply.daddr,
             dst_addr: reply.saddr,
-            dst_port: if reply.proto == IPPROTO_ICMP {
+            dst_port: if reply.proto == IPPROTO_ICMP || reply.proto == IPPROTO_ICMPV6 {
                 0
             } else {
                 reply.sport
@@ -405,11 +586,13 @@ impl SnatPortPool {
 
 /// `SNAT_SHARES` key: one container's SNAT flows toward one destination.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq, Eq, Hash)]
-pub struct SnatShareKey {
-    pub container: u32,
-    pub destination: SnatDestination,
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SnatShareKey<A: Addr = u32> {
+    pub container: A,
+    pub destination: SnatDestination<A>,
 }
+
+pod_for!(SnatShareKey { container: A, destination: SnatDestination<A> });
 
 /// What the datapath does to a flow.
 pub mod nat_kind {
@@ -484,10 +667,10 @@ pub struct NextHop {
 /// where it is found. Both maps are plain hashes, not LRU: nothing evicts half a
 /// pair behind our back, and a full table is a counted drop of new flows.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq, Eq)]
-pub struct FlowEntry {
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEntry<A: Addr = u32> {
     /// The tuple replies carry when they reach us, before reverse translation.
-    pub reply: FlowKey,
+    pub reply: FlowKey<A>,
     /// `bpf_ktime_get_ns` at creation and at the last packet.
     pub created_ns: u64,
     pub last_seen_ns: u64,
@@ -505,6 +688,20 @@ pub struct FlowEntry {
     /// `td_end`. RST and FIN are judged against it.
     pub seq_end: [u32; 2],
 }
+
+pod_for!(FlowEntry {
+    reply: FlowKey<A>,
+    created_ns: u64,
+    last_seen_ns: u64,
+    packets: [u64; 2],
+    bytes: [u64; 2],
+    nat_kind: u8,
+    tcp_state: u8,
+    flags: u8,
+    _pad: [u8; 5],
+    nexthop: [NextHop; 2],
+    seq_end: [u32; 2],
+});
 
 /// Verdict counters, indexes into `STATS` (per-CPU array of u64). Every exit
 /// of a TC or XDP program counts exactly one of them (see the eBPF crate's
@@ -578,6 +775,12 @@ pub mod stat {
     /// Passed up from XDP to TC because the uplink delivers partial
     /// checksums (`CONFIG_FLAG_XDP_FALLBACK`).
     pub const XDP_PASS_FALLBACK: u32 = 43;
+    /// A router advertisement or redirect from a container (RA guard): only
+    /// the gateway routes.
+    pub const DROP_ROUTER_MESSAGE: u32 = 44;
+    /// IPv6 with extension headers the datapath does not translate, that
+    /// would otherwise leave or arrive untranslated.
+    pub const DROP_EXTENSION_HEADER: u32 = 45;
     pub const STATS_LEN: u32 = 48;
 
     /// Names for output, indexed like the counters; empty = unused slot.
@@ -626,8 +829,8 @@ pub mod stat {
         "drop_icc",
         "drop_internal",
         "xdp_pass_fallback",
-        "",
-        "",
+        "drop_router_message",
+        "drop_extension_header",
         "",
         "",
     ];
@@ -641,6 +844,27 @@ pub struct SockRevNatKey {
     pub cookie: u64,
     pub container_ip: u32,
     pub container_port: u16,
+    pub _pad: u16,
+}
+
+/// `SOCK_REVNAT6` key: as `SockRevNatKey`, for an IPv6 socket rewritten to
+/// a container's IPv6 address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq, Eq)]
+pub struct SockRevNatKey6 {
+    pub cookie: u64,
+    pub container_ip: Ip6,
+    pub container_port: u16,
+    pub _pad: [u16; 3],
+}
+
+/// `SOCK_REVNAT6` value: the published IPv6 address the application asked
+/// for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq, Eq)]
+pub struct SockRevNatValue6 {
+    pub orig_ip: Ip6,
+    pub orig_port: u16,
     pub _pad: u16,
 }
 
@@ -663,18 +887,29 @@ pub const SOCK_ORIG_IPV6_LOOPBACK: u16 = 1;
 pub const EVENT_OPENED: u8 = 1;
 pub const EVENT_CLOSED: u8 = 2;
 
-/// One record of the `EVENTS` ring buffer.
+/// One record of the `EVENTS` ring buffer. Both families share the ring:
+/// a record's size tells which (`FlowEvent` or `FlowEvent<Ip6>`).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq, Eq)]
-pub struct FlowEvent {
-    pub key: FlowKey,
-    pub reply: FlowKey,
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEvent<A: Addr = u32> {
+    pub key: FlowKey<A>,
+    pub reply: FlowKey<A>,
     pub ts_ns: u64,
     pub kind: u8,
     pub nat_kind: u8,
     pub tcp_state: u8,
     pub _pad: [u8; 5],
 }
+
+pod_for!(FlowEvent {
+    key: FlowKey<A>,
+    reply: FlowKey<A>,
+    ts_ns: u64,
+    kind: u8,
+    nat_kind: u8,
+    tcp_state: u8,
+    _pad: [u8; 5],
+});
 
 #[cfg(feature = "user")]
 mod user {
@@ -684,16 +919,18 @@ mod user {
     unsafe impl aya::Pod for Endpoint {}
     unsafe impl aya::Pod for Network {}
     unsafe impl aya::Pod for NetworkDrops {}
-    unsafe impl aya::Pod for PortKey {}
-    unsafe impl aya::Pod for PortTarget {}
     unsafe impl aya::Pod for AllowKey {}
     unsafe impl aya::Pod for AllowRule {}
-    unsafe impl aya::Pod for FlowKey {}
-    unsafe impl aya::Pod for FlowEntry {}
     unsafe impl aya::Pod for SockRevNatKey {}
     unsafe impl aya::Pod for SockRevNatValue {}
-    unsafe impl aya::Pod for FlowEvent {}
-    unsafe impl aya::Pod for SnatDestination {}
+    unsafe impl aya::Pod for SockRevNatKey6 {}
+    unsafe impl aya::Pod for SockRevNatValue6 {}
     unsafe impl aya::Pod for SnatPortPool {}
-    unsafe impl aya::Pod for SnatShareKey {}
+    unsafe impl<A: Addr> aya::Pod for PortKey<A> where Self: Pod {}
+    unsafe impl<A: Addr> aya::Pod for PortTarget<A> where Self: Pod {}
+    unsafe impl<A: Addr> aya::Pod for FlowKey<A> where Self: Pod {}
+    unsafe impl<A: Addr> aya::Pod for FlowEntry<A> where Self: Pod {}
+    unsafe impl<A: Addr> aya::Pod for FlowEvent<A> where Self: Pod {}
+    unsafe impl<A: Addr> aya::Pod for SnatDestination<A> where Self: Pod {}
+    unsafe impl<A: Addr> aya::Pod for SnatShareKey<A> where Self: Pod {}
 }

@@ -373,7 +373,7 @@ impl TestDatapath {
         let mut ports: HashMap<_, PortKey, PortTarget> =
             HashMap::try_from(self.map_mut(names::PORTS)?)?;
         ports.insert(
-            PortKey::new(None, host_port, proto),
+            PortKey::new(None::<Ipv4Addr>, host_port, proto),
             PortTarget::new(target, port),
             0,
         )?;

@@ -9,9 +9,10 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use netpath_common::{
-    AllowKey, AllowRule, Config, Endpoint, FlowEntry, FlowEvent, FlowKey, NETWORKS_MAX, Network,
-    NetworkDrops, PortKey, PortTarget, SNAT_POOLS_MAX, SnatDestination, SnatPortPool, SnatShareKey,
-    SockRevNatKey, SockRevNatValue, stat,
+    AllowKey, AllowRule, Config, Endpoint, FlowEntry, FlowEvent, FlowKey, Ip6, NETWORKS_MAX,
+    Network, NetworkDrops, PortKey, PortTarget, SLOW_PATHS_LEN, SNAT_POOLS_MAX, SnatDestination,
+    SnatPortPool, SnatShareKey, SockRevNatKey, SockRevNatKey6, SockRevNatValue, SockRevNatValue6,
+    stat,
 };
 
 #[btf_map]
@@ -22,6 +23,36 @@ pub static ENDPOINTS: HashMap<u32, Endpoint, 4096> = HashMap::new();
 
 #[btf_map]
 pub static PORTS: HashMap<PortKey, PortTarget, 65536> = HashMap::new();
+
+/// The IPv6 twins of the maps above and below, over `Ip6`: each family has
+/// its own tables, written by the same code (see `family`).
+#[btf_map]
+pub static ENDPOINTS6: HashMap<Ip6, Endpoint, 4096> = HashMap::new();
+
+#[btf_map]
+pub static PORTS6: HashMap<PortKey<Ip6>, PortTarget<Ip6>, 65536> = HashMap::new();
+
+#[btf_map]
+pub static SUBNETS6: LpmTrie<Ip6, u32, { NETWORKS_MAX as usize }> = LpmTrie::new();
+
+#[btf_map]
+pub static CONNTRACK6: HashMap<FlowKey<Ip6>, FlowEntry<Ip6>, 16384> = HashMap::new();
+
+#[btf_map]
+pub static CT_REPLY6: HashMap<FlowKey<Ip6>, FlowKey<Ip6>, 16384> = HashMap::new();
+
+#[btf_map]
+pub static FLOW_COUNTS6: LruHashMap<Ip6, u32, 16384> = LruHashMap::new();
+
+#[btf_map]
+pub static SNAT_PORTS6: HashMap<SnatDestination<Ip6>, SnatPortPool, SNAT_POOLS_MAX, NO_PREALLOC> =
+    HashMap::new();
+
+#[btf_map]
+pub static SNAT_SHARES6: LruHashMap<SnatShareKey<Ip6>, u32, 16384> = LruHashMap::new();
+
+#[btf_map]
+pub static SOCK_REVNAT6: LruHashMap<SockRevNatKey6, SockRevNatValue6, 65536> = LruHashMap::new();
 
 /// Network id → network (see `networks`).
 #[btf_map]
@@ -81,7 +112,7 @@ pub static FLOW_COUNTS: LruHashMap<u32, u32, 65536> = LruHashMap::new();
 /// Programs tail-called for rare, costly paths, which the verifier then
 /// walks in a program of their own: `SLOW_PATH_NEW_FLOW`.
 #[btf_map]
-pub static SLOW_PATHS: ProgramArray<3> = ProgramArray::new();
+pub static SLOW_PATHS: ProgramArray<{ SLOW_PATHS_LEN as usize }> = ProgramArray::new();
 
 /// `BPF_F_NO_PREALLOC`: memory for an entry is taken when it is made.
 const NO_PREALLOC: usize = 1;
