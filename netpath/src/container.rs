@@ -384,6 +384,7 @@ pub async fn add(instance: &Instance, request: AddRequest) -> Result<ContainerVi
         }
         Mode::None => add_isolated(instance, &request, &mut rollback).await?,
         Mode::Host | Mode::Container(_) => ContainerRecord {
+            ip6: None,
             name: request.name.clone(),
             mode: request.mode.clone(),
             origin: Origin::Created,
@@ -432,6 +433,7 @@ async fn add_isolated<'a>(
     let inside = topology::connect_in(&netns_path)?;
     topology::set_up_by_name(&inside, "lo").await?;
     Ok(ContainerRecord {
+        ip6: None,
         name: request.name.clone(),
         mode: Mode::None,
         origin: Origin::Created,
@@ -497,6 +499,7 @@ async fn add_bridged<'a>(
     );
 
     Ok(ContainerRecord {
+        ip6: None,
         name: request.name.clone(),
         mode: Mode::Bridge,
         origin: request.origin.clone(),
@@ -601,6 +604,7 @@ async fn add_interface<'a>(
     }
     topology::replace_neighbour(&host, network.bridge_ifindex, ip, mac).await?;
     Ok(Interface {
+        ip6: None,
         network: wanted.network.to_owned(),
         ifname,
         ip,

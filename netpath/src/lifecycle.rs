@@ -484,6 +484,7 @@ async fn build<'a>(
     let bridge_ifindex = set_up_bridge(host, &bridge, mac, gateway, subnet).await?;
 
     let mut state = State {
+        ipv6: None,
         instance: instance.name().to_owned(),
         uplink,
         uplink_ifindex,

@@ -196,6 +196,8 @@ pub async fn create(instance: &Instance, request: CreateRequest) -> Result<Netwo
     });
     let bridge_ifindex = lifecycle::set_up_bridge(&host, &bridge, mac, gateway, subnet).await?;
     let record = NetworkRecord {
+        subnet6: None,
+        gateway6: None,
         id,
         subnet,
         gateway,

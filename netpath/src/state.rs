@@ -7,13 +7,13 @@ use std::{
     fmt,
     fs::File,
     io::{self, Write},
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     str::FromStr,
 };
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use nix::{
     fcntl::{Flock, FlockArg},
     sys::signal::kill,
@@ -171,6 +171,10 @@ pub struct ContainerRecord {
     pub netns: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<Ipv4Addr>,
+    /// The IPv6 address beside `ip`, on the same interface (networks with
+    /// IPv6 only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
     /// MAC of the container's interface.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
@@ -194,6 +198,8 @@ pub struct Interface {
     /// The container's name for it.
     pub ifname: String,
     pub ip: Ipv4Addr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
     pub mac: String,
     pub host_veth: String,
     pub host_ifindex: u32,
@@ -205,6 +211,8 @@ pub struct Address {
     pub network: String,
     pub ifname: String,
     pub ip: Ipv4Addr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
 }
 
 impl ContainerRecord {
@@ -215,6 +223,7 @@ impl ContainerRecord {
             network: self.network.clone(),
             ifname: self.origin.ifname().to_owned(),
             ip,
+            ip6: self.ip6,
         });
         first
             .into_iter()
@@ -222,6 +231,7 @@ impl ContainerRecord {
                 network: i.network.clone(),
                 ifname: i.ifname.clone(),
                 ip: i.ip,
+                ip6: i.ip6,
             }))
             .collect()
     }
@@ -250,6 +260,11 @@ pub struct NetworkRecord {
     /// false for `--icc=false`.
     #[serde(default = "yes")]
     pub icc: bool,
+    /// The IPv6 subnet and the bridge's address in it; None: IPv4 only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<Ipv6Net>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<Ipv6Addr>,
 }
 
 fn yes() -> bool {
@@ -266,13 +281,19 @@ impl NetworkRecord {
         if !self.icc {
             flags |= netpath_common::NETWORK_NO_ICC;
         }
-        netpath_common::Network::new(
+        let network = netpath_common::Network::new(
             self.subnet.network(),
             self.subnet.prefix_len(),
             self.gateway,
             self.bridge_ifindex,
             flags,
-        )
+        );
+        match (self.subnet6, self.gateway6) {
+            (Some(subnet6), Some(gateway6)) => {
+                network.with_ipv6(subnet6.network(), subnet6.prefix_len(), gateway6)
+            }
+            _ => network,
+        }
     }
 }
 
@@ -310,6 +331,30 @@ pub struct State {
     /// ...) included; see `sync_default_network`.
     #[serde(default)]
     pub networks: BTreeMap<String, NetworkRecord>,
+    /// `up`'s IPv6 settings; None: `--ipv6=false`, IPv4 only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Settings>,
+}
+
+/// How containers' IPv6 leaves the host.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ipv6Mode {
+    /// NAT66: masqueraded to the uplink's IPv6 address, as Docker does.
+    #[default]
+    Nat,
+    /// Routed as they are: the host owns the prefix.
+    Routed,
+}
+
+/// `up --ipv6`'s settings (the subnets are the networks').
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ipv6Settings {
+    pub mode: Ipv6Mode,
+    /// The uplink's global IPv6 address: the NAT66 source, and what
+    /// published ports answer on over IPv6. None: the uplink has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ip6: Option<Ipv6Addr>,
 }
 
 impl State {
@@ -318,6 +363,8 @@ impl State {
     /// state files written before networks existed.
     pub fn sync_default_network(&mut self) {
         let record = NetworkRecord {
+            subnet6: None,
+            gateway6: None,
             id: 0,
             subnet: self.subnet,
             gateway: self.gateway,
