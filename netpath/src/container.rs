@@ -925,11 +925,15 @@ pub async fn disconnect(instance: &Instance, network: &str, name: &str) -> Resul
     };
     let interface = &record.connected[position];
     let mut tables = Tables::open(instance)?;
-    if tables
-        .ports()?
+    let published_v4 = tables
+        .ports::<u32>()?
         .iter()
-        .any(|(_, target)| target.container_ip() == interface.ip)
-    {
+        .any(|(_, target)| target.container_ip() == interface.ip);
+    let published_v6 = tables
+        .ports::<netpath_common::Ip6>()?
+        .iter()
+        .any(|(_, target)| Some(target.container_ip()) == interface.ip6);
+    if published_v4 || published_v6 {
         return Err(ContainerError::PublishedOn {
             container: name.to_owned(),
             network: network.to_owned(),

@@ -10,7 +10,7 @@ use std::{
 };
 
 use aya::maps::{Map, MapData, RingBuf};
-use netpath_common::{FlowEvent, names};
+use netpath_common::{FlowEvent, Ip6, host::HostAddr, names};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
@@ -53,17 +53,14 @@ impl Printer<'_> {
     fn drain(&self, ring: &mut RingBuf<MapData>) -> Result<bool, WatchError> {
         let mut out = io::stdout().lock();
         while let Some(item) = ring.next() {
-            if item.len() < size_of::<FlowEvent>() {
+            // Both families share the ring: a record's size tells which.
+            let Some(mut view) = (match item.len() {
+                n if n == size_of::<FlowEvent<Ip6>>() => self.view::<Ip6>(&item),
+                n if n >= size_of::<FlowEvent>() => self.view::<u32>(&item),
+                _ => None,
+            }) else {
                 continue;
-            }
-            let event: FlowEvent = bytemuck::pod_read_unaligned(&item[..size_of::<FlowEvent>()]);
-            if event.ts_ns < self.since_ns {
-                continue;
-            }
-            if !self.filter.matches(&event.key, &event.reply) {
-                continue;
-            }
-            let mut view = FlowEventView::new(&event, self.wall_offset_ns);
+            };
             view.network = network_of(self.state, &view.original, &view.translated);
             let written = if self.json {
                 serde_json::to_writer(&mut out, &view)?;
@@ -78,6 +75,17 @@ impl Printer<'_> {
             }
         }
         Ok(true)
+    }
+
+    /// The event a record of family `A` holds, if it is one to show.
+    fn view<A: HostAddr>(&self, record: &[u8]) -> Option<FlowEventView>
+    where
+        FlowEvent<A>: bytemuck::Pod,
+    {
+        let event: FlowEvent<A> =
+            bytemuck::pod_read_unaligned(record.get(..size_of::<FlowEvent<A>>())?);
+        (event.ts_ns >= self.since_ns && self.filter.matches(&event.key, &event.reply))
+            .then(|| FlowEventView::new(&event, self.wall_offset_ns))
     }
 }
 
