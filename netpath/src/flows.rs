@@ -310,3 +310,50 @@ pub fn stats(tables: &Tables, state: &State) -> Result<StatsView, TablesError> {
         route_generation: tables.route_generation()?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+
+    #[test]
+    fn ipv6_tuples_print_in_brackets_and_filters_take_either_family() {
+        let (client, container): (Ipv6Addr, Ipv6Addr) = (
+            "2001:db8::2".parse().expect("IPv6"),
+            "fd00::2".parse().expect("IPv6"),
+        );
+        let key = FlowKey::new(client, container, 40000, 80, Proto::Tcp);
+        let view = FlowView::new(&key, &FlowEntry::default(), 0);
+        assert_eq!(
+            view.original.to_string(),
+            "[2001:db8::2]:40000 -> [fd00::2]:80"
+        );
+        let v4 = FlowKey::new(
+            Ipv4Addr::new(10, 0, 0, 1),
+            Ipv4Addr::LOCALHOST,
+            1,
+            2,
+            Proto::Udp,
+        );
+        assert_eq!(Tuple::of(&v4).to_string(), "10.0.0.1:1 -> 127.0.0.1:2");
+
+        let by_ip = |ips: Vec<IpAddr>| FlowFilter {
+            ips,
+            ..FlowFilter::default()
+        };
+        let reply = key.reversed();
+        assert!(by_ip(vec![container.into()]).matches(&key, &reply));
+        assert!(by_ip(vec![Ipv4Addr::LOCALHOST.into(), client.into()]).matches(&key, &reply));
+        assert!(!by_ip(vec![Ipv4Addr::LOCALHOST.into()]).matches(&key, &reply));
+        // ICMPv6 is `icmp`.
+        let ping = FlowKey::new(client, container, 7, 7, Proto::Icmp);
+        let icmp = FlowFilter {
+            proto: Some(Proto::Icmp),
+            ..FlowFilter::default()
+        };
+        assert_eq!(ping.proto, netpath_common::IPPROTO_ICMPV6);
+        assert!(icmp.matches(&ping, &ping.reversed()));
+        assert_eq!(proto_name(ping.proto), "icmp");
+    }
+}
