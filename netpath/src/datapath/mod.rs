@@ -244,6 +244,12 @@ impl Datapath {
             .map_max_entries(names::CT_REPLY, sizes.conntrack)
             .map_max_entries(names::PORTS, sizes.ports)
             .map_max_entries(names::ENDPOINTS, sizes.endpoints)
+            .map_max_entries(names::CONNTRACK6, sizes.conntrack6)
+            .map_max_entries(names::CT_REPLY6, sizes.conntrack6)
+            .map_max_entries(names::FLOW_COUNTS6, sizes.counts6)
+            .map_max_entries(names::SNAT_SHARES6, sizes.counts6)
+            .map_max_entries(names::PORTS6, sizes.ports6)
+            .map_max_entries(names::ENDPOINTS6, sizes.endpoints6)
             .load(EBPF_OBJECT)?;
 
         let forced_probe = forced_probe_port();
@@ -421,9 +427,7 @@ pub fn detach_endpoint(
     LinkPin::tc(&ep.host_ifname, TcDirection::Ingress).unpin(instance);
     if let Some(tables) = tables {
         tables.remove_endpoint(ep.ip)?;
-        tables.flush_flows(|key, entry| {
-            key.src() == ep.ip || entry.reply.src() == ep.ip || key.dst() == ep.ip
-        })?;
+        tables.flush_flows_of(ep.ip)?;
     }
     Ok(())
 }
