@@ -16,7 +16,7 @@
 //! removed first. `down` removes everything, dependents included.
 use std::{
     convert::Infallible,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     os::unix::{fs::MetadataExt, process::CommandExt},
     path::{Path, PathBuf},
     time::Duration,
@@ -153,6 +153,7 @@ pub struct ContainerView {
     /// The container's interface.
     pub ifname: String,
     pub ip: Option<Ipv4Addr>,
+    pub ip6: Option<Ipv6Addr>,
     pub mac: Option<String>,
     pub host_veth: Option<String>,
     /// netpath's `np-NAME`, or the path of an attached netns.
@@ -272,6 +273,7 @@ fn teardown_steps(record: &ContainerRecord) -> Vec<Undo> {
                 host_ifname: host_veth.clone(),
                 host_ifindex: ifindex,
                 ip,
+                ip6: record.ip6,
                 mac: record
                     .mac
                     .as_deref()
@@ -298,6 +300,7 @@ fn interface_teardown_steps(record: &ContainerRecord, interface: &Interface) -> 
             host_ifname: interface.host_veth.clone(),
             host_ifindex: interface.host_ifindex,
             ip: interface.ip,
+            ip6: interface.ip6,
             mac: topology::parse_mac(&interface.mac).unwrap_or_default(),
             container_netns: netns_path(record),
             container_ifname: interface.ifname.clone(),
@@ -499,7 +502,7 @@ async fn add_bridged<'a>(
     );
 
     Ok(ContainerRecord {
-        ip6: None,
+        ip6: interface.ip6,
         name: request.name.clone(),
         mode: Mode::Bridge,
         origin: request.origin.clone(),
@@ -545,6 +548,9 @@ async fn add_interface<'a>(
 ) -> Result<Interface> {
     let network = network_record(state, wanted.network)?;
     let ip = allocate_address(state, network.subnet, wanted.ip)?;
+    let ip6 = network
+        .subnet6
+        .map(|subnet6| ipam::address6(network.subnet, ip, subnet6));
     let (ifname, host_veth) = (wanted.ifname, wanted.host_veth);
     let host = topology::connect()?;
     if topology::find_link(&host, &host_veth).await?.is_some() {
@@ -581,15 +587,23 @@ async fn add_interface<'a>(
     let mac = container_mac(ip);
     topology::set_mac(&inside, index, mac).await?;
     topology::add_ipv4(&inside, index, ip, network.subnet.prefix_len()).await?;
+    if ip6.is_some() {
+        // Before the link is up: its link-local address skips DAD too.
+        no_dad(netns_path, &ifname)?;
+    }
     topology::set_up(&inside, index).await?;
+    if let (Some(ip6), Some(subnet6)) = (ip6, network.subnet6) {
+        topology::add_ipv6(&inside, index, ip6, subnet6.prefix_len()).await?;
+    }
     if wanted.default_route {
-        topology::add_default_route(&inside, network.gateway).await?;
+        add_default_routes(&inside, network).await?;
     }
 
     let spec = EndpointSpec {
         host_ifname: host_veth.clone(),
         host_ifindex,
         ip,
+        ip6,
         mac,
         container_netns: Some(netns_path.to_owned()),
         container_ifname: ifname.clone(),
@@ -603,8 +617,11 @@ async fn add_interface<'a>(
         }
     }
     topology::replace_neighbour(&host, network.bridge_ifindex, ip, mac).await?;
+    if let Some(ip6) = ip6 {
+        topology::replace_neighbour(&host, network.bridge_ifindex, ip6, mac).await?;
+    }
     Ok(Interface {
-        ip6: None,
+        ip6,
         network: wanted.network.to_owned(),
         ifname,
         ip,
@@ -612,6 +629,27 @@ async fn add_interface<'a>(
         host_veth,
         host_ifindex,
     })
+}
+
+/// Turns duplicate address detection off on the container's interface
+/// `ifname` (`accept_dad`), so its link-local address is usable at once as
+/// its other addresses are (added with IFA_F_NODAD): a container is ready
+/// as soon as `add` returns. netpath hands out every address, so none is
+/// taken.
+fn no_dad(netns_path: &Path, ifname: &str) -> Result<()> {
+    let _inside = NetnsGuard::enter(netns_path)?;
+    crate::sysctl::write(&format!("net/ipv6/conf/{ifname}/accept_dad"), "0")?;
+    Ok(())
+}
+
+/// The container's default routes through `network`'s gateways: IPv4, and
+/// IPv6 if the network has it.
+async fn add_default_routes(inside: &rtnetlink::Handle, network: &NetworkRecord) -> Result<()> {
+    topology::add_default_route(inside, network.gateway).await?;
+    if let Some(gateway6) = network.gateway6 {
+        topology::add_default_route6(inside, gateway6).await?;
+    }
+    Ok(())
 }
 
 /// The MAC of the container with address `ip`: derived from it, as Docker
@@ -816,6 +854,7 @@ pub fn view(state: &State, name: &str) -> ContainerView {
         },
         ifname: owner.map_or("eth0", |o| o.origin.ifname()).to_owned(),
         ip: owner.and_then(|o| o.ip),
+        ip6: owner.and_then(|o| o.ip6),
         mac: owner.and_then(|o| o.mac.clone()),
         host_veth: owner.and_then(|o| o.host_veth.clone()),
         netns: owner.and_then(|o| {
@@ -857,7 +896,7 @@ pub async fn connect(
         });
     }
     let netns_path = netns_path(&record).ok_or_else(|| ContainerError::Unknown(name.to_owned()))?;
-    let has_default_route = default_gateway(&state, &record).is_some();
+    let has_default_route = default_network(&state, &record).is_some();
     let ifname = (1..)
         .map(|n| format!("eth{n}"))
         .find(|candidate| addresses.iter().all(|a| a.ifname != *candidate))
@@ -949,15 +988,14 @@ pub async fn disconnect(instance: &Instance, network: &str, name: &str) -> Resul
     Ok(())
 }
 
-/// The gateway of the container's default route: that of its first network
-/// that is not internal (`add` and `connect` keep it so).
-fn default_gateway(state: &State, record: &ContainerRecord) -> Option<Ipv4Addr> {
+/// The network of the container's default routes: its first network that
+/// is not internal (`add` and `connect` keep it so).
+fn default_network<'s>(state: &'s State, record: &ContainerRecord) -> Option<&'s NetworkRecord> {
     record
         .addresses()
         .iter()
         .filter_map(|a| state.network(&a.network))
         .find(|n| !n.internal)
-        .map(|n| n.gateway)
 }
 
 /// After an interface was taken away (`before` had it, `after` has not):
@@ -969,13 +1007,14 @@ async fn restore_default_route(
     after: &ContainerRecord,
 ) -> Result<()> {
     let (old, new) = (
-        default_gateway(state, before),
-        default_gateway(state, after),
+        default_network(state, before).map(|n| n.id),
+        default_network(state, after),
     );
-    if let (Some(new), true) = (new, old != new)
+    if let Some(new) = new
+        && old != Some(new.id)
         && let Some(netns) = netns_path(after)
     {
-        topology::add_default_route(&topology::connect_in(&netns)?, new).await?;
+        add_default_routes(&topology::connect_in(&netns)?, new).await?;
     }
     Ok(())
 }

@@ -42,8 +42,13 @@ pub fn netpath_cni_bin() -> PathBuf {
 /// ```text
 ///  H (host)                                O (outside)
 ///  up0 198.18.0.1/24  <-- veth -->  out0 198.18.0.2/24
+///      2001:db8::1/64                      2001:db8::2/64
 ///  default via 198.18.0.2                lo: 198.19.0.2/32 (REMOTE_IP)
+///  default via 2001:db8::2                   2001:db8:ffff::2/128 (REMOTE_IP6)
 /// ```
+///
+/// The IPv6 addresses are documentation ones (2001:db8::/32), added without
+/// duplicate address detection so they are usable at once.
 ///
 /// netpath runs in H with a unique `--instance` and a cgroup2 directory of
 /// the lab's own. Drop: `netpath down` (errors ignored), kill what the lab
@@ -69,6 +74,12 @@ impl Lab {
     pub const OUTSIDE_IP: &'static str = "198.18.0.2";
     /// An address on O's lo, reached from H through the default route.
     pub const REMOTE_IP: &'static str = "198.19.0.2";
+    /// H's uplink IPv6 address: what NAT66-masqueraded traffic arrives from.
+    pub const HOST_IP6: &'static str = "2001:db8::1";
+    /// O's IPv6 address on the veth; H's IPv6 default gateway.
+    pub const OUTSIDE_IP6: &'static str = "2001:db8::2";
+    /// An IPv6 address on O's lo, reached from H through the default route.
+    pub const REMOTE_IP6: &'static str = "2001:db8:ffff::2";
 
     /// Builds the topology; panics with the reason on failure.
     #[track_caller]
@@ -93,7 +104,7 @@ impl Lab {
         };
         let h = &lab.host;
         let o = &lab.outside;
-        let steps: [(&Netns, &[&str]); 7] = [
+        let steps: [(&Netns, &[&str]); 11] = [
             (
                 h,
                 &[
@@ -110,14 +121,50 @@ impl Lab {
                 ],
             ),
             (h, &["addr", "add", "198.18.0.1/24", "dev", Self::UPLINK]),
+            (
+                h,
+                &[
+                    "addr",
+                    "add",
+                    "2001:db8::1/64",
+                    "dev",
+                    Self::UPLINK,
+                    "nodad",
+                ],
+            ),
             (h, &["link", "set", Self::UPLINK, "up"]),
             (
                 o,
                 &["addr", "add", "198.18.0.2/24", "dev", Self::OUTSIDE_IF],
             ),
+            (
+                o,
+                &[
+                    "addr",
+                    "add",
+                    "2001:db8::2/64",
+                    "dev",
+                    Self::OUTSIDE_IF,
+                    "nodad",
+                ],
+            ),
             (o, &["addr", "add", "198.19.0.2/32", "dev", "lo"]),
+            (o, &["addr", "add", "2001:db8:ffff::2/128", "dev", "lo"]),
             (o, &["link", "set", Self::OUTSIDE_IF, "up"]),
             (h, &["route", "add", "default", "via", Self::OUTSIDE_IP]),
+            (
+                h,
+                &[
+                    "-6",
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    Self::OUTSIDE_IP6,
+                    "dev",
+                    Self::UPLINK,
+                ],
+            ),
         ];
         for (ns, args) in steps {
             let out = ns.exec(&[&["ip"], args].concat());
@@ -293,6 +340,22 @@ impl Lab {
             .skip_while(|w| *w != "inet")
             .nth(1)?;
         Some(word.split('/').next()?.to_string())
+    }
+
+    /// The global IPv6 address of `eth0` in container `name` and whether it
+    /// is still tentative (duplicate address detection running), read with
+    /// `ip`.
+    pub fn container_ip6(&self, name: &str) -> Option<(String, bool)> {
+        let mut cmd = self.container(name).command("ip");
+        cmd.args(["-6", "-o", "addr", "show", "dev", "eth0", "scope", "global"]);
+        let out = run_timeout(&mut cmd, Duration::from_secs(10));
+        let line = out.stdout.lines().next()?;
+        let word = line
+            .split_whitespace()
+            .skip_while(|w| *w != "inet6")
+            .nth(1)?;
+        let tentative = line.split_whitespace().any(|w| w == "tentative");
+        Some((word.split('/').next()?.to_string(), tentative))
     }
 
     /// Records a netns name (e.g. `np-web`) to delete on drop if it exists.
