@@ -427,6 +427,46 @@ impl Lab {
     }
 }
 
+/// Another instance in the lab's host netns H, taken down on drop (also when
+/// the test fails), then checked or swept like the lab's own.
+pub struct NeighbourInstance<'lab> {
+    lab: &'lab Lab,
+    name: String,
+}
+
+impl<'lab> NeighbourInstance<'lab> {
+    pub fn new(lab: &'lab Lab, name: String) -> Self {
+        Self { lab, name }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `netpath --instance NAME ARGS` in H.
+    pub fn netpath(&self, args: &[&str]) -> CmdOutput {
+        let mut cmd = self.lab.host.place().command(self.lab.bin());
+        cmd.args(["--instance", &self.name]).args(args);
+        run_timeout(&mut cmd, Duration::from_secs(120))
+    }
+
+    /// `up --detach` on the lab's uplink and cgroup.
+    pub fn up(&self, extra: &[&str]) -> CmdOutput {
+        let args = self.lab.up_args(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.netpath(&args)
+    }
+}
+
+impl Drop for NeighbourInstance<'_> {
+    fn drop(&mut self) {
+        let _ = self.netpath(&["down"]);
+        for p in leftover_paths(&self.name) {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
+}
+
 fn leftover_paths(instance: &str) -> [PathBuf; 2] {
     [
         Path::new("/run/netpath").join(instance),

@@ -1,0 +1,243 @@
+//! Issue 14, IPv6 dual stack: the address plan. `up` gives the bridge an
+//! IPv6 subnet (a unique-local /64 by default, `--subnet6`, none with
+//! `--ipv6=false`), containers get an IPv6 address beside their IPv4 one
+//! with a default route, usable at once (no duplicate address detection),
+//! and `status`, `container ls` and `network ls` show them. Refusals are
+//! one line and leave nothing behind.
+use std::net::Ipv6Addr;
+
+use netpath_tests::{Lab, NeighbourInstance, unique_name};
+use serde_json::Value;
+
+const FORWARDING6: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
+
+/// `container ls --json` entry of container `name`.
+#[track_caller]
+fn listed(lab: &Lab, name: &str) -> Value {
+    let list = lab.netpath_json(&["container", "ls"]);
+    list.as_array()
+        .and_then(|all| all.iter().find(|c| c["name"] == name).cloned())
+        .unwrap_or_else(|| panic!("container {name} is not listed: {list}"))
+}
+
+/// `network ls --json` entry of network `name`.
+#[track_caller]
+fn network(lab: &Lab, name: &str) -> Value {
+    let list = lab.netpath_json(&["network", "ls"]);
+    list.as_array()
+        .and_then(|all| all.iter().find(|n| n["name"] == name).cloned())
+        .unwrap_or_else(|| panic!("network {name} is not listed: {list}"))
+}
+
+/// A JSON string field as an IPv6 network's address and prefix length.
+#[track_caller]
+fn subnet6(value: &Value) -> (Ipv6Addr, u8) {
+    let text = value
+        .as_str()
+        .unwrap_or_else(|| panic!("not an IPv6 subnet: {value}"));
+    let (address, len) = text.split_once('/').expect("CIDR");
+    (address.parse().expect("IPv6"), len.parse().expect("length"))
+}
+
+/// `net.ipv6.conf.all.forwarding` in the lab's host netns.
+fn forwarding6(lab: &Lab) -> String {
+    let out = lab.host.exec(&["cat", FORWARDING6]);
+    out.expect_ok("reading IPv6 forwarding in H");
+    out.stdout_trim().to_owned()
+}
+
+#[test]
+fn a_container_gets_its_ipv6_address_and_default_route_at_once() {
+    let lab = Lab::new();
+    let forwarding_before = forwarding6(&lab);
+    lab.up_ok(&[]);
+    let a = lab.container_name("a");
+    lab.container_add_ok(&a, &[]);
+
+    // Read as soon as `add` returned: usable already, not tentative.
+    let (ip6, tentative) = lab.container_ip6(&a).expect("a has a global IPv6 address");
+    assert!(!tentative, "{ip6} is still tentative");
+
+    let status = lab.netpath_json(&["status"]);
+    let (prefix, len) = subnet6(&status["subnet6"]);
+    assert_eq!(len, 64, "{status}");
+    assert_eq!(prefix.octets()[0], 0xfd, "a unique-local prefix: {status}");
+    let gateway6 = Ipv6Addr::from(u128::from(prefix) + 1);
+    assert_eq!(status["gateway6"], gateway6.to_string(), "{status}");
+    assert_eq!(status["ipv6_mode"], "nat", "{status}");
+    assert_eq!(status["host_ip6"], Lab::HOST_IP6, "{status}");
+
+    // The IPv6 address has the IPv4 one's offset in its subnet.
+    let entry = listed(&lab, &a);
+    assert_eq!(entry["ip6"], ip6, "{entry}");
+    assert_eq!(entry["networks"][0]["ip6"], ip6, "{entry}");
+    let ip4: std::net::Ipv4Addr = entry["ip"].as_str().expect("ip").parse().expect("IPv4");
+    let offset = u32::from(ip4) - u32::from(std::net::Ipv4Addr::new(10, 77, 0, 0));
+    assert_eq!(
+        ip6,
+        Ipv6Addr::from(u128::from(prefix) + u128::from(offset)).to_string()
+    );
+
+    let routes = lab
+        .container(&a)
+        .exec("ip", &["-6", "route", "show", "default"]);
+    assert!(
+        routes.stdout.contains(&format!("via {gateway6} dev eth0")),
+        "{routes}"
+    );
+    // The bridge has the gateway, not tentative either.
+    let bridge = lab.host.exec(&[
+        "ip",
+        "-6",
+        "-o",
+        "addr",
+        "show",
+        "dev",
+        &lab.bridge(),
+        "scope",
+        "global",
+    ]);
+    assert!(
+        bridge.stdout.contains(&format!("{gateway6}/64")) && !bridge.stdout.contains("tentative"),
+        "{bridge}"
+    );
+
+    assert_eq!(forwarding6(&lab), "1", "up turns IPv6 forwarding on");
+    lab.down().expect_ok("netpath down");
+    assert_eq!(forwarding6(&lab), forwarding_before, "down gives it back");
+    lab.assert_clean();
+}
+
+#[test]
+fn ipv6_false_keeps_the_instance_ipv4_only() {
+    let lab = Lab::new();
+    let forwarding_before = forwarding6(&lab);
+    lab.up_ok(&["--ipv6=false"]);
+    let a = lab.container_name("a");
+    lab.container_add_ok(&a, &[]);
+    assert!(lab.container_ip(&a).is_some(), "a has IPv4");
+    assert_eq!(lab.container_ip6(&a), None, "a has no global IPv6");
+    assert!(listed(&lab, &a)["ip6"].is_null());
+
+    let status = lab.netpath_json(&["status"]);
+    for field in ["subnet6", "gateway6", "ipv6_mode", "host_ip6"] {
+        assert!(status[field].is_null(), "{field}: {status}");
+    }
+    assert_eq!(
+        forwarding6(&lab),
+        forwarding_before,
+        "IPv6 forwarding untouched"
+    );
+
+    let name = unique_name("n");
+    lab.netpath(&["network", "create", &name, "--subnet6", "fd00:99::/64"])
+        .expect_one_line_error("IPv4 only");
+    lab.netpath(&["network", "create", &name])
+        .expect_ok("an IPv4-only network");
+    assert!(network(&lab, &name)["subnet6"].is_null());
+}
+
+#[test]
+fn bad_or_overlapping_subnet6_is_refused_in_one_line_leaving_nothing() {
+    let lab = Lab::new();
+    for (args, needle) in [
+        (&["--subnet6", "fd00:1::/48"][..], "/64 to /120"),
+        (&["--subnet6", "fd00:1::/121"], "/64 to /120"),
+        (&["--subnet6", "fd00:1::1/64"], "host bits"),
+        (&["--subnet6", "fe80::/64"], "unique-local"),
+        (&["--subnet6", "10.0.0.0/8"], "IPv6 network"),
+        // A /16 of IPv4 needs a /112 at least.
+        (&["--subnet6", "fd00:1::/113"], "/112"),
+        (&["--ipv6=false", "--subnet6", "fd00:1::/64"], "need IPv6"),
+        (&["--ipv6=false", "--ipv6-mode", "routed"], "need IPv6"),
+    ] {
+        lab.up(args).expect_one_line_error(needle);
+        Lab::assert_no_leftovers(lab.instance());
+        lab.assert_clean();
+    }
+
+    lab.up_ok(&["--subnet6", "fd00:77::/64"]);
+    // Another instance in the same netns may not take an overlapping one.
+    let other = NeighbourInstance::new(&lab, unique_name("t"));
+    other
+        .up(&["--subnet", "10.90.0.0/16", "--subnet6", "fd00:77::/96"])
+        .expect_one_line_error("overlaps fd00:77::/64");
+    Lab::assert_no_leftovers(other.name());
+    // Nor a network of this one.
+    let links = lab.host_links();
+    let name = unique_name("n");
+    lab.netpath(&["network", "create", &name, "--subnet6", "fd00:77::101/120"])
+        .expect_one_line_error("host bits");
+    lab.netpath(&["network", "create", &name, "--subnet6", "fd00:77::/120"])
+        .expect_one_line_error("overlaps fd00:77::/64");
+    assert_eq!(lab.host_links(), links, "no bridge left behind");
+    let list = lab.netpath_json(&["network", "ls"]);
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+}
+
+#[test]
+fn network_create_takes_the_next_slash_64_of_the_instance() {
+    let lab = Lab::new();
+    lab.up_ok(&[]);
+    let (first, _) = subnet6(&network(&lab, "bridge")["subnet6"]);
+    let (n1, n2) = (unique_name("n"), unique_name("n"));
+    lab.netpath(&["network", "create", &n1])
+        .expect_ok("network create");
+    let (second, len) = subnet6(&network(&lab, &n1)["subnet6"]);
+    assert_eq!(len, 64);
+    assert_eq!(u128::from(second), u128::from(first) + (1 << 64));
+    assert_eq!(
+        network(&lab, &n1)["gateway6"],
+        Ipv6Addr::from(u128::from(second) + 1).to_string()
+    );
+
+    // An explicit one, then the default skips it.
+    let explicit = Ipv6Addr::from(u128::from(first) + (2 << 64));
+    lab.netpath(&[
+        "network",
+        "create",
+        &n2,
+        "--subnet6",
+        &format!("{explicit}/64"),
+    ])
+    .expect_ok("network create --subnet6");
+    let n3 = unique_name("n");
+    lab.netpath(&["network", "create", &n3])
+        .expect_ok("network create");
+    let (third, _) = subnet6(&network(&lab, &n3)["subnet6"]);
+    assert_eq!(u128::from(third), u128::from(first) + (3 << 64));
+
+    // Containers on it, first or connected later, get addresses in it.
+    let a = lab.container_name("a");
+    lab.container_add_ok(&a, &["--network", &n1]);
+    let (ip6, _) = lab.container_ip6(&a).expect("a has IPv6 on n1");
+    let ip6: Ipv6Addr = ip6.parse().expect("IPv6");
+    assert_eq!(u128::from(ip6) >> 64, u128::from(second) >> 64, "{ip6}");
+    lab.netpath(&["network", "connect", &n2, &a])
+        .expect_ok("network connect");
+    let entry = listed(&lab, &a);
+    let on_n2 = entry["networks"]
+        .as_array()
+        .and_then(|all| all.iter().find(|n| n["network"] == n2.as_str()))
+        .unwrap_or_else(|| panic!("a is not on {n2}: {entry}"));
+    let connected: Ipv6Addr = on_n2["ip6"].as_str().expect("ip6").parse().expect("IPv6");
+    assert_eq!(u128::from(connected) >> 64, u128::from(explicit) >> 64);
+    let eth1 = lab
+        .container(&a)
+        .exec("ip", &["-6", "-o", "addr", "show", "dev", "eth1"]);
+    assert!(eth1.stdout.contains(&connected.to_string()), "{eth1}");
+}
+
+#[test]
+fn routed_mode_is_recorded() {
+    let lab = Lab::new();
+    lab.up_ok(&["--ipv6-mode", "routed", "--subnet6", "2001:db8:77::/64"]);
+    let status = lab.netpath_json(&["status"]);
+    assert_eq!(status["ipv6_mode"], "routed", "{status}");
+    assert_eq!(status["subnet6"], "2001:db8:77::/64", "{status}");
+    let a = lab.container_name("a");
+    lab.container_add_ok(&a, &[]);
+    let (ip6, tentative) = lab.container_ip6(&a).expect("a has IPv6");
+    assert_eq!(ip6, "2001:db8:77::2");
+    assert!(!tentative);
+}
