@@ -277,6 +277,61 @@ impl Lab {
         out
     }
 
+    /// `netpath --json status` until `done` holds for its output, or panics
+    /// after 3 minutes showing the last one (a restarted agent has the
+    /// kernel verify every program again, which takes minutes in an
+    /// emulated VM).
+    #[track_caller]
+    pub fn poll_status(&self, what: &str, done: impl Fn(&CmdOutput) -> bool) -> CmdOutput {
+        let deadline = std::time::Instant::now() + Duration::from_secs(180);
+        loop {
+            let status = self.status();
+            if done(&status) {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: not seen in 3 minutes\n{status}\n--- agent log\n{}",
+                self.agent_log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The pid in the instance's agent pid file.
+    #[track_caller]
+    pub fn agent_pid(&self) -> i32 {
+        let path = Path::new("/run/netpath")
+            .join(&self.instance)
+            .join("agent.pid");
+        std::fs::read_to_string(&path)
+            .expect("agent pid file")
+            .trim()
+            .parse()
+            .expect("pid")
+    }
+
+    /// SIGKILLs the instance's agent and waits until it is gone (its pidfd
+    /// becomes readable); returns its pid.
+    #[track_caller]
+    pub fn kill_agent(&self) -> i32 {
+        let pid = self.agent_pid();
+        // SAFETY: plain syscalls on a pid read from netpath's own pid file.
+        unsafe {
+            let fd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as i32;
+            assert!(fd >= 0, "pidfd_open: {}", std::io::Error::last_os_error());
+            assert_eq!(libc::kill(pid, libc::SIGKILL), 0);
+            let mut pfd = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            assert_eq!(libc::poll(&mut pfd, 1, 10_000), 1, "agent did not die");
+            libc::close(fd);
+        }
+        pid
+    }
+
     /// The instance's bridge, as `status` reports it (the default name is
     /// derived from the instance name).
     #[track_caller]

@@ -241,3 +241,38 @@ fn routed_mode_is_recorded() {
     assert_eq!(ip6, "2001:db8:77::2");
     assert!(!tentative);
 }
+
+#[test]
+fn a_restarted_agent_keeps_the_ipv6_plan_and_gives_the_bridge_its_address_back() {
+    let lab = Lab::new();
+    lab.up_ok(&["--subnet6", "fd00:78::/64"]);
+    let a = lab.container_name("a");
+    lab.container_add_ok(&a, &[]);
+    let bridge = lab.bridge();
+    lab.host
+        .ip(&["-6", "addr", "del", "fd00:78::1/64", "dev", &bridge]);
+
+    // The supervisor of `up --detach` adopts the instance again.
+    let first = lab.kill_agent();
+    let status = lab.poll_status("the agent started again, healthy", |status| {
+        status.success()
+            && status.json()["agent_pid"]
+                .as_i64()
+                .is_some_and(|pid| pid != i64::from(first))
+    });
+    let status = status.json();
+    assert_eq!(status["subnet6"], "fd00:78::/64", "{status}");
+    assert_eq!(status["gateway6"], "fd00:78::1", "{status}");
+    assert_eq!(status["ipv6_mode"], "nat", "{status}");
+    assert_eq!(status["host_ip6"], Lab::HOST_IP6, "{status}");
+    let addresses = lab.host.ip(&[
+        "-6", "-o", "addr", "show", "dev", &bridge, "scope", "global",
+    ]);
+    assert!(
+        addresses.stdout.contains("fd00:78::1/64"),
+        "adoption gives the bridge its IPv6 address back\n{addresses}"
+    );
+    assert_eq!(listed(&lab, &a)["ip6"], "fd00:78::2");
+    let (ip6, _) = lab.container_ip6(&a).expect("a keeps its IPv6 address");
+    assert_eq!(ip6, "fd00:78::2");
+}
