@@ -538,6 +538,11 @@ fn check(conf: &NetConf, env: &Env, instance: &Instance) -> Result<()> {
                 if topology::primary_ipv4(&inside, index).await.ok().flatten() != Some(ip) {
                     problems.push(format!("{ifname} does not have {ip}"));
                 }
+                if let Some(ip6) = record.ip6
+                    && topology::global_ipv6(&inside, index).await.ok().flatten() != Some(ip6)
+                {
+                    problems.push(format!("{ifname} does not have {ip6}"));
+                }
                 if topology::default_route_ifindex(&inside).await.ok() != Some(index) {
                     problems.push(format!("the default route is not via {ifname}"));
                 }
