@@ -267,6 +267,12 @@ async fn start(
         }
     };
 
+    if state.ipv6.as_ref().is_some_and(|ipv6| ipv6.host_ip6.is_none()) {
+        log::warn!(
+            "uplink {} has no global IPv6 address: containers' IPv6 reaches the host and each other, not the outside",
+            state.uplink
+        );
+    }
     // Host settings the datapath relies on, in place before it runs, and
     // recorded at once: only the state says what to give back.
     let mut state = state;

@@ -125,7 +125,7 @@ pub(super) fn print_table(containers: &[ContainerView]) {
     }));
 }
 
-/// `NET=IP` (`NET=IP/IP6` with IPv6) for each address, comma-separated;
+/// `NET=IP` (`NET=IP IP6` with IPv6) for each address, comma-separated;
 /// `-` for none.
 fn networks(c: &ContainerView) -> String {
     if c.networks.is_empty() {
@@ -134,7 +134,7 @@ fn networks(c: &ContainerView) -> String {
     c.networks
         .iter()
         .map(|a| match a.ip6 {
-            Some(ip6) => format!("{}={}/{ip6}", a.network, a.ip),
+            Some(ip6) => format!("{}={} {ip6}", a.network, a.ip),
             None => format!("{}={}", a.network, a.ip),
         })
         .collect::<Vec<_>>()

@@ -35,8 +35,10 @@ pub(super) fn run(instance: &Instance, command: NetworkCommand, out: Output) -> 
                 let ip = view.networks.iter().find(|a| a.network == network);
                 match ip {
                     Some(a) => println!(
-                        "container {container} connected to {network} ({} {})",
-                        a.ifname, a.ip
+                        "container {container} connected to {network} ({} {}{})",
+                        a.ifname,
+                        a.ip,
+                        a.ip6.map(|ip6| format!(" {ip6}")).unwrap_or_default()
                     ),
                     None => println!("container {container} connected to {network}"),
                 }
