@@ -548,9 +548,6 @@ async fn add_interface<'a>(
 ) -> Result<Interface> {
     let network = network_record(state, wanted.network)?;
     let ip = allocate_address(state, network.subnet, wanted.ip)?;
-    let ip6 = network
-        .subnet6
-        .map(|subnet6| ipam::address6(network.subnet, ip, subnet6));
     let (ifname, host_veth) = (wanted.ifname, wanted.host_veth);
     let host = topology::connect()?;
     if topology::find_link(&host, &host_veth).await?.is_some() {
@@ -587,16 +584,19 @@ async fn add_interface<'a>(
     let mac = container_mac(ip);
     topology::set_mac(&inside, index, mac).await?;
     topology::add_ipv4(&inside, index, ip, network.subnet.prefix_len()).await?;
-    if ip6.is_some() {
-        // Before the link is up: its link-local address skips DAD too.
-        no_dad(netns_path, &ifname)?;
-    }
+    // Before the link is up: its link-local address skips DAD too.
+    let ip6 = match network.subnet6 {
+        Some(subnet6) if ipv6_without_dad(netns_path, &ifname)? => {
+            Some(ipam::address6(network.subnet, ip, subnet6))
+        }
+        _ => None,
+    };
     topology::set_up(&inside, index).await?;
     if let (Some(ip6), Some(subnet6)) = (ip6, network.subnet6) {
         topology::add_ipv6(&inside, index, ip6, subnet6.prefix_len()).await?;
     }
     if wanted.default_route {
-        add_default_routes(&inside, network).await?;
+        add_default_routes(&inside, network.gateway, ip6.and(network.gateway6)).await?;
     }
 
     let spec = EndpointSpec {
@@ -631,22 +631,33 @@ async fn add_interface<'a>(
     })
 }
 
-/// Turns duplicate address detection off on the container's interface
-/// `ifname` (`accept_dad`), so its link-local address is usable at once as
-/// its other addresses are (added with IFA_F_NODAD): a container is ready
-/// as soon as `add` returns. netpath hands out every address, so none is
+/// Whether the container's interface `ifname` can have IPv6 (a runtime
+/// may have turned it off in its netns, `disable_ipv6`: the container then
+/// stays IPv4 only); if so, turns duplicate address detection off on it
+/// (`accept_dad`), so its link-local address is usable at once as its
+/// other addresses are (added with IFA_F_NODAD): a container is ready as
+/// soon as `add` returns. netpath hands out every address, so none is
 /// taken.
-fn no_dad(netns_path: &Path, ifname: &str) -> Result<()> {
+fn ipv6_without_dad(netns_path: &Path, ifname: &str) -> Result<bool> {
     let _inside = NetnsGuard::enter(netns_path)?;
-    crate::sysctl::write(&format!("net/ipv6/conf/{ifname}/accept_dad"), "0")?;
-    Ok(())
+    let conf = format!("net/ipv6/conf/{ifname}");
+    if crate::sysctl::read(&format!("{conf}/disable_ipv6")).is_ok_and(|off| off != "0") {
+        log::info!("{ifname} in {}: IPv6 is off there", netns_path.display());
+        return Ok(false);
+    }
+    crate::sysctl::write(&format!("{conf}/accept_dad"), "0")?;
+    Ok(true)
 }
 
-/// The container's default routes through `network`'s gateways: IPv4, and
-/// IPv6 if the network has it.
-async fn add_default_routes(inside: &rtnetlink::Handle, network: &NetworkRecord) -> Result<()> {
-    topology::add_default_route(inside, network.gateway).await?;
-    if let Some(gateway6) = network.gateway6 {
+/// The container's default routes: via `gateway`, and via `gateway6` if
+/// its interface there has IPv6.
+async fn add_default_routes(
+    inside: &rtnetlink::Handle,
+    gateway: Ipv4Addr,
+    gateway6: Option<Ipv6Addr>,
+) -> Result<()> {
+    topology::add_default_route(inside, gateway).await?;
+    if let Some(gateway6) = gateway6 {
         topology::add_default_route6(inside, gateway6).await?;
     }
     Ok(())
@@ -988,14 +999,18 @@ pub async fn disconnect(instance: &Instance, network: &str, name: &str) -> Resul
     Ok(())
 }
 
-/// The network of the container's default routes: its first network that
-/// is not internal (`add` and `connect` keep it so).
-fn default_network<'s>(state: &'s State, record: &ContainerRecord) -> Option<&'s NetworkRecord> {
+/// The network of the container's default routes, its first network that
+/// is not internal (`add` and `connect` keep it so), and the container's
+/// address there.
+fn default_network<'s>(
+    state: &'s State,
+    record: &ContainerRecord,
+) -> Option<(&'s NetworkRecord, state::Address)> {
     record
         .addresses()
-        .iter()
-        .filter_map(|a| state.network(&a.network))
-        .find(|n| !n.internal)
+        .into_iter()
+        .filter_map(|a| Some((state.network(&a.network)?, a)))
+        .find(|(n, _)| !n.internal)
 }
 
 /// After an interface was taken away (`before` had it, `after` has not):
@@ -1007,14 +1022,15 @@ async fn restore_default_route(
     after: &ContainerRecord,
 ) -> Result<()> {
     let (old, new) = (
-        default_network(state, before).map(|n| n.id),
+        default_network(state, before).map(|(n, _)| n.id),
         default_network(state, after),
     );
-    if let Some(new) = new
+    if let Some((new, address)) = new
         && old != Some(new.id)
         && let Some(netns) = netns_path(after)
     {
-        add_default_routes(&topology::connect_in(&netns)?, new).await?;
+        let gateway6 = address.ip6.and(new.gateway6);
+        add_default_routes(&topology::connect_in(&netns)?, new.gateway, gateway6).await?;
     }
     Ok(())
 }

@@ -267,7 +267,11 @@ async fn start(
         }
     };
 
-    if state.ipv6.as_ref().is_some_and(|ipv6| ipv6.host_ip6.is_none()) {
+    if state
+        .ipv6
+        .as_ref()
+        .is_some_and(|ipv6| ipv6.host_ip6.is_none())
+    {
         log::warn!(
             "uplink {} has no global IPv6 address: containers' IPv6 reaches the host and each other, not the outside",
             state.uplink

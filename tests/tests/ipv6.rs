@@ -6,7 +6,7 @@
 //! one line and leave nothing behind.
 use std::net::Ipv6Addr;
 
-use netpath_tests::{Lab, NeighbourInstance, unique_name};
+use netpath_tests::{Lab, NeighbourInstance, Netns, ping, unique_name};
 use serde_json::Value;
 
 const FORWARDING6: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
@@ -275,4 +275,26 @@ fn a_restarted_agent_keeps_the_ipv6_plan_and_gives_the_bridge_its_address_back()
     assert_eq!(listed(&lab, &a)["ip6"], "fd00:78::2");
     let (ip6, _) = lab.container_ip6(&a).expect("a keeps its IPv6 address");
     assert_eq!(ip6, "fd00:78::2");
+}
+
+#[test]
+fn a_netns_with_ipv6_turned_off_is_attached_ipv4_only() {
+    let lab = Lab::new();
+    lab.up_ok(&[]);
+    let netns = Netns::new("no6");
+    netns
+        .exec(&[
+            "sh",
+            "-c",
+            "echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6 \
+             && echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6",
+        ])
+        .expect_ok("turning IPv6 off in the netns");
+    let w = lab.container_name("w");
+    let attached = lab.netpath_json(&["container", "attach", &w, "--netns", netns.name()]);
+    assert!(attached["ip6"].is_null(), "{attached}");
+    let ip = attached["ip"].as_str().expect("an IPv4 address");
+    ping(&lab.host, ip).expect_ok("H pings the attached netns over IPv4");
+    let routes = netns.exec(&["ip", "-6", "route", "show", "default"]);
+    assert!(routes.stdout.trim().is_empty(), "{routes}");
 }
