@@ -4,8 +4,16 @@
 //! with a default route, usable at once (no duplicate address detection),
 //! and `status`, `container ls` and `network ls` show them. Refusals are
 //! one line and leave nothing behind.
-use std::net::Ipv6Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
 
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::{Array, HashMap, Map, MapData, MapError};
+use netpath_common::host::{ip_to_wire, ip6_to_wire};
+use netpath_common::{
+    CONFIG_FLAG_IPV6, CONFIG_FLAG_IPV6_ROUTED, Config, Endpoint, Ip6, LAYOUT_VERSION, Network,
+    names,
+};
 use netpath_tests::{Lab, NeighbourInstance, Netns, ping, unique_name};
 use serde_json::Value;
 
@@ -37,6 +45,70 @@ fn subnet6(value: &Value) -> (Ipv6Addr, u8) {
         .unwrap_or_else(|| panic!("not an IPv6 subnet: {value}"));
     let (address, len) = text.split_once('/').expect("CIDR");
     (address.parse().expect("IPv6"), len.parse().expect("length"))
+}
+
+/// The instance's pinned maps, read as the datapath sees them.
+struct Pinned {
+    dir: PathBuf,
+}
+
+impl Pinned {
+    fn of(lab: &Lab) -> Self {
+        Self {
+            dir: PathBuf::from("/sys/fs/bpf/netpath")
+                .join(lab.instance())
+                .join(format!("v{LAYOUT_VERSION}")),
+        }
+    }
+
+    #[track_caller]
+    fn map(&self, name: &str) -> Map {
+        let path = self.dir.join(name);
+        let data =
+            MapData::from_pin(&path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+        Map::from_map_data(data).expect("a map")
+    }
+
+    fn config(&self) -> Config {
+        let config: Array<MapData, Config> =
+            Array::try_from(self.map(names::CONFIG)).expect("CONFIG");
+        config.get(&0, 0).expect("CONFIG[0]")
+    }
+
+    fn network(&self, id: u32) -> Network {
+        let networks: Array<MapData, Network> =
+            Array::try_from(self.map(names::NETWORKS)).expect("NETWORKS");
+        networks.get(&id, 0).expect("NETWORKS[id]")
+    }
+
+    /// The network id `SUBNETS6` has for `subnet/len`, if any.
+    fn subnet6_id(&self, subnet: Ipv6Addr, len: u8) -> Option<u32> {
+        let trie: LpmTrie<MapData, Ip6, u32> =
+            LpmTrie::try_from(self.map(names::SUBNETS6)).expect("SUBNETS6");
+        found(trie.get(&Key::new(u32::from(len), ip6_to_wire(subnet)), 0))
+    }
+
+    fn endpoint(&self, ip: Ipv4Addr) -> Option<Endpoint> {
+        let map: HashMap<MapData, u32, Endpoint> =
+            HashMap::try_from(self.map(names::ENDPOINTS)).expect("ENDPOINTS");
+        found(map.get(&ip_to_wire(ip), 0))
+    }
+
+    fn endpoint6(&self, ip: Ipv6Addr) -> Option<Endpoint> {
+        let map: HashMap<MapData, Ip6, Endpoint> =
+            HashMap::try_from(self.map(names::ENDPOINTS6)).expect("ENDPOINTS6");
+        found(map.get(&ip6_to_wire(ip), 0))
+    }
+}
+
+/// A map look-up's value, None for no such key.
+#[track_caller]
+fn found<V>(result: Result<V, MapError>) -> Option<V> {
+    match result {
+        Ok(value) => Some(value),
+        Err(MapError::KeyNotFound) => None,
+        Err(e) => panic!("map look-up: {e}"),
+    }
 }
 
 /// `net.ipv6.conf.all.forwarding` in the lab's host netns.
@@ -71,8 +143,8 @@ fn a_container_gets_its_ipv6_address_and_default_route_at_once() {
     let entry = listed(&lab, &a);
     assert_eq!(entry["ip6"], ip6, "{entry}");
     assert_eq!(entry["networks"][0]["ip6"], ip6, "{entry}");
-    let ip4: std::net::Ipv4Addr = entry["ip"].as_str().expect("ip").parse().expect("IPv4");
-    let offset = u32::from(ip4) - u32::from(std::net::Ipv4Addr::new(10, 77, 0, 0));
+    let ip4: Ipv4Addr = entry["ip"].as_str().expect("ip").parse().expect("IPv4");
+    let offset = u32::from(ip4) - u32::from(Ipv4Addr::new(10, 77, 0, 0));
     assert_eq!(
         ip6,
         Ipv6Addr::from(u128::from(prefix) + u128::from(offset)).to_string()
@@ -123,6 +195,8 @@ fn ipv6_false_keeps_the_instance_ipv4_only() {
     for field in ["subnet6", "gateway6", "ipv6_mode", "host_ip6"] {
         assert!(status[field].is_null(), "{field}: {status}");
     }
+    assert_eq!(Pinned::of(&lab).config().flags & CONFIG_FLAG_IPV6, 0);
+    assert!(!Pinned::of(&lab).network(0).has_ipv6());
     assert_eq!(
         forwarding6(&lab),
         forwarding_before,
@@ -234,6 +308,11 @@ fn routed_mode_is_recorded() {
     lab.up_ok(&["--ipv6-mode", "routed", "--subnet6", "2001:db8:77::/64"]);
     let status = lab.netpath_json(&["status"]);
     assert_eq!(status["ipv6_mode"], "routed", "{status}");
+    let flags = Pinned::of(&lab).config().flags;
+    assert_eq!(
+        flags & (CONFIG_FLAG_IPV6 | CONFIG_FLAG_IPV6_ROUTED),
+        CONFIG_FLAG_IPV6 | CONFIG_FLAG_IPV6_ROUTED
+    );
     assert_eq!(status["subnet6"], "2001:db8:77::/64", "{status}");
     let a = lab.container_name("a");
     lab.container_add_ok(&a, &[]);
@@ -272,6 +351,13 @@ fn a_restarted_agent_keeps_the_ipv6_plan_and_gives_the_bridge_its_address_back()
         addresses.stdout.contains("fd00:78::1/64"),
         "adoption gives the bridge its IPv6 address back\n{addresses}"
     );
+    let config = Pinned::of(&lab).config();
+    assert_eq!(
+        config.flags & CONFIG_FLAG_IPV6,
+        CONFIG_FLAG_IPV6,
+        "{config:?}"
+    );
+    assert_eq!(config.host_ip6(), Some(Lab::HOST_IP6.parse().unwrap()));
     assert_eq!(listed(&lab, &a)["ip6"], "fd00:78::2");
     let (ip6, _) = lab.container_ip6(&a).expect("a keeps its IPv6 address");
     assert_eq!(ip6, "fd00:78::2");
@@ -297,4 +383,51 @@ fn a_netns_with_ipv6_turned_off_is_attached_ipv4_only() {
     ping(&lab.host, ip).expect_ok("H pings the attached netns over IPv4");
     let routes = netns.exec(&["ip", "-6", "route", "show", "default"]);
     assert!(routes.stdout.trim().is_empty(), "{routes}");
+}
+
+#[test]
+fn the_datapath_tables_hold_the_ipv6_plan() {
+    let lab = Lab::new();
+    lab.up_ok(&["--subnet6", "fd00:79::/64"]);
+    let pinned = Pinned::of(&lab);
+    let config = pinned.config();
+    assert_eq!(
+        config.flags & CONFIG_FLAG_IPV6,
+        CONFIG_FLAG_IPV6,
+        "{config:?}"
+    );
+    assert_eq!(config.flags & CONFIG_FLAG_IPV6_ROUTED, 0, "{config:?}");
+    assert_eq!(config.host_ip6(), Some(Lab::HOST_IP6.parse().unwrap()));
+    let subnet6: Ipv6Addr = "fd00:79::".parse().unwrap();
+    let bridge = pinned.network(0);
+    assert_eq!(bridge.subnet6(), Some((subnet6, 64)));
+    assert_eq!(bridge.gateway6(), "fd00:79::1".parse::<Ipv6Addr>().unwrap());
+    assert_eq!(pinned.subnet6_id(subnet6, 64), Some(0));
+
+    // ENDPOINTS6 has the same value as ENDPOINTS, and goes with it.
+    let a = lab.container_name("a");
+    lab.container_add_ok(&a, &[]);
+    let entry = listed(&lab, &a);
+    let ip: Ipv4Addr = entry["ip"].as_str().expect("ip").parse().expect("IPv4");
+    let ip6: Ipv6Addr = entry["ip6"].as_str().expect("ip6").parse().expect("IPv6");
+    let endpoint = pinned.endpoint(ip).expect("a's ENDPOINTS entry");
+    assert_eq!(pinned.endpoint6(ip6), Some(endpoint));
+    lab.netpath(&["container", "rm", &a])
+        .expect_ok("container rm");
+    assert_eq!(
+        pinned.endpoint6(ip6),
+        None,
+        "rm removes the ENDPOINTS6 entry"
+    );
+
+    // A network's IPv6 subnet comes and goes with it.
+    let n = unique_name("n");
+    lab.netpath(&["network", "create", &n, "--subnet6", "fd00:79:1::/64"])
+        .expect_ok("network create");
+    let id = network(&lab, &n)["id"].as_u64().expect("id") as u32;
+    let subnet6: Ipv6Addr = "fd00:79:1::".parse().unwrap();
+    assert_eq!(pinned.network(id).subnet6(), Some((subnet6, 64)));
+    assert_eq!(pinned.subnet6_id(subnet6, 64), Some(id));
+    lab.netpath(&["network", "rm", &n]).expect_ok("network rm");
+    assert_eq!(pinned.subnet6_id(subnet6, 64), None);
 }
