@@ -425,20 +425,25 @@ pub async fn primary_ipv4(handle: &Handle, index: u32) -> Result<Option<Ipv4Addr
     Ok(None)
 }
 
-/// The first global-scope IPv6 address of interface `index` that is usable
-/// (not tentative, its duplicate address detection not failed).
+/// The global-scope IPv6 address of interface `index` for NAT66 and
+/// published ports: the first stable one (not a temporary privacy address,
+/// not deprecated), else the first usable one; never one that is tentative
+/// or failed duplicate address detection.
 pub async fn global_ipv6(handle: &Handle, index: u32) -> Result<Option<Ipv6Addr>> {
     let mut addresses = handle
         .address()
         .get()
         .set_link_index_filter(index)
         .execute();
+    let unusable = AddressHeaderFlags::Tentative | AddressHeaderFlags::Dadfailed;
+    // IFA_F_TEMPORARY shares its bit with IFA_F_SECONDARY.
+    let unstable = AddressHeaderFlags::Secondary | AddressHeaderFlags::Deprecated;
+    let mut fallback = None;
     while let Some(msg) = addresses
         .try_next()
         .await
         .map_err(netlink_err("cannot list addresses"))?
     {
-        let unusable = AddressHeaderFlags::Tentative | AddressHeaderFlags::Dadfailed;
         if msg.header.family != AddressFamily::Inet6
             || msg.header.index != index
             || msg.header.scope != AddressScope::Universe
@@ -446,15 +451,18 @@ pub async fn global_ipv6(handle: &Handle, index: u32) -> Result<Option<Ipv6Addr>
         {
             continue;
         }
-        let address = msg.attributes.iter().find_map(|attr| match attr {
+        let Some(address) = msg.attributes.iter().find_map(|attr| match attr {
             AddressAttribute::Address(IpAddr::V6(ip)) => Some(*ip),
             _ => None,
-        });
-        if address.is_some() {
-            return Ok(address);
+        }) else {
+            continue;
+        };
+        if !msg.header.flags.intersects(unstable) {
+            return Ok(Some(address));
         }
+        fallback.get_or_insert(address);
     }
-    Ok(None)
+    Ok(fallback)
 }
 
 /// Deletes the link named `name` in the calling thread's network namespace,
