@@ -431,3 +431,44 @@ fn the_datapath_tables_hold_the_ipv6_plan() {
     lab.netpath(&["network", "rm", &n]).expect_ok("network rm");
     assert_eq!(pinned.subnet6_id(subnet6, 64), None);
 }
+
+#[test]
+fn host_ip6_is_the_uplinks_stable_global_address_or_none() {
+    // A deprecated address (added last, so listed first) is passed over.
+    let lab = Lab::new();
+    lab.host.ip(&[
+        "-6",
+        "addr",
+        "add",
+        "2001:db8::100/64",
+        "dev",
+        Lab::UPLINK,
+        "nodad",
+        "preferred_lft",
+        "0",
+    ]);
+    lab.up_ok(&[]);
+    assert_eq!(lab.netpath_json(&["status"])["host_ip6"], Lab::HOST_IP6);
+    drop(lab);
+
+    // An uplink without a global IPv6 address: IPv6 stays on, inside.
+    let lab = Lab::new();
+    lab.host.ip(&[
+        "-6",
+        "addr",
+        "del",
+        &format!("{}/64", Lab::HOST_IP6),
+        "dev",
+        Lab::UPLINK,
+    ]);
+    lab.up_ok(&[]);
+    let status = lab.netpath_json(&["status"]);
+    assert!(status["host_ip6"].is_null(), "{status}");
+    assert_eq!(status["ipv6_mode"], "nat", "{status}");
+    assert_eq!(Pinned::of(&lab).config().host_ip6(), None);
+    assert!(
+        lab.agent_log().contains("has no global IPv6 address"),
+        "{}",
+        lab.agent_log()
+    );
+}
