@@ -14,7 +14,7 @@ use netpath_common::{
     CONFIG_FLAG_IPV6, CONFIG_FLAG_IPV6_ROUTED, Config, Endpoint, Ip6, LAYOUT_VERSION, Network,
     names,
 };
-use netpath_tests::{Lab, NeighbourInstance, Netns, ping, unique_name};
+use netpath_tests::{Lab, NeighbourInstance, Netns, Server, http_source, ping, unique_name, url};
 use serde_json::Value;
 
 const FORWARDING6: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
@@ -471,4 +471,66 @@ fn host_ip6_is_the_uplinks_stable_global_address_or_none() {
         "{}",
         lab.agent_log()
     );
+}
+
+netpath_tests::with_each_accel!(
+    containers_reach_the_gateway_each_other_and_the_outside_over_ipv6,
+    routed_mode_keeps_the_containers_ipv6_address_outside
+);
+
+/// The address part of a server's "ip:port" record.
+fn source_ip(source: &str) -> &str {
+    source.rsplit_once(':').map_or(source, |(ip, _)| ip)
+}
+
+/// Needs the IPv6 datapath (the lead's part of issue 14).
+fn containers_reach_the_gateway_each_other_and_the_outside_over_ipv6(accel: &str) {
+    let lab = Lab::new();
+    lab.up_ok(&["--accel", accel]);
+    let (a, b) = (lab.container_name("a"), lab.container_name("b"));
+    lab.container_add_ok(&a, &[]);
+    lab.container_add_ok(&b, &[]);
+    let (a6, _) = lab.container_ip6(&a).expect("a has IPv6");
+    let (b6, _) = lab.container_ip6(&b).expect("b has IPv6");
+    let gateway6 = lab.netpath_json(&["status"])["gateway6"]
+        .as_str()
+        .expect("gateway6")
+        .to_owned();
+
+    ping(lab.container(&a), &gateway6).expect_ok("a pings the gateway over IPv6");
+    ping(&lab.host, &a6).expect_ok("H pings a over IPv6");
+    // Container to container: no NAT, b sees a's own address.
+    let server = Server::http(lab.container(&b), "::", 80);
+    let seen =
+        http_source(lab.container(&a), &url(&b6, server.port())).expect("a reaches b over IPv6");
+    assert_eq!(source_ip(&seen), a6, "{seen}");
+    // Out through NAT66: the outside sees the uplink's address.
+    let outside = Server::http(&lab.outside, "::", 0);
+    let seen = http_source(lab.container(&a), &url(Lab::REMOTE_IP6, outside.port()))
+        .expect("a reaches the outside over IPv6");
+    assert_eq!(source_ip(&seen), Lab::HOST_IP6, "{seen}");
+}
+
+/// Needs the IPv6 datapath (the lead's part of issue 14).
+fn routed_mode_keeps_the_containers_ipv6_address_outside(accel: &str) {
+    let lab = Lab::new();
+    let prefix = "2001:db8:77::/64";
+    lab.up_ok(&[
+        "--accel",
+        accel,
+        "--ipv6-mode",
+        "routed",
+        "--subnet6",
+        prefix,
+    ]);
+    // The outside routes the prefix to the host, as an upstream router would.
+    lab.outside
+        .ip(&["-6", "route", "add", prefix, "via", Lab::HOST_IP6]);
+    let a = lab.container_name("a");
+    lab.container_add_ok(&a, &[]);
+    let (a6, _) = lab.container_ip6(&a).expect("a has IPv6");
+    let outside = Server::http(&lab.outside, "::", 0);
+    let seen = http_source(lab.container(&a), &url(Lab::REMOTE_IP6, outside.port()))
+        .expect("a reaches the outside over IPv6");
+    assert_eq!(source_ip(&seen), a6, "{seen}");
 }
