@@ -25,6 +25,7 @@ use netpath_common::{
 };
 
 use super::{
+    family::V4,
     maps::{CONFIG, PORTS, SOCK_REVNAT, config, count},
     networks,
 };
@@ -157,7 +158,7 @@ fn to_container<F: Family>(ctx: &SockAddrContext) -> i32 {
         Some(t) => *t,
         None => {
             let loopback = u32::from(ip.to_ne_bytes()[0]) == LOOPBACK_NET;
-            if !(ip == cfg.host_ip || loopback || networks::is_gateway(ip)) {
+            if !(ip == cfg.host_ip || loopback || networks::is_gateway::<V4>(ip)) {
                 return ALLOW;
             }
             key.host_ip = 0;
