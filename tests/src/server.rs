@@ -13,8 +13,10 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// GET: body is the client's "ip:port" (or `x` * N for `/size/N`).
 /// POST: body is "ip:port LEN" where LEN is the number of bytes received.
+/// Every server binds IPv6 when its address has a colon (`::`, a
+/// container's IPv6 address), IPv4 otherwise.
 const HTTP_PY: &str = r#"
-import sys, socketserver, http.server
+import sys, socket, socketserver, http.server
 host, port = sys.argv[1], int(sys.argv[2])
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.0"
@@ -47,6 +49,7 @@ class H(http.server.BaseHTTPRequestHandler):
     def log_message(self, *a):
         pass
 class S(socketserver.ThreadingTCPServer):
+    address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
     allow_reuse_address = True
     daemon_threads = True
 s = S((host, port), H)
@@ -58,7 +61,7 @@ s.serve_forever()
 const UDP_PY: &str = r#"
 import sys, socket
 host, port = sys.argv[1], int(sys.argv[2])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
 s.bind((host, port))
 print("READY %d" % s.getsockname()[1], flush=True)
 while True:
@@ -70,7 +73,7 @@ while True:
 
 /// On connect sends b"ip:port\n", then echoes everything until EOF.
 const TCP_PY: &str = r#"
-import sys, socketserver
+import sys, socket, socketserver
 host, port = sys.argv[1], int(sys.argv[2])
 class H(socketserver.BaseRequestHandler):
     def handle(self):
@@ -84,6 +87,7 @@ class H(socketserver.BaseRequestHandler):
                 break
             self.request.sendall(d)
 class S(socketserver.ThreadingTCPServer):
+    address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
     allow_reuse_address = True
     daemon_threads = True
 s = S((host, port), H)
