@@ -480,12 +480,11 @@ fn a_container_cannot_lie_in_arp_fragments_other_protocols_or_tags() {
 /// Issue 10, item 5, the VLAN half: a tagged frame from a container is
 /// dropped (`drop_ethertype`). The kernel moves a received frame's tag into
 /// the skb's metadata (skb_vlan_untag) before TC ingress runs, so the
-/// datapath sees an untagged frame and this fails until `from_container`
-/// drops frames with `vlan_present` set. (Checked together with an IPv6
-/// frame before, it passed, most likely because the containers' own IPv6
-/// link-local traffic moved the same counter: it no longer does.)
+/// datapath sees an untagged frame: `from_container` drops frames with
+/// `vlan_present` set. (Checked together with an IPv6 frame before, this
+/// passed without that check, because the containers' own IPv6 traffic
+/// moved the same counter: it no longer does.)
 #[test]
-#[ignore = "needs a vlan_present check in from_container (the kernel untags before TC)"]
 fn a_container_cannot_send_vlan_tagged_frames() {
     let (lab, a) = lab_with_container("tc", &[]);
     let a_ip = ip(&lab.container_ip(&a).expect("a's address"));

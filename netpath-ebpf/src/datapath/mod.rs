@@ -49,6 +49,10 @@ pub fn from_container(mut ctx: TcContext) -> i32 {
     let Some(cfg) = config() else {
         return Verdict::pass(stat::PASS).tc();
     };
+    // A VLAN tag: the kernel took it off into the skb before TC ran.
+    if unsafe { (*ctx.skb.skb).vlan_present } != 0 {
+        return Verdict::drop(stat::DROP_ETHERTYPE).tc();
+    }
     ctx::linearize_headers(&mut ctx);
     from_container_verdict::<V4>(&mut ctx, cfg).tc()
 }
