@@ -276,11 +276,14 @@ impl L4 {
     }
 
     /// ICMPv6 neighbour solicitation (RFC 4861, 4.3) for `target`, with
-    /// the sender's link-layer address option.
-    pub fn neighbour_solicitation(target: Ipv6Addr, mac: [u8; 6]) -> Self {
+    /// the sender's link-layer address option when it has an address
+    /// (duplicate address detection, from ::, has none).
+    pub fn neighbour_solicitation(target: Ipv6Addr, mac: Option<[u8; 6]>) -> Self {
         let mut body = target.octets().to_vec();
-        body.extend_from_slice(&[1, 1]);
-        body.extend_from_slice(&mac);
+        if let Some(mac) = mac {
+            body.extend_from_slice(&[1, 1]);
+            body.extend_from_slice(&mac);
+        }
         Self::Icmp {
             icmp_type: 135,
             code: 0,

@@ -492,6 +492,19 @@ impl TestDatapath {
         Ok(())
     }
 
+    /// Switches IPv6 off (`up --ipv6=false`) or back on.
+    pub fn set_ipv6(&mut self, on: bool) -> Result<()> {
+        let mut config = self.config()?;
+        let mut c = config.get(&0, 0)?;
+        c.flags = if on {
+            c.flags | CONFIG_FLAG_IPV6
+        } else {
+            c.flags & !CONFIG_FLAG_IPV6
+        };
+        config.set(0, c, 0)?;
+        Ok(())
+    }
+
     /// What the agent does on route and link changes: cached next hops and
     /// endpoints are stale once the generation differs.
     pub fn set_route_generation(&mut self, generation: u32) -> Result<()> {
