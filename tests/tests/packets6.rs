@@ -515,3 +515,149 @@ fn with_ipv6_off_a_containers_ipv6_is_dropped() -> Result<()> {
     assert_eq!(dp.from_container(&syn.bytes())?.verdict, TC_ACT_REDIRECT);
     Ok(())
 }
+
+/// traceroute6 and errors from the far end: Time Exceeded and Destination
+/// Unreachable are translated as Packet Too Big is, and so is an error
+/// about the reply direction of a published flow (the server's packet).
+#[test]
+fn icmpv6_errors_about_either_kind_of_flow_reach_the_container() -> Result<()> {
+    let mut dp = datapath()?;
+    for (icmp_type, code) in [(3u8, 0u8), (1, 4)] {
+        let sport = 21000 + u16::from(icmp_type);
+        let probe = from_c1(udp(sport, 33434));
+        let out = dp.from_container(&probe.bytes())?;
+        assert_eq!(out.verdict, TC_ACT_REDIRECT);
+        let error = L4::Icmp {
+            icmp_type,
+            code,
+            rest: [0; 4],
+            body: out.frame[14..].to_vec(),
+        };
+        let err = Frame::new(ROUTER_IP6, HOST_IP6, error).macs(OUTSIDE_MAC, HOST_MAC);
+        let back = dp.from_uplink(&err.bytes())?;
+        assert_eq!(back.verdict, TC_ACT_REDIRECT, "ICMPv6 {icmp_type}/{code}");
+        let back = back.parsed6();
+        assert_eq!((back.src(), back.dst()), (ROUTER_IP6, C1_IP6));
+        assert_eq!((back.icmp_type(), back.l4()[1]), (icmp_type, code));
+        assert_valid(&back);
+        let inner = back.quoted();
+        assert_eq!((inner.src(), inner.sport()), (C1_IP6, sport));
+    }
+
+    // The server behind a published port answers with more than the path
+    // takes: Packet Too Big about HOST_IP6:8080 -> client goes to it.
+    dp.publish(8080, C2_IP6, 80, Proto::Tcp)?;
+    let syn = from_outside(tcp(50000, 8080, TCP_SYN));
+    assert_eq!(dp.from_uplink(&syn.bytes())?.verdict, TC_ACT_REDIRECT);
+    let reply = Frame::new(C2_IP6, OUTSIDE_IP6, tcp(80, 50000, TCP_SYN | TCP_ACK))
+        .macs(C2_MAC, GATEWAY_MAC)
+        .payload(&[0x24; 64]);
+    let out = dp.from_container(&reply.bytes())?;
+    assert_eq!(out.verdict, TC_ACT_REDIRECT);
+    let ptb = Frame::new(
+        ROUTER_IP6,
+        HOST_IP6,
+        L4::packet_too_big(1280, out.frame[14..].to_vec()),
+    );
+    let back = dp.from_uplink(&ptb.bytes())?;
+    assert_eq!(back.verdict, TC_ACT_REDIRECT);
+    let back = back.parsed6();
+    assert_eq!((back.src(), back.dst()), (ROUTER_IP6, C2_IP6));
+    assert_eq!(back.dst_mac(), C2_MAC);
+    assert_valid(&back);
+    let inner = back.quoted();
+    assert_eq!(
+        (inner.src(), inner.sport()),
+        (C2_IP6, 80),
+        "what the server sent"
+    );
+    assert_eq!((inner.dst(), inner.dport()), (OUTSIDE_IP6, 50000));
+    Ok(())
+}
+
+/// A container's ICMPv6 error about a packet netpath never tracked can't
+/// be translated: it never leaves with the container's address.
+#[test]
+fn an_icmpv6_error_about_an_untracked_packet_never_leaves_untranslated() -> Result<()> {
+    let dp = datapath()?;
+    let quoted = Frame::new(OUTSIDE_IP6, C1_IP6, udp(53, 41234)).ip_bytes();
+    let unreachable = L4::Icmp {
+        icmp_type: 1,
+        code: 4,
+        rest: [0; 4],
+        body: quoted,
+    };
+    let err = from_c1(unreachable).bytes();
+    let before = dp.counter(stat::DROP_UNTRANSLATED)?;
+    assert_eq!(dp.from_container(&err)?.verdict, TC_ACT_SHOT);
+    assert_eq!(dp.counter(stat::DROP_UNTRANSLATED)?, before + 1);
+    let out = dp.run_tc(TcProgram::ToUplink, &err)?;
+    assert_eq!(out.verdict, TC_ACT_SHOT, "nor by the kernel's way out");
+    assert_eq!(dp.counter(stat::DROP_UNTRANSLATED)?, before + 2);
+    Ok(())
+}
+
+/// A container's packet the kernel routed out (the stack's path, not the
+/// fast path) is masqueraded on the uplink's egress, new flow and all.
+#[test]
+fn the_uplinks_egress_masquerades_what_the_kernel_routed() -> Result<()> {
+    let dp = datapath()?;
+    let syn = from_c1(tcp(35000, 80, TCP_SYN)).macs(HOST_MAC, OUTSIDE_MAC);
+    let out = dp.run_tc(TcProgram::ToUplink, &syn.bytes())?;
+    assert_eq!(out.verdict, TC_ACT_OK, "the kernel sends it on");
+    let out = out.parsed6();
+    assert_eq!(out.src(), HOST_IP6);
+    assert_in_snat_range(out.sport());
+    assert_eq!((out.dst(), out.dport()), (OUTSIDE_IP6, 80));
+    assert_eq!(out.ttl(), 64, "the kernel counted the hop");
+    assert_valid(&out);
+    let key = FlowKey::new(C1_IP6, OUTSIDE_IP6, 35000, 80, Proto::Tcp);
+    assert!(dp.flow(key)?.is_some());
+    Ok(())
+}
+
+#[test]
+fn a_published_port6_is_reached_through_the_gateway_too() -> Result<()> {
+    let mut dp = datapath()?;
+    dp.publish(8080, C2_IP6, 80, Proto::Udp)?;
+    let query = Frame::new(C1_IP6, GATEWAY_IP6, udp(44000, 8080)).macs(C1_MAC, GATEWAY_MAC);
+    let out = dp.from_container(&query.bytes())?;
+    assert_eq!(out.verdict, TC_ACT_REDIRECT);
+    let out = out.parsed6();
+    assert_eq!((out.dst(), out.dport()), (C2_IP6, 80));
+    assert_eq!(out.src(), GATEWAY_IP6);
+    assert_valid(&out);
+    Ok(())
+}
+
+#[test]
+fn what_the_kernel_must_answer_or_nobody_asked_for_is_not_forwarded() -> Result<()> {
+    let dp = datapath()?;
+    // Hop limit 1: the kernel sends Time Exceeded.
+    let mut last_hop = from_c1(tcp(36000, 80, TCP_SYN));
+    last_hop.ttl = 1;
+    let bytes = last_hop.bytes();
+    let before = dp.counter(stat::PASS_TTL)?;
+    let out = dp.from_container(&bytes)?;
+    assert_eq!(out.verdict, TC_ACT_OK);
+    assert_eq!(out.frame, bytes, "untouched");
+    assert_eq!(dp.counter(stat::PASS_TTL)?, before + 1);
+
+    // From outside, into a container network, in no flow: dropped.
+    let before = dp.counter(stat::DROP_UNSOLICITED)?;
+    let stray = Frame::new(OUTSIDE_IP6, C1_IP6, tcp(50000, 22, TCP_SYN));
+    assert_eq!(dp.from_uplink(&stray.bytes())?.verdict, TC_ACT_SHOT);
+    assert_eq!(dp.counter(stat::DROP_UNSOLICITED)?, before + 1);
+    // To the host, no published port: the host's.
+    let ping = from_outside(L4::IcmpEcho {
+        request: true,
+        id: 9,
+        seq: 1,
+    });
+    let bytes = ping.bytes();
+    let out = dp.from_uplink(&bytes)?;
+    assert_eq!(out.verdict, TC_ACT_OK);
+    assert_eq!(out.frame, bytes);
+    assert_eq!(dp.counter(stat::FLOW_CREATED)?, 0);
+    Ok(())
+}
