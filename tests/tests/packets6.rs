@@ -339,6 +339,36 @@ fn router_advertisements_and_redirects_from_a_container_are_dropped() -> Result<
         assert_eq!(out.verdict, TC_ACT_SHOT, "{what}");
     }
     assert_eq!(dp.counter(stat::DROP_ROUTER_MESSAGE)?, before + 3);
+    // Nor behind an extension header (RFC 7113), which the kernel would
+    // look through and the bridge flood to the other containers.
+    let mut hidden = Frame::new(C1_LINK_LOCAL, ALL_NODES, L4::router_advertisement())
+        .macs(C1_MAC, [0x33, 0x33, 0, 0, 0, 1]);
+    hidden.ttl = 255;
+    hidden.options = HOP_BY_HOP_ROUTER_ALERT.to_vec();
+    let out = dp.from_container(&hidden.bytes())?;
+    assert_eq!(out.verdict, TC_ACT_SHOT, "an RA behind hop-by-hop options");
+    assert_eq!(dp.counter(stat::DROP_ROUTER_MESSAGE)?, before + 4);
+
+    // MLD, behind the same header, joins groups: the kernel's.
+    let mld_report = L4::Icmp {
+        icmp_type: 143,
+        code: 0,
+        rest: [0; 4],
+        body: Vec::new(),
+    };
+    let mut mld = Frame::new(
+        C1_LINK_LOCAL,
+        Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0x16),
+        mld_report,
+    )
+    .macs(C1_MAC, [0x33, 0x33, 0, 0, 0, 0x16]);
+    mld.ttl = 1;
+    mld.options = HOP_BY_HOP_ROUTER_ALERT.to_vec();
+    let bytes = mld.bytes();
+    let out = dp.from_container(&bytes)?;
+    assert_eq!(out.verdict, TC_ACT_OK, "an MLD report");
+    assert_eq!(out.frame, bytes, "untouched");
+    assert_eq!(dp.counter(stat::DROP_ROUTER_MESSAGE)?, before + 4);
 
     // Neighbour discovery itself is the kernel's: a solicitation for the
     // gateway from C1's link-local address, and duplicate address
@@ -357,7 +387,7 @@ fn router_advertisements_and_redirects_from_a_container_are_dropped() -> Result<
         assert_eq!(out.verdict, TC_ACT_OK, "a solicitation from {src}");
         assert_eq!(out.frame, bytes, "untouched");
     }
-    assert_eq!(dp.counter(stat::DROP_ROUTER_MESSAGE)?, before + 3);
+    assert_eq!(dp.counter(stat::DROP_ROUTER_MESSAGE)?, before + 4);
     Ok(())
 }
 
