@@ -243,13 +243,16 @@ fn hairpin6_to_a_published_port_is_snated_to_the_gateway() -> Result<()> {
 #[test]
 fn packet_too_big_about_a_masqueraded_packet_is_translated_inward() -> Result<()> {
     let dp = datapath()?;
-    let segment = from_c1(tcp(34000, 443, TCP_SYN)).payload(&[0x42; 64]);
+    let syn = from_c1(tcp(34000, 443, TCP_SYN)).payload(&[]);
+    assert_eq!(dp.from_container(&syn.bytes())?.verdict, TC_ACT_REDIRECT);
+    // A full-size segment (1460 bytes of IPv6) for a path of 1280.
+    let segment = from_c1(tcp(34000, 443, TCP_ACK)).payload(&[0x42; 1400]);
     let out = dp.from_container(&segment.bytes())?;
     assert_eq!(out.verdict, TC_ACT_REDIRECT);
     let nat_port = out.parsed6().sport();
-    // As a router quotes it: the packet as it arrived there (whole, it is
-    // short), one hop further on.
-    let mut quoted = out.frame[14..].to_vec();
+    // As a router quotes it: as much of the packet as it got (one hop
+    // further on) as fits in 1280 bytes with its own headers (RFC 4443).
+    let mut quoted = out.frame[14..14 + 1280 - 48].to_vec();
     quoted[7] -= 1;
     let ptb = Frame::new(ROUTER_IP6, HOST_IP6, L4::packet_too_big(1280, quoted))
         .macs(OUTSIDE_MAC, HOST_MAC);
@@ -272,6 +275,7 @@ fn packet_too_big_about_a_masqueraded_packet_is_translated_inward() -> Result<()
         "the quoted packet is the container's again (port {nat_port} undone)"
     );
     assert_eq!((inner.dst(), inner.dport()), (OUTSIDE_IP6, 443));
+    assert_eq!(back.frame.len(), 14 + 1280, "nothing added or cut");
     Ok(())
 }
 
