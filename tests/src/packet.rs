@@ -1,5 +1,10 @@
-//! Crafting and checking raw Ethernet/IPv4 frames for BPF_PROG_TEST_RUN tests.
-use std::net::Ipv4Addr;
+//! Crafting and checking raw Ethernet/IPv4 and Ethernet/IPv6 frames for
+//! BPF_PROG_TEST_RUN tests. One [`Frame`] and one [`Parsed`] for both
+//! families, generic over the address type ([`Ip`]); the family follows from
+//! the addresses a frame is made with.
+use std::fmt::Debug;
+use std::marker::PhantomData;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 pub const ETH_HLEN: usize = 14;
 
@@ -29,18 +34,175 @@ pub fn checksum(data: &[u8]) -> u16 {
     !csum_fold(sum_words(data))
 }
 
-fn pseudo_sum(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, len: usize) -> u32 {
-    let mut p = Vec::with_capacity(12);
-    p.extend_from_slice(&src.octets());
-    p.extend_from_slice(&dst.octets());
-    p.extend_from_slice(&[0, proto]);
-    p.extend_from_slice(&(len as u16).to_be_bytes());
-    sum_words(&p)
+/// The sum of a pseudo-header: the addresses, the protocol and the L4
+/// length. IPv4's (RFC 793) and IPv6's (RFC 8200, 8.1) differ in their
+/// layout but not in their sum, with 16-bit lengths.
+fn pseudo_sum<A: Ip>(src: A, dst: A, proto: u8, len: usize) -> u32 {
+    sum_words(&src.bytes()) + sum_words(&dst.bytes()) + u32::from(proto) + len as u32
 }
 
-/// L4 checksum with the IPv4 pseudo-header.
-pub fn l4_checksum(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, segment: &[u8]) -> u16 {
+/// L4 checksum with the pseudo-header of `A`'s family.
+pub fn l4_checksum<A: Ip>(src: A, dst: A, proto: u8, segment: &[u8]) -> u16 {
     !csum_fold(pseudo_sum(src, dst, proto, segment.len()) + sum_words(segment))
+}
+
+/// An IP address, and with it what a frame of its family looks like.
+pub trait Ip: Copy + Debug + PartialEq {
+    const ETHERTYPE: u16;
+    /// ICMP's protocol number: 1, or 58 (ICMPv6).
+    const ICMP: u8;
+    const ECHO_REQUEST: u8;
+    const ECHO_REPLY: u8;
+    /// Whether the ICMP checksum covers a pseudo-header (ICMPv6).
+    const ICMP_PSEUDO_HEADER: bool;
+    /// Whether a UDP checksum of 0 means "none" (IPv4); over IPv6 it is
+    /// invalid.
+    const UDP_CHECKSUM_OPTIONAL: bool;
+    /// Offsets of the addresses and the TTL (hop limit) in the header.
+    const SRC_OFF: usize;
+    const DST_OFF: usize;
+    const TTL_OFF: usize;
+    fn bytes(self) -> Vec<u8>;
+    fn from_bytes(bytes: &[u8]) -> Self;
+    /// The IP header (with options or extension headers) of `frame`, whose
+    /// L4 segment is `l4_len` bytes long.
+    fn header(frame: &Frame<Self>, l4_len: usize) -> Vec<u8>;
+    /// Of the IP packet `ip`: the length of its headers up to L4, its L4
+    /// protocol, and where it ends (a quoted packet may be cut short).
+    fn locate_l4(ip: &[u8]) -> (usize, u8, usize);
+    /// Whether the IP header's own checksum verifies (IPv6 has none).
+    fn header_checksum_ok(header: &[u8]) -> bool;
+}
+
+impl Ip for Ipv4Addr {
+    const ETHERTYPE: u16 = 0x0800;
+    const ICMP: u8 = 1;
+    const ECHO_REQUEST: u8 = 8;
+    const ECHO_REPLY: u8 = 0;
+    const ICMP_PSEUDO_HEADER: bool = false;
+    const UDP_CHECKSUM_OPTIONAL: bool = true;
+    const SRC_OFF: usize = 12;
+    const DST_OFF: usize = 16;
+    const TTL_OFF: usize = 8;
+
+    fn bytes(self) -> Vec<u8> {
+        self.octets().to_vec()
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Self {
+        Ipv4Addr::from(<[u8; 4]>::try_from(&bytes[..4]).expect("4 bytes"))
+    }
+
+    fn header(frame: &Frame<Self>, l4_len: usize) -> Vec<u8> {
+        let ihl = 20 + frame.options.len();
+        let mut ip = vec![0u8; 20];
+        ip[0] = 0x40 | (ihl / 4) as u8;
+        ip[2..4].copy_from_slice(&((ihl + l4_len) as u16).to_be_bytes());
+        ip[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
+        let frag = (u16::from(frame.frag.0) << 13) | frame.frag.1;
+        ip[6..8].copy_from_slice(&frag.to_be_bytes());
+        ip[8] = frame.ttl;
+        ip[9] = frame.proto();
+        ip[12..16].copy_from_slice(&frame.src.octets());
+        ip[16..20].copy_from_slice(&frame.dst.octets());
+        ip.extend_from_slice(&frame.options);
+        let c = checksum(&ip);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        ip
+    }
+
+    fn locate_l4(ip: &[u8]) -> (usize, u8, usize) {
+        let ihl = usize::from(ip[0] & 0x0f) * 4;
+        let end = usize::from(u16::from_be_bytes([ip[2], ip[3]])).min(ip.len());
+        (ihl, ip[9], end)
+    }
+
+    fn header_checksum_ok(header: &[u8]) -> bool {
+        csum_fold(sum_words(header)) == 0xffff
+    }
+}
+
+/// IPv6 extension headers: hop-by-hop options, routing, destination
+/// options (length in 8-byte units after the first 8), and the fragment
+/// header (8 bytes).
+const IPV6_HOP_BY_HOP: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_DEST_OPTIONS: u8 = 60;
+
+/// Hop-by-hop options as MLD sends them: router alert (RFC 2711), then
+/// two bytes of padding (PadN) to fill the header's 8 bytes.
+pub const HOP_BY_HOP_ROUTER_ALERT: [u8; 6] = [5, 2, 0, 0, 1, 0];
+
+impl Ip for Ipv6Addr {
+    const ETHERTYPE: u16 = 0x86dd;
+    const ICMP: u8 = 58;
+    const ECHO_REQUEST: u8 = 128;
+    const ECHO_REPLY: u8 = 129;
+    const ICMP_PSEUDO_HEADER: bool = true;
+    const UDP_CHECKSUM_OPTIONAL: bool = false;
+    const SRC_OFF: usize = 8;
+    const DST_OFF: usize = 24;
+    const TTL_OFF: usize = 7;
+
+    fn bytes(self) -> Vec<u8> {
+        self.octets().to_vec()
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Self {
+        Ipv6Addr::from(<[u8; 16]>::try_from(&bytes[..16]).expect("16 bytes"))
+    }
+
+    /// `options` become a hop-by-hop header, `frag` a fragment header
+    /// (identification 0x1234, as IPv4's), in that order (RFC 8200, 4.1).
+    fn header(frame: &Frame<Self>, l4_len: usize) -> Vec<u8> {
+        let mut next = frame.proto();
+        let mut fragment = Vec::new();
+        if frame.frag != (false, 0) {
+            let offset = (frame.frag.1 << 3) | u16::from(frame.frag.0);
+            fragment = vec![next, 0];
+            fragment.extend_from_slice(&offset.to_be_bytes());
+            fragment.extend_from_slice(&0x1234u32.to_be_bytes());
+            next = IPV6_FRAGMENT;
+        }
+        let mut hop_by_hop = Vec::new();
+        if !frame.options.is_empty() {
+            let len = frame.options.len() + 2;
+            assert_eq!(len % 8, 0, "hop-by-hop options fill 8-byte units");
+            hop_by_hop = vec![next, (len / 8 - 1) as u8];
+            hop_by_hop.extend_from_slice(&frame.options);
+            next = IPV6_HOP_BY_HOP;
+        }
+        let payload_len = hop_by_hop.len() + fragment.len() + l4_len;
+        let mut ip = vec![0x60, 0, 0, 0];
+        ip.extend_from_slice(&(payload_len as u16).to_be_bytes());
+        ip.extend_from_slice(&[next, frame.ttl]);
+        ip.extend_from_slice(&frame.src.octets());
+        ip.extend_from_slice(&frame.dst.octets());
+        ip.extend_from_slice(&hop_by_hop);
+        ip.extend_from_slice(&fragment);
+        ip
+    }
+
+    fn locate_l4(ip: &[u8]) -> (usize, u8, usize) {
+        let end = (40 + usize::from(u16::from_be_bytes([ip[4], ip[5]]))).min(ip.len());
+        let (mut len, mut next) = (40, ip[6]);
+        loop {
+            let ext_len = match next {
+                IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTIONS => {
+                    (usize::from(ip[len + 1]) + 1) * 8
+                }
+                IPV6_FRAGMENT => 8,
+                _ => return (len, next, end),
+            };
+            next = ip[len];
+            len += ext_len;
+        }
+    }
+
+    fn header_checksum_ok(_header: &[u8]) -> bool {
+        true
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -61,25 +223,91 @@ pub enum L4 {
         id: u16,
         seq: u16,
     },
-    /// An ICMP error (type, code) quoting `quoted` (an IPv4 packet, truncated by
-    /// the caller as a router would).
+    /// An ICMP error (type, code) quoting `quoted` (an IP packet, truncated by
+    /// the caller as a router would), its MTU field 1500.
     IcmpError {
         icmp_type: u8,
         code: u8,
         quoted: Vec<u8>,
     },
+    /// Any ICMP message: type, code, the four bytes after the checksum and
+    /// what follows them (see the constructors below).
+    Icmp {
+        icmp_type: u8,
+        code: u8,
+        rest: [u8; 4],
+        body: Vec<u8>,
+    },
 }
 
+impl L4 {
+    /// ICMPv6 Packet Too Big (RFC 4443, 3.2) with `mtu`, quoting `quoted`.
+    pub fn packet_too_big(mtu: u32, quoted: Vec<u8>) -> Self {
+        Self::Icmp {
+            icmp_type: 2,
+            code: 0,
+            rest: mtu.to_be_bytes(),
+            body: quoted,
+        }
+    }
+
+    /// ICMPv6 router advertisement (RFC 4861, 4.2): hop limit 64, router
+    /// lifetime 1800 s, no options.
+    pub fn router_advertisement() -> Self {
+        Self::Icmp {
+            icmp_type: 134,
+            code: 0,
+            rest: [64, 0, 0x07, 0x08],
+            body: vec![0; 8],
+        }
+    }
+
+    /// ICMPv6 redirect (RFC 4861, 4.5): `dst` is better reached via
+    /// `target`.
+    pub fn redirect(target: Ipv6Addr, dst: Ipv6Addr) -> Self {
+        let mut body = target.octets().to_vec();
+        body.extend_from_slice(&dst.octets());
+        Self::Icmp {
+            icmp_type: 137,
+            code: 0,
+            rest: [0; 4],
+            body,
+        }
+    }
+
+    /// ICMPv6 neighbour solicitation (RFC 4861, 4.3) for `target`, with
+    /// the sender's link-layer address option when it has an address
+    /// (duplicate address detection, from ::, has none).
+    pub fn neighbour_solicitation(target: Ipv6Addr, mac: Option<[u8; 6]>) -> Self {
+        let mut body = target.octets().to_vec();
+        if let Some(mac) = mac {
+            body.extend_from_slice(&[1, 1]);
+            body.extend_from_slice(&mac);
+        }
+        Self::Icmp {
+            icmp_type: 135,
+            code: 0,
+            rest: [0; 4],
+            body,
+        }
+    }
+}
+
+/// An Ethernet frame carrying IPv4 (`Frame`, `A` = `Ipv4Addr`) or IPv6
+/// (`Frame<Ipv6Addr>`).
 #[derive(Clone, Debug)]
-pub struct Frame {
+pub struct Frame<A: Ip = Ipv4Addr> {
     pub dst_mac: [u8; 6],
     pub src_mac: [u8; 6],
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+    pub src: A,
+    pub dst: A,
+    /// TTL, or hop limit.
     pub ttl: u8,
-    /// IPv4 options (a multiple of 4 bytes).
+    /// IPv4 options (a multiple of 4 bytes), or IPv6 hop-by-hop options
+    /// (6 bytes more than a multiple of 8).
     pub options: Vec<u8>,
-    /// (more fragments, offset in 8-byte units)
+    /// (more fragments, offset in 8-byte units); IPv6: a fragment header
+    /// unless (false, 0).
     pub frag: (bool, u16),
     pub l4: L4,
     pub payload: Vec<u8>,
@@ -93,8 +321,8 @@ pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
-impl Frame {
-    pub fn new(src: Ipv4Addr, dst: Ipv4Addr, l4: L4) -> Self {
+impl<A: Ip> Frame<A> {
+    pub fn new(src: A, dst: A, l4: L4) -> Self {
         Self {
             dst_mac: [0x02, 0, 0, 0, 0, 0xaa],
             src_mac: [0x02, 0, 0, 0, 0, 0xbb],
@@ -139,8 +367,8 @@ impl Frame {
         self
     }
 
-    /// The IPv4 packet (no Ethernet header), checksums valid.
-    pub fn ip_bytes(&self) -> Vec<u8> {
+    /// The L4 segment, checksum valid.
+    fn l4_bytes(&self) -> Vec<u8> {
         let mut l4 = match &self.l4 {
             L4::Tcp {
                 sport,
@@ -167,7 +395,12 @@ impl Frame {
                 h
             }
             L4::IcmpEcho { request, id, seq } => {
-                let mut h = vec![if *request { 8 } else { 0 }, 0, 0, 0];
+                let icmp_type = if *request {
+                    A::ECHO_REQUEST
+                } else {
+                    A::ECHO_REPLY
+                };
+                let mut h = vec![icmp_type, 0, 0, 0];
                 h.extend_from_slice(&id.to_be_bytes());
                 h.extend_from_slice(&seq.to_be_bytes());
                 h.extend_from_slice(&self.payload);
@@ -182,47 +415,52 @@ impl Frame {
                 h.extend_from_slice(quoted);
                 h
             }
+            L4::Icmp {
+                icmp_type,
+                code,
+                rest,
+                body,
+            } => {
+                let mut h = vec![*icmp_type, *code, 0, 0];
+                h.extend_from_slice(rest);
+                h.extend_from_slice(body);
+                h
+            }
         };
         let proto = self.proto();
-        match &self.l4 {
-            L4::Tcp { .. } => {
-                let c = l4_checksum(self.src, self.dst, proto, &l4);
-                l4[16..18].copy_from_slice(&c.to_be_bytes());
+        let (csum_off, pseudo_header) = match &self.l4 {
+            L4::Tcp { .. } => (16, true),
+            L4::Udp {
+                zero_csum: true, ..
+            } => return l4,
+            L4::Udp { .. } => (6, true),
+            L4::IcmpEcho { .. } | L4::IcmpError { .. } | L4::Icmp { .. } => {
+                (2, A::ICMP_PSEUDO_HEADER)
             }
-            L4::Udp { zero_csum, .. } => {
-                if !zero_csum {
-                    let c = l4_checksum(self.src, self.dst, proto, &l4);
-                    l4[6..8].copy_from_slice(&c.to_be_bytes());
-                }
-            }
-            L4::IcmpEcho { .. } | L4::IcmpError { .. } => {
-                let c = checksum(&l4);
-                l4[2..4].copy_from_slice(&c.to_be_bytes());
-            }
-        }
-        let ihl = 20 + self.options.len();
-        let mut ip = vec![0u8; 20];
-        ip[0] = 0x40 | (ihl / 4) as u8;
-        ip[2..4].copy_from_slice(&((ihl + l4.len()) as u16).to_be_bytes());
-        ip[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
-        let frag = (u16::from(self.frag.0) << 13) | self.frag.1;
-        ip[6..8].copy_from_slice(&frag.to_be_bytes());
-        ip[8] = self.ttl;
-        ip[9] = proto;
-        ip[12..16].copy_from_slice(&self.src.octets());
-        ip[16..20].copy_from_slice(&self.dst.octets());
-        ip.extend_from_slice(&self.options);
-        let c = checksum(&ip);
-        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        };
+        let c = if pseudo_header {
+            l4_checksum(self.src, self.dst, proto, &l4)
+        } else {
+            checksum(&l4)
+        };
+        l4[csum_off..csum_off + 2].copy_from_slice(&c.to_be_bytes());
+        l4
+    }
+
+    /// The IP packet (no Ethernet header), checksums valid.
+    pub fn ip_bytes(&self) -> Vec<u8> {
+        let l4 = self.l4_bytes();
+        let mut ip = A::header(self, l4.len());
         ip.extend_from_slice(&l4);
         ip
     }
 
+    /// The L4 protocol number.
     pub fn proto(&self) -> u8 {
         match self.l4 {
             L4::Tcp { .. } => 6,
             L4::Udp { .. } => 17,
-            L4::IcmpEcho { .. } | L4::IcmpError { .. } => 1,
+            L4::IcmpEcho { .. } | L4::IcmpError { .. } | L4::Icmp { .. } => A::ICMP,
         }
     }
 
@@ -231,7 +469,7 @@ impl Frame {
         let mut f = Vec::new();
         f.extend_from_slice(&self.dst_mac);
         f.extend_from_slice(&self.src_mac);
-        f.extend_from_slice(&0x0800u16.to_be_bytes());
+        f.extend_from_slice(&A::ETHERTYPE.to_be_bytes());
         f.extend_from_slice(&self.ip_bytes());
         f
     }
@@ -251,17 +489,29 @@ pub fn arp_request(sender_mac: [u8; 6], sender_ip: Ipv4Addr, target_ip: Ipv4Addr
     f
 }
 
-/// A parsed view of an output frame, for assertions.
+/// A parsed view of an output frame, for assertions: `Parsed` for IPv4,
+/// `Parsed<Ipv6Addr>` for IPv6.
 #[derive(Debug)]
-pub struct Parsed<'a> {
+pub struct Parsed<'a, A: Ip = Ipv4Addr> {
     pub frame: &'a [u8],
+    /// The IP headers' length up to L4 (IPv4 options, IPv6 extension
+    /// headers included).
     pub ihl: usize,
+    proto: u8,
+    end: usize,
+    _family: PhantomData<A>,
 }
 
-impl<'a> Parsed<'a> {
+impl<'a, A: Ip> Parsed<'a, A> {
     pub fn new(frame: &'a [u8]) -> Self {
-        let ihl = ((frame[ETH_HLEN] & 0x0f) as usize) * 4;
-        Self { frame, ihl }
+        let (ihl, proto, end) = A::locate_l4(&frame[ETH_HLEN..]);
+        Self {
+            frame,
+            ihl,
+            proto,
+            end,
+            _family: PhantomData,
+        }
     }
     pub fn dst_mac(&self) -> [u8; 6] {
         self.frame[0..6].try_into().expect("6 bytes")
@@ -269,22 +519,29 @@ impl<'a> Parsed<'a> {
     pub fn src_mac(&self) -> [u8; 6] {
         self.frame[6..12].try_into().expect("6 bytes")
     }
+    pub fn ethertype(&self) -> u16 {
+        u16::from_be_bytes([self.frame[12], self.frame[13]])
+    }
     fn ip(&self) -> &[u8] {
         &self.frame[ETH_HLEN..]
     }
-    pub fn src(&self) -> Ipv4Addr {
-        Ipv4Addr::from(<[u8; 4]>::try_from(&self.ip()[12..16]).expect("4 bytes"))
+    pub fn src(&self) -> A {
+        A::from_bytes(&self.ip()[A::SRC_OFF..])
     }
-    pub fn dst(&self) -> Ipv4Addr {
-        Ipv4Addr::from(<[u8; 4]>::try_from(&self.ip()[16..20]).expect("4 bytes"))
+    pub fn dst(&self) -> A {
+        A::from_bytes(&self.ip()[A::DST_OFF..])
     }
+    /// TTL, or hop limit.
     pub fn ttl(&self) -> u8 {
-        self.ip()[8]
+        self.ip()[A::TTL_OFF]
+    }
+    /// The L4 protocol (after any IPv6 extension headers).
+    pub fn proto(&self) -> u8 {
+        self.proto
     }
     pub fn l4(&self) -> &[u8] {
         // A quoted packet is cut short: stop at what is there.
-        let tot = (u16::from_be_bytes([self.ip()[2], self.ip()[3]]) as usize).min(self.ip().len());
-        &self.ip()[self.ihl..tot]
+        &self.ip()[self.ihl..self.end]
     }
     pub fn sport(&self) -> u16 {
         u16::from_be_bytes([self.l4()[0], self.l4()[1]])
@@ -292,32 +549,39 @@ impl<'a> Parsed<'a> {
     pub fn dport(&self) -> u16 {
         u16::from_be_bytes([self.l4()[2], self.l4()[3]])
     }
+    /// ICMP type.
+    pub fn icmp_type(&self) -> u8 {
+        self.l4()[0]
+    }
     pub fn echo_id(&self) -> u16 {
         u16::from_be_bytes([self.l4()[4], self.l4()[5]])
     }
+    /// The IPv4 header checksum verifies (IPv6 has none: always true).
     pub fn ip_header_ok(&self) -> bool {
-        csum_fold(sum_words(&self.ip()[..self.ihl])) == 0xffff
+        A::header_checksum_ok(&self.ip()[..self.ihl])
     }
-    /// TCP/UDP checksum (with pseudo-header) verifies; a UDP checksum of 0
-    /// counts as valid ("none").
+    /// TCP/UDP/ICMP checksum (with the family's pseudo-header where it
+    /// has one) verifies; a UDP checksum of 0 counts as valid ("none")
+    /// over IPv4 only.
     pub fn l4_csum_ok(&self) -> bool {
-        let proto = self.ip()[9];
+        let proto = self.proto;
         let seg = self.l4();
+        let verifies = |pseudo| csum_fold(pseudo + sum_words(seg)) == 0xffff;
         match proto {
-            17 if seg[6..8] == [0, 0] => true,
-            6 | 17 => {
-                csum_fold(pseudo_sum(self.src(), self.dst(), proto, seg.len()) + sum_words(seg))
-                    == 0xffff
+            17 if seg[6..8] == [0, 0] => A::UDP_CHECKSUM_OPTIONAL,
+            6 | 17 => verifies(pseudo_sum(self.src(), self.dst(), proto, seg.len())),
+            p if p == A::ICMP && A::ICMP_PSEUDO_HEADER => {
+                verifies(pseudo_sum(self.src(), self.dst(), proto, seg.len()))
             }
-            1 => csum_fold(sum_words(seg)) == 0xffff,
+            p if p == A::ICMP => verifies(0),
             _ => false,
         }
     }
     pub fn udp_csum(&self) -> u16 {
         u16::from_be_bytes([self.l4()[6], self.l4()[7]])
     }
-    /// The IPv4 header an ICMP error quotes.
-    pub fn quoted(&self) -> Parsed<'a> {
+    /// The IP packet an ICMP error quotes.
+    pub fn quoted(&self) -> Parsed<'a, A> {
         // Re-frame the quoted packet behind a fake Ethernet header offset.
         let start = ETH_HLEN + self.ihl + 8 - ETH_HLEN;
         Parsed::new(&self.frame[start..])

@@ -23,14 +23,17 @@
 //! namespace with
 //!
 //! ```text
-//!  c0 GATEWAY_IP/16  (veth, peer c1): where containers are
-//!  u0 HOST_IP/24     (veth, peer u1): the uplink; OUTSIDE_IP is a permanent
-//!                                     neighbour, so bpf_fib_lookup answers
-//!                                     the same every time
+//!  c0 GATEWAY_IP/16, GATEWAY_IP6/64  (veth, peer c1): where containers are
+//!  u0 HOST_IP/24, HOST_IP6/64        (veth, peer u1): the uplink; OUTSIDE_IP
+//!                                    and OUTSIDE_IP6 are permanent neighbours,
+//!                                    so bpf_fib_lookup answers the same
+//!                                    every time
 //! ```
 //!
 //! and the object loaded with its maps pinned in a private bpffs directory
-//! and CONFIG filled for that topology. The calling thread stays in the
+//! and CONFIG filled for that topology, dual stack as `up` makes it by
+//! default (IPv6 on, NAT66 to HOST_IP6). IPv6 frames run through the IPv4
+//! entry points, which tail-call the IPv6 programs as they do in the kernel. The calling thread stays in the
 //! namespace (`bpf_fib_lookup` and ifindexes are per namespace) until the
 //! datapath drops, which also removes the pins and the namespace.
 //!
@@ -40,7 +43,7 @@
 use std::ffi::CString;
 use std::fs;
 use std::marker::PhantomData;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -50,11 +53,13 @@ use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, ProgramArray};
 use aya::programs::{SchedClassifier, TestRunOptions, TestRunResult, Xdp};
 use aya::{Ebpf, EbpfLoader, TestRun};
+use netpath_common::host::{HostAddr, HostIp, ip_to_wire, ip6_to_wire};
 use netpath_common::load::load_program;
 use netpath_common::{
-    Config, Endpoint, FlowEntry, FlowKey, Network, NetworkDrops, PortKey, PortTarget, Proto,
-    SLOW_PATH_FROM_CONTAINER, SLOW_PATH_NEW_FLOW, SLOW_PATH_TO_UPLINK, host::ip_to_wire, names,
-    network_drop,
+    CONFIG_FLAG_IPV6, Config, Endpoint, FlowEntry, FlowKey, Ip6, Network, NetworkDrops, PortKey,
+    PortTarget, Proto, SLOW_PATH_FROM_CONTAINER, SLOW_PATH_FROM_CONTAINER6, SLOW_PATH_FROM_UPLINK6,
+    SLOW_PATH_ICMP_ERROR6, SLOW_PATH_NEW_FLOW, SLOW_PATH_NEW_FLOW6, SLOW_PATH_TO_UPLINK,
+    SLOW_PATH_TO_UPLINK6, names, network_drop,
 };
 
 use crate::names::unique_name;
@@ -91,6 +96,48 @@ pub const C1_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
 pub const C1_MAC: [u8; 6] = [0x02, 0xc1, 0, 0, 0, 1];
 pub const C2_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 3);
 pub const C2_MAC: [u8; 6] = [0x02, 0xc2, 0, 0, 0, 2];
+
+/// The host's global IPv6 address on the uplink: the NAT66 source.
+pub const HOST_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+/// The uplink's IPv6 neighbour.
+pub const OUTSIDE_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
+/// The containers' IPv6 gateway, on `c0`; network 0's subnet is
+/// fd00:77::/64.
+pub const GATEWAY_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 1);
+const SUBNET6_PREFIX: u8 = 64;
+/// C1's and C2's IPv6 addresses ([`TestDatapath::add_endpoint`] with them).
+pub const C1_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 2);
+pub const C2_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 3);
+
+/// The IPv6 subnet of network `id`: fd00:77:0:`id`::/64.
+pub fn subnet6(id: u16) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x77, 0, id, 0, 0, 0, 0)
+}
+
+/// The IPv6 gateway of network `id`: fd00:77:0:`id`::1.
+pub fn gateway6(id: u16) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x77, 0, id, 0, 0, 0, 1)
+}
+
+/// An address family's maps: IPv4 (`u32`) or IPv6 (`Ip6`), so the helpers
+/// below take either family's addresses.
+pub trait MapFamily: HostAddr + aya::Pod {
+    const ENDPOINTS: &'static str;
+    const PORTS: &'static str;
+    const CONNTRACK: &'static str;
+}
+
+impl MapFamily for u32 {
+    const ENDPOINTS: &'static str = names::ENDPOINTS;
+    const PORTS: &'static str = names::PORTS;
+    const CONNTRACK: &'static str = names::CONNTRACK;
+}
+
+impl MapFamily for Ip6 {
+    const ENDPOINTS: &'static str = names::ENDPOINTS6;
+    const PORTS: &'static str = names::PORTS6;
+    const CONNTRACK: &'static str = names::CONNTRACK6;
+}
 /// The SNAT port range CONFIG starts with (host byte order, inclusive).
 pub const SNAT_RANGE: (u16, u16) = (40000, 49999);
 
@@ -161,8 +208,13 @@ pub struct RunOutput {
 }
 
 impl RunOutput {
-    /// The output frame, for assertions on its headers.
+    /// The output IPv4 frame, for assertions on its headers.
     pub fn parsed(&self) -> Parsed<'_> {
+        Parsed::new(&self.frame)
+    }
+
+    /// The output IPv6 frame.
+    pub fn parsed6(&self) -> Parsed<'_, Ipv6Addr> {
         Parsed::new(&self.frame)
     }
 }
@@ -196,11 +248,20 @@ impl TestDatapath {
             "ip link set u1 up".to_string(),
             format!("ip addr add {HOST_IP}/24 dev u0"),
             format!("ip addr add {GATEWAY_IP}/16 dev c0"),
+            // nodad: usable at once, as the FIB needs them.
+            format!("ip addr add {HOST_IP6}/64 dev u0 nodad"),
+            format!("ip addr add {GATEWAY_IP6}/{SUBNET6_PREFIX} dev c0 nodad"),
             format!(
                 "ip neigh replace {OUTSIDE_IP} lladdr {} dev u0 nud permanent",
                 OUTSIDE_MAC.map(|b| format!("{b:02x}")).join(":")
             ),
+            format!(
+                "ip neigh replace {OUTSIDE_IP6} lladdr {} dev u0 nud permanent",
+                OUTSIDE_MAC.map(|b| format!("{b:02x}")).join(":")
+            ),
             "sysctl -qw net.ipv4.conf.all.forwarding=1".to_string(),
+            // bpf_fib_lookup answers IPv6 only with forwarding on.
+            "sysctl -qw net.ipv6.conf.all.forwarding=1".to_string(),
         ] {
             let argv: Vec<&str> = cmd.split_whitespace().collect();
             let out = netns.exec(&argv);
@@ -235,22 +296,36 @@ impl TestDatapath {
         Ok(dp)
     }
 
-    /// Loads the new-flow slow path and fills `SLOW_PATHS` as netpath's
-    /// loader does: first packets of flows run through it.
+    /// Loads the programs reached by tail call (the new-flow slow paths,
+    /// the IPv6 programs) and fills `SLOW_PATHS` as netpath's loader does:
+    /// first packets of flows, and IPv6 frames, run through them.
     fn link_slow_paths(&mut self) -> Result<()> {
-        let name = names::PROG_FROM_CONTAINER_NEW_FLOW;
-        let new_flow: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(name)
-            .with_context(|| format!("no program {name}"))?
-            .try_into()?;
-        load_program(|| new_flow.load())
-            .with_context(|| format!("the verifier rejected {name}"))?;
+        for name in [
+            names::PROG_FROM_CONTAINER_NEW_FLOW,
+            names::PROG_FROM_CONTAINER6_NEW_FLOW,
+            names::PROG_FROM_CONTAINER6,
+            names::PROG_FROM_UPLINK6,
+            names::PROG_TO_UPLINK6,
+            names::PROG_ICMP_ERROR6,
+        ] {
+            let prog: &mut SchedClassifier = self
+                .ebpf
+                .program_mut(name)
+                .with_context(|| format!("no program {name}"))?
+                .try_into()?;
+            load_program(|| prog.load())
+                .with_context(|| format!("the verifier rejected {name}"))?;
+        }
         let mut fds = Vec::new();
         for (index, name) in [
-            (SLOW_PATH_NEW_FLOW, name),
+            (SLOW_PATH_NEW_FLOW, names::PROG_FROM_CONTAINER_NEW_FLOW),
             (SLOW_PATH_FROM_CONTAINER, names::PROG_FROM_CONTAINER),
             (SLOW_PATH_TO_UPLINK, names::PROG_TO_UPLINK),
+            (SLOW_PATH_NEW_FLOW6, names::PROG_FROM_CONTAINER6_NEW_FLOW),
+            (SLOW_PATH_FROM_CONTAINER6, names::PROG_FROM_CONTAINER6),
+            (SLOW_PATH_TO_UPLINK6, names::PROG_TO_UPLINK6),
+            (SLOW_PATH_FROM_UPLINK6, names::PROG_FROM_UPLINK6),
+            (SLOW_PATH_ICMP_ERROR6, names::PROG_ICMP_ERROR6),
         ] {
             let prog: &SchedClassifier = self
                 .ebpf
@@ -294,6 +369,8 @@ impl TestDatapath {
                 snat_port_min: SNAT_RANGE.0,
                 snat_port_max: SNAT_RANGE.1,
                 gateway_mac: GATEWAY_MAC,
+                flags: CONFIG_FLAG_IPV6,
+                host_ip6: ip6_to_wire(HOST_IP6),
                 ..Config::new(HOST_IP)
             },
             0,
@@ -301,14 +378,20 @@ impl TestDatapath {
         self.set_network(0, NETWORK_FLAGS_NONE)
     }
 
-    /// Network 0 (C1's and C2's, 10.77.0.0/16) with `NETWORK_*` flags.
+    /// Network `id` with `NETWORK_*` flags, dual stack: network 0 (C1's
+    /// and C2's) is 10.77.0.0/16 and fd00:77::/64, the others
+    /// [`other_subnet`] and [`subnet6`].
     pub fn set_network(&mut self, id: u16, flags: u32) -> Result<()> {
         let (addr, gateway) = if id == 0 {
             (SUBNET_ADDR, GATEWAY_IP)
         } else {
             (other_subnet(id), other_gateway(id))
         };
-        let network = Network::new(addr, SUBNET_PREFIX, gateway, 0, flags);
+        let network = Network::new(addr, SUBNET_PREFIX, gateway, 0, flags).with_ipv6(
+            subnet6(id),
+            SUBNET6_PREFIX,
+            gateway6(id),
+        );
         Array::<_, Network>::try_from(self.map_mut(names::NETWORKS)?)?.set(
             u32::from(id),
             network,
@@ -319,19 +402,33 @@ impl TestDatapath {
             u32::from(id),
             0,
         )?;
+        LpmTrie::<_, Ip6, u32>::try_from(self.map_mut(names::SUBNETS6)?)?.insert(
+            &Key::new(u32::from(SUBNET6_PREFIX), network.subnet6_addr),
+            u32::from(id),
+            0,
+        )?;
         Ok(())
     }
 
-    /// A container at `ip` behind `c0`, on network 0.
-    pub fn add_endpoint(&mut self, ip: Ipv4Addr, mac: [u8; 6]) -> Result<()> {
+    /// A container at `ip` (either family) behind `c0`, on network 0.
+    pub fn add_endpoint<I: HostIp>(&mut self, ip: I, mac: [u8; 6]) -> Result<()>
+    where
+        I::Wire: MapFamily,
+    {
         self.add_endpoint_on(ip, mac, 0)
     }
 
     /// A container at `ip` behind `c0`, on network `network_id`.
-    pub fn add_endpoint_on(&mut self, ip: Ipv4Addr, mac: [u8; 6], network_id: u16) -> Result<()> {
+    pub fn add_endpoint_on<I: HostIp>(&mut self, ip: I, mac: [u8; 6], network_id: u16) -> Result<()>
+    where
+        I::Wire: MapFamily,
+    {
         let ifindex = self.container_ifindex;
-        self.endpoints()?
-            .insert(ip_to_wire(ip), Endpoint::new(ifindex, mac, network_id), 0)?;
+        self.endpoints::<I::Wire>()?.insert(
+            ip.to_wire(),
+            Endpoint::new(ifindex, mac, network_id),
+            0,
+        )?;
         Ok(())
     }
 
@@ -353,7 +450,7 @@ impl TestDatapath {
 
     /// Changes a registered container's MAC behind the flows' back.
     pub fn set_endpoint_mac(&mut self, ip: Ipv4Addr, mac: [u8; 6]) -> Result<()> {
-        let mut endpoints = self.endpoints()?;
+        let mut endpoints = self.endpoints::<u32>()?;
         let mut endpoint = endpoints
             .get(&ip_to_wire(ip), 0)
             .with_context(|| format!("no endpoint {ip}"))?;
@@ -362,18 +459,24 @@ impl TestDatapath {
         Ok(())
     }
 
-    /// Publishes `host_port` (any host address) to `target:port`.
-    pub fn publish(
+    /// Publishes `host_port` (any host address of `target`'s family: the
+    /// `PORTS` or `PORTS6` key with host_ip unspecified) to `target:port`.
+    pub fn publish<I: HostIp>(
         &mut self,
         host_port: u16,
-        target: Ipv4Addr,
+        target: I,
         port: u16,
         proto: Proto,
-    ) -> Result<()> {
-        let mut ports: HashMap<_, PortKey, PortTarget> =
-            HashMap::try_from(self.map_mut(names::PORTS)?)?;
+    ) -> Result<()>
+    where
+        I::Wire: MapFamily,
+        PortKey<I::Wire>: aya::Pod,
+        PortTarget<I::Wire>: aya::Pod,
+    {
+        let mut ports: HashMap<_, PortKey<I::Wire>, PortTarget<I::Wire>> =
+            HashMap::try_from(self.map_mut(I::Wire::PORTS)?)?;
         ports.insert(
-            PortKey::new(None::<Ipv4Addr>, host_port, proto),
+            PortKey::new(None::<I>, host_port, proto),
             PortTarget::new(target, port),
             0,
         )?;
@@ -385,6 +488,19 @@ impl TestDatapath {
         let mut c = config.get(&0, 0)?;
         c.snat_port_min = min;
         c.snat_port_max = max;
+        config.set(0, c, 0)?;
+        Ok(())
+    }
+
+    /// Switches IPv6 off (`up --ipv6=false`) or back on.
+    pub fn set_ipv6(&mut self, on: bool) -> Result<()> {
+        let mut config = self.config()?;
+        let mut c = config.get(&0, 0)?;
+        c.flags = if on {
+            c.flags | CONFIG_FLAG_IPV6
+        } else {
+            c.flags & !CONFIG_FLAG_IPV6
+        };
         config.set(0, c, 0)?;
         Ok(())
     }
@@ -407,13 +523,18 @@ impl TestDatapath {
         Ok(())
     }
 
-    /// The flow whose original tuple is `key`, if tracked.
-    pub fn flow(&self, key: FlowKey) -> Result<Option<FlowEntry>> {
+    /// The flow whose original tuple is `key` (either family's
+    /// `CONNTRACK`), if tracked.
+    pub fn flow<A: MapFamily>(&self, key: FlowKey<A>) -> Result<Option<FlowEntry<A>>>
+    where
+        FlowKey<A>: aya::Pod,
+        FlowEntry<A>: aya::Pod,
+    {
         let map = self
             .ebpf
-            .map(names::CONNTRACK)
-            .context("no CONNTRACK map")?;
-        let conntrack: HashMap<_, FlowKey, FlowEntry> = HashMap::try_from(map)?;
+            .map(A::CONNTRACK)
+            .with_context(|| format!("no map {}", A::CONNTRACK))?;
+        let conntrack: HashMap<_, FlowKey<A>, FlowEntry<A>> = HashMap::try_from(map)?;
         match conntrack.get(&key, 0) {
             Ok(entry) => Ok(Some(entry)),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
@@ -489,8 +610,8 @@ impl TestDatapath {
         Ok(Array::try_from(self.map_mut(names::CONFIG)?)?)
     }
 
-    fn endpoints(&mut self) -> Result<HashMap<&mut MapData, u32, Endpoint>> {
-        Ok(HashMap::try_from(self.map_mut(names::ENDPOINTS)?)?)
+    fn endpoints<A: MapFamily>(&mut self) -> Result<HashMap<&mut MapData, A, Endpoint>> {
+        Ok(HashMap::try_from(self.map_mut(A::ENDPOINTS)?)?)
     }
 }
 

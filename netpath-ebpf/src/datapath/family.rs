@@ -117,7 +117,7 @@ pub trait Family: 'static {
     /// What a container's packet meets before its source is checked:
     /// IPv6's neighbour discovery, which speaks from link-local addresses,
     /// and the RA guard.
-    fn screen_from_container(pkt: &Packet<Self::Addr>) -> Option<Verdict>;
+    fn screen_from_container<C: Ctx>(ctx: &C, pkt: &Packet<Self::Addr>) -> Option<Verdict>;
     /// Multicast and link-local destinations (IPv6): the bridge's and the
     /// kernel's, never translated.
     fn is_link_scope(addr: Self::Addr) -> bool;
@@ -277,7 +277,7 @@ impl Family for V4 {
         fragments::resolve(pkt)
     }
     #[inline(always)]
-    fn screen_from_container(_pkt: &Packet<u32>) -> Option<Verdict> {
+    fn screen_from_container<C: Ctx>(_ctx: &C, _pkt: &Packet<u32>) -> Option<Verdict> {
         None
     }
     #[inline(always)]
@@ -426,13 +426,15 @@ impl Family for V6 {
         false
     }
     #[inline(always)]
-    fn screen_from_container(pkt: &Packet<Ip6>) -> Option<Verdict> {
-        if pkt.key.proto == IPPROTO_ICMPV6
-            && matches!(
-                pkt.icmp_type,
-                parse::ICMPV6_ROUTER_ADVERTISEMENT | parse::ICMPV6_REDIRECT
-            )
-        {
+    fn screen_from_container<C: Ctx>(ctx: &C, pkt: &Packet<Ip6>) -> Option<Verdict> {
+        if pkt.key.proto == IPPROTO_ICMPV6 && is_router_message(pkt.icmp_type) {
+            return Some(Verdict::drop(stat::DROP_ROUTER_MESSAGE));
+        }
+        // Behind extension headers too (RFC 7113): such a packet to the
+        // link goes to the kernel and the bridge, which would accept it.
+        // (Elsewhere receivers take router messages only from link-local
+        // addresses, which may speak only to the link, below.)
+        if pkt.extension && Self::is_link_scope(pkt.key.daddr) && hides_router_message(ctx, pkt) {
             return Some(Verdict::drop(stat::DROP_ROUTER_MESSAGE));
         }
         let saddr = pkt.key.saddr;
@@ -462,6 +464,52 @@ impl Family for V6 {
     fn admits(_port: &PortKey<Ip6>, target: &PortTarget<Ip6>, _saddr: Ip6) -> bool {
         !target.is_restricted()
     }
+}
+
+/// Neighbour discovery messages only a router sends: a container sending
+/// one tries to become the others' router (RA guard, RFC 6105).
+#[inline(always)]
+fn is_router_message(icmp_type: u8) -> bool {
+    matches!(
+        icmp_type,
+        parse::ICMPV6_ROUTER_ADVERTISEMENT | parse::ICMPV6_REDIRECT
+    )
+}
+
+/// Hop-by-hop, routing and destination options headers looked through for
+/// a router message; a longer chain is judged as one (RFC 7113: what can't
+/// be seen through is dropped).
+const EXTENSION_HEADERS_SEEN: usize = 3;
+
+/// Whether an IPv6 packet with extension headers carries a router message
+/// behind them, or a chain too long (or too far into the frame) to tell. A
+/// fragment stops the search: the kernel drops fragmented neighbour
+/// discovery itself (RFC 6980).
+#[inline(always)]
+fn hides_router_message<C: Ctx>(ctx: &C, pkt: &Packet<Ip6>) -> bool {
+    let mut next = pkt.key.proto;
+    // `Parsed::Other` leaves `l4` at the first header after the fixed one.
+    let mut off = pkt.l4;
+    for _ in 0..=EXTENSION_HEADERS_SEEN {
+        match next {
+            parse::IPV6_HOP_BY_HOP | parse::IPV6_ROUTING | parse::IPV6_DEST_OPTIONS => {
+                let Ok([next_header, len]) = ctx.load::<[u8; 2]>(off) else {
+                    return true;
+                };
+                next = next_header;
+                off += (usize::from(len) + 1) * 8;
+            }
+            IPPROTO_ICMPV6 => {
+                // Type and code: a one-byte load's bounds check compiles
+                // to a form the verifier can't follow.
+                return ctx
+                    .load::<[u8; 2]>(off)
+                    .map_or(true, |[icmp_type, _]| is_router_message(icmp_type));
+            }
+            _ => return false,
+        }
+    }
+    true
 }
 
 /// fe80::/10.

@@ -97,7 +97,7 @@ fn from_container_verdict<F: Family>(ctx: &mut TcContext, cfg: &Config) -> Verdi
         Parsed::Malformed => return Verdict::drop(stat::DROP_MALFORMED),
     };
     let pkt = keep::<F>(&mut parsed, Kept::Packet);
-    if let Some(verdict) = F::screen_from_container(pkt) {
+    if let Some(verdict) = F::screen_from_container(ctx, pkt) {
         return verdict;
     }
     // Every IP packet, whatever its protocol, carries the container's own

@@ -23,6 +23,11 @@ pub const ICMPV6_ROUTER_ADVERTISEMENT: u8 = 134;
 pub const ICMPV6_REDIRECT: u8 = 137;
 /// IPv6's fragment header; the other extension headers are below.
 const IPV6_FRAGMENT: u8 = 44;
+/// The extension headers a router message may hide behind (length in
+/// 8-byte units after the first 8).
+pub const IPV6_HOP_BY_HOP: u8 = 0;
+pub const IPV6_ROUTING: u8 = 43;
+pub const IPV6_DEST_OPTIONS: u8 = 60;
 const IPV6_EXTENSION_HEADERS: [u8; 7] = [0, 43, 50, 51, 60, 135, 139];
 /// The fixed IPv6 header.
 pub const IPV6_HLEN: usize = 40;
