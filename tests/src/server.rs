@@ -14,7 +14,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// GET: body is the client's "ip:port" (or `x` * N for `/size/N`).
 /// POST: body is "ip:port LEN" where LEN is the number of bytes received.
 const HTTP_PY: &str = r#"
-import sys, socketserver, http.server
+import sys, socket, socketserver, http.server
 host, port = sys.argv[1], int(sys.argv[2])
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.0"
@@ -47,6 +47,7 @@ class H(http.server.BaseHTTPRequestHandler):
     def log_message(self, *a):
         pass
 class S(socketserver.ThreadingTCPServer):
+    address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
     allow_reuse_address = True
     daemon_threads = True
 s = S((host, port), H)
@@ -58,7 +59,7 @@ s.serve_forever()
 const UDP_PY: &str = r#"
 import sys, socket
 host, port = sys.argv[1], int(sys.argv[2])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
 s.bind((host, port))
 print("READY %d" % s.getsockname()[1], flush=True)
 while True:
@@ -70,7 +71,7 @@ while True:
 
 /// On connect sends b"ip:port\n", then echoes everything until EOF.
 const TCP_PY: &str = r#"
-import sys, socketserver
+import sys, socket, socketserver
 host, port = sys.argv[1], int(sys.argv[2])
 class H(socketserver.BaseRequestHandler):
     def handle(self):
@@ -84,6 +85,7 @@ class H(socketserver.BaseRequestHandler):
                 break
             self.request.sendall(d)
 class S(socketserver.ThreadingTCPServer):
+    address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
     allow_reuse_address = True
     daemon_threads = True
 s = S((host, port), H)
@@ -118,6 +120,7 @@ pub struct Server {
 
 impl Server {
     /// HTTP server bound to `bind:port` (port 0 = any; see [`Server::port`]).
+    /// An IPv6 `bind` (`::`) makes any server an IPv6 one.
     #[track_caller]
     pub fn http(place: impl Into<Place>, bind: &str, port: u16) -> Self {
         Self::start(place, ServerKind::Http, bind, port)
