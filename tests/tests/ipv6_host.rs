@@ -84,13 +84,14 @@ impl Pins {
             .expect("writing SUBNETS6");
     }
 
-    /// Publishes `host_port` on every host address to `CONTAINER6`:`port`.
-    fn publish6(&self, host_port: u16, port: u16, proto: Proto) {
+    /// Publishes `host_port` on `host_ip` (None: every host address) to
+    /// `CONTAINER6`:`port`.
+    fn publish6(&self, host_ip: Option<Ipv6Addr>, host_port: u16, port: u16, proto: Proto) {
         let mut ports: HashMap<MapData, PortKey<Ip6>, PortTarget<Ip6>> =
             HashMap::try_from(Map::HashMap(self.open(names::PORTS6))).expect("PORTS6");
         ports
             .insert(
-                PortKey::new(None::<Ipv6Addr>, host_port, proto),
+                PortKey::new(host_ip, host_port, proto),
                 PortTarget::new(CONTAINER6, port),
                 0,
             )
@@ -184,8 +185,9 @@ fn host_ipv6_sockets_reach_ipv6_containers_on_published_ports_only_in_its_netns(
     let pins = Pins::of(&lab);
     pins.set_ipv6(true);
     pins.add_subnet6();
-    pins.publish6(18080, 8080, Proto::Tcp);
-    pins.publish6(15353, 5353, Proto::Udp);
+    pins.publish6(None, 18080, 8080, Proto::Tcp);
+    pins.publish6(None, 15353, 5353, Proto::Udp);
+    pins.publish6(Some(HOST_IP6), 18082, 8080, Proto::Tcp);
 
     let host = lab.host_in_cgroup();
     let host_ip6 = HOST_IP6.to_string();
@@ -204,6 +206,9 @@ fn host_ipv6_sockets_reach_ipv6_containers_on_published_ports_only_in_its_netns(
             );
         }
     }
+    // A mapping bound to the host's IPv6 address answers there only.
+    reaches(&host, "tcp", &host_ip6, 18082);
+    refused(&host, "::1", 18082, "a mapping bound to another address");
     // Without a PORTS6 entry, [::1] still leads to the IPv4 container.
     let seen = reaches(&host, "tcp", "::1", 18081);
     assert!(

@@ -278,6 +278,17 @@ fn to_ipv4_container<F: Family>(
     ALLOW
 }
 
+/// The `SOCK_REVNAT6` key of this socket and a container's address. Zeroed
+/// whole first: LLVM would set the padding alone with a call to `memset`.
+#[inline(always)]
+fn rev_key6(ctx: &SockAddrContext, container_ip: Ip6, container_port: u16) -> SockRevNatKey6 {
+    let mut key = SockRevNatKey6::default();
+    key.cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    key.container_ip = container_ip;
+    key.container_port = container_port;
+    key
+}
+
 /// Whether an IPv6 hook may rewrite to an IPv4 container's v4-mapped address
 /// (`connect6`; not `sendmsg6`, see the module doc).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -303,12 +314,7 @@ fn to_container6(ctx: &SockAddrContext, to_ipv4: ToIpv4) -> i32 {
         .then(|| published(cfg, dst, port, proto))
         .flatten()
     {
-        let rev_key = SockRevNatKey6 {
-            cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
-            container_ip: target.container_ip,
-            container_port: target.container_port,
-            _pad: [0; 3],
-        };
+        let rev_key = rev_key6(ctx, target.container_ip, target.container_port);
         let rev = SockRevNatValue6 {
             orig_ip: dst,
             orig_port: port,
@@ -374,12 +380,7 @@ fn from_container6(ctx: &SockAddrContext) -> i32 {
     match v4_mapped(peer) {
         Some(container_ip) => from_ipv4_container::<Ipv6>(ctx, container_ip),
         None if cfg.ipv6() => {
-            let key = SockRevNatKey6 {
-                cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
-                container_ip: peer,
-                container_port: user_port(ctx),
-                _pad: [0; 3],
-            };
+            let key = rev_key6(ctx, peer, user_port(ctx));
             if let Some(orig) = unsafe { SOCK_REVNAT6.get(key) } {
                 write_ip6(sa, orig.orig_ip);
                 unsafe { (*sa).user_port = u32::from(orig.orig_port) };
