@@ -149,20 +149,19 @@ fn is_gateway6(ip: Ip6) -> bool {
 /// bound to `dst`, else one on every host address if `dst` is the host's.
 #[inline(always)]
 fn published<A: Published>(cfg: &Config, dst: A, port: u16, proto: u8) -> Option<PortTarget<A>> {
-    let mut key = PortKey {
-        host_ip: dst,
+    let key = |host_ip| PortKey {
+        host_ip,
         host_port: port,
         proto,
         _pad: 0,
     };
-    if let Some(target) = A::lookup(&key) {
+    if let Some(target) = A::lookup(&key(dst)) {
         return Some(target);
     }
     if !A::is_host(cfg, dst) {
         return None;
     }
-    key.host_ip = A::UNSPECIFIED;
-    A::lookup(&key)
+    A::lookup(&key(A::UNSPECIFIED))
 }
 
 /// How a hook family spells an IPv4 address. The verifier refuses
