@@ -13,6 +13,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// GET: body is the client's "ip:port" (or `x` * N for `/size/N`).
 /// POST: body is "ip:port LEN" where LEN is the number of bytes received.
+/// Every server binds IPv6 when its address has a colon (`::`, a
+/// container's IPv6 address), IPv4 otherwise.
 const HTTP_PY: &str = r#"
 import sys, socket, socketserver, http.server
 host, port = sys.argv[1], int(sys.argv[2])
@@ -120,7 +122,6 @@ pub struct Server {
 
 impl Server {
     /// HTTP server bound to `bind:port` (port 0 = any; see [`Server::port`]).
-    /// An IPv6 `bind` (`::`) makes any server an IPv6 one.
     #[track_caller]
     pub fn http(place: impl Into<Place>, bind: &str, port: u16) -> Self {
         Self::start(place, ServerKind::Http, bind, port)
