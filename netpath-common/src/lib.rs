@@ -168,6 +168,9 @@ pub mod names {
     pub const PROG_FROM_CONTAINER6_NEW_FLOW: &str = "from_container6_new_flow";
     pub const PROG_FROM_UPLINK6: &str = "from_uplink6";
     pub const PROG_TO_UPLINK6: &str = "to_uplink6";
+    /// ICMPv6 errors from containers and the uplink, in a program (and a
+    /// stack) of their own.
+    pub const PROG_ICMP_ERROR6: &str = "icmp_error6";
     pub const PROG_TO_UPLINK: &str = "to_uplink";
     pub const PROG_XDP_UPLINK: &str = "xdp_uplink";
     pub const PROG_XDP_PASS: &str = "xdp_pass";
@@ -195,6 +198,7 @@ pub const SLOW_PATH_NEW_FLOW6: u32 = 3;
 pub const SLOW_PATH_FROM_CONTAINER6: u32 = 4;
 pub const SLOW_PATH_TO_UPLINK6: u32 = 5;
 pub const SLOW_PATH_FROM_UPLINK6: u32 = 6;
+pub const SLOW_PATH_ICMP_ERROR6: u32 = 7;
 /// Slots of `SLOW_PATHS`.
 pub const SLOW_PATHS_LEN: u32 = 8;
 

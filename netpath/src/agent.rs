@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use netpath_common::{FlowEntry, FlowKey};
+use netpath_common::{Config, FlowEntry, FlowKey, Ip6};
 use tokio::{
     net::TcpListener,
     signal::unix::{SignalKind, signal},
@@ -24,7 +24,7 @@ use crate::{
     flows::{FlowView, monotonic_ns, thread_cpu_ns},
     metrics::{self, Retired},
     state::State,
-    tables::{FlowTally, Tables, TablesError},
+    tables::{Family, FlowTally, Tables, TablesError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -43,15 +43,32 @@ pub enum AgentError {
     },
 }
 
-/// The conntrack GC, with what it keeps between passes: buffers sized for
-/// the table, and when it last looked for dangling reply keys.
+/// The conntrack GC, with what it keeps between passes for each address
+/// family: both families' tables are collected alike.
 #[derive(Default)]
 pub struct Collector {
-    tally: FlowTally,
-    candidates: Vec<FlowKey>,
-    /// Reply keys of the flows the last walk found, sorted as `u128`s.
-    replies: Vec<u128>,
+    v4: FamilyCollector<u32>,
+    v6: FamilyCollector<Ip6>,
     passes: u64,
+}
+
+/// What the GC keeps between passes for one family's tables: buffers sized
+/// for the table.
+struct FamilyCollector<A: Family> {
+    tally: FlowTally<A>,
+    candidates: Vec<FlowKey<A>>,
+    /// Reply keys of the flows the last walk found, sorted.
+    replies: Vec<A::KeyBits>,
+}
+
+impl<A: Family> Default for FamilyCollector<A> {
+    fn default() -> Self {
+        Self {
+            tally: FlowTally::default(),
+            candidates: Vec::new(),
+            replies: Vec::new(),
+        }
+    }
 }
 
 /// Every how many passes the GC also walks `CT_REPLY` for reply keys whose
@@ -60,9 +77,32 @@ pub struct Collector {
 const DANGLING_EVERY: u64 = 16;
 
 impl Collector {
-    /// One garbage-collection pass; returns how many flows it removed. The
-    /// traffic of removed flows through published ports goes to `retired`,
-    /// so the per-port metrics keep counting.
+    /// One garbage-collection pass over both families' tables; returns how
+    /// many flows it removed. The traffic of removed flows through
+    /// published ports goes to `retired`, so the per-port metrics keep
+    /// counting.
+    pub fn collect(
+        &mut self,
+        datapath: &mut Datapath,
+        retired: &Retired,
+        timeouts: &Timeouts,
+    ) -> Result<usize, TablesError> {
+        let look_for_dangling = self.passes.is_multiple_of(DANGLING_EVERY);
+        self.passes += 1;
+        let tables = &mut datapath.tables;
+        let config = tables.config()?;
+        let v4 = self
+            .v4
+            .collect(tables, &config, retired, timeouts, look_for_dangling)?;
+        let v6 = self
+            .v6
+            .collect(tables, &config, retired, timeouts, look_for_dangling)?;
+        Ok(v4 + v6)
+    }
+}
+
+impl<A: Family> FamilyCollector<A> {
+    /// One pass over this family's tables.
     ///
     /// One walk of the table (batched reads) judges every flow and counts
     /// those that stay for the datapath's limits and SNAT pools. The
@@ -71,33 +111,32 @@ impl Collector {
     /// a flow that saw a packet since (its `last_seen_ns` moved) is kept,
     /// unless it is a handshake past its lifetime, which no packet extends
     /// (`Timeouts::expired`).
-    pub fn collect(
+    fn collect(
         &mut self,
-        datapath: &mut Datapath,
+        tables: &mut Tables,
+        config: &Config,
         retired: &Retired,
         timeouts: &Timeouts,
+        look_for_dangling: bool,
     ) -> Result<usize, TablesError> {
         let started = std::time::Instant::now();
-        let tables = &mut datapath.tables;
         let now = monotonic_ns();
-        let look_for_dangling = self.passes.is_multiple_of(DANGLING_EVERY);
-        self.passes += 1;
-        self.tally.clear(&tables.config()?);
+        self.tally.clear(config);
         self.candidates.clear();
         self.replies.clear();
         let mut walked = 0;
-        tables.for_each_flow(|key, entry| {
+        tables.for_each_flow::<A>(|key, entry| {
             walked += 1;
             if timeouts.expired(key, entry, now) {
                 self.candidates.push(*key);
             } else {
                 self.tally.add(key, entry);
                 if look_for_dangling {
-                    self.replies.push(bytemuck::cast(entry.reply));
+                    self.replies.push(A::key_bits(&entry.reply));
                 }
             }
         })?;
-        let mut expired: Vec<(FlowKey, FlowEntry)> = Vec::new();
+        let mut expired: Vec<(FlowKey<A>, FlowEntry<A>)> = Vec::new();
         for key in &self.candidates {
             let Some(entry) = tables.flow(key)? else {
                 continue;
@@ -123,11 +162,14 @@ impl Collector {
         if look_for_dangling {
             self.remove_dangling_replies(tables)?;
         }
-        log::trace!(
-            "conntrack GC: walked {walked} flows in {:?}, removed {}",
-            started.elapsed(),
-            expired.len()
-        );
+        if walked > 0 {
+            log::trace!(
+                "conntrack GC ({}): walked {walked} flows in {:?}, removed {}",
+                A::NAMES.conntrack,
+                started.elapsed(),
+                expired.len()
+            );
+        }
         Ok(expired.len())
     }
 
@@ -137,8 +179,8 @@ impl Collector {
     fn remove_dangling_replies(&mut self, tables: &mut Tables) -> Result<(), TablesError> {
         self.replies.sort_unstable();
         let mut unknown = Vec::new();
-        tables.for_each_reply(|reply, original| {
-            if self.replies.binary_search(&bytemuck::cast(*reply)).is_err() {
+        tables.for_each_reply::<A>(|reply, original| {
+            if self.replies.binary_search(&A::key_bits(reply)).is_err() {
                 unknown.push((*reply, *original));
             }
         })?;
@@ -150,7 +192,10 @@ impl Collector {
             }
         }
         if dangling > 0 {
-            log::debug!("conntrack GC: {dangling} dangling reply keys removed");
+            log::debug!(
+                "conntrack GC: {dangling} dangling reply keys removed from {}",
+                A::NAMES.ct_reply
+            );
         }
         Ok(())
     }
@@ -171,13 +216,19 @@ fn watch_routes(changed: Arc<Notify>) -> Result<(), AgentError> {
     use futures::StreamExt;
     use netlink_sys::{AsyncSocket, SocketAddr};
     use rtnetlink::constants::{
-        RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV4_RULE, RTMGRP_LINK, RTMGRP_NEIGH,
+        RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV4_RULE, RTMGRP_IPV6_IFADDR,
+        RTMGRP_IPV6_ROUTE, RTMGRP_LINK, RTMGRP_NEIGH,
     };
 
     let (mut connection, _handle, mut messages) =
         rtnetlink::new_connection().map_err(AgentError::RouteWatch)?;
-    let groups =
-        RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV4_RULE;
+    let groups = RTMGRP_LINK
+        | RTMGRP_NEIGH
+        | RTMGRP_IPV4_IFADDR
+        | RTMGRP_IPV4_ROUTE
+        | RTMGRP_IPV4_RULE
+        | RTMGRP_IPV6_IFADDR
+        | RTMGRP_IPV6_ROUTE;
     connection
         .socket_mut()
         .socket_mut()

@@ -330,11 +330,13 @@ fn port_mappings(mappings: &[PortMapping]) -> Result<Vec<Mapping>> {
             };
             let ip = match m.host_ip.as_deref() {
                 None | Some("") => None,
+                // 0.0.0.0 and :: are every address of their family, as
+                // in `-p`.
                 Some(text) => match text.parse::<IpAddr>() {
-                    Ok(IpAddr::V4(ip)) => Some(ip).filter(|ip| !ip.is_unspecified()),
-                    _ => {
+                    Ok(ip) => Some(ip),
+                    Err(_) => {
                         return Err(bad(format!(
-                            "portMappings: hostIP {text} is not an IPv4 address"
+                            "portMappings: hostIP {text} is not an IP address"
                         )));
                     }
                 },
@@ -538,11 +540,20 @@ fn check(conf: &NetConf, env: &Env, instance: &Instance) -> Result<()> {
     }
     let ports = tables.ports().map_err(failed)?;
     for mapping in port_mappings(&conf.runtime_config.port_mappings)? {
-        let published = ports.iter().any(|(key, target)| {
-            *key == mapping.host.key()
-                && target.container_ip() == ip
-                && target.container_port() == mapping.container_port
-        });
+        // The IPv4 side, where the mapping has one (an IPv6-only one: its
+        // port).
+        let published = match mapping.host.key() {
+            Some(key4) => ports.iter().any(|(key, target)| {
+                *key == key4
+                    && target.container_ip() == ip
+                    && target.container_port() == mapping.container_port
+            }),
+            None => tables
+                .ports::<netpath_common::Ip6>()
+                .map_err(failed)?
+                .iter()
+                .any(|(key, _)| Some(*key) == mapping.host.key6()),
+        };
         if !published {
             problems.push(format!("{} is not published to {ip}", mapping.host));
         }
@@ -572,13 +583,16 @@ mod tests {
         let conf: RuntimeConfig = serde_json::from_value(json!({"portMappings": [
             {"hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": ""},
             {"hostPort": 5353, "containerPort": 53, "protocol": "UDP", "hostIP": "127.0.0.1"},
+            {"hostPort": 8443, "containerPort": 443, "hostIP": "::"},
         ]}))
         .expect("valid");
         let m = port_mappings(&conf.port_mappings).expect("valid");
         assert_eq!(m[0].host.to_string(), "8080/tcp");
         assert_eq!(m[1].host.to_string(), "127.0.0.1:5353/udp");
+        assert_eq!(m[2].host.to_string(), "[::]:8443/tcp");
+        assert_eq!((m[2].host.key(), m[2].host.key6().is_some()), (None, true));
         let bad: RuntimeConfig = serde_json::from_value(json!({"portMappings": [
-            {"hostPort": 80, "containerPort": 80, "hostIP": "::1"},
+            {"hostPort": 80, "containerPort": 80, "hostIP": "localhost"},
         ]}))
         .expect("valid JSON");
         assert_eq!(

@@ -2,7 +2,7 @@
 //! floor every other module may import, which imports none of them.
 use std::{fmt, fs, str::FromStr, time::Duration};
 
-use netpath_common::{FLOW_SEEN_REPLY, FlowEntry, FlowKey, IPPROTO_TCP, tcp_state};
+use netpath_common::{Addr, FLOW_SEEN_REPLY, FlowEntry, FlowKey, IPPROTO_TCP, tcp_state};
 
 /// Container subnet of a new instance; the gateway is its first address.
 pub const DEFAULT_SUBNET: &str = "10.77.0.0/16";
@@ -114,15 +114,66 @@ impl FlowLimits {
 /// Map sizes; 0 means "scale with the host's memory".
 #[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct MapSizes {
+    /// The conntrack budget, in IPv4 flows: with IPv6 on, both families'
+    /// tables share that memory (see `resolved`).
     pub conntrack: u32,
     pub ports: u32,
     pub endpoints: u32,
+    /// Whether IPv6 is on: only then do its tables get room.
+    #[serde(default)]
+    pub ipv6: bool,
+}
+
+/// What the kernel takes for one entry of a preallocated hash map with
+/// `key` and `value` bytes: its element (a 48-byte header, then key and
+/// value, each rounded up to 8 bytes) and its share of the buckets (16
+/// bytes each, one per entry, give or take the power-of-two rounding).
+const fn hash_entry_bytes(key: usize, value: usize) -> usize {
+    const fn round8(n: usize) -> usize {
+        n.div_ceil(8) * 8
+    }
+    48 + round8(key) + round8(value) + 16
+}
+
+/// The kernel memory of one flow of family `A`: its `CONNTRACK` entry
+/// and its `CT_REPLY` entry. 320 bytes for IPv4, 416 for IPv6.
+pub const fn flow_bytes<A: Addr>() -> usize {
+    use std::mem::size_of;
+    hash_entry_bytes(size_of::<FlowKey<A>>(), size_of::<FlowEntry<A>>())
+        + hash_entry_bytes(size_of::<FlowKey<A>>(), size_of::<FlowKey<A>>())
+}
+
+/// The share of the conntrack memory IPv6 gets when it is on: IPv4 still
+/// carries most traffic (and every container has IPv4), so it keeps three
+/// quarters.
+const IPV6_SHARE: u32 = 4;
+
+/// Map sizes with every unset one filled (see `MapSizes::resolved`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResolvedSizes {
+    /// `CONNTRACK` and `CT_REPLY`.
+    pub conntrack: u32,
+    /// `CONNTRACK6` and `CT_REPLY6`.
+    pub conntrack6: u32,
+    /// `FLOW_COUNTS6` and `SNAT_SHARES6`: never more entries than IPv6
+    /// flows, nor than the object's 16 Ki (a quarter of IPv4's fixed 64 Ki).
+    pub counts6: u32,
+    /// `PORTS`; `PORTS6` and `ENDPOINTS6` alike when IPv6 is on.
+    pub ports: u32,
+    pub ports6: u32,
+    pub endpoints: u32,
+    pub endpoints6: u32,
 }
 
 impl MapSizes {
-    /// Fills unset sizes: conntrack gets about 1/512 of memory (two ~100-byte
-    /// entries per flow), clamped to [64 Ki, 4 Mi] flows.
-    pub fn resolved(self) -> Self {
+    /// Fills unset sizes. The conntrack budget defaults to memory / 100 KiB
+    /// IPv4 flows (about 1/320 of memory at 320 bytes a flow), clamped to
+    /// [64 Ki, 4 Mi] flows. With IPv6 off, IPv4 has all of it; with IPv6
+    /// on, IPv6 takes a quarter of that memory (as many 416-byte IPv6 flows
+    /// as fit) and IPv4 the rest, so both tables together take what IPv4's
+    /// alone did. The tables of a family that is off get one entry (a map
+    /// can't have none).
+    pub fn resolved(self) -> ResolvedSizes {
         let mem_bytes = fs::read_to_string("/proc/meminfo")
             .ok()
             .and_then(|s| {
@@ -133,18 +184,38 @@ impl MapSizes {
             })
             .map_or(1 << 30, |kb| kb * 1024);
         let flows = (mem_bytes / 512 / 200).clamp(1 << 16, 1 << 22) as u32;
-        Self {
-            conntrack: if self.conntrack == 0 {
-                flows
-            } else {
-                self.conntrack
-            },
-            ports: if self.ports == 0 { 65536 } else { self.ports },
-            endpoints: if self.endpoints == 0 {
-                4096
-            } else {
-                self.endpoints
-            },
+        self.resolved_with(flows)
+    }
+
+    /// `resolved`, with `default_flows` the budget when none is set.
+    fn resolved_with(self, default_flows: u32) -> ResolvedSizes {
+        let or = |value: u32, default: u32| if value == 0 { default } else { value };
+        let budget = or(self.conntrack, default_flows);
+        let ports = or(self.ports, 65536);
+        let endpoints = or(self.endpoints, 4096);
+        if !self.ipv6 {
+            return ResolvedSizes {
+                conntrack: budget,
+                conntrack6: 1,
+                counts6: 1,
+                ports,
+                ports6: 1,
+                endpoints,
+                endpoints6: 1,
+            };
+        }
+        let share6 = budget / IPV6_SHARE;
+        let conntrack6 = (u64::from(share6) * flow_bytes::<u32>() as u64
+            / flow_bytes::<netpath_common::Ip6>() as u64)
+            .max(1) as u32;
+        ResolvedSizes {
+            conntrack: (budget - share6).max(1),
+            conntrack6,
+            counts6: conntrack6.min(16384),
+            ports,
+            ports6: ports,
+            endpoints,
+            endpoints6: endpoints,
         }
     }
 }
@@ -212,7 +283,7 @@ impl Timeouts {
     /// packet, not from its last: retransmitted SYNs and SYN-ACKs of a
     /// handshake that never completes (a SYN flood) do not keep it, as
     /// nf_conntrack caps them. Every other flow expires by idle time.
-    pub fn expired(&self, key: &FlowKey, entry: &FlowEntry, now_ns: u64) -> bool {
+    pub fn expired<A: Addr>(&self, key: &FlowKey<A>, entry: &FlowEntry<A>, now_ns: u64) -> bool {
         let handshake = key.proto == IPPROTO_TCP
             && matches!(entry.tcp_state, tcp_state::SYN_SENT | tcp_state::SYN_RECV);
         let since = if handshake {
@@ -224,7 +295,7 @@ impl Timeouts {
     }
 
     /// The time after which the GC removes this flow (see `expired`).
-    pub fn of(&self, key: &FlowKey, entry: &FlowEntry) -> Duration {
+    pub fn of<A: Addr>(&self, key: &FlowKey<A>, entry: &FlowEntry<A>) -> Duration {
         let secs = if key.proto == IPPROTO_TCP {
             match entry.tcp_state {
                 tcp_state::SYN_SENT | tcp_state::SYN_RECV => self.syn,
@@ -283,6 +354,35 @@ mod tests {
         assert_eq!(long.len(), MAX_IFNAME_LEN);
         assert_ne!(long, default_bridge_name("staging-backend"));
         assert!(default_bridge_name(&"x".repeat(32)).len() <= MAX_IFNAME_LEN);
+    }
+
+    #[test]
+    fn both_families_share_the_conntrack_memory() {
+        assert_eq!(flow_bytes::<u32>(), 320);
+        assert_eq!(flow_bytes::<netpath_common::Ip6>(), 416);
+        let v4_only = MapSizes::default().resolved_with(1 << 20);
+        assert_eq!((v4_only.conntrack, v4_only.conntrack6), (1 << 20, 1));
+        let dual = MapSizes {
+            ipv6: true,
+            ..MapSizes::default()
+        }
+        .resolved_with(1 << 20);
+        let bytes = |sizes: ResolvedSizes| {
+            sizes.conntrack as usize * flow_bytes::<u32>()
+                + sizes.conntrack6 as usize * flow_bytes::<netpath_common::Ip6>()
+        };
+        assert!(bytes(dual) <= bytes(v4_only), "{dual:?}");
+        assert!(bytes(dual) * 100 >= bytes(v4_only) * 99, "{dual:?}");
+        assert_eq!(dual.conntrack, 3 << 18, "IPv4 keeps three quarters");
+        assert_eq!(dual.counts6, 16384);
+        // An explicit size is the budget, however small.
+        let tiny = MapSizes {
+            conntrack: 4,
+            ipv6: true,
+            ..MapSizes::default()
+        }
+        .resolved_with(1 << 20);
+        assert_eq!((tiny.conntrack, tiny.conntrack6), (3, 1));
     }
 
     #[test]

@@ -398,12 +398,18 @@ pub async fn add(instance: &Instance, request: AddRequest) -> Result<ContainerVi
         },
     };
     state.containers.insert(record.name.clone(), record);
-    let published_ip = match mappings.is_empty() {
+    let published_to = match mappings.is_empty() {
         true => None,
-        false => Some(publish::container_ip(&state, &request.name)?),
+        false => Some(publish::container_target(&state, &request.name)?),
     };
-    if let Some(ip) = published_ip {
-        publish::publish_locked(open_once(&mut tables, instance)?, ip, &mappings, &allow)?;
+    if let Some(target) = published_to {
+        publish::publish_locked(
+            open_once(&mut tables, instance)?,
+            target,
+            &request.name,
+            &mappings,
+            &allow,
+        )?;
     }
     let saved = match tables.as_ref().filter(|_| !mappings.is_empty()) {
         Some(tables) => publish::reserve_published(instance, tables, state.clone())
@@ -411,10 +417,10 @@ pub async fn add(instance: &Instance, request: AddRequest) -> Result<ContainerVi
         None => state::save(instance, &state).map_err(ContainerError::from),
     };
     if let Err(e) = saved {
-        if let (Some(ip), Some(tables)) = (published_ip, tables.as_mut())
+        if let (Some(target), Some(tables)) = (published_to, tables.as_mut())
             && !mappings.is_empty()
         {
-            let _ = publish::remove_for_ip_locked(tables, ip);
+            let _ = publish::remove_for_target_locked(tables, target);
         }
         return Err(e);
     }
@@ -763,7 +769,11 @@ fn remove_locked(
     if let Some(tables) = tables.as_mut() {
         for record in &records {
             for address in record.addresses() {
-                publish::remove_for_ip_locked(tables, address.ip)?;
+                let target = publish::PublishTarget {
+                    ip: address.ip,
+                    ip6: address.ip6,
+                };
+                publish::remove_for_target_locked(tables, target)?;
             }
         }
     }
@@ -925,11 +935,15 @@ pub async fn disconnect(instance: &Instance, network: &str, name: &str) -> Resul
     };
     let interface = &record.connected[position];
     let mut tables = Tables::open(instance)?;
-    if tables
-        .ports()?
+    let published_v4 = tables
+        .ports::<u32>()?
         .iter()
-        .any(|(_, target)| target.container_ip() == interface.ip)
-    {
+        .any(|(_, target)| target.container_ip() == interface.ip);
+    let published_v6 = tables
+        .ports::<netpath_common::Ip6>()?
+        .iter()
+        .any(|(_, target)| Some(target.container_ip()) == interface.ip6);
+    if published_v4 || published_v6 {
         return Err(ContainerError::PublishedOn {
             container: name.to_owned(),
             network: network.to_owned(),

@@ -1,16 +1,19 @@
 //! `netpath flows` and `netpath stats`: the conntrack table and the counters,
 //! read from the pinned maps.
-use std::{net::Ipv4Addr, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
 
 use netpath_common::{
     DIR_ORIGINAL, DIR_REPLY, EVENT_CLOSED, EVENT_OPENED, FlowEntry, FlowEvent, FlowKey,
-    IPPROTO_TCP, Proto, nat_kind, tcp_state,
+    IPPROTO_TCP, Ip6, Proto, host::HostAddr, nat_kind, tcp_state,
 };
 use serde::Serialize;
 
 use crate::{
     state::State,
-    tables::{Tables, TablesError},
+    tables::{Family, Tables, TablesError},
 };
 
 /// `CLOCK_MONOTONIC`, the clock of `bpf_ktime_get_ns`.
@@ -69,32 +72,34 @@ pub fn state_name(proto: u8, state: u8) -> &'static str {
     }
 }
 
-/// One direction's addresses as the packet carries them.
+/// One direction's addresses as the packet carries them, of either family.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Tuple {
-    pub src: Ipv4Addr,
+    pub src: IpAddr,
     pub sport: u16,
-    pub dst: Ipv4Addr,
+    pub dst: IpAddr,
     pub dport: u16,
 }
 
 impl Tuple {
-    pub fn of(key: &FlowKey) -> Self {
+    pub fn of<A: HostAddr>(key: &FlowKey<A>) -> Self {
         Self {
-            src: key.src(),
+            src: key.src().into(),
             sport: key.sport(),
-            dst: key.dst(),
+            dst: key.dst().into(),
             dport: key.dport(),
         }
     }
 }
 
 impl std::fmt::Display for Tuple {
+    /// `a.b.c.d:port`, `[v6]:port`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{}:{} -> {}:{}",
-            self.src, self.sport, self.dst, self.dport
+            "{} -> {}",
+            SocketAddr::new(self.src, self.sport),
+            SocketAddr::new(self.dst, self.dport)
         )
     }
 }
@@ -121,7 +126,7 @@ pub struct FlowView {
 }
 
 impl FlowView {
-    pub fn new(key: &FlowKey, entry: &FlowEntry, now_ns: u64) -> Self {
+    pub fn new<A: HostAddr>(key: &FlowKey<A>, entry: &FlowEntry<A>, now_ns: u64) -> Self {
         let secs = |ns: u64| Duration::from_nanos(now_ns.saturating_sub(ns)).as_secs_f64();
         Self {
             proto: proto_name(key.proto),
@@ -142,7 +147,9 @@ impl FlowView {
 
 #[derive(Clone, Debug, Default)]
 pub struct FlowFilter {
-    pub ip: Option<Ipv4Addr>,
+    /// Flows involving any of these addresses (of either family); empty:
+    /// every flow.
+    pub ips: Vec<IpAddr>,
     pub port: Option<u16>,
     pub proto: Option<Proto>,
 }
@@ -151,10 +158,10 @@ impl FlowFilter {
     /// Does the flow of `key` (original tuple) and `reply` (reply tuple)
     /// involve the address, port (either side, either direction) and protocol
     /// asked for?
-    pub fn matches(&self, key: &FlowKey, reply: &FlowKey) -> bool {
+    pub fn matches<A: HostAddr>(&self, key: &FlowKey<A>, reply: &FlowKey<A>) -> bool {
         let tuples = [Tuple::of(key), Tuple::of(&reply.reversed())];
-        self.ip
-            .is_none_or(|ip| tuples.iter().any(|t| t.src == ip || t.dst == ip))
+        let involves = |ip: &IpAddr| tuples.iter().any(|t| t.src == *ip || t.dst == *ip);
+        (self.ips.is_empty() || self.ips.iter().any(involves))
             && self
                 .port
                 .is_none_or(|p| tuples.iter().any(|t| t.sport == p || t.dport == p))
@@ -183,14 +190,20 @@ pub struct FlowEventView {
 pub fn network_of(state: &State, original: &Tuple, translated: &Tuple) -> Option<String> {
     [original.src, translated.dst, original.dst]
         .into_iter()
-        .find_map(|ip| state.network_of(ip))
-        .map(str::to_owned)
+        .find_map(|ip| match ip {
+            IpAddr::V4(ip) => state.network_of(ip).map(str::to_owned),
+            IpAddr::V6(ip) => state
+                .networks
+                .iter()
+                .find(|(_, n)| n.subnet6.is_some_and(|s| s.contains(&ip)))
+                .map(|(name, _)| name.clone()),
+        })
 }
 
 impl FlowEventView {
     /// `wall_offset_ns`: `CLOCK_REALTIME - CLOCK_MONOTONIC`, to turn the
     /// event's `bpf_ktime_get_ns` stamp into a wall-clock time.
-    pub fn new(event: &FlowEvent, wall_offset_ns: i128) -> Self {
+    pub fn new<A: HostAddr>(event: &FlowEvent<A>, wall_offset_ns: i128) -> Self {
         let wall_ns = i128::from(event.ts_ns) + wall_offset_ns;
         // Fixed microseconds, so text lines stay aligned.
         let time = jiff::Timestamp::from_nanosecond(wall_ns)
@@ -240,24 +253,38 @@ pub fn realtime_ns() -> i128 {
     i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
 }
 
+/// Both families' flows, oldest first.
 pub fn list(tables: &Tables, filter: &FlowFilter) -> Result<Vec<FlowView>, TablesError> {
     let now = monotonic_ns();
-    let mut flows: Vec<FlowView> = tables
-        .flows()?
+    let mut flows = views::<u32>(tables, filter, now)?;
+    flows.extend(views::<Ip6>(tables, filter, now)?);
+    flows.sort_by(|a, b| a.age_secs.total_cmp(&b.age_secs).reverse());
+    Ok(flows)
+}
+
+fn views<A: Family>(
+    tables: &Tables,
+    filter: &FlowFilter,
+    now: u64,
+) -> Result<Vec<FlowView>, TablesError> {
+    Ok(tables
+        .flows::<A>()?
         .iter()
         .filter(|(k, e)| filter.matches(k, &e.reply))
         .map(|(k, e)| FlowView::new(k, e, now))
-        .collect();
-    flows.sort_by(|a, b| a.age_secs.total_cmp(&b.age_secs).reverse());
-    Ok(flows)
+        .collect())
 }
 
 /// `netpath stats`.
 #[derive(Clone, Debug, Serialize)]
 pub struct StatsView {
     pub counters: std::collections::BTreeMap<&'static str, u64>,
+    /// IPv4 flows, and the IPv4 table's size.
     pub conntrack_entries: usize,
     pub conntrack_capacity: u32,
+    /// IPv6 flows, and the IPv6 table's size.
+    pub conntrack6_entries: usize,
+    pub conntrack6_capacity: u32,
     /// Bumped on every route, neighbour, address or link change the agent
     /// sees; flows re-resolve their cached next hop after each.
     pub route_generation: u32,
@@ -265,12 +292,68 @@ pub struct StatsView {
     pub networks: std::collections::BTreeMap<String, std::collections::BTreeMap<&'static str, u64>>,
 }
 
+/// Flows in the family's conntrack table.
+pub fn flow_count<A: Family>(tables: &Tables) -> Result<usize, TablesError> {
+    let mut count = 0;
+    tables.for_each_flow::<A>(|_, _| count += 1)?;
+    Ok(count)
+}
+
 pub fn stats(tables: &Tables, state: &State) -> Result<StatsView, TablesError> {
     Ok(StatsView {
         networks: crate::network::drops(tables, state)?,
         counters: tables.counters()?.into_iter().collect(),
-        conntrack_entries: tables.flows()?.len(),
-        conntrack_capacity: tables.conntrack_capacity(),
+        conntrack_entries: flow_count::<u32>(tables)?,
+        conntrack_capacity: tables.conntrack_capacity::<u32>(),
+        conntrack6_entries: flow_count::<Ip6>(tables)?,
+        conntrack6_capacity: tables.conntrack_capacity::<Ip6>(),
         route_generation: tables.route_generation()?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+
+    #[test]
+    fn ipv6_tuples_print_in_brackets_and_filters_take_either_family() {
+        let (client, container): (Ipv6Addr, Ipv6Addr) = (
+            "2001:db8::2".parse().expect("IPv6"),
+            "fd00::2".parse().expect("IPv6"),
+        );
+        let key = FlowKey::new(client, container, 40000, 80, Proto::Tcp);
+        let view = FlowView::new(&key, &FlowEntry::default(), 0);
+        assert_eq!(
+            view.original.to_string(),
+            "[2001:db8::2]:40000 -> [fd00::2]:80"
+        );
+        let v4 = FlowKey::new(
+            Ipv4Addr::new(10, 0, 0, 1),
+            Ipv4Addr::LOCALHOST,
+            1,
+            2,
+            Proto::Udp,
+        );
+        assert_eq!(Tuple::of(&v4).to_string(), "10.0.0.1:1 -> 127.0.0.1:2");
+
+        let by_ip = |ips: Vec<IpAddr>| FlowFilter {
+            ips,
+            ..FlowFilter::default()
+        };
+        let reply = key.reversed();
+        assert!(by_ip(vec![container.into()]).matches(&key, &reply));
+        assert!(by_ip(vec![Ipv4Addr::LOCALHOST.into(), client.into()]).matches(&key, &reply));
+        assert!(!by_ip(vec![Ipv4Addr::LOCALHOST.into()]).matches(&key, &reply));
+        // ICMPv6 is `icmp`.
+        let ping = FlowKey::new(client, container, 7, 7, Proto::Icmp);
+        let icmp = FlowFilter {
+            proto: Some(Proto::Icmp),
+            ..FlowFilter::default()
+        };
+        assert_eq!(ping.proto, netpath_common::IPPROTO_ICMPV6);
+        assert!(icmp.matches(&ping, &ping.reversed()));
+        assert_eq!(proto_name(ping.proto), "icmp");
+    }
 }

@@ -102,8 +102,12 @@ pub fn format_ports(set: &PortSet) -> String {
 pub fn claims(state: &State, tables: Option<&Tables>) -> PortSet {
     let (min, max) = state.snat_ports;
     let mut set: PortSet = (min..=max).collect();
-    if let Some(Ok(ports)) = tables.map(Tables::ports) {
-        set.extend(ports.iter().map(|(key, _)| u16::from_be(key.host_port)));
+    // Both families' ports: a port published on IPv6 only is reserved too.
+    if let Some(Ok(ports)) = tables.map(Tables::ports::<u32>) {
+        set.extend(ports.iter().map(|(key, _)| key.host_port()));
+    }
+    if let Some(Ok(ports)) = tables.map(Tables::ports::<netpath_common::Ip6>) {
+        set.extend(ports.iter().map(|(key, _)| key.host_port()));
     }
     set
 }

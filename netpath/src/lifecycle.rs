@@ -328,6 +328,7 @@ fn datapath_config(state: &State) -> Result<DatapathConfig> {
         cgroup: state.cgroup.clone(),
         map_sizes: MapSizes {
             conntrack: state.conntrack_size,
+            ipv6: state.ipv6.is_some(),
             ..MapSizes::default()
         },
         snat_ports: state.snat_ports,

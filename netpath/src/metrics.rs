@@ -9,7 +9,10 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use netpath_common::{DIR_ORIGINAL, DIR_REPLY, FlowEntry, FlowKey, IPPROTO_ICMP, nat_kind};
+use netpath_common::{
+    Addr, DIR_ORIGINAL, DIR_REPLY, FlowEntry, FlowKey, Ip6, SnatDestination, host::HostAddr,
+    nat_kind,
+};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -45,7 +48,7 @@ pub struct Traffic {
 }
 
 impl Traffic {
-    fn add(&mut self, entry: &FlowEntry) {
+    fn add<A: Addr>(&mut self, entry: &FlowEntry<A>) {
         for dir in [DIR_ORIGINAL, DIR_REPLY] {
             self.packets[dir] = self.packets[dir].wrapping_add(entry.packets[dir]);
             self.bytes[dir] = self.bytes[dir].wrapping_add(entry.bytes[dir]);
@@ -63,7 +66,7 @@ pub type Retired = Arc<Mutex<PortTraffic>>;
 
 /// The published port a flow went through, if it is one (DNAT from the
 /// outside, or hairpin from a container).
-pub fn published_port(key: &FlowKey, entry: &FlowEntry) -> Option<PortLabel> {
+pub fn published_port<A: HostAddr>(key: &FlowKey<A>, entry: &FlowEntry<A>) -> Option<PortLabel> {
     matches!(entry.nat_kind, nat_kind::DNAT | nat_kind::HAIRPIN).then(|| PortLabel {
         port: key.dport(),
         proto: key.proto,
@@ -71,7 +74,9 @@ pub fn published_port(key: &FlowKey, entry: &FlowEntry) -> Option<PortLabel> {
 }
 
 /// Adds a flow's traffic to `totals` if it went through a published port.
-pub fn account(totals: &mut PortTraffic, key: &FlowKey, entry: &FlowEntry) {
+/// Both families' flows count under the same label: a host port is
+/// published on both with one mapping.
+pub fn account<A: HostAddr>(totals: &mut PortTraffic, key: &FlowKey<A>, entry: &FlowEntry<A>) {
     if let Some(port) = published_port(key, entry) {
         totals.entry(port).or_default().add(entry);
     }
@@ -100,8 +105,11 @@ impl Exposition {
 /// What a scrape reads from the maps.
 pub struct Snapshot {
     pub counters: Counters,
+    /// The IPv4 and the IPv6 conntrack table, and their sizes.
     pub flows: Vec<(FlowKey, FlowEntry)>,
+    pub flows6: Vec<(FlowKey<Ip6>, FlowEntry<Ip6>)>,
     pub conntrack_capacity: u32,
+    pub conntrack6_capacity: u32,
     /// How many ports the SNAT range holds.
     pub snat_range_size: u32,
     /// First packets each restricted port's allow-list refused.
@@ -113,22 +121,14 @@ pub struct Snapshot {
 /// The most SNAT ports any one destination (address, port, protocol) holds:
 /// a translated flow's reply tuple must be unique, so the range runs out
 /// per destination (`drop_no_snat_port`), not for the host as a whole.
-pub fn snat_ports_busiest_destination(flows: &[(FlowKey, FlowEntry)]) -> u64 {
-    let mut per_destination = std::collections::HashMap::<(u32, u16, u32, u8), u64>::new();
-    for (key, entry) in flows {
-        if !matches!(entry.nat_kind, nat_kind::MASQUERADE | nat_kind::HAIRPIN) {
-            continue;
+pub fn snat_ports_busiest_destination<A: Addr>(flows: &[(FlowKey<A>, FlowEntry<A>)]) -> u64 {
+    let mut per_destination = std::collections::HashMap::<SnatDestination<A>, u64>::new();
+    for (_, entry) in flows {
+        if matches!(entry.nat_kind, nat_kind::MASQUERADE | nat_kind::HAIRPIN) {
+            *per_destination
+                .entry(SnatDestination::of_reply(&entry.reply))
+                .or_default() += 1;
         }
-        let reply = &entry.reply;
-        // Echo replies carry the translated id in both "ports".
-        let port = if key.proto == IPPROTO_ICMP {
-            0
-        } else {
-            reply.sport
-        };
-        *per_destination
-            .entry((reply.saddr, port, reply.daddr, key.proto))
-            .or_default() += 1;
     }
     per_destination.into_values().max().unwrap_or(0)
 }
@@ -139,7 +139,9 @@ pub fn render(snapshot: &Snapshot, retired: &PortTraffic, started: u64) -> Strin
     let Snapshot {
         counters,
         flows,
+        flows6,
         conntrack_capacity: capacity,
+        conntrack6_capacity: capacity6,
         snat_range_size,
         refused,
         network_drops,
@@ -180,15 +182,19 @@ pub fn render(snapshot: &Snapshot, retired: &PortTraffic, started: u64) -> Strin
     out.family(
         "netpath_conntrack_entries",
         "gauge",
-        "Flows in the conntrack table.",
+        "Flows in the conntrack table, by address family.",
     );
-    out.sample("netpath_conntrack_entries", &[], flows.len() as u64);
+    const IPV4: &[(&str, &str)] = &[("family", "ipv4")];
+    const IPV6: &[(&str, &str)] = &[("family", "ipv6")];
+    out.sample("netpath_conntrack_entries", IPV4, flows.len() as u64);
+    out.sample("netpath_conntrack_entries", IPV6, flows6.len() as u64);
     out.family(
         "netpath_conntrack_capacity",
         "gauge",
-        "Size of the conntrack table, in flows.",
+        "Size of the conntrack table, in flows, by address family.",
     );
-    out.sample("netpath_conntrack_capacity", &[], u64::from(*capacity));
+    out.sample("netpath_conntrack_capacity", IPV4, u64::from(*capacity));
+    out.sample("netpath_conntrack_capacity", IPV6, u64::from(*capacity6));
     out.family(
         "netpath_snat_port_range_size",
         "gauge",
@@ -207,7 +213,7 @@ pub fn render(snapshot: &Snapshot, retired: &PortTraffic, started: u64) -> Strin
     out.sample(
         "netpath_snat_ports_busiest_destination",
         &[],
-        snat_ports_busiest_destination(flows),
+        snat_ports_busiest_destination(flows).max(snat_ports_busiest_destination(flows6)),
     );
     out.family(
         "netpath_agent_start_time_seconds",
@@ -217,7 +223,10 @@ pub fn render(snapshot: &Snapshot, retired: &PortTraffic, started: u64) -> Strin
     out.sample("netpath_agent_start_time_seconds", &[], started);
 
     let mut ports = retired.clone();
-    for (key, entry) in flows.iter() {
+    for (key, entry) in flows {
+        account(&mut ports, key, entry);
+    }
+    for (key, entry) in flows6 {
         account(&mut ports, key, entry);
     }
     for (unit, help) in [
@@ -302,7 +311,9 @@ pub fn scrape(
         network_drops,
         counters: tables.counters()?,
         flows: tables.flows()?,
-        conntrack_capacity: tables.conntrack_capacity(),
+        flows6: tables.flows()?,
+        conntrack_capacity: tables.conntrack_capacity::<u32>(),
+        conntrack6_capacity: tables.conntrack_capacity::<Ip6>(),
         snat_range_size: u32::from(config.snat_port_max)
             .saturating_sub(u32::from(config.snat_port_min))
             + 1,
@@ -478,6 +489,18 @@ mod tests {
         (key, entry)
     }
 
+    fn flow6(dport: u16, kind: u8, packets: [u64; 2]) -> (FlowKey<Ip6>, FlowEntry<Ip6>) {
+        let any = std::net::Ipv6Addr::UNSPECIFIED;
+        let key = FlowKey::new(any, any, 0, dport, Proto::Tcp);
+        let entry = FlowEntry {
+            nat_kind: kind,
+            packets,
+            bytes: [packets[0] * 100, packets[1] * 100],
+            ..FlowEntry::default()
+        };
+        (key, entry)
+    }
+
     #[test]
     fn exposition_has_families_and_per_port_sums() {
         let counters: Counters = vec![
@@ -496,7 +519,9 @@ mod tests {
         let snapshot = Snapshot {
             counters,
             flows: flows.to_vec(),
+            flows6: vec![flow6(8080, nat_kind::DNAT, [1, 1])],
             conntrack_capacity: 65536,
+            conntrack6_capacity: 16384,
             snat_range_size: 10000,
             refused: BTreeMap::from([(
                 PortLabel {
@@ -516,15 +541,18 @@ mod tests {
             "netpath_packets_total{verdict=\"redirect_peer\"} 5",
             "netpath_drops_total{reason=\"spoofed_source\"} 2",
             "netpath_conntrack_flows_created_total 3",
-            "netpath_conntrack_entries 3",
-            "netpath_conntrack_capacity 65536",
+            "netpath_conntrack_entries{family=\"ipv4\"} 3",
+            "netpath_conntrack_entries{family=\"ipv6\"} 1",
+            "netpath_conntrack_capacity{family=\"ipv4\"} 65536",
+            "netpath_conntrack_capacity{family=\"ipv6\"} 16384",
             "netpath_snat_port_range_size 10000",
             // The hairpin and the masquerade flow (same, zeroed reply tuple).
             "netpath_snat_ports_busiest_destination 2",
             "netpath_agent_start_time_seconds 1700000000",
-            "netpath_published_port_packets_total{port=\"8080\",proto=\"tcp\",direction=\"original\"} 14",
-            "netpath_published_port_packets_total{port=\"8080\",proto=\"tcp\",direction=\"reply\"} 3",
-            "netpath_published_port_bytes_total{port=\"8080\",proto=\"tcp\",direction=\"original\"} 1400",
+            // Both families' flows through the port.
+            "netpath_published_port_packets_total{port=\"8080\",proto=\"tcp\",direction=\"original\"} 15",
+            "netpath_published_port_packets_total{port=\"8080\",proto=\"tcp\",direction=\"reply\"} 4",
+            "netpath_published_port_bytes_total{port=\"8080\",proto=\"tcp\",direction=\"original\"} 1500",
             "netpath_published_port_refused_total{port=\"8080\",proto=\"tcp\"} 4",
             "netpath_network_drops_total{network=\"front\",reason=\"other_network\"} 6",
             "netpath_network_drops_total{network=\"front\",reason=\"icc\"} 0",
@@ -569,7 +597,7 @@ mod tests {
             snat([1, 1, 1, 1], 443, 40003, nat_kind::DNAT),
         ];
         assert_eq!(snat_ports_busiest_destination(&flows), 3);
-        assert_eq!(snat_ports_busiest_destination(&[]), 0);
+        assert_eq!(snat_ports_busiest_destination::<u32>(&[]), 0);
     }
 
     #[test]

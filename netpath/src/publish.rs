@@ -4,23 +4,27 @@
 //! uses `BPF_NOEXIST`, so a port is never published twice. A port published
 //! with `--allow` is restricted: its allow-list lives in the `ALLOWED` map,
 //! likewise the one record of it.
-use std::{fmt, fs, net::Ipv4Addr, str::FromStr};
+use std::{
+    fmt, fs,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    str::FromStr,
+};
 
 use ipnet::Ipv4Net;
-use netpath_common::{PortKey, PortTarget, Proto};
+use netpath_common::{Ip6, PortKey, PortTarget, Proto, host::HostIp};
 use serde::Serialize;
 
 use crate::{
     directories::{Instance, NotUp},
     host::{self, HostError},
     state::{self, InstanceLock, State, StateError},
-    tables::{Tables, TablesError},
+    tables::{Family, Tables, TablesError},
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     #[error(
-        "invalid port mapping {0:?}: use [hostIP:]hostPort[-end]:containerPort[-end][/tcp|udp], e.g. 8080:80 or 127.0.0.1:5353:53/udp"
+        "invalid port mapping {0:?}: use [hostIP:]hostPort[-end]:containerPort[-end][/tcp|udp], e.g. 8080:80, 127.0.0.1:5353:53/udp or [2001:db8::1]:8080:80"
     )]
     BadSpec(String),
     #[error("invalid port range in {0:?}: host and container ranges must have the same length")]
@@ -37,6 +41,14 @@ pub enum PublishError {
     InSnatRange(u16, u16, u16),
     #[error("container {0} has no address of its own to publish to (mode none or host)")]
     NoAddress(String),
+    #[error(
+        "{0} is an IPv6 mapping and container {1} has no IPv6 address (or the instance runs with --ipv6=false): publish on IPv4"
+    )]
+    NoIpv6(String, String),
+    #[error(
+        "{0} is an IPv6 mapping: --allow lists are IPv4 only, publish a port with an allow-list on IPv4"
+    )]
+    AllowIpv6(String),
     #[error("no container named {0}: see `netpath container ls`")]
     UnknownContainer(String),
     #[error(
@@ -65,8 +77,10 @@ fn publishable(proto: Proto) -> bool {
 /// The host side of a mapping: `[hostIP:]hostPort/proto`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct HostPort {
-    /// `None`: every host address.
-    pub ip: Option<Ipv4Addr>,
+    /// `None`: every host address of both families. As in Docker,
+    /// `0.0.0.0` is every IPv4 address, `::` every IPv6 address, and any
+    /// other address that one alone.
+    pub ip: Option<IpAddr>,
     pub port: u16,
     pub proto: Proto,
 }
@@ -74,15 +88,36 @@ pub struct HostPort {
 impl fmt::Display for HostPort {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.ip {
-            Some(ip) => write!(f, "{ip}:{}/{}", self.port, self.proto),
+            Some(IpAddr::V4(ip)) => write!(f, "{ip}:{}/{}", self.port, self.proto),
+            Some(IpAddr::V6(ip)) => write!(f, "[{ip}]:{}/{}", self.port, self.proto),
             None => write!(f, "{}/{}", self.port, self.proto),
         }
     }
 }
 
 impl HostPort {
-    pub fn key(&self) -> PortKey {
-        PortKey::new(self.ip, self.port, self.proto)
+    /// The `PORTS` key of the mapping, if it binds IPv4 addresses.
+    pub fn key(&self) -> Option<PortKey> {
+        match self.ip {
+            None => Some(PortKey::new(None::<Ipv4Addr>, self.port, self.proto)),
+            Some(IpAddr::V4(ip)) => Some(self.key_of(ip)),
+            Some(IpAddr::V6(_)) => None,
+        }
+    }
+
+    /// The `PORTS6` key of the mapping, if it binds IPv6 addresses.
+    pub fn key6(&self) -> Option<PortKey<Ip6>> {
+        match self.ip {
+            None => Some(PortKey::new(None::<Ipv6Addr>, self.port, self.proto)),
+            Some(IpAddr::V6(ip)) => Some(self.key_of(ip)),
+            Some(IpAddr::V4(_)) => None,
+        }
+    }
+
+    /// The key of this port on `ip` (unspecified: every address).
+    fn key_of<I: HostIp>(&self, ip: I) -> PortKey<I::Wire> {
+        let ip = Some(ip).filter(|ip| !(*ip).into().is_unspecified());
+        PortKey::new(ip, self.port, self.proto)
     }
 }
 
@@ -114,21 +149,39 @@ fn parse_proto(text: &str) -> Option<(&str, Proto)> {
     }
 }
 
+/// A host IP of a spec: `a.b.c.d`, or `[v6]` (Docker's syntax).
+fn parse_host_ip(text: &str) -> Option<IpAddr> {
+    match text.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
+        Some(v6) => v6.parse::<Ipv6Addr>().ok().map(IpAddr::V6),
+        None => text.parse::<Ipv4Addr>().ok().map(IpAddr::V4),
+    }
+}
+
+/// Splits `[hostIP:]rest` at the host IP's colon (an IPv6 one is in
+/// brackets, colons and all): (host IP, rest).
+fn split_host_ip(text: &str) -> Option<(Option<IpAddr>, &str)> {
+    if text.starts_with('[') {
+        let end = text.find("]:")?;
+        return Some((Some(parse_host_ip(&text[..=end])?), &text[end + 2..]));
+    }
+    Some((None, text))
+}
+
 /// Parses `[hostIP:]hostPort[-end]:containerPort[-end][/tcp|udp]`.
 pub fn parse_spec(spec: &str) -> Result<Vec<Mapping>> {
     let bad = || PublishError::BadSpec(spec.to_string());
     let (rest, proto) = parse_proto(spec).ok_or_else(bad)?;
+    let (ip6, rest) = split_host_ip(rest).ok_or_else(bad)?;
     let parts: Vec<&str> = rest.split(':').collect();
-    let (ip, host, container) = match parts.as_slice() {
-        [host, container] => (None, *host, *container),
-        [ip, host, container] => (
-            Some(Ipv4Addr::from_str(ip).map_err(|_| bad())?),
+    let (ip, host, container) = match (ip6, parts.as_slice()) {
+        (ip6, [host, container]) => (ip6, *host, *container),
+        (None, [ip, host, container]) => (
+            Some(IpAddr::V4(Ipv4Addr::from_str(ip).map_err(|_| bad())?)),
             *host,
             *container,
         ),
         _ => return Err(bad()),
     };
-    let ip = ip.filter(|ip| !ip.is_unspecified());
     let (hs, he) = parse_range(host).ok_or_else(bad)?;
     let (cs, ce) = parse_range(container).ok_or_else(bad)?;
     if he - hs != ce - cs {
@@ -175,10 +228,9 @@ pub fn parse_host_side(spec: &str) -> Result<Vec<HostPort>> {
     let bad = || PublishError::BadSpec(spec.to_string());
     let (rest, proto) = parse_proto(spec).ok_or_else(bad)?;
     let (ip, ports) = match rest.rsplit_once(':') {
-        Some((ip, ports)) => (Some(Ipv4Addr::from_str(ip).map_err(|_| bad())?), ports),
+        Some((ip, ports)) => (Some(parse_host_ip(ip).ok_or_else(bad)?), ports),
         None => (None, rest),
     };
-    let ip = ip.filter(|ip| !ip.is_unspecified());
     let (start, end) = parse_range(ports).ok_or_else(bad)?;
     Ok((start..=end)
         .map(|port| HostPort { ip, port, proto })
@@ -187,10 +239,10 @@ pub fn parse_host_side(spec: &str) -> Result<Vec<HostPort>> {
 
 /// Host sockets bound to a port (TCP listening, or UDP bound), read once from
 /// /proc/net of the host netns, IPv4 and IPv6 alike: (protocol, local
-/// address, port). A socket on `[::]` takes the port on every IPv4 address
-/// too (dual-stack) and shows as 0.0.0.0; one on `::ffff:a.b.c.d` as
-/// a.b.c.d; one on another IPv6 address cannot receive IPv4 and is left out.
-fn host_sockets() -> Vec<(Proto, Ipv4Addr, u16)> {
+/// address, port). A socket on `[::]` takes the port on every address of
+/// both families (dual-stack) and shows as both 0.0.0.0 and `::`; one on
+/// `::ffff:a.b.c.d` as a.b.c.d.
+fn host_sockets() -> Vec<(Proto, IpAddr, u16)> {
     let mut out = Vec::new();
     for (proto, file) in [
         (Proto::Tcp, "/proc/net/tcp"),
@@ -209,12 +261,15 @@ fn host_sockets() -> Vec<(Proto, Ipv4Addr, u16)> {
             let Some((addr_hex, port_hex)) = local.split_once(':') else {
                 continue;
             };
-            let (Some(addr), Ok(port)) = (proc_ipv4(addr_hex), u16::from_str_radix(port_hex, 16))
+            let (Some(addr), Ok(port)) = (proc_addr(addr_hex), u16::from_str_radix(port_hex, 16))
             else {
                 continue;
             };
             if proto == Proto::Tcp && *st != "0A" {
                 continue; // not listening
+            }
+            if addr == IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
+                out.push((proto, IpAddr::V4(Ipv4Addr::UNSPECIFIED), port));
             }
             out.push((proto, addr, port));
         }
@@ -222,10 +277,10 @@ fn host_sockets() -> Vec<(Proto, Ipv4Addr, u16)> {
     out
 }
 
-/// The IPv4 address a /proc/net address stands for. /proc prints each 32-bit
+/// The address a /proc/net address stands for. /proc prints each 32-bit
 /// word of the address as the host-order u32 of its wire bytes: 8 hex digits
-/// for IPv4, 32 for IPv6.
-fn proc_ipv4(hex: &str) -> Option<Ipv4Addr> {
+/// for IPv4, 32 for IPv6. A v4-mapped IPv6 address is its IPv4 address.
+fn proc_addr(hex: &str) -> Option<IpAddr> {
     let words: Vec<[u8; 4]> = (0..hex.len() / 8)
         .map(|i| {
             let word = hex.get(i * 8..i * 8 + 8)?;
@@ -233,48 +288,65 @@ fn proc_ipv4(hex: &str) -> Option<Ipv4Addr> {
         })
         .collect::<Option<_>>()?;
     match words.as_slice() {
-        [v4] => Some(Ipv4Addr::from(*v4)),
+        [v4] => Some(IpAddr::V4(Ipv4Addr::from(*v4))),
         [a, b, c, d] => {
             let mut bytes = [0u8; 16];
             for (chunk, word) in bytes.chunks_mut(4).zip([a, b, c, d]) {
                 chunk.copy_from_slice(word);
             }
-            let v6 = std::net::Ipv6Addr::from(bytes);
-            if v6.is_unspecified() {
-                Some(Ipv4Addr::UNSPECIFIED)
-            } else {
-                v6.to_ipv4_mapped()
-            }
+            let v6 = Ipv6Addr::from(bytes);
+            Some(v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4))
         }
         _ => None,
     }
 }
 
-/// Is a host socket bound to this port on this address or on every address?
-fn host_socket_uses(sockets: &[(Proto, Ipv4Addr, u16)], host: &HostPort) -> bool {
+/// Is a host socket bound to this port on an address the mapping binds
+/// (the same family's: the address itself, or every address)?
+fn host_socket_uses(sockets: &[(Proto, IpAddr, u16)], host: &HostPort) -> bool {
     sockets.iter().any(|(proto, addr, port)| {
-        *proto == host.proto
-            && *port == host.port
-            && (addr.is_unspecified() || host.ip.is_none() || host.ip == Some(*addr))
+        let binds = match host.ip {
+            None => true,
+            Some(ip) => {
+                ip.is_ipv4() == addr.is_ipv4()
+                    && (ip.is_unspecified() || addr.is_unspecified() || ip == *addr)
+            }
+        };
+        *proto == host.proto && *port == host.port && binds
     })
 }
 
-/// A published port as `publish ls` shows it.
+/// A published port as `publish ls` shows it: one mapping, on one or both
+/// families (a mapping on every address of both has `host.ip` None and
+/// both container addresses).
 #[derive(Clone, Debug, Serialize)]
 pub struct Published {
     pub host: HostPort,
     pub container: Option<String>,
-    pub container_ip: Ipv4Addr,
+    /// Where the IPv4 side leads; None: the mapping is IPv6 only.
+    pub container_ip: Option<Ipv4Addr>,
+    /// Where the IPv6 side leads; None: the mapping is IPv4 only (with an
+    /// allow-list, or no IPv6 on the container).
+    pub container_ip6: Option<Ipv6Addr>,
     pub container_port: u16,
-    /// The sources admitted; `None`: open to all.
+    /// The sources admitted; `None`: open to all. IPv4 only.
     pub allow: Option<Vec<Ipv4Net>>,
     /// First packets the allow-list refused.
     pub refused: u64,
 }
 
-/// The address a container's published ports lead to: its address on its
-/// first network that is not internal.
-pub fn container_ip(state: &State, name: &str) -> Result<Ipv4Addr> {
+/// Where a container's published ports lead: its address on its first
+/// network that is not internal, and that interface's IPv6 address when
+/// the instance has IPv6.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PublishTarget {
+    pub ip: Ipv4Addr,
+    pub ip6: Option<Ipv6Addr>,
+}
+
+/// The addresses a container's published ports lead to (see
+/// [`PublishTarget`]).
+pub fn container_target(state: &State, name: &str) -> Result<PublishTarget> {
     let record = state
         .containers
         .get(name)
@@ -288,70 +360,133 @@ pub fn container_ip(state: &State, name: &str) -> Result<Ipv4Addr> {
         .iter()
         .find(|a| state.network(&a.network).is_some_and(|n| !n.internal));
     match (open, addresses.first()) {
-        (Some(address), _) => Ok(address.ip),
+        (Some(address), _) => Ok(PublishTarget {
+            ip: address.ip,
+            ip6: address.ip6.filter(|_| state.ipv6.is_some()),
+        }),
         (None, Some(internal)) => Err(PublishError::Internal(internal.network.clone())),
         (None, None) => Err(PublishError::NoAddress(name.to_string())),
     }
 }
 
-/// Publishes `mappings` to the container at `ip`, all or nothing, open to
-/// all or (with `allow` not empty) to those sources only. The caller holds
-/// the instance lock.
+/// One mapping's port on one family: the key and where it leads.
+struct Publication<A: netpath_common::Addr> {
+    host: HostPort,
+    key: PortKey<A>,
+    target: PortTarget<A>,
+}
+
+/// Whether `key` would shadow, or be shadowed by, a port of `existing`: a
+/// wildcard mapping and an address-bound one on the same port would, and
+/// Docker refuses that too.
+fn clashes<A: netpath_common::Addr>(existing: &[PortKey<A>], key: &PortKey<A>) -> bool {
+    existing.iter().any(|k| {
+        k.host_port == key.host_port
+            && k.proto == key.proto
+            && (k.host_ip == A::UNSPECIFIED
+                || key.host_ip == A::UNSPECIFIED
+                || k.host_ip == key.host_ip)
+    })
+}
+
+/// Publishes `mappings` to the container at `target`, all or nothing,
+/// open to all or (with `allow` not empty) to those sources only. A
+/// mapping on every address goes on both families when the container has
+/// IPv6, unless it has an allow-list (those are IPv4 only). The caller
+/// holds the instance lock.
 pub fn publish_locked(
     tables: &mut Tables,
-    ip: Ipv4Addr,
+    target: PublishTarget,
+    container: &str,
     mappings: &[Mapping],
     allow: &[Ipv4Net],
 ) -> Result<()> {
-    // By (port, proto): the host addresses each is published on.
-    let mut existing: std::collections::HashMap<(u16, u8), Vec<u32>> =
-        std::collections::HashMap::new();
-    for (k, _) in tables.ports()? {
-        existing
-            .entry((k.host_port, k.proto))
-            .or_default()
-            .push(k.host_ip);
+    let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
+    for m in mappings {
+        let mut target4 = PortTarget::new(target.ip, m.container_port);
+        if !allow.is_empty() {
+            target4 = target4.restricted();
+        }
+        if let Some(key) = m.host.key() {
+            v4.push(Publication {
+                host: m.host,
+                key,
+                target: target4,
+            });
+        }
+        let Some(key) = m.host.key6() else {
+            continue;
+        };
+        // Asked for IPv6 by address: refused rather than dropped.
+        let explicit = m.host.ip.is_some();
+        match (target.ip6, allow.is_empty()) {
+            (Some(ip6), true) => v6.push(Publication {
+                host: m.host,
+                key,
+                target: PortTarget::new(ip6, m.container_port),
+            }),
+            (None, _) if explicit => {
+                return Err(PublishError::NoIpv6(m.host.to_string(), container.into()));
+            }
+            (Some(_), false) if explicit => {
+                return Err(PublishError::AllowIpv6(m.host.to_string()));
+            }
+            _ => {}
+        }
     }
     let sockets = host_sockets();
     let config = tables.config()?;
     let (min, max) = (config.snat_port_min, config.snat_port_max);
+    let existing: Vec<PortKey> = tables.ports()?.into_iter().map(|(k, _)| k).collect();
+    let existing6: Vec<PortKey<Ip6>> = tables.ports()?.into_iter().map(|(k, _)| k).collect();
     for m in mappings {
         if (min..=max).contains(&m.host.port) {
             return Err(PublishError::InSnatRange(m.host.port, min, max));
-        }
-        // A wildcard mapping and an address-bound one on the same port would
-        // shadow each other: Docker refuses that too.
-        let key = m.host.key();
-        let clash = existing
-            .get(&(key.host_port, key.proto))
-            .is_some_and(|ips| {
-                ips.iter()
-                    .any(|ip| *ip == 0 || key.host_ip == 0 || *ip == key.host_ip)
-            });
-        if clash {
-            return Err(PublishError::Taken(m.host.to_string()));
         }
         if host_socket_uses(&sockets, &m.host) {
             return Err(PublishError::HostSocket(m.host.to_string()));
         }
     }
-    let mut done: Vec<PortKey> = Vec::new();
-    for m in mappings {
-        let key = m.host.key();
-        let mut target = PortTarget::new(ip, m.container_port);
-        if !allow.is_empty() {
-            target = target.restricted();
-        }
-        let inserted = tables.publish(&key, &target);
+    let taken = v4
+        .iter()
+        .find(|p| clashes(&existing, &p.key))
+        .map(|p| p.host)
+        .or_else(|| {
+            v6.iter()
+                .find(|p| clashes(&existing6, &p.key))
+                .map(|p| p.host)
+        });
+    if let Some(host) = taken {
+        return Err(PublishError::Taken(host.to_string()));
+    }
+    insert_all(tables, &v4, allow)?;
+    if let Err(e) = insert_all(tables, &v6, &[]) {
+        let keys: Vec<PortKey> = v4.iter().map(|p| p.key).collect();
+        let _ = tables.unpublish(&keys);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Inserts one family's ports, all or none (with `allow`'s rules on each).
+fn insert_all<A: Family>(
+    tables: &mut Tables,
+    publications: &[Publication<A>],
+    allow: &[Ipv4Net],
+) -> Result<()> {
+    let mut done: Vec<PortKey<A>> = Vec::new();
+    for p in publications {
+        let inserted = tables.publish(&p.key, &p.target);
         if !matches!(inserted, Ok(true)) {
             let _ = tables.unpublish(&done);
             return match inserted {
                 Err(e) => Err(e.into()),
-                _ => Err(PublishError::Taken(m.host.to_string())),
+                _ => Err(PublishError::Taken(p.host.to_string())),
             };
         }
-        done.push(key);
-        if !allow.is_empty()
+        done.push(p.key);
+        if let (false, Some(key)) = (allow.is_empty(), A::allow_key(&p.key))
             && let Err(e) = tables.set_allow_list(&key, allow)
         {
             let _ = tables.unpublish(&done);
@@ -376,18 +511,19 @@ pub fn add(
     let allow = parse_allow(allow)?;
     let _lock = InstanceLock::acquire(instance)?.ok_or_else(|| instance.not_up())?;
     let state = state::load(instance)?.ok_or_else(|| instance.not_up())?;
-    let ip = container_ip(&state, name)?;
-    publish_locked(tables, ip, &mappings, &allow)?;
+    let target = container_target(&state, name)?;
+    publish_locked(tables, target, name, &mappings, &allow)?;
     if let Err(e) = reserve_published(instance, tables, state) {
-        let keys: Vec<PortKey> = mappings.iter().map(|m| m.host.key()).collect();
-        let _ = tables.unpublish(&keys);
+        let hosts: Vec<HostPort> = mappings.iter().map(|m| m.host).collect();
+        let _ = unpublish(tables, &hosts);
         return Err(e);
     }
     Ok(mappings)
 }
 
-/// Keeps `ip_local_reserved_ports` in step with the `PORTS` map and saves
-/// the state with what was added (see `host`). The caller holds the lock.
+/// Keeps `ip_local_reserved_ports` in step with the `PORTS` and `PORTS6`
+/// maps and saves the state with what was added (see `host`). The caller
+/// holds the lock.
 pub fn reserve_published(instance: &Instance, tables: &Tables, mut state: State) -> Result<()> {
     let claims = host::claims(&state, Some(tables));
     host::apply(instance, &mut state, &claims, true)?;
@@ -395,66 +531,121 @@ pub fn reserve_published(instance: &Instance, tables: &Tables, mut state: State)
     Ok(())
 }
 
-/// `netpath publish rm SPEC`: unpublishes and flushes the mapping's flows.
+/// Unpublishes both families' ports of `hosts`, and their flows.
+fn unpublish(tables: &mut Tables, hosts: &[HostPort]) -> Result<()> {
+    let keys: Vec<PortKey> = hosts.iter().filter_map(HostPort::key).collect();
+    let keys6: Vec<PortKey<Ip6>> = hosts.iter().filter_map(HostPort::key6).collect();
+    tables.unpublish(&keys)?;
+    tables.unpublish(&keys6)?;
+    Ok(())
+}
+
+/// `netpath publish rm SPEC`: unpublishes and flushes the mapping's flows,
+/// on each family it is published on.
 pub fn remove(instance: &Instance, tables: &mut Tables, spec: &str) -> Result<Vec<HostPort>> {
     let hosts = parse_host_side(spec)?;
     let _lock = InstanceLock::acquire(instance)?.ok_or_else(|| instance.not_up())?;
-    let existing = tables.ports()?;
+    let existing: Vec<PortKey> = tables.ports()?.into_iter().map(|(k, _)| k).collect();
+    let existing6: Vec<PortKey<Ip6>> = tables.ports()?.into_iter().map(|(k, _)| k).collect();
     for host in &hosts {
-        let key = host.key();
-        if !existing.iter().any(|(k, _)| *k == key) {
+        let published = host.key().is_some_and(|k| existing.contains(&k))
+            || host.key6().is_some_and(|k| existing6.contains(&k));
+        if !published {
             return Err(PublishError::NotPublished(host.to_string()));
         }
     }
-    let keys: Vec<PortKey> = hosts.iter().map(HostPort::key).collect();
-    tables.unpublish(&keys)?;
+    unpublish(tables, &hosts)?;
     let state = state::load(instance)?.ok_or_else(|| instance.not_up())?;
     reserve_published(instance, tables, state)?;
     Ok(hosts)
 }
 
-/// Unpublishes every port leading to `ip` (a container going away). The
-/// caller holds the instance lock.
-pub fn remove_for_ip_locked(tables: &mut Tables, ip: Ipv4Addr) -> Result<()> {
+/// Unpublishes every port leading to `target`'s addresses (a container
+/// going away). The caller holds the instance lock.
+pub fn remove_for_target_locked(tables: &mut Tables, target: PublishTarget) -> Result<()> {
     let keys: Vec<PortKey> = tables
         .ports()?
         .into_iter()
-        .filter(|(_, target)| target.container_ip() == ip)
+        .filter(|(_, t)| t.container_ip() == target.ip)
         .map(|(key, _)| key)
         .collect();
     tables.unpublish(&keys)?;
+    let keys6: Vec<PortKey<Ip6>> = tables
+        .ports()?
+        .into_iter()
+        .filter(|(_, t)| Some(t.container_ip()) == target.ip6)
+        .map(|(key, _)| key)
+        .collect();
+    tables.unpublish(&keys6)?;
     Ok(())
 }
 
-/// `netpath publish ls`: straight from the `PORTS` and `ALLOWED` maps.
+/// `netpath publish ls`: straight from the `PORTS`, `PORTS6` and `ALLOWED`
+/// maps. A port on every IPv4 address and the same on every IPv6 address
+/// (to the same container port) are one mapping.
 pub fn list(instance: &Instance, tables: &Tables) -> Result<Vec<Published>> {
     let state = state::load(instance)?.ok_or_else(|| instance.not_up())?;
     let mut allow_lists = tables.allow_lists()?;
+    let owner = |found: &dyn Fn(&state::ContainerRecord) -> bool| {
+        state
+            .containers
+            .values()
+            .find(|c| found(c))
+            .map(|c| c.name.clone())
+    };
     let mut out: Vec<Published> = tables
         .ports()?
         .into_iter()
         .filter_map(|(k, t)| {
             let container_ip = t.container_ip();
-            let container = state
-                .containers
-                .values()
-                .find(|c| c.ip == Some(container_ip))
-                .map(|c| c.name.clone());
             let list = allow_lists.remove(&k).filter(|_| t.is_restricted());
             Some(Published {
                 host: HostPort {
-                    ip: k.host_ip(),
+                    ip: k.host_ip().map(IpAddr::V4),
                     port: k.host_port(),
                     proto: k.proto().filter(|p| publishable(*p))?,
                 },
-                container,
-                container_ip,
+                container: owner(&|c| c.ip == Some(container_ip)),
+                container_ip: Some(container_ip),
+                container_ip6: None,
                 container_port: t.container_port(),
                 refused: list.as_ref().map_or(0, |l| l.refused),
                 allow: list.map(|l| l.admitted),
             })
         })
         .collect();
+    for (k, t) in tables.ports::<Ip6>()? {
+        let Some(proto) = k.proto().filter(|p| publishable(*p)) else {
+            continue;
+        };
+        let ip6 = t.container_ip();
+        let container = owner(&|c| c.ip6 == Some(ip6));
+        let both = out.iter_mut().find(|p| {
+            k.host_ip().is_none()
+                && p.host.ip.is_none()
+                && p.allow.is_none()
+                && p.container_ip6.is_none()
+                && (p.host.port, p.host.proto) == (k.host_port(), proto)
+                && p.container_port == t.container_port()
+                && p.container == container
+        });
+        match both {
+            Some(published) => published.container_ip6 = Some(ip6),
+            None => out.push(Published {
+                host: HostPort {
+                    ip: Some(IpAddr::V6(k.host_ip().unwrap_or(Ipv6Addr::UNSPECIFIED))),
+                    port: k.host_port(),
+                    proto,
+                },
+                container,
+                container_ip: None,
+                container_ip6: Some(ip6),
+                container_port: t.container_port(),
+                allow: None,
+                refused: 0,
+            }),
+        }
+    }
     out.sort_by_key(|p| (p.host.port, p.host.proto.number(), p.host.ip));
     Ok(out)
 }
@@ -478,7 +669,7 @@ mod tests {
         assert_eq!(m[0].container_port, 80);
 
         let m = parse_spec("127.0.0.1:5353:53/udp").expect("valid");
-        assert_eq!(m[0].host.ip, Some(Ipv4Addr::LOCALHOST));
+        assert_eq!(m[0].host.ip, Some(IpAddr::V4(Ipv4Addr::LOCALHOST)));
         assert_eq!(m[0].host.proto, Proto::Udp);
 
         let m = parse_spec("9000-9002:7000-7002").expect("valid");
@@ -490,7 +681,49 @@ mod tests {
         );
 
         let m = parse_spec("0.0.0.0:80:80").expect("valid");
-        assert_eq!(m[0].host.ip, None, "0.0.0.0 means every address");
+        assert_eq!(m[0].host.ip, Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED)));
+        let key = m[0].host.key().expect("IPv4");
+        assert_eq!((key.host_ip(), m[0].host.key6()), (None, None));
+    }
+
+    #[test]
+    fn publishes_on_both_families_or_the_one_of_the_host_ip() {
+        let both = parse_spec("8080:80").expect("valid")[0].host;
+        let (key, key6) = (both.key().expect("IPv4"), both.key6().expect("IPv6"));
+        assert_eq!((key.host_ip(), key.host_port()), (None, 8080));
+        assert_eq!((key6.host_ip(), key6.host_port()), (None, 8080));
+
+        let one = parse_spec("[2001:db8::1]:8080:80/udp").expect("valid");
+        let ip: Ipv6Addr = "2001:db8::1".parse().expect("address");
+        assert_eq!(one[0].host.ip, Some(IpAddr::V6(ip)));
+        assert_eq!(one[0].host.proto, Proto::Udp);
+        assert_eq!(one[0].container_port, 80);
+        assert_eq!(one[0].host.key(), None, "IPv6 only");
+        assert_eq!(one[0].host.key6().and_then(|k| k.host_ip()), Some(ip));
+        assert_eq!(one[0].host.to_string(), "[2001:db8::1]:8080/udp");
+
+        let every6 = parse_spec("[::]:9000-9001:80-81").expect("valid");
+        assert_eq!(every6.len(), 2);
+        assert_eq!(every6[1].host.key6().map(|k| k.host_ip()), Some(None));
+        assert_eq!(every6[1].host.key(), None);
+        assert_eq!(every6[1].host.to_string(), "[::]:9001/tcp");
+
+        let v4 = parse_spec("198.18.0.1:8080:80").expect("valid")[0].host;
+        assert_eq!(v4.key6(), None, "IPv4 only");
+
+        for bad in [
+            "[2001:db8::1]8080:80",
+            "[1.2.3.4]:8080:80",
+            "[::1:8080:80",
+            "2001:db8::1:8080:80",
+            "[::1]:1.2.3.4:8080:80",
+            "[fe80::1%eth0]:8080:80",
+        ] {
+            assert!(parse_spec(bad).is_err(), "{bad:?} should be rejected");
+        }
+        let h = parse_host_side("[::1]:8080/udp").expect("valid");
+        assert_eq!(h[0].ip, Some(IpAddr::V6(Ipv6Addr::LOCALHOST)));
+        assert_eq!(h[0].key(), None);
     }
 
     #[test]
@@ -534,18 +767,43 @@ mod tests {
 
     #[test]
     fn proc_net_addresses_of_both_families() {
-        assert_eq!(proc_ipv4("0100007F"), Some(Ipv4Addr::LOCALHOST));
+        let v4 = |ip: Ipv4Addr| Some(IpAddr::V4(ip));
+        assert_eq!(proc_addr("0100007F"), v4(Ipv4Addr::LOCALHOST));
         assert_eq!(
-            proc_ipv4("00000000000000000000000000000000"),
-            Some(Ipv4Addr::UNSPECIFIED),
-            "[::] takes the IPv4 port too"
+            proc_addr("00000000000000000000000000000000"),
+            Some(IpAddr::V6(Ipv6Addr::UNSPECIFIED))
         );
         assert_eq!(
-            proc_ipv4("0000000000000000FFFF00000100007F"),
-            Some(Ipv4Addr::LOCALHOST)
+            proc_addr("0000000000000000FFFF00000100007F"),
+            v4(Ipv4Addr::LOCALHOST),
+            "v4-mapped"
         );
-        assert_eq!(proc_ipv4("00000000000000000000000001000000"), None, "::1");
-        assert_eq!(proc_ipv4("xyz"), None);
+        assert_eq!(
+            proc_addr("00000000000000000000000001000000"),
+            Some(IpAddr::V6(Ipv6Addr::LOCALHOST))
+        );
+        assert_eq!(proc_addr("xyz"), None);
+    }
+
+    #[test]
+    fn host_sockets_take_the_ports_of_their_family() {
+        let any6 = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+        let loopback6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
+        let sockets = [
+            (Proto::Tcp, loopback6, 8080),
+            (Proto::Tcp, IpAddr::V4(Ipv4Addr::LOCALHOST), 9090),
+        ];
+        let host = |spec: &str| parse_spec(spec).expect("valid")[0].host;
+        assert!(host_socket_uses(&sockets, &host("8080:80")));
+        assert!(host_socket_uses(&sockets, &host("[::]:8080:80")));
+        assert!(!host_socket_uses(&sockets, &host("0.0.0.0:8080:80")));
+        assert!(!host_socket_uses(&sockets, &host("[2001:db8::1]:8080:80")));
+        assert!(host_socket_uses(&sockets, &host("0.0.0.0:9090:80")));
+        assert!(!host_socket_uses(&sockets, &host("[::]:9090:80")));
+        assert!(host_socket_uses(
+            &[(Proto::Tcp, any6, 7070)],
+            &host("[::1]:7070:80")
+        ));
     }
 
     #[test]
@@ -560,7 +818,7 @@ mod tests {
             }]
         );
         let h = parse_host_side("10.0.0.1:53/udp").expect("valid");
-        assert_eq!(h[0].ip, Some(Ipv4Addr::new(10, 0, 0, 1)));
+        assert_eq!(h[0].ip, Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))));
         assert_eq!(h[0].proto, Proto::Udp);
     }
 }

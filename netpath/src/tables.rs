@@ -11,9 +11,11 @@ use aya::maps::{
 };
 use ipnet::Ipv4Net;
 use netpath_common::{
-    ALLOW_PORT_BITS, AllowKey, AllowRule, Config, Endpoint, FlowEntry, FlowKey, IPPROTO_TCP,
-    Network, NetworkDrops, PortKey, PortTarget, SNAT_POOL_PORTS, SNAT_POOLS_MAX, SnatDestination,
-    SnatPortPool, SnatShareKey, host::ip_to_wire, names, nat_kind, stat, tcp_state,
+    ALLOW_PORT_BITS, Addr, AllowKey, AllowRule, Config, Endpoint, FlowEntry, FlowKey, IPPROTO_TCP,
+    Ip6, Network, NetworkDrops, PortKey, PortTarget, SNAT_POOL_PORTS, SNAT_POOLS_MAX,
+    SnatDestination, SnatPortPool, SnatShareKey,
+    host::{HostAddr, HostIp, ip_to_wire},
+    names, nat_kind, stat, tcp_state,
 };
 
 use crate::directories::{Instance, NotUp};
@@ -41,7 +43,7 @@ fn map_err(path: &str) -> impl FnOnce(MapError) -> TablesError + '_ {
 
 /// A finished TCP connection: it holds no peer's resources, and a full
 /// table gives it up first (early drop), so it counts against no limit.
-fn finished(key: &FlowKey, entry: &FlowEntry) -> bool {
+fn finished<A: Addr>(key: &FlowKey<A>, entry: &FlowEntry<A>) -> bool {
     key.proto == IPPROTO_TCP && matches!(entry.tcp_state, tcp_state::TIME_WAIT | tcp_state::CLOSED)
 }
 
@@ -177,20 +179,31 @@ fn for_each_entry<K: aya::Pod, V: aya::Pod>(
 /// What the datapath's flow limits and SNAT pools count, from one walk of
 /// the conntrack table ([`Tables::write_tally`] writes it). Kept across GC
 /// passes: clearing keeps the allocations.
-#[derive(Default)]
-pub struct FlowTally {
+pub struct FlowTally<A: Addr = u32> {
     /// Open flows per original source (see `recount`).
-    sources: std::collections::HashMap<u32, u32>,
+    sources: std::collections::HashMap<A, u32>,
     /// SNAT ports taken per destination.
-    pools: std::collections::HashMap<SnatDestination, Box<SnatPortPool>>,
+    pools: std::collections::HashMap<SnatDestination<A>, Box<SnatPortPool>>,
     /// Open SNAT flows per container and destination.
-    shares: std::collections::HashMap<SnatShareKey, u32>,
+    shares: std::collections::HashMap<SnatShareKey<A>, u32>,
     /// The SNAT range: its first port and how many ports a pool covers.
     snat_min: u32,
     snat_span: u32,
 }
 
-impl FlowTally {
+impl<A: Addr> Default for FlowTally<A> {
+    fn default() -> Self {
+        Self {
+            sources: Default::default(),
+            pools: Default::default(),
+            shares: Default::default(),
+            snat_min: 0,
+            snat_span: 0,
+        }
+    }
+}
+
+impl<A: Addr> FlowTally<A> {
     /// Starts a new count for the SNAT range of `cfg`.
     pub fn clear(&mut self, cfg: &Config) {
         self.sources.clear();
@@ -202,7 +215,7 @@ impl FlowTally {
     }
 
     /// Counts one flow that stays.
-    pub fn add(&mut self, key: &FlowKey, entry: &FlowEntry) {
+    pub fn add(&mut self, key: &FlowKey<A>, entry: &FlowEntry<A>) {
         let open = !finished(key, entry);
         if open {
             *self.sources.entry(key.saddr).or_default() += 1;
@@ -237,20 +250,285 @@ impl FlowTally {
 pub struct Tables {
     config: Array<MapData, Config>,
     endpoints: HashMap<MapData, u32, Endpoint>,
-    ports: HashMap<MapData, PortKey, PortTarget>,
-    conntrack: HashMap<MapData, FlowKey, FlowEntry>,
-    ct_reply: HashMap<MapData, FlowKey, FlowKey>,
     stats: PerCpuArray<MapData, u64>,
     route_gen: Array<MapData, u32>,
-    flow_counts: HashMap<MapData, u32, u32>,
-    snat_ports: HashMap<MapData, SnatDestination, SnatPortPool>,
-    snat_shares: HashMap<MapData, SnatShareKey, u32>,
     allowed: LpmTrie<MapData, AllowKey, AllowRule>,
     networks: Array<MapData, Network>,
     subnets: LpmTrie<MapData, u32, u32>,
     network_drops: PerCpuArray<MapData, NetworkDrops>,
+    v4: FamilyTables<u32>,
+    v6: FamilyTables<Ip6>,
+}
+
+/// The maps one address family has of its own: the same records over `A`
+/// (`PORTS` and `PORTS6`, ...), written and read by the same code
+/// ([`FamilyMaps`]).
+pub struct FamilyTables<A: Addr> {
+    ports: HashMap<MapData, PortKey<A>, PortTarget<A>>,
+    conntrack: HashMap<MapData, FlowKey<A>, FlowEntry<A>>,
+    ct_reply: HashMap<MapData, FlowKey<A>, FlowKey<A>>,
+    flow_counts: HashMap<MapData, A, u32>,
+    snat_ports: HashMap<MapData, SnatDestination<A>, SnatPortPool>,
+    snat_shares: HashMap<MapData, SnatShareKey<A>, u32>,
     conntrack_capacity: u32,
 }
+
+/// The names of one family's maps (see `FamilyTables`).
+pub struct FamilyNames {
+    pub ports: &'static str,
+    pub conntrack: &'static str,
+    pub ct_reply: &'static str,
+    pub flow_counts: &'static str,
+    pub snat_ports: &'static str,
+    pub snat_shares: &'static str,
+}
+
+/// An address family with tables of its own: IPv4 (`u32`) or IPv6 (`Ip6`).
+pub trait Family: HostAddr {
+    const NAMES: FamilyNames;
+    /// This family's maps. (An associated type, so that generic code knows
+    /// what they can do: the records are `Pod` for each family, which a
+    /// bound on `A` alone cannot say.)
+    type Maps: FamilyMaps<Self>;
+    /// A flow key as a value that sorts, for the GC's search of dangling
+    /// reply keys (the key's bytes).
+    type KeyBits: Ord + Copy;
+    fn maps(tables: &Tables) -> &Self::Maps;
+    fn maps_mut(tables: &mut Tables) -> &mut Self::Maps;
+    fn key_bits(key: &FlowKey<Self>) -> Self::KeyBits;
+    /// The port's key in `ALLOWED`: allow-lists are IPv4's only.
+    fn allow_key(port: &PortKey<Self>) -> Option<PortKey>;
+}
+
+impl Family for u32 {
+    const NAMES: FamilyNames = FamilyNames {
+        ports: names::PORTS,
+        conntrack: names::CONNTRACK,
+        ct_reply: names::CT_REPLY,
+        flow_counts: names::FLOW_COUNTS,
+        snat_ports: names::SNAT_PORTS,
+        snat_shares: names::SNAT_SHARES,
+    };
+    type Maps = FamilyTables<u32>;
+    type KeyBits = u128;
+    fn maps(tables: &Tables) -> &Self::Maps {
+        &tables.v4
+    }
+    fn maps_mut(tables: &mut Tables) -> &mut Self::Maps {
+        &mut tables.v4
+    }
+    fn key_bits(key: &FlowKey) -> u128 {
+        bytemuck::cast(*key)
+    }
+    fn allow_key(port: &PortKey) -> Option<PortKey> {
+        Some(*port)
+    }
+}
+
+impl Family for Ip6 {
+    const NAMES: FamilyNames = FamilyNames {
+        ports: names::PORTS6,
+        conntrack: names::CONNTRACK6,
+        ct_reply: names::CT_REPLY6,
+        flow_counts: names::FLOW_COUNTS6,
+        snat_ports: names::SNAT_PORTS6,
+        snat_shares: names::SNAT_SHARES6,
+    };
+    type Maps = FamilyTables<Ip6>;
+    type KeyBits = [u64; 5];
+    fn maps(tables: &Tables) -> &Self::Maps {
+        &tables.v6
+    }
+    fn maps_mut(tables: &mut Tables) -> &mut Self::Maps {
+        &mut tables.v6
+    }
+    fn key_bits(key: &FlowKey<Ip6>) -> [u64; 5] {
+        bytemuck::cast(*key)
+    }
+    fn allow_key(_: &PortKey<Ip6>) -> Option<PortKey> {
+        None
+    }
+}
+
+/// Opens pinned map `name` of `instance`.
+fn open_map(instance: &Instance, name: &str) -> Result<Map, TablesError> {
+    let data = MapData::from_pin(instance.map_pin(name)).map_err(|_| instance.not_up())?;
+    Map::from_map_data(data).map_err(map_err(name))
+}
+
+/// What [`Tables`] does with one family's maps (see `Family::Maps`).
+pub trait FamilyMaps<A: Addr>: Sized {
+    fn open(instance: &Instance) -> Result<Self, TablesError>;
+    /// Inserts a port unless its key is there (`Ok(false)`).
+    fn publish(&mut self, key: &PortKey<A>, target: &PortTarget<A>) -> Result<bool, TablesError>;
+    /// Removes a port; `None`: it was not there.
+    fn remove_port(&mut self, key: &PortKey<A>) -> Result<Option<PortTarget<A>>, TablesError>;
+    fn ports(&self) -> Result<Ports<A>, TablesError>;
+    fn for_each_flow(
+        &self,
+        each: impl FnMut(&FlowKey<A>, &FlowEntry<A>),
+    ) -> Result<(), TablesError>;
+    fn for_each_reply(&self, each: impl FnMut(&FlowKey<A>, &FlowKey<A>))
+    -> Result<(), TablesError>;
+    fn flow(&self, key: &FlowKey<A>) -> Result<Option<FlowEntry<A>>, TablesError>;
+    fn remove_flow(&mut self, orig: &FlowKey<A>, reply: &FlowKey<A>) -> Result<(), TablesError>;
+    fn remove_reply(&mut self, reply: &FlowKey<A>);
+    fn write_tally(&mut self, tally: &FlowTally<A>) -> Result<(), TablesError>;
+    fn conntrack_capacity(&self) -> u32;
+}
+
+/// `FamilyMaps` for each family's `FamilyTables`: one body, instantiated
+/// where the records' types are concrete (and so known to be `Pod`).
+macro_rules! family_maps {
+    ($($addr:ty),+) => {$(
+        impl FamilyMaps<$addr> for FamilyTables<$addr> {
+            fn open(instance: &Instance) -> Result<Self, TablesError> {
+                let names = <$addr as Family>::NAMES;
+                let open = |name: &'static str| open_map(instance, name);
+                let conntrack_capacity = MapData::from_pin(instance.map_pin(names.conntrack))
+                    .ok()
+                    .and_then(|m| m.info().ok())
+                    .map_or(0, |i| i.max_entries());
+                Ok(Self {
+                    conntrack_capacity,
+                    ports: HashMap::try_from(open(names.ports)?).map_err(map_err(names.ports))?,
+                    conntrack: HashMap::try_from(open(names.conntrack)?)
+                        .map_err(map_err(names.conntrack))?,
+                    ct_reply: HashMap::try_from(open(names.ct_reply)?)
+                        .map_err(map_err(names.ct_reply))?,
+                    flow_counts: HashMap::try_from(open(names.flow_counts)?)
+                        .map_err(map_err(names.flow_counts))?,
+                    snat_ports: HashMap::try_from(open(names.snat_ports)?)
+                        .map_err(map_err(names.snat_ports))?,
+                    snat_shares: HashMap::try_from(open(names.snat_shares)?)
+                        .map_err(map_err(names.snat_shares))?,
+                })
+            }
+
+            fn publish(
+                &mut self,
+                key: &PortKey<$addr>,
+                target: &PortTarget<$addr>,
+            ) -> Result<bool, TablesError> {
+                const BPF_NOEXIST: u64 = 1;
+                match self.ports.insert(key, target, BPF_NOEXIST) {
+                    Ok(()) => Ok(true),
+                    Err(MapError::SyscallError(e))
+                        if e.io_error.raw_os_error() == Some(libc::EEXIST) =>
+                    {
+                        Ok(false)
+                    }
+                    Err(e) => Err(map_err(<$addr as Family>::NAMES.ports)(e)),
+                }
+            }
+
+            fn remove_port(
+                &mut self,
+                key: &PortKey<$addr>,
+            ) -> Result<Option<PortTarget<$addr>>, TablesError> {
+                let name = <$addr as Family>::NAMES.ports;
+                let target = match self.ports.get(key, 0) {
+                    Ok(t) => t,
+                    Err(MapError::KeyNotFound) => return Ok(None),
+                    Err(e) => return Err(map_err(name)(e)),
+                };
+                match self.ports.remove(key) {
+                    Ok(()) | Err(MapError::KeyNotFound) => Ok(Some(target)),
+                    Err(e) => Err(map_err(name)(e)),
+                }
+            }
+
+            fn ports(&self) -> Result<Ports<$addr>, TablesError> {
+                self.ports
+                    .iter()
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(map_err(<$addr as Family>::NAMES.ports))
+            }
+
+            fn for_each_flow(
+                &self,
+                each: impl FnMut(&FlowKey<$addr>, &FlowEntry<$addr>),
+            ) -> Result<(), TablesError> {
+                for_each_entry(&self.conntrack, each).map_err(|e| {
+                    TablesError::Io(io::Error::other(format!(
+                        "reading {}: {e}",
+                        <$addr as Family>::NAMES.conntrack
+                    )))
+                })
+            }
+
+            fn for_each_reply(
+                &self,
+                each: impl FnMut(&FlowKey<$addr>, &FlowKey<$addr>),
+            ) -> Result<(), TablesError> {
+                for_each_entry(&self.ct_reply, each).map_err(|e| {
+                    TablesError::Io(io::Error::other(format!(
+                        "reading {}: {e}",
+                        <$addr as Family>::NAMES.ct_reply
+                    )))
+                })
+            }
+
+            fn flow(
+                &self,
+                key: &FlowKey<$addr>,
+            ) -> Result<Option<FlowEntry<$addr>>, TablesError> {
+                match self.conntrack.get(key, 0) {
+                    Ok(entry) => Ok(Some(entry)),
+                    Err(MapError::KeyNotFound) => Ok(None),
+                    Err(e) => Err(map_err(<$addr as Family>::NAMES.conntrack)(e)),
+                }
+            }
+
+            fn remove_flow(
+                &mut self,
+                orig: &FlowKey<$addr>,
+                reply: &FlowKey<$addr>,
+            ) -> Result<(), TablesError> {
+                let names = <$addr as Family>::NAMES;
+                match self.conntrack.remove(orig) {
+                    Ok(()) | Err(MapError::KeyNotFound) => {}
+                    Err(e) => return Err(map_err(names.conntrack)(e)),
+                }
+                match self.ct_reply.remove(reply) {
+                    Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+                    Err(e) => Err(map_err(names.ct_reply)(e)),
+                }
+            }
+
+            fn remove_reply(&mut self, reply: &FlowKey<$addr>) {
+                let _ = self.ct_reply.remove(reply);
+            }
+
+            fn write_tally(&mut self, tally: &FlowTally<$addr>) -> Result<(), TablesError> {
+                let names = <$addr as Family>::NAMES;
+                replace_all(&mut self.flow_counts, names.flow_counts, &tally.sources)?;
+                replace_all(&mut self.snat_shares, names.snat_shares, &tally.shares)?;
+                // The map has room for so many pools: the busiest
+                // destinations get them (the others' few ports are found by
+                // random probes).
+                let mut pools: Vec<_> = tally.pools.iter().collect();
+                if pools.len() > SNAT_POOLS_MAX {
+                    pools.sort_by_cached_key(|(_, pool)| {
+                        std::cmp::Reverse(pool.used.iter().map(|w| w.count_ones()).sum::<u32>())
+                    });
+                    pools.truncate(SNAT_POOLS_MAX);
+                }
+                let pools = pools
+                    .into_iter()
+                    .map(|(destination, pool)| (*destination, **pool))
+                    .collect();
+                replace_all(&mut self.snat_ports, names.snat_ports, &pools)
+            }
+
+            fn conntrack_capacity(&self) -> u32 {
+                self.conntrack_capacity
+            }
+        }
+    )+};
+}
+
+family_maps!(u32, Ip6);
 
 /// A restricted port's allow-list, as `ALLOWED` holds it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -261,43 +539,31 @@ pub struct AllowList {
     pub refused: u64,
 }
 
+/// A family's published ports: key and target.
+pub type Ports<A = u32> = Vec<(PortKey<A>, PortTarget<A>)>;
+/// A family's flows: original key and entry.
+pub type Flows<A = u32> = Vec<(FlowKey<A>, FlowEntry<A>)>;
+
 /// Verdict and drop counters summed over CPUs, by name.
 pub type Counters = Vec<(&'static str, u64)>;
 
 impl Tables {
     pub fn open(instance: &Instance) -> Result<Self, TablesError> {
-        let open = |name: &str| -> Result<Map, TablesError> {
-            let data = MapData::from_pin(instance.map_pin(name)).map_err(|_| instance.not_up())?;
-            Map::from_map_data(data).map_err(map_err(name))
-        };
-        let conntrack_capacity = MapData::from_pin(instance.map_pin(names::CONNTRACK))
-            .ok()
-            .and_then(|m| m.info().ok())
-            .map_or(0, |i| i.max_entries());
+        let open = |name: &str| open_map(instance, name);
         Ok(Self {
-            conntrack_capacity,
             config: Array::try_from(open(names::CONFIG)?).map_err(map_err(names::CONFIG))?,
             endpoints: HashMap::try_from(open(names::ENDPOINTS)?)
                 .map_err(map_err(names::ENDPOINTS))?,
-            ports: HashMap::try_from(open(names::PORTS)?).map_err(map_err(names::PORTS))?,
-            conntrack: HashMap::try_from(open(names::CONNTRACK)?)
-                .map_err(map_err(names::CONNTRACK))?,
-            ct_reply: HashMap::try_from(open(names::CT_REPLY)?)
-                .map_err(map_err(names::CT_REPLY))?,
             stats: PerCpuArray::try_from(open(names::STATS)?).map_err(map_err(names::STATS))?,
             route_gen: Array::try_from(open(names::ROUTE_GEN)?)
                 .map_err(map_err(names::ROUTE_GEN))?,
-            flow_counts: HashMap::try_from(open(names::FLOW_COUNTS)?)
-                .map_err(map_err(names::FLOW_COUNTS))?,
-            snat_ports: HashMap::try_from(open(names::SNAT_PORTS)?)
-                .map_err(map_err(names::SNAT_PORTS))?,
-            snat_shares: HashMap::try_from(open(names::SNAT_SHARES)?)
-                .map_err(map_err(names::SNAT_SHARES))?,
             allowed: LpmTrie::try_from(open(names::ALLOWED)?).map_err(map_err(names::ALLOWED))?,
             networks: Array::try_from(open(names::NETWORKS)?).map_err(map_err(names::NETWORKS))?,
             subnets: LpmTrie::try_from(open(names::SUBNETS)?).map_err(map_err(names::SUBNETS))?,
             network_drops: PerCpuArray::try_from(open(names::NETWORK_DROPS)?)
                 .map_err(map_err(names::NETWORK_DROPS))?,
+            v4: FamilyMaps::open(instance)?,
+            v6: FamilyMaps::open(instance)?,
         })
     }
 
@@ -407,44 +673,40 @@ impl Tables {
 
     /// Publishes a port. Fails with `Ok(false)` when the key is already there:
     /// `BPF_NOEXIST` makes the check and the insert one step.
-    pub fn publish(&mut self, key: &PortKey, target: &PortTarget) -> Result<bool, TablesError> {
-        const BPF_NOEXIST: u64 = 1;
-        match self.ports.insert(key, target, BPF_NOEXIST) {
-            Ok(()) => Ok(true),
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {
-                Ok(false)
-            }
-            Err(e) => Err(map_err(names::PORTS)(e)),
-        }
+    pub fn publish<A: Family>(
+        &mut self,
+        key: &PortKey<A>,
+        target: &PortTarget<A>,
+    ) -> Result<bool, TablesError> {
+        A::maps_mut(self).publish(key, target)
     }
 
     /// Unpublishes ports and flushes the flows that went through them, so no
     /// stale translation outlives a mapping.
-    pub fn unpublish(&mut self, keys: &[PortKey]) -> Result<(), TablesError> {
+    pub fn unpublish<A: Family>(&mut self, keys: &[PortKey<A>]) -> Result<(), TablesError> {
         let mut removed = Vec::with_capacity(keys.len());
         for key in keys {
-            let target = match self.ports.get(key, 0) {
-                Ok(t) => t,
-                Err(MapError::KeyNotFound) => continue,
-                Err(e) => return Err(map_err(names::PORTS)(e)),
-            };
-            match self.ports.remove(key) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_err(names::PORTS)(e)),
+            if let Some(target) = A::maps_mut(self).remove_port(key)? {
+                removed.push((*key, target));
             }
-            removed.push((*key, target));
         }
         if removed.is_empty() {
             return Ok(());
         }
         // After the ports: a port is never restricted without its rules.
-        self.remove_allow_lists(|port| removed.iter().any(|(key, _)| key == port))?;
+        let allow_keys: Vec<PortKey> = removed
+            .iter()
+            .filter_map(|(key, _)| A::allow_key(key))
+            .collect();
+        if !allow_keys.is_empty() {
+            self.remove_allow_lists(|port| allow_keys.contains(port))?;
+        }
         // One pass over the conntrack table for all of them.
-        self.flush_flows(|orig, entry| {
+        self.flush_flows::<A>(|orig, entry| {
             removed.iter().any(|(key, target)| {
                 orig.dport == key.host_port
                     && orig.proto == key.proto
-                    && (key.host_ip == 0 || orig.daddr == key.host_ip)
+                    && (key.host_ip == A::UNSPECIFIED || orig.daddr == key.host_ip)
                     && entry.reply.saddr == target.container_ip
                     && entry.reply.sport == target.container_port
             })
@@ -526,26 +788,23 @@ impl Tables {
         Ok(lists)
     }
 
-    pub fn ports(&self) -> Result<Vec<(PortKey, PortTarget)>, TablesError> {
-        self.ports
-            .iter()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(map_err(names::PORTS))
+    pub fn ports<A: Family>(&self) -> Result<Ports<A>, TablesError> {
+        A::maps(self).ports()
     }
 
-    pub fn flows(&self) -> Result<Vec<(FlowKey, FlowEntry)>, TablesError> {
+    pub fn flows<A: Family>(&self) -> Result<Flows<A>, TablesError> {
         let mut flows = Vec::new();
-        self.for_each_flow(|key, entry| flows.push((*key, *entry)))?;
+        self.for_each_flow::<A>(|key, entry| flows.push((*key, *entry)))?;
         Ok(flows)
     }
 
     /// Removes flows matching `pred`, both keys of each pair. Returns how many.
-    pub fn flush_flows(
+    pub fn flush_flows<A: Family>(
         &mut self,
-        pred: impl Fn(&FlowKey, &FlowEntry) -> bool,
+        pred: impl Fn(&FlowKey<A>, &FlowEntry<A>) -> bool,
     ) -> Result<usize, TablesError> {
-        let doomed: Vec<(FlowKey, FlowKey)> = self
-            .flows()?
+        let doomed: Vec<(FlowKey<A>, FlowKey<A>)> = self
+            .flows::<A>()?
             .into_iter()
             .filter(|(k, e)| pred(k, e))
             .map(|(k, e)| (k, e.reply))
@@ -556,17 +815,25 @@ impl Tables {
         Ok(doomed.len())
     }
 
+    /// Removes the flows of address `ip` (an endpoint going away): those it
+    /// sent, those sent to it, those translated to it.
+    pub fn flush_flows_of<I: HostIp>(&mut self, ip: I) -> Result<usize, TablesError>
+    where
+        I::Wire: Family,
+    {
+        self.flush_flows::<I::Wire>(|key, entry| {
+            key.src() == ip || entry.reply.src() == ip || key.dst() == ip
+        })
+    }
+
     /// Removes one flow: original key first, so a reply lookup that still finds
     /// its half sees a dangling key and deletes it itself.
-    pub fn remove_flow(&mut self, orig: &FlowKey, reply: &FlowKey) -> Result<(), TablesError> {
-        match self.conntrack.remove(orig) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(e) => return Err(map_err(names::CONNTRACK)(e)),
-        }
-        match self.ct_reply.remove(reply) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(map_err(names::CT_REPLY)(e)),
-        }
+    pub fn remove_flow<A: Family>(
+        &mut self,
+        orig: &FlowKey<A>,
+        reply: &FlowKey<A>,
+    ) -> Result<(), TablesError> {
+        A::maps_mut(self).remove_flow(orig, reply)
     }
 
     /// Writes what `tally` counted (the table as just walked) to the
@@ -577,61 +844,38 @@ impl Tables {
     /// between passes, so this is where counts come down, the ports of
     /// flows gone become free again, and pools of destinations no flow goes
     /// to any more are deleted.
-    pub fn write_tally(&mut self, tally: &FlowTally) -> Result<(), TablesError> {
-        replace_all(&mut self.flow_counts, names::FLOW_COUNTS, &tally.sources)?;
-        replace_all(&mut self.snat_shares, names::SNAT_SHARES, &tally.shares)?;
-        // The map has room for so many pools: the busiest destinations get
-        // them (the others' few ports are found by random probes).
-        let mut pools: Vec<_> = tally.pools.iter().collect();
-        if pools.len() > SNAT_POOLS_MAX {
-            pools.sort_by_cached_key(|(_, pool)| {
-                std::cmp::Reverse(pool.used.iter().map(|w| w.count_ones()).sum::<u32>())
-            });
-            pools.truncate(SNAT_POOLS_MAX);
-        }
-        let pools = pools
-            .into_iter()
-            .map(|(destination, pool)| (*destination, **pool))
-            .collect();
-        replace_all(&mut self.snat_ports, names::SNAT_PORTS, &pools)
+    pub fn write_tally<A: Family>(&mut self, tally: &FlowTally<A>) -> Result<(), TablesError> {
+        A::maps_mut(self).write_tally(tally)
     }
 
     /// Calls `each` with every flow of the conntrack table, read in batches.
-    pub fn for_each_flow(&self, each: impl FnMut(&FlowKey, &FlowEntry)) -> Result<(), TablesError> {
-        for_each_entry(&self.conntrack, each).map_err(|e| {
-            TablesError::Io(io::Error::other(format!(
-                "reading {}: {e}",
-                names::CONNTRACK
-            )))
-        })
+    pub fn for_each_flow<A: Family>(
+        &self,
+        each: impl FnMut(&FlowKey<A>, &FlowEntry<A>),
+    ) -> Result<(), TablesError> {
+        A::maps(self).for_each_flow(each)
     }
 
     /// Calls `each` with every reply key and its original, read in batches.
-    pub fn for_each_reply(&self, each: impl FnMut(&FlowKey, &FlowKey)) -> Result<(), TablesError> {
-        for_each_entry(&self.ct_reply, each).map_err(|e| {
-            TablesError::Io(io::Error::other(format!(
-                "reading {}: {e}",
-                names::CT_REPLY
-            )))
-        })
+    pub fn for_each_reply<A: Family>(
+        &self,
+        each: impl FnMut(&FlowKey<A>, &FlowKey<A>),
+    ) -> Result<(), TablesError> {
+        A::maps(self).for_each_reply(each)
     }
 
     /// The conntrack entry of `key` as it is now; None when it is gone.
-    pub fn flow(&self, key: &FlowKey) -> Result<Option<FlowEntry>, TablesError> {
-        match self.conntrack.get(key, 0) {
-            Ok(entry) => Ok(Some(entry)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(map_err(names::CONNTRACK)(e)),
-        }
+    pub fn flow<A: Family>(&self, key: &FlowKey<A>) -> Result<Option<FlowEntry<A>>, TablesError> {
+        A::maps(self).flow(key)
     }
 
-    pub fn remove_reply(&mut self, reply: &FlowKey) {
-        let _ = self.ct_reply.remove(reply);
+    pub fn remove_reply<A: Family>(&mut self, reply: &FlowKey<A>) {
+        A::maps_mut(self).remove_reply(reply);
     }
 
-    /// Capacity of the conntrack table.
-    pub fn conntrack_capacity(&self) -> u32 {
-        self.conntrack_capacity
+    /// Capacity of the family's conntrack table.
+    pub fn conntrack_capacity<A: Family>(&self) -> u32 {
+        A::maps(self).conntrack_capacity()
     }
 
     pub fn counters(&self) -> Result<Counters, TablesError> {

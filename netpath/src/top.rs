@@ -2,7 +2,7 @@
 //! table's counters, and the rates of the verdict and drop counters.
 use std::{collections::HashMap, time::Duration};
 
-use netpath_common::{FlowEntry, FlowKey};
+use netpath_common::{Addr, FlowEntry, FlowKey, Ip6, host::HostAddr};
 use serde::Serialize;
 
 use crate::{
@@ -31,10 +31,11 @@ impl SortBy {
     }
 }
 
-/// One read of the maps.
+/// One read of the maps: both families' flows.
 pub struct Sample {
     at_ns: u64,
     flows: Vec<(FlowKey, FlowEntry)>,
+    flows6: Vec<(FlowKey<Ip6>, FlowEntry<Ip6>)>,
     counters: Counters,
 }
 
@@ -42,6 +43,7 @@ impl Sample {
     pub fn read(tables: &Tables) -> Result<Self, TablesError> {
         Ok(Self {
             flows: tables.flows()?,
+            flows6: tables.flows()?,
             counters: tables.counters()?,
             at_ns: monotonic_ns(),
         })
@@ -80,31 +82,31 @@ pub struct CounterRate {
 pub struct TopView {
     pub interval_secs: f64,
     pub sort: SortBy,
+    /// Of both families' tables.
     pub conntrack_entries: usize,
     pub conntrack_capacity: u32,
     pub flows: Vec<FlowRate>,
     pub counters: Vec<CounterRate>,
 }
 
-fn totals(entry: &FlowEntry) -> (u64, u64) {
+fn totals<A: Addr>(entry: &FlowEntry<A>) -> (u64, u64) {
     (
         entry.packets.iter().fold(0, |a, b| a.wrapping_add(*b)),
         entry.bytes.iter().fold(0, |a, b| a.wrapping_add(*b)),
     )
 }
 
-/// The rates between two samples of the same maps, `earlier` first.
-pub fn compare(earlier: &Sample, later: &Sample, capacity: u32, sort: SortBy) -> TopView {
-    let secs = Duration::from_nanos(later.at_ns.saturating_sub(earlier.at_ns))
-        .as_secs_f64()
-        .max(1e-3);
-    let before: HashMap<&FlowKey, &FlowEntry> = earlier
-        .flows
-        .iter()
-        .map(|(key, entry)| (key, entry))
-        .collect();
-    let mut flows: Vec<FlowRate> = later
-        .flows
+/// The rates of one family's flows between two reads, `earlier` first,
+/// `secs` apart.
+fn rates<A: HostAddr>(
+    earlier: &[(FlowKey<A>, FlowEntry<A>)],
+    later: &[(FlowKey<A>, FlowEntry<A>)],
+    later_ns: u64,
+    secs: f64,
+) -> Vec<FlowRate> {
+    let before: HashMap<&FlowKey<A>, &FlowEntry<A>> =
+        earlier.iter().map(|(key, entry)| (key, entry)).collect();
+    later
         .iter()
         .map(|(key, entry)| {
             // A flow new in the interval (or a key reused by a new flow)
@@ -115,12 +117,22 @@ pub fn compare(earlier: &Sample, later: &Sample, capacity: u32, sort: SortBy) ->
                 .map_or((0, 0), |old| totals(old));
             let now = totals(entry);
             FlowRate {
-                flow: FlowView::new(key, entry, later.at_ns),
+                flow: FlowView::new(key, entry, later_ns),
                 packets_per_sec: now.0.saturating_sub(base.0) as f64 / secs,
                 bytes_per_sec: now.1.saturating_sub(base.1) as f64 / secs,
             }
         })
-        .collect();
+        .collect()
+}
+
+/// The rates between two samples of the same maps, `earlier` first.
+/// `capacity`: of both families' tables.
+pub fn compare(earlier: &Sample, later: &Sample, capacity: u32, sort: SortBy) -> TopView {
+    let secs = Duration::from_nanos(later.at_ns.saturating_sub(earlier.at_ns))
+        .as_secs_f64()
+        .max(1e-3);
+    let mut flows = rates(&earlier.flows, &later.flows, later.at_ns, secs);
+    flows.extend(rates(&earlier.flows6, &later.flows6, later.at_ns, secs));
     sort_flows(&mut flows, sort);
     let counters = later
         .counters
@@ -141,7 +153,7 @@ pub fn compare(earlier: &Sample, later: &Sample, capacity: u32, sort: SortBy) ->
     TopView {
         interval_secs: secs,
         sort,
-        conntrack_entries: later.flows.len(),
+        conntrack_entries: later.flows.len() + later.flows6.len(),
         conntrack_capacity: capacity,
         flows,
         counters,
@@ -222,6 +234,7 @@ mod tests {
         Sample {
             at_ns,
             flows,
+            flows6: Vec::new(),
             counters: vec![("drop_unsolicited", drops)],
         }
     }

@@ -10,7 +10,7 @@ use std::{
 };
 
 use aya::maps::{Map, MapData, RingBuf};
-use netpath_common::{FlowEvent, names};
+use netpath_common::{FlowEvent, Ip6, host::HostAddr, names};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
@@ -53,17 +53,10 @@ impl Printer<'_> {
     fn drain(&self, ring: &mut RingBuf<MapData>) -> Result<bool, WatchError> {
         let mut out = io::stdout().lock();
         while let Some(item) = ring.next() {
-            if item.len() < size_of::<FlowEvent>() {
+            let Some(mut view) = event_view(&item, self.filter, self.since_ns, self.wall_offset_ns)
+            else {
                 continue;
-            }
-            let event: FlowEvent = bytemuck::pod_read_unaligned(&item[..size_of::<FlowEvent>()]);
-            if event.ts_ns < self.since_ns {
-                continue;
-            }
-            if !self.filter.matches(&event.key, &event.reply) {
-                continue;
-            }
-            let mut view = FlowEventView::new(&event, self.wall_offset_ns);
+            };
             view.network = network_of(self.state, &view.original, &view.translated);
             let written = if self.json {
                 serde_json::to_writer(&mut out, &view)?;
@@ -79,6 +72,41 @@ impl Printer<'_> {
         }
         Ok(true)
     }
+}
+
+/// The event a ring record holds, if it is one to show (stamped from
+/// `since_ns` on, passing `filter`). Both families share the ring: a
+/// record's size tells which.
+fn event_view(
+    record: &[u8],
+    filter: &FlowFilter,
+    since_ns: u64,
+    wall_offset_ns: i128,
+) -> Option<FlowEventView> {
+    match record.len() {
+        n if n == size_of::<FlowEvent<Ip6>>() => {
+            family_event_view::<Ip6>(record, filter, since_ns, wall_offset_ns)
+        }
+        n if n >= size_of::<FlowEvent>() => {
+            family_event_view::<u32>(record, filter, since_ns, wall_offset_ns)
+        }
+        _ => None,
+    }
+}
+
+fn family_event_view<A: HostAddr>(
+    record: &[u8],
+    filter: &FlowFilter,
+    since_ns: u64,
+    wall_offset_ns: i128,
+) -> Option<FlowEventView>
+where
+    FlowEvent<A>: bytemuck::Pod,
+{
+    let event: FlowEvent<A> =
+        bytemuck::pod_read_unaligned(record.get(..size_of::<FlowEvent<A>>())?);
+    (event.ts_ns >= since_ns && filter.matches(&event.key, &event.reply))
+        .then(|| FlowEventView::new(&event, wall_offset_ns))
 }
 
 /// Registers a ring buffer (aya's `RingBuf`, or an `EbpfLogger` around one)
@@ -137,5 +165,46 @@ pub async fn watch(
                 guard.clear_ready();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    use netpath_common::{EVENT_OPENED, FlowKey, Proto};
+
+    use super::*;
+
+    #[test]
+    fn a_records_size_tells_its_family() {
+        assert_eq!(
+            (size_of::<FlowEvent>(), size_of::<FlowEvent<Ip6>>()),
+            (48, 96)
+        );
+        let (a, b) = (Ipv6Addr::LOCALHOST, "2001:db8::2".parse().expect("IPv6"));
+        let key = FlowKey::new(a, b, 1000, 80, Proto::Tcp);
+        let v6 = FlowEvent {
+            key,
+            reply: key.reversed(),
+            ts_ns: 10,
+            kind: EVENT_OPENED,
+            ..FlowEvent::default()
+        };
+        let all = FlowFilter::default();
+        let view = event_view(bytemuck::bytes_of(&v6), &all, 0, 0).expect("an IPv6 event");
+        assert_eq!((view.original.src, view.event), (IpAddr::V6(a), "opened"));
+        assert!(
+            event_view(bytemuck::bytes_of(&v6), &all, 11, 0).is_none(),
+            "older"
+        );
+
+        let v4 = FlowEvent {
+            key: FlowKey::new(Ipv4Addr::LOCALHOST, Ipv4Addr::BROADCAST, 1, 2, Proto::Udp),
+            ..FlowEvent::default()
+        };
+        let view = event_view(bytemuck::bytes_of(&v4), &all, 0, 0).expect("an IPv4 event");
+        assert_eq!(view.original.src, IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert!(event_view(&[0; 20], &all, 0, 0).is_none(), "too short");
     }
 }

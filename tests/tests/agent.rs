@@ -224,6 +224,7 @@ fn metrics_endpoint_serves_counters_and_published_port_traffic() {
         "# TYPE netpath_drops_total counter",
         "# TYPE netpath_conntrack_entries gauge",
         "# TYPE netpath_conntrack_capacity gauge",
+        "netpath_conntrack_entries{family=\"ipv6\"} ",
         "# TYPE netpath_published_port_packets_total counter",
         "# TYPE netpath_published_port_bytes_total counter",
         "# HELP netpath_published_port_packets_total ",
@@ -235,11 +236,11 @@ fn metrics_endpoint_serves_counters_and_published_port_traffic() {
         "{text}"
     );
     assert!(
-        value("netpath_conntrack_capacity").is_some_and(|c| c > 0),
+        value("netpath_conntrack_capacity{family=\"ipv4\"}").is_some_and(|c| c > 0),
         "{text}"
     );
     assert!(
-        value("netpath_conntrack_entries").is_some_and(|c| c >= 3),
+        value("netpath_conntrack_entries{family=\"ipv4\"}").is_some_and(|c| c >= 3),
         "{text}"
     );
     let port = |unit: &str, dir: &str| {

@@ -462,14 +462,14 @@ fn bad_requests_fail_with_error_json_and_leave_nothing() {
             2,
         ),
         (
-            "an IPv6 port mapping",
+            "a host IP that is no address",
             attachment.call(
                 &lab,
                 "ADD",
                 &conf(
                     &lab,
                     json!({"runtimeConfig": {"portMappings": [
-                        {"hostPort": 8080, "containerPort": 80, "hostIP": "::"}
+                        {"hostPort": 8080, "containerPort": 80, "hostIP": "localhost"}
                     ]}}),
                 ),
             ),

@@ -204,7 +204,7 @@ fn a_real_prometheus_scrapes_netpath_and_its_dashboard_queries_answer() {
     assert!(!direct.success(), "the container was reached: {direct}");
 
     let entries = prometheus.wait_for("netpath_conntrack_entries scraped", || {
-        let result = prometheus.query(&lab, "netpath_conntrack_entries{job=\"netpath\"}")?;
+        let result = prometheus.query(&lab, "sum(netpath_conntrack_entries{job=\"netpath\"})")?;
         sample_value(&result)
             .filter(|v| *v >= 3.0)
             .ok_or_else(|| format!("{result:?}"))

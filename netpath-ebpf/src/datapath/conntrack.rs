@@ -6,39 +6,46 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::bindings::BPF_NOEXIST;
 use netpath_common::{
-    Config, DIR_ORIGINAL, DIR_REPLY, EVENT_CLOSED, EVENT_OPENED, FLOW_FIN_ORIGINAL, FLOW_FIN_REPLY,
-    FLOW_REPLY_SEQ_KNOWN, FLOW_SEEN_REPLY, FlowEntry, FlowEvent, FlowKey, IPPROTO_TCP,
-    SnatDestination, stat, tcp_state,
+    Addr, Config, DIR_ORIGINAL, DIR_REPLY, EVENT_CLOSED, EVENT_OPENED, FLOW_FIN_ORIGINAL,
+    FLOW_FIN_REPLY, FLOW_REPLY_SEQ_KNOWN, FLOW_SEEN_REPLY, FlowEntry, FlowEvent, FlowKey,
+    IPPROTO_TCP, SnatDestination, SnatShareKey, stat, tcp_state,
 };
 
 use super::{
-    maps::{
-        CONNTRACK, CT_RECENT, CT_RECENT_NEXT, CT_RECENT_SLOTS, CT_REPLY, EVENTS, config, count,
-        now_ns, scratch,
-    },
-    parse::{ICMP_ECHO_REQUEST, L4, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    family::{Family, V4, V6},
+    maps::{CT_RECENT_SLOTS, EVENTS, config, count, now_ns, scratch},
+    parse::{L4, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     snat_ports,
 };
 
 /// A tracked flow as a packet found it.
-pub struct Flow {
-    pub entry: *mut FlowEntry,
-    /// The flow's original tuple (the `CONNTRACK` key).
-    pub orig: FlowKey,
+pub struct Flow<A: Addr = u32> {
+    pub entry: *mut FlowEntry<A>,
+    /// The flow's original tuple (the `CONNTRACK` key): the packet's own,
+    /// or the `CT_REPLY` value that led to the flow. A pointer, not a copy:
+    /// an IPv6 tuple is 40 bytes of the programs' 512-byte stack.
+    orig: *const FlowKey<A>,
     /// Which direction this packet travels.
     pub dir: usize,
 }
 
-impl Flow {
+impl<A: Addr> Flow<A> {
+    #[inline(always)]
+    pub fn orig(&self) -> &FlowKey<A> {
+        // SAFETY: points to the packet's tuple or into a live map value,
+        // both there until the program ends.
+        unsafe { &*self.orig }
+    }
+
     /// The tuple this packet must carry once translated: the reverse of the
     /// other direction's tuple.
     #[inline(always)]
-    pub fn target(&self) -> FlowKey {
+    pub fn target(&self) -> FlowKey<A> {
         if self.dir == DIR_ORIGINAL {
             // SAFETY: entry points into a live map value.
             unsafe { (*self.entry).reply.reversed() }
         } else {
-            self.orig.reversed()
+            self.orig().reversed()
         }
     }
 }
@@ -57,7 +64,7 @@ impl Likely {
     /// ephemeral ports (which are the SNAT range) the start of a flow it
     /// opened, else a server's answer in a flow to a published port.
     #[inline(always)]
-    pub fn from_container(cfg: &Config, pkt: &Packet) -> Self {
+    pub fn from_container<A: Addr>(cfg: &Config, pkt: &Packet<A>) -> Self {
         if in_snat_range(cfg, pkt.key.sport) {
             Likely::Original
         } else {
@@ -69,8 +76,8 @@ impl Likely {
     /// host's address, the answer to a masqueraded flow; else a client's
     /// packet to a published port.
     #[inline(always)]
-    pub fn from_uplink(cfg: &Config, pkt: &Packet) -> Self {
-        if pkt.key.daddr == cfg.host_ip && in_snat_range(cfg, pkt.key.dport) {
+    pub fn from_uplink<A: Addr>(cfg: &Config, pkt: &Packet<A>) -> Self {
+        if pkt.key.daddr == A::host_of(cfg) && in_snat_range(cfg, pkt.key.dport) {
             Likely::Reply
         } else {
             Likely::Original
@@ -88,29 +95,35 @@ fn in_snat_range(cfg: &Config, port: u16) -> bool {
 /// Finds the flow a packet belongs to, in either direction, looking where
 /// it `likely` is first.
 #[inline(always)]
-pub fn lookup(key: &FlowKey, likely: Likely) -> Option<Flow> {
+pub fn lookup<F: Family>(key: &FlowKey<F::Addr>, likely: Likely) -> Option<Flow<F::Addr>> {
     if likely == Likely::Reply {
-        return lookup_reply(key).or_else(|| lookup_original(key));
+        return lookup_reply::<F>(key).or_else(|| lookup_original::<F>(key));
     }
-    lookup_original(key).or_else(|| lookup_reply(key))
+    lookup_original::<F>(key).or_else(|| lookup_reply::<F>(key))
 }
 
 /// The flow whose original tuple is `key`.
 #[inline(always)]
-fn lookup_original(key: &FlowKey) -> Option<Flow> {
-    let entry = CONNTRACK.get_ptr_mut(key)?;
+fn lookup_original<F: Family>(key: &FlowKey<F::Addr>) -> Option<Flow<F::Addr>> {
+    let entry = F::conntrack().get_ptr_mut(key)?;
     Some(Flow {
         entry,
-        orig: *key,
+        orig: key,
         dir: DIR_ORIGINAL,
     })
 }
 
 /// The flow whose reply tuple is `key`.
 #[inline(always)]
-fn lookup_reply(key: &FlowKey) -> Option<Flow> {
-    let orig = unsafe { *CT_REPLY.get_ptr(key)? };
-    match CONNTRACK.get_ptr_mut(orig) {
+fn lookup_reply<F: Family>(key: &FlowKey<F::Addr>) -> Option<Flow<F::Addr>> {
+    let orig = F::ct_reply().get_ptr(key)?;
+    // SAFETY: a live map value.
+    #[allow(
+        clippy::needless_borrows_for_generic_args,
+        reason = "a pointer into the map value, not a copy on the stack"
+    )]
+    let entry = F::conntrack().get_ptr_mut(unsafe { &*orig });
+    match entry {
         Some(entry) => Some(Flow {
             entry,
             orig,
@@ -119,7 +132,7 @@ fn lookup_reply(key: &FlowKey) -> Option<Flow> {
         None => {
             // A reply key whose flow is gone (GC removed it between our two
             // lookups, or a creator lost a race): drop the dangling half.
-            let _ = CT_REPLY.remove(key);
+            let _ = F::ct_reply().remove(key);
             None
         }
     }
@@ -142,10 +155,11 @@ pub enum CreateError {
 /// echo request, any UDP datagram. Anything else opening a flow would let one
 /// packet per forged tuple hold an entry (nf_conntrack: "invalid").
 #[inline(always)]
-pub fn opens_flow(pkt: &Packet) -> bool {
+pub fn opens_flow<A: Addr>(pkt: &Packet<A>) -> bool {
     match pkt.l4_kind {
         L4::Tcp => pkt.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_SYN,
-        L4::IcmpEcho => pkt.icmp_type == ICMP_ECHO_REQUEST,
+        // The echo types of either family: an `IcmpEcho` packet is of its own.
+        L4::IcmpEcho => matches!(pkt.icmp_type, V4::ECHO_REQUEST | V6::ECHO_REQUEST),
         L4::Udp => true,
         L4::IcmpError | L4::Fragment => false,
     }
@@ -154,22 +168,22 @@ pub fn opens_flow(pkt: &Packet) -> bool {
 /// Creates a flow, claiming its reply tuple first (which is how NAT ports are
 /// reserved). If another CPU created the same flow meanwhile, returns that one.
 #[inline(always)]
-pub fn create(
-    orig: &FlowKey,
-    reply: &FlowKey,
+pub fn create<F: Family>(
+    orig: &FlowKey<F::Addr>,
+    reply: &FlowKey<F::Addr>,
     nat_kind: u8,
-    pkt: &Packet,
-) -> Result<Flow, CreateError> {
+    pkt: &Packet<F::Addr>,
+) -> Result<Flow<F::Addr>, CreateError> {
     if !opens_flow(pkt) {
         return Err(CreateError::Refused(stat::DROP_NOT_INITIAL));
     }
-    claim_reply(reply, orig)?;
+    claim_reply::<F>(reply, orig)?;
     let now = now_ns();
     let Some(scratch) = scratch() else {
-        let _ = CT_REPLY.remove(reply);
+        let _ = F::ct_reply().remove(reply);
         return Err(CreateError::Refused(stat::DROP_CT_FULL));
     };
-    let entry = &mut scratch.entry;
+    let entry = F::scratch_entry(scratch);
     *entry = FlowEntry {
         reply: *reply,
         created_ns: now,
@@ -183,30 +197,30 @@ pub fn create(
         seq_end: [pkt.tcp_seq.wrapping_add(pkt.tcp_seq_len), 0],
         ..FlowEntry::default()
     };
-    let entry: &FlowEntry = entry;
-    if CONNTRACK
+    let entry: &FlowEntry<F::Addr> = entry;
+    if F::conntrack()
         .insert(orig, entry, u64::from(BPF_NOEXIST))
         .is_err()
     {
         // Lost a race for the same flow, or the table is full: give the reply
         // tuple back, then use whoever won.
-        let _ = CT_REPLY.remove(reply);
-        return match CONNTRACK.get_ptr_mut(orig) {
+        let _ = F::ct_reply().remove(reply);
+        return match F::conntrack().get_ptr_mut(orig) {
             Some(entry) => Ok(Flow {
                 entry,
-                orig: *orig,
+                orig,
                 dir: DIR_ORIGINAL,
             }),
             None => Err(CreateError::Refused(stat::DROP_CT_FULL)),
         };
     }
     count(stat::FLOW_CREATED);
-    remember_unassured(orig);
+    remember_unassured::<F>(orig);
     emit(EVENT_OPENED, orig, entry);
-    match CONNTRACK.get_ptr_mut(orig) {
+    match F::conntrack().get_ptr_mut(orig) {
         Some(entry) => Ok(Flow {
             entry,
-            orig: *orig,
+            orig,
             dir: DIR_ORIGINAL,
         }),
         // Removed by the GC or an early drop in the instant between.
@@ -217,8 +231,11 @@ pub fn create(
 /// Claims `reply` for `orig` in `CT_REPLY`. The two maps hold one entry per
 /// flow each, so this is where a full table shows.
 #[inline(always)]
-fn claim_reply(reply: &FlowKey, orig: &FlowKey) -> Result<(), CreateError> {
-    match CT_REPLY.insert(reply, orig, u64::from(BPF_NOEXIST)) {
+fn claim_reply<F: Family>(
+    reply: &FlowKey<F::Addr>,
+    orig: &FlowKey<F::Addr>,
+) -> Result<(), CreateError> {
+    match F::ct_reply().insert(reply, orig, u64::from(BPF_NOEXIST)) {
         Ok(()) => Ok(()),
         Err(e) if e == -EEXIST => Err(CreateError::ReplyTaken),
         Err(e) if e == -E2BIG => Err(CreateError::Full),
@@ -230,7 +247,7 @@ fn claim_reply(reply: &FlowKey, orig: &FlowKey) -> Result<(), CreateError> {
 /// a reply, its TCP handshake never completed, or it is closing (what
 /// nf_conntrack calls not assured). Established flows are never dropped.
 #[inline(always)]
-fn unassured(orig: &FlowKey, entry: &FlowEntry) -> bool {
+fn unassured<A: Addr>(orig: &FlowKey<A>, entry: &FlowEntry<A>) -> bool {
     if entry.flags & FLOW_SEEN_REPLY == 0 {
         return true;
     }
@@ -243,8 +260,8 @@ fn unassured(orig: &FlowKey, entry: &FlowEntry) -> bool {
 /// one): racing CPUs may write the same slot, which only loses a hint, and a
 /// torn key finds no flow.
 #[inline(always)]
-fn remember_unassured(orig: &FlowKey) {
-    let Some(next) = CT_RECENT_NEXT.get_ptr_mut(0) else {
+fn remember_unassured<F: Family>(orig: &FlowKey<F::Addr>) {
+    let Some(next) = F::ct_recent_next().get_ptr_mut(0) else {
         return;
     };
     // SAFETY: a live array slot.
@@ -253,7 +270,7 @@ fn remember_unassured(orig: &FlowKey) {
         *next = slot.wrapping_add(1);
         slot
     };
-    if let Some(candidate) = CT_RECENT.get_ptr_mut(slot % CT_RECENT_SLOTS) {
+    if let Some(candidate) = F::ct_recent().get_ptr_mut(slot % CT_RECENT_SLOTS) {
         // SAFETY: a live array slot.
         unsafe { *candidate = *orig };
     }
@@ -268,10 +285,10 @@ const EARLY_DROP_PROBES: u32 = 8;
 /// or half-open flows are what goes; established flows stay. Returns
 /// whether a flow was removed. Callers try it at most once per packet.
 #[inline(always)]
-pub fn early_drop() -> bool {
-    let newest = CT_RECENT_NEXT.get(0).copied().unwrap_or(0);
+pub fn early_drop<F: Family>() -> bool {
+    let newest = F::ct_recent_next().get(0).copied().unwrap_or(0);
     for i in 1..=EARLY_DROP_PROBES {
-        if drop_if_unassured(newest.wrapping_sub(i) % CT_RECENT_SLOTS) {
+        if drop_if_unassured::<F>(newest.wrapping_sub(i) % CT_RECENT_SLOTS) {
             count(stat::CT_EARLY_DROP);
             return true;
         }
@@ -284,13 +301,13 @@ pub fn early_drop() -> bool {
 /// frame, so the verifier sees each probe return only a bool, and the probes
 /// add up instead of multiplying.
 #[inline(never)]
-fn drop_if_unassured(slot: u32) -> bool {
+fn drop_if_unassured<F: Family>(slot: u32) -> bool {
     // Keys are passed as pointers into the map values, not copied: this
     // frame adds to the caller's, and old kernels cap the sum at 512 bytes.
-    let Some(orig) = CT_RECENT.get(slot) else {
+    let Some(orig) = F::ct_recent().get(slot) else {
         return false;
     };
-    let Some(entry) = CONNTRACK.get_ptr(orig) else {
+    let Some(entry) = F::conntrack().get_ptr(orig) else {
         return false;
     };
     // SAFETY: entry points into a live map value.
@@ -303,8 +320,8 @@ fn drop_if_unassured(slot: u32) -> bool {
         clippy::needless_borrows_for_generic_args,
         reason = "a pointer into the map value, not a copy on the stack"
     )]
-    let _ = CT_REPLY.remove(&entry.reply);
-    CONNTRACK.remove(orig).is_ok()
+    let _ = F::ct_reply().remove(&entry.reply);
+    F::conntrack().remove(orig).is_ok()
 }
 
 /// Whether a new flow may claim the reply tuple `reply`: no flow holds it,
@@ -312,8 +329,8 @@ fn drop_if_unassured(slot: u32) -> bool {
 /// [`reclaim_finished`]). A hint: the claim in [`create`] decides. Not
 /// inlined: called from a loop, its branches end here.
 #[inline(never)]
-pub fn reply_claimable(reply: &FlowKey, pkt: &Packet) -> bool {
-    CT_REPLY.get_ptr(reply).is_none() || reclaim_finished(reply, pkt)
+pub fn reply_claimable<F: Family>(reply: &FlowKey<F::Addr>, pkt: &Packet<F::Addr>) -> bool {
+    F::ct_reply().get_ptr(reply).is_none() || reclaim_finished::<F>(reply, pkt)
 }
 
 /// How long a Linux peer keeps a closed connection's tuple in TIME_WAIT
@@ -329,15 +346,15 @@ const PEER_TIME_WAIT_NS: u64 = 60 * 1_000_000_000;
 /// reuses its own tuple needs no takeover: it finds its flow by the original
 /// key.) Returns whether the tuple was freed.
 #[inline(always)]
-fn reclaim_finished(reply: &FlowKey, pkt: &Packet) -> bool {
+fn reclaim_finished<F: Family>(reply: &FlowKey<F::Addr>, pkt: &Packet<F::Addr>) -> bool {
     if pkt.key.proto != IPPROTO_TCP || pkt.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
         return false;
     }
-    let Some(orig) = CT_REPLY.get_ptr(reply) else {
+    let Some(orig) = F::ct_reply().get_ptr(reply) else {
         return false;
     };
     let orig = unsafe { *orig };
-    let reclaimable = match CONNTRACK.get_ptr(orig) {
+    let reclaimable = match F::conntrack().get_ptr(orig) {
         // SAFETY: entry points into a live map value.
         Some(entry) => unsafe {
             match (*entry).tcp_state {
@@ -354,19 +371,19 @@ fn reclaim_finished(reply: &FlowKey, pkt: &Packet) -> bool {
     if !reclaimable {
         return false;
     }
-    let _ = CONNTRACK.remove(orig);
-    let _ = CT_REPLY.remove(reply);
+    let _ = F::conntrack().remove(orig);
+    let _ = F::ct_reply().remove(reply);
     true
 }
 
 /// Reports a flow opening or closing to `flows --watch`. Written in place in
 /// the ring buffer: a record built on the stack would crowd it.
 #[inline(always)]
-fn emit(kind: u8, orig: &FlowKey, entry: &FlowEntry) {
-    let Some(mut slot) = EVENTS.reserve(0) else {
+fn emit<A: Addr>(kind: u8, orig: &FlowKey<A>, entry: &FlowEntry<A>) {
+    let Some(mut slot) = EVENTS.reserve_untyped::<FlowEvent<A>>(0) else {
         return;
     };
-    let event: *mut FlowEvent = slot.as_mut_ptr();
+    let event: *mut FlowEvent<A> = slot.as_mut_ptr();
     // SAFETY: a reserved record of FlowEvent's size, every field written
     // before it is submitted.
     unsafe {
@@ -418,7 +435,7 @@ enum Segment {
 /// next sequence number (RFC 5961); a SYN only where the handshake expects
 /// one. RST and FIN outside the window are dropped.
 #[inline(always)]
-fn judge_tcp(entry: &FlowEntry, dir: usize, pkt: &Packet) -> Result<Segment, u32> {
+fn judge_tcp<A: Addr>(entry: &FlowEntry<A>, dir: usize, pkt: &Packet<A>) -> Result<Segment, u32> {
     let flags = pkt.tcp_flags;
     let state = entry.tcp_state;
     let reply_known = entry.flags & FLOW_REPLY_SEQ_KNOWN != 0;
@@ -481,7 +498,7 @@ fn judge_tcp(entry: &FlowEntry, dir: usize, pkt: &Packet) -> Result<Segment, u32
 /// the TCP state. `Err(reason)`: the packet is to be dropped (an RST or FIN
 /// outside the window).
 #[inline(always)]
-pub fn update(flow: &Flow, pkt: &Packet, now: u64) -> Result<(), u32> {
+pub fn update<F: Family>(flow: &Flow<F::Addr>, pkt: &Packet<F::Addr>, now: u64) -> Result<(), u32> {
     let entry = flow.entry;
     // Masked: an index the verifier can see is 0 or 1 needs no bounds check
     // (whose panic path it would reject).
@@ -489,10 +506,10 @@ pub fn update(flow: &Flow, pkt: &Packet, now: u64) -> Result<(), u32> {
     // SAFETY: entry points into a live map value; the counters are only ever
     // changed with atomic adds.
     unsafe {
-        if flow.orig.proto == IPPROTO_TCP {
+        if flow.orig().proto == IPPROTO_TCP {
             let segment = judge_tcp(&*entry, dir, pkt)?;
             if segment == Segment::InWindow {
-                advance_tcp(flow, pkt);
+                advance_tcp::<F>(flow, pkt);
             }
         }
         (*entry).last_seen_ns = now;
@@ -512,7 +529,7 @@ pub fn update(flow: &Flow, pkt: &Packet, now: u64) -> Result<(), u32> {
 /// Moves a TCP flow on by an in-window segment: its state, and where this
 /// direction's sequence space ends.
 #[inline(always)]
-unsafe fn advance_tcp(flow: &Flow, pkt: &Packet) {
+unsafe fn advance_tcp<F: Family>(flow: &Flow<F::Addr>, pkt: &Packet<F::Addr>) {
     let entry = flow.entry;
     let dir = flow.dir & 1;
     // SAFETY: the caller's: entry points into a live map value.
@@ -535,10 +552,10 @@ unsafe fn advance_tcp(flow: &Flow, pkt: &Packet) {
             (*entry).tcp_state = new;
             match (finished(old), finished(new)) {
                 (false, true) => {
-                    emit(EVENT_CLOSED, &flow.orig, &*entry);
-                    count_snat_share(flow, -1);
+                    emit(EVENT_CLOSED, flow.orig(), &*entry);
+                    count_snat_share::<F>(flow, -1);
                 }
-                (true, false) => count_snat_share(flow, 1),
+                (true, false) => count_snat_share::<F>(flow, 1),
                 _ => {}
             }
         }
@@ -554,7 +571,7 @@ fn finished(state: u8) -> bool {
 /// leaves or rejoins its container's share. Not inlined: one copy for every
 /// transition, and its key off the caller's stack.
 #[inline(never)]
-fn count_snat_share(flow: &Flow, delta: i32) {
+fn count_snat_share<F: Family>(flow: &Flow<F::Addr>, delta: i32) {
     // SAFETY: entry points into a live map value.
     let entry = unsafe { &*flow.entry };
     if !snat_ports::holds_port(entry.nat_kind) {
@@ -563,12 +580,20 @@ fn count_snat_share(flow: &Flow, delta: i32) {
     let Some(cfg) = config() else {
         return;
     };
-    let dest = SnatDestination::of_reply(&entry.reply);
-    snat_ports::share_add(cfg, flow.orig.saddr, &dest, delta);
+    if cfg.snat_ports_per_container == 0 {
+        return;
+    }
+    // Built here, once, and counted inline: a call to `share_add` would
+    // stack a third frame on an IPv6 program's.
+    let key = SnatShareKey {
+        container: flow.orig().saddr,
+        destination: SnatDestination::of_reply(&entry.reply),
+    };
+    snat_ports::add::<F>(&key, delta);
 }
 
 #[inline(always)]
-fn next_tcp_state(entry: &mut FlowEntry, dir: usize, flags: u8) -> u8 {
+fn next_tcp_state<A: Addr>(entry: &mut FlowEntry<A>, dir: usize, flags: u8) -> u8 {
     let state = entry.tcp_state;
     if flags & TCP_RST != 0 {
         return tcp_state::CLOSED;

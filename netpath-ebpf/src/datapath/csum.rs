@@ -4,14 +4,14 @@
 //! for address changes (`BPF_F_PSEUDO_HDR`) but not for port changes.
 use aya_ebpf::bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR};
 
-use super::ctx::Packet as Ctx;
+use super::{
+    ctx::Packet as Ctx,
+    family::Family,
+    parse::{L4, Packet},
+};
 
-use super::parse::{L4, Packet};
-
+/// The IPv4 header checksum.
 pub const IP_CSUM_OFF: usize = 10;
-const IP_SRC_OFF: usize = 12;
-const IP_DST_OFF: usize = 16;
-const IP_TTL_OFF: usize = 8;
 
 /// Offset of the L4 checksum and the flags its fixes need, for a packet whose
 /// L4 header starts at `l4`.
@@ -38,33 +38,39 @@ pub enum Side {
 
 impl Side {
     #[inline(always)]
-    fn addr_off(self) -> usize {
+    fn addr_off<F: Family>(self) -> usize {
         match self {
-            Self::Source => IP_SRC_OFF,
-            Self::Destination => IP_DST_OFF,
+            Self::Source => F::SRC_OFF,
+            Self::Destination => F::DST_OFF,
         }
     }
 }
 
 /// Rewrites the source or destination address.
 #[inline(always)]
-pub fn set_addr<C: Ctx>(
+pub fn set_addr<F: Family, C: Ctx>(
     ctx: &mut C,
-    pkt: &Packet,
+    pkt: &Packet<F::Addr>,
     side: Side,
-    old: u32,
-    new: u32,
+    old: F::Addr,
+    new: F::Addr,
 ) -> RewriteResult {
     if old == new {
         return Ok(());
     }
-    let off = pkt.l3 + side.addr_off();
-    // ICMP's checksum has no pseudo-header: an address change leaves it alone.
-    if matches!(pkt.l4_kind, L4::Tcp | L4::Udp) {
+    let off = pkt.l3 + side.addr_off::<F>();
+    // ICMPv4's checksum has no pseudo-header: an address change leaves it
+    // alone. ICMPv6's has one.
+    let pseudo_header = match pkt.l4_kind {
+        L4::Tcp | L4::Udp => true,
+        L4::IcmpEcho | L4::IcmpError => F::ICMP_PSEUDO_HEADER,
+        L4::Fragment => false,
+    };
+    if pseudo_header {
         let (csum_off, flags) = l4_csum(pkt.l4_kind, pkt.l4);
-        ctx.l4_csum_replace(csum_off, old, new, flags | u64::from(BPF_F_PSEUDO_HDR) | 4)?;
+        F::fix_l4_csum(ctx, csum_off, old, new, flags | u64::from(BPF_F_PSEUDO_HDR))?;
     }
-    ctx.l3_csum_replace(pkt.l3 + IP_CSUM_OFF, old, new, 4)?;
+    F::fix_ip_csum(ctx, pkt.l3, old, new)?;
     ctx.store(off, &new)?;
     Ok(())
 }
@@ -72,9 +78,9 @@ pub fn set_addr<C: Ctx>(
 /// Rewrites the source or destination port (the echo id for ICMP echo, where
 /// the side is ignored: there is one id field).
 #[inline(always)]
-pub fn set_port<C: Ctx>(
+pub fn set_port<A: netpath_common::Addr, C: Ctx>(
     ctx: &mut C,
-    pkt: &Packet,
+    pkt: &Packet<A>,
     side: Side,
     old: u16,
     new: u16,
@@ -93,15 +99,19 @@ pub fn set_port<C: Ctx>(
     Ok(())
 }
 
-/// Decrements the TTL as a router must when we forward between L3 networks.
+/// Decrements the TTL (hop limit) as a router must when we forward between
+/// L3 networks.
 #[inline(always)]
-pub fn dec_ttl<C: Ctx>(ctx: &mut C, pkt: &Packet) -> RewriteResult {
-    let off = pkt.l3 + IP_TTL_OFF;
+pub fn dec_ttl<F: Family, C: Ctx>(ctx: &mut C, pkt: &Packet<F::Addr>) -> RewriteResult {
+    let off = pkt.l3 + F::TTL_OFF;
+    // With the byte after it: IPv4's checksum is over 16-bit words.
     let old: u16 = ctx.load(off)?;
     let mut bytes = old.to_ne_bytes();
     bytes[0] = bytes[0].wrapping_sub(1);
     let new = u16::from_ne_bytes(bytes);
-    ctx.l3_csum_replace(pkt.l3 + IP_CSUM_OFF, u32::from(old), u32::from(new), 2)?;
+    if F::IP_HEADER_CSUM {
+        ctx.l3_csum_replace(pkt.l3 + IP_CSUM_OFF, u32::from(old), u32::from(new), 2)?;
+    }
     ctx.store(off, &new)?;
     Ok(())
 }
@@ -116,34 +126,55 @@ pub fn set_macs<C: Ctx>(ctx: &mut C, dst: &[u8; 6], src: &[u8; 6]) -> RewriteRes
     Ok(())
 }
 
-/// Rewrites an address of the IPv4 header at `l3`, fixing only that
-/// header's checksum: for a later fragment (whose L4 checksum sits in the
-/// first), and for the header an ICMP error quotes (the sum over a header
-/// whose checksum is correct is constant, so the ICMP checksum over it
-/// stays valid).
+/// Rewrites an address of the IP header at `l3`, fixing only that
+/// header's checksum: for a later IPv4 fragment (whose L4 checksum sits in
+/// the first).
 #[inline(always)]
-pub fn set_l3_addr<C: Ctx>(
+pub fn set_l3_addr<F: Family, C: Ctx>(
     ctx: &mut C,
     l3: usize,
     side: Side,
-    old: u32,
-    new: u32,
+    old: F::Addr,
+    new: F::Addr,
 ) -> RewriteResult {
     if old == new {
         return Ok(());
     }
-    let off = l3 + side.addr_off();
-    ctx.l3_csum_replace(l3 + IP_CSUM_OFF, old, new, 4)?;
+    let off = l3 + side.addr_off::<F>();
+    F::fix_ip_csum(ctx, l3, old, new)?;
     ctx.store(off, &new)?;
     Ok(())
+}
+
+/// Rewrites an address of the header an ICMP error (`outer`) quotes at
+/// `l3`. An IPv4 header's own checksum is fixed, and then the ICMP
+/// checksum over it stays valid (the sum over a header whose checksum is
+/// correct is constant); an IPv6 header has none, so the ICMPv6 checksum
+/// is fixed instead.
+#[inline(always)]
+pub fn set_quoted_addr<F: Family, C: Ctx>(
+    ctx: &mut C,
+    outer: &Packet<F::Addr>,
+    l3: usize,
+    side: Side,
+    old: F::Addr,
+    new: F::Addr,
+) -> RewriteResult {
+    if old == new {
+        return Ok(());
+    }
+    if !F::IP_HEADER_CSUM {
+        F::fix_l4_csum(ctx, outer.l4 + 2, old, new, 0)?;
+    }
+    set_l3_addr::<F, C>(ctx, l3, side, old, new)
 }
 
 /// Rewrites a port (or echo id) of the quoted packet at `off`, fixing the outer
 /// ICMP checksum, which covers it.
 #[inline(always)]
-pub fn set_quoted_port<C: Ctx>(
+pub fn set_quoted_port<A: netpath_common::Addr, C: Ctx>(
     ctx: &mut C,
-    outer: &Packet,
+    outer: &Packet<A>,
     off: usize,
     old: u16,
     new: u16,

@@ -10,7 +10,7 @@ use super::{
 };
 
 #[inline(always)]
-fn key_of(pkt: &Packet) -> FragmentKey {
+fn key_of(pkt: &Packet<u32>) -> FragmentKey {
     FragmentKey {
         saddr: pkt.key.saddr,
         daddr: pkt.key.daddr,
@@ -23,7 +23,7 @@ fn key_of(pkt: &Packet) -> FragmentKey {
 /// Records a first fragment's ports (errors are never fragmented in
 /// practice, and not followed).
 #[inline(always)]
-pub fn record(pkt: &Packet) {
+pub fn record(pkt: &Packet<u32>) {
     if !pkt.first_fragment || pkt.l4_kind == L4::IcmpError {
         return;
     }
@@ -38,7 +38,7 @@ pub fn record(pkt: &Packet) {
 /// Fills in a later fragment's ports from its first fragment. `false`: the
 /// first was never seen.
 #[inline(always)]
-pub fn resolve(pkt: &mut Packet) -> bool {
+pub fn resolve(pkt: &mut Packet<u32>) -> bool {
     let Some(ports) = (unsafe { FRAGMENTS.get(key_of(pkt)) }) else {
         return false;
     };

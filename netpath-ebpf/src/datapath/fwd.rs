@@ -12,18 +12,18 @@ use aya_ebpf::{
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
     programs::TcContext,
 };
-use netpath_common::{Config, Endpoint, FlowKey, NextHop, next_hop, stat};
+use netpath_common::{Addr, Config, Endpoint, FlowKey, NextHop, next_hop, stat};
 
 use super::{
     conntrack::Flow,
     csum,
     ctx::Packet as Ctx,
-    maps::{ENDPOINTS, route_gen, scratch},
+    family::Family,
+    maps::{route_gen, scratch},
     parse::{ETH_HLEN, Packet},
     verdict::Verdict,
 };
 
-const AF_INET: u8 = 2;
 const PACKET_HOST: u32 = 0;
 const VLAN_HLEN: u32 = 4;
 /// A cached next hop is looked up again after this long even if no route
@@ -31,7 +31,7 @@ const VLAN_HLEN: u32 = 4;
 const NEXT_HOP_MAX_AGE_NS: u64 = 1_000_000_000;
 
 /// Where a packet with a given destination leaves.
-pub enum Egress {
+pub enum Egress<A: Addr = u32> {
     /// A local container: redirect into its netns.
     Container(Endpoint),
     /// Out of an interface, MACs known.
@@ -43,27 +43,26 @@ pub enum Egress {
         mtu: u16,
     },
     /// Out of an interface, neighbour to resolve.
-    Resolve { ifindex: u32, nexthop: u32 },
+    Resolve { ifindex: u32, nexthop: A },
 }
 
 /// Decides where `tuple` (a packet's tuple after translation) leaves, or
 /// `Err(reason)` when the kernel's stack must handle it (the packet passes,
 /// counted under the reason).
 #[inline(always)]
-pub fn route<C: Ctx>(ctx: &C, tuple: &FlowKey) -> Result<Egress, u32> {
-    if let Some(ep) = unsafe { ENDPOINTS.get(tuple.daddr) } {
+pub fn route<F: Family, C: Ctx>(ctx: &C, tuple: &FlowKey<F::Addr>) -> Result<Egress<F::Addr>, u32> {
+    if let Some(ep) = unsafe { F::endpoints().get(tuple.daddr) } {
         return Ok(Egress::Container(*ep));
     }
-    fib(ctx, tuple)
+    fib::<F, C>(ctx, tuple)
 }
 
 /// Asks the kernel's FIB where `tuple` leaves.
 #[inline(always)]
-fn fib<C: Ctx>(ctx: &C, tuple: &FlowKey) -> Result<Egress, u32> {
+fn fib<F: Family, C: Ctx>(ctx: &C, tuple: &FlowKey<F::Addr>) -> Result<Egress<F::Addr>, u32> {
     // Every input field set (a map value needs no zeroing for the verifier,
     // and zeroing 64 bytes would be a memset call).
     let params = &mut scratch().ok_or(stat::PASS_NO_ROUTE)?.fib;
-    params.family = AF_INET;
     params.__bindgen_anon_2.flowinfo = 0; // tos
     params.__bindgen_anon_1.tot_len = 0;
     params.l4_protocol = tuple.proto;
@@ -71,8 +70,7 @@ fn fib<C: Ctx>(ctx: &C, tuple: &FlowKey) -> Result<Egress, u32> {
     params.dport = tuple.dport;
     // tot_len 0: let the kernel judge the skb itself, which handles GSO packets.
     params.ifindex = ctx.ifindex();
-    params.__bindgen_anon_3.ipv4_src = tuple.saddr;
-    params.__bindgen_anon_4.ipv4_dst = tuple.daddr;
+    F::fib_addrs(params, tuple.saddr, tuple.daddr);
     let rc = unsafe {
         fib_lookup(
             ctx.as_raw().cast(),
@@ -91,7 +89,7 @@ fn fib<C: Ctx>(ctx: &C, tuple: &FlowKey) -> Result<Egress, u32> {
     } else if rc == BPF_FIB_LKUP_RET_NO_NEIGH {
         Ok(Egress::Resolve {
             ifindex: params.ifindex,
-            nexthop: unsafe { params.__bindgen_anon_4.ipv4_dst },
+            nexthop: F::fib_nexthop(params),
         })
     } else if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED {
         Err(stat::PASS_FRAG_NEEDED)
@@ -106,7 +104,12 @@ fn fib<C: Ctx>(ctx: &C, tuple: &FlowKey) -> Result<Egress, u32> {
 /// cached MTU keeps oversized packets going to the kernel, as the FIB lookup
 /// would.
 #[inline(always)]
-pub fn route_flow(ctx: &TcContext, flow: &Flow, tuple: &FlowKey, now: u64) -> Result<Egress, u32> {
+pub fn route_flow<F: Family>(
+    ctx: &TcContext,
+    flow: &Flow<F::Addr>,
+    tuple: &FlowKey<F::Addr>,
+    now: u64,
+) -> Result<Egress<F::Addr>, u32> {
     let generation = route_gen();
     // SAFETY: entry points into a live map value; dir is 0 or 1.
     let cached = unsafe { &(*flow.entry).nexthop[flow.dir & 1] };
@@ -136,14 +139,14 @@ pub fn route_flow(ctx: &TcContext, flow: &Flow, tuple: &FlowKey, now: u64) -> Re
             _ => {}
         }
     }
-    let egress = route(ctx, tuple)?;
+    let egress = route::<F, TcContext>(ctx, tuple)?;
     remember(flow, &egress, generation, now);
     Ok(egress)
 }
 
 /// Caches where this direction of `flow` leaves (see [`route_flow`]).
 #[inline(always)]
-fn remember(flow: &Flow, egress: &Egress, generation: u32, now: u64) {
+fn remember<A: Addr>(flow: &Flow<A>, egress: &Egress<A>, generation: u32, now: u64) {
     let (kind, ifindex, dmac, smac, mtu) = match *egress {
         Egress::Container(ep) => (next_hop::CONTAINER, ep.ifindex, ep.mac, [0; 6], 0),
         // Without the MTU (kernels before 5.12) the size check can't be
@@ -195,8 +198,14 @@ pub enum Hop {
 
 /// Sends an already translated packet where `route` said.
 #[inline(always)]
-pub fn send(ctx: &mut TcContext, cfg: &Config, pkt: &Packet, egress: &Egress, hop: Hop) -> Verdict {
-    if hop == Hop::Routed && csum::dec_ttl(ctx, pkt).is_err() {
+pub fn send<F: Family>(
+    ctx: &mut TcContext,
+    cfg: &Config,
+    pkt: &Packet<F::Addr>,
+    egress: &Egress<F::Addr>,
+    hop: Hop,
+) -> Verdict {
+    if hop == Hop::Routed && csum::dec_ttl::<F, TcContext>(ctx, pkt).is_err() {
         return Verdict::drop(stat::DROP_MALFORMED);
     }
     match egress {
@@ -227,8 +236,7 @@ pub fn send(ctx: &mut TcContext, cfg: &Config, pkt: &Packet, egress: &Egress, ho
         }
         Egress::Resolve { ifindex, nexthop } => {
             let mut nh: bpf_redir_neigh = unsafe { mem::zeroed() };
-            nh.nh_family = u32::from(AF_INET);
-            nh.__bindgen_anon_1.ipv4_nh = *nexthop;
+            F::set_neigh(&mut nh, *nexthop);
             Verdict::redirect(stat::REDIRECT_NEIGH, unsafe {
                 bpf_redirect_neigh(*ifindex, &mut nh, size_of::<bpf_redir_neigh>() as i32, 0)
             })

@@ -10,7 +10,7 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use aya_ebpf::bindings::BPF_NOEXIST;
 use netpath_common::{Config, stat};
 
-use super::{conntrack, maps::FLOW_COUNTS, parse::Packet};
+use super::{conntrack, family::Family, parse::Packet};
 
 /// Who opens a flow: the limit that applies.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -24,7 +24,7 @@ pub enum Opener {
 /// Counts a new flow from `pkt`'s source, or `Err(reason)` when that source
 /// already holds its limit (0: no limit).
 #[inline(always)]
-pub fn admit(cfg: &Config, pkt: &Packet, opener: Opener) -> Result<(), u32> {
+pub fn admit<F: Family>(cfg: &Config, pkt: &Packet<F::Addr>, opener: Opener) -> Result<(), u32> {
     // What can't open a flow is refused by conntrack, uncounted here.
     if !conntrack::opens_flow(pkt) {
         return Ok(());
@@ -38,7 +38,7 @@ pub fn admit(cfg: &Config, pkt: &Packet, opener: Opener) -> Result<(), u32> {
     if limit == 0 {
         return Ok(());
     }
-    match FLOW_COUNTS.get_ptr_mut(source) {
+    match F::flow_counts().get_ptr_mut(source) {
         // SAFETY: a live map value, only ever changed by atomic adds here
         // and whole writes by the agent.
         Some(count) => unsafe {
@@ -50,7 +50,7 @@ pub fn admit(cfg: &Config, pkt: &Packet, opener: Opener) -> Result<(), u32> {
         None => {
             // A racing first flow of the same source may win the insert;
             // one uncounted flow until the agent's next recount.
-            let _ = FLOW_COUNTS.insert(source, 1u32, u64::from(BPF_NOEXIST));
+            let _ = F::flow_counts().insert(source, 1u32, u64::from(BPF_NOEXIST));
         }
     }
     Ok(())

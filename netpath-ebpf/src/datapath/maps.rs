@@ -9,7 +9,7 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use netpath_common::{
-    AllowKey, AllowRule, Config, Endpoint, FlowEntry, FlowEvent, FlowKey, Ip6, NETWORKS_MAX,
+    Addr, AllowKey, AllowRule, Config, Endpoint, FlowEntry, FlowEvent, FlowKey, Ip6, NETWORKS_MAX,
     Network, NetworkDrops, PortKey, PortTarget, SLOW_PATHS_LEN, SNAT_POOLS_MAX, SnatDestination,
     SnatPortPool, SnatShareKey, SockRevNatKey, SockRevNatKey6, SockRevNatValue, SockRevNatValue6,
     stat,
@@ -36,20 +36,20 @@ pub static PORTS6: HashMap<PortKey<Ip6>, PortTarget<Ip6>, 65536> = HashMap::new(
 pub static SUBNETS6: LpmTrie<Ip6, u32, { NETWORKS_MAX as usize }> = LpmTrie::new();
 
 #[btf_map]
-pub static CONNTRACK6: HashMap<FlowKey<Ip6>, FlowEntry<Ip6>, 16384> = HashMap::new();
+pub static CONNTRACK6: HashMap<FlowKey<Ip6>, FlowEntry<Ip6>, 65536> = HashMap::new();
 
 #[btf_map]
-pub static CT_REPLY6: HashMap<FlowKey<Ip6>, FlowKey<Ip6>, 16384> = HashMap::new();
+pub static CT_REPLY6: HashMap<FlowKey<Ip6>, FlowKey<Ip6>, 65536> = HashMap::new();
 
 #[btf_map]
-pub static FLOW_COUNTS6: LruHashMap<Ip6, u32, 16384> = LruHashMap::new();
+pub static FLOW_COUNTS6: LruHashMap<Ip6, u32, 65536> = LruHashMap::new();
 
 #[btf_map]
 pub static SNAT_PORTS6: HashMap<SnatDestination<Ip6>, SnatPortPool, SNAT_POOLS_MAX, NO_PREALLOC> =
     HashMap::new();
 
 #[btf_map]
-pub static SNAT_SHARES6: LruHashMap<SnatShareKey<Ip6>, u32, 16384> = LruHashMap::new();
+pub static SNAT_SHARES6: LruHashMap<SnatShareKey<Ip6>, u32, 65536> = LruHashMap::new();
 
 #[btf_map]
 pub static SOCK_REVNAT6: LruHashMap<SockRevNatKey6, SockRevNatValue6, 65536> = LruHashMap::new();
@@ -104,6 +104,13 @@ pub static CT_RECENT: Array<FlowKey, { CT_RECENT_SLOTS as usize }> = Array::new(
 #[btf_map]
 pub static CT_RECENT_NEXT: Array<u32, 1> = Array::new();
 
+/// The same for IPv6 flows.
+#[btf_map]
+pub static CT_RECENT6: Array<FlowKey<Ip6>, { CT_RECENT_SLOTS as usize }> = Array::new();
+
+#[btf_map]
+pub static CT_RECENT_NEXT6: Array<u32, 1> = Array::new();
+
 /// Flows per original source address (see `limits`). LRU: under a flood
 /// of forged sources the oldest counts go, which only ever lets more in.
 #[btf_map]
@@ -115,7 +122,7 @@ pub static FLOW_COUNTS: LruHashMap<u32, u32, 65536> = LruHashMap::new();
 pub static SLOW_PATHS: ProgramArray<{ SLOW_PATHS_LEN as usize }> = ProgramArray::new();
 
 /// `BPF_F_NO_PREALLOC`: memory for an entry is taken when it is made.
-const NO_PREALLOC: usize = 1;
+pub const NO_PREALLOC: usize = 1;
 
 /// The SNAT ports taken toward each destination (see `snat_ports`). Not
 /// preallocated: a pool is 4 KiB, and only destinations with SNAT flows
@@ -171,21 +178,31 @@ pub static ROUTE_GEN: Array<u32, 1> = Array::new();
 pub struct Scratch {
     /// `bpf_fib_lookup`'s argument.
     pub fib: bpf_fib_lookup,
-    /// A flow being created, before it is copied into `CONNTRACK`.
+    /// A flow being created, before it is copied into `CONNTRACK`
+    /// (`CONNTRACK6`).
     pub entry: FlowEntry,
+    pub entry6: FlowEntry<Ip6>,
     /// See [`forget_bounds`].
     pub opaque: u32,
-    /// What `from_container` hands its new-flow slow path.
+    /// What `from_container` (`from_container6`) hands its new-flow slow
+    /// path.
     pub new_flow: NewFlowRequest,
+    pub new_flow6: NewFlowRequest<Ip6>,
+    /// Parsed IPv6 packets (see `keep`): the one a program runs for, and
+    /// the one an ICMP error quotes.
+    pub packet6: Packet<Ip6>,
+    pub quoted6: Packet<Ip6>,
+    /// IPv6 tuples (see `keep_key`), indexed by `KeptKey`.
+    pub keys6: [FlowKey<Ip6>; 3],
 }
 
 /// A flow `from_container` wants made: its first packet (as parsed) and
 /// what `nat::create_snat_flow` takes besides.
 #[derive(Clone, Copy)]
-pub struct NewFlowRequest {
-    pub pkt: Packet,
-    pub nat_addr: u32,
-    pub dst_addr: u32,
+pub struct NewFlowRequest<A: Addr = u32> {
+    pub pkt: Packet<A>,
+    pub nat_addr: A,
+    pub dst_addr: A,
     pub dst_port: u16,
     pub nat_kind: u8,
     /// The `SLOW_PATHS` index of the program to run the packet through

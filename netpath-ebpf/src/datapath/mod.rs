@@ -9,6 +9,7 @@ mod baseline;
 mod conntrack;
 mod csum;
 mod ctx;
+mod family;
 mod fragments;
 mod fwd;
 mod limits;
@@ -27,68 +28,103 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use netpath_common::{
-    Config, DIR_ORIGINAL, Endpoint, FlowKey, IPPROTO_TCP, IPPROTO_UDP, PortKey, PortTarget,
-    SLOW_PATH_FROM_CONTAINER, SLOW_PATH_NEW_FLOW, SLOW_PATH_TO_UPLINK, nat_kind, network_drop,
-    stat,
+    Addr, Config, DIR_ORIGINAL, Endpoint, FlowKey, IPPROTO_TCP, IPPROTO_UDP, PortKey, PortTarget,
+    SLOW_PATH_FROM_CONTAINER6, SLOW_PATH_FROM_UPLINK6, SLOW_PATH_ICMP_ERROR6, SLOW_PATH_TO_UPLINK6,
+    nat_kind, network_drop, stat,
 };
 
 use conntrack::{Flow, Likely};
 use csum::Side;
+use family::{Family, V4, V6};
 use fwd::{Egress, Hop};
-use maps::{ENDPOINTS, NewFlowRequest, PORTS, SLOW_PATHS, config, now_ns, scratch};
+use maps::{NewFlowRequest, SLOW_PATHS, config, now_ns, scratch};
 use networks::{Net, Reach};
-use parse::{L4, Packet, Parsed};
+use parse::{ETH_P_IPV6, L4, Packet, Parsed};
 use verdict::Verdict;
 
-/// TC ingress of each container's host-side veth: everything a container sends.
+/// TC ingress of each container's host-side veth: everything a container
+/// sends. IPv6 goes on to `from_container6`.
 #[classifier]
 pub fn from_container(mut ctx: TcContext) -> i32 {
     let Some(cfg) = config() else {
         return Verdict::pass(stat::PASS).tc();
     };
     ctx::linearize_headers(&mut ctx);
-    from_container_verdict(&mut ctx, cfg).tc()
+    from_container_verdict::<V4>(&mut ctx, cfg).tc()
+}
+
+/// `from_container` for IPv6, reached by tail call.
+#[classifier]
+pub fn from_container6(mut ctx: TcContext) -> i32 {
+    let Some(cfg) = config() else {
+        return Verdict::pass(stat::PASS).tc();
+    };
+    from_container_verdict::<V6>(&mut ctx, cfg).tc()
+}
+
+/// Hands an IPv6 frame to the IPv6 program in `SLOW_PATHS[slot]`, if
+/// IPv6 is on; `otherwise` if not (or the program is missing).
+#[inline(always)]
+fn to_ipv6_program(ctx: &TcContext, cfg: &Config, slot: u32, otherwise: Verdict) -> Verdict {
+    if cfg.ipv6() {
+        // SAFETY: a tail call; it returns only when it fails.
+        unsafe { SLOW_PATHS.tail_call(ctx, slot) };
+    }
+    otherwise
 }
 
 #[inline(always)]
-fn from_container_verdict(ctx: &mut TcContext, cfg: &Config) -> Verdict {
-    let (pkt, translatable) = match parse::parse(ctx) {
+fn from_container_verdict<F: Family>(ctx: &mut TcContext, cfg: &Config) -> Verdict {
+    let (mut parsed, translatable) = match parse::parse::<F, TcContext>(ctx) {
         Parsed::Ours(pkt) => (pkt, true),
-        Parsed::OtherIpv4(other) => (other, false),
+        Parsed::Other(other) => (other, false),
         Parsed::Arp => return arp_from_container(ctx),
-        // IPv6 (until netpath translates it), VLAN tags, anything else: a
-        // container on a bridge network speaks IPv4 and ARP.
+        Parsed::OtherL2 if parse::ethertype(ctx) == ETH_P_IPV6 => {
+            return to_ipv6_program(
+                ctx,
+                cfg,
+                SLOW_PATH_FROM_CONTAINER6,
+                Verdict::drop(stat::DROP_ETHERTYPE),
+            );
+        }
+        // VLAN tags, anything else: a container on a bridge network speaks
+        // IP, ARP and neighbour discovery.
         Parsed::OtherL2 => return Verdict::drop(stat::DROP_ETHERTYPE),
         Parsed::Malformed => return Verdict::drop(stat::DROP_MALFORMED),
     };
-    // Every IPv4 packet, whatever its protocol, carries the container's
-    // own address and MAC, which also tell its network.
-    let Some(from) = source_network(ctx, pkt.key.saddr) else {
+    let pkt = keep::<F>(&mut parsed, Kept::Packet);
+    if let Some(verdict) = F::screen_from_container(pkt) {
+        return verdict;
+    }
+    // Every IP packet, whatever its protocol, carries the container's own
+    // address and MAC, which also tell its network.
+    let Some(from) = source_network::<F>(ctx, pkt.key.saddr) else {
         // Rare (a misconfigured or hostile container), so worth a record; at
         // debug, which the loader switches off below the agent's level.
-        aya_log_ebpf::debug!(
-            ctx,
-            "drop: spoofed source {:i} from ifindex {}",
-            u32::from_be(pkt.key.saddr),
-            unsafe { (*ctx.skb.skb).ifindex }
-        );
+        aya_log_ebpf::debug!(ctx, "drop: spoofed source from ifindex {}", unsafe {
+            (*ctx.skb.skb).ifindex
+        });
         return Verdict::drop(stat::DROP_SPOOFED);
     };
+    if F::is_link_scope(pkt.key.daddr) {
+        // Multicast and link-local: neighbour discovery, the bridge's.
+        return Verdict::pass(stat::PASS_NOT_OURS);
+    }
     if !translatable {
-        return other_from_container(cfg, &from, &pkt);
+        return other_from_container::<F>(cfg, &from, pkt);
     }
     if pkt.l4_kind == L4::Fragment {
-        return later_fragment_from_container(ctx, cfg, &from, pkt);
+        return later_fragment_from_container::<F>(ctx, cfg, &from, pkt);
     }
-    fragments::record(&pkt);
+    F::record_fragment(pkt);
     let dst = pkt.key.daddr;
-    if is_loopback(dst) {
+    if F::is_loopback(dst) {
         return Verdict::drop(stat::DROP_MARTIAN_DESTINATION);
     }
     // Traffic leaving the network (the common case) needs no ENDPOINTS
     // lookup here; a container of another network is not in this subnet.
-    if from.net.contains(dst)
-        && let Some(ep) = unsafe { ENDPOINTS.get(dst) }
+    if dst.in_subnet(from.net)
+        && let Some(ep) = unsafe { F::endpoints().get(dst) }
     {
         // Same network: straight into the peer's netns, no NAT, no TTL
         // change. Checked first: no translated flow is ever addressed to a
@@ -98,26 +134,27 @@ fn from_container_verdict(ctx: &mut TcContext, cfg: &Config) -> Verdict {
             return networks::refuse(&from, network_drop::ICC);
         }
         let ep = *ep;
-        return fwd::send(ctx, cfg, &pkt, &Egress::Container(ep), Hop::Bridged);
+        return fwd::send::<F>(ctx, cfg, pkt, &Egress::Container(ep), Hop::Bridged);
     }
-    if let Some(flow) = conntrack::lookup(&pkt.key, Likely::from_container(cfg, &pkt)) {
-        return forward_flow(ctx, cfg, &pkt, &flow);
+    if let Some(flow) = conntrack::lookup::<F>(&pkt.key, Likely::from_container(cfg, pkt)) {
+        return forward_flow::<F>(ctx, cfg, pkt, &flow);
     }
     if pkt.l4_kind == L4::IcmpError {
-        return icmp_error(ctx, cfg, &pkt)
-            .unwrap_or_else(|| untranslated_from_container(cfg, &from, &pkt));
+        return icmp_error_apart::<F, _>(ctx, cfg, pkt, || {
+            untranslated_from_container::<F>(cfg, &from, pkt)
+        });
     }
-    if from.net.is_internal() && !from.net.contains(dst) {
+    if from.net.is_internal() && !dst.in_subnet(from.net) {
         // Not even a published port: those are reached through the host.
         return networks::refuse(&from, network_drop::INTERNAL);
     }
-    if let Some(Published { target, .. }) = published(cfg, &pkt) {
-        return hairpin(ctx, pkt, &target);
+    if let Some(Published { target, .. }) = published::<F>(cfg, pkt) {
+        return hairpin::<F>(ctx, pkt, &target);
     }
-    match networks::reach(cfg, &from, dst) {
+    match networks::reach::<F>(cfg, &from, dst) {
         // The host itself, or broadcast/unknown on the bridge: the kernel's job.
         Reach::Local => Verdict::pass(stat::PASS),
-        Reach::OffHost => masquerade(ctx, cfg, &pkt, SLOW_PATH_FROM_CONTAINER),
+        Reach::OffHost => masquerade::<F>(ctx, cfg, pkt, F::SLOW_PATH_FROM_CONTAINER),
         Reach::Refused(verdict) => verdict,
     }
 }
@@ -127,23 +164,27 @@ fn from_container_verdict(ctx: &mut TcContext, cfg: &Config) -> Verdict {
 /// back through us even when it is the sender itself, and from another
 /// network it sees its own gateway, not a stranger.
 #[inline(always)]
-fn hairpin(ctx: &TcContext, pkt: Packet, target: &PortTarget) -> Verdict {
+fn hairpin<F: Family>(
+    ctx: &TcContext,
+    pkt: &Packet<F::Addr>,
+    target: &PortTarget<F::Addr>,
+) -> Verdict {
     if pkt.ttl <= 1 {
         return Verdict::pass(stat::PASS_TTL);
     }
-    let Some(to) = networks::containing(target.container_ip) else {
+    let Some(to) = networks::containing::<F>(target.container_ip) else {
         // A port whose container's network is gone: nothing to reach.
         return Verdict::drop(stat::DROP_UNTRANSLATED);
     };
-    new_flow(
+    new_flow::<F>(
         ctx,
-        NewFlowRequest {
-            pkt,
-            nat_addr: to.net.gateway_ip,
+        pkt,
+        NewFlow {
+            nat_addr: F::Addr::gateway_of(to.net),
             dst_addr: target.container_ip,
             dst_port: target.container_port,
             nat_kind: nat_kind::HAIRPIN,
-            then: SLOW_PATH_FROM_CONTAINER,
+            then: F::SLOW_PATH_FROM_CONTAINER,
         },
     )
 }
@@ -155,13 +196,21 @@ fn hairpin(ctx: &TcContext, pkt: Packet, target: &PortTarget) -> Verdict {
 /// walked once). The request goes through this CPU's scratch space, which
 /// the tail call keeps.
 #[inline(always)]
-fn new_flow(ctx: &TcContext, request: NewFlowRequest) -> Verdict {
+fn new_flow<F: Family>(ctx: &TcContext, pkt: &Packet<F::Addr>, flow: NewFlow<F::Addr>) -> Verdict {
     let Some(scratch) = scratch() else {
         return Verdict::drop(stat::DROP_NO_SLOW_PATH);
     };
-    scratch.new_flow = request;
+    // Field by field, into the map: a request built on the stack first
+    // would take IPv6's programs past their 512 bytes.
+    let request = F::scratch_request(scratch);
+    request.pkt = *pkt;
+    request.nat_addr = flow.nat_addr;
+    request.dst_addr = flow.dst_addr;
+    request.dst_port = flow.dst_port;
+    request.nat_kind = flow.nat_kind;
+    request.then = flow.then;
     // SAFETY: a tail call; it returns only when it fails.
-    unsafe { SLOW_PATHS.tail_call(ctx, SLOW_PATH_NEW_FLOW) };
+    unsafe { SLOW_PATHS.tail_call(ctx, F::SLOW_PATH_NEW_FLOW) };
     Verdict::drop(stat::DROP_NO_SLOW_PATH)
 }
 
@@ -170,24 +219,48 @@ fn new_flow(ctx: &TcContext, request: NewFlowRequest) -> Verdict {
 /// again, which now finds it. Attached nowhere; reached by tail call only.
 #[classifier]
 pub fn from_container_new_flow(ctx: TcContext) -> i32 {
+    new_flow_slow_path::<V4>(&ctx)
+}
+
+/// The same for IPv6 (`from_container6`, `to_uplink6`).
+#[classifier]
+pub fn from_container6_new_flow(ctx: TcContext) -> i32 {
+    new_flow_slow_path::<V6>(&ctx)
+}
+
+#[inline(always)]
+fn new_flow_slow_path<F: Family>(ctx: &TcContext) -> i32 {
     let Some(cfg) = config() else {
         return Verdict::pass(stat::PASS).tc();
     };
     let Some(scratch) = scratch() else {
         return Verdict::drop(stat::DROP_NO_SLOW_PATH).tc();
     };
-    let request = scratch.new_flow;
-    if let Err(reason) = create_flow(cfg, &request) {
+    // IPv4's request is copied to the stack, where the verifier keeps what
+    // each branch learnt of it (read from the map, the packet's kind is
+    // judged again at every use: 60% more paths to walk). IPv6's is read
+    // where it is: a copy would take its stack past 512 bytes.
+    let copy;
+    let request = if F::OUTLINE {
+        F::scratch_request(scratch)
+    } else {
+        copy = *F::scratch_request(scratch);
+        &copy
+    };
+    if let Err(reason) = create_flow::<F>(cfg, request) {
         return Verdict::drop(reason).tc();
     }
     // SAFETY: a tail call; it returns only when it fails.
-    unsafe { SLOW_PATHS.tail_call(&ctx, request.then) };
+    unsafe { SLOW_PATHS.tail_call(ctx, request.then) };
     Verdict::drop(stat::DROP_NO_SLOW_PATH).tc()
 }
 
 #[inline(always)]
-fn create_flow(cfg: &Config, request: &NewFlowRequest) -> Result<Flow, u32> {
-    nat::create_snat_flow(
+fn create_flow<F: Family>(
+    cfg: &Config,
+    request: &NewFlowRequest<F::Addr>,
+) -> Result<Flow<F::Addr>, u32> {
+    nat::create_snat_flow::<F>(
         cfg,
         &request.pkt,
         request.nat_addr,
@@ -201,22 +274,27 @@ fn create_flow(cfg: &Config, request: &NewFlowRequest) -> Result<Flow, u32> {
 /// type we leave alone, a fragment of one): it may go to the host or its
 /// own network only.
 #[inline(always)]
-fn other_from_container(cfg: &Config, from: &Net, other: &Packet) -> Verdict {
-    if is_loopback(other.key.daddr) {
+fn other_from_container<F: Family>(cfg: &Config, from: &Net, other: &Packet<F::Addr>) -> Verdict {
+    if F::is_loopback(other.key.daddr) {
         return Verdict::drop(stat::DROP_MARTIAN_DESTINATION);
     }
-    untranslated_from_container(cfg, from, other)
+    untranslated_from_container::<F>(cfg, from, other)
 }
 
 /// A container's packet that no flow translates and none may open: into
 /// the kernel where the container may reach untranslated, else dropped.
 #[inline(always)]
-fn untranslated_from_container(cfg: &Config, from: &Net, pkt: &Packet) -> Verdict {
-    match networks::reach(cfg, from, pkt.key.daddr) {
+fn untranslated_from_container<F: Family>(
+    cfg: &Config,
+    from: &Net,
+    pkt: &Packet<F::Addr>,
+) -> Verdict {
+    match networks::reach::<F>(cfg, from, pkt.key.daddr) {
         Reach::Local => Verdict::pass(stat::PASS_NOT_OURS),
         Reach::OffHost if pkt.fragment || pkt.l4_kind == L4::Fragment => {
             Verdict::drop(stat::DROP_FRAGMENT)
         }
+        Reach::OffHost if pkt.extension => Verdict::drop(stat::DROP_EXTENSION_HEADER),
         Reach::OffHost => Verdict::drop(stat::DROP_UNTRANSLATED),
         Reach::Refused(verdict) => verdict,
     }
@@ -227,29 +305,29 @@ fn untranslated_from_container(cfg: &Config, from: &Net, pkt: &Packet) -> Verdic
 /// A path of its own: the main path's many branches need not be walked
 /// again for a packet that can only follow a flow.
 #[inline(always)]
-fn later_fragment_from_container(
+fn later_fragment_from_container<F: Family>(
     ctx: &mut TcContext,
     cfg: &Config,
     from: &Net,
-    mut pkt: Packet,
+    pkt: &mut Packet<F::Addr>,
 ) -> Verdict {
     let dst = pkt.key.daddr;
-    if is_loopback(dst) {
+    if F::is_loopback(dst) {
         return Verdict::drop(stat::DROP_MARTIAN_DESTINATION);
     }
-    if fragments::resolve(&mut pkt)
-        && let Some(flow) = conntrack::lookup(&pkt.key, Likely::from_container(cfg, &pkt))
+    if F::resolve_fragment(pkt)
+        && let Some(flow) = conntrack::lookup::<F>(&pkt.key, Likely::from_container(cfg, pkt))
     {
-        return forward_flow(ctx, cfg, &pkt, &flow);
+        return forward_flow::<F>(ctx, cfg, pkt, &flow);
     }
-    if from.net.contains(dst)
+    if dst.in_subnet(from.net)
         && from.net.allows_icc()
-        && let Some(ep) = unsafe { ENDPOINTS.get(dst) }
+        && let Some(ep) = unsafe { F::endpoints().get(dst) }
     {
         let ep = *ep;
-        return fwd::send(ctx, cfg, &pkt, &Egress::Container(ep), Hop::Bridged);
+        return fwd::send::<F>(ctx, cfg, pkt, &Egress::Container(ep), Hop::Bridged);
     }
-    untranslated_from_container(cfg, from, &pkt)
+    untranslated_from_container::<F>(cfg, from, pkt)
 }
 
 /// ARP from a container must speak for itself: its sender MAC is the frame's
@@ -270,7 +348,7 @@ fn arp_from_container(ctx: &TcContext) -> Verdict {
     if sha != smac {
         return Verdict::drop(stat::DROP_SPOOFED_ARP);
     }
-    if spa != 0 && endpoint_on_this_veth(ctx, spa, &smac).is_none() {
+    if spa != 0 && endpoint_on_this_veth::<V4>(ctx, spa, &smac).is_none() {
         aya_log_ebpf::debug!(
             ctx,
             "drop: spoofed source {:i} in ARP from ifindex {}",
@@ -293,44 +371,74 @@ const ETH_ARP_SHA: usize = parse::ETH_HLEN + 8;
 trait UplinkHook: ctx::Packet {
     /// A packet of a tracked flow (a reply to a masqueraded flow, or a flow
     /// to a published port, new or established).
-    fn forward(&mut self, cfg: &Config, pkt: &Packet, flow: &Flow) -> Verdict;
-    /// An ICMP error that may quote one of our flows; None when it quotes
-    /// none.
-    fn icmp_error(&mut self, cfg: &Config, pkt: &Packet) -> Option<Verdict>;
+    fn forward<F: Family>(
+        &mut self,
+        cfg: &Config,
+        pkt: &Packet<F::Addr>,
+        flow: &Flow<F::Addr>,
+    ) -> Verdict;
+    /// An ICMP error that may quote one of our flows; `otherwise` when it
+    /// quotes none.
+    fn icmp_error<F: Family, U: FnOnce() -> Verdict>(
+        &mut self,
+        cfg: &Config,
+        pkt: &Packet<F::Addr>,
+        otherwise: U,
+    ) -> Verdict;
     /// What to do with a frame this hook can't translate correctly: a
     /// frame whose checksum is left to offload, in XDP (see `offload`).
-    fn cannot_translate(&self, pkt: &Packet) -> Option<Verdict>;
+    fn cannot_translate<F: Family>(&self, pkt: &Packet<F::Addr>) -> Option<Verdict>;
 }
 
 impl UplinkHook for TcContext {
     #[inline(always)]
-    fn forward(&mut self, cfg: &Config, pkt: &Packet, flow: &Flow) -> Verdict {
-        forward_flow(self, cfg, pkt, flow)
+    fn forward<F: Family>(
+        &mut self,
+        cfg: &Config,
+        pkt: &Packet<F::Addr>,
+        flow: &Flow<F::Addr>,
+    ) -> Verdict {
+        forward_flow::<F>(self, cfg, pkt, flow)
     }
     #[inline(always)]
-    fn icmp_error(&mut self, cfg: &Config, pkt: &Packet) -> Option<Verdict> {
-        icmp_error(self, cfg, pkt)
+    fn icmp_error<F: Family, U: FnOnce() -> Verdict>(
+        &mut self,
+        cfg: &Config,
+        pkt: &Packet<F::Addr>,
+        otherwise: U,
+    ) -> Verdict {
+        icmp_error_apart::<F, U>(self, cfg, pkt, otherwise)
     }
     /// TC keeps the skb's checksum state: it translates everything.
     #[inline(always)]
-    fn cannot_translate(&self, _pkt: &Packet) -> Option<Verdict> {
+    fn cannot_translate<F: Family>(&self, _pkt: &Packet<F::Addr>) -> Option<Verdict> {
         None
     }
 }
 
 impl UplinkHook for XdpContext {
     #[inline(always)]
-    fn forward(&mut self, cfg: &Config, pkt: &Packet, flow: &Flow) -> Verdict {
-        xdp_forward(self, cfg, pkt, flow)
+    fn forward<F: Family>(
+        &mut self,
+        cfg: &Config,
+        pkt: &Packet<F::Addr>,
+        flow: &Flow<F::Addr>,
+    ) -> Verdict {
+        xdp_forward::<F>(self, cfg, pkt, flow)
     }
     /// Left to the TC program.
     #[inline(always)]
-    fn icmp_error(&mut self, _cfg: &Config, _pkt: &Packet) -> Option<Verdict> {
-        Some(Verdict::pass(stat::XDP_PASS))
+    fn icmp_error<F: Family, U: FnOnce() -> Verdict>(
+        &mut self,
+        _cfg: &Config,
+        _pkt: &Packet<F::Addr>,
+        _otherwise: U,
+    ) -> Verdict {
+        Verdict::pass(stat::XDP_PASS)
     }
     #[inline(always)]
-    fn cannot_translate(&self, pkt: &Packet) -> Option<Verdict> {
-        offload::has_partial_checksum(self, pkt).then(offload::fall_back)
+    fn cannot_translate<F: Family>(&self, pkt: &Packet<F::Addr>) -> Option<Verdict> {
+        offload::has_partial_checksum::<F>(self, pkt).then(offload::fall_back)
     }
 }
 
@@ -339,13 +447,13 @@ impl UplinkHook for XdpContext {
 /// what can't come from outside or would reach the containers unasked is
 /// dropped.
 #[inline(always)]
-fn from_uplink_verdict<C: UplinkHook>(ctx: &mut C, cfg: &Config) -> Verdict {
-    let mut pkt = match parse::parse(ctx) {
+fn from_uplink_verdict<F: Family, C: UplinkHook>(ctx: &mut C, cfg: &Config) -> Verdict {
+    let mut parsed = match parse::parse::<F, C>(ctx) {
         Parsed::Ours(pkt) => pkt,
-        Parsed::OtherIpv4(other) => {
-            return screen_uplink(cfg, &other)
-                .or_else(|| screen_uplink_source(&other))
-                .unwrap_or_else(|| unsolicited(other.key.daddr));
+        Parsed::Other(other) => {
+            return screen_uplink::<F>(cfg, &other)
+                .or_else(|| screen_uplink_source::<F>(&other))
+                .unwrap_or_else(|| unsolicited::<F>(&other));
         }
         // Not addressed to anything we translate: the host's own traffic
         // must never suffer from our parser.
@@ -353,54 +461,53 @@ fn from_uplink_verdict<C: UplinkHook>(ctx: &mut C, cfg: &Config) -> Verdict {
             return Verdict::pass(stat::PASS_NOT_OURS);
         }
     };
-    if let Some(verdict) = screen_uplink(cfg, &pkt) {
+    let pkt = keep::<F>(&mut parsed, Kept::Packet);
+    if let Some(verdict) = screen_uplink::<F>(cfg, pkt) {
         return verdict;
     }
-    if let Some(verdict) = ctx.cannot_translate(&pkt) {
+    if let Some(verdict) = ctx.cannot_translate::<F>(pkt) {
         return verdict;
     }
     if pkt.l4_kind == L4::Fragment {
         // A later fragment follows its datagram's flow, or is the host's.
-        if fragments::resolve(&mut pkt)
-            && let Some(flow) = conntrack::lookup(&pkt.key, Likely::from_uplink(cfg, &pkt))
+        if F::resolve_fragment(pkt)
+            && let Some(flow) = conntrack::lookup::<F>(&pkt.key, Likely::from_uplink(cfg, pkt))
         {
-            return forward_from_outside(ctx, cfg, &pkt, &flow);
+            return forward_from_outside::<F, C>(ctx, cfg, pkt, &flow);
         }
-        return if networks::is_container_network(pkt.key.daddr) {
+        return if networks::is_container_network::<F>(pkt.key.daddr) {
             Verdict::drop(stat::DROP_FRAGMENT)
         } else {
             Verdict::pass(stat::PASS_NOT_OURS)
         };
     }
-    fragments::record(&pkt);
-    if let Some(flow) = conntrack::lookup(&pkt.key, Likely::from_uplink(cfg, &pkt)) {
-        return forward_from_outside(ctx, cfg, &pkt, &flow);
+    F::record_fragment(pkt);
+    if let Some(flow) = conntrack::lookup::<F>(&pkt.key, Likely::from_uplink(cfg, pkt)) {
+        return forward_from_outside::<F, C>(ctx, cfg, pkt, &flow);
     }
-    if let Some(verdict) = screen_uplink_source(&pkt) {
+    if let Some(verdict) = screen_uplink_source::<F>(pkt) {
         return verdict;
     }
     if pkt.l4_kind == L4::IcmpError {
-        return ctx
-            .icmp_error(cfg, &pkt)
-            .unwrap_or_else(|| unsolicited(pkt.key.daddr));
+        return ctx.icmp_error::<F, _>(cfg, pkt, || unsolicited::<F>(pkt));
     }
-    let Some(Published { key, target }) = published(cfg, &pkt) else {
-        return unsolicited(pkt.key.daddr);
+    let Some(Published { key, target }) = published::<F>(cfg, pkt) else {
+        return unsolicited::<F>(pkt);
     };
-    if !allow::admits(&key, &target, pkt.key.saddr) {
+    if !F::admits(&key, &target, pkt.key.saddr) {
         return Verdict::drop(stat::DROP_NOT_ALLOWED);
     }
     if pkt.ttl <= 1 {
         return Verdict::pass(stat::PASS_TTL);
     }
-    match nat::create_dnat_flow(
+    match nat::create_dnat_flow::<F>(
         cfg,
-        &pkt,
+        pkt,
         target.container_ip,
         target.container_port,
         nat_kind::DNAT,
     ) {
-        Ok(flow) => ctx.forward(cfg, &pkt, &flow),
+        Ok(flow) => ctx.forward::<F>(cfg, pkt, &flow),
         Err(reason) => Verdict::drop(reason),
     }
 }
@@ -409,12 +516,13 @@ fn from_uplink_verdict<C: UplinkHook>(ctx: &mut C, cfg: &Config) -> Verdict {
 /// host's own address or loopback as source (a spoof), and a loopback
 /// destination (a frame aimed at what the host publishes on 127.0.0.1).
 #[inline(always)]
-fn screen_uplink(cfg: &Config, pkt: &Packet) -> Option<Verdict> {
+fn screen_uplink<F: Family>(cfg: &Config, pkt: &Packet<F::Addr>) -> Option<Verdict> {
     let (saddr, daddr) = (pkt.key.saddr, pkt.key.daddr);
-    if saddr == cfg.host_ip || is_loopback(saddr) {
+    let host = F::Addr::host_of(cfg);
+    if (saddr == host && host != F::Addr::UNSPECIFIED) || F::is_loopback(saddr) {
         return Some(Verdict::drop(stat::DROP_MARTIAN_SOURCE));
     }
-    if is_loopback(daddr) {
+    if F::is_loopback(daddr) {
         return Some(Verdict::drop(stat::DROP_MARTIAN_DESTINATION));
     }
     None
@@ -425,8 +533,9 @@ fn screen_uplink(cfg: &Config, pkt: &Packet) -> Option<Verdict> {
 /// anything. A packet of a flow needs no such lookup: see
 /// `forward_from_outside`.
 #[inline(always)]
-fn screen_uplink_source(pkt: &Packet) -> Option<Verdict> {
-    networks::is_container_network(pkt.key.saddr).then(|| Verdict::drop(stat::DROP_MARTIAN_SOURCE))
+fn screen_uplink_source<F: Family>(pkt: &Packet<F::Addr>) -> Option<Verdict> {
+    networks::is_container_network::<F>(pkt.key.saddr)
+        .then(|| Verdict::drop(stat::DROP_MARTIAN_SOURCE))
 }
 
 /// A packet from the uplink of a tracked flow, in a direction that comes
@@ -435,11 +544,11 @@ fn screen_uplink_source(pkt: &Packet) -> Option<Verdict> {
 /// packet of a hairpin flow) can only be a spoof with a container's
 /// address.
 #[inline(always)]
-fn forward_from_outside<C: UplinkHook>(
+fn forward_from_outside<F: Family, C: UplinkHook>(
     ctx: &mut C,
     cfg: &Config,
-    pkt: &Packet,
-    flow: &Flow,
+    pkt: &Packet<F::Addr>,
+    flow: &Flow<F::Addr>,
 ) -> Verdict {
     // SAFETY: entry points into a live map value.
     let kind = unsafe { (*flow.entry).nat_kind };
@@ -450,17 +559,20 @@ fn forward_from_outside<C: UplinkHook>(
     if !from_outside {
         return Verdict::drop(stat::DROP_MARTIAN_SOURCE);
     }
-    ctx.forward(cfg, pkt, flow)
+    ctx.forward::<F>(cfg, pkt, flow)
 }
 
 /// A packet from the uplink in no flow that opens none: into a container
-/// network it is unsolicited; the host's own traffic passes.
+/// network it is unsolicited (IPv6 behind an extension header, which is
+/// never translated, counted as such); the host's own traffic passes.
 #[inline(always)]
-fn unsolicited(daddr: u32) -> Verdict {
-    if networks::is_container_network(daddr) {
-        Verdict::drop(stat::DROP_UNSOLICITED)
-    } else {
+fn unsolicited<F: Family>(pkt: &Packet<F::Addr>) -> Verdict {
+    if !networks::is_container_network::<F>(pkt.key.daddr) {
         Verdict::pass(stat::PASS_NOT_OURS)
+    } else if pkt.extension {
+        Verdict::drop(stat::DROP_EXTENSION_HEADER)
+    } else {
+        Verdict::drop(stat::DROP_UNSOLICITED)
     }
 }
 
@@ -472,7 +584,20 @@ pub fn from_uplink(mut ctx: TcContext) -> i32 {
         return Verdict::pass(stat::PASS).tc();
     };
     ctx::linearize_headers(&mut ctx);
-    from_uplink_verdict(&mut ctx, cfg).tc()
+    if parse::ethertype(&ctx) == ETH_P_IPV6 {
+        let passed = Verdict::pass(stat::PASS_NOT_OURS);
+        return to_ipv6_program(&ctx, cfg, SLOW_PATH_FROM_UPLINK6, passed).tc();
+    }
+    from_uplink_verdict::<V4, TcContext>(&mut ctx, cfg).tc()
+}
+
+/// `from_uplink` for IPv6, reached by tail call.
+#[classifier]
+pub fn from_uplink6(mut ctx: TcContext) -> i32 {
+    let Some(cfg) = config() else {
+        return Verdict::pass(stat::PASS).tc();
+    };
+    from_uplink_verdict::<V6, TcContext>(&mut ctx, cfg).tc()
 }
 
 /// XDP on the uplink (`--accel xdp`): the same translations before an skb
@@ -487,7 +612,8 @@ pub fn xdp_uplink(mut ctx: XdpContext) -> u32 {
     if cfg.xdp_fell_back() {
         return Verdict::pass(stat::XDP_PASS_FALLBACK).xdp();
     }
-    let verdict = from_uplink_verdict(&mut ctx, cfg);
+    // IPv6 goes up to TC (`from_uplink6`): its frames parse as not ours.
+    let verdict = from_uplink_verdict::<V4, XdpContext>(&mut ctx, cfg);
     if verdict.is_pass() {
         return Verdict::pass(stat::XDP_PASS).xdp();
     }
@@ -497,20 +623,25 @@ pub fn xdp_uplink(mut ctx: XdpContext) -> u32 {
 /// A flow's packet into its container from XDP, or up to TC when the flow
 /// doesn't lead into a container (or the TTL is about to expire).
 #[inline(always)]
-fn xdp_forward(ctx: &mut XdpContext, cfg: &Config, pkt: &Packet, flow: &Flow) -> Verdict {
+fn xdp_forward<F: Family>(
+    ctx: &mut XdpContext,
+    cfg: &Config,
+    pkt: &Packet<F::Addr>,
+    flow: &Flow<F::Addr>,
+) -> Verdict {
     if pkt.ttl <= 1 {
         return Verdict::pass(stat::XDP_PASS);
     }
     let target = flow.target();
-    let Some(ep) = (unsafe { ENDPOINTS.get(target.daddr) }) else {
+    let Some(ep) = (unsafe { F::endpoints().get(target.daddr) }) else {
         return Verdict::pass(stat::XDP_PASS);
     };
     let ep = *ep;
-    if let Err(reason) = conntrack::update(flow, pkt, now_ns()) {
+    if let Err(reason) = conntrack::update::<F>(flow, pkt, now_ns()) {
         return Verdict::drop(reason);
     }
-    let rewritten = nat::rewrite(ctx, pkt, &target)
-        .and_then(|()| csum::dec_ttl(ctx, pkt))
+    let rewritten = nat::rewrite::<F, XdpContext>(ctx, pkt, &target)
+        .and_then(|()| csum::dec_ttl::<F, XdpContext>(ctx, pkt))
         .and_then(|()| csum::set_macs(ctx, &ep.mac, &cfg.gateway_mac));
     if rewritten.is_err() {
         return Verdict::drop(stat::DROP_MALFORMED);
@@ -529,43 +660,60 @@ pub fn to_uplink(mut ctx: TcContext) -> i32 {
         return Verdict::pass(stat::PASS).tc();
     };
     ctx::linearize_headers(&mut ctx);
-    to_uplink_verdict(&mut ctx, cfg).tc()
+    if parse::ethertype(&ctx) == ETH_P_IPV6 {
+        let passed = Verdict::pass(stat::PASS_NOT_OURS);
+        return to_ipv6_program(&ctx, cfg, SLOW_PATH_TO_UPLINK6, passed).tc();
+    }
+    to_uplink_verdict::<V4>(&mut ctx, cfg).tc()
+}
+
+/// `to_uplink` for IPv6, reached by tail call (and again from its slow
+/// path once a new flow is made).
+#[classifier]
+pub fn to_uplink6(mut ctx: TcContext) -> i32 {
+    let Some(cfg) = config() else {
+        return Verdict::pass(stat::PASS).tc();
+    };
+    to_uplink_verdict::<V6>(&mut ctx, cfg).tc()
 }
 
 #[inline(always)]
-fn to_uplink_verdict(ctx: &mut TcContext, cfg: &Config) -> Verdict {
+fn to_uplink_verdict<F: Family>(ctx: &mut TcContext, cfg: &Config) -> Verdict {
     // The uplink leads into no container network: a container's address
     // there is leaving the host. Translated packets (the host's address)
     // and the host's own traffic skip the lookup.
-    let leaving = |pkt: &Packet| {
-        pkt.key.saddr != cfg.host_ip && networks::is_container_network(pkt.key.saddr)
+    let leaving = |pkt: &Packet<F::Addr>| {
+        pkt.key.saddr != F::Addr::host_of(cfg) && networks::is_container_network::<F>(pkt.key.saddr)
     };
-    let mut pkt = match parse::parse(ctx) {
+    let mut parsed = match parse::parse::<F, TcContext>(ctx) {
         Parsed::Ours(pkt) => pkt,
-        Parsed::OtherIpv4(other) if leaving(&other) => {
+        Parsed::Other(other) if leaving(&other) => {
             return Verdict::drop(if other.fragment {
                 stat::DROP_FRAGMENT
+            } else if other.extension {
+                stat::DROP_EXTENSION_HEADER
             } else {
                 stat::DROP_UNTRANSLATED
             });
         }
         _ => return Verdict::pass(stat::PASS_NOT_OURS),
     };
-    if !leaving(&pkt) {
+    if !leaving(&parsed) {
         return Verdict::pass(stat::PASS_NOT_OURS);
     }
+    let pkt = keep::<F>(&mut parsed, Kept::Packet);
     // A later fragment is masqueraded as its datagram's flow (addresses
     // only); one whose first we never saw can't be.
-    if pkt.l4_kind == L4::Fragment && !fragments::resolve(&mut pkt) {
+    if pkt.l4_kind == L4::Fragment && !F::resolve_fragment(pkt) {
         return Verdict::drop(stat::DROP_FRAGMENT);
     }
-    fragments::record(&pkt);
+    F::record_fragment(pkt);
     if pkt.l4_kind == L4::IcmpError {
         // An error about a flow is translated on the container's veth; one
         // that got here is about nothing we track.
         return Verdict::drop(stat::DROP_UNTRANSLATED);
     }
-    masquerade_on_uplink(ctx, cfg, &pkt)
+    masquerade_on_uplink::<F>(ctx, cfg, pkt)
 }
 
 /// Keeps NAPI on for a veth that receives XDP-redirected frames.
@@ -574,32 +722,88 @@ pub fn xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
-/// 127.0.0.0/8 (wire order).
-#[inline(always)]
-fn is_loopback(addr: u32) -> bool {
-    addr.to_ne_bytes()[0] == 127
-}
-
 /// Anti-spoofing: the source address must be the endpoint on this veth, with
 /// its MAC as the frame's source. Gives the endpoint's network.
 #[inline(always)]
-fn source_network(ctx: &TcContext, saddr: u32) -> Option<Net> {
+fn source_network<F: Family>(ctx: &TcContext, saddr: F::Addr) -> Option<Net> {
     let smac = ctx.load::<[u8; 6]>(6).ok()?;
-    let ep = endpoint_on_this_veth(ctx, saddr, &smac)?;
+    let ep = endpoint_on_this_veth::<F>(ctx, saddr, &smac)?;
     networks::by_id(ep.network_id)
 }
 
 /// The endpoint `addr` if it is the one on this veth with MAC `mac`.
 #[inline(always)]
-fn endpoint_on_this_veth(ctx: &TcContext, addr: u32, mac: &[u8; 6]) -> Option<Endpoint> {
-    let ep = *unsafe { ENDPOINTS.get(addr) }?;
+fn endpoint_on_this_veth<F: Family>(
+    ctx: &TcContext,
+    addr: F::Addr,
+    mac: &[u8; 6],
+) -> Option<Endpoint> {
+    let ep = *unsafe { F::endpoints().get(addr) }?;
     (ep.ifindex == unsafe { (*ctx.skb.skb).ifindex } && ep.mac == *mac).then_some(ep)
 }
 
+/// What [`new_flow`] asks of the slow path besides the packet.
+struct NewFlow<A: Addr> {
+    nat_addr: A,
+    dst_addr: A,
+    dst_port: u16,
+    nat_kind: u8,
+    then: u32,
+}
+
+/// Which parsed packet [`keep`] keeps.
+#[derive(Clone, Copy)]
+pub enum Kept {
+    /// The packet a program runs for.
+    Packet,
+    /// The packet an ICMP error quotes.
+    Quoted,
+}
+
+/// Where a parsed packet is kept while a program runs: where it was
+/// parsed, on the stack (IPv4), or in this CPU's scratch space (IPv6,
+/// whose larger packets on the stack would take the programs past BPF's
+/// 512 bytes). Either way the program holds a reference.
+#[inline(always)]
+fn keep<F: Family>(parsed: &mut Packet<F::Addr>, which: Kept) -> &mut Packet<F::Addr> {
+    if F::OUTLINE
+        && let Some(scratch) = scratch()
+    {
+        let slot = F::scratch_packet(scratch, which);
+        *slot = *parsed;
+        return slot;
+    }
+    parsed
+}
+
+/// Which tuple [`keep_key`] keeps.
+#[derive(Clone, Copy)]
+pub enum KeptKey {
+    /// The tuple a flow's packet is translated to.
+    Target,
+    /// What an ICMP error's quoted header becomes, and its outer one.
+    Quoted,
+    Outer,
+}
+
+/// [`keep`] for a tuple: IPv6's live in this CPU's scratch space while
+/// the helpers run, not in registers spilled to the stack.
+#[inline(always)]
+fn keep_key<F: Family>(key: &mut FlowKey<F::Addr>, which: KeptKey) -> &mut FlowKey<F::Addr> {
+    if F::OUTLINE
+        && let Some(scratch) = scratch()
+    {
+        let slot = F::scratch_key(scratch, which);
+        *slot = *key;
+        return slot;
+    }
+    key
+}
+
 /// A published port: its `PORTS` key and value.
-struct Published {
-    key: PortKey,
-    target: PortTarget,
+struct Published<A: Addr> {
+    key: PortKey<A>,
+    target: PortTarget<A>,
 }
 
 /// The published port a packet opens a flow to: a mapping bound to the
@@ -608,7 +812,7 @@ struct Published {
 /// matches: the host's own connections may use a published number as their
 /// local port, and their replies are not for the container.
 #[inline(always)]
-fn published(cfg: &Config, pkt: &Packet) -> Option<Published> {
+fn published<F: Family>(cfg: &Config, pkt: &Packet<F::Addr>) -> Option<Published<F::Addr>> {
     if pkt.key.proto != IPPROTO_TCP && pkt.key.proto != IPPROTO_UDP {
         return None;
     }
@@ -621,15 +825,15 @@ fn published(cfg: &Config, pkt: &Packet) -> Option<Published> {
         proto: pkt.key.proto,
         _pad: 0,
     };
-    if let Some(target) = unsafe { PORTS.get(key) } {
+    if let Some(target) = unsafe { F::ports().get(key) } {
         let target = *target;
         return Some(Published { key, target });
     }
-    if pkt.key.daddr != cfg.host_ip && !networks::is_gateway(pkt.key.daddr) {
+    if pkt.key.daddr != F::Addr::host_of(cfg) && !networks::is_gateway::<F>(pkt.key.daddr) {
         return None;
     }
-    key.host_ip = 0;
-    let target = *unsafe { PORTS.get(key) }?;
+    key.host_ip = F::Addr::UNSPECIFIED;
+    let target = *unsafe { F::ports().get(key) }?;
     Some(Published { key, target })
 }
 
@@ -639,15 +843,25 @@ fn published(cfg: &Config, pkt: &Packet) -> Option<Published> {
 /// when it can't route it itself, hands it to the stack untranslated, to be
 /// translated on the uplink's egress).
 #[inline(always)]
-fn masquerade(ctx: &TcContext, cfg: &Config, pkt: &Packet, then: u32) -> Verdict {
+fn masquerade<F: Family>(
+    ctx: &TcContext,
+    cfg: &Config,
+    pkt: &Packet<F::Addr>,
+    then: u32,
+) -> Verdict {
     if pkt.ttl <= 1 {
         return Verdict::pass(stat::PASS_TTL);
     }
-    new_flow(
+    let nat_addr = F::Addr::host_of(cfg);
+    if nat_addr == F::Addr::UNSPECIFIED {
+        // No address to masquerade to (an uplink without IPv6).
+        return Verdict::drop(stat::DROP_UNTRANSLATED);
+    }
+    new_flow::<F>(
         ctx,
-        NewFlowRequest {
-            pkt: *pkt,
-            nat_addr: cfg.host_ip,
+        pkt,
+        NewFlow {
+            nat_addr,
             dst_addr: pkt.key.daddr,
             dst_port: pkt.key.dport,
             nat_kind: nat_kind::MASQUERADE,
@@ -659,14 +873,18 @@ fn masquerade(ctx: &TcContext, cfg: &Config, pkt: &Packet, then: u32) -> Verdict
 /// A container's packet leaving by the uplink after the kernel's stack
 /// routed it: translated as its flow's, or the first of a new one.
 #[inline(always)]
-fn masquerade_on_uplink(ctx: &mut TcContext, cfg: &Config, pkt: &Packet) -> Verdict {
-    let Some(flow) = conntrack::lookup(&pkt.key, Likely::Original) else {
-        return masquerade(ctx, cfg, pkt, SLOW_PATH_TO_UPLINK);
+fn masquerade_on_uplink<F: Family>(
+    ctx: &mut TcContext,
+    cfg: &Config,
+    pkt: &Packet<F::Addr>,
+) -> Verdict {
+    let Some(flow) = conntrack::lookup::<F>(&pkt.key, Likely::Original) else {
+        return masquerade::<F>(ctx, cfg, pkt, F::SLOW_PATH_TO_UPLINK);
     };
-    if let Err(reason) = conntrack::update(&flow, pkt, now_ns()) {
+    if let Err(reason) = conntrack::update::<F>(&flow, pkt, now_ns()) {
         return Verdict::drop(reason);
     }
-    if nat::rewrite(ctx, pkt, &flow.target()).is_err() {
+    if nat::rewrite::<F, TcContext>(ctx, pkt, &flow.target()).is_err() {
         return Verdict::drop(stat::DROP_MALFORMED);
     }
     Verdict::pass(stat::PASS)
@@ -674,38 +892,52 @@ fn masquerade_on_uplink(ctx: &mut TcContext, cfg: &Config, pkt: &Packet) -> Verd
 
 /// A packet of a tracked flow: account it, translate it, send it on.
 #[inline(always)]
-fn forward_flow(ctx: &mut TcContext, cfg: &Config, pkt: &Packet, flow: &Flow) -> Verdict {
+fn forward_flow<F: Family>(
+    ctx: &mut TcContext,
+    cfg: &Config,
+    pkt: &Packet<F::Addr>,
+    flow: &Flow<F::Addr>,
+) -> Verdict {
     if pkt.ttl <= 1 {
         return Verdict::pass(stat::PASS_TTL);
     }
-    let target = flow.target();
+    let mut target = flow.target();
+    let target = keep_key::<F>(&mut target, KeptKey::Target);
     let now = now_ns();
-    let egress = match fwd::route_flow(ctx, flow, &target, now) {
+    let egress = match fwd::route_flow::<F>(ctx, flow, target, now) {
         Ok(egress) => egress,
         Err(reason) => return Verdict::pass(reason),
     };
-    if let Err(reason) = conntrack::update(flow, pkt, now) {
+    if let Err(reason) = conntrack::update::<F>(flow, pkt, now) {
         return Verdict::drop(reason);
     }
-    if nat::rewrite(ctx, pkt, &target).is_err() {
+    if nat::rewrite::<F, TcContext>(ctx, pkt, target).is_err() {
         return Verdict::drop(stat::DROP_MALFORMED);
     }
-    fwd::send(ctx, cfg, pkt, &egress, Hop::Routed)
+    fwd::send::<F>(ctx, cfg, pkt, &egress, Hop::Routed)
 }
 
 /// Rewrites an ICMP error: the quoted header to `quoted`, the outer addresses
 /// to `outer`'s.
 #[inline(always)]
-fn rewrite_icmp_error(
+fn rewrite_icmp_error<F: Family>(
     ctx: &mut TcContext,
-    pkt: &Packet,
-    inner: &Packet,
-    quoted: &FlowKey,
-    outer: &FlowKey,
+    pkt: &Packet<F::Addr>,
+    inner: &Packet<F::Addr>,
+    quoted: &FlowKey<F::Addr>,
+    outer: &FlowKey<F::Addr>,
 ) -> csum::RewriteResult {
-    csum::set_l3_addr(ctx, inner.l3, Side::Source, inner.key.saddr, quoted.saddr)?;
-    csum::set_l3_addr(
+    csum::set_quoted_addr::<F, TcContext>(
         ctx,
+        pkt,
+        inner.l3,
+        Side::Source,
+        inner.key.saddr,
+        quoted.saddr,
+    )?;
+    csum::set_quoted_addr::<F, TcContext>(
+        ctx,
+        pkt,
         inner.l3,
         Side::Destination,
         inner.key.daddr,
@@ -717,8 +949,8 @@ fn rewrite_icmp_error(
         csum::set_quoted_port(ctx, pkt, inner.l4, inner.key.sport, quoted.sport)?;
         csum::set_quoted_port(ctx, pkt, inner.l4 + 2, inner.key.dport, quoted.dport)?;
     }
-    csum::set_addr(ctx, pkt, Side::Source, pkt.key.saddr, outer.saddr)?;
-    csum::set_addr(ctx, pkt, Side::Destination, pkt.key.daddr, outer.daddr)
+    csum::set_addr::<F, TcContext>(ctx, pkt, Side::Source, pkt.key.saddr, outer.saddr)?;
+    csum::set_addr::<F, TcContext>(ctx, pkt, Side::Destination, pkt.key.daddr, outer.daddr)
 }
 
 /// An ICMP error (unreachable, frag-needed, time exceeded) about a packet of a
@@ -726,24 +958,72 @@ fn rewrite_icmp_error(
 /// the quoted header back to what that endpoint sent, or PMTU discovery and
 /// error reporting break. None for an error about nothing we track: the
 /// caller judges it like any untracked packet.
+/// [`icmp_error`], or `otherwise` when the error quotes nothing we track.
+/// IPv6's runs in a program of its own, `icmp_error6` (by tail call): its
+/// quoted packet and tuples, beside the rest of an IPv6 program, would not
+/// fit in BPF's 512-byte stack. IPv4's is inlined as ever.
 #[inline(always)]
-fn icmp_error(ctx: &mut TcContext, cfg: &Config, pkt: &Packet) -> Option<Verdict> {
-    let Parsed::Ours(inner) = parse::parse_inner(ctx, pkt.inner_l3) else {
-        return None;
+fn icmp_error_apart<F: Family, U: FnOnce() -> Verdict>(
+    ctx: &mut TcContext,
+    cfg: &Config,
+    pkt: &Packet<F::Addr>,
+    otherwise: U,
+) -> Verdict {
+    if F::OUTLINE {
+        // SAFETY: a tail call; it returns only when it fails.
+        unsafe { SLOW_PATHS.tail_call(ctx, SLOW_PATH_ICMP_ERROR6) };
+        return Verdict::drop(stat::DROP_NO_SLOW_PATH);
+    }
+    icmp_error::<F>(ctx, cfg, pkt).unwrap_or_else(otherwise)
+}
+
+/// An ICMPv6 error from a container or the uplink, which `from_container6`
+/// or `from_uplink6` classified and handed over (see `icmp_error_apart`):
+/// translated if it quotes one of our flows, else judged as they would.
+#[classifier]
+pub fn icmp_error6(mut ctx: TcContext) -> i32 {
+    let Some(cfg) = config() else {
+        return Verdict::pass(stat::PASS).tc();
     };
-    // The quoted packet went out; a packet coming back the other way would carry
-    // the reversed tuple, and its translation is what the error needs.
-    let flow = conntrack::lookup(&inner.key.reversed(), Likely::Reply)?;
-    Some(translate_icmp_error(ctx, cfg, pkt, &inner, &flow))
+    let Parsed::Ours(mut parsed) = parse::parse::<V6, TcContext>(&ctx) else {
+        return Verdict::drop(stat::DROP_MALFORMED).tc();
+    };
+    let pkt = keep::<V6>(&mut parsed, Kept::Packet);
+    if let Some(verdict) = icmp_error::<V6>(&mut ctx, cfg, pkt) {
+        return verdict.tc();
+    }
+    if ctx::Packet::ifindex(&ctx) == cfg.uplink_ifindex {
+        return unsolicited::<V6>(pkt).tc();
+    }
+    match source_network::<V6>(&ctx, pkt.key.saddr) {
+        Some(from) => untranslated_from_container::<V6>(cfg, &from, pkt).tc(),
+        None => Verdict::drop(stat::DROP_SPOOFED).tc(),
+    }
 }
 
 #[inline(always)]
-fn translate_icmp_error(
+fn icmp_error<F: Family>(
     ctx: &mut TcContext,
     cfg: &Config,
-    pkt: &Packet,
-    inner: &Packet,
-    flow: &Flow,
+    pkt: &Packet<F::Addr>,
+) -> Option<Verdict> {
+    let Parsed::Ours(mut quoted) = parse::parse_inner::<F, TcContext>(ctx, pkt.inner_l3) else {
+        return None;
+    };
+    let inner = keep::<F>(&mut quoted, Kept::Quoted);
+    // The quoted packet went out; a packet coming back the other way would carry
+    // the reversed tuple, and its translation is what the error needs.
+    let flow = conntrack::lookup::<F>(&inner.key.reversed(), Likely::Reply)?;
+    Some(translate_icmp_error::<F>(ctx, cfg, pkt, inner, &flow))
+}
+
+#[inline(always)]
+fn translate_icmp_error<F: Family>(
+    ctx: &mut TcContext,
+    cfg: &Config,
+    pkt: &Packet<F::Addr>,
+    inner: &Packet<F::Addr>,
+    flow: &Flow<F::Addr>,
 ) -> Verdict {
     // Forwarded like any packet: one whose TTL runs out here is the
     // kernel's (which sends no error about an error).
@@ -751,8 +1031,9 @@ fn translate_icmp_error(
         return Verdict::pass(stat::PASS_TTL);
     }
     let back = flow.target();
-    let quoted = back.reversed();
-    let outer = FlowKey {
+    let mut quoted = back.reversed();
+    let quoted = keep_key::<F>(&mut quoted, KeptKey::Quoted);
+    let mut outer = FlowKey {
         // Errors from the quoted packet's destination itself speak for the
         // address the sender believes it talked to.
         saddr: if pkt.key.saddr == inner.key.daddr {
@@ -763,13 +1044,14 @@ fn translate_icmp_error(
         daddr: back.daddr,
         ..pkt.key
     };
-    let egress = match fwd::route(ctx, &outer) {
+    let outer = keep_key::<F>(&mut outer, KeptKey::Outer);
+    let egress = match fwd::route::<F, TcContext>(ctx, outer) {
         Ok(egress) => egress,
         Err(reason) => return Verdict::pass(reason),
     };
-    if rewrite_icmp_error(ctx, pkt, inner, &quoted, &outer).is_err() {
+    if rewrite_icmp_error::<F>(ctx, pkt, inner, quoted, outer).is_err() {
         return Verdict::drop(stat::DROP_MALFORMED);
     }
     maps::count(stat::ICMP_ERROR_TRANSLATED);
-    fwd::send(ctx, cfg, pkt, &egress, Hop::Routed)
+    fwd::send::<F>(ctx, cfg, pkt, &egress, Hop::Routed)
 }

@@ -7,6 +7,7 @@ use super::{
     conntrack::{self, CreateError, Flow},
     csum::{self, RewriteResult, Side},
     ctx::Packet as Ctx,
+    family::Family,
     limits::{self, Opener},
     maps::forget_bounds,
     parse::{L4, Packet},
@@ -23,13 +24,23 @@ const PROBES: u32 = 16;
 /// fragment has only addresses: its ports, and the L4 checksum that covers
 /// them and the addresses, were translated in the first fragment.
 #[inline(always)]
-pub fn rewrite<C: Ctx>(ctx: &mut C, pkt: &Packet, target: &FlowKey) -> RewriteResult {
+pub fn rewrite<F: Family, C: Ctx>(
+    ctx: &mut C,
+    pkt: &Packet<F::Addr>,
+    target: &FlowKey<F::Addr>,
+) -> RewriteResult {
     if pkt.l4_kind == L4::Fragment {
-        csum::set_l3_addr(ctx, pkt.l3, Side::Source, pkt.key.saddr, target.saddr)?;
-        return csum::set_l3_addr(ctx, pkt.l3, Side::Destination, pkt.key.daddr, target.daddr);
+        csum::set_l3_addr::<F, C>(ctx, pkt.l3, Side::Source, pkt.key.saddr, target.saddr)?;
+        return csum::set_l3_addr::<F, C>(
+            ctx,
+            pkt.l3,
+            Side::Destination,
+            pkt.key.daddr,
+            target.daddr,
+        );
     }
-    csum::set_addr(ctx, pkt, Side::Source, pkt.key.saddr, target.saddr)?;
-    csum::set_addr(ctx, pkt, Side::Destination, pkt.key.daddr, target.daddr)?;
+    csum::set_addr::<F, C>(ctx, pkt, Side::Source, pkt.key.saddr, target.saddr)?;
+    csum::set_addr::<F, C>(ctx, pkt, Side::Destination, pkt.key.daddr, target.daddr)?;
     csum::set_port(ctx, pkt, Side::Source, pkt.key.sport, target.sport)?;
     if pkt.l4_kind != L4::IcmpEcho {
         csum::set_port(ctx, pkt, Side::Destination, pkt.key.dport, target.dport)?;
@@ -47,14 +58,14 @@ pub fn rewrite<C: Ctx>(ctx: &mut C, pkt: &Packet, target: &FlowKey) -> RewriteRe
 /// room, or another CPU took the port in between) creates the flow. A claim
 /// per probe would have the verifier walk the whole of `create` per probe.
 #[inline(always)]
-pub fn create_snat_flow(
+pub fn create_snat_flow<F: Family>(
     cfg: &Config,
-    pkt: &Packet,
-    nat_addr: u32,
-    dst_addr: u32,
+    pkt: &Packet<F::Addr>,
+    nat_addr: F::Addr,
+    dst_addr: F::Addr,
     dst_port: u16,
     nat_kind: u8,
-) -> Result<Flow, u32> {
+) -> Result<Flow<F::Addr>, u32> {
     let is_echo = pkt.l4_kind == L4::IcmpEcho;
     let dest = SnatDestination {
         nat_addr,
@@ -63,27 +74,27 @@ pub fn create_snat_flow(
         proto: pkt.key.proto,
         _pad: 0,
     };
-    if conntrack::opens_flow(pkt) && snat_ports::share_full(cfg, pkt.key.saddr, &dest) {
+    if conntrack::opens_flow(pkt) && snat_ports::share_full::<F>(cfg, pkt.key.saddr, &dest) {
         return Err(stat::DROP_SNAT_SHARE);
     }
-    limits::admit(cfg, pkt, Opener::Container)?;
+    limits::admit::<F>(cfg, pkt, Opener::Container)?;
     let range = PortRange::of(cfg);
     let mut made_room = false;
     for _ in 0..2 {
-        let offset = free_port(pkt, &dest, &range);
+        let offset = free_port::<F>(pkt, &dest, &range);
         if offset == NO_FREE_PORT {
             return Err(stat::DROP_NO_SNAT_PORT);
         }
         let reply = snat_reply(&dest, range.port(offset));
-        match conntrack::create(&pkt.key, &reply, nat_kind, pkt) {
+        match conntrack::create::<F>(&pkt.key, &reply, nat_kind, pkt) {
             Ok(flow) => {
-                snat_ports::share_add(cfg, pkt.key.saddr, &dest, 1);
+                snat_ports::share_add::<F>(cfg, pkt.key.saddr, &dest, 1);
                 return Ok(flow);
             }
             Err(CreateError::Refused(reason)) => return Err(reason),
             // Full: one early drop, then once more.
             Err(CreateError::Full) => {
-                if made_room || !conntrack::early_drop() {
+                if made_room || !conntrack::early_drop::<F>() {
                     return Err(stat::DROP_CT_FULL);
                 }
                 made_room = true;
@@ -130,7 +141,7 @@ impl PortRange {
 
 /// The reply tuple of an SNAT flow toward `dest` from SNAT port `port`.
 #[inline(always)]
-fn snat_reply(dest: &SnatDestination, port: u16) -> FlowKey {
+fn snat_reply<A: netpath_common::Addr>(dest: &SnatDestination<A>, port: u16) -> FlowKey<A> {
     FlowKey {
         saddr: dest.dst_addr,
         daddr: dest.nat_addr,
@@ -157,8 +168,12 @@ const NO_FREE_PORT: u32 = u32::MAX;
 /// and what it returns has no range the verifier knows: the rest of the
 /// program is walked once after it, not once per way out of the loop.
 #[inline(never)]
-fn free_port(pkt: &Packet, dest: &SnatDestination, range: &PortRange) -> u32 {
-    let pool = snat_ports::pool(dest);
+fn free_port<F: Family>(
+    pkt: &Packet<F::Addr>,
+    dest: &SnatDestination<F::Addr>,
+    range: &PortRange,
+) -> u32 {
+    let pool = snat_ports::pool::<F>(dest);
     let own = u32::from(u16::from_be(pkt.key.sport));
     let mut offset = if own >= range.min && own - range.min < range.span {
         own - range.min
@@ -166,7 +181,7 @@ fn free_port(pkt: &Packet, dest: &SnatDestination, range: &PortRange) -> u32 {
         range.random_offset()
     };
     for probe in 0..PROBES {
-        if conntrack::reply_claimable(&snat_reply(dest, range.port(offset)), pkt) {
+        if conntrack::reply_claimable::<F>(&snat_reply(dest, range.port(offset)), pkt) {
             if let Some(pool) = pool {
                 // SAFETY: a live map value; racing writers lose bits only.
                 unsafe { (*pool).mark_used(offset) };
@@ -197,13 +212,13 @@ fn free_port(pkt: &Packet, dest: &SnatDestination, range: &PortRange) -> u32 {
 /// Creates a flow that only translates the destination (a published port
 /// reached from outside): the container sees the client's real address.
 #[inline(always)]
-pub fn create_dnat_flow(
+pub fn create_dnat_flow<F: Family>(
     cfg: &Config,
-    pkt: &Packet,
-    dst_addr: u32,
+    pkt: &Packet<F::Addr>,
+    dst_addr: F::Addr,
     dst_port: u16,
     nat_kind: u8,
-) -> Result<Flow, u32> {
+) -> Result<Flow<F::Addr>, u32> {
     let reply = FlowKey {
         saddr: dst_addr,
         daddr: pkt.key.saddr,
@@ -212,10 +227,10 @@ pub fn create_dnat_flow(
         proto: pkt.key.proto,
         _pad: [0; 3],
     };
-    limits::admit(cfg, pkt, Opener::Outside)?;
-    let mut created = conntrack::create(&pkt.key, &reply, nat_kind, pkt);
-    if matches!(created, Err(CreateError::Full)) && conntrack::early_drop() {
-        created = conntrack::create(&pkt.key, &reply, nat_kind, pkt);
+    limits::admit::<F>(cfg, pkt, Opener::Outside)?;
+    let mut created = conntrack::create::<F>(&pkt.key, &reply, nat_kind, pkt);
+    if matches!(created, Err(CreateError::Full)) && conntrack::early_drop::<F>() {
+        created = conntrack::create::<F>(&pkt.key, &reply, nat_kind, pkt);
     }
     match created {
         Ok(flow) => Ok(flow),

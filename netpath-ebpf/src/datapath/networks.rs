@@ -5,47 +5,49 @@
 //! network directly (unless the network has ICC off), other networks only
 //! through published ports of the host, and an internal network nothing
 //! outside its subnet. Each refusal is counted per sending network.
-use aya_ebpf::maps::lpm_trie::Key;
-use netpath_common::{Config, Network, network_drop, stat};
+use netpath_common::{Addr, Config, Network, network_drop, stat};
 
 use super::{
-    maps::{NETWORK_DROPS, NETWORKS, SUBNETS},
+    family::Family,
+    maps::{NETWORK_DROPS, NETWORKS},
     verdict::Verdict,
 };
 
-/// A network, copied out of `NETWORKS`, with its id.
+/// A network in `NETWORKS`, with its id. A reference into the map, not a
+/// copy: a network with both families' subnets is 72 bytes, which the
+/// programs' stacks can't spare.
 #[derive(Clone, Copy)]
 pub struct Net {
     pub id: u32,
-    pub net: Network,
+    pub net: &'static Network,
 }
 
 /// Network `id`, if it exists.
 #[inline(always)]
 pub fn by_id(id: u16) -> Option<Net> {
     let id = u32::from(id);
-    let net = *NETWORKS.get(id)?;
+    let net = NETWORKS.get(id)?;
     (net.subnet_mask != 0).then_some(Net { id, net })
 }
 
 /// The network whose subnet holds `addr`.
 #[inline(always)]
-pub fn containing(addr: u32) -> Option<Net> {
-    let id = *SUBNETS.get(&Key::new(32, addr))?;
-    let net = *NETWORKS.get(id)?;
-    net.contains(addr).then_some(Net { id, net })
+pub fn containing<F: Family>(addr: F::Addr) -> Option<Net> {
+    let id = F::network_of(addr)?;
+    let net = NETWORKS.get(id)?;
+    addr.in_subnet(net).then_some(Net { id, net })
 }
 
 /// Whether `addr` is in some network (a container's address, a gateway).
 #[inline(always)]
-pub fn is_container_network(addr: u32) -> bool {
-    SUBNETS.get(&Key::new(32, addr)).is_some()
+pub fn is_container_network<F: Family>(addr: F::Addr) -> bool {
+    F::network_of(addr).is_some()
 }
 
 /// Whether `addr` is the gateway of some network: an address of the host.
 #[inline(always)]
-pub fn is_gateway(addr: u32) -> bool {
-    containing(addr).is_some_and(|n| n.net.gateway_ip == addr)
+pub fn is_gateway<F: Family>(addr: F::Addr) -> bool {
+    containing::<F>(addr).is_some_and(|n| F::Addr::gateway_of(n.net) == addr)
 }
 
 /// Where an untranslated packet from a container may go.
@@ -62,11 +64,11 @@ pub enum Reach {
 /// Where a packet from a container on `from` to `dst`, in no flow and not
 /// to a published port, may go.
 #[inline(always)]
-pub fn reach(cfg: &Config, from: &Net, dst: u32) -> Reach {
-    if from.net.contains(dst) {
+pub fn reach<F: Family>(cfg: &Config, from: &Net, dst: F::Addr) -> Reach {
+    if dst.in_subnet(from.net) {
         // With ICC off only the gateway: the bridge would flood broadcasts,
         // and deliver frames to another container's address, in the kernel.
-        if from.net.allows_icc() || dst == from.net.gateway_ip {
+        if from.net.allows_icc() || dst == F::Addr::gateway_of(from.net) {
             return Reach::Local;
         }
         return Reach::Refused(refuse(from, network_drop::ICC));
@@ -74,12 +76,12 @@ pub fn reach(cfg: &Config, from: &Net, dst: u32) -> Reach {
     if from.net.is_internal() {
         return Reach::Refused(refuse(from, network_drop::INTERNAL));
     }
-    if dst == cfg.host_ip {
+    if dst == F::Addr::host_of(cfg) {
         return Reach::Local;
     }
-    match containing(dst) {
+    match containing::<F>(dst) {
         // Another network's gateway is an address of the host, as in Docker.
-        Some(other) if other.net.gateway_ip == dst => Reach::Local,
+        Some(other) if F::Addr::gateway_of(other.net) == dst => Reach::Local,
         Some(_) => Reach::Refused(refuse(from, network_drop::OTHER_NETWORK)),
         None => Reach::OffHost,
     }

@@ -10,6 +10,7 @@ use netpath_common::{CONFIG_FLAG_XDP_FALLBACK, stat};
 
 use super::{
     ctx::Packet as _,
+    family::Family,
     maps::CONFIG,
     parse::{L4, Packet, TCP_SYN},
     verdict::Verdict,
@@ -23,7 +24,7 @@ const TCP_HEADER_MAX_WORDS: usize = 30;
 /// segment does not check out (a real checksum could equal that sum by
 /// chance; then it checks out).
 #[inline(always)]
-pub fn has_partial_checksum(ctx: &XdpContext, pkt: &Packet) -> bool {
+pub fn has_partial_checksum<F: Family>(ctx: &XdpContext, pkt: &Packet<F::Addr>) -> bool {
     if pkt.l4_kind != L4::Tcp || pkt.tcp_flags & TCP_SYN == 0 || pkt.tcp_seq_len != 1 {
         return false;
     }
@@ -34,11 +35,8 @@ pub fn has_partial_checksum(ctx: &XdpContext, pkt: &Packet) -> bool {
     let header_len = usize::from(offset_byte >> 4) * 4;
     // Words as they sit in memory: a one's-complement sum is the same in
     // either byte order, as long as every word is taken alike.
-    let (s, d) = (pkt.key.saddr, pkt.key.daddr);
-    let pseudo = (s & 0xffff)
-        + (s >> 16)
-        + (d & 0xffff)
-        + (d >> 16)
+    let pseudo = F::addr_sum(pkt.key.saddr)
+        + F::addr_sum(pkt.key.daddr)
         + u32::from(u16::from(pkt.key.proto).to_be())
         + u32::from((header_len as u16).to_be());
     if u32::from(check) != fold(pseudo) {

@@ -1,19 +1,31 @@
-//! Packet parsing: Ethernet, IPv4 and the L4 fields the datapath needs.
-//! Anything we can't translate comes back as `Parsed::OtherIpv4` (with its
-//! addresses, which every IPv4 packet is checked on), `Parsed::Arp`,
-//! `Parsed::OtherL2` or
-//! `Parsed::Malformed` — never a half-understood packet.
-use super::ctx::Packet as Ctx;
-use netpath_common::{FlowKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
+//! Packet parsing: Ethernet, IPv4 or IPv6, and the L4 fields the datapath
+//! needs, once for both families (`parse_l4`). Anything we can't translate
+//! comes back as `Parsed::Other` (with its addresses, which every IP packet
+//! is checked on), `Parsed::Arp`, `Parsed::OtherL2` or `Parsed::Malformed`
+//! — never a half-understood packet.
+use super::{ctx::Packet as Ctx, family::Family};
+use netpath_common::{Addr, FlowKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ip6};
 
 pub const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_ARP: u16 = 0x0806;
 
-pub const ICMP_ECHO_REPLY: u8 = 0;
-pub const ICMP_DEST_UNREACH: u8 = 3;
-pub const ICMP_ECHO_REQUEST: u8 = 8;
-pub const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMPV6_DEST_UNREACH: u8 = 1;
+const ICMPV6_PACKET_TOO_BIG: u8 = 2;
+const ICMPV6_TIME_EXCEEDED: u8 = 3;
+const ICMPV6_PARAM_PROBLEM: u8 = 4;
+/// Neighbour discovery messages only a router sends: a container sending
+/// one tries to become the others' router (RA guard, RFC 6105).
+pub const ICMPV6_ROUTER_ADVERTISEMENT: u8 = 134;
+pub const ICMPV6_REDIRECT: u8 = 137;
+/// IPv6's fragment header; the other extension headers are below.
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_EXTENSION_HEADERS: [u8; 7] = [0, 43, 50, 51, 60, 135, 139];
+/// The fixed IPv6 header.
+pub const IPV6_HLEN: usize = 40;
 
 const IP_MORE_FRAGMENTS: u16 = 0x2000;
 const IP_OFFSET: u16 = 0x1fff;
@@ -39,10 +51,10 @@ pub enum L4 {
 }
 
 #[derive(Clone, Copy)]
-pub struct Packet {
+pub struct Packet<A: Addr = u32> {
     pub l3: usize,
     pub l4: usize,
-    pub key: FlowKey,
+    pub key: FlowKey<A>,
     pub l4_kind: L4,
     pub ttl: u8,
     pub tcp_flags: u8,
@@ -64,19 +76,24 @@ pub struct Packet {
     /// The IPv4 identification (wire order): with the addresses and the
     /// protocol, what ties a datagram's fragments together.
     pub ip_id: u16,
-    /// A fragment of another protocol (`Parsed::OtherIpv4` only).
+    /// A fragment of another protocol, or any IPv6 fragment (`Parsed::Other`
+    /// only).
     pub fragment: bool,
+    /// IPv6 with an extension header before its L4 header (`Parsed::Other`
+    /// only): never translated.
+    pub extension: bool,
 }
 
-pub enum Parsed {
+pub enum Parsed<A: Addr = u32> {
     /// TCP, UDP or an ICMP message we translate.
-    Ours(Packet),
-    /// IPv4 we don't translate: another protocol (whole or fragmented), an
-    /// ICMP type we leave alone. Only the addresses, protocol, TTL and
-    /// `fragment` are set. A `Packet` like `Ours`'s: variants whose payloads differ in
+    Ours(Packet<A>),
+    /// IP we don't translate: another protocol (whole or fragmented), an
+    /// ICMP type we leave alone, IPv6 behind an extension header. Only the
+    /// addresses, protocol, TTL, `icmp_type` and `fragment`/`extension` are
+    /// set. A `Packet` like `Ours`'s: variants whose payloads differ in
     /// layout compile to registers the verifier finds uninitialised on one
     /// path.
-    OtherIpv4(Packet),
+    Other(Packet<A>),
     /// ARP.
     Arp,
     /// Neither IPv4 nor ARP (IPv6, a VLAN tag, anything else). No payload:
@@ -111,7 +128,7 @@ struct Ipv4Fixed {
 
 /// Parses an IPv4 header at `l3` and the L4 ports after it.
 #[inline(always)]
-fn parse_ipv4<C: Ctx>(ctx: &C, l3: usize, header: Header) -> Parsed {
+pub fn parse_ipv4<C: Ctx>(ctx: &C, l3: usize, header: Header) -> Parsed<u32> {
     let Ok(ip) = ctx.load::<Ipv4Fixed>(l3) else {
         return Parsed::Malformed;
     };
@@ -150,6 +167,7 @@ fn parse_ipv4<C: Ctx>(ctx: &C, l3: usize, header: Header) -> Parsed {
         first_fragment: false,
         ip_id: u16::from_ne_bytes(ip.id),
         fragment: false,
+        extension: false,
     };
     let frags = u16::from_be_bytes(ip.frags);
     if frags & (IP_OFFSET | IP_MORE_FRAGMENTS) != 0 {
@@ -157,7 +175,7 @@ fn parse_ipv4<C: Ctx>(ctx: &C, l3: usize, header: Header) -> Parsed {
         if header == Header::Quoted || !matches!(ip.proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMP)
         {
             pkt.fragment = true;
-            return Parsed::OtherIpv4(pkt);
+            return Parsed::Other(pkt);
         }
         if frags & IP_OFFSET != 0 {
             pkt.l4_kind = L4::Fragment;
@@ -165,7 +183,73 @@ fn parse_ipv4<C: Ctx>(ctx: &C, l3: usize, header: Header) -> Parsed {
         }
         pkt.first_fragment = true;
     }
-    match ip.proto {
+    parse_l4::<super::family::V4, C>(ctx, pkt, tot_len - ihl, header)
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Ipv6Fixed {
+    version_class_flow: [u8; 4],
+    payload_len: [u8; 2],
+    next_header: u8,
+    hop_limit: u8,
+    saddr: Ip6,
+    daddr: Ip6,
+}
+
+/// Parses an IPv6 header at `l3` and the L4 ports after it. Extension
+/// headers (fragments among them) are not walked: such a packet is
+/// `Other`, which the datapath lets only the host's stack have.
+#[inline(always)]
+pub fn parse_ipv6<C: Ctx>(ctx: &C, l3: usize, header: Header) -> Parsed<Ip6> {
+    let Ok(ip) = ctx.load::<Ipv6Fixed>(l3) else {
+        return Parsed::Malformed;
+    };
+    if ip.version_class_flow[0] >> 4 != 6 {
+        return Parsed::Malformed;
+    }
+    let payload_len = u16::from_be_bytes(ip.payload_len) as usize;
+    if header == Header::Outer && (ctx.len() as usize) < l3 + IPV6_HLEN + payload_len {
+        return Parsed::Malformed;
+    }
+    let pkt = Packet {
+        l3,
+        l4: l3 + IPV6_HLEN,
+        key: FlowKey {
+            saddr: ip.saddr,
+            daddr: ip.daddr,
+            proto: ip.next_header,
+            ..FlowKey::default()
+        },
+        l4_kind: L4::Tcp,
+        ttl: ip.hop_limit,
+        tcp_flags: 0,
+        icmp_type: 0,
+        inner_l3: 0,
+        len: ctx.len(),
+        tcp_seq: 0,
+        tcp_ack: 0,
+        tcp_window: 0,
+        tcp_seq_len: 0,
+        first_fragment: false,
+        ip_id: 0,
+        fragment: ip.next_header == IPV6_FRAGMENT,
+        extension: IPV6_EXTENSION_HEADERS.contains(&ip.next_header),
+    };
+    parse_l4::<super::family::V6, C>(ctx, pkt, payload_len, header)
+}
+
+/// The L4 header at `pkt.l4`, `l4_len` bytes long (with its payload), of a
+/// packet whose IP header is parsed into `pkt`.
+#[inline(always)]
+fn parse_l4<F: Family, C: Ctx>(
+    ctx: &C,
+    mut pkt: Packet<F::Addr>,
+    l4_len: usize,
+    header: Header,
+) -> Parsed<F::Addr> {
+    let l4 = pkt.l4;
+    match pkt.key.proto {
         IPPROTO_TCP => {
             // Ports, and the flags byte at offset 13.
             let Ok(ports) = ctx.load::<[u16; 2]>(l4) else {
@@ -178,7 +262,7 @@ fn parse_ipv4<C: Ctx>(ctx: &C, l3: usize, header: Header) -> Parsed {
                     return Parsed::Malformed;
                 };
                 let doff = ((tcp.doff_flags[0] >> 4) as usize) * 4;
-                if doff < 20 || ihl + doff > tot_len {
+                if doff < 20 || doff > l4_len {
                     return Parsed::Malformed;
                 }
                 let flags = tcp.doff_flags[1];
@@ -186,7 +270,7 @@ fn parse_ipv4<C: Ctx>(ctx: &C, l3: usize, header: Header) -> Parsed {
                 pkt.tcp_seq = u32::from_be_bytes(tcp.seq);
                 pkt.tcp_ack = u32::from_be_bytes(tcp.ack);
                 pkt.tcp_window = u16::from_be_bytes(tcp.window);
-                pkt.tcp_seq_len = (tot_len - ihl - doff) as u32
+                pkt.tcp_seq_len = (l4_len - doff) as u32
                     + u32::from(flags & TCP_SYN != 0)
                     + u32::from(flags & TCP_FIN != 0);
             }
@@ -199,28 +283,42 @@ fn parse_ipv4<C: Ctx>(ctx: &C, l3: usize, header: Header) -> Parsed {
             pkt.key.dport = ports[1];
             pkt.l4_kind = L4::Udp;
         }
-        IPPROTO_ICMP => {
+        proto if proto == F::ICMP => {
             let Ok(hdr) = ctx.load::<[u8; 8]>(l4) else {
                 return Parsed::Malformed;
             };
             pkt.icmp_type = hdr[0];
-            match hdr[0] {
-                ICMP_ECHO_REQUEST | ICMP_ECHO_REPLY => {
-                    let id = u16::from_ne_bytes([hdr[4], hdr[5]]);
-                    pkt.key.sport = id;
-                    pkt.key.dport = id;
-                    pkt.l4_kind = L4::IcmpEcho;
-                }
-                ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED if header == Header::Outer => {
-                    pkt.l4_kind = L4::IcmpError;
-                    pkt.inner_l3 = l4 + 8;
-                }
-                _ => return Parsed::OtherIpv4(pkt),
+            if hdr[0] == F::ECHO_REQUEST || hdr[0] == F::ECHO_REPLY {
+                let id = u16::from_ne_bytes([hdr[4], hdr[5]]);
+                pkt.key.sport = id;
+                pkt.key.dport = id;
+                pkt.l4_kind = L4::IcmpEcho;
+            } else if header == Header::Outer && is_icmp_error(proto, hdr[0]) {
+                pkt.l4_kind = L4::IcmpError;
+                pkt.inner_l3 = l4 + 8;
+            } else {
+                return Parsed::Other(pkt);
             }
         }
-        _ => return Parsed::OtherIpv4(pkt),
+        _ => return Parsed::Other(pkt),
     }
     Parsed::Ours(pkt)
+}
+
+/// The ICMP errors that quote a packet we may have translated.
+#[inline(always)]
+fn is_icmp_error(proto: u8, icmp_type: u8) -> bool {
+    if proto == IPPROTO_ICMP {
+        matches!(icmp_type, ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED)
+    } else {
+        matches!(
+            icmp_type,
+            ICMPV6_DEST_UNREACH
+                | ICMPV6_PACKET_TOO_BIG
+                | ICMPV6_TIME_EXCEEDED
+                | ICMPV6_PARAM_PROBLEM
+        )
+    }
 }
 
 /// The TCP header up to the window.
@@ -234,23 +332,27 @@ struct TcpFixed {
     window: [u8; 2],
 }
 
-/// Parses an Ethernet frame carrying IPv4.
+/// The frame's EtherType (host order), 0 if it has none.
 #[inline(always)]
-pub fn parse<C: Ctx>(ctx: &C) -> Parsed {
-    let Ok(proto) = ctx.load::<u16>(12) else {
-        return Parsed::Malformed;
-    };
-    match u16::from_be(proto) {
-        ETH_P_IP => {}
-        ETH_P_ARP => return Parsed::Arp,
-        _ => return Parsed::OtherL2,
+pub fn ethertype<C: Ctx>(ctx: &C) -> u16 {
+    ctx.load::<u16>(12).map_or(0, u16::from_be)
+}
+
+/// Parses an Ethernet frame carrying `F`'s IP.
+#[inline(always)]
+pub fn parse<F: Family, C: Ctx>(ctx: &C) -> Parsed<F::Addr> {
+    match ethertype(ctx) {
+        // ARP is IPv4's; IPv6's neighbour discovery is ICMPv6.
+        ETH_P_ARP if F::ETH_P == ETH_P_IP => Parsed::Arp,
+        t if t == F::ETH_P => F::parse_l3(ctx, ETH_HLEN, Header::Outer),
+        0 => Parsed::Malformed,
+        _ => Parsed::OtherL2,
     }
-    parse_ipv4(ctx, ETH_HLEN, Header::Outer)
 }
 
 /// Parses the packet an ICMP error quotes (only the first 8 L4 bytes need be
 /// there, as RFC 792 promises). Errors about errors are not ours.
 #[inline(always)]
-pub fn parse_inner<C: Ctx>(ctx: &C, inner_l3: usize) -> Parsed {
-    parse_ipv4(ctx, inner_l3, Header::Quoted)
+pub fn parse_inner<F: Family, C: Ctx>(ctx: &C, inner_l3: usize) -> Parsed<F::Addr> {
+    F::parse_l3(ctx, inner_l3, Header::Quoted)
 }

@@ -24,7 +24,10 @@ use netpath_common::{
     Config, SNAT_POOL_WORDS, SnatDestination, SnatPortPool, SnatShareKey, nat_kind,
 };
 
-use super::maps::{EMPTY_SNAT_POOL, SNAT_PORTS, SNAT_SHARES, forget_bounds};
+use super::{
+    family::Family,
+    maps::{EMPTY_SNAT_POOL, forget_bounds},
+};
 
 /// Words of `SnatPortPool::full`.
 const SUMMARY_WORDS: usize = SNAT_POOL_WORDS / 64;
@@ -32,14 +35,14 @@ const SUMMARY_WORDS: usize = SNAT_POOL_WORDS / 64;
 /// The pool of `dest`, made empty if it has none yet. None when the map is
 /// full: the random probes alone then.
 #[inline(never)]
-pub fn pool(dest: &SnatDestination) -> Option<*mut SnatPortPool> {
-    if let Some(pool) = SNAT_PORTS.get_ptr_mut(dest) {
+pub fn pool<F: Family>(dest: &SnatDestination<F::Addr>) -> Option<*mut SnatPortPool> {
+    if let Some(pool) = F::snat_ports().get_ptr_mut(dest) {
         return Some(pool);
     }
     let empty = EMPTY_SNAT_POOL.get(0)?;
     // A racing CPU may make it first: either way there is one now.
-    let _ = SNAT_PORTS.insert(dest, empty, u64::from(BPF_NOEXIST));
-    SNAT_PORTS.get_ptr_mut(dest)
+    let _ = F::snat_ports().insert(dest, empty, u64::from(BPF_NOEXIST));
+    F::snat_ports().get_ptr_mut(dest)
 }
 
 /// [`lowest_free`]: a summary bit was stale and is now set, look again.
@@ -83,28 +86,29 @@ fn lowest_bit(x: u64) -> u32 {
     ((x & x.wrapping_neg()).wrapping_sub(1)).count_ones()
 }
 
-/// The share key of container `source`'s SNAT flow toward `dest` (only
-/// containers open SNAT flows); None when no limit applies.
-#[inline(always)]
-fn share_key(cfg: &Config, source: u32, dest: &SnatDestination) -> Option<SnatShareKey> {
-    if cfg.snat_ports_per_container == 0 {
-        return None;
-    }
-    Some(SnatShareKey {
-        container: source,
-        destination: *dest,
-    })
-}
-
 /// Whether container `source` holds its whole share of the ports toward
 /// `dest` already. Not inlined, as the other share functions: the callers'
-/// frames are near the stack limit, and the keys live here instead.
+/// frames are near the stack limit, and the keys live here instead (built
+/// once, in place: an IPv6 key is 56 bytes).
 #[inline(never)]
-pub fn share_full(cfg: &Config, source: u32, dest: &SnatDestination) -> bool {
-    let Some(key) = share_key(cfg, source, dest) else {
+pub fn share_full<F: Family>(
+    cfg: &Config,
+    source: F::Addr,
+    dest: &SnatDestination<F::Addr>,
+) -> bool {
+    if cfg.snat_ports_per_container == 0 {
         return false;
+    }
+    let key = SnatShareKey {
+        container: source,
+        destination: *dest,
     };
-    SNAT_SHARES.get_ptr(key).is_some_and(|count| {
+    #[allow(
+        clippy::needless_borrows_for_generic_args,
+        reason = "the key where it is, not a second copy on the stack"
+    )]
+    let count = F::snat_shares().get_ptr(&key);
+    count.is_some_and(|count| {
         // SAFETY: a live map value.
         let count = unsafe { *count };
         // A count past 2^31 is one taken down twice by racing CPUs (a flow
@@ -117,18 +121,33 @@ pub fn share_full(cfg: &Config, source: u32, dest: &SnatDestination) -> bool {
 /// Counts a flow of `source` toward `dest` into (`delta` 1) or out of
 /// (`delta` -1) its share.
 #[inline(never)]
-pub fn share_add(cfg: &Config, source: u32, dest: &SnatDestination, delta: i32) {
-    let Some(key) = share_key(cfg, source, dest) else {
+pub fn share_add<F: Family>(
+    cfg: &Config,
+    source: F::Addr,
+    dest: &SnatDestination<F::Addr>,
+    delta: i32,
+) {
+    if cfg.snat_ports_per_container == 0 {
         return;
+    }
+    let key = SnatShareKey {
+        container: source,
+        destination: *dest,
     };
-    match SNAT_SHARES.get_ptr_mut(key) {
+    add::<F>(&key, delta);
+}
+
+/// Adds `delta` to the share `key` counts (only where a limit applies).
+#[inline(always)]
+pub fn add<F: Family>(key: &SnatShareKey<F::Addr>, delta: i32) {
+    match F::snat_shares().get_ptr_mut(key) {
         // SAFETY: a live map value, only changed by atomic adds here and
         // whole writes by the agent.
         Some(count) => unsafe {
             atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(count, delta as u32);
         },
         None if delta > 0 => {
-            let _ = SNAT_SHARES.insert(key, 1u32, u64::from(BPF_NOEXIST));
+            let _ = F::snat_shares().insert(key, 1u32, u64::from(BPF_NOEXIST));
         }
         None => {}
     }

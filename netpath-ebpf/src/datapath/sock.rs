@@ -20,7 +20,6 @@ use aya_ebpf::{
     bindings::bpf_sock_addr,
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     macros::cgroup_sock_addr,
-    maps::lpm_trie::Key,
     programs::SockAddrContext,
 };
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
@@ -30,13 +29,13 @@ use netpath_common::{
 };
 
 use super::{
-    maps::{CONFIG, NETWORKS, PORTS, PORTS6, SOCK_REVNAT, SOCK_REVNAT6, SUBNETS6, config, count},
+    family::{Family, V4, V6},
+    maps::{CONFIG, SOCK_REVNAT, SOCK_REVNAT6, config, count},
     networks,
 };
 
 /// Verdict that lets the syscall go on.
 const ALLOW: i32 = 1;
-const LOOPBACK_NET: u32 = 127;
 
 /// netpath's own probe connect (see `Config::probe_port`) tells us which
 /// netns is the host's: nothing is rewritten until then. The address alone
@@ -97,85 +96,46 @@ fn host_request(ctx: &SockAddrContext, v4: Option<u32>) -> Option<(&'static Conf
     }
 }
 
-/// The published ports of one address family.
-trait Published: Addr {
-    /// `PORTS` or `PORTS6`.
-    fn lookup(key: &PortKey<Self>) -> Option<PortTarget<Self>>;
-    /// Whether `addr` is one of the host's that every-address mappings
-    /// answer on: its address, loopback, a network's gateway.
-    fn is_host(cfg: &Config, addr: Self) -> bool;
-}
-
-impl Published for u32 {
-    #[inline(always)]
-    fn lookup(key: &PortKey) -> Option<PortTarget> {
-        unsafe { PORTS.get(key) }.copied()
-    }
-
-    #[inline(always)]
-    fn is_host(cfg: &Config, ip: u32) -> bool {
-        ip == cfg.host_ip
-            || u32::from(ip.to_ne_bytes()[0]) == LOOPBACK_NET
-            || networks::is_gateway(ip)
-    }
-}
-
-/// `::1` as `Ip6`.
-const IPV6_LOOPBACK: Ip6 = [0, 0, 0, IPV6_LOOPBACK_WORD];
-
-impl Published for Ip6 {
-    #[inline(always)]
-    fn lookup(key: &PortKey<Ip6>) -> Option<PortTarget<Ip6>> {
-        unsafe { PORTS6.get(key) }.copied()
-    }
-
-    /// `::` is no address of the host (`host_ip6` is `::` when there is none).
-    #[inline(always)]
-    fn is_host(cfg: &Config, ip: Ip6) -> bool {
-        ip != Ip6::UNSPECIFIED && (ip == cfg.host_ip6 || ip == IPV6_LOOPBACK || is_gateway6(ip))
-    }
-}
-
-/// Whether `ip` is the IPv6 gateway of some network: an address of the host.
-#[inline(always)]
-fn is_gateway6(ip: Ip6) -> bool {
-    let Some(id) = SUBNETS6.get(&Key::new(128, ip)) else {
-        return false;
-    };
-    NETWORKS.get(*id).is_some_and(|net| net.gateway6 == ip)
-}
-
 /// Where `dst` `port` (wire order) over `proto` is published: a mapping
 /// bound to `dst`, else one on every host address if `dst` is the host's.
 #[inline(always)]
-fn published<A: Published>(cfg: &Config, dst: A, port: u16, proto: u8) -> Option<PortTarget<A>> {
+fn published<F: Family>(
+    cfg: &Config,
+    dst: F::Addr,
+    port: u16,
+    proto: u8,
+) -> Option<PortTarget<F::Addr>> {
     let key = |host_ip| PortKey {
         host_ip,
         host_port: port,
         proto,
         _pad: 0,
     };
-    if let Some(target) = A::lookup(&key(dst)) {
-        return Some(target);
+    if let Some(target) = unsafe { F::ports().get(key(dst)) } {
+        return Some(*target);
     }
-    if !A::is_host(cfg, dst) {
+    // `::` is no address of the host (`host_ip6` is `::` when there is none).
+    let host = (dst == F::Addr::host_of(cfg) && dst != F::Addr::UNSPECIFIED)
+        || F::is_loopback(dst)
+        || networks::is_gateway::<F>(dst);
+    if !host {
         return None;
     }
-    A::lookup(&key(A::UNSPECIFIED))
+    unsafe { F::ports().get(key(F::Addr::UNSPECIFIED)) }.copied()
 }
 
-/// How a hook family spells an IPv4 address. The verifier refuses
-/// `user_ip4` in IPv6 hooks and `user_ip6` in IPv4 ones, so each hook is
-/// built for one family (a type, not a run-time branch).
-trait Family {
+/// How the hooks of one socket family spell an IPv4 address. The verifier
+/// refuses `user_ip4` in IPv6 hooks and `user_ip6` in IPv4 ones, so each
+/// hook is built for one family (a type, not a run-time branch).
+trait SockFamily {
     /// Puts IPv4 address `ip`, spelled as `flags` (`SockRevNatValue::flags`)
     /// says, into `sa`.
     fn write(sa: *mut bpf_sock_addr, ip: u32, flags: u16);
 }
 
-struct Ipv4;
+struct Sock4;
 
-impl Family for Ipv4 {
+impl SockFamily for Sock4 {
     #[inline(always)]
     fn write(sa: *mut bpf_sock_addr, ip: u32, _flags: u16) {
         unsafe { (*sa).user_ip4 = ip };
@@ -184,8 +144,8 @@ impl Family for Ipv4 {
 
 /// `user_ip6` word 2 of a v4-mapped address (`::ffff:0:0/96`).
 const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
-/// `user_ip6` word 3 of `::1`.
-const IPV6_LOOPBACK_WORD: u32 = u32::from_ne_bytes([0, 0, 0, 1]);
+/// `::1` as `Ip6`.
+const IPV6_LOOPBACK: Ip6 = [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])];
 
 /// `user_ip6`, word by word, volatile: 5.10 takes 4-byte accesses to it
 /// (8-byte ones only aligned), and LLVM must not merge them.
@@ -219,9 +179,9 @@ fn as_ipv4(ip: Ip6) -> Option<(u32, u16)> {
     v4_mapped(ip).map(|v4| (v4, 0))
 }
 
-struct Ipv6;
+struct Sock6;
 
-impl Family for Ipv6 {
+impl SockFamily for Sock6 {
     #[inline(always)]
     fn write(sa: *mut bpf_sock_addr, ip: u32, flags: u16) {
         let ip6 = if flags & SOCK_ORIG_IPV6_LOOPBACK != 0 {
@@ -241,13 +201,13 @@ fn to_container4(ctx: &SockAddrContext) -> i32 {
     let Some((cfg, proto)) = host_request(ctx, Some(ip)) else {
         return ALLOW;
     };
-    to_ipv4_container::<Ipv4>(ctx, cfg, ip, 0, proto)
+    to_ipv4_container::<Sock4>(ctx, cfg, ip, 0, proto)
 }
 
 /// Rewrites a host request for IPv4 address `ip` (spelled as `flags` says)
 /// to the IPv4 container it is published to, if any.
 #[inline(always)]
-fn to_ipv4_container<F: Family>(
+fn to_ipv4_container<S: SockFamily>(
     ctx: &SockAddrContext,
     cfg: &Config,
     ip: u32,
@@ -255,7 +215,7 @@ fn to_ipv4_container<F: Family>(
     proto: u8,
 ) -> i32 {
     let port = user_port(ctx);
-    let Some(target) = published(cfg, ip, port, proto) else {
+    let Some(target) = published::<V4>(cfg, ip, port, proto) else {
         return ALLOW;
     };
     let rev_key = SockRevNatKey {
@@ -271,7 +231,7 @@ fn to_ipv4_container<F: Family>(
     };
     let _ = SOCK_REVNAT.insert(rev_key, rev, 0);
     let sa = ctx.sock_addr;
-    F::write(sa, target.container_ip, 0);
+    S::write(sa, target.container_ip, 0);
     unsafe { (*sa).user_port = u32::from(target.container_port) };
     count(stat::SOCK_REWRITE);
     ALLOW
@@ -310,7 +270,7 @@ fn to_container6(ctx: &SockAddrContext, to_ipv4: ToIpv4) -> i32 {
     let port = user_port(ctx);
     if let Some(target) = cfg
         .ipv6()
-        .then(|| published(cfg, dst, port, proto))
+        .then(|| published::<V6>(cfg, dst, port, proto))
         .flatten()
     {
         let rev_key = rev_key6(ctx, target.container_ip, target.container_port);
@@ -327,7 +287,7 @@ fn to_container6(ctx: &SockAddrContext, to_ipv4: ToIpv4) -> i32 {
     }
     match v4 {
         Some((ip, flags)) if to_ipv4 == ToIpv4::Allowed => {
-            to_ipv4_container::<Ipv6>(ctx, cfg, ip, flags, proto)
+            to_ipv4_container::<Sock6>(ctx, cfg, ip, flags, proto)
         }
         _ => ALLOW,
     }
@@ -339,7 +299,7 @@ fn to_container6(ctx: &SockAddrContext, to_ipv4: ToIpv4) -> i32 {
 fn from_container4(ctx: &SockAddrContext) -> i32 {
     if host_config(ctx).is_some() {
         let container_ip = unsafe { (*ctx.sock_addr).user_ip4 };
-        from_ipv4_container::<Ipv4>(ctx, container_ip);
+        from_ipv4_container::<Sock4>(ctx, container_ip);
     }
     ALLOW
 }
@@ -353,7 +313,7 @@ fn host_config(ctx: &SockAddrContext) -> Option<&'static Config> {
 /// Rewrites IPv4 container address `container_ip` back to what the socket
 /// asked for.
 #[inline(always)]
-fn from_ipv4_container<F: Family>(ctx: &SockAddrContext, container_ip: u32) {
+fn from_ipv4_container<S: SockFamily>(ctx: &SockAddrContext, container_ip: u32) {
     let sa = ctx.sock_addr;
     let key = SockRevNatKey {
         cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
@@ -362,7 +322,7 @@ fn from_ipv4_container<F: Family>(ctx: &SockAddrContext, container_ip: u32) {
         _pad: 0,
     };
     if let Some(orig) = unsafe { SOCK_REVNAT.get(key) } {
-        F::write(sa, orig.orig_ip, orig.flags);
+        S::write(sa, orig.orig_ip, orig.flags);
         unsafe { (*sa).user_port = u32::from(orig.orig_port) };
     }
 }
@@ -377,7 +337,7 @@ fn from_container6(ctx: &SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
     let peer = read_ip6(sa);
     match v4_mapped(peer) {
-        Some(container_ip) => from_ipv4_container::<Ipv6>(ctx, container_ip),
+        Some(container_ip) => from_ipv4_container::<Sock6>(ctx, container_ip),
         None if cfg.ipv6() => {
             let key = rev_key6(ctx, peer, user_port(ctx));
             if let Some(orig) = unsafe { SOCK_REVNAT6.get(key) } {

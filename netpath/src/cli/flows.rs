@@ -1,4 +1,6 @@
 //! `netpath flows`: the conntrack table, or with `--watch` its events.
+use std::net::IpAddr;
+
 use super::{
     Result,
     args::FlowsArgs,
@@ -17,16 +19,22 @@ use crate::{
 
 pub(super) fn run(instance: &Instance, args: FlowsArgs, out: Output) -> Result<()> {
     let state = state::load_required(instance)?;
-    let ip = match &args.container {
-        Some(name) => Some(
-            container::view(&state, name)
-                .ip
-                .ok_or_else(|| PublishError::UnknownContainer(name.clone()))?,
-        ),
-        None => None,
+    // Every address of the container, of both families.
+    let ips = match &args.container {
+        Some(name) => {
+            let view = container::view(&state, name);
+            view.ip
+                .ok_or_else(|| PublishError::UnknownContainer(name.clone()))?;
+            view.networks
+                .iter()
+                .flat_map(|a| [Some(IpAddr::V4(a.ip)), a.ip6.map(IpAddr::V6)])
+                .flatten()
+                .collect()
+        }
+        None => Vec::new(),
     };
     let filter = FlowFilter {
-        ip,
+        ips,
         port: args.port,
         proto: args.proto,
     };

@@ -1,4 +1,6 @@
 //! `netpath publish add | rm | ls`.
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
 use super::{
     Result,
     args::PublishCommand,
@@ -36,6 +38,8 @@ pub(super) fn run(instance: &Instance, command: PublishCommand, out: Output) -> 
     }
 }
 
+/// One line per family a mapping is published on, the host side as Docker
+/// prints it for IPv6 (`[::]:8080/tcp`).
 fn print_table(list: &[publish::Published]) {
     const TABLE: Table<5> = Table {
         columns: [
@@ -47,19 +51,47 @@ fn print_table(list: &[publish::Published]) {
         ],
         separator: " ",
     };
-    TABLE.print(list.iter().map(|p| {
-        [
-            p.host.to_string(),
-            dash(&p.container),
-            p.container_ip.to_string(),
-            p.container_port.to_string(),
-            p.allow.as_ref().map_or_else(
+    TABLE.print(list.iter().flat_map(|p| {
+        // Docker's 0.0.0.0 beside [::] when the mapping has both.
+        let every = |ip: IpAddr| match p.host.ip {
+            None if p.container_ip.is_some() && p.container_ip6.is_some() => publish::HostPort {
+                ip: Some(ip),
+                ..p.host
+            },
+            _ => p.host,
+        };
+        let v4 = p.container_ip.map(|ip| {
+            let allow = p.allow.as_ref().map_or_else(
                 || "all".to_owned(),
                 |nets| {
                     let nets: Vec<String> = nets.iter().map(ToString::to_string).collect();
-                    nets.join(",")
+                    format!("{} (IPv4 only)", nets.join(","))
                 },
-            ),
-        ]
+            );
+            (
+                every(Ipv4Addr::UNSPECIFIED.into()).to_string(),
+                ip.to_string(),
+                allow,
+            )
+        });
+        let v6 = p.container_ip6.map(|ip| {
+            let host = match p.host.ip {
+                None => publish::HostPort {
+                    ip: Some(Ipv6Addr::UNSPECIFIED.into()),
+                    ..p.host
+                },
+                Some(_) => p.host,
+            };
+            (host.to_string(), ip.to_string(), "all".to_owned())
+        });
+        [v4, v6].into_iter().flatten().map(|(host, ip, allow)| {
+            [
+                host,
+                dash(&p.container),
+                ip,
+                p.container_port.to_string(),
+                allow,
+            ]
+        })
     }));
 }

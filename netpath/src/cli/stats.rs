@@ -36,6 +36,10 @@ fn print(stats: &StatsView) {
         "{:<width$} {}/{}",
         "conntrack_entries", stats.conntrack_entries, stats.conntrack_capacity
     );
+    println!(
+        "{:<width$} {}/{}",
+        "conntrack6_entries", stats.conntrack6_entries, stats.conntrack6_capacity
+    );
     println!("{:<width$} {}", "route_generation", stats.route_generation);
     for (name, value) in &network_drops {
         println!("{name:<width$} {value}");

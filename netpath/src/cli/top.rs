@@ -82,7 +82,8 @@ impl Top {
         let view = top::compare(
             &earlier,
             &later,
-            self.tables.conntrack_capacity(),
+            self.tables.conntrack_capacity::<u32>()
+                + self.tables.conntrack_capacity::<netpath_common::Ip6>(),
             self.sort,
         );
         self.last = Some(later);

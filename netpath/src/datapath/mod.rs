@@ -32,7 +32,8 @@ use aya::{
 use netpath_common::load::load_program;
 use netpath_common::{
     CONFIG_FLAG_XDP, Config, Endpoint, LAYOUT_VERSION, Network, SLOW_PATH_FROM_CONTAINER,
-    SLOW_PATH_NEW_FLOW, SLOW_PATH_TO_UPLINK, names,
+    SLOW_PATH_FROM_CONTAINER6, SLOW_PATH_FROM_UPLINK6, SLOW_PATH_ICMP_ERROR6, SLOW_PATH_NEW_FLOW,
+    SLOW_PATH_NEW_FLOW6, SLOW_PATH_TO_UPLINK, SLOW_PATH_TO_UPLINK6, names,
 };
 
 use self::{
@@ -243,6 +244,12 @@ impl Datapath {
             .map_max_entries(names::CT_REPLY, sizes.conntrack)
             .map_max_entries(names::PORTS, sizes.ports)
             .map_max_entries(names::ENDPOINTS, sizes.endpoints)
+            .map_max_entries(names::CONNTRACK6, sizes.conntrack6)
+            .map_max_entries(names::CT_REPLY6, sizes.conntrack6)
+            .map_max_entries(names::FLOW_COUNTS6, sizes.counts6)
+            .map_max_entries(names::SNAT_SHARES6, sizes.counts6)
+            .map_max_entries(names::PORTS6, sizes.ports6)
+            .map_max_entries(names::ENDPOINTS6, sizes.endpoints6)
             .load(EBPF_OBJECT)?;
 
         let forced_probe = forced_probe_port();
@@ -317,20 +324,28 @@ impl Datapath {
     }
 }
 
-/// Fills `SLOW_PATHS`: `from_container_new_flow`, freshly loaded, and the
-/// programs it returns to: `to_uplink`, loaded just before, and the pinned
-/// `from_container`, which may be an adopted one (the instance's veths run
-/// it).
+/// Fills `SLOW_PATHS`: `from_container_new_flow` and the IPv6 programs,
+/// freshly loaded, and the programs the new-flow slow paths return to:
+/// `to_uplink`, loaded just before, and the pinned `from_container`, which
+/// may be an adopted one (the instance's veths run it).
 fn link_slow_paths(ebpf: &mut Ebpf, from_container_pin: &Path) -> Result<(), DatapathError> {
-    let new_flow: &mut SchedClassifier = program(ebpf, names::PROG_FROM_CONTAINER_NEW_FLOW)?;
-    load_program(|| new_flow.load()).map_err(prog_err("loading from_container_new_flow"))?;
     let fd = |prog: &SchedClassifier, name: &str| {
         prog.fd()
             .map_err(prog_err(name.to_string()))?
             .try_clone()
             .map_err(io_err("duplicating a program fd"))
     };
-    let new_flow = fd(new_flow, names::PROG_FROM_CONTAINER_NEW_FLOW)?;
+    let mut load = |name: &'static str| {
+        let prog: &mut SchedClassifier = program(ebpf, name)?;
+        load_program(|| prog.load()).map_err(prog_err(format!("loading {name}")))?;
+        fd(prog, name)
+    };
+    let new_flow = load(names::PROG_FROM_CONTAINER_NEW_FLOW)?;
+    let new_flow6 = load(names::PROG_FROM_CONTAINER6_NEW_FLOW)?;
+    let from_container6 = load(names::PROG_FROM_CONTAINER6)?;
+    let from_uplink6 = load(names::PROG_FROM_UPLINK6)?;
+    let to_uplink6 = load(names::PROG_TO_UPLINK6)?;
+    let icmp_error6 = load(names::PROG_ICMP_ERROR6)?;
     let to_uplink = fd(program(ebpf, names::PROG_TO_UPLINK)?, names::PROG_TO_UPLINK)?;
     let from_container = fd(
         &SchedClassifier::from_pin(from_container_pin)
@@ -348,6 +363,11 @@ fn link_slow_paths(ebpf: &mut Ebpf, from_container_pin: &Path) -> Result<(), Dat
         (SLOW_PATH_NEW_FLOW, &new_flow),
         (SLOW_PATH_FROM_CONTAINER, &from_container),
         (SLOW_PATH_TO_UPLINK, &to_uplink),
+        (SLOW_PATH_NEW_FLOW6, &new_flow6),
+        (SLOW_PATH_FROM_CONTAINER6, &from_container6),
+        (SLOW_PATH_TO_UPLINK6, &to_uplink6),
+        (SLOW_PATH_FROM_UPLINK6, &from_uplink6),
+        (SLOW_PATH_ICMP_ERROR6, &icmp_error6),
     ] {
         slow_paths
             .set(index, prog, 0)
@@ -407,9 +427,7 @@ pub fn detach_endpoint(
     LinkPin::tc(&ep.host_ifname, TcDirection::Ingress).unpin(instance);
     if let Some(tables) = tables {
         tables.remove_endpoint(ep.ip)?;
-        tables.flush_flows(|key, entry| {
-            key.src() == ep.ip || entry.reply.src() == ep.ip || key.dst() == ep.ip
-        })?;
+        tables.flush_flows_of(ep.ip)?;
     }
     Ok(())
 }

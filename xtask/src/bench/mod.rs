@@ -24,7 +24,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 use modes::{Active, Mode, UpOptions, last_scale_port, max_scale_ports};
-use netpath_common::names::{CONNTRACK, CT_REPLY};
+use netpath_common::names::{CONNTRACK, CONNTRACK6, CT_REPLY, CT_REPLY6};
 use netpath_tests::flowfill::{Published, fill_published_flows};
 use tools::{Iperf, iperf, with_kernel_cpu, wrk};
 use topo::{CLIENT_IP, HOST_HTTP_PORT, HOST_IP, HTTP_PORTS, Lab, NETPATH_IP, OUTSIDE_IPERF_PORT};
@@ -406,12 +406,14 @@ fn measure_scale(
     ])
 }
 
-/// The flow-table step on netpath set up with a table of
-/// `plan.flow_table` flows: the connection rate with the table 90 % full
-/// (established flows written from userspace, see
+/// The flow-table step on netpath set up with a conntrack budget of
+/// `plan.flow_table` flows: the connection rate with the IPv4 table 90 %
+/// full (established flows written from userspace, see
 /// [`netpath_tests::flowfill`]), then with it full the agent's CPU (GC
 /// passes over every flow) over `plan.flow_window` seconds, its peak RSS
-/// and the kernel memory of the two conntrack maps.
+/// and the kernel memory of the conntrack maps of both families (with IPv6
+/// on, the IPv4 table holds three quarters of the budget and IPv6's the
+/// rest of its memory).
 fn measure_flow_table(lab: &Lab, active: &Active<'_>, plan: &Plan) -> Result<Vec<(String, f64)>> {
     let (c, scratch) = (lab.client.as_str(), lab.scratch.as_path());
     let pins = active.netpath_pins();
@@ -419,7 +421,10 @@ fn measure_flow_table(lab: &Lab, active: &Active<'_>, plan: &Plan) -> Result<Vec
         host: (HOST_IP.parse()?, HOST_HTTP_PORT),
         container: (NETPATH_IP.parse()?, active.mode.http_port()),
     };
-    let size = plan.flow_table;
+    let size = aya::maps::MapData::from_pin(pins.join(CONNTRACK))
+        .and_then(|map| map.info())
+        .map(|info| info.max_entries())
+        .context("reading the IPv4 conntrack table's size")?;
     let ninety = size / 10 * 9;
     let filled = fill_published_flows(&pins, 0..ninety, to)?;
     if filled < ninety {
@@ -436,7 +441,7 @@ fn measure_flow_table(lab: &Lab, active: &Active<'_>, plan: &Plan) -> Result<Vec
     let started = std::time::Instant::now();
     std::thread::sleep(std::time::Duration::from_secs(plan.flow_window));
     let agent_cpu = (process_cpu_s(agent)? - before) / started.elapsed().as_secs_f64();
-    let map_bytes: u64 = [CONNTRACK, CT_REPLY]
+    let map_bytes: u64 = [CONNTRACK, CT_REPLY, CONNTRACK6, CT_REPLY6]
         .iter()
         .map(|map| map_memlock(&pins.join(map)))
         .sum::<Result<u64>>()?;

@@ -1,0 +1,461 @@
+//! The two address families. Every step of the datapath (parse, conntrack,
+//! NAT, checksums, forwarding) is written once, generic over [`Family`];
+//! what differs between IPv4 and IPv6 (the IP header, the maps, which
+//! checksums cover the addresses) is here. Each family's programs are
+//! verified apart: the IPv4 entry points tail-call the IPv6 ones.
+use aya_ebpf::{
+    bindings::{bpf_fib_lookup, bpf_redir_neigh},
+    btf_maps::{Array, HashMap, LruHashMap},
+    maps::lpm_trie::Key,
+};
+use netpath_common::{
+    Addr, Endpoint, FlowEntry, FlowKey, IPPROTO_ICMP, IPPROTO_ICMPV6, Ip6, PortKey, PortTarget,
+    SLOW_PATH_FROM_CONTAINER, SLOW_PATH_FROM_CONTAINER6, SLOW_PATH_NEW_FLOW, SLOW_PATH_NEW_FLOW6,
+    SLOW_PATH_TO_UPLINK, SLOW_PATH_TO_UPLINK6, SNAT_POOLS_MAX, SnatDestination, SnatPortPool,
+    SnatShareKey, stat,
+};
+
+use super::{
+    Kept, KeptKey, allow,
+    csum::{self, RewriteResult},
+    ctx::Packet as Ctx,
+    fragments,
+    maps::{
+        CONNTRACK, CONNTRACK6, CT_RECENT, CT_RECENT_NEXT, CT_RECENT_NEXT6, CT_RECENT_SLOTS,
+        CT_RECENT6, CT_REPLY, CT_REPLY6, ENDPOINTS, ENDPOINTS6, FLOW_COUNTS, FLOW_COUNTS6,
+        NO_PREALLOC, NewFlowRequest, PORTS, PORTS6, SNAT_PORTS, SNAT_PORTS6, SNAT_SHARES,
+        SNAT_SHARES6, SUBNETS, SUBNETS6, Scratch,
+    },
+    parse::{self, Header, Packet, Parsed},
+    verdict::Verdict,
+};
+
+/// Capacities the maps are declared with (the loader sets the real ones).
+pub const ENDPOINTS_MAX: usize = 4096;
+pub const PORTS_MAX: usize = 65536;
+pub const FLOWS_MAX: usize = 65536;
+
+pub trait Family: 'static {
+    type Addr: Addr;
+    /// The EtherType of this family's frames.
+    const ETH_P: u16;
+    /// Whether the IP header has a checksum of its own (IPv4).
+    const IP_HEADER_CSUM: bool;
+    /// Whether rare paths run in frames of their own (IPv6, whose larger
+    /// addresses would take the programs past BPF's 512-byte stack).
+    const OUTLINE: bool;
+    /// The ICMP of this family: its protocol number and echo types.
+    const ICMP: u8;
+    const ECHO_REQUEST: u8;
+    const ECHO_REPLY: u8;
+    /// Offsets in the IP header.
+    const SRC_OFF: usize;
+    const DST_OFF: usize;
+    const TTL_OFF: usize;
+    /// Whether the ICMP checksum covers the addresses (ICMPv6 has a
+    /// pseudo-header, ICMPv4 none).
+    const ICMP_PSEUDO_HEADER: bool;
+    /// `SLOW_PATHS` slots of this family's programs.
+    const SLOW_PATH_NEW_FLOW: u32;
+    const SLOW_PATH_FROM_CONTAINER: u32;
+    const SLOW_PATH_TO_UPLINK: u32;
+
+    fn endpoints() -> &'static HashMap<Self::Addr, Endpoint, ENDPOINTS_MAX>;
+    fn ports() -> &'static HashMap<PortKey<Self::Addr>, PortTarget<Self::Addr>, PORTS_MAX>;
+    fn conntrack() -> &'static HashMap<FlowKey<Self::Addr>, FlowEntry<Self::Addr>, FLOWS_MAX>;
+    fn ct_reply() -> &'static HashMap<FlowKey<Self::Addr>, FlowKey<Self::Addr>, FLOWS_MAX>;
+    fn ct_recent() -> &'static Array<FlowKey<Self::Addr>, { CT_RECENT_SLOTS as usize }>;
+    fn ct_recent_next() -> &'static Array<u32, 1>;
+    fn flow_counts() -> &'static LruHashMap<Self::Addr, u32, FLOWS_MAX>;
+    fn snat_ports()
+    -> &'static HashMap<SnatDestination<Self::Addr>, SnatPortPool, SNAT_POOLS_MAX, NO_PREALLOC>;
+    fn snat_shares() -> &'static LruHashMap<SnatShareKey<Self::Addr>, u32, FLOWS_MAX>;
+    /// This CPU's scratch slots of this family.
+    fn scratch_entry(scratch: &mut Scratch) -> &mut FlowEntry<Self::Addr>;
+    fn scratch_request(scratch: &mut Scratch) -> &mut NewFlowRequest<Self::Addr>;
+    /// This CPU's slot for a parsed packet (see `keep`); IPv6 only.
+    fn scratch_packet(scratch: &mut Scratch, which: Kept) -> &mut Packet<Self::Addr>;
+    /// This CPU's slot for a tuple (see `keep_key`); IPv6 only.
+    fn scratch_key(scratch: &mut Scratch, which: KeptKey) -> &mut FlowKey<Self::Addr>;
+
+    /// The id of the network whose subnet holds `addr` (`SUBNETS`).
+    fn network_of(addr: Self::Addr) -> Option<u32>;
+    /// 127.0.0.0/8, ::1.
+    fn is_loopback(addr: Self::Addr) -> bool;
+    /// Parses the IP header at `l3` and the L4 fields after it.
+    fn parse_l3<C: Ctx>(ctx: &C, l3: usize, header: Header) -> Parsed<Self::Addr>;
+    /// Fixes the IP header's own checksum for an address change (IPv6 has
+    /// none).
+    fn fix_ip_csum<C: Ctx>(
+        ctx: &mut C,
+        l3: usize,
+        old: Self::Addr,
+        new: Self::Addr,
+    ) -> RewriteResult;
+    /// Fixes the L4 checksum at `csum_off` for an address change; `flags`
+    /// as for `bpf_l4_csum_replace`, without the size.
+    fn fix_l4_csum<C: Ctx>(
+        ctx: &mut C,
+        csum_off: usize,
+        old: Self::Addr,
+        new: Self::Addr,
+        flags: u64,
+    ) -> RewriteResult;
+    /// The one's-complement sum of an address as it sits in memory (for a
+    /// pseudo-header).
+    fn addr_sum(addr: Self::Addr) -> u32;
+    /// Fills the FIB lookup's family and addresses.
+    fn fib_addrs(params: &mut bpf_fib_lookup, src: Self::Addr, dst: Self::Addr);
+    /// The next hop a FIB lookup returned.
+    fn fib_nexthop(params: &bpf_fib_lookup) -> Self::Addr;
+    /// Fills `bpf_redirect_neigh`'s next hop.
+    fn set_neigh(nh: &mut bpf_redir_neigh, addr: Self::Addr);
+    /// Fragments: a first fragment records its ports, a later one takes
+    /// them (IPv4; IPv6 fragments are never followed, see `parse`).
+    fn record_fragment(pkt: &Packet<Self::Addr>);
+    fn resolve_fragment(pkt: &mut Packet<Self::Addr>) -> bool;
+    /// What a container's packet meets before its source is checked:
+    /// IPv6's neighbour discovery, which speaks from link-local addresses,
+    /// and the RA guard.
+    fn screen_from_container(pkt: &Packet<Self::Addr>) -> Option<Verdict>;
+    /// Multicast and link-local destinations (IPv6): the bridge's and the
+    /// kernel's, never translated.
+    fn is_link_scope(addr: Self::Addr) -> bool;
+    /// Whether a published port's allow-list admits a new flow from `saddr`.
+    fn admits(
+        port: &PortKey<Self::Addr>,
+        target: &PortTarget<Self::Addr>,
+        saddr: Self::Addr,
+    ) -> bool;
+}
+
+pub struct V4;
+pub struct V6;
+
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+
+/// `sum` folded to 16 bits, one's complement.
+#[inline(always)]
+fn fold(mut sum: u32) -> u32 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    (sum & 0xffff) + (sum >> 16)
+}
+
+/// Sums the two 16-bit halves of `word`.
+#[inline(always)]
+fn halves(word: u32) -> u32 {
+    (word & 0xffff) + (word >> 16)
+}
+
+impl Family for V4 {
+    type Addr = u32;
+    const ETH_P: u16 = parse::ETH_P_IP;
+    const IP_HEADER_CSUM: bool = true;
+    const OUTLINE: bool = false;
+    const ICMP: u8 = IPPROTO_ICMP;
+    const ECHO_REQUEST: u8 = 8;
+    const ECHO_REPLY: u8 = 0;
+    const SRC_OFF: usize = 12;
+    const DST_OFF: usize = 16;
+    const TTL_OFF: usize = 8;
+    const ICMP_PSEUDO_HEADER: bool = false;
+    const SLOW_PATH_NEW_FLOW: u32 = SLOW_PATH_NEW_FLOW;
+    const SLOW_PATH_FROM_CONTAINER: u32 = SLOW_PATH_FROM_CONTAINER;
+    const SLOW_PATH_TO_UPLINK: u32 = SLOW_PATH_TO_UPLINK;
+
+    #[inline(always)]
+    fn endpoints() -> &'static HashMap<u32, Endpoint, ENDPOINTS_MAX> {
+        &ENDPOINTS
+    }
+    #[inline(always)]
+    fn ports() -> &'static HashMap<PortKey, PortTarget, PORTS_MAX> {
+        &PORTS
+    }
+    #[inline(always)]
+    fn conntrack() -> &'static HashMap<FlowKey, FlowEntry, FLOWS_MAX> {
+        &CONNTRACK
+    }
+    #[inline(always)]
+    fn ct_reply() -> &'static HashMap<FlowKey, FlowKey, FLOWS_MAX> {
+        &CT_REPLY
+    }
+    #[inline(always)]
+    fn ct_recent() -> &'static Array<FlowKey, { CT_RECENT_SLOTS as usize }> {
+        &CT_RECENT
+    }
+    #[inline(always)]
+    fn ct_recent_next() -> &'static Array<u32, 1> {
+        &CT_RECENT_NEXT
+    }
+    #[inline(always)]
+    fn flow_counts() -> &'static LruHashMap<u32, u32, FLOWS_MAX> {
+        &FLOW_COUNTS
+    }
+    #[inline(always)]
+    fn snat_ports() -> &'static HashMap<SnatDestination, SnatPortPool, SNAT_POOLS_MAX, NO_PREALLOC>
+    {
+        &SNAT_PORTS
+    }
+    #[inline(always)]
+    fn snat_shares() -> &'static LruHashMap<SnatShareKey, u32, FLOWS_MAX> {
+        &SNAT_SHARES
+    }
+    #[inline(always)]
+    fn scratch_entry(scratch: &mut Scratch) -> &mut FlowEntry {
+        &mut scratch.entry
+    }
+    #[inline(always)]
+    fn scratch_request(scratch: &mut Scratch) -> &mut NewFlowRequest<u32> {
+        &mut scratch.new_flow
+    }
+    /// IPv4 keeps its packets on the stack (`OUTLINE` is false): the new
+    /// flow request's packet stands in, never used.
+    #[inline(always)]
+    fn scratch_packet(scratch: &mut Scratch, _which: Kept) -> &mut Packet<u32> {
+        &mut scratch.new_flow.pkt
+    }
+    /// Likewise never used.
+    #[inline(always)]
+    fn scratch_key(scratch: &mut Scratch, _which: KeptKey) -> &mut FlowKey {
+        &mut scratch.new_flow.pkt.key
+    }
+    #[inline(always)]
+    fn network_of(addr: u32) -> Option<u32> {
+        SUBNETS.get(&Key::new(32, addr)).copied()
+    }
+    #[inline(always)]
+    fn is_loopback(addr: u32) -> bool {
+        addr.to_ne_bytes()[0] == 127
+    }
+    #[inline(always)]
+    fn parse_l3<C: Ctx>(ctx: &C, l3: usize, header: Header) -> Parsed<u32> {
+        parse::parse_ipv4(ctx, l3, header)
+    }
+    #[inline(always)]
+    fn fix_ip_csum<C: Ctx>(ctx: &mut C, l3: usize, old: u32, new: u32) -> RewriteResult {
+        ctx.l3_csum_replace(l3 + csum::IP_CSUM_OFF, old, new, 4)
+    }
+    #[inline(always)]
+    fn fix_l4_csum<C: Ctx>(
+        ctx: &mut C,
+        csum_off: usize,
+        old: u32,
+        new: u32,
+        flags: u64,
+    ) -> RewriteResult {
+        ctx.l4_csum_replace(csum_off, old, new, flags | 4)
+    }
+    #[inline(always)]
+    fn addr_sum(addr: u32) -> u32 {
+        halves(addr)
+    }
+    #[inline(always)]
+    fn fib_addrs(params: &mut bpf_fib_lookup, src: u32, dst: u32) {
+        params.family = AF_INET;
+        params.__bindgen_anon_3.ipv4_src = src;
+        params.__bindgen_anon_4.ipv4_dst = dst;
+    }
+    #[inline(always)]
+    fn fib_nexthop(params: &bpf_fib_lookup) -> u32 {
+        unsafe { params.__bindgen_anon_4.ipv4_dst }
+    }
+    #[inline(always)]
+    fn set_neigh(nh: &mut bpf_redir_neigh, addr: u32) {
+        nh.nh_family = u32::from(AF_INET);
+        nh.__bindgen_anon_1.ipv4_nh = addr;
+    }
+    #[inline(always)]
+    fn record_fragment(pkt: &Packet<u32>) {
+        fragments::record(pkt);
+    }
+    #[inline(always)]
+    fn resolve_fragment(pkt: &mut Packet<u32>) -> bool {
+        fragments::resolve(pkt)
+    }
+    #[inline(always)]
+    fn screen_from_container(_pkt: &Packet<u32>) -> Option<Verdict> {
+        None
+    }
+    #[inline(always)]
+    fn is_link_scope(_addr: u32) -> bool {
+        false
+    }
+    #[inline(always)]
+    fn admits(port: &PortKey, target: &PortTarget, saddr: u32) -> bool {
+        allow::admits(port, target, saddr)
+    }
+}
+
+impl Family for V6 {
+    type Addr = Ip6;
+    const ETH_P: u16 = parse::ETH_P_IPV6;
+    const IP_HEADER_CSUM: bool = false;
+    const OUTLINE: bool = true;
+    const ICMP: u8 = IPPROTO_ICMPV6;
+    const ECHO_REQUEST: u8 = 128;
+    const ECHO_REPLY: u8 = 129;
+    const SRC_OFF: usize = 8;
+    const DST_OFF: usize = 24;
+    const TTL_OFF: usize = 7;
+    const ICMP_PSEUDO_HEADER: bool = true;
+    const SLOW_PATH_NEW_FLOW: u32 = SLOW_PATH_NEW_FLOW6;
+    const SLOW_PATH_FROM_CONTAINER: u32 = SLOW_PATH_FROM_CONTAINER6;
+    const SLOW_PATH_TO_UPLINK: u32 = SLOW_PATH_TO_UPLINK6;
+
+    #[inline(always)]
+    fn endpoints() -> &'static HashMap<Ip6, Endpoint, ENDPOINTS_MAX> {
+        &ENDPOINTS6
+    }
+    #[inline(always)]
+    fn ports() -> &'static HashMap<PortKey<Ip6>, PortTarget<Ip6>, PORTS_MAX> {
+        &PORTS6
+    }
+    #[inline(always)]
+    fn conntrack() -> &'static HashMap<FlowKey<Ip6>, FlowEntry<Ip6>, FLOWS_MAX> {
+        &CONNTRACK6
+    }
+    #[inline(always)]
+    fn ct_reply() -> &'static HashMap<FlowKey<Ip6>, FlowKey<Ip6>, FLOWS_MAX> {
+        &CT_REPLY6
+    }
+    #[inline(always)]
+    fn ct_recent() -> &'static Array<FlowKey<Ip6>, { CT_RECENT_SLOTS as usize }> {
+        &CT_RECENT6
+    }
+    #[inline(always)]
+    fn ct_recent_next() -> &'static Array<u32, 1> {
+        &CT_RECENT_NEXT6
+    }
+    #[inline(always)]
+    fn flow_counts() -> &'static LruHashMap<Ip6, u32, FLOWS_MAX> {
+        &FLOW_COUNTS6
+    }
+    #[inline(always)]
+    fn snat_ports()
+    -> &'static HashMap<SnatDestination<Ip6>, SnatPortPool, SNAT_POOLS_MAX, NO_PREALLOC> {
+        &SNAT_PORTS6
+    }
+    #[inline(always)]
+    fn snat_shares() -> &'static LruHashMap<SnatShareKey<Ip6>, u32, FLOWS_MAX> {
+        &SNAT_SHARES6
+    }
+    #[inline(always)]
+    fn scratch_entry(scratch: &mut Scratch) -> &mut FlowEntry<Ip6> {
+        &mut scratch.entry6
+    }
+    #[inline(always)]
+    fn scratch_request(scratch: &mut Scratch) -> &mut NewFlowRequest<Ip6> {
+        &mut scratch.new_flow6
+    }
+    #[inline(always)]
+    fn scratch_packet(scratch: &mut Scratch, which: Kept) -> &mut Packet<Ip6> {
+        match which {
+            Kept::Packet => &mut scratch.packet6,
+            Kept::Quoted => &mut scratch.quoted6,
+        }
+    }
+    #[inline(always)]
+    fn scratch_key(scratch: &mut Scratch, which: KeptKey) -> &mut FlowKey<Ip6> {
+        &mut scratch.keys6[which as usize % 3]
+    }
+    #[inline(always)]
+    fn network_of(addr: Ip6) -> Option<u32> {
+        SUBNETS6.get(&Key::new(128, addr)).copied()
+    }
+    #[inline(always)]
+    fn is_loopback(addr: Ip6) -> bool {
+        addr == [0, 0, 0, 1u32.to_be()]
+    }
+    #[inline(always)]
+    fn parse_l3<C: Ctx>(ctx: &C, l3: usize, header: Header) -> Parsed<Ip6> {
+        parse::parse_ipv6(ctx, l3, header)
+    }
+    #[inline(always)]
+    fn fix_ip_csum<C: Ctx>(_ctx: &mut C, _l3: usize, _old: Ip6, _new: Ip6) -> RewriteResult {
+        Ok(())
+    }
+    #[inline(always)]
+    fn fix_l4_csum<C: Ctx>(
+        ctx: &mut C,
+        csum_off: usize,
+        old: Ip6,
+        new: Ip6,
+        flags: u64,
+    ) -> RewriteResult {
+        // The difference as one 16-bit sum, added in one update (from 0):
+        // four updates would keep both addresses live across four helper
+        // calls, spilled to a stack IPv6 can't spare. The sum is over
+        // words as they sit in memory, as the helper takes them.
+        let mut diff = 0;
+        for i in 0..4 {
+            diff += halves(!old[i]) + halves(new[i]);
+        }
+        ctx.l4_csum_replace(csum_off, 0, fold(diff), flags | 4)
+    }
+    #[inline(always)]
+    fn addr_sum(addr: Ip6) -> u32 {
+        halves(addr[0]) + halves(addr[1]) + halves(addr[2]) + halves(addr[3])
+    }
+    #[inline(always)]
+    fn fib_addrs(params: &mut bpf_fib_lookup, src: Ip6, dst: Ip6) {
+        params.family = AF_INET6;
+        params.__bindgen_anon_3.ipv6_src = src;
+        params.__bindgen_anon_4.ipv6_dst = dst;
+    }
+    #[inline(always)]
+    fn fib_nexthop(params: &bpf_fib_lookup) -> Ip6 {
+        unsafe { params.__bindgen_anon_4.ipv6_dst }
+    }
+    #[inline(always)]
+    fn set_neigh(nh: &mut bpf_redir_neigh, addr: Ip6) {
+        nh.nh_family = u32::from(AF_INET6);
+        nh.__bindgen_anon_1.ipv6_nh = addr;
+    }
+    #[inline(always)]
+    fn record_fragment(_pkt: &Packet<Ip6>) {}
+    #[inline(always)]
+    fn resolve_fragment(_pkt: &mut Packet<Ip6>) -> bool {
+        false
+    }
+    #[inline(always)]
+    fn screen_from_container(pkt: &Packet<Ip6>) -> Option<Verdict> {
+        if pkt.key.proto == IPPROTO_ICMPV6
+            && matches!(
+                pkt.icmp_type,
+                parse::ICMPV6_ROUTER_ADVERTISEMENT | parse::ICMPV6_REDIRECT
+            )
+        {
+            return Some(Verdict::drop(stat::DROP_ROUTER_MESSAGE));
+        }
+        let saddr = pkt.key.saddr;
+        if !is_link_local(saddr) && saddr != Ip6::UNSPECIFIED {
+            return None;
+        }
+        // Neighbour discovery, duplicate address detection, MLD: from a
+        // link-local (or no) address, to the link only.
+        Some(if Self::is_link_scope(pkt.key.daddr) {
+            Verdict::pass(stat::PASS_NOT_OURS)
+        } else {
+            Verdict::drop(stat::DROP_SPOOFED)
+        })
+    }
+    #[inline(always)]
+    fn is_link_scope(addr: Ip6) -> bool {
+        is_link_local(addr) || addr[0].to_ne_bytes()[0] == 0xff
+    }
+    /// Allow-lists hold IPv4 prefixes: a restricted port is IPv4 only
+    /// (userspace publishes none on IPv6; should one be there, it admits
+    /// nobody).
+    #[inline(always)]
+    fn admits(_port: &PortKey<Ip6>, target: &PortTarget<Ip6>, _saddr: Ip6) -> bool {
+        !target.is_restricted()
+    }
+}
+
+/// fe80::/10.
+#[inline(always)]
+fn is_link_local(addr: Ip6) -> bool {
+    let b = addr[0].to_ne_bytes();
+    b[0] == 0xfe && b[1] & 0xc0 == 0x80
+}
