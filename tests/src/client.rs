@@ -71,16 +71,6 @@ pub fn udp_request_from(
     run_timeout(&mut cmd, Duration::from_secs(15))
 }
 
-/// Asks a [`crate::Server::udp_echo`] at `addr:port` and returns the source
-/// "ip:port" it saw, or `None` without a reply.
-pub fn udp_source(place: impl Into<Place>, addr: &str, port: u16) -> Option<String> {
-    let out = udp_request(place, addr, port, "hello");
-    if !out.success() {
-        return None;
-    }
-    out.stdout.lines().next().map(|l| l.trim().to_string())
-}
-
 /// One AF_INET6 exchange with `addr` `port`: `tcp` (an HTTP/1.0 GET),
 /// `udp` (sendto/recvfrom) or `udp-connected` (connect, send, recvfrom).
 /// Prints the peer address the socket reports (getpeername for the connected
@@ -118,4 +108,14 @@ pub fn ipv6_client(place: impl Into<Place>, mode: &str, addr: &str, port: u16) -
     let mut cmd = place.into().command("python3");
     cmd.args(["-c", IPV6_CLIENT_PY, mode, addr, &port.to_string()]);
     run_timeout(&mut cmd, Duration::from_secs(15))
+}
+
+/// Asks a [`crate::Server::udp_echo`] at `addr:port` and returns the source
+/// "ip:port" it saw, or `None` without a reply.
+pub fn udp_source(place: impl Into<Place>, addr: &str, port: u16) -> Option<String> {
+    let out = udp_request(place, addr, port, "hello");
+    if !out.success() {
+        return None;
+    }
+    out.stdout.lines().next().map(|l| l.trim().to_string())
 }

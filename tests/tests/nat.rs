@@ -234,15 +234,16 @@ fn host_reaches_published_ports_through_socket_hooks_only_in_its_netns(accel: &s
 
 /// Host IPv6 sockets asking for an IPv4 address (v4-mapped) or `[::1]` reach
 /// published ports too, and see the address they asked for; only in the
-/// instance's host netns.
+/// instance's host netns. The servers are dual-stack: with IPv6 on, `[::1]`
+/// leads to the container's IPv6 address (see `ipv6_host.rs`).
 #[test]
 fn host_ipv6_sockets_reach_published_ports_through_socket_hooks_only_in_its_netns() {
     let lab = Lab::new();
     lab.up_ok(&[]);
     let a = lab.container_name("a");
     lab.container_add_ok(&a, &[]);
-    let _http = Server::http(lab.container(&a), "0.0.0.0", 8080);
-    let _echo = Server::udp_echo(lab.container(&a), "0.0.0.0", 5353);
+    let _http = Server::http(lab.container(&a), "::", 8080);
+    let _echo = Server::udp_echo(lab.container(&a), "::", 5353);
     lab.netpath(&["publish", "add", &a, "18080:8080"])
         .expect_ok("publish tcp");
     lab.netpath(&["publish", "add", &a, "15353:5353/udp"])
