@@ -607,6 +607,9 @@ pub mod nat_kind {
     /// Container to a published port of the host: DNAT to the target and SNAT to
     /// the gateway, so the reply comes back through us.
     pub const HAIRPIN: u8 = 3;
+    /// Container to off-host over IPv6 in `--ipv6-mode routed`: nothing
+    /// translated, tracked so that its replies come back in.
+    pub const ROUTED: u8 = 4;
 }
 
 /// TCP states as the conntrack tracks them; each has its own timeout.

@@ -53,6 +53,7 @@ pub fn kind_name(kind: u8) -> &'static str {
         nat_kind::MASQUERADE => "masquerade",
         nat_kind::DNAT => "dnat",
         nat_kind::HAIRPIN => "hairpin",
+        nat_kind::ROUTED => "routed",
         _ => "none",
     }
 }

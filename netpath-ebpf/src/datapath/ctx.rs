@@ -84,6 +84,11 @@ pub fn linearize_headers(ctx: &mut TcContext) {
 /// Where a `T` at `off` sits in the frame `[data, data_end)`, if wholly there.
 #[inline(always)]
 fn in_frame<T>(data: usize, data_end: usize, off: usize) -> Option<*mut T> {
+    // Truncated to 16 bits first (no offset comes near): an offset read
+    // back from map memory (IPv6 keeps its parsed packets there) is an
+    // unknown 64-bit number, whose minimum 5.10's verifier doesn't learn
+    // from the unsigned check below; a 16-bit one has both bounds.
+    let off = usize::from(off as u16);
     if off > MAX_OFFSET {
         return None;
     }

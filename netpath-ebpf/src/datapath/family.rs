@@ -9,10 +9,10 @@ use aya_ebpf::{
     maps::lpm_trie::Key,
 };
 use netpath_common::{
-    Addr, Endpoint, FlowEntry, FlowKey, IPPROTO_ICMP, IPPROTO_ICMPV6, Ip6, PortKey, PortTarget,
-    SLOW_PATH_FROM_CONTAINER, SLOW_PATH_FROM_CONTAINER6, SLOW_PATH_NEW_FLOW, SLOW_PATH_NEW_FLOW6,
-    SLOW_PATH_TO_UPLINK, SLOW_PATH_TO_UPLINK6, SNAT_POOLS_MAX, SnatDestination, SnatPortPool,
-    SnatShareKey, stat,
+    Addr, Config, Endpoint, FlowEntry, FlowKey, IPPROTO_ICMP, IPPROTO_ICMPV6, Ip6, PortKey,
+    PortTarget, SLOW_PATH_FROM_CONTAINER, SLOW_PATH_FROM_CONTAINER6, SLOW_PATH_NEW_FLOW,
+    SLOW_PATH_NEW_FLOW6, SLOW_PATH_TO_UPLINK, SLOW_PATH_TO_UPLINK6, SNAT_POOLS_MAX,
+    SnatDestination, SnatPortPool, SnatShareKey, stat,
 };
 
 use super::{
@@ -121,6 +121,9 @@ pub trait Family: 'static {
     /// Multicast and link-local destinations (IPv6): the bridge's and the
     /// kernel's, never translated.
     fn is_link_scope(addr: Self::Addr) -> bool;
+    /// Whether containers' addresses of this family leave as they are
+    /// (`--ipv6-mode routed`).
+    fn routed(cfg: &Config) -> bool;
     /// Whether a published port's allow-list admits a new flow from `saddr`.
     fn admits(
         port: &PortKey<Self::Addr>,
@@ -282,6 +285,10 @@ impl Family for V4 {
         false
     }
     #[inline(always)]
+    fn routed(_cfg: &Config) -> bool {
+        false
+    }
+    #[inline(always)]
     fn admits(port: &PortKey, target: &PortTarget, saddr: u32) -> bool {
         allow::admits(port, target, saddr)
     }
@@ -439,6 +446,10 @@ impl Family for V6 {
         } else {
             Verdict::drop(stat::DROP_SPOOFED)
         })
+    }
+    #[inline(always)]
+    fn routed(cfg: &Config) -> bool {
+        cfg.ipv6_routed()
     }
     #[inline(always)]
     fn is_link_scope(addr: Ip6) -> bool {

@@ -260,6 +260,16 @@ fn create_flow<F: Family>(
     cfg: &Config,
     request: &NewFlowRequest<F::Addr>,
 ) -> Result<Flow<F::Addr>, u32> {
+    if F::routed(cfg) && request.nat_kind == nat_kind::ROUTED {
+        // Nothing translated: the flow's reply is its own tuple reversed.
+        return nat::create_dnat_flow::<F>(
+            cfg,
+            &request.pkt,
+            request.dst_addr,
+            request.dst_port,
+            nat_kind::ROUTED,
+        );
+    }
     nat::create_snat_flow::<F>(
         cfg,
         &request.pkt,
@@ -554,7 +564,7 @@ fn forward_from_outside<F: Family, C: UplinkHook>(
     let kind = unsafe { (*flow.entry).nat_kind };
     let from_outside = match flow.dir {
         DIR_ORIGINAL => kind == nat_kind::DNAT,
-        _ => kind == nat_kind::MASQUERADE,
+        _ => kind == nat_kind::MASQUERADE || kind == nat_kind::ROUTED,
     };
     if !from_outside {
         return Verdict::drop(stat::DROP_MARTIAN_SOURCE);
@@ -698,7 +708,8 @@ fn to_uplink_verdict<F: Family>(ctx: &mut TcContext, cfg: &Config) -> Verdict {
         }
         _ => return Verdict::pass(stat::PASS_NOT_OURS),
     };
-    if !leaving(&parsed) {
+    // Routed: a container's address may leave as it is.
+    if !leaving(&parsed) || F::routed(cfg) {
         return Verdict::pass(stat::PASS_NOT_OURS);
     }
     let pkt = keep::<F>(&mut parsed, Kept::Packet);
@@ -852,7 +863,12 @@ fn masquerade<F: Family>(
     if pkt.ttl <= 1 {
         return Verdict::pass(stat::PASS_TTL);
     }
-    let nat_addr = F::Addr::host_of(cfg);
+    // Routed: tracked, not translated (the source stays the container's).
+    let (nat_addr, nat_kind) = if F::routed(cfg) {
+        (pkt.key.saddr, nat_kind::ROUTED)
+    } else {
+        (F::Addr::host_of(cfg), nat_kind::MASQUERADE)
+    };
     if nat_addr == F::Addr::UNSPECIFIED {
         // No address to masquerade to (an uplink without IPv6).
         return Verdict::drop(stat::DROP_UNTRANSLATED);
@@ -864,7 +880,7 @@ fn masquerade<F: Family>(
             nat_addr,
             dst_addr: pkt.key.daddr,
             dst_port: pkt.key.dport,
-            nat_kind: nat_kind::MASQUERADE,
+            nat_kind,
             then,
         },
     )

@@ -211,6 +211,8 @@ fn free_port<F: Family>(
 
 /// Creates a flow that only translates the destination (a published port
 /// reached from outside): the container sees the client's real address.
+/// Also a routed flow (`nat_kind::ROUTED`, which a container opens), whose
+/// destination stays as it is.
 #[inline(always)]
 pub fn create_dnat_flow<F: Family>(
     cfg: &Config,
@@ -227,7 +229,12 @@ pub fn create_dnat_flow<F: Family>(
         proto: pkt.key.proto,
         _pad: [0; 3],
     };
-    limits::admit::<F>(cfg, pkt, Opener::Outside)?;
+    let opener = if nat_kind == netpath_common::nat_kind::ROUTED {
+        Opener::Container
+    } else {
+        Opener::Outside
+    };
+    limits::admit::<F>(cfg, pkt, opener)?;
     let mut created = conntrack::create::<F>(&pkt.key, &reply, nat_kind, pkt);
     if matches!(created, Err(CreateError::Full)) && conntrack::early_drop::<F>() {
         created = conntrack::create::<F>(&pkt.key, &reply, nat_kind, pkt);
