@@ -407,14 +407,37 @@ fn add(conf: &NetConf, env: &Env, instance: &Instance) -> Result<Value> {
     let network = state
         .network(network_name(conf))
         .ok_or_else(|| failed("the network went away during ADD"))?;
-    let mut address = json!({
-        "address": format!("{ip}/{}", network.subnet.prefix_len()),
-        "gateway": network.gateway,
-        "interface": 1,
-    });
-    if conf.cni_version.starts_with("0.") {
-        address["version"] = json!("4");
+    let mut addresses = vec![(
+        "4",
+        json!({
+            "address": format!("{ip}/{}", network.subnet.prefix_len()),
+            "gateway": network.gateway,
+            "interface": 1,
+        }),
+    )];
+    let mut routes = vec![json!({ "dst": "0.0.0.0/0", "gw": network.gateway })];
+    if let (Some(ip6), Some(subnet6), Some(gateway6)) =
+        (view.ip6, network.subnet6, network.gateway6)
+    {
+        addresses.push((
+            "6",
+            json!({
+                "address": format!("{ip6}/{}", subnet6.prefix_len()),
+                "gateway": gateway6,
+                "interface": 1,
+            }),
+        ));
+        routes.push(json!({ "dst": "::/0", "gw": gateway6 }));
     }
+    let ips: Vec<Value> = addresses
+        .into_iter()
+        .map(|(version, mut address)| {
+            if conf.cni_version.starts_with("0.") {
+                address["version"] = json!(version);
+            }
+            address
+        })
+        .collect();
     Ok(json!({
         "cniVersion": conf.cni_version,
         "interfaces": [
@@ -428,12 +451,12 @@ fn add(conf: &NetConf, env: &Env, instance: &Instance) -> Result<Value> {
                 "sandbox": netns,
             },
         ],
-        "ips": [address],
+        "ips": ips,
         // An internal network has no way out, and no default route.
         "routes": if network.internal {
             json!([])
         } else {
-            json!([{ "dst": "0.0.0.0/0", "gw": network.gateway }])
+            json!(routes)
         },
         "dns": {},
     }))
@@ -516,6 +539,11 @@ fn check(conf: &NetConf, env: &Env, instance: &Instance) -> Result<()> {
                 let index = link.header.index;
                 if topology::primary_ipv4(&inside, index).await.ok().flatten() != Some(ip) {
                     problems.push(format!("{ifname} does not have {ip}"));
+                }
+                if let Some(ip6) = record.ip6
+                    && topology::global_ipv6(&inside, index).await.ok().flatten() != Some(ip6)
+                {
+                    problems.push(format!("{ifname} does not have {ip6}"));
                 }
                 if topology::default_route_ifindex(&inside).await.ok() != Some(index) {
                     problems.push(format!("the default route is not via {ifname}"));

@@ -16,7 +16,7 @@
 //! removed first. `down` removes everything, dependents included.
 use std::{
     convert::Infallible,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     os::unix::{fs::MetadataExt, process::CommandExt},
     path::{Path, PathBuf},
     time::Duration,
@@ -153,6 +153,7 @@ pub struct ContainerView {
     /// The container's interface.
     pub ifname: String,
     pub ip: Option<Ipv4Addr>,
+    pub ip6: Option<Ipv6Addr>,
     pub mac: Option<String>,
     pub host_veth: Option<String>,
     /// netpath's `np-NAME`, or the path of an attached netns.
@@ -272,6 +273,7 @@ fn teardown_steps(record: &ContainerRecord) -> Vec<Undo> {
                 host_ifname: host_veth.clone(),
                 host_ifindex: ifindex,
                 ip,
+                ip6: record.ip6,
                 mac: record
                     .mac
                     .as_deref()
@@ -298,6 +300,7 @@ fn interface_teardown_steps(record: &ContainerRecord, interface: &Interface) -> 
             host_ifname: interface.host_veth.clone(),
             host_ifindex: interface.host_ifindex,
             ip: interface.ip,
+            ip6: interface.ip6,
             mac: topology::parse_mac(&interface.mac).unwrap_or_default(),
             container_netns: netns_path(record),
             container_ifname: interface.ifname.clone(),
@@ -505,7 +508,7 @@ async fn add_bridged<'a>(
     );
 
     Ok(ContainerRecord {
-        ip6: None,
+        ip6: interface.ip6,
         name: request.name.clone(),
         mode: Mode::Bridge,
         origin: request.origin.clone(),
@@ -587,15 +590,26 @@ async fn add_interface<'a>(
     let mac = container_mac(ip);
     topology::set_mac(&inside, index, mac).await?;
     topology::add_ipv4(&inside, index, ip, network.subnet.prefix_len()).await?;
+    // Before the link is up: its link-local address skips DAD too.
+    let ip6 = match network.subnet6 {
+        Some(subnet6) if ipv6_without_dad(netns_path, &ifname)? => {
+            Some(ipam::address6(network.subnet, ip, subnet6))
+        }
+        _ => None,
+    };
     topology::set_up(&inside, index).await?;
+    if let (Some(ip6), Some(subnet6)) = (ip6, network.subnet6) {
+        topology::add_ipv6(&inside, index, ip6, subnet6.prefix_len()).await?;
+    }
     if wanted.default_route {
-        topology::add_default_route(&inside, network.gateway).await?;
+        add_default_routes(&inside, network.gateway, ip6.and(network.gateway6)).await?;
     }
 
     let spec = EndpointSpec {
         host_ifname: host_veth.clone(),
         host_ifindex,
         ip,
+        ip6,
         mac,
         container_netns: Some(netns_path.to_owned()),
         container_ifname: ifname.clone(),
@@ -609,8 +623,11 @@ async fn add_interface<'a>(
         }
     }
     topology::replace_neighbour(&host, network.bridge_ifindex, ip, mac).await?;
+    if let Some(ip6) = ip6 {
+        topology::replace_neighbour(&host, network.bridge_ifindex, ip6, mac).await?;
+    }
     Ok(Interface {
-        ip6: None,
+        ip6,
         network: wanted.network.to_owned(),
         ifname,
         ip,
@@ -618,6 +635,38 @@ async fn add_interface<'a>(
         host_veth,
         host_ifindex,
     })
+}
+
+/// Whether the container's interface `ifname` can have IPv6 (a runtime
+/// may have turned it off in its netns, `disable_ipv6`: the container then
+/// stays IPv4 only); if so, turns duplicate address detection off on it
+/// (`accept_dad`), so its link-local address is usable at once as its
+/// other addresses are (added with IFA_F_NODAD): a container is ready as
+/// soon as `add` returns. netpath hands out every address, so none is
+/// taken.
+fn ipv6_without_dad(netns_path: &Path, ifname: &str) -> Result<bool> {
+    let _inside = NetnsGuard::enter(netns_path)?;
+    let conf = format!("net/ipv6/conf/{ifname}");
+    if crate::sysctl::read(&format!("{conf}/disable_ipv6")).is_ok_and(|off| off != "0") {
+        log::info!("{ifname} in {}: IPv6 is off there", netns_path.display());
+        return Ok(false);
+    }
+    crate::sysctl::write(&format!("{conf}/accept_dad"), "0")?;
+    Ok(true)
+}
+
+/// The container's default routes: via `gateway`, and via `gateway6` if
+/// its interface there has IPv6.
+async fn add_default_routes(
+    inside: &rtnetlink::Handle,
+    gateway: Ipv4Addr,
+    gateway6: Option<Ipv6Addr>,
+) -> Result<()> {
+    topology::add_default_route(inside, gateway).await?;
+    if let Some(gateway6) = gateway6 {
+        topology::add_default_route6(inside, gateway6).await?;
+    }
+    Ok(())
 }
 
 /// The MAC of the container with address `ip`: derived from it, as Docker
@@ -826,6 +875,7 @@ pub fn view(state: &State, name: &str) -> ContainerView {
         },
         ifname: owner.map_or("eth0", |o| o.origin.ifname()).to_owned(),
         ip: owner.and_then(|o| o.ip),
+        ip6: owner.and_then(|o| o.ip6),
         mac: owner.and_then(|o| o.mac.clone()),
         host_veth: owner.and_then(|o| o.host_veth.clone()),
         netns: owner.and_then(|o| {
@@ -867,7 +917,7 @@ pub async fn connect(
         });
     }
     let netns_path = netns_path(&record).ok_or_else(|| ContainerError::Unknown(name.to_owned()))?;
-    let has_default_route = default_gateway(&state, &record).is_some();
+    let has_default_route = default_network(&state, &record).is_some();
     let ifname = (1..)
         .map(|n| format!("eth{n}"))
         .find(|candidate| addresses.iter().all(|a| a.ifname != *candidate))
@@ -963,15 +1013,18 @@ pub async fn disconnect(instance: &Instance, network: &str, name: &str) -> Resul
     Ok(())
 }
 
-/// The gateway of the container's default route: that of its first network
-/// that is not internal (`add` and `connect` keep it so).
-fn default_gateway(state: &State, record: &ContainerRecord) -> Option<Ipv4Addr> {
+/// The network of the container's default routes, its first network that
+/// is not internal (`add` and `connect` keep it so), and the container's
+/// address there.
+fn default_network<'s>(
+    state: &'s State,
+    record: &ContainerRecord,
+) -> Option<(&'s NetworkRecord, state::Address)> {
     record
         .addresses()
-        .iter()
-        .filter_map(|a| state.network(&a.network))
-        .find(|n| !n.internal)
-        .map(|n| n.gateway)
+        .into_iter()
+        .filter_map(|a| Some((state.network(&a.network)?, a)))
+        .find(|(n, _)| !n.internal)
 }
 
 /// After an interface was taken away (`before` had it, `after` has not):
@@ -983,13 +1036,15 @@ async fn restore_default_route(
     after: &ContainerRecord,
 ) -> Result<()> {
     let (old, new) = (
-        default_gateway(state, before),
-        default_gateway(state, after),
+        default_network(state, before).map(|(n, _)| n.id),
+        default_network(state, after),
     );
-    if let (Some(new), true) = (new, old != new)
+    if let Some((new, address)) = new
+        && old != Some(new.id)
         && let Some(netns) = netns_path(after)
     {
-        topology::add_default_route(&topology::connect_in(&netns)?, new).await?;
+        let gateway6 = address.ip6.and(new.gateway6);
+        add_default_routes(&topology::connect_in(&netns)?, new.gateway, gateway6).await?;
     }
     Ok(())
 }

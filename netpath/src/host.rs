@@ -1,5 +1,7 @@
 //! The host settings netpath changes, in the host netns and through
-//! /proc/sys only: `ip_forward` (the bridge is the slow path and routes) and
+//! /proc/sys only: `ip_forward` and, with IPv6, `conf.all.forwarding` (the
+//! bridge is the slow path and routes; the datapath's FIB look-ups need
+//! forwarding on) and
 //! `ip_local_reserved_ports` (the SNAT range and every published port, so
 //! the host never hands one out as an ephemeral port).
 //!
@@ -22,6 +24,7 @@ use crate::{
 };
 
 const FORWARDING: &str = "net.ipv4.ip_forward";
+const FORWARDING6: &str = "net.ipv6.conf.all.forwarding";
 const RESERVED_PORTS: &str = "net.ipv4.ip_local_reserved_ports";
 
 #[derive(Debug, thiserror::Error)]
@@ -45,13 +48,15 @@ pub struct HostChanges {
     pub netns: u64,
     /// `ip_forward` was 0 and netpath set it to 1.
     pub forwarding: bool,
+    /// The same for `net.ipv6.conf.all.forwarding` (instances with IPv6).
+    pub forwarding6: bool,
     /// Ports netpath added to `ip_local_reserved_ports`, as `5000,6000-6010`.
     pub reserved_ports: String,
 }
 
 impl HostChanges {
     pub fn is_empty(&self) -> bool {
-        !self.forwarding && self.reserved_ports.is_empty()
+        !self.forwarding && !self.forwarding6 && self.reserved_ports.is_empty()
     }
 }
 
@@ -117,10 +122,11 @@ fn current_netns() -> u64 {
     std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino())
 }
 
-/// What the other instances in this netns recorded: (ports, forwarding).
-fn others(instance: &Instance, netns: u64) -> (PortSet, bool) {
+/// What the other instances in this netns recorded: their ports, and
+/// `forwarding`/`forwarding6` if any of them set it.
+fn others(instance: &Instance, netns: u64) -> (PortSet, HostChanges) {
     let mut ports = PortSet::new();
-    let mut forwarding = false;
+    let mut forwarding = HostChanges::default();
     let Ok(dirs) = std::fs::read_dir(directories::run_root()) else {
         return (ports, forwarding);
     };
@@ -137,7 +143,8 @@ fn others(instance: &Instance, netns: u64) -> (PortSet, bool) {
         };
         if other.host.netns == netns {
             ports.extend(parse_ports(&other.host.reserved_ports).unwrap_or_default());
-            forwarding |= other.host.forwarding;
+            forwarding.forwarding |= other.host.forwarding;
+            forwarding.forwarding6 |= other.host.forwarding6;
         }
     }
     (ports, forwarding)
@@ -156,8 +163,9 @@ fn lock_host() -> Result<Flock<File>, HostError> {
 }
 
 /// Makes the host match what the instance needs: `claims` reserved and
-/// forwarding on (`forward`), or, with no claims and `forward` false, gives
-/// back everything the instance had added. Updates `state.host`; the caller
+/// forwarding on (`forward`; IPv6's too if the instance has IPv6), or,
+/// with no claims and `forward` false, gives back everything the instance
+/// had added. Updates `state.host`; the caller
 /// saves the state.
 pub fn apply(
     instance: &Instance,
@@ -174,7 +182,7 @@ pub fn apply(
         HostChanges::default()
     };
     let my_ports = parse_ports(&mine.reserved_ports).unwrap_or_default();
-    let (their_ports, their_forwarding) = others(instance, netns);
+    let (their_ports, theirs) = others(instance, netns);
 
     let text = sysctl::read(RESERVED_PORTS)?;
     let current = parse_ports(&text).ok_or(HostError::BadPortList(text))?;
@@ -196,25 +204,36 @@ pub fn apply(
         sysctl::write(RESERVED_PORTS, &format!("{text}\n"))?;
     }
 
-    let forwarding = if forward {
-        let on = sysctl::read(FORWARDING)? != "0";
-        if !on {
-            sysctl::write(FORWARDING, "1")?;
-        }
-        // Shared with the instance that turned it on, if it was one.
-        !on || mine.forwarding || their_forwarding
-    } else {
-        if mine.forwarding && !their_forwarding {
-            sysctl::write(FORWARDING, "0")?;
-        }
-        false
-    };
+    let forwarding = switch_forwarding(FORWARDING, forward, mine.forwarding, theirs.forwarding)?;
+    let forward6 = forward && state.ipv6.is_some();
+    let forwarding6 =
+        switch_forwarding(FORWARDING6, forward6, mine.forwarding6, theirs.forwarding6)?;
     state.host = HostChanges {
         netns,
         forwarding,
+        forwarding6,
         reserved_ports: format_ports(&added),
     };
     Ok(())
+}
+
+/// Turns the forwarding switch `key` on (`on`), or off again if this
+/// instance turned it on and no other one shares it. Returns whether the
+/// instance now holds it (it turned it on, or shares it with the instance
+/// that did).
+fn switch_forwarding(key: &str, on: bool, mine: bool, theirs: bool) -> Result<bool, HostError> {
+    if on {
+        let was_on = sysctl::read(key)? != "0";
+        if !was_on {
+            sysctl::write(key, "1")?;
+        }
+        Ok(!was_on || mine || theirs)
+    } else {
+        if mine && !theirs {
+            sysctl::write(key, "0")?;
+        }
+        Ok(false)
+    }
 }
 
 #[cfg(test)]

@@ -4,12 +4,12 @@
 use std::{
     hash::{DefaultHasher, Hash, Hasher},
     io::{self, Write},
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     time::Duration,
 };
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use nix::unistd::geteuid;
 
 use crate::{
@@ -26,7 +26,7 @@ use crate::{
     ipam::{self, IpamError},
     netns::{self, NetnsError},
     rollback::Rollback,
-    state::{self, InstanceLock, State, StateError},
+    state::{self, InstanceLock, Ipv6Mode, Ipv6Settings, NetworkRecord, State, StateError},
     tables::Tables,
     topology::{self, TopologyError},
 };
@@ -55,6 +55,20 @@ pub enum InstanceError {
         other: String,
         other_subnet: Ipv4Net,
     },
+    #[error(
+        "IPv6 subnet {subnet6} overlaps {other_subnet6} of instance {other} in this network namespace: pass --subnet6 with another range"
+    )]
+    Subnet6Taken {
+        subnet6: Ipv6Net,
+        other: String,
+        other_subnet6: Ipv6Net,
+    },
+    #[error("--subnet6 and --ipv6-mode need IPv6: drop them, or drop --ipv6=false")]
+    Ipv6Off,
+    #[error(
+        "this kernel has IPv6 off (no /proc/sys/net/ipv6): pass --ipv6=false, or boot without ipv6.disable=1"
+    )]
+    NoKernelIpv6,
     #[error("interface {0} already exists: pass --bridge NAME or remove it")]
     BridgeExists(String),
     #[error("invalid bridge name {0:?}: use 1 to 15 letters, digits, '-', '_' or '.'")]
@@ -95,6 +109,10 @@ type Result<T> = std::result::Result<T, InstanceError>;
 pub struct UpOptions {
     pub uplink: Option<String>,
     pub subnet: Option<Ipv4Net>,
+    /// `--ipv6`: Some(false) is `--ipv6=false`.
+    pub ipv6: Option<bool>,
+    pub subnet6: Option<Ipv6Net>,
+    pub ipv6_mode: Option<Ipv6Mode>,
     pub bridge: Option<String>,
     pub accel: Option<Accel>,
     pub cgroup: Option<PathBuf>,
@@ -249,6 +267,16 @@ async fn start(
         }
     };
 
+    if state
+        .ipv6
+        .as_ref()
+        .is_some_and(|ipv6| ipv6.host_ip6.is_none())
+    {
+        log::warn!(
+            "uplink {} has no global IPv6 address: containers' IPv6 reaches the host and each other, not the outside",
+            state.uplink
+        );
+    }
     // Host settings the datapath relies on, in place before it runs, and
     // recorded at once: only the state says what to give back.
     let mut state = state;
@@ -289,14 +317,20 @@ fn print_up_summary(state: &State, pid: u32, json: bool) {
             "bridge": state.bridge,
             "gateway": state.gateway,
             "subnet": state.subnet,
+            "subnet6": state.subnet6,
+            "gateway6": state.gateway6,
             "uplink": state.uplink,
             "host_ip": state.host_ip,
             "agent_pid": pid,
         });
         println!("{summary}");
     } else {
+        let ipv6 = match (state.gateway6, state.subnet6) {
+            (Some(gateway6), Some(subnet6)) => format!(" {gateway6}/{}", subnet6.prefix_len()),
+            _ => String::new(),
+        };
         println!(
-            "instance {} up: bridge {} {}/{} via uplink {} ({}), agent pid {pid}",
+            "instance {} up: bridge {} {}/{}{ipv6} via uplink {} ({}), agent pid {pid}",
             state.instance,
             state.bridge,
             state.gateway,
@@ -333,6 +367,7 @@ fn datapath_config(state: &State) -> Result<DatapathConfig> {
         },
         snat_ports: state.snat_ports,
         flow_limits: state.flow_limits,
+        ipv6: state.ipv6.clone(),
     })
 }
 
@@ -372,34 +407,44 @@ fn resolve_cgroup(requested: Option<&Path>) -> Result<PathBuf> {
     Ok(cgroup)
 }
 
-/// Fails unless `subnet` is apart from the subnets of every other instance
-/// in this network namespace: two bridges routing one range would split it.
+/// Fails unless `subnet` and `subnet6` are apart from the subnets of every
+/// other instance in this network namespace: two bridges routing one range
+/// would split it.
 async fn check_subnet_free(
     host: &rtnetlink::Handle,
     instance: &Instance,
     subnet: Ipv4Net,
+    subnet6: Option<Ipv6Net>,
 ) -> Result<()> {
-    let taken = subnets_of_other_instances(host, instance).await?;
-    match taken
-        .into_iter()
-        .find(|(_, other)| overlaps(subnet, *other))
-    {
-        Some((other, other_subnet)) => Err(InstanceError::SubnetTaken {
-            subnet,
-            other,
-            other_subnet,
-        }),
-        None => Ok(()),
+    for (other, network) in networks_of_other_instances(host, instance).await? {
+        if overlaps(subnet, network.subnet) {
+            return Err(InstanceError::SubnetTaken {
+                subnet,
+                other,
+                other_subnet: network.subnet,
+            });
+        }
+        if let (Some(subnet6), Some(other_subnet6)) = (subnet6, network.subnet6)
+            && overlaps(subnet6, other_subnet6)
+        {
+            return Err(InstanceError::Subnet6Taken {
+                subnet6,
+                other,
+                other_subnet6,
+            });
+        }
     }
+    Ok(())
 }
 
-/// Whether two subnets share an address.
-pub(crate) fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
-    a.contains(&b.network()) || b.contains(&a.network())
+/// Whether two subnets (of one family) share an address.
+pub(crate) fn overlaps(a: impl Into<IpNet>, b: impl Into<IpNet>) -> bool {
+    let (a, b) = (a.into(), b.into());
+    a.contains(&b) || b.contains(&a)
 }
 
-/// The subnets of every network of the other instances in this network
-/// namespace, with the instance's name.
+/// Every network of the other instances in this network namespace, with
+/// the instance's name.
 ///
 /// Another instance is in this netns when its bridge is here, under the name
 /// and with the MAC its state records: netpath sets that MAC, derived from
@@ -409,10 +454,10 @@ pub(crate) fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
 /// its netns is gone, so a stale state file could seem to live here. The
 /// state files are replaced atomically, so they are read without their
 /// locks. (Two fresh `up`s racing in one netns can still both pass.)
-pub(crate) async fn subnets_of_other_instances(
+pub(crate) async fn networks_of_other_instances(
     host: &rtnetlink::Handle,
     instance: &Instance,
-) -> Result<Vec<(String, Ipv4Net)>> {
+) -> Result<Vec<(String, NetworkRecord)>> {
     let mut taken = Vec::new();
     let Ok(entries) = std::fs::read_dir(directories::run_root()) else {
         return Ok(taken);
@@ -433,8 +478,8 @@ pub(crate) async fn subnets_of_other_instances(
             taken.extend(
                 other_state
                     .networks
-                    .values()
-                    .map(|n| (other.name().to_owned(), n.subnet)),
+                    .into_values()
+                    .map(|n| (other.name().to_owned(), n)),
             );
         }
     }
@@ -465,6 +510,15 @@ async fn build<'a>(
             .map_err(|_| IpamError::Exhausted(Ipv4Net::default()))?,
     };
     let gateway = ipam::gateway(subnet)?;
+    let ipv6_mode = ipv6_mode(options)?;
+    let subnet6 = ipv6_mode.map(|_| {
+        options
+            .subnet6
+            .unwrap_or_else(|| ipam::ula_subnet(instance.name(), 0))
+    });
+    if let Some(subnet6) = subnet6 {
+        ipam::check_subnet6(subnet6, subnet)?;
+    }
     let bridge = options
         .bridge
         .clone()
@@ -472,7 +526,14 @@ async fn build<'a>(
     validate_bridge_name(&bridge)?;
     let cgroup = resolve_cgroup(options.cgroup.as_deref())?;
     let (uplink, uplink_ifindex, host_ip) = resolve_uplink(host, options.uplink.as_deref()).await?;
-    check_subnet_free(host, instance, subnet).await?;
+    check_subnet_free(host, instance, subnet, subnet6).await?;
+    let ipv6 = match ipv6_mode {
+        Some(mode) => Some(Ipv6Settings {
+            mode,
+            host_ip6: topology::global_ipv6(host, uplink_ifindex).await?,
+        }),
+        None => None,
+    };
     if topology::find_link(host, &bridge).await?.is_some() {
         return Err(InstanceError::BridgeExists(bridge));
     }
@@ -482,10 +543,14 @@ async fn build<'a>(
     rollback.push(move || {
         let _ = topology::delete_link_blocking(&created);
     });
-    let bridge_ifindex = set_up_bridge(host, &bridge, mac, gateway, subnet).await?;
+    let gateway6 = subnet6.map(ipam::gateway6);
+    let bridge_ifindex =
+        set_up_bridge(host, &bridge, mac, (gateway, subnet), gateway6.zip(subnet6)).await?;
 
     let mut state = State {
-        ipv6: None,
+        ipv6,
+        subnet6,
+        gateway6,
         instance: instance.name().to_owned(),
         uplink,
         uplink_ifindex,
@@ -509,21 +574,42 @@ async fn build<'a>(
     Ok(state)
 }
 
+/// Whether IPv6 is on, and how, from `up`'s options (a fresh instance).
+fn ipv6_mode(options: &UpOptions) -> Result<Option<Ipv6Mode>> {
+    let kernel_has_ipv6 = Path::new("/proc/sys/net/ipv6").exists();
+    match options.ipv6 {
+        Some(false) if options.subnet6.is_some() || options.ipv6_mode.is_some() => {
+            Err(InstanceError::Ipv6Off)
+        }
+        Some(false) => Ok(None),
+        _ if kernel_has_ipv6 => Ok(Some(options.ipv6_mode.unwrap_or_default())),
+        None if options.subnet6.is_none() && options.ipv6_mode.is_none() => {
+            log::warn!("this kernel has IPv6 off: the instance is IPv4 only");
+            Ok(None)
+        }
+        _ => Err(InstanceError::NoKernelIpv6),
+    }
+}
+
 /// Makes the bridge `name` of a network (or finds it, made by an earlier
-/// `up`), with the instance's bridge MAC, the gateway address, up: the
-/// same for the `up` network and every other one.
+/// `up`), with the instance's bridge MAC, the gateway addresses (`ipv4`,
+/// and `ipv6` for a network with IPv6), up: the same for the `up` network
+/// and every other one.
 pub(crate) async fn set_up_bridge(
     host: &rtnetlink::Handle,
     name: &str,
     mac: [u8; 6],
-    gateway: Ipv4Addr,
-    subnet: Ipv4Net,
+    (gateway, subnet): (Ipv4Addr, Ipv4Net),
+    ipv6: Option<(Ipv6Addr, Ipv6Net)>,
 ) -> Result<u32> {
     let index = match topology::find_link(host, name).await? {
         Some(link) => link.header.index,
         None => topology::create_bridge(host, name, mac).await?,
     };
     topology::add_ipv4(host, index, gateway, subnet.prefix_len()).await?;
+    if let Some((gateway6, subnet6)) = ipv6 {
+        topology::add_ipv6(host, index, gateway6, subnet6.prefix_len()).await?;
+    }
     topology::set_up(host, index).await?;
     Ok(index)
 }
@@ -545,6 +631,19 @@ async fn adopt(host: &rtnetlink::Handle, mut state: State, options: &UpOptions) 
     }
     if options.uplink.as_ref().is_some_and(|u| *u != state.uplink) {
         return Err(conflict("uplink", state.uplink.clone()));
+    }
+    let on_off = |on: bool| if on { "on" } else { "off" }.to_owned();
+    if options.ipv6.is_some_and(|on| on != state.ipv6.is_some()) {
+        return Err(conflict("IPv6", on_off(state.ipv6.is_some())));
+    }
+    if options.subnet6.is_some() && options.subnet6 != state.subnet6 {
+        let existing = state.subnet6.map_or("none".to_owned(), |s| s.to_string());
+        return Err(conflict("IPv6 subnet", existing));
+    }
+    let mode = state.ipv6.as_ref().map(|settings| settings.mode);
+    if options.ipv6_mode.is_some() && options.ipv6_mode != mode {
+        let existing = mode.map_or("none (IPv6 is off)".to_owned(), |m| m.to_string());
+        return Err(conflict("IPv6 mode", existing));
     }
     if let Some(accel) = options.accel {
         state.accel = accel;
@@ -570,13 +669,22 @@ async fn adopt(host: &rtnetlink::Handle, mut state: State, options: &UpOptions) 
     }
     let (uplink, uplink_ifindex, host_ip) = resolve_uplink(host, Some(&state.uplink)).await?;
     (state.uplink, state.uplink_ifindex, state.host_ip) = (uplink, uplink_ifindex, host_ip);
+    if let Some(settings) = state.ipv6.as_mut() {
+        settings.host_ip6 = topology::global_ipv6(host, uplink_ifindex).await?;
+    }
 
     let mac = topology::parse_mac(&state.bridge_mac)
         .unwrap_or_else(|| bridge_mac(&state.instance, &state.bridge));
     state.sync_default_network();
     for network in state.networks.values_mut() {
-        network.bridge_ifindex =
-            set_up_bridge(host, &network.bridge, mac, network.gateway, network.subnet).await?;
+        network.bridge_ifindex = set_up_bridge(
+            host,
+            &network.bridge,
+            mac,
+            (network.gateway, network.subnet),
+            network.gateway6.zip(network.subnet6),
+        )
+        .await?;
     }
     state.bridge_ifindex = state
         .network(state::DEFAULT_NETWORK)
@@ -687,6 +795,13 @@ pub struct StatusView {
     pub bridge: String,
     pub subnet: Ipv4Net,
     pub gateway: Ipv4Addr,
+    /// The `up` network's IPv6 subnet and gateway; None: IPv4 only.
+    pub subnet6: Option<Ipv6Net>,
+    pub gateway6: Option<Ipv6Addr>,
+    /// `--ipv6-mode`; None: IPv4 only.
+    pub ipv6_mode: Option<Ipv6Mode>,
+    /// The uplink's IPv6 address masquerade and published ports use.
+    pub host_ip6: Option<Ipv6Addr>,
     pub accel: Accel,
     /// `--accel xdp`, but XDP passes everything up to TC: the uplink
     /// delivers frames with partial checksums (a veth peer with TX
@@ -748,6 +863,10 @@ pub async fn status(instance: &Instance) -> Result<StatusView> {
         bridge: state.bridge.clone(),
         subnet: state.subnet,
         gateway: state.gateway,
+        subnet6: state.subnet6,
+        gateway6: state.gateway6,
+        ipv6_mode: state.ipv6.as_ref().map(|settings| settings.mode),
+        host_ip6: state.ipv6.as_ref().and_then(|settings| settings.host_ip6),
         accel: state.accel,
         xdp_fallen_back_to_tc: Tables::open(instance)
             .and_then(|tables| tables.config())

@@ -3,9 +3,12 @@
 //! `SUBNETS`) and keeps them apart. The first, `bridge` (id 0), is the one
 //! `up` makes; `network connect` and `disconnect` are containers' business
 //! (see `container`).
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use netpath_common::{NETWORKS_MAX, network_drop};
 
 use crate::{
@@ -44,8 +47,20 @@ pub enum NetworkError {
         other: String,
         other_subnet: Ipv4Net,
     },
+    #[error(
+        "IPv6 subnet {subnet6} overlaps {other_subnet6} of network {other}: pass --subnet6 with another range"
+    )]
+    Overlap6 {
+        subnet6: Ipv6Net,
+        other: String,
+        other_subnet6: Ipv6Net,
+    },
     #[error("no free /{POOL_PREFIX_LEN} left in {SUBNET_POOL}: pass --subnet")]
     NoFreeSubnet,
+    #[error("no free /64 left in {0}: pass --subnet6")]
+    NoFreeSubnet6(Ipv6Net),
+    #[error("the instance is IPv4 only (up --ipv6=false): drop --subnet6")]
+    Ipv4Only,
     #[error("the instance has {NETWORKS_MAX} networks already: remove one first")]
     TooMany,
     #[error("network {name} is used by {containers}: disconnect or remove them first")]
@@ -71,6 +86,8 @@ type Result<T> = std::result::Result<T, NetworkError>;
 pub struct CreateRequest {
     pub name: String,
     pub subnet: Option<Ipv4Net>,
+    /// Ignored (must be None) when the instance is IPv4 only.
+    pub subnet6: Option<Ipv6Net>,
     pub internal: bool,
     pub icc: bool,
     pub bridge: Option<String>,
@@ -83,6 +100,8 @@ pub struct NetworkView {
     pub id: u16,
     pub subnet: Ipv4Net,
     pub gateway: Ipv4Addr,
+    pub subnet6: Option<Ipv6Net>,
+    pub gateway6: Option<Ipv6Addr>,
     pub bridge: String,
     pub internal: bool,
     pub icc: bool,
@@ -128,14 +147,14 @@ fn default_bridge_name(instance: &str, id: u16) -> String {
 fn choose_subnet(
     requested: Option<Ipv4Net>,
     own: &State,
-    elsewhere: &[(String, Ipv4Net)],
+    elsewhere: &[(String, NetworkRecord)],
 ) -> Result<Ipv4Net> {
     let Some(subnet) = requested.map(|s| s.trunc()) else {
         let taken: Vec<Ipv4Net> = own
             .networks
             .values()
+            .chain(elsewhere.iter().map(|(_, n)| n))
             .map(|n| n.subnet)
-            .chain(elsewhere.iter().map(|(_, s)| *s))
             .collect();
         return pick_subnet(&taken).ok_or(NetworkError::NoFreeSubnet);
     };
@@ -150,18 +169,73 @@ fn choose_subnet(
             other_subnet: n.subnet,
         });
     }
-    if let Some((other, other_subnet)) = elsewhere
+    if let Some((other, n)) = elsewhere
         .iter()
-        .find(|(_, s)| lifecycle::overlaps(subnet, *s))
+        .find(|(_, n)| lifecycle::overlaps(subnet, n.subnet))
     {
         return Err(InstanceError::SubnetTaken {
             subnet,
             other: other.clone(),
-            other_subnet: *other_subnet,
+            other_subnet: n.subnet,
         }
         .into());
     }
     Ok(subnet)
+}
+
+/// The IPv6 subnet of a new network with IPv4 subnet `subnet`: none when
+/// the instance is IPv4 only; else `requested` if it overlaps no IPv6
+/// subnet of `own` and `elsewhere` and holds `subnet`'s twins, else the
+/// first free /64 of the instance's unique-local /48.
+fn choose_subnet6(
+    instance: &Instance,
+    requested: Option<Ipv6Net>,
+    subnet: Ipv4Net,
+    own: &State,
+    elsewhere: &[(String, NetworkRecord)],
+) -> Result<Option<Ipv6Net>> {
+    if own.ipv6.is_none() {
+        return match requested {
+            Some(_) => Err(NetworkError::Ipv4Only),
+            None => Ok(None),
+        };
+    }
+    let taken = || {
+        own.networks
+            .iter()
+            .map(|(name, n)| (name, n, false))
+            .chain(elsewhere.iter().map(|(name, n)| (name, n, true)))
+            .filter_map(|(name, n, other_instance)| Some((name, n.subnet6?, other_instance)))
+    };
+    let Some(subnet6) = requested.map(|s| s.trunc()) else {
+        let pool = ipam::ula_prefix(instance.name());
+        return pool
+            .subnets(64)
+            .expect("a /48 has /64s")
+            .find(|candidate| !taken().any(|(_, t, _)| lifecycle::overlaps(*candidate, t)))
+            .map(Some)
+            .ok_or(NetworkError::NoFreeSubnet6(pool));
+    };
+    if let Some((other, other_subnet6, other_instance)) =
+        taken().find(|(_, t, _)| lifecycle::overlaps(subnet6, *t))
+    {
+        let other = other.clone();
+        return Err(match other_instance {
+            false => NetworkError::Overlap6 {
+                subnet6,
+                other,
+                other_subnet6,
+            },
+            true => InstanceError::Subnet6Taken {
+                subnet6,
+                other,
+                other_subnet6,
+            }
+            .into(),
+        });
+    }
+    ipam::check_subnet6(subnet6, subnet)?;
+    Ok(Some(subnet6))
 }
 
 /// `netpath network create`.
@@ -175,9 +249,11 @@ pub async fn create(instance: &Instance, request: CreateRequest) -> Result<Netwo
         return Err(NetworkError::Duplicate(request.name));
     }
     let host = topology::connect()?;
-    let elsewhere = lifecycle::subnets_of_other_instances(&host, instance).await?;
+    let elsewhere = lifecycle::networks_of_other_instances(&host, instance).await?;
     let subnet = choose_subnet(request.subnet, &state, &elsewhere)?;
     let gateway = ipam::gateway(subnet)?;
+    let subnet6 = choose_subnet6(instance, request.subnet6, subnet, &state, &elsewhere)?;
+    let gateway6 = subnet6.map(ipam::gateway6);
     let id = free_id(&state).ok_or(NetworkError::TooMany)?;
     let bridge = request
         .bridge
@@ -194,10 +270,17 @@ pub async fn create(instance: &Instance, request: CreateRequest) -> Result<Netwo
     rollback.push(move || {
         let _ = topology::delete_link_blocking(&created);
     });
-    let bridge_ifindex = lifecycle::set_up_bridge(&host, &bridge, mac, gateway, subnet).await?;
+    let bridge_ifindex = lifecycle::set_up_bridge(
+        &host,
+        &bridge,
+        mac,
+        (gateway, subnet),
+        gateway6.zip(subnet6),
+    )
+    .await?;
     let record = NetworkRecord {
-        subnet6: None,
-        gateway6: None,
+        subnet6,
+        gateway6,
         id,
         subnet,
         gateway,
@@ -237,6 +320,8 @@ fn view(state: &State, name: &str) -> NetworkView {
         id: record.id,
         subnet: record.subnet,
         gateway: record.gateway,
+        subnet6: record.subnet6,
+        gateway6: record.gateway6,
         bridge: record.bridge.clone(),
         internal: record.internal,
         icc: record.icc,

@@ -309,6 +309,12 @@ pub struct State {
     pub bridge_mac: String,
     pub subnet: Ipv4Net,
     pub gateway: Ipv4Addr,
+    /// The `up` network's IPv6 subnet and gateway (None: IPv4 only), as
+    /// `subnet` and `gateway` above.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<Ipv6Net>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<Ipv6Addr>,
     pub accel: Accel,
     pub cgroup: PathBuf,
     #[serde(default)]
@@ -337,7 +343,7 @@ pub struct State {
 }
 
 /// How containers' IPv6 leaves the host.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Ipv6Mode {
     /// NAT66: masqueraded to the uplink's IPv6 address, as Docker does.
@@ -345,6 +351,15 @@ pub enum Ipv6Mode {
     Nat,
     /// Routed as they are: the host owns the prefix.
     Routed,
+}
+
+impl fmt::Display for Ipv6Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Ipv6Mode::Nat => "nat",
+            Ipv6Mode::Routed => "routed",
+        })
+    }
 }
 
 /// `up --ipv6`'s settings (the subnets are the networks').
@@ -363,8 +378,8 @@ impl State {
     /// state files written before networks existed.
     pub fn sync_default_network(&mut self) {
         let record = NetworkRecord {
-            subnet6: None,
-            gateway6: None,
+            subnet6: self.subnet6,
+            gateway6: self.gateway6,
             id: 0,
             subnet: self.subnet,
             gateway: self.gateway,

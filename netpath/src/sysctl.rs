@@ -11,9 +11,15 @@ pub struct SysctlError {
     source: io::Error,
 }
 
-/// Path under /proc/sys of a dotted key (`net.ipv4.ip_forward`).
+/// Path under /proc/sys of a dotted key (`net.ipv4.ip_forward`), or of a
+/// key written with slashes, as sysctl(8) takes them, for a name holding a
+/// dot (`net/ipv6/conf/eth0.5/accept_dad`).
 fn proc_path(key: &str) -> PathBuf {
-    PathBuf::from("/proc/sys").join(key.replace('.', "/"))
+    let path = match key.contains('/') {
+        true => key.to_owned(),
+        false => key.replace('.', "/"),
+    };
+    PathBuf::from("/proc/sys").join(path)
 }
 
 /// Sets the sysctl `key` (dotted form) to `value`.
@@ -48,6 +54,10 @@ mod tests {
         assert_eq!(
             super::proc_path("net.ipv4.ip_forward"),
             std::path::Path::new("/proc/sys/net/ipv4/ip_forward")
+        );
+        assert_eq!(
+            super::proc_path("net/ipv6/conf/eth0.5/accept_dad"),
+            std::path::Path::new("/proc/sys/net/ipv6/conf/eth0.5/accept_dad")
         );
     }
 }

@@ -1,7 +1,10 @@
 //! Typed access to the pinned maps: the port, endpoint and conntrack tables,
 //! the counters and the configuration. Every command works through these, so
 //! none needs the agent.
-use std::{io, net::Ipv4Addr};
+use std::{
+    io,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use std::os::fd::{AsFd, AsRawFd};
 
@@ -14,7 +17,7 @@ use netpath_common::{
     ALLOW_PORT_BITS, Addr, AllowKey, AllowRule, Config, Endpoint, FlowEntry, FlowKey, IPPROTO_TCP,
     Ip6, Network, NetworkDrops, PortKey, PortTarget, SNAT_POOL_PORTS, SNAT_POOLS_MAX,
     SnatDestination, SnatPortPool, SnatShareKey,
-    host::{HostAddr, HostIp, ip_to_wire},
+    host::{HostAddr, HostIp, ip_to_wire, ip6_to_wire},
     names, nat_kind, stat, tcp_state,
 };
 
@@ -50,6 +53,12 @@ fn finished<A: Addr>(key: &FlowKey<A>, entry: &FlowEntry<A>) -> bool {
 /// `SUBNETS` key of `network`'s subnet.
 fn subnet_key(network: &Network) -> Key<u32> {
     Key::new(u32::from(network.prefix_len()), network.subnet_addr)
+}
+
+/// `SUBNETS6` key of `network`'s IPv6 subnet, if it has one.
+fn subnet6_key(network: &Network) -> Option<Key<Ip6>> {
+    let (_, prefix_len) = network.subnet6()?;
+    Some(Key::new(u32::from(prefix_len), network.subnet6_addr))
 }
 
 /// Makes `map` hold exactly `wanted`: what the datapath counts between
@@ -250,11 +259,13 @@ impl<A: Addr> FlowTally<A> {
 pub struct Tables {
     config: Array<MapData, Config>,
     endpoints: HashMap<MapData, u32, Endpoint>,
+    endpoints6: HashMap<MapData, Ip6, Endpoint>,
     stats: PerCpuArray<MapData, u64>,
     route_gen: Array<MapData, u32>,
     allowed: LpmTrie<MapData, AllowKey, AllowRule>,
     networks: Array<MapData, Network>,
     subnets: LpmTrie<MapData, u32, u32>,
+    subnets6: LpmTrie<MapData, Ip6, u32>,
     network_drops: PerCpuArray<MapData, NetworkDrops>,
     v4: FamilyTables<u32>,
     v6: FamilyTables<Ip6>,
@@ -554,12 +565,16 @@ impl Tables {
             config: Array::try_from(open(names::CONFIG)?).map_err(map_err(names::CONFIG))?,
             endpoints: HashMap::try_from(open(names::ENDPOINTS)?)
                 .map_err(map_err(names::ENDPOINTS))?,
+            endpoints6: HashMap::try_from(open(names::ENDPOINTS6)?)
+                .map_err(map_err(names::ENDPOINTS6))?,
             stats: PerCpuArray::try_from(open(names::STATS)?).map_err(map_err(names::STATS))?,
             route_gen: Array::try_from(open(names::ROUTE_GEN)?)
                 .map_err(map_err(names::ROUTE_GEN))?,
             allowed: LpmTrie::try_from(open(names::ALLOWED)?).map_err(map_err(names::ALLOWED))?,
             networks: Array::try_from(open(names::NETWORKS)?).map_err(map_err(names::NETWORKS))?,
             subnets: LpmTrie::try_from(open(names::SUBNETS)?).map_err(map_err(names::SUBNETS))?,
+            subnets6: LpmTrie::try_from(open(names::SUBNETS6)?)
+                .map_err(map_err(names::SUBNETS6))?,
             network_drops: PerCpuArray::try_from(open(names::NETWORK_DROPS)?)
                 .map_err(map_err(names::NETWORK_DROPS))?,
             v4: FamilyMaps::open(instance)?,
@@ -567,15 +582,22 @@ impl Tables {
         })
     }
 
-    /// Writes network `id`: its `NETWORKS` slot, then its `SUBNETS` entry,
-    /// so the datapath never finds an id whose slot is not written yet.
+    /// Writes network `id`: its `NETWORKS` slot, then its `SUBNETS` (and
+    /// `SUBNETS6`) entry, so the datapath never finds an id whose slot is
+    /// not written yet.
     pub fn set_network(&mut self, id: u16, network: &Network) -> Result<(), TablesError> {
         self.networks
             .set(u32::from(id), network, 0)
             .map_err(map_err(names::NETWORKS))?;
         self.subnets
             .insert(&subnet_key(network), u32::from(id), 0)
-            .map_err(map_err(names::SUBNETS))
+            .map_err(map_err(names::SUBNETS))?;
+        if let Some(key) = subnet6_key(network) {
+            self.subnets6
+                .insert(&key, u32::from(id), 0)
+                .map_err(map_err(names::SUBNETS6))?;
+        }
+        Ok(())
     }
 
     /// Removes network `id` (its subnet first, so nothing finds the id).
@@ -590,6 +612,12 @@ impl Tables {
         match self.subnets.remove(&subnet_key(&network)) {
             Ok(()) | Err(MapError::KeyNotFound) => {}
             Err(e) => return Err(map_err(names::SUBNETS)(e)),
+        }
+        if let Some(key) = subnet6_key(&network) {
+            match self.subnets6.remove(&key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(names::SUBNETS6)(e)),
+            }
         }
         self.networks
             .set(u32::from(id), Network::default(), 0)
@@ -668,6 +696,21 @@ impl Tables {
         match self.endpoints.remove(&ip_to_wire(ip)) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(map_err(names::ENDPOINTS)(e)),
+        }
+    }
+
+    /// `ENDPOINTS6`: the IPv6 address of an interface whose IPv4 one has
+    /// `ep` in `ENDPOINTS` (the same value).
+    pub fn add_endpoint6(&mut self, ip: Ipv6Addr, ep: &Endpoint) -> Result<(), TablesError> {
+        self.endpoints6
+            .insert(ip6_to_wire(ip), ep, 0)
+            .map_err(map_err(names::ENDPOINTS6))
+    }
+
+    pub fn remove_endpoint6(&mut self, ip: Ipv6Addr) -> Result<(), TablesError> {
+        match self.endpoints6.remove(&ip6_to_wire(ip)) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(names::ENDPOINTS6)(e)),
         }
     }
 

@@ -4,7 +4,7 @@
 //! also has a blocking form so rollback guards can run it from `Drop`.
 use std::{
     io,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::AsRawFd,
     path::Path,
 };
@@ -13,7 +13,7 @@ use futures::TryStreamExt;
 use netlink_packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
-    address::{AddressAttribute, AddressHeaderFlags},
+    address::{AddressAttribute, AddressHeaderFlags, AddressScope},
     link::{LinkAttribute, LinkMessage, State},
     neighbour::NeighbourState,
     route::{RouteAttribute, RouteHeader},
@@ -183,6 +183,21 @@ pub async fn add_ipv4(handle: &Handle, index: u32, ip: Ipv4Addr, prefix_len: u8)
         )))
 }
 
+/// Adds `ip/prefix_len` to the interface `index` with no duplicate address
+/// detection (IFA_F_NODAD): usable at once, never tentative, as the IPv4
+/// one. netpath hands out every address of the subnet, so none is taken.
+/// An address that is already there is fine, as for `add_ipv4`.
+pub async fn add_ipv6(handle: &Handle, index: u32, ip: Ipv6Addr, prefix_len: u8) -> Result<()> {
+    let mut request = handle
+        .address()
+        .add(index, IpAddr::V6(ip), prefix_len)
+        .replace();
+    request.message_mut().header.flags |= AddressHeaderFlags::Nodad;
+    request.execute().await.map_err(netlink_err(format!(
+        "cannot add {ip}/{prefix_len} to interface #{index}"
+    )))
+}
+
 /// Sets the Ethernet address of the interface `index`.
 pub async fn set_mac(handle: &Handle, index: u32, mac: [u8; 6]) -> Result<()> {
     handle
@@ -250,12 +265,13 @@ pub async fn move_to_netns(handle: &Handle, index: u32, netns: &impl AsRawFd) ->
 pub async fn replace_neighbour(
     handle: &Handle,
     index: u32,
-    ip: Ipv4Addr,
+    ip: impl Into<IpAddr>,
     mac: [u8; 6],
 ) -> Result<()> {
+    let ip = ip.into();
     handle
         .neighbours()
-        .add(index, IpAddr::V4(ip))
+        .add(index, ip)
         .link_layer_address(&mac)
         .state(NeighbourState::Stale)
         .replace()
@@ -320,6 +336,21 @@ pub async fn add_default_route(handle: &Handle, gateway: Ipv4Addr) -> Result<()>
         .await
         .map_err(netlink_err(format!(
             "cannot add the default route via {gateway}"
+        )))
+}
+
+/// Adds the IPv6 default route via `gateway`.
+pub async fn add_default_route6(handle: &Handle, gateway: Ipv6Addr) -> Result<()> {
+    let route = RouteMessageBuilder::<Ipv6Addr>::new()
+        .gateway(gateway)
+        .build();
+    handle
+        .route()
+        .add(route)
+        .execute()
+        .await
+        .map_err(netlink_err(format!(
+            "cannot add the IPv6 default route via {gateway}"
         )))
 }
 
@@ -392,6 +423,46 @@ pub async fn primary_ipv4(handle: &Handle, index: u32) -> Result<Option<Ipv4Addr
         }
     }
     Ok(None)
+}
+
+/// The global-scope IPv6 address of interface `index` for NAT66 and
+/// published ports: the first stable one (not a temporary privacy address,
+/// not deprecated), else the first usable one; never one that is tentative
+/// or failed duplicate address detection.
+pub async fn global_ipv6(handle: &Handle, index: u32) -> Result<Option<Ipv6Addr>> {
+    let mut addresses = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute();
+    let unusable = AddressHeaderFlags::Tentative | AddressHeaderFlags::Dadfailed;
+    // IFA_F_TEMPORARY shares its bit with IFA_F_SECONDARY.
+    let unstable = AddressHeaderFlags::Secondary | AddressHeaderFlags::Deprecated;
+    let mut fallback = None;
+    while let Some(msg) = addresses
+        .try_next()
+        .await
+        .map_err(netlink_err("cannot list addresses"))?
+    {
+        if msg.header.family != AddressFamily::Inet6
+            || msg.header.index != index
+            || msg.header.scope != AddressScope::Universe
+            || msg.header.flags.intersects(unusable)
+        {
+            continue;
+        }
+        let Some(address) = msg.attributes.iter().find_map(|attr| match attr {
+            AddressAttribute::Address(IpAddr::V6(ip)) => Some(*ip),
+            _ => None,
+        }) else {
+            continue;
+        };
+        if !msg.header.flags.intersects(unstable) {
+            return Ok(Some(address));
+        }
+        fallback.get_or_insert(address);
+    }
+    Ok(fallback)
 }
 
 /// Deletes the link named `name` in the calling thread's network namespace,

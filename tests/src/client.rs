@@ -5,10 +5,11 @@ use crate::cmd::{CmdOutput, Place, run_timeout};
 const UDP_CLIENT_PY: &str = r#"
 import sys, socket
 addr, port, payload, sport = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode(), int(sys.argv[4])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+v6 = ":" in addr
+s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
 if sport:
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", sport))
+    s.bind(("::" if v6 else "0.0.0.0", sport))
 s.settimeout(3)
 s.sendto(payload, (addr, port))
 try:
@@ -20,10 +21,11 @@ sys.stdout.buffer.write(data)
 "#;
 
 /// `curl -s --max-time 5 ARGS...` (args: URL and any extra curl options).
+/// `-g` lets an IPv6 URL (`http://[2001:db8::1]:80/`) through as it is.
 /// stdout is the body; the exit code is curl's (28 = timeout, 7 = refused).
 pub fn curl(place: impl Into<Place>, args: &[&str]) -> CmdOutput {
     let mut cmd = place.into().command("curl");
-    cmd.args(["-s", "--max-time", "5"]).args(args);
+    cmd.args(["-g", "-s", "--max-time", "5"]).args(args);
     run_timeout(&mut cmd, Duration::from_secs(15))
 }
 
@@ -34,7 +36,7 @@ pub fn http_source(place: impl Into<Place>, url: &str) -> Option<String> {
     out.success().then(|| out.stdout.trim().to_string())
 }
 
-/// `ping -c 1 -W 2 ADDR`.
+/// `ping -c 1 -W 2 ADDR` (ping picks the family from ADDR).
 pub fn ping(place: impl Into<Place>, addr: &str) -> CmdOutput {
     let mut cmd = place.into().command("ping");
     cmd.args(["-c", "1", "-W", "2", addr]);
@@ -118,4 +120,12 @@ pub fn udp_source(place: impl Into<Place>, addr: &str, port: u16) -> Option<Stri
         return None;
     }
     out.stdout.lines().next().map(|l| l.trim().to_string())
+}
+
+/// `http://ADDR:PORT/`, with IPv6 addresses in brackets.
+pub fn url(addr: &str, port: u16) -> String {
+    match addr.contains(':') {
+        true => format!("http://[{addr}]:{port}/"),
+        false => format!("http://{addr}:{port}/"),
+    }
 }

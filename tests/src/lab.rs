@@ -42,8 +42,13 @@ pub fn netpath_cni_bin() -> PathBuf {
 /// ```text
 ///  H (host)                                O (outside)
 ///  up0 198.18.0.1/24  <-- veth -->  out0 198.18.0.2/24
+///      2001:db8::1/64                      2001:db8::2/64
 ///  default via 198.18.0.2                lo: 198.19.0.2/32 (REMOTE_IP)
+///  default via 2001:db8::2                   2001:db8:ffff::2/128 (REMOTE_IP6)
 /// ```
+///
+/// The IPv6 addresses are documentation ones (2001:db8::/32), added without
+/// duplicate address detection so they are usable at once.
 ///
 /// netpath runs in H with a unique `--instance` and a cgroup2 directory of
 /// the lab's own. Drop: `netpath down` (errors ignored), kill what the lab
@@ -69,6 +74,12 @@ impl Lab {
     pub const OUTSIDE_IP: &'static str = "198.18.0.2";
     /// An address on O's lo, reached from H through the default route.
     pub const REMOTE_IP: &'static str = "198.19.0.2";
+    /// H's uplink IPv6 address: what NAT66-masqueraded traffic arrives from.
+    pub const HOST_IP6: &'static str = "2001:db8::1";
+    /// O's IPv6 address on the veth; H's IPv6 default gateway.
+    pub const OUTSIDE_IP6: &'static str = "2001:db8::2";
+    /// An IPv6 address on O's lo, reached from H through the default route.
+    pub const REMOTE_IP6: &'static str = "2001:db8:ffff::2";
 
     /// Builds the topology; panics with the reason on failure.
     #[track_caller]
@@ -93,7 +104,7 @@ impl Lab {
         };
         let h = &lab.host;
         let o = &lab.outside;
-        let steps: [(&Netns, &[&str]); 7] = [
+        let steps: [(&Netns, &[&str]); 11] = [
             (
                 h,
                 &[
@@ -110,14 +121,50 @@ impl Lab {
                 ],
             ),
             (h, &["addr", "add", "198.18.0.1/24", "dev", Self::UPLINK]),
+            (
+                h,
+                &[
+                    "addr",
+                    "add",
+                    "2001:db8::1/64",
+                    "dev",
+                    Self::UPLINK,
+                    "nodad",
+                ],
+            ),
             (h, &["link", "set", Self::UPLINK, "up"]),
             (
                 o,
                 &["addr", "add", "198.18.0.2/24", "dev", Self::OUTSIDE_IF],
             ),
+            (
+                o,
+                &[
+                    "addr",
+                    "add",
+                    "2001:db8::2/64",
+                    "dev",
+                    Self::OUTSIDE_IF,
+                    "nodad",
+                ],
+            ),
             (o, &["addr", "add", "198.19.0.2/32", "dev", "lo"]),
+            (o, &["addr", "add", "2001:db8:ffff::2/128", "dev", "lo"]),
             (o, &["link", "set", Self::OUTSIDE_IF, "up"]),
             (h, &["route", "add", "default", "via", Self::OUTSIDE_IP]),
+            (
+                h,
+                &[
+                    "-6",
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    Self::OUTSIDE_IP6,
+                    "dev",
+                    Self::UPLINK,
+                ],
+            ),
         ];
         for (ns, args) in steps {
             let out = ns.exec(&[&["ip"], args].concat());
@@ -230,6 +277,61 @@ impl Lab {
         out
     }
 
+    /// `netpath --json status` until `done` holds for its output, or panics
+    /// after 3 minutes showing the last one (a restarted agent has the
+    /// kernel verify every program again, which takes minutes in an
+    /// emulated VM).
+    #[track_caller]
+    pub fn poll_status(&self, what: &str, done: impl Fn(&CmdOutput) -> bool) -> CmdOutput {
+        let deadline = std::time::Instant::now() + Duration::from_secs(180);
+        loop {
+            let status = self.status();
+            if done(&status) {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: not seen in 3 minutes\n{status}\n--- agent log\n{}",
+                self.agent_log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The pid in the instance's agent pid file.
+    #[track_caller]
+    pub fn agent_pid(&self) -> i32 {
+        let path = Path::new("/run/netpath")
+            .join(&self.instance)
+            .join("agent.pid");
+        std::fs::read_to_string(&path)
+            .expect("agent pid file")
+            .trim()
+            .parse()
+            .expect("pid")
+    }
+
+    /// SIGKILLs the instance's agent and waits until it is gone (its pidfd
+    /// becomes readable); returns its pid.
+    #[track_caller]
+    pub fn kill_agent(&self) -> i32 {
+        let pid = self.agent_pid();
+        // SAFETY: plain syscalls on a pid read from netpath's own pid file.
+        unsafe {
+            let fd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as i32;
+            assert!(fd >= 0, "pidfd_open: {}", std::io::Error::last_os_error());
+            assert_eq!(libc::kill(pid, libc::SIGKILL), 0);
+            let mut pfd = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            assert_eq!(libc::poll(&mut pfd, 1, 10_000), 1, "agent did not die");
+            libc::close(fd);
+        }
+        pid
+    }
+
     /// The instance's bridge, as `status` reports it (the default name is
     /// derived from the instance name).
     #[track_caller]
@@ -293,6 +395,22 @@ impl Lab {
             .skip_while(|w| *w != "inet")
             .nth(1)?;
         Some(word.split('/').next()?.to_string())
+    }
+
+    /// The global IPv6 address of `eth0` in container `name` and whether it
+    /// is still tentative (duplicate address detection running), read with
+    /// `ip`.
+    pub fn container_ip6(&self, name: &str) -> Option<(String, bool)> {
+        let mut cmd = self.container(name).command("ip");
+        cmd.args(["-6", "-o", "addr", "show", "dev", "eth0", "scope", "global"]);
+        let out = run_timeout(&mut cmd, Duration::from_secs(10));
+        let line = out.stdout.lines().next()?;
+        let word = line
+            .split_whitespace()
+            .skip_while(|w| *w != "inet6")
+            .nth(1)?;
+        let tentative = line.split_whitespace().any(|w| w == "tentative");
+        Some((word.split('/').next()?.to_string(), tentative))
     }
 
     /// Records a netns name (e.g. `np-web`) to delete on drop if it exists.
@@ -361,6 +479,46 @@ impl Lab {
             links.iter().all(|n| *n == "lo" || *n == Self::UPLINK),
             "leftover interfaces in the host netns: {links:?}"
         );
+    }
+}
+
+/// Another instance in the lab's host netns H, taken down on drop (also when
+/// the test fails), then checked or swept like the lab's own.
+pub struct NeighbourInstance<'lab> {
+    lab: &'lab Lab,
+    name: String,
+}
+
+impl<'lab> NeighbourInstance<'lab> {
+    pub fn new(lab: &'lab Lab, name: String) -> Self {
+        Self { lab, name }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `netpath --instance NAME ARGS` in H.
+    pub fn netpath(&self, args: &[&str]) -> CmdOutput {
+        let mut cmd = self.lab.host.place().command(self.lab.bin());
+        cmd.args(["--instance", &self.name]).args(args);
+        run_timeout(&mut cmd, Duration::from_secs(120))
+    }
+
+    /// `up --detach` on the lab's uplink and cgroup.
+    pub fn up(&self, extra: &[&str]) -> CmdOutput {
+        let args = self.lab.up_args(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.netpath(&args)
+    }
+}
+
+impl Drop for NeighbourInstance<'_> {
+    fn drop(&mut self) {
+        let _ = self.netpath(&["down"]);
+        for p in leftover_paths(&self.name) {
+            let _ = std::fs::remove_dir_all(p);
+        }
     }
 }
 

@@ -24,10 +24,10 @@ mod server;
 pub use capture::Capture;
 pub use cgroup::{TestCgroup, cgroup2_mount};
 pub use client::{
-    curl, http_source, ipv6_client, ping, ping_ok, udp_request, udp_request_from, udp_source,
+    curl, http_source, ipv6_client, ping, ping_ok, udp_request, udp_request_from, udp_source, url,
 };
 pub use cmd::{CmdOutput, Place, run, run_timeout, run_with_input};
-pub use lab::{Lab, netpath_bin, netpath_cni_bin};
+pub use lab::{Lab, NeighbourInstance, netpath_bin, netpath_cni_bin};
 pub use names::unique_name;
 pub use netns::{Netns, kill_netns_processes};
 pub use server::{Server, ServerKind};

@@ -210,13 +210,22 @@ fn add_check_del_with_a_published_port(accel: &str) {
         result["ips"][0].get("version").is_none(),
         "1.0.0 has no version"
     );
+    // Dual stack: the IPv6 address and default route beside the IPv4 ones.
+    let gateway6 = lab.netpath_json(&["status"])["gateway6"].clone();
     assert_eq!(
         result["routes"],
-        json!([{"dst": "0.0.0.0/0", "gw": GATEWAY}]),
+        json!([{"dst": "0.0.0.0/0", "gw": GATEWAY}, {"dst": "::/0", "gw": gateway6}]),
         "{result}"
     );
     let ip = result_ip(&result);
     assert!(ip.starts_with("10.77."), "{result}");
+    assert_eq!(result["ips"][1]["gateway"], gateway6, "{result}");
+    let ip6 = result["ips"][1]["address"]
+        .as_str()
+        .expect("an IPv6 address");
+    let ip6 = ip6.split('/').next().expect("address/len");
+    let net1 = netns.exec(&["ip", "-6", "-o", "addr", "show", "net1"]);
+    assert!(net1.stdout.contains(ip6), "net1 has {ip6}\n{net1}");
 
     // Reachable from the host, reaching the outside through masquerade.
     ping(&lab.host, &ip).expect_ok("the host pings the container");

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use netpath_tests::{CmdOutput, Lab, Place, Server, udp_request_from};
+use netpath_tests::{Lab, Place, Server, udp_request_from};
 
 /// A long-lived TCP connection to a `Server::tcp_echo`, driven line by line.
 struct Stream {
@@ -72,32 +72,6 @@ impl Drop for Stream {
     }
 }
 
-fn agent_pid(lab: &Lab) -> i32 {
-    let path = format!("/run/netpath/{}/agent.pid", lab.instance());
-    std::fs::read_to_string(&path)
-        .expect("agent pid file")
-        .trim()
-        .parse()
-        .expect("pid")
-}
-
-/// SIGKILL and wait until the process is gone (pidfd becomes readable).
-fn kill_and_wait(pid: i32) {
-    // SAFETY: plain syscalls on a pid we read from netpath's own pid file.
-    unsafe {
-        let fd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as i32;
-        assert!(fd >= 0, "pidfd_open: {}", std::io::Error::last_os_error());
-        assert_eq!(libc::kill(pid, libc::SIGKILL), 0);
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        assert_eq!(libc::poll(&mut pfd, 1, 10_000), 1, "agent did not die");
-        libc::close(fd);
-    }
-}
-
 fn counter(lab: &Lab, name: &str) -> u64 {
     lab.counter(name)
         .unwrap_or_else(|| panic!("no counter {name}"))
@@ -131,7 +105,7 @@ fn killing_the_agent_and_starting_it_again_keeps_every_connection() {
     assert_eq!(masq.roundtrip("before"), "before");
     assert_eq!(dnat.roundtrip("before"), "before");
 
-    kill_and_wait(agent_pid(&lab));
+    lab.kill_agent();
     assert_eq!(
         masq.roundtrip("no agent"),
         "no agent",
@@ -371,26 +345,6 @@ fn tcp_states_are_tracked_and_the_agent_collects_expired_flows() {
     );
 }
 
-/// `netpath --json status` until `done` holds for its output, or panics
-/// after 3 minutes showing the last one (a restarted agent has the kernel
-/// verify every program again, which takes minutes in an emulated VM).
-#[track_caller]
-fn poll_status(lab: &Lab, what: &str, done: impl Fn(&CmdOutput) -> bool) -> CmdOutput {
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let status = lab.status();
-        if done(&status) {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not seen in 20 s\n{status}\n--- agent log\n{}",
-            lab.agent_log()
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
-}
-
 netpath_tests::with_each_accel!(
     status_is_healthy_after_up_and_names_a_detached_program_or_a_lost_map_pin
 );
@@ -477,10 +431,8 @@ fn the_supervisor_restarts_a_killed_agent_status_counts_it_and_connections_stay(
     let server = Server::tcp_echo(&lab.outside, "0.0.0.0", 0);
     let mut stream = Stream::connect(lab.container(&a), Lab::OUTSIDE_IP, server.port());
     assert_eq!(stream.roundtrip("before"), "before");
-    let first = agent_pid(&lab);
-
-    kill_and_wait(first);
-    let status = poll_status(&lab, "the agent started again, healthy", |status| {
+    let first = lab.kill_agent();
+    let status = lab.poll_status("the agent started again, healthy", |status| {
         let view = status.json();
         status.success()
             && view["agent_restarts"] == 1

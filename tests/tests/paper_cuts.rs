@@ -1,9 +1,9 @@
 //! Paper cuts a newcomer meets first: netpath started under `ip netns exec`
 //! through a wrapper (as `cargo xtask run` is), and a second instance next
 //! to the first in one network namespace.
-use std::{path::Path, process::Command, time::Duration};
+use std::{process::Command, time::Duration};
 
-use netpath_tests::{CmdOutput, Lab, run_timeout, unique_name};
+use netpath_tests::{CmdOutput, Lab, NeighbourInstance, run_timeout, unique_name};
 
 /// Runs its arguments as a child and exits with the child's code. Before
 /// that it checks that it sits where cargo sits under
@@ -58,42 +58,6 @@ fn up_and_down_work_under_ip_netns_exec_through_a_wrapper_process() {
     lab.assert_clean();
 }
 
-/// Another instance in the lab's host netns H, taken down on drop (also when
-/// the test fails), then checked or swept like the lab's own.
-struct NeighbourInstance<'lab> {
-    lab: &'lab Lab,
-    name: String,
-}
-
-impl<'lab> NeighbourInstance<'lab> {
-    fn new(lab: &'lab Lab, name: String) -> Self {
-        Self { lab, name }
-    }
-
-    /// `netpath --instance NAME ARGS` in H.
-    fn netpath(&self, args: &[&str]) -> CmdOutput {
-        let mut cmd = self.lab.host.place().command(self.lab.bin());
-        cmd.args(["--instance", &self.name]).args(args);
-        run_timeout(&mut cmd, Duration::from_secs(120))
-    }
-
-    /// `up --detach` on the lab's uplink and cgroup.
-    fn up(&self, extra: &[&str]) -> CmdOutput {
-        let args = self.lab.up_args(extra);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.netpath(&args)
-    }
-}
-
-impl Drop for NeighbourInstance<'_> {
-    fn drop(&mut self) {
-        let _ = self.netpath(&["down"]);
-        for dir in [Path::new("/run/netpath"), Path::new("/sys/fs/bpf/netpath")] {
-            let _ = std::fs::remove_dir_all(dir.join(&self.name));
-        }
-    }
-}
-
 #[test]
 fn two_instances_in_one_netns_come_up_with_their_own_bridges_and_subnets() {
     let lab = Lab::new();
@@ -130,7 +94,7 @@ fn two_instances_in_one_netns_come_up_with_their_own_bridges_and_subnets() {
         .expect_ok("down of the second instance");
     lab.down().expect_ok("down of the lab's instance");
     lab.assert_clean();
-    Lab::assert_no_leftovers(&second.name);
+    Lab::assert_no_leftovers(second.name());
 }
 
 #[test]
@@ -155,7 +119,7 @@ fn an_instance_whose_subnet_overlaps_another_in_its_netns_is_refused_whole() {
             stderr.contains(&format!("instance {}", lab.instance())) && stderr.contains("--subnet"),
             "the error names the other instance and says to pass --subnet\n{out}"
         );
-        Lab::assert_no_leftovers(&third.name);
+        Lab::assert_no_leftovers(third.name());
         assert_eq!(
             lab.host_links(),
             links_before,

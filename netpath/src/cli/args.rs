@@ -8,6 +8,7 @@ use netpath_common::{LAYOUT_VERSION, Proto};
 use crate::{
     config::{Accel, DEFAULT_INSTANCE, TimeoutSetting},
     netns_processes::DEFAULT_GRACE,
+    state::Ipv6Mode,
 };
 
 /// `netpath --version`: the release, the commit it was built from and the
@@ -197,6 +198,22 @@ pub(super) struct UpArgs {
     /// address. Instances in one network namespace need subnets apart.
     #[arg(long, value_name = "CIDR")]
     pub subnet: Option<String>,
+    /// IPv6 on (the default) or off (`--ipv6=false`: containers get IPv4
+    /// only).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub ipv6: Option<bool>,
+    /// Container IPv6 subnet, a /64 to /120 with room for every address of
+    /// --subnet (containers' IPv6 addresses follow their IPv4 ones)
+    /// [default: subnet 0 of a unique-local /48 derived from the instance
+    /// name]; the gateway is prefix::1.
+    #[arg(long, value_name = "CIDR")]
+    pub subnet6: Option<String>,
+    /// How containers' IPv6 leaves the host: nat (masqueraded to the
+    /// uplink's IPv6 address) or routed (as they are, for a prefix the
+    /// host owns) [default: nat].
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub ipv6_mode: Option<Ipv6Mode>,
     /// Bridge name [default: np0 for the default instance, npbr-INSTANCE
     /// (shortened to 15 characters) for the others].
     #[arg(long, value_name = "NAME")]
@@ -334,6 +351,10 @@ pub(super) struct NetworkCreateArgs {
     /// The subnet (default: the first free /24 of 10.78.0.0/16).
     #[arg(long, value_name = "CIDR")]
     pub subnet: Option<String>,
+    /// The IPv6 subnet (default: the first free /64 of the instance's
+    /// unique-local /48; none when the instance is IPv4 only).
+    #[arg(long, value_name = "CIDR")]
+    pub subnet6: Option<String>,
     /// No way out of the subnet: no masquerade, no published ports.
     #[arg(long)]
     pub internal: bool,

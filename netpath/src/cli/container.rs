@@ -78,8 +78,9 @@ fn absolute(path: PathBuf) -> PathBuf {
 fn build(instance: &Instance, request: AddRequest, done: &str, out: Output) -> Result<()> {
     let added = runtime()?.block_on(container::add(instance, request))?;
     out.show(&added, |added| {
+        let ip6 = added.ip6.map(|ip6| format!(" {ip6}")).unwrap_or_default();
         println!(
-            "container {} {done} ({}, ip {})",
+            "container {} {done} ({}, ip {}{ip6})",
             added.name,
             added.mode,
             dash(&added.ip)
@@ -97,12 +98,13 @@ fn parse_publish(specs: &[String]) -> Result<Vec<Mapping>> {
 
 /// The containers table, also part of `status`.
 pub(super) fn print_table(containers: &[ContainerView]) {
-    const TABLE: Table<7> = Table {
+    const TABLE: Table<8> = Table {
         columns: [
             Column::left("NAME", 12),
             Column::left("MODE", 22),
             Column::left("ORIGIN", 16),
             Column::left("IP", 15),
+            Column::left("IPV6", 24),
             Column::left("MAC", 17),
             Column::left("VETH", 12),
             Column::left("NETWORKS", 0),
@@ -115,6 +117,7 @@ pub(super) fn print_table(containers: &[ContainerView]) {
             c.mode.clone(),
             origin(c),
             dash(&c.ip),
+            dash(&c.ip6),
             dash(&c.mac),
             dash(&c.host_veth),
             networks(c),
@@ -122,14 +125,18 @@ pub(super) fn print_table(containers: &[ContainerView]) {
     }));
 }
 
-/// `NET=IP` for each address, comma-separated; `-` for none.
+/// `NET=IP` (`NET=IP IP6` with IPv6) for each address, comma-separated;
+/// `-` for none.
 fn networks(c: &ContainerView) -> String {
     if c.networks.is_empty() {
         return "-".to_owned();
     }
     c.networks
         .iter()
-        .map(|a| format!("{}={}", a.network, a.ip))
+        .map(|a| match a.ip6 {
+            Some(ip6) => format!("{}={} {ip6}", a.network, a.ip),
+            None => format!("{}={}", a.network, a.ip),
+        })
         .collect::<Vec<_>>()
         .join(",")
 }

@@ -3,9 +3,9 @@ use super::{
     Result,
     args::{NetworkCommand, NetworkCreateArgs},
     container::parse_ip,
-    output::{Column, Output, Table},
+    output::{Column, Output, Table, dash},
     runtime,
-    up::parse_subnet,
+    up::{parse_subnet, parse_subnet6},
 };
 use crate::{
     container,
@@ -35,8 +35,10 @@ pub(super) fn run(instance: &Instance, command: NetworkCommand, out: Output) -> 
                 let ip = view.networks.iter().find(|a| a.network == network);
                 match ip {
                     Some(a) => println!(
-                        "container {container} connected to {network} ({} {})",
-                        a.ifname, a.ip
+                        "container {container} connected to {network} ({} {}{})",
+                        a.ifname,
+                        a.ip,
+                        a.ip6.map(|ip6| format!(" {ip6}")).unwrap_or_default()
                     ),
                     None => println!("container {container} connected to {network}"),
                 }
@@ -56,6 +58,7 @@ fn create(instance: &Instance, args: NetworkCreateArgs, out: Output) -> Result<(
     let request = CreateRequest {
         name: args.name,
         subnet: args.subnet.as_deref().map(parse_subnet).transpose()?,
+        subnet6: args.subnet6.as_deref().map(parse_subnet6).transpose()?,
         internal: args.internal,
         icc: args.icc,
         bridge: args.bridge,
@@ -63,8 +66,12 @@ fn create(instance: &Instance, args: NetworkCreateArgs, out: Output) -> Result<(
     let created = runtime()?.block_on(network::create(instance, request))?;
     out.show(&created, |n| {
         let flags = flags(n);
+        let ipv6 = match (n.gateway6, n.subnet6) {
+            (Some(gateway6), Some(subnet6)) => format!(" {gateway6}/{}", subnet6.prefix_len()),
+            _ => String::new(),
+        };
         println!(
-            "network {} created: bridge {} {}/{}{}",
+            "network {} created: bridge {} {}/{}{ipv6}{}",
             n.name,
             n.bridge,
             n.gateway,
@@ -92,12 +99,13 @@ fn flags(n: &NetworkView) -> String {
 
 /// The networks table, also part of `status`.
 pub(super) fn print_table(networks: &[NetworkView]) {
-    const TABLE: Table<7> = Table {
+    const TABLE: Table<8> = Table {
         columns: [
             Column::left("NAME", 16),
             Column::right("ID", 3),
             Column::left("SUBNET", 18),
             Column::left("GATEWAY", 15),
+            Column::left("SUBNET6", 24),
             Column::left("BRIDGE", 15),
             Column::left("FLAGS", 18),
             Column::left("CONTAINERS", 0),
@@ -111,6 +119,7 @@ pub(super) fn print_table(networks: &[NetworkView]) {
             n.id.to_string(),
             n.subnet.to_string(),
             n.gateway.to_string(),
+            dash(&n.subnet6),
             n.bridge.clone(),
             if flags.is_empty() {
                 "-".to_owned()

@@ -35,6 +35,17 @@ fn print(status: &StatusView) {
     println!("uplink:     {} ({})", status.uplink, status.host_ip);
     println!("bridge:     {} gateway {}", status.bridge, status.gateway);
     println!("subnet:     {}", status.subnet);
+    match (status.subnet6, status.gateway6, status.ipv6_mode) {
+        (Some(subnet6), Some(gateway6), Some(mode)) => {
+            let host_ip6 = status.host_ip6.map_or(
+                "none: the uplink has no global IPv6 address".to_owned(),
+                |ip| ip.to_string(),
+            );
+            println!("subnet6:    {subnet6} gateway {gateway6}");
+            println!("ipv6:       {mode}, uplink {host_ip6}");
+        }
+        _ => println!("ipv6:       off"),
+    }
     if status.xdp_fallen_back_to_tc {
         println!(
             "accel:      {} (translating in tc: the uplink delivers partial checksums)",

@@ -1,6 +1,6 @@
 //! `netpath up`: build the instance and run its agent, in the foreground or
 //! detached.
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use netpath_common::SNAT_POOL_PORTS;
 
 use super::{CliError, Result, args::UpArgs, output::Output, runtime};
@@ -16,6 +16,9 @@ pub(super) fn run(instance: &Instance, args: UpArgs, out: Output) -> Result<()> 
     let options = UpOptions {
         uplink: args.uplink,
         subnet: args.subnet.as_deref().map(parse_subnet).transpose()?,
+        ipv6: args.ipv6,
+        subnet6: args.subnet6.as_deref().map(parse_subnet6).transpose()?,
+        ipv6_mode: args.ipv6_mode,
         bridge: args.bridge,
         accel: args.accel,
         cgroup: args.cgroup,
@@ -91,6 +94,41 @@ pub(super) fn parse_subnet(text: &str) -> Result<Ipv4Net> {
             "host bits are set: did you mean {}?",
             subnet.trunc()
         )));
+    }
+    Ok(subnet)
+}
+
+/// Shortest and longest prefix of an IPv6 subnet: a /64 as SLAAC networks
+/// have, down to a /120 (256 addresses).
+const SUBNET6_PREFIX_LENS: std::ops::RangeInclusive<u8> = 64..=120;
+
+pub(super) fn parse_subnet6(text: &str) -> Result<Ipv6Net> {
+    let bad = |hint: String| CliError::BadInput {
+        what: "--subnet6",
+        value: text.to_owned(),
+        hint,
+    };
+    let subnet: Ipv6Net = text
+        .parse()
+        .map_err(|_| bad("expected an IPv6 network such as fd00:77::/64".to_owned()))?;
+    if !SUBNET6_PREFIX_LENS.contains(&subnet.prefix_len()) {
+        return Err(bad(format!(
+            "use a /{} to /{} prefix",
+            SUBNET6_PREFIX_LENS.start(),
+            SUBNET6_PREFIX_LENS.end()
+        )));
+    }
+    if subnet.trunc() != subnet {
+        return Err(bad(format!(
+            "host bits are set: did you mean {}?",
+            subnet.trunc()
+        )));
+    }
+    let address = subnet.network();
+    if address.is_multicast() || address.is_loopback() || address.is_unicast_link_local() {
+        return Err(bad(
+            "use a unique-local (fd00::/8) or global unicast prefix".to_owned(),
+        ));
     }
     Ok(subnet)
 }

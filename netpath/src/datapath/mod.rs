@@ -19,7 +19,7 @@ mod probe;
 
 use std::{
     fs, io,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
@@ -31,9 +31,10 @@ use aya::{
 };
 use netpath_common::load::load_program;
 use netpath_common::{
-    CONFIG_FLAG_XDP, Config, Endpoint, LAYOUT_VERSION, Network, SLOW_PATH_FROM_CONTAINER,
-    SLOW_PATH_FROM_CONTAINER6, SLOW_PATH_FROM_UPLINK6, SLOW_PATH_ICMP_ERROR6, SLOW_PATH_NEW_FLOW,
-    SLOW_PATH_NEW_FLOW6, SLOW_PATH_TO_UPLINK, SLOW_PATH_TO_UPLINK6, names,
+    CONFIG_FLAG_IPV6, CONFIG_FLAG_IPV6_ROUTED, CONFIG_FLAG_XDP, Config, Endpoint, LAYOUT_VERSION,
+    Network, SLOW_PATH_FROM_CONTAINER, SLOW_PATH_FROM_CONTAINER6, SLOW_PATH_FROM_UPLINK6,
+    SLOW_PATH_ICMP_ERROR6, SLOW_PATH_NEW_FLOW, SLOW_PATH_NEW_FLOW6, SLOW_PATH_TO_UPLINK,
+    SLOW_PATH_TO_UPLINK6, names,
 };
 
 use self::{
@@ -53,6 +54,7 @@ pub use self::{
 use crate::{
     config::{Accel, FlowLimits, MapSizes},
     directories::{self, Instance, NotUp},
+    state::{Ipv6Mode, Ipv6Settings},
     tables::{Tables, TablesError},
 };
 
@@ -171,6 +173,24 @@ pub struct DatapathConfig {
     /// SNAT port range, host order, inclusive.
     pub snat_ports: (u16, u16),
     pub flow_limits: FlowLimits,
+    /// `up`'s IPv6 settings; None: IPv4 only.
+    pub ipv6: Option<Ipv6Settings>,
+}
+
+impl DatapathConfig {
+    /// `Config::flags` and `Config::host_ip6` for `ipv6`.
+    fn ipv6_config(&self) -> (u32, Option<Ipv6Addr>) {
+        match &self.ipv6 {
+            None => (0, None),
+            Some(settings) => {
+                let routed = match settings.mode {
+                    Ipv6Mode::Nat => 0,
+                    Ipv6Mode::Routed => CONFIG_FLAG_IPV6_ROUTED,
+                };
+                (CONFIG_FLAG_IPV6 | routed, settings.host_ip6)
+            }
+        }
+    }
 }
 
 /// A container's attachment point: its host-side veth and its address.
@@ -179,6 +199,8 @@ pub struct EndpointSpec {
     pub host_ifname: String,
     pub host_ifindex: u32,
     pub ip: Ipv4Addr,
+    /// The IPv6 address beside `ip`, on networks with IPv6.
+    pub ip6: Option<Ipv6Addr>,
     /// MAC of the container's interface.
     pub mac: [u8; 6],
     /// The container's netns, where its interface gets the XDP pass-through
@@ -262,13 +284,15 @@ impl Datapath {
         };
         let (max_flows_per_container, max_flows_per_source) =
             cfg.flow_limits.resolved(sizes.conntrack);
+        let (ipv6_flags, host_ip6) = cfg.ipv6_config();
         let config = Config {
             uplink_ifindex: cfg.uplink_ifindex,
             // 0 never matches: without a cookie the socket hooks stay off.
             netns_cookie: *netns_cookie.as_ref().unwrap_or(&0),
             snat_port_min: cfg.snat_ports.0,
             snat_port_max: cfg.snat_ports.1,
-            flags: 0,
+            flags: ipv6_flags,
+            host_ip6: host_ip6.map_or([0; 4], netpath_common::host::ip6_to_wire),
             gateway_mac: cfg.gateway_mac,
             probe_port: 0,
             probe_cookie: 0,
@@ -401,10 +425,11 @@ pub fn attach_endpoint(
         return Err(instance.not_up().into());
     }
     raise_memlock();
-    tables.add_endpoint(
-        ep.ip,
-        &Endpoint::new(ep.host_ifindex, ep.mac, ep.network_id),
-    )?;
+    let endpoint = Endpoint::new(ep.host_ifindex, ep.mac, ep.network_id);
+    tables.add_endpoint(ep.ip, &endpoint)?;
+    if let Some(ip6) = ep.ip6 {
+        tables.add_endpoint6(ip6, &endpoint)?;
+    }
     let mut prog =
         SchedClassifier::from_pin(&pin).map_err(prog_err("opening the pinned from_container"))?;
     attach_tc(&mut prog, instance, &ep.host_ifname, TcDirection::Ingress)?;
@@ -428,6 +453,10 @@ pub fn detach_endpoint(
     if let Some(tables) = tables {
         tables.remove_endpoint(ep.ip)?;
         tables.flush_flows_of(ep.ip)?;
+        if let Some(ip6) = ep.ip6 {
+            tables.remove_endpoint6(ip6)?;
+            tables.flush_flows_of(ip6)?;
+        }
     }
     Ok(())
 }
