@@ -237,15 +237,17 @@ fn to_ipv4_container<S: SockFamily>(
     ALLOW
 }
 
-/// The `SOCK_REVNAT6` key of this socket and a container's address. Zeroed
-/// whole first: LLVM would set the padding alone with a call to `memset`.
+/// The `SOCK_REVNAT6` key of this socket and a container's address. Its
+/// padding comes from a zeroed whole key: set alone (`_pad: [0; 3]`), LLVM
+/// makes it a call to `memset`.
 #[inline(always)]
 fn rev_key6(ctx: &SockAddrContext, container_ip: Ip6, container_port: u16) -> SockRevNatKey6 {
-    let mut key = SockRevNatKey6::default();
-    key.cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    key.container_ip = container_ip;
-    key.container_port = container_port;
-    key
+    SockRevNatKey6 {
+        cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+        container_ip,
+        container_port,
+        ..Default::default()
+    }
 }
 
 /// Whether an IPv6 hook may rewrite to an IPv4 container's v4-mapped address
