@@ -73,6 +73,45 @@ pub fn udp_request_from(
     run_timeout(&mut cmd, Duration::from_secs(15))
 }
 
+/// One AF_INET6 exchange with `addr` `port`: `tcp` (an HTTP/1.0 GET),
+/// `udp` (sendto/recvfrom) or `udp-connected` (connect, send, recvfrom).
+/// Prints the peer address the socket reports (getpeername for the connected
+/// modes, else recvfrom's), `ADDR PORT`, then the reply's body.
+const IPV6_CLIENT_PY: &str = r#"
+import socket, sys
+mode, addr, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+kind = socket.SOCK_STREAM if mode == "tcp" else socket.SOCK_DGRAM
+s = socket.socket(socket.AF_INET6, kind)
+s.settimeout(5)
+if mode == "udp":
+    s.sendto(b"hello", (addr, port))
+    body, peer = s.recvfrom(65535)
+else:
+    s.connect((addr, port))
+    if mode == "tcp":
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        data = b""
+        while True:
+            d = s.recv(4096)
+            if not d:
+                break
+            data += d
+        body = data.split(b"\r\n\r\n", 1)[1]
+    else:
+        s.send(b"hello")
+        body, peer = s.recvfrom(65535)
+        assert peer[:2] == s.getpeername()[:2], (peer, s.getpeername())
+    peer = s.getpeername()
+print("%s %d" % peer[:2], flush=True)
+sys.stdout.buffer.write(body)
+"#;
+
+pub fn ipv6_client(place: impl Into<Place>, mode: &str, addr: &str, port: u16) -> CmdOutput {
+    let mut cmd = place.into().command("python3");
+    cmd.args(["-c", IPV6_CLIENT_PY, mode, addr, &port.to_string()]);
+    run_timeout(&mut cmd, Duration::from_secs(15))
+}
+
 /// Asks a [`crate::Server::udp_echo`] at `addr:port` and returns the source
 /// "ip:port" it saw, or `None` without a reply.
 pub fn udp_source(place: impl Into<Place>, addr: &str, port: u16) -> Option<String> {

@@ -24,7 +24,7 @@ mod server;
 pub use capture::Capture;
 pub use cgroup::{TestCgroup, cgroup2_mount};
 pub use client::{
-    curl, http_source, ping, ping_ok, udp_request, udp_request_from, udp_source, url,
+    curl, http_source, ipv6_client, ping, ping_ok, udp_request, udp_request_from, udp_source, url,
 };
 pub use cmd::{CmdOutput, Place, run, run_timeout, run_with_input};
 pub use lab::{Lab, NeighbourInstance, netpath_bin, netpath_cni_bin};

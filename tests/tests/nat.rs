@@ -3,8 +3,7 @@
 use std::{thread, time::Duration};
 
 use netpath_tests::{
-    CmdOutput, Lab, Place, Server, curl, http_source, ping, ping_ok, run_timeout, udp_request_from,
-    udp_source,
+    Lab, Place, Server, curl, http_source, ipv6_client, ping, ping_ok, udp_request_from, udp_source,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -233,56 +232,18 @@ fn host_reaches_published_ports_through_socket_hooks_only_in_its_netns(accel: &s
     );
 }
 
-/// One AF_INET6 exchange with `addr` `port`: `tcp` (an HTTP/1.0 GET),
-/// `udp` (sendto/recvfrom) or `udp-connected` (connect, send, recvfrom).
-/// Prints the peer address the socket reports (getpeername for the connected
-/// modes, else recvfrom's), `ADDR PORT`, then the reply's body.
-const IPV6_CLIENT_PY: &str = r#"
-import socket, sys
-mode, addr, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-kind = socket.SOCK_STREAM if mode == "tcp" else socket.SOCK_DGRAM
-s = socket.socket(socket.AF_INET6, kind)
-s.settimeout(5)
-if mode == "udp":
-    s.sendto(b"hello", (addr, port))
-    body, peer = s.recvfrom(65535)
-else:
-    s.connect((addr, port))
-    if mode == "tcp":
-        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
-        data = b""
-        while True:
-            d = s.recv(4096)
-            if not d:
-                break
-            data += d
-        body = data.split(b"\r\n\r\n", 1)[1]
-    else:
-        s.send(b"hello")
-        body, peer = s.recvfrom(65535)
-        assert peer[:2] == s.getpeername()[:2], (peer, s.getpeername())
-    peer = s.getpeername()
-print("%s %d" % peer[:2], flush=True)
-sys.stdout.buffer.write(body)
-"#;
-
-fn ipv6_client(place: impl Into<Place>, mode: &str, addr: &str, port: u16) -> CmdOutput {
-    let mut cmd = place.into().command("python3");
-    cmd.args(["-c", IPV6_CLIENT_PY, mode, addr, &port.to_string()]);
-    run_timeout(&mut cmd, Duration::from_secs(15))
-}
-
 /// Host IPv6 sockets asking for an IPv4 address (v4-mapped) or `[::1]` reach
 /// published ports too, and see the address they asked for; only in the
-/// instance's host netns.
+/// instance's host netns. The servers are dual-stack: with IPv6 on, `[::1]`
+/// leads to the container's IPv6 address (see `ipv6_host.rs`).
 #[test]
 fn host_ipv6_sockets_reach_published_ports_through_socket_hooks_only_in_its_netns() {
     let lab = Lab::new();
     lab.up_ok(&[]);
     let a = lab.container_name("a");
     lab.container_add_ok(&a, &[]);
-    let _http = Server::http(lab.container(&a), "0.0.0.0", 8080);
-    let _echo = Server::udp_echo(lab.container(&a), "0.0.0.0", 5353);
+    let _http = Server::http(lab.container(&a), "::", 8080);
+    let _echo = Server::udp_echo(lab.container(&a), "::", 5353);
     lab.netpath(&["publish", "add", &a, "18080:8080"])
         .expect_ok("publish tcp");
     lab.netpath(&["publish", "add", &a, "15353:5353/udp"])

@@ -24,14 +24,14 @@ use crate::directories::Instance;
 /// The container side of every veth pair.
 pub(super) const CONTAINER_IFNAME: &str = "eth0";
 
-/// The cgroup socket hooks, each pinned as `LinkPin::Cgroup`. No sendmsg6:
-/// see netpath-ebpf's sock.rs.
-pub(super) const SOCK_HOOKS: [&str; 7] = [
+/// The cgroup socket hooks, each pinned as `LinkPin::Cgroup`.
+pub(super) const SOCK_HOOKS: [&str; 8] = [
     names::PROG_CONNECT4,
     names::PROG_SENDMSG4,
     names::PROG_RECVMSG4,
     names::PROG_GETPEERNAME4,
     names::PROG_CONNECT6,
+    names::PROG_SENDMSG6,
     names::PROG_RECVMSG6,
     names::PROG_GETPEERNAME6,
 ];
