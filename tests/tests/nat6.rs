@@ -159,9 +159,10 @@ fn hairpin_over_ipv6_reaches_the_container_from_its_gateway(accel: &str) {
     }
 }
 
-/// A router behind the outside with a 1280-byte link: a container's large
-/// upload to the far side gets an ICMPv6 Packet Too Big from the router,
-/// addressed to the host's address (NAT66). Translated back to the
+/// The outside routes to a far side over a link 1280 bytes wide its way
+/// and 1500 the other (so the far side's MSS says nothing of it): a
+/// container's large upload there gets an ICMPv6 Packet Too Big from the
+/// outside, addressed to the host's address (NAT66). Translated back to the
 /// container, it lowers its path MTU and the upload completes; untranslated,
 /// the upload would hang (a PMTU black hole).
 fn path_mtu_discovery_works_through_nat66(accel: &str) {
@@ -184,8 +185,6 @@ fn path_mtu_discovery_works_through_nat66(accel: &str) {
             r,
             "netns",
             far.name(),
-            "mtu",
-            "1280",
         ])
         .expect_ok("the narrow link");
     for (ns, dev, addr) in [
@@ -266,20 +265,18 @@ fn a_container_cannot_spoof_its_ipv6_source_or_advertise_itself_as_router(accel:
     let (lab, names) = lab_with(accel, 2);
     let (a, b) = (&names[0], &names[1]);
     let b6 = ip6_of(&lab, b);
-    let link = |name: &str, field: &str| -> String {
-        let out = lab
-            .container(name)
-            .exec("cat", &[&format!("/sys/class/net/eth0/{field}")]);
-        out.expect_ok("read eth0");
-        out.stdout.trim().to_owned()
+    // MACs from `ip link` in each netns (sysfs shows the root netns's).
+    let mac_in = |out: netpath_tests::CmdOutput| -> String {
+        out.expect_ok("ip link show");
+        out.stdout
+            .split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)
+            .expect("an Ethernet address")
+            .to_owned()
     };
-    let own_mac = link(a, "address");
-    let bridge_mac = lab
-        .host
-        .exec(&["cat", &format!("/sys/class/net/{}/address", lab.bridge())])
-        .stdout
-        .trim()
-        .to_owned();
+    let own_mac = mac_in(lab.container(a).exec("ip", &["-o", "link", "show", "eth0"]));
+    let bridge_mac = mac_in(lab.host.exec(&["ip", "-o", "link", "show", &lab.bridge()]));
     let own_ll = lab.container(a).exec(
         "ip",
         &["-6", "-o", "addr", "show", "dev", "eth0", "scope", "link"],
