@@ -206,7 +206,11 @@ fn path_mtu_discovery_works_through_nat66(accel: &str) {
     ])
     .expect_ok("far side's route");
     lab.outside
-        .exec(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])
+        .exec(&[
+            "sh",
+            "-c",
+            "echo 1 > /proc/sys/net/ipv6/conf/all/forwarding",
+        ])
         .expect_ok("the outside routes");
     let server = Server::http(&far, "::", 0);
     let before = counter(&lab, "icmp_error_translated");

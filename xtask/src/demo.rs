@@ -27,20 +27,33 @@ const OUTSIDE_IP: &str = "198.18.0.2";
 /// The demo's second network, `back`.
 const BACK_SUBNET: &str = "10.78.9.0/24";
 const HOST_IP: &str = "198.18.0.1";
+/// The lab's IPv6 (documentation addresses): the uplink's global address,
+/// which netpath masquerades to (NAT66) and publishes on.
+const HOST_ADDR6: &str = "2001:db8::1/64";
+const OUTSIDE_ADDR6: &str = "2001:db8::2/64";
+const HOST_IP6: &str = "2001:db8::1";
+const OUTSIDE_IP6: &str = "2001:db8::2";
 const WEB_PORT: &str = "8001";
 
 /// A tiny HTTP server (the seed uses `python3 -m http.server`) whose answer
 /// names the client's address, so each step shows which source arrived. It
 /// prints READY once bound: the demo waits for that line, not for a timer.
 const HTTP_PY: &str = r#"
-import http.server, sys
+import http.server, socket, sys
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
-        body = ("hello from %s, you are %s:%d\n" % (sys.argv[2], *self.client_address)).encode()
+        host, port = self.client_address[:2]
+        host = host.removeprefix("::ffff:")
+        body = ("hello from %s, you are %s port %d\n" % (sys.argv[2], host, port)).encode()
         self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
         self.wfile.write(body)
     def log_message(self, *a): pass
-s = http.server.HTTPServer(("0.0.0.0", int(sys.argv[1])), H)
+class DualStack(http.server.HTTPServer):
+    address_family = socket.AF_INET6
+    def server_bind(self):
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+s = DualStack(("::", int(sys.argv[1])), H)
 print("READY", flush=True)
 s.serve_forever()
 "#;
@@ -162,7 +175,17 @@ impl Demo {
     /// netpath's socket hooks act (a host process).
     fn curl(&self, ns: &str, url: &str, cgroup: bool) -> Result<()> {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns, "curl", "-s", "--max-time", "5", url]);
+        cmd.args([
+            "netns",
+            "exec",
+            ns,
+            "curl",
+            "-g",
+            "-s",
+            "--max-time",
+            "5",
+            url,
+        ]);
         if cgroup {
             let procs = self.cgroup.join("cgroup.procs");
             // SAFETY: between fork and exec only a write(2) of our own pid.
@@ -287,16 +310,19 @@ pub fn steps(d: &Demo) -> Vec<Step> {
             },
         ),
         step(
-            format!("lab: uplink veth {UPLINK} ({HOST_ADDR}) <-> {OUTSIDE_IF} ({OUTSIDE_ADDR}), default route via the outside"),
+            format!("lab: uplink veth {UPLINK} ({HOST_ADDR}, {HOST_ADDR6}) <-> {OUTSIDE_IF} ({OUTSIDE_ADDR}, {OUTSIDE_ADDR6}), default routes via the outside"),
             None,
             |d| {
                 let (h, o) = (d.host.as_str(), d.outside.as_str());
                 d.ip(&["-n", h, "link", "add", UPLINK, "type", "veth", "peer", "name", OUTSIDE_IF, "netns", o])?;
                 d.ip(&["-n", h, "addr", "add", HOST_ADDR, "dev", UPLINK])?;
+                d.ip(&["-n", h, "addr", "add", HOST_ADDR6, "dev", UPLINK, "nodad"])?;
                 d.ip(&["-n", h, "link", "set", UPLINK, "up"])?;
                 d.ip(&["-n", o, "addr", "add", OUTSIDE_ADDR, "dev", OUTSIDE_IF])?;
+                d.ip(&["-n", o, "addr", "add", OUTSIDE_ADDR6, "dev", OUTSIDE_IF, "nodad"])?;
                 d.ip(&["-n", o, "link", "set", OUTSIDE_IF, "up"])?;
-                d.ip(&["-n", h, "route", "add", "default", "via", OUTSIDE_IP])
+                d.ip(&["-n", h, "route", "add", "default", "via", OUTSIDE_IP])?;
+                d.ip(&["-n", h, "-6", "route", "add", "default", "via", OUTSIDE_IP6, "dev", UPLINK])
             },
         ),
         step(
@@ -399,6 +425,23 @@ pub fn steps(d: &Demo) -> Vec<Step> {
             |d| {
                 let db = format!("np-{}", d.container(1)?);
                 d.curl(&db, &format!("http://{HOST_IP}:{WEB_PORT}/"), false)
+            },
+        ),
+        step(
+            format!(
+                "dual stack: {web} reaches the outside over IPv6 (NAT66 to {HOST_IP6}); the outside reaches \
+                 [{HOST_IP6}]:{WEB_PORT}, the host [::1]:{WEB_PORT}"
+            ),
+            Some(format!(
+                "ip6tables -t nat -A POSTROUTING -s <subnet6> ! -o np0 -j MASQUERADE; ip6tables -t nat -A PREROUTING \
+                 -p tcp --dport {WEB_PORT} -j DNAT --to-destination [<web's IPv6>]:{WEB_PORT}; [::1] needs docker-proxy"
+            )),
+            |d| {
+                let web = format!("np-{}", d.container(0)?);
+                d.curl(&web, &format!("http://[{OUTSIDE_IP6}]:80/"), false)?;
+                let (out, host) = (d.outside.clone(), d.host.clone());
+                d.curl(&out, &format!("http://[{HOST_IP6}]:{WEB_PORT}/"), false)?;
+                d.curl(&host, &format!("http://[::1]:{WEB_PORT}/"), true)
             },
         ),
         step(
