@@ -260,6 +260,25 @@ impl Lab {
         self.netpath_json(&["stats"])["counters"][name].as_u64()
     }
 
+    /// Waits until counter `name` reaches `at_least` (the datapath counts
+    /// in softirq context, a moment after the sender returns) and returns
+    /// it; fails the test after 5 s.
+    #[track_caller]
+    pub fn wait_counter(&self, name: &str, at_least: u64) -> u64 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let now = self.counter(name).unwrap_or(0);
+            if now >= at_least {
+                return now;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "counter {name} stayed at {now}, expected at least {at_least}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// `up` that must succeed. `up --detach` must also return with its
     /// stdout/stderr closed (the agent must not keep the caller's pipes).
     #[track_caller]

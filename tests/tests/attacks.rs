@@ -31,24 +31,6 @@ fn counter(lab: &Lab, name: &str) -> u64 {
     lab.counter(name).unwrap_or(0)
 }
 
-/// Waits until counter `name` reaches `at_least` (the datapath counts in
-/// softirq context, a moment after the sender returns).
-#[track_caller]
-fn wait_counter(lab: &Lab, name: &str, at_least: u64) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let now = counter(lab, name);
-        if now >= at_least {
-            return now;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "counter {name} stayed at {now}, expected at least {at_least}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn conntrack_entries(lab: &Lab) -> u64 {
     lab.netpath_json(&["stats"])["conntrack_entries"]
         .as_u64()
@@ -173,7 +155,7 @@ fn a_host_routing_into_the_container_network_reaches_nothing(accel: &str) {
     );
     let udp = udp_request_from(&lab.outside, 0, &a_ip, 5353, "x");
     assert!(!udp.success(), "an unpublished UDP port answered: {udp}");
-    wait_counter(&lab, "drop_unsolicited", before + 2);
+    lab.wait_counter("drop_unsolicited", before + 2);
     assert!(
         http.clients().is_empty(),
         "the container saw {:?}",
@@ -206,7 +188,7 @@ fn a_port_published_on_loopback_is_unreachable_from_the_wire_and_from_containers
     from_b.send(&[from_b
         .frame(b_ip, loopback, tcp(41001, 9090, TCP_SYN))
         .bytes()]);
-    wait_counter(&lab, "drop_martian_destination", before + 2);
+    lab.wait_counter("drop_martian_destination", before + 2);
 
     let mut cmd = lab.host_cmd_in_cgroup("curl");
     cmd.args(["-s", "--max-time", "5", "http://127.0.0.1:9090/"]);
@@ -231,7 +213,7 @@ fn sources_that_cannot_come_from_outside_are_dropped(accel: &str) {
         .map(|src| wire.frame(src, host, udp(5353, 15353)).bytes())
         .collect();
     wire.send(&forged);
-    wait_counter(&lab, "drop_martian_source", before + forged.len() as u64);
+    lab.wait_counter("drop_martian_source", before + forged.len() as u64);
     assert!(
         echo.clients().is_empty(),
         "the container answered a spoof: {:?}",
@@ -280,7 +262,7 @@ fn flagless_segments_open_no_flows_and_a_syn_flood_does_not_crowd_out_connection
         })
         .collect();
     from_a.send(&segments);
-    wait_counter(&lab, "drop_not_initial", before + 100);
+    lab.wait_counter("drop_not_initial", before + 100);
     assert_eq!(
         conntrack_entries(&lab),
         0,
@@ -296,7 +278,7 @@ fn flagless_segments_open_no_flows_and_a_syn_flood_does_not_crowd_out_connection
         })
         .collect();
     outside.send(&syns);
-    wait_counter(&lab, "conntrack_early_drop", 1);
+    lab.wait_counter("conntrack_early_drop", 1);
     let url = format!("http://{}:8080/", Lab::HOST_IP);
     for _ in 0..3 {
         let src = http_source(&lab.outside, &url).expect("a real client gets through the flood");
@@ -426,7 +408,7 @@ fn a_container_cannot_lie_in_arp_fragments_other_protocols_or_tags() {
     arp[..6].copy_from_slice(&from_a.dst_mac);
     arp[21] = 2; // a reply, to the gateway
     from_a.send(&[arp]);
-    wait_counter(&lab, "drop_spoofed_arp", before + 1);
+    lab.wait_counter("drop_spoofed_arp", before + 1);
     let neigh = lab.host.exec(&["ip", "neigh", "show", &b_ip.to_string()]);
     let a_mac = format!("{:02x?}", from_a.src_mac);
     assert!(
@@ -445,7 +427,7 @@ fn a_container_cannot_lie_in_arp_fragments_other_protocols_or_tags() {
         47,
     );
     from_a.send(&[fragment.bytes(), gre]);
-    wait_counter(&lab, "drop_spoofed_source", before + 2);
+    lab.wait_counter("drop_spoofed_source", before + 2);
 
     // A later fragment with a's own address whose first fragment never
     // came: netpath can't translate it, and it must not leave with the
@@ -454,7 +436,7 @@ fn a_container_cannot_lie_in_arp_fragments_other_protocols_or_tags() {
     let mut own = from_a.frame(a_ip, ip(Lab::OUTSIDE_IP), udp(40000, 53));
     own.frag = (false, 100);
     from_a.send(&[own.bytes()]);
-    wait_counter(&lab, "drop_fragment", before + 1);
+    lab.wait_counter("drop_fragment", before + 1);
 
     // An IPv4 packet labelled IPv6: the IPv6 path (the instance has IPv6)
     // finds no IPv6 header in it.
@@ -464,7 +446,7 @@ fn a_container_cannot_lie_in_arp_fragments_other_protocols_or_tags() {
         .bytes();
     ipv6[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
     from_a.send(&[ipv6]);
-    wait_counter(&lab, "drop_malformed", before + 1);
+    lab.wait_counter("drop_malformed", before + 1);
 
     // b keeps its address and its traffic.
     let out = ping(lab.container(&a), &b_ip.to_string());
@@ -497,7 +479,7 @@ fn a_container_cannot_send_vlan_tagged_frames() {
     tagged.extend_from_slice(&[0x81, 0x00, 0x00, 0x07]);
     tagged.extend_from_slice(&plain[12..]);
     from_a.send(&[tagged]);
-    wait_counter(&lab, "drop_ethertype", before + 1);
+    lab.wait_counter("drop_ethertype", before + 1);
 }
 
 fn mac_text(mac: &[u8; 6]) -> String {
@@ -604,7 +586,7 @@ fn a_blind_reset_spray_does_not_close_a_masqueraded_connection() {
         .cloned()
         .expect("the connection's flow is still tracked");
     assert_eq!(ours["state"], "established", "{ours}");
-    wait_counter(&lab, "drop_tcp_out_of_window", before + 24);
+    lab.wait_counter("drop_tcp_out_of_window", before + 24);
 }
 
 /// Issue 10, item 1: one address can't fill the table: an outside source
@@ -641,7 +623,7 @@ fn one_source_or_container_cannot_take_more_than_its_share_of_the_table() {
         })
         .collect();
     wire.send(&syns);
-    wait_counter(&lab, "drop_source_limit", 12);
+    lab.wait_counter("drop_source_limit", 12);
     let src = http_source(&lab.outside, &format!("http://{}:8080/", Lab::HOST_IP))
         .expect("another source still gets through");
     assert!(src.starts_with(Lab::OUTSIDE_IP), "{src}");
@@ -654,7 +636,7 @@ fn one_source_or_container_cannot_take_more_than_its_share_of_the_table() {
     }
     let over = udp_request_from(lab.container(&a), 41005, Lab::OUTSIDE_IP, echo.port(), "x");
     assert!(!over.success(), "a fifth flow went through: {over}");
-    wait_counter(&lab, "drop_container_limit", 1);
+    lab.wait_counter("drop_container_limit", 1);
 
     // Once its flows expire (replied UDP: 20 s here, long enough for the
     // five requests above on a slow VM), the agent's recount gives the
@@ -708,7 +690,7 @@ fn one_container_cannot_take_every_snat_port_toward_a_destination() {
 
     udp_flows_from(&lab, &a, 50000..50064, echo.port());
     assert_eq!(
-        wait_counter(&lab, "drop_snat_share", 32),
+        lab.wait_counter("drop_snat_share", 32),
         32,
         "A got more or less than its 32 ports"
     );
@@ -752,7 +734,7 @@ fn the_snat_port_search_finds_the_last_free_port() {
         let base = 50000 + round * 1000;
         let created = counter(&lab, "flow_created");
         udp_flows_from(&lab, &a, base..base + 63, echo.port());
-        wait_counter(&lab, "flow_created", created + 63);
+        lab.wait_counter("flow_created", created + 63);
         assert_eq!(counter(&lab, "drop_no_snat_port"), u64::from(round));
 
         let last = udp_request_from(
@@ -767,7 +749,7 @@ fn the_snat_port_search_finds_the_last_free_port() {
         assert_eq!(counter(&lab, "drop_no_snat_port"), u64::from(round));
 
         udp_flows_from(&lab, &a, base + 600..base + 601, echo.port());
-        wait_counter(&lab, "drop_no_snat_port", u64::from(round) + 1);
+        lab.wait_counter("drop_no_snat_port", u64::from(round) + 1);
 
         // Every flow expires 3 s after its last packet; the next GC pass
         // frees the ports.

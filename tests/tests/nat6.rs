@@ -4,7 +4,7 @@
 //! host's IPv6 address, hairpin, Path MTU discovery through NAT66, and a
 //! container that lies (a spoofed source, a router advertisement). The
 //! address plan and container to container are in ipv6.rs.
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use netpath_tests::{Lab, Netns, Server, curl, http_source, ping, run_timeout, udp_source, url};
 
@@ -26,21 +26,6 @@ fn source_ip(source: &str) -> &str {
 
 fn counter(lab: &Lab, name: &str) -> u64 {
     lab.counter(name).unwrap_or(0)
-}
-
-/// Waits until counter `name` reaches `at_least` (the datapath counts in
-/// softirq context, a moment after the sender returns).
-#[track_caller]
-fn wait_counter(lab: &Lab, name: &str, at_least: u64) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while counter(lab, name) < at_least {
-        assert!(
-            Instant::now() < deadline,
-            "counter {name} stayed at {}, expected at least {at_least}",
-            counter(lab, name)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// netpath up in `accel` with `n` containers; the outside wire delivers
@@ -232,7 +217,7 @@ fn path_mtu_discovery_works_through_nat66(accel: &str) {
         "through NAT66: {}",
         out.stdout
     );
-    wait_counter(&lab, "icmp_error_translated", before + 1);
+    lab.wait_counter("icmp_error_translated", before + 1);
 }
 
 /// Sends raw frames from a container's eth0 (AF_PACKET): a UDP datagram
@@ -310,8 +295,8 @@ fn a_container_cannot_spoof_its_ipv6_source_or_advertise_itself_as_router(accel:
             ],
         )
         .expect_ok("sending the frames");
-    wait_counter(&lab, "drop_spoofed_source", spoofed_before + 1);
-    wait_counter(&lab, "drop_router_message", ra_before + 1);
+    lab.wait_counter("drop_spoofed_source", spoofed_before + 1);
+    lab.wait_counter("drop_router_message", ra_before + 1);
     assert_eq!(
         listener.last_client_ip(),
         None,

@@ -775,20 +775,30 @@ pub enum Kept {
     Quoted,
 }
 
-/// Where a parsed packet is kept while a program runs: where it was
-/// parsed, on the stack (IPv4), or in this CPU's scratch space (IPv6,
-/// whose larger packets on the stack would take the programs past BPF's
-/// 512 bytes). Either way the program holds a reference.
+/// Where a parsed packet is kept while a program runs (see [`keep_in`]).
 #[inline(always)]
 fn keep<F: Family>(parsed: &mut Packet<F::Addr>, which: Kept) -> &mut Packet<F::Addr> {
+    keep_in::<F, _>(parsed, |scratch| F::scratch_packet(scratch, which))
+}
+
+/// Where a value a program holds is kept: where it was made, on the stack
+/// (IPv4), or in this CPU's scratch space, in `slot` (IPv6, whose larger
+/// packets and tuples on the stack, or in registers spilled there across
+/// helper calls, would take the programs past BPF's 512 bytes). Either way
+/// the program holds a reference.
+#[inline(always)]
+fn keep_in<F: Family, T: Copy + 'static>(
+    local: &mut T,
+    slot: impl FnOnce(&'static mut maps::Scratch) -> &'static mut T,
+) -> &mut T {
     if F::OUTLINE
         && let Some(scratch) = scratch()
     {
-        let slot = F::scratch_packet(scratch, which);
-        *slot = *parsed;
+        let slot = slot(scratch);
+        *slot = *local;
         return slot;
     }
-    parsed
+    local
 }
 
 /// Which tuple [`keep_key`] keeps.
@@ -801,18 +811,10 @@ pub enum KeptKey {
     Outer,
 }
 
-/// [`keep`] for a tuple: IPv6's live in this CPU's scratch space while
-/// the helpers run, not in registers spilled to the stack.
+/// Where a tuple is kept while the helpers run (see [`keep_in`]).
 #[inline(always)]
 fn keep_key<F: Family>(key: &mut FlowKey<F::Addr>, which: KeptKey) -> &mut FlowKey<F::Addr> {
-    if F::OUTLINE
-        && let Some(scratch) = scratch()
-    {
-        let slot = F::scratch_key(scratch, which);
-        *slot = *key;
-        return slot;
-    }
-    key
+    keep_in::<F, _>(key, |scratch| F::scratch_key(scratch, which))
 }
 
 /// A published port: its `PORTS` key and value.

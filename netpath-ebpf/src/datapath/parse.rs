@@ -89,6 +89,47 @@ pub struct Packet<A: Addr = u32> {
     pub extension: bool,
 }
 
+impl<A: Addr> Packet<A> {
+    /// A packet whose IP header (at `l3`, its L4 header at `l4`) is read:
+    /// addresses, protocol and TTL; the L4 fields still to parse.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments, reason = "the IP header's fields")]
+    fn of_ip<C: Ctx>(
+        ctx: &C,
+        l3: usize,
+        l4: usize,
+        saddr: A,
+        daddr: A,
+        proto: u8,
+        ttl: u8,
+    ) -> Self {
+        Self {
+            l3,
+            l4,
+            key: FlowKey {
+                saddr,
+                daddr,
+                proto,
+                ..FlowKey::default()
+            },
+            l4_kind: L4::Tcp,
+            ttl,
+            tcp_flags: 0,
+            icmp_type: 0,
+            inner_l3: 0,
+            len: ctx.len(),
+            tcp_seq: 0,
+            tcp_ack: 0,
+            tcp_window: 0,
+            tcp_seq_len: 0,
+            first_fragment: false,
+            ip_id: 0,
+            fragment: false,
+            extension: false,
+        }
+    }
+}
+
 pub enum Parsed<A: Addr = u32> {
     /// TCP, UDP or an ICMP message we translate.
     Ours(Packet<A>),
@@ -149,31 +190,8 @@ pub fn parse_ipv4<C: Ctx>(ctx: &C, l3: usize, header: Header) -> Parsed<u32> {
     if tot_len < ihl || (header == Header::Outer && (ctx.len() as usize) < l3 + tot_len) {
         return Parsed::Malformed;
     }
-    let l4 = l3 + ihl;
-    let mut pkt = Packet {
-        l3,
-        l4,
-        key: FlowKey {
-            saddr: ip.saddr,
-            daddr: ip.daddr,
-            proto: ip.proto,
-            ..FlowKey::default()
-        },
-        l4_kind: L4::Tcp,
-        ttl: ip.ttl,
-        tcp_flags: 0,
-        icmp_type: 0,
-        inner_l3: 0,
-        len: ctx.len(),
-        tcp_seq: 0,
-        tcp_ack: 0,
-        tcp_window: 0,
-        tcp_seq_len: 0,
-        first_fragment: false,
-        ip_id: u16::from_ne_bytes(ip.id),
-        fragment: false,
-        extension: false,
-    };
+    let mut pkt = Packet::of_ip(ctx, l3, l3 + ihl, ip.saddr, ip.daddr, ip.proto, ip.ttl);
+    pkt.ip_id = u16::from_ne_bytes(ip.id);
     let frags = u16::from_be_bytes(ip.frags);
     if frags & (IP_OFFSET | IP_MORE_FRAGMENTS) != 0 {
         // A quoted packet is never a fragment we follow.
@@ -217,30 +235,17 @@ pub fn parse_ipv6<C: Ctx>(ctx: &C, l3: usize, header: Header) -> Parsed<Ip6> {
     if header == Header::Outer && (ctx.len() as usize) < l3 + IPV6_HLEN + payload_len {
         return Parsed::Malformed;
     }
-    let pkt = Packet {
+    let mut pkt = Packet::of_ip(
+        ctx,
         l3,
-        l4: l3 + IPV6_HLEN,
-        key: FlowKey {
-            saddr: ip.saddr,
-            daddr: ip.daddr,
-            proto: ip.next_header,
-            ..FlowKey::default()
-        },
-        l4_kind: L4::Tcp,
-        ttl: ip.hop_limit,
-        tcp_flags: 0,
-        icmp_type: 0,
-        inner_l3: 0,
-        len: ctx.len(),
-        tcp_seq: 0,
-        tcp_ack: 0,
-        tcp_window: 0,
-        tcp_seq_len: 0,
-        first_fragment: false,
-        ip_id: 0,
-        fragment: ip.next_header == IPV6_FRAGMENT,
-        extension: IPV6_EXTENSION_HEADERS.contains(&ip.next_header),
-    };
+        l3 + IPV6_HLEN,
+        ip.saddr,
+        ip.daddr,
+        ip.next_header,
+        ip.hop_limit,
+    );
+    pkt.fragment = ip.next_header == IPV6_FRAGMENT;
+    pkt.extension = IPV6_EXTENSION_HEADERS.contains(&ip.next_header);
     parse_l4::<super::family::V6, C>(ctx, pkt, payload_len, header)
 }
 
