@@ -9,11 +9,13 @@ use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
 use super::modes::Mode;
+use super::topo::V6_METRIC_SUFFIX;
 use super::{Plan, Results, probe};
 
 /// (id prefix, label, unit, higher is better), in table order. Scale and
 /// UDP ids carry the port count or offered rate as a suffix (`N` in the
-/// label). `cpu_*`: kernel CPU time (system + softirq, all CPUs) of the run
+/// label); an IPv6 row's id is its IPv4 twin's plus [`V6_METRIC_SUFFIX`]
+/// (labelled `IPv6:`, after every IPv4 row). `cpu_*`: kernel CPU time (system + softirq, all CPUs) of the run
 /// above it, per unit of work.
 const METRICS: &[(&str, &str, &str, bool)] = &[
     (
@@ -170,6 +172,10 @@ const METRICS: &[(&str, &str, &str, bool)] = &[
 ];
 
 fn describe(id: &str) -> (String, &'static str, bool) {
+    if let Some(v4) = id.strip_suffix(V6_METRIC_SUFFIX) {
+        let (label, unit, higher) = describe(v4);
+        return (format!("IPv6: {label}"), unit, higher);
+    }
     for &(prefix, label, unit, higher) in METRICS {
         if id == prefix {
             return (label.to_string(), unit, higher);
@@ -181,7 +187,11 @@ fn describe(id: &str) -> (String, &'static str, bool) {
     (id.to_string(), "", true)
 }
 
-fn order(id: &str) -> (usize, u64) {
+fn order(id: &str) -> (bool, usize, u64) {
+    if let Some(v4) = id.strip_suffix(V6_METRIC_SUFFIX) {
+        let (_, i, n) = order(v4);
+        return (true, i, n);
+    }
     let i = METRICS
         .iter()
         .position(|(p, ..)| id == *p || id.starts_with(&format!("{p}_")))
@@ -191,7 +201,7 @@ fn order(id: &str) -> (usize, u64) {
         .next()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    (i, n)
+    (false, i, n)
 }
 
 fn median(v: &[f64]) -> Option<f64> {
@@ -340,6 +350,13 @@ pub fn write(dir: &Path, plan: &Plan, res: &Results, prog: &Value, took: Duratio
          Kernel CPU: system + softirq time of all CPUs from /proc/stat over the run, \
          the client's and servers' socket work included. Scale rows: each step on a \
          mode set up for it alone, removed after; every other row on the one-port state."
+    );
+    let _ = writeln!(
+        md,
+        "IPv6 rows: the same runs over IPv6 on the same state (2001:db8::/64 between client and \
+         host), netpath-tc with its default IPv6 (NAT66) against ip6tables, which the iptables \
+         mode loads beside iptables with the same ports, as Docker does (its column is \
+         ip6tables there). netpath-xdp has none: its XDP program passes IPv6 to TC."
     );
     let _ = writeln!(
         md,
