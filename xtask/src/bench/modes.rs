@@ -300,11 +300,10 @@ impl Active<'_> {
     /// the standard ones) and returns how long installing them took. For
     /// iptables and nftables the whole NAT ruleset is reloaded in one
     /// transaction (`iptables-restore`, `nft -f`), the fastest way each
-    /// offers; iptables' on both families (and `ip6tables-restore`), as
+    /// offers; iptables' for both families (`ip6tables-restore` too), as
     /// netpath publishes every port on both; netpath gets one `publish add`
-    /// of the block's ranges. Each
-    /// scale step runs on a mode set up for it alone, whose teardown
-    /// removes the ports.
+    /// of the block's ranges. Each scale step runs on a mode set up for it
+    /// alone, whose teardown removes the ports.
     pub fn install_ports(&self, n: u16) -> Result<Duration> {
         match self.mode {
             Mode::Direct | Mode::Route => bail!("{} publishes no ports", self.mode.name()),
