@@ -567,4 +567,18 @@ mod tests {
         );
         assert_eq!(scale_ports(65089).len(), max_scale_ports());
     }
+
+    #[test]
+    fn ip6tables_rules_are_iptables_rules_with_the_ipv6_addresses() {
+        let v6 = iptables_rules(1, Mode::Iptables, V6);
+        assert!(v6.contains("-A POSTROUTING -s fd00:78::/64 ! -o brb0 -j MASQUERADE\n"));
+        assert!(v6.contains("--dport 8080 -j DNAT --to-destination [fd00:78::2]:82\n"));
+        assert!(v6.contains("--dport 20000 -j DNAT --to-destination [fd00:78::2]:20000\n"));
+        let v4 = iptables_rules(1, Mode::Iptables, V4);
+        assert_eq!(
+            v4.replace("10.78.0.2:", "[fd00:78::2]:")
+                .replace(BASE_SUBNET, "fd00:78::/64"),
+            v6
+        );
+    }
 }

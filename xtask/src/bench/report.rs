@@ -461,3 +461,40 @@ fn machine() -> Value {
     json!({"kernel": kernel, "cpus": cpus, "mem_gib": mem_gib, "cpu_model": cpu_model,
            "date": date, "iptables": iptables, "nft": nft, "summary": summary})
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_rows_take_their_twins_labels_after_every_ipv4_row() {
+        let (label, unit, higher) = describe("masq_conn_rate_v6");
+        assert_eq!(
+            label,
+            "IPv6: masquerade: container -> outside connections/s"
+        );
+        assert_eq!((unit, higher), ("conn/s", true));
+        assert_eq!(
+            describe("scale_conn_1000").0,
+            "connections/s to the last of 1000 more published ports"
+        );
+        let mut ids = [
+            "cpu_conn_v6",
+            "conn_rate_v6",
+            "flows_map_mib",
+            "conn_rate",
+            "udp_pps_50000",
+        ];
+        ids.sort_by_key(|id| order(id));
+        assert_eq!(
+            ids,
+            [
+                "conn_rate",
+                "udp_pps_50000",
+                "flows_map_mib",
+                "conn_rate_v6",
+                "cpu_conn_v6"
+            ]
+        );
+    }
+}
