@@ -283,15 +283,24 @@ impl Active<'_> {
         // drops everything would otherwise cost every tool's full timeout.
         for &family in self.mode.families() {
             let (addr, port) = self.http(family);
-            wait_tcp(&self.lab.client, &addr, port, &self.lab.scratch)
-                .context("no connection from the client to the published port")?;
+            wait_tcp(&self.lab.client, &addr, port, &self.lab.scratch).with_context(|| {
+                format!(
+                    "no {} connection from the client to the published port",
+                    family.name
+                )
+            })?;
             wait_tcp(
                 &ns,
                 family.client_ip,
                 self.mode.outside_http_port(),
                 &self.lab.scratch,
             )
-            .context("no connection from the container to the outside")?;
+            .with_context(|| {
+                format!(
+                    "no {} connection from the container to the outside",
+                    family.name
+                )
+            })?;
         }
         Ok(())
     }
