@@ -91,6 +91,7 @@ pub const TOOLS: &[Tool] = {
         tool("iptables", "iptables", &[Bench], IfPresent("/usr/sbin/iptables")),
         tool("iptables-save", "iptables", &[Demo, Test], IfPresent("/usr/sbin/iptables-save")),
         tool("iptables-restore", "iptables", &[Bench], No),
+        tool("ip6tables-restore", "iptables", &[Bench], No),
         tool("nft", "nftables", &[Bench], No),
         tool("bpftool", "bpftool", &[Test], IfPresent("/usr/sbin/bpftool")),
         tool("promtool", "prometheus", &[Test], No),

@@ -17,7 +17,7 @@ out = sys.argv[2]
 modes = doc["modes"]
 colors = {"direct": "#2ca02c", "route": "#999999", "iptables": "#d62728", "nftables": "#ff7f0e",
           "netpath-tc": "#1f77b4", "netpath-xdp": "#17becf"}
-metrics = [m for m in doc["metrics"] if m["id"] != "conn_errors"
+metrics = [m for m in doc["metrics"] if not m["id"].startswith("conn_errors")
            and (m["values"].get("iptables") or {}).get("median")]
 
 fig, (ax, ax2) = plt.subplots(1, 2, figsize=(16, 0.55 * len(metrics) + 3),

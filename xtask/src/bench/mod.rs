@@ -27,7 +27,9 @@ use modes::{Active, Mode, UpOptions, last_scale_port, max_scale_ports};
 use netpath_common::names::{CONNTRACK, CONNTRACK6, CT_REPLY, CT_REPLY6};
 use netpath_tests::flowfill::{Published, fill_published_flows};
 use tools::{Iperf, iperf, with_kernel_cpu, wrk};
-use topo::{CLIENT_IP, HOST_HTTP_PORT, HOST_IP, HTTP_PORTS, Lab, NETPATH_IP, OUTSIDE_IPERF_PORT};
+use topo::{
+    CLIENT_IP, HOST_HTTP_PORT, HOST_IP, HTTP_PORTS, Lab, NETPATH_IP, OUTSIDE_IPERF_PORT, V4,
+};
 
 use crate::util::cargo;
 
@@ -301,11 +303,13 @@ fn us_per(cpu_s: f64, count: f64) -> f64 {
 /// Every metric but the scale steps, on one mode that is set up. The same
 /// code for all modes: only the addresses differ ([`Active::http`],
 /// [`Active::iperf`]). Each rate comes with the kernel CPU time its run
-/// cost per connection, packet or GB ([`with_kernel_cpu`]).
+/// cost per connection, packet or GB ([`with_kernel_cpu`]). The connection
+/// rates both ways also run on IPv6 for the modes that have it
+/// ([`Mode::families`]), on the same state, right after IPv4's.
 fn measure_mode(lab: &Lab, active: &Active<'_>, plan: &Plan, res: &mut Results) -> Result<()> {
     let mode = active.mode;
     let (c, secs, scratch) = (lab.client.as_str(), plan.secs, lab.scratch.as_path());
-    let http = active.http();
+    let http = active.http(V4);
     let http = (http.0.as_str(), http.1);
     let ipf = active.iperf();
     let ipf = (ipf.0.as_str(), ipf.1);
@@ -319,18 +323,22 @@ fn measure_mode(lab: &Lab, active: &Active<'_>, plan: &Plan, res: &mut Results) 
         ])
     };
 
-    // Warm-up, not recorded: the first connections after a setup pay for
-    // conntrack/ARP/socket-cache warm-up that no later run sees.
-    let _ = wrk(c, http, plan.conns, true, 1, scratch);
-    res.record(mode, "connection rate", || {
-        let (w, cpu) = with_kernel_cpu(|| wrk(c, http, plan.conns, true, secs, scratch))?;
-        Ok(vec![
-            ("conn_rate".into(), w.requests_per_s),
-            ("cpu_conn".into(), us_per(cpu, w.requests as f64)),
-            ("conn_errors".into(), w.socket_errors as f64),
-        ])
-    });
-    check_interrupt()?;
+    for &family in mode.families() {
+        let http = active.http(family);
+        let http = (http.0.as_str(), http.1);
+        // Warm-up, not recorded: the first connections after a setup pay for
+        // conntrack/ARP/socket-cache warm-up that no later run sees.
+        let _ = wrk(c, http, plan.conns, true, 1, scratch);
+        res.record(mode, &format!("{} connection rate", family.name), || {
+            let (w, cpu) = with_kernel_cpu(|| wrk(c, http, plan.conns, true, secs, scratch))?;
+            Ok(vec![
+                (family.metric("conn_rate"), w.requests_per_s),
+                (family.metric("cpu_conn"), us_per(cpu, w.requests as f64)),
+                (family.metric("conn_errors"), w.socket_errors as f64),
+            ])
+        });
+        check_interrupt()?;
+    }
     res.record(mode, "latency", || {
         let w = wrk(c, http, 1, false, secs, scratch)?;
         Ok(vec![
@@ -368,15 +376,25 @@ fn measure_mode(lab: &Lab, active: &Active<'_>, plan: &Plan, res: &mut Results) 
     check_interrupt()?;
     // Masquerade: the container is the client, C the server.
     let cns = active.container_ns();
-    res.record(mode, "masquerade connection rate", || {
-        let outside = (CLIENT_IP, mode.outside_http_port());
-        let (w, cpu) = with_kernel_cpu(|| wrk(&cns, outside, plan.conns, true, secs, scratch))?;
-        Ok(vec![
-            ("masq_conn_rate".into(), w.requests_per_s),
-            ("cpu_masq_conn".into(), us_per(cpu, w.requests as f64)),
-        ])
-    });
-    check_interrupt()?;
+    for &family in mode.families() {
+        res.record(
+            mode,
+            &format!("{} masquerade connection rate", family.name),
+            || {
+                let outside = (family.client_ip, mode.outside_http_port());
+                let (w, cpu) =
+                    with_kernel_cpu(|| wrk(&cns, outside, plan.conns, true, secs, scratch))?;
+                Ok(vec![
+                    (family.metric("masq_conn_rate"), w.requests_per_s),
+                    (
+                        family.metric("cpu_masq_conn"),
+                        us_per(cpu, w.requests as f64),
+                    ),
+                ])
+            },
+        );
+        check_interrupt()?;
+    }
     res.record(mode, "masquerade TCP", || {
         tcp("masq_tcp", &cns, (CLIENT_IP, OUTSIDE_IPERF_PORT), false)
     });
@@ -394,7 +412,7 @@ fn measure_scale(
     let (c, scratch) = (lab.client.as_str(), lab.scratch.as_path());
     let took = active.install_ports(n)?;
     let port = last_scale_port(n);
-    let target = active.dial(port, port);
+    let target = active.dial(V4, port, port);
     let target = (target.0.as_str(), target.1);
     // Warm-up, not recorded, as in measure_mode.
     let _ = wrk(c, target, plan.conns, true, 1, scratch);
@@ -430,7 +448,7 @@ fn measure_flow_table(lab: &Lab, active: &Active<'_>, plan: &Plan) -> Result<Vec
     if filled < ninety {
         bail!("the conntrack table took {filled} of {ninety} flows");
     }
-    let http = active.http();
+    let http = active.http(V4);
     let http = (http.0.as_str(), http.1);
     let _ = wrk(c, http, plan.conns, true, 1, scratch);
     let (w, cpu) = with_kernel_cpu(|| wrk(c, http, plan.conns, true, plan.secs, scratch))?;

@@ -9,9 +9,9 @@ use anyhow::{Context, Result, bail};
 
 use super::exec::{Proc, in_ns, run_bounded, wait_tcp};
 use super::topo::{
-    BASE_BRIDGE, BASE_IP, BASE_SUBNET, CLIENT_IP, CONTAINER_IFNAME, DIRECT_IP, HOST_HTTP_PORT,
-    HOST_IP, HTTP_PORT, HTTP_PORTS, IPERF_PORT, Lab, NETPATH_IP, OUTSIDE_HTTP_PORTS,
-    SCALE_BASE_PORT, SCALE_SNAT_PORTS, TW_REUSE, UPLINK, is_standard_port,
+    BASE_BRIDGE, BASE_IP, BASE_SUBNET, CONTAINER_IFNAME, DIRECT_IP, Family, HOST_HTTP_PORT,
+    HTTP_PORT, HTTP_PORTS, IPERF_PORT, Lab, NETPATH_IP, OUTSIDE_HTTP_PORTS, SCALE_BASE_PORT,
+    SCALE_SNAT_PORTS, TW_REUSE, UPLINK, V4, V6, is_standard_port, socket,
 };
 
 /// Bound for one netpath command or ruleset load: 65000 ports take seconds
@@ -120,6 +120,19 @@ impl Mode {
         }
     }
 
+    /// The families this mode has connection-rate rows for: IPv6's twins
+    /// compare netpath (with its default IPv6: NAT66 to the uplink's
+    /// address, every port published on both families) with ip6tables,
+    /// which the iptables mode loads beside iptables as Docker does. Not
+    /// netpath-xdp: its XDP program passes IPv6 up to TC, so its IPv6 rows
+    /// would measure netpath-tc's path again.
+    pub fn families(self) -> &'static [Family] {
+        match self {
+            Mode::Iptables | Mode::NetpathTc => &[V4, V6],
+            _ => &[V4],
+        }
+    }
+
     /// Plain routing and `direct` publish nothing, so they have no
     /// port-scale numbers.
     pub fn publishes(self) -> bool {
@@ -201,22 +214,23 @@ impl Active<'_> {
     }
 
     /// Address and port C dials for a service on `container_port` that is
-    /// published as `host_port`.
-    pub fn dial(&self, host_port: u16, container_port: u16) -> (String, u16) {
+    /// published as `host_port`, on `family` (direct and route: the
+    /// container's IPv4 address, they have no IPv6 rows).
+    pub fn dial(&self, family: Family, host_port: u16, container_port: u16) -> (String, u16) {
         match self.mode {
             Mode::Direct | Mode::Route => (self.container_ip().to_string(), container_port),
             Mode::Iptables | Mode::Nftables | Mode::NetpathTc | Mode::NetpathXdp => {
-                (HOST_IP.to_string(), host_port)
+                (family.host_ip.to_string(), host_port)
             }
         }
     }
 
-    pub fn http(&self) -> (String, u16) {
-        self.dial(HOST_HTTP_PORT, self.mode.http_port())
+    pub fn http(&self, family: Family) -> (String, u16) {
+        self.dial(family, HOST_HTTP_PORT, self.mode.http_port())
     }
 
     pub fn iperf(&self) -> (String, u16) {
-        self.dial(IPERF_PORT, IPERF_PORT)
+        self.dial(V4, IPERF_PORT, IPERF_PORT)
     }
 
     fn netpath(&self, args: &[&str]) -> Result<String> {
@@ -261,22 +275,33 @@ impl Active<'_> {
         let ns = self.container_ns();
         let ip = self.container_ip();
         self.servers
-            .push(self.lab.nginx(&ns, "0.0.0.0", server_ports)?);
+            .push(self.lab.nginx(&ns, &["0.0.0.0", "::"], server_ports)?);
         self.servers.push(self.lab.iperf_server(&ns, IPERF_PORT)?);
         wait_tcp(&ns, ip, HTTP_PORT, &self.lab.scratch)?;
         wait_tcp(&ns, ip, IPERF_PORT, &self.lab.scratch)?;
         // Both directions must work before anything is timed: a mode that
         // drops everything would otherwise cost every tool's full timeout.
-        let (addr, port) = self.http();
-        wait_tcp(&self.lab.client, &addr, port, &self.lab.scratch)
-            .context("no connection from the client to the published port")?;
-        wait_tcp(
-            &ns,
-            CLIENT_IP,
-            self.mode.outside_http_port(),
-            &self.lab.scratch,
-        )
-        .context("no connection from the container to the outside")?;
+        for &family in self.mode.families() {
+            let (addr, port) = self.http(family);
+            wait_tcp(&self.lab.client, &addr, port, &self.lab.scratch).with_context(|| {
+                format!(
+                    "no {} connection from the client to the published port",
+                    family.name
+                )
+            })?;
+            wait_tcp(
+                &ns,
+                family.client_ip,
+                self.mode.outside_http_port(),
+                &self.lab.scratch,
+            )
+            .with_context(|| {
+                format!(
+                    "no {} connection from the container to the outside",
+                    family.name
+                )
+            })?;
+        }
         Ok(())
     }
 
@@ -284,16 +309,24 @@ impl Active<'_> {
     /// the standard ones) and returns how long installing them took. For
     /// iptables and nftables the whole NAT ruleset is reloaded in one
     /// transaction (`iptables-restore`, `nft -f`), the fastest way each
-    /// offers; netpath gets one `publish add` of the block's ranges. Each
-    /// scale step runs on a mode set up for it alone, whose teardown
-    /// removes the ports.
+    /// offers; iptables' for both families (`ip6tables-restore` too), as
+    /// netpath publishes every port on both; netpath gets one `publish add`
+    /// of the block's ranges. Each scale step runs on a mode set up for it
+    /// alone, whose teardown removes the ports.
     pub fn install_ports(&self, n: u16) -> Result<Duration> {
         match self.mode {
             Mode::Direct | Mode::Route => bail!("{} publishes no ports", self.mode.name()),
-            Mode::Iptables => {
-                let file = self.write_rules("iptables.rules", &iptables_rules(n, self.mode))?;
-                self.timed("iptables-restore", &file)
-            }
+            Mode::Iptables => self
+                .mode
+                .families()
+                .iter()
+                .map(|&family| {
+                    let rules = iptables_rules(n, self.mode, family);
+                    let name = format!("{}.rules", family.iptables_restore);
+                    let file = self.write_rules(&name, &rules)?;
+                    self.timed(family.iptables_restore, &file)
+                })
+                .sum(),
             Mode::Nftables => {
                 let file = self.write_rules("nft.rules", &nft_rules(n, self.mode))?;
                 self.timed("nft", &file)
@@ -373,10 +406,11 @@ impl Active<'_> {
         }
         match self.mode {
             Mode::Direct | Mode::Route => Ok(()),
-            Mode::Iptables => {
-                let file = self.write_rules("iptables.empty", "*nat\nCOMMIT\n")?;
-                self.timed("iptables-restore", &file).map(drop)
-            }
+            Mode::Iptables => self.mode.families().iter().try_for_each(|family| {
+                let name = format!("{}.empty", family.iptables_restore);
+                let file = self.write_rules(&name, "*nat\nCOMMIT\n")?;
+                self.timed(family.iptables_restore, &file).map(drop)
+            }),
             Mode::Nftables => self
                 .lab
                 .sh(&self.lab.host, "nft", &["delete", "table", "ip", "npbench"])
@@ -462,9 +496,10 @@ pub fn last_scale_port(n: u16) -> u16 {
     scale_ports(n).last().copied().unwrap_or(SCALE_BASE_PORT)
 }
 
-/// Docker's NAT rules: PREROUTING/OUTPUT jump to DOCKER for local
+/// Docker's NAT rules of one family (`iptables-restore` or
+/// `ip6tables-restore` syntax): PREROUTING/OUTPUT jump to DOCKER for local
 /// destinations, one DNAT rule per published port, MASQUERADE for the subnet.
-fn iptables_rules(n: u16, mode: Mode) -> String {
+fn iptables_rules(n: u16, mode: Mode, family: Family) -> String {
     let mut s = String::from(
         "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
          :POSTROUTING ACCEPT [0:0]\n:DOCKER - [0:0]\n\
@@ -472,12 +507,14 @@ fn iptables_rules(n: u16, mode: Mode) -> String {
     );
     let _ = writeln!(
         s,
-        "-A POSTROUTING -s {BASE_SUBNET} ! -o {BASE_BRIDGE} -j MASQUERADE"
+        "-A POSTROUTING -s {} ! -o {BASE_BRIDGE} -j MASQUERADE",
+        family.base_subnet
     );
     let mut dnat = |proto: &str, host: u16, port: u16| {
         let _ = writeln!(
             s,
-            "-A DOCKER ! -i {BASE_BRIDGE} -p {proto} -m {proto} --dport {host} -j DNAT --to-destination {BASE_IP}:{port}"
+            "-A DOCKER ! -i {BASE_BRIDGE} -p {proto} -m {proto} --dport {host} -j DNAT --to-destination {}",
+            socket(family.base_ip, port)
         );
     };
     dnat("tcp", HOST_HTTP_PORT, mode.http_port());
@@ -538,5 +575,19 @@ mod tests {
             ]
         );
         assert_eq!(scale_ports(65089).len(), max_scale_ports());
+    }
+
+    #[test]
+    fn ip6tables_rules_are_iptables_rules_with_the_ipv6_addresses() {
+        let v6 = iptables_rules(1, Mode::Iptables, V6);
+        assert!(v6.contains("-A POSTROUTING -s fd00:78::/64 ! -o brb0 -j MASQUERADE\n"));
+        assert!(v6.contains("--dport 8080 -j DNAT --to-destination [fd00:78::2]:82\n"));
+        assert!(v6.contains("--dport 20000 -j DNAT --to-destination [fd00:78::2]:20000\n"));
+        let v4 = iptables_rules(1, Mode::Iptables, V4);
+        assert_eq!(
+            v4.replace("10.78.0.2:", "[fd00:78::2]:")
+                .replace(BASE_SUBNET, "fd00:78::/64"),
+            v6
+        );
     }
 }

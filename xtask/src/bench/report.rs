@@ -9,11 +9,13 @@ use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
 use super::modes::Mode;
+use super::topo::V6_METRIC_SUFFIX;
 use super::{Plan, Results, probe};
 
 /// (id prefix, label, unit, higher is better), in table order. Scale and
 /// UDP ids carry the port count or offered rate as a suffix (`N` in the
-/// label). `cpu_*`: kernel CPU time (system + softirq, all CPUs) of the run
+/// label); an IPv6 row's id is its IPv4 twin's plus [`V6_METRIC_SUFFIX`]
+/// (labelled `IPv6:`, after every IPv4 row). `cpu_*`: kernel CPU time (system + softirq, all CPUs) of the run
 /// above it, per unit of work.
 const METRICS: &[(&str, &str, &str, bool)] = &[
     (
@@ -170,6 +172,10 @@ const METRICS: &[(&str, &str, &str, bool)] = &[
 ];
 
 fn describe(id: &str) -> (String, &'static str, bool) {
+    if let Some(v4) = id.strip_suffix(V6_METRIC_SUFFIX) {
+        let (label, unit, higher) = describe(v4);
+        return (format!("IPv6: {label}"), unit, higher);
+    }
     for &(prefix, label, unit, higher) in METRICS {
         if id == prefix {
             return (label.to_string(), unit, higher);
@@ -181,7 +187,11 @@ fn describe(id: &str) -> (String, &'static str, bool) {
     (id.to_string(), "", true)
 }
 
-fn order(id: &str) -> (usize, u64) {
+fn order(id: &str) -> (bool, usize, u64) {
+    if let Some(v4) = id.strip_suffix(V6_METRIC_SUFFIX) {
+        let (_, i, n) = order(v4);
+        return (true, i, n);
+    }
     let i = METRICS
         .iter()
         .position(|(p, ..)| id == *p || id.starts_with(&format!("{p}_")))
@@ -191,7 +201,7 @@ fn order(id: &str) -> (usize, u64) {
         .next()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    (i, n)
+    (false, i, n)
 }
 
 fn median(v: &[f64]) -> Option<f64> {
@@ -343,6 +353,13 @@ pub fn write(dir: &Path, plan: &Plan, res: &Results, prog: &Value, took: Duratio
     );
     let _ = writeln!(
         md,
+        "IPv6 rows: the same runs over IPv6 on the same state (2001:db8::/64 between client and \
+         host), netpath-tc with its default IPv6 (NAT66) against ip6tables, which the iptables \
+         mode loads beside iptables with the same ports, as Docker does (its column is \
+         ip6tables there). netpath-xdp has none: its XDP program passes IPv6 to TC."
+    );
+    let _ = writeln!(
+        md,
         "netpath-xdp runs with the client's TX checksum offload off (XDP cannot redirect \
          CHECKSUM_PARTIAL frames from a veth uplink; see modes.rs), which also disables TSO: \
          its TCP throughput is not comparable."
@@ -443,4 +460,41 @@ fn machine() -> Value {
         format!("{cpus} vCPU ({cpu_model}), {mem_gib:.0} GiB, kernel {kernel}, {iptables}, {nft}");
     json!({"kernel": kernel, "cpus": cpus, "mem_gib": mem_gib, "cpu_model": cpu_model,
            "date": date, "iptables": iptables, "nft": nft, "summary": summary})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_rows_take_their_twins_labels_after_every_ipv4_row() {
+        let (label, unit, higher) = describe("masq_conn_rate_v6");
+        assert_eq!(
+            label,
+            "IPv6: masquerade: container -> outside connections/s"
+        );
+        assert_eq!((unit, higher), ("conn/s", true));
+        assert_eq!(
+            describe("scale_conn_1000").0,
+            "connections/s to the last of 1000 more published ports"
+        );
+        let mut ids = [
+            "cpu_conn_v6",
+            "conn_rate_v6",
+            "flows_map_mib",
+            "conn_rate",
+            "udp_pps_50000",
+        ];
+        ids.sort_by_key(|id| order(id));
+        assert_eq!(
+            ids,
+            [
+                "conn_rate",
+                "udp_pps_50000",
+                "flows_map_mib",
+                "conn_rate_v6",
+                "cpu_conn_v6"
+            ]
+        );
+    }
 }

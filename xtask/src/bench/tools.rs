@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 use super::exec::{in_ns, run_bounded};
+use super::topo::socket;
 
 /// Slack on top of a tool's own duration before we kill it.
 const SLACK: Duration = Duration::from_secs(20);
@@ -38,7 +39,7 @@ pub fn wrk(
     if close {
         cmd.args(["-H", "Connection: close"]);
     }
-    cmd.arg(format!("http://{addr}:{port}/"));
+    cmd.arg(format!("http://{}/", socket(addr, port)));
     let out = run_bounded(&mut cmd, Duration::from_secs(secs) + SLACK, scratch)?;
     parse_wrk(&out).with_context(|| format!("parsing wrk output:\n{out}"))
 }

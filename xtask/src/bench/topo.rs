@@ -3,13 +3,18 @@
 //! ```text
 //!  C (client, "outside")           H (host)                        B (baseline container)
 //!  out0 198.18.0.2/24 <-- veth --> up0 198.18.0.1/24
+//!       2001:db8::2/64                 2001:db8::1/64
 //!  10.78.0.0/24 via 198.18.0.1     brb0 10.78.0.1/24 <-- veth --> eth0 10.78.0.2/24
+//!                                       fd00:78::1/64                  fd00:78::2/64
 //!                                  np0 10.77.0.1/16  <-- veth --> np-<name>: 10.77.0.2 (netpath modes)
+//!                                      (+ netpath's IPv6 subnet)       (+ its IPv6 address)
 //!  dir0 10.79.0.1/24 <-- veth --> D (direct container): eth0 10.79.0.2/24
 //! ```
 //!
 //! D is the `direct` mode's server: one veth from the client, no forwarding
-//! hop, no NAT, the best this topology can do.
+//! hop, no NAT, the best this topology can do. The IPv6 addresses ([`V6`])
+//! carry the IPv6 rows of the modes that have them
+//! ([`Mode::families`](super::modes::Mode::families)); D is IPv4 only.
 //!
 //! Only namespaces created here are touched. [`Lab`]'s `Drop` removes them
 //! (after the servers, killed by pid), also when the bench fails midway.
@@ -30,6 +35,82 @@ pub const BASE_SUBNET: &str = "10.78.0.0/24";
 pub const BASE_BRIDGE: &str = "brb0";
 pub const NETPATH_IP: &str = "10.77.0.2";
 pub const DIRECT_IP: &str = "10.79.0.2";
+
+/// One address family's side of the topology: the IPv4 rows run on [`V4`],
+/// their IPv6 twins on [`V6`], over the same links and namespaces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Family {
+    pub name: &'static str,
+    /// H's address on the uplink: published ports, masquerade source.
+    pub host_ip: &'static str,
+    /// C's address on the uplink: the client, and the outside servers.
+    pub client_ip: &'static str,
+    /// The baseline container's address, behind `brb0`.
+    pub base_ip: &'static str,
+    pub base_gateway: &'static str,
+    pub base_subnet: &'static str,
+    /// The prefix length of the uplink's and `brb0`'s subnets.
+    pub prefix_len: u8,
+    /// `ip addr add` flags: IPv6 addresses skip duplicate address detection,
+    /// which would leave them unusable (tentative) for a second.
+    addr_flags: &'static str,
+    /// H's forwarding sysctl.
+    forwarding: &'static str,
+    /// Loads this family's rules (the iptables mode).
+    pub iptables_restore: &'static str,
+    /// Appended to this family's metric ids ([`Family::metric`]).
+    pub metric_suffix: &'static str,
+}
+
+pub const V4: Family = Family {
+    name: "IPv4",
+    host_ip: HOST_IP,
+    client_ip: CLIENT_IP,
+    base_ip: BASE_IP,
+    base_gateway: "10.78.0.1",
+    base_subnet: BASE_SUBNET,
+    prefix_len: 24,
+    addr_flags: "",
+    forwarding: "net.ipv4.ip_forward=1",
+    iptables_restore: "iptables-restore",
+    metric_suffix: "",
+};
+
+/// Documentation addresses outside, unique-local ones behind the bridge
+/// (netpath's own IPv6 subnet is a unique-local /64 derived from its
+/// instance name: apart from this one).
+pub const V6: Family = Family {
+    name: "IPv6",
+    host_ip: "2001:db8::1",
+    client_ip: "2001:db8::2",
+    base_ip: "fd00:78::2",
+    base_gateway: "fd00:78::1",
+    base_subnet: "fd00:78::/64",
+    prefix_len: 64,
+    addr_flags: " nodad",
+    forwarding: "net.ipv6.conf.all.forwarding=1",
+    iptables_restore: "ip6tables-restore",
+    metric_suffix: V6_METRIC_SUFFIX,
+};
+
+/// What an IPv6 row's id has that its IPv4 twin's has not.
+pub const V6_METRIC_SUFFIX: &str = "_v6";
+
+impl Family {
+    /// This family's id of metric `id` (IPv4's are the ids as they were).
+    pub fn metric(self, id: &str) -> String {
+        format!("{id}{}", self.metric_suffix)
+    }
+}
+
+/// `ip:port`, the IPv6 address in brackets (URLs, nginx, DNAT targets).
+pub fn socket(ip: &str, port: u16) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    }
+}
 /// Every container's interface (B, D and netpath's): where UDP is counted.
 pub const CONTAINER_IFNAME: &str = "eth0";
 pub const UPLINK: &str = "up0";
@@ -148,30 +229,51 @@ impl Lab {
         for ns in [&c, &h, &b, &d] {
             self.ip(ns, "link set lo up")?;
         }
-        // Uplink H <-> C, created in H and its peer moved to C.
+        // Uplink H <-> C, created in H and its peer moved to C, and the
+        // baseline container on a plain Linux bridge, as Docker builds it.
         self.ip(
             &h,
             &format!("link add {UPLINK} type veth peer name out0 netns {c}"),
         )?;
-        self.ip(&h, &format!("addr add {HOST_IP}/24 dev {UPLINK}"))?;
         self.ip(&h, &format!("link set {UPLINK} up"))?;
-        self.ip(&h, &format!("route add default via {CLIENT_IP}"))?;
-        self.ip(&c, &format!("addr add {CLIENT_IP}/24 dev out0"))?;
         self.ip(&c, "link set out0 up")?;
-        // The `route` mode's path: C reaches the containers through H.
-        self.ip(&c, &format!("route add {BASE_SUBNET} via {HOST_IP}"))?;
-        // The baseline container on a plain Linux bridge, as Docker builds it.
         self.ip(&h, &format!("link add {BASE_BRIDGE} type bridge"))?;
-        self.ip(&h, &format!("addr add 10.78.0.1/24 dev {BASE_BRIDGE}"))?;
         self.ip(&h, &format!("link set {BASE_BRIDGE} up"))?;
         self.ip(
             &h,
             &format!("link add vb0 type veth peer name eth0 netns {b}"),
         )?;
         self.ip(&h, &format!("link set vb0 master {BASE_BRIDGE} up"))?;
-        self.ip(&b, &format!("addr add {BASE_IP}/24 dev eth0"))?;
         self.ip(&b, "link set eth0 up")?;
-        self.ip(&b, "route add default via 10.78.0.1")?;
+        // Both families' addresses and routes; forwarding in our own H
+        // (per-netns sysctls, never the machine's).
+        for fam in [V4, V6] {
+            let (len, flags) = (fam.prefix_len, fam.addr_flags);
+            self.ip(
+                &h,
+                &format!("addr add {}/{len} dev {UPLINK}{flags}", fam.host_ip),
+            )?;
+            self.ip(
+                &c,
+                &format!("addr add {}/{len} dev out0{flags}", fam.client_ip),
+            )?;
+            self.ip(&h, &format!("route add default via {}", fam.client_ip))?;
+            self.ip(
+                &h,
+                &format!(
+                    "addr add {}/{len} dev {BASE_BRIDGE}{flags}",
+                    fam.base_gateway
+                ),
+            )?;
+            self.ip(
+                &b,
+                &format!("addr add {}/{len} dev eth0{flags}", fam.base_ip),
+            )?;
+            self.ip(&b, &format!("route add default via {}", fam.base_gateway))?;
+            self.sysctl(&h, fam.forwarding)?;
+        }
+        // The `route` mode's path: C reaches the containers through H.
+        self.ip(&c, &format!("route add {BASE_SUBNET} via {HOST_IP}"))?;
         // The direct container on a veth of C's own; it reaches C's servers
         // (CLIENT_IP, on out0) through C's local table.
         self.ip(
@@ -183,30 +285,32 @@ impl Lab {
         self.ip(&d, &format!("addr add {DIRECT_IP}/24 dev eth0"))?;
         self.ip(&d, "link set eth0 up")?;
         self.ip(&d, "route add default via 10.79.0.1")?;
-        // Per-netns sysctls of our own H, never the machine's.
-        self.sysctl(&h, "net.ipv4.ip_forward=1")?;
         for ns in [&c, &b, &d] {
             self.sysctl(ns, TW_REUSE)?;
         }
         // The outside servers for the masquerade direction.
-        let nginx = self.nginx(&c, CLIENT_IP, &OUTSIDE_HTTP_PORTS)?;
+        let nginx = self.nginx(&c, &[V4.client_ip, V6.client_ip], &OUTSIDE_HTTP_PORTS)?;
         self.servers.push(nginx);
         let iperf = self.iperf_server(&c, OUTSIDE_IPERF_PORT)?;
         self.servers.push(iperf);
-        wait_tcp(&c, CLIENT_IP, OUTSIDE_HTTP_PORTS[0], &self.scratch)?;
+        for fam in [V4, V6] {
+            wait_tcp(&c, fam.client_ip, OUTSIDE_HTTP_PORTS[0], &self.scratch)?;
+        }
         wait_tcp(&c, CLIENT_IP, OUTSIDE_IPERF_PORT, &self.scratch)?;
         Ok(())
     }
 
     /// nginx as one process (no master, no daemon) in `ns`, answering `ok`
-    /// on each of `ports`, with its config and logs in the scratch dir.
-    pub fn nginx(&self, ns: &str, addr: &str, ports: &[u16]) -> Result<Proc> {
+    /// on each of `ports` of each of `addrs`, with its config and logs in the
+    /// scratch dir.
+    pub fn nginx(&self, ns: &str, addrs: &[&str], ports: &[u16]) -> Result<Proc> {
         let dir = self.scratch.join(format!("nginx-{ns}"));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let d = dir.display();
-        let listens: String = ports
+        let listens: String = addrs
             .iter()
-            .map(|p| format!("    listen {addr}:{p} backlog=4096;\n"))
+            .flat_map(|addr| ports.iter().map(move |&p| socket(addr, p)))
+            .map(|listen| format!("    listen {listen} backlog=4096;\n"))
             .collect();
         let conf = format!(
             "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
