@@ -713,7 +713,7 @@ fn one_container_cannot_take_every_snat_port_toward_a_destination() {
 
 /// Issue 10, item 12: the SNAT port search finds the last free port. 63 of
 /// 64 ports toward O taken (no share limit), the next flow gets the 64th
-/// (16 random probes find it about one time in five), and only a 65th is
+/// (a few random probes alone would seldom find it), and only a 65th is
 /// refused. Once those flows expired, the agent has given their ports back
 /// to the pool: the same again finds all 64.
 #[test]

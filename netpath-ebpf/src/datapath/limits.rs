@@ -26,7 +26,7 @@ pub enum Opener {
 #[inline(always)]
 pub fn admit<F: Family>(cfg: &Config, pkt: &Packet<F::Addr>, opener: Opener) -> Result<(), u32> {
     // What can't open a flow is refused by conntrack, uncounted here.
-    if !conntrack::opens_flow(pkt) {
+    if !conntrack::opens_flow::<F>(pkt) {
         return Ok(());
     }
     let source = pkt.key.saddr;

@@ -833,7 +833,7 @@ fn published<F: Family>(cfg: &Config, pkt: &Packet<F::Addr>) -> Option<Published
     if pkt.key.proto != IPPROTO_TCP && pkt.key.proto != IPPROTO_UDP {
         return None;
     }
-    if !conntrack::opens_flow(pkt) {
+    if !conntrack::opens_flow::<F>(pkt) {
         return None;
     }
     let mut key = PortKey {
