@@ -83,9 +83,8 @@ pub fn vm_test(kernel: &str, extra_test_args: &[String]) -> Result<()> {
     fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
     let smoke = env::var_os("NETPATH_VM_SMOKE").is_some();
     // Three TCG VMs share the machine's cores, and 5.10's is the slowest:
-    // with the IPv6 suites it took 31 minutes to its 17th of 23 binaries,
-    // past 50 minutes in all. 70 keeps a margin and CI's whole run under
-    // its 90.
+    // with the IPv6 suites it ran 48 minutes (2894 s), close to the old
+    // 50. 70 keeps a margin and CI's whole run (59 minutes) under its 90.
     let vm_timeout = Duration::from_secs(env_u64("NETPATH_VM_TIMEOUT", 4200)?);
     let test_timeout = env_u64("NETPATH_VM_TEST_TIMEOUT", 900)?;
     let memory = u32::try_from(env_u64("NETPATH_VM_MEMORY", 1536)?)?;
