@@ -662,9 +662,9 @@ async fn add_default_routes(
     gateway: Ipv4Addr,
     gateway6: Option<Ipv6Addr>,
 ) -> Result<()> {
-    topology::add_default_route(inside, gateway).await?;
+    topology::add_default_route(inside, gateway.into()).await?;
     if let Some(gateway6) = gateway6 {
-        topology::add_default_route6(inside, gateway6).await?;
+        topology::add_default_route(inside, gateway6.into()).await?;
     }
     Ok(())
 }

@@ -324,11 +324,16 @@ pub async fn attach_to_bridge(handle: &Handle, index: u32, bridge_index: u32) ->
         )))
 }
 
-/// Adds the IPv4 default route via `gateway`.
-pub async fn add_default_route(handle: &Handle, gateway: Ipv4Addr) -> Result<()> {
-    let route = RouteMessageBuilder::<Ipv4Addr>::new()
-        .gateway(gateway)
-        .build();
+/// Adds the default route of `gateway`'s family via `gateway`.
+pub async fn add_default_route(handle: &Handle, gateway: IpAddr) -> Result<()> {
+    let route = match gateway {
+        IpAddr::V4(gateway) => RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(gateway)
+            .build(),
+        IpAddr::V6(gateway) => RouteMessageBuilder::<Ipv6Addr>::new()
+            .gateway(gateway)
+            .build(),
+    };
     handle
         .route()
         .add(route)
@@ -336,21 +341,6 @@ pub async fn add_default_route(handle: &Handle, gateway: Ipv4Addr) -> Result<()>
         .await
         .map_err(netlink_err(format!(
             "cannot add the default route via {gateway}"
-        )))
-}
-
-/// Adds the IPv6 default route via `gateway`.
-pub async fn add_default_route6(handle: &Handle, gateway: Ipv6Addr) -> Result<()> {
-    let route = RouteMessageBuilder::<Ipv6Addr>::new()
-        .gateway(gateway)
-        .build();
-    handle
-        .route()
-        .add(route)
-        .execute()
-        .await
-        .map_err(netlink_err(format!(
-            "cannot add the IPv6 default route via {gateway}"
         )))
 }
 
