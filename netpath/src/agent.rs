@@ -21,7 +21,7 @@ use crate::{
     datapath::Datapath,
     directories::Instance,
     ebpf_log,
-    flows::{FlowView, monotonic_ns, thread_cpu_ns},
+    flows::{FlowView, datapath_clock_tick, monotonic_ns, thread_cpu_ns},
     metrics::{self, Retired},
     state::State,
     tables::{Family, FlowTally, Tables, TablesError},
@@ -121,7 +121,8 @@ impl<A: Family> FamilyCollector<A> {
     ) -> Result<usize, TablesError> {
         let started = std::time::Instant::now();
         let now = monotonic_ns();
-        self.tally.clear(config);
+        self.tally.clear(config, datapath_clock_tick());
+        tables.read_counts(&mut self.tally)?;
         self.candidates.clear();
         self.replies.clear();
         let mut walked = 0;

@@ -61,9 +61,10 @@ fn subnet6_key(network: &Network) -> Option<Key<Ip6>> {
     Some(Key::new(u32::from(prefix_len), network.subnet6_addr))
 }
 
-/// Makes `map` hold exactly `wanted`: what the datapath counts between
-/// two GC passes is replaced by the truth. Only entries that differ are
-/// written and only those not wanted deleted: most stay as they are.
+/// Makes `map` hold exactly `wanted` (the SNAT pools, which are hints: a
+/// bit the datapath set during the walk and lost here costs one failed
+/// claim). Only entries that differ are written and only those not wanted
+/// deleted: most stay as they are.
 fn replace_all<K, V>(
     map: &mut HashMap<MapData, K, V>,
     name: &str,
@@ -99,6 +100,89 @@ where
         }
     }
     Ok(())
+}
+
+/// What a datapath count should be after a GC pass: `counted`, the open
+/// flows the walk found that are older than the walk, plus what the
+/// datapath added (or took away, a TCP flow finishing) since the walk
+/// began: `now - before`, which counts the flows opened or finished
+/// meanwhile. Writing the walk's number alone would lose those, and let a
+/// source past its limit (the walk of a large table takes a while).
+fn reconciled(counted: u32, before: u32, now: u32) -> u32 {
+    // Wrapping: a count the datapath took below 0 reads past 2^31.
+    let since = i64::from(now.wrapping_sub(before) as i32);
+    (i64::from(counted) + since).clamp(0, i64::from(u32::MAX)) as u32
+}
+
+/// Brings a count map to what the walk counted, without losing what the
+/// datapath counted meanwhile (see [`reconciled`]; `before` is the map as
+/// read just before the walk). Each count to change is read again right
+/// before it is written: only an increment between those two syscalls can
+/// be lost, until the next pass.
+fn reconcile_counts<K>(
+    map: &mut HashMap<MapData, K, u32>,
+    name: &str,
+    before: &std::collections::HashMap<K, u32>,
+    counted: &std::collections::HashMap<K, u32>,
+) -> Result<(), TablesError>
+where
+    K: aya::Pod + Eq + std::hash::Hash,
+{
+    let want = |key: &K, now: u32| {
+        reconciled(
+            counted.get(key).copied().unwrap_or(0),
+            before.get(key).copied().unwrap_or(0),
+            now,
+        )
+    };
+    let mut present = std::collections::HashSet::with_capacity(counted.len());
+    let mut changes = Vec::new();
+    for_each_entry(map, |key: &K, now: &u32| {
+        present.insert(*key);
+        if want(key, *now) != *now {
+            changes.push(*key);
+        }
+    })
+    .map_err(|e| TablesError::Io(io::Error::other(format!("reading {name}: {e}"))))?;
+    // Counted, but gone from the map (an LRU map evicts): written anew.
+    changes.extend(counted.keys().filter(|key| !present.contains(*key)));
+    for key in changes {
+        let now = match map.get(&key, 0) {
+            Ok(now) => now,
+            Err(MapError::KeyNotFound) => 0,
+            Err(e) => return Err(map_err(name)(e)),
+        };
+        let want = want(&key, now);
+        let done = match want {
+            _ if want == now => continue,
+            0 => map.remove(&key),
+            _ => map.insert(key, want, 0),
+        };
+        match done {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            // Filled by the datapath since the walk: the count waits for
+            // the next pass.
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::E2BIG) => {}
+            Err(e) => return Err(map_err(name)(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Reads a count map whole.
+fn read_counts<K>(
+    map: &HashMap<MapData, K, u32>,
+    name: &str,
+    into: &mut std::collections::HashMap<K, u32>,
+) -> Result<(), TablesError>
+where
+    K: aya::Pod + Eq + std::hash::Hash,
+{
+    into.clear();
+    for_each_entry(map, |key: &K, count: &u32| {
+        into.insert(*key, *count);
+    })
+    .map_err(|e| TablesError::Io(io::Error::other(format!("reading {name}: {e}"))))
 }
 
 /// Entries per `BPF_MAP_LOOKUP_BATCH` call: more than any hash bucket holds.
@@ -188,13 +272,26 @@ fn for_each_entry<K: aya::Pod, V: aya::Pod>(
 /// What the datapath's flow limits and SNAT pools count, from one walk of
 /// the conntrack table ([`Tables::write_tally`] writes it). Kept across GC
 /// passes: clearing keeps the allocations.
+///
+/// The datapath keeps counting during the walk. Flows it opens meanwhile
+/// (created since the walk began) and TCP flows it finishes meanwhile are
+/// left to its own counts: the walk counts the flows older than itself,
+/// and the write adds what the datapath counted since `walk_start_ns`
+/// (see `reconciled`).
 pub struct FlowTally<A: Addr = u32> {
+    /// When the walk began, on the datapath's clock (see
+    /// `flows::datapath_clock_tick`): the datapath's counts were read right
+    /// after.
+    walk_start_ns: u64,
     /// Open flows per original source (see `recount`).
     sources: std::collections::HashMap<A, u32>,
     /// SNAT ports taken per destination.
     pools: std::collections::HashMap<SnatDestination<A>, Box<SnatPortPool>>,
     /// Open SNAT flows per container and destination.
     shares: std::collections::HashMap<SnatShareKey<A>, u32>,
+    /// The datapath's `sources` and `shares` counts as the walk began.
+    sources_before: std::collections::HashMap<A, u32>,
+    shares_before: std::collections::HashMap<SnatShareKey<A>, u32>,
     /// The SNAT range: its first port and how many ports a pool covers.
     snat_min: u32,
     snat_span: u32,
@@ -203,9 +300,12 @@ pub struct FlowTally<A: Addr = u32> {
 impl<A: Addr> Default for FlowTally<A> {
     fn default() -> Self {
         Self {
+            walk_start_ns: 0,
             sources: Default::default(),
             pools: Default::default(),
             shares: Default::default(),
+            sources_before: Default::default(),
+            shares_before: Default::default(),
             snat_min: 0,
             snat_span: 0,
         }
@@ -213,8 +313,11 @@ impl<A: Addr> Default for FlowTally<A> {
 }
 
 impl<A: Addr> FlowTally<A> {
-    /// Starts a new count for the SNAT range of `cfg`.
-    pub fn clear(&mut self, cfg: &Config) {
+    /// Starts a new count for the SNAT range of `cfg`, of a walk that
+    /// begins at `walk_start_ns` (then read the datapath's counts with
+    /// [`Tables::read_counts`]).
+    pub fn clear(&mut self, cfg: &Config, walk_start_ns: u64) {
+        self.walk_start_ns = walk_start_ns;
         self.sources.clear();
         self.pools.clear();
         self.shares.clear();
@@ -225,7 +328,9 @@ impl<A: Addr> FlowTally<A> {
 
     /// Counts one flow that stays.
     pub fn add(&mut self, key: &FlowKey<A>, entry: &FlowEntry<A>) {
-        let open = !finished(key, entry);
+        // Opened during the walk: the datapath's count has it already.
+        let newer = entry.created_ns >= self.walk_start_ns;
+        let open = !newer && !finished(key, entry);
         if open {
             *self.sources.entry(key.saddr).or_default() += 1;
         }
@@ -243,8 +348,10 @@ impl<A: Addr> FlowTally<A> {
                 .or_insert_with(|| Box::new(bytemuck::Zeroable::zeroed()))
                 .mark_used(offset);
         }
-        // The original source of an SNAT flow is always a container.
-        if open {
+        // The original source of an SNAT flow is always a container. One
+        // that finished during the walk still counts here: the datapath
+        // took it out of its count then.
+        if open || (!newer && entry.last_seen_ns >= self.walk_start_ns) {
             let share = SnatShareKey {
                 container: key.saddr,
                 destination,
@@ -384,6 +491,7 @@ pub trait FamilyMaps<A: Addr>: Sized {
     fn flow(&self, key: &FlowKey<A>) -> Result<Option<FlowEntry<A>>, TablesError>;
     fn remove_flow(&mut self, orig: &FlowKey<A>, reply: &FlowKey<A>) -> Result<(), TablesError>;
     fn remove_reply(&mut self, reply: &FlowKey<A>);
+    fn read_counts(&self, tally: &mut FlowTally<A>) -> Result<(), TablesError>;
     fn write_tally(&mut self, tally: &FlowTally<A>) -> Result<(), TablesError>;
     fn conntrack_capacity(&self) -> u32;
 }
@@ -511,10 +619,26 @@ macro_rules! family_maps {
                 let _ = self.ct_reply.remove(reply);
             }
 
+            fn read_counts(&self, tally: &mut FlowTally<$addr>) -> Result<(), TablesError> {
+                let names = <$addr as Family>::NAMES;
+                read_counts(&self.flow_counts, names.flow_counts, &mut tally.sources_before)?;
+                read_counts(&self.snat_shares, names.snat_shares, &mut tally.shares_before)
+            }
+
             fn write_tally(&mut self, tally: &FlowTally<$addr>) -> Result<(), TablesError> {
                 let names = <$addr as Family>::NAMES;
-                replace_all(&mut self.flow_counts, names.flow_counts, &tally.sources)?;
-                replace_all(&mut self.snat_shares, names.snat_shares, &tally.shares)?;
+                reconcile_counts(
+                    &mut self.flow_counts,
+                    names.flow_counts,
+                    &tally.sources_before,
+                    &tally.sources,
+                )?;
+                reconcile_counts(
+                    &mut self.snat_shares,
+                    names.snat_shares,
+                    &tally.shares_before,
+                    &tally.shares,
+                )?;
                 // The map has room for so many pools: the busiest
                 // destinations get them (the others' few ports are found by
                 // random probes).
@@ -879,14 +1003,20 @@ impl Tables {
         A::maps_mut(self).remove_flow(orig, reply)
     }
 
+    /// Reads the datapath's counts into `tally` as its walk begins.
+    pub fn read_counts<A: Family>(&self, tally: &mut FlowTally<A>) -> Result<(), TablesError> {
+        A::maps(self).read_counts(tally)
+    }
+
     /// Writes what `tally` counted (the table as just walked) to the
     /// datapath's counts: the true number of open flows per original
     /// source (what the per-source and per-container limits count), the
     /// SNAT port pools (the ports taken toward each destination) and the
-    /// containers' SNAT shares. The datapath only ever adds to these
-    /// between passes, so this is where counts come down, the ports of
-    /// flows gone become free again, and pools of destinations no flow goes
-    /// to any more are deleted.
+    /// containers' SNAT shares, each count with what the datapath added
+    /// during the walk. The datapath only ever adds to these between
+    /// passes (bar a TCP flow's share), so this is where counts come down,
+    /// the ports of flows gone become free again, and pools of
+    /// destinations no flow goes to any more are deleted.
     pub fn write_tally<A: Family>(&mut self, tally: &FlowTally<A>) -> Result<(), TablesError> {
         A::maps_mut(self).write_tally(tally)
     }
@@ -945,5 +1075,30 @@ impl Tables {
         self.network_drops
             .set(u32::from(id), zeros, 0)
             .map_err(map_err(names::NETWORK_DROPS))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reconciled;
+
+    #[test]
+    fn a_count_keeps_what_the_datapath_counted_during_the_walk() {
+        // 20 flows older than the walk, 5 opened during it.
+        assert_eq!(reconciled(20, 20, 25), 25);
+        // 3 expired (the walk did not count them), 5 opened meanwhile.
+        assert_eq!(reconciled(17, 20, 25), 22);
+        // Nothing happened during the walk: the walk's count.
+        assert_eq!(reconciled(4, 9, 9), 4);
+    }
+
+    #[test]
+    fn a_flow_finished_during_the_walk_comes_off_once() {
+        // The walk counted it (finished since it began), the datapath took
+        // it off meanwhile.
+        assert_eq!(reconciled(10, 10, 9), 9);
+        // The datapath took a count below 0 (two CPUs finishing one flow).
+        assert_eq!(reconciled(0, 0, u32::MAX), 0);
+        assert_eq!(reconciled(3, 1, u32::MAX), 1);
     }
 }
