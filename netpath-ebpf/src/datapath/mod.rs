@@ -362,7 +362,7 @@ fn arp_from_container(ctx: &TcContext) -> Verdict {
     if sha != smac {
         return Verdict::drop(stat::DROP_SPOOFED_ARP);
     }
-    if spa != 0 && endpoint_on_this_veth::<V4>(ctx, spa, &smac).is_none() {
+    if spa != 0 && endpoint_on_this_veth::<V4, _>(ctx, spa, &smac).is_none() {
         aya_log_ebpf::debug!(
             ctx,
             "drop: spoofed source {:i} in ARP from ifindex {}",
@@ -742,19 +742,19 @@ pub fn xdp_pass(_ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn source_network<F: Family>(ctx: &TcContext, saddr: F::Addr) -> Option<Net> {
     let smac = ctx.load::<[u8; 6]>(6).ok()?;
-    let ep = endpoint_on_this_veth::<F>(ctx, saddr, &smac)?;
+    let ep = endpoint_on_this_veth::<F, _>(ctx, saddr, &smac)?;
     networks::by_id(ep.network_id)
 }
 
 /// The endpoint `addr` if it is the one on this veth with MAC `mac`.
 #[inline(always)]
-fn endpoint_on_this_veth<F: Family>(
-    ctx: &TcContext,
+fn endpoint_on_this_veth<F: Family, C: ctx::Packet>(
+    ctx: &C,
     addr: F::Addr,
     mac: &[u8; 6],
 ) -> Option<Endpoint> {
     let ep = *unsafe { F::endpoints().get(addr) }?;
-    (ep.ifindex == unsafe { (*ctx.skb.skb).ifindex } && ep.mac == *mac).then_some(ep)
+    (ep.ifindex == ctx.ifindex() && ep.mac == *mac).then_some(ep)
 }
 
 /// What [`new_flow`] asks of the slow path besides the packet.
