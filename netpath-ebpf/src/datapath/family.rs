@@ -456,6 +456,8 @@ impl Family for V6 {
                 Behind::Icmpv6(icmp_type) if is_neighbour_message(icmp_type) => {
                     return Some(Verdict::drop(stat::DROP_SPOOFED_ND));
                 }
+                // Elsewhere too: it could hide neighbour discovery to the
+                // host's own address.
                 Behind::Unseen => return Some(Verdict::drop(stat::DROP_EXTENSION_HEADER)),
                 _ => {}
             }
