@@ -140,6 +140,47 @@ fn masquerade_udp6_fixes_the_checksum_both_ways() -> Result<()> {
     Ok(())
 }
 
+/// RFC 8200, 8.1: over IPv6 a UDP checksum of 0 makes a datagram invalid
+/// (IPv4's "no checksum" is in packets.rs), and NAT's incremental update
+/// would turn the 0 into a wrong checksum that looks computed. Such a
+/// datagram is never translated: a container's is dropped, and one from
+/// outside toward a container too (`DROP_MALFORMED`); one to the host's
+/// address, a reply to a masqueraded flow among them, goes to the kernel
+/// untouched, which drops it unless a tunnel of its own takes it.
+#[test]
+fn ipv6_udp_with_checksum_zero_is_never_translated() -> Result<()> {
+    let dp = datapath()?;
+    let zero = |sport, dport| L4::Udp {
+        sport,
+        dport,
+        zero_csum: true,
+    };
+    let before = dp.counter(stat::DROP_MALFORMED)?;
+    let out = dp.from_container(&from_c1(zero(5353, 53)).bytes())?;
+    assert_eq!(out.verdict, TC_ACT_SHOT, "a container's");
+    assert_eq!(dp.counter(stat::DROP_MALFORMED)?, before + 1);
+    assert_eq!(dp.counter(stat::FLOW_CREATED)?, 0, "it opened no flow");
+
+    let toward_c1 = Frame::new(OUTSIDE_IP6, C1_IP6, zero(53, 5353)).macs(OUTSIDE_MAC, HOST_MAC);
+    let out = dp.from_uplink(&toward_c1.bytes())?;
+    assert_eq!(out.verdict, TC_ACT_SHOT, "from outside toward a container");
+    assert_eq!(dp.counter(stat::DROP_MALFORMED)?, before + 2);
+
+    // A masqueraded flow, and a reply in it with checksum 0.
+    let out = dp.from_container(&from_c1(udp(5353, 53)).bytes())?;
+    assert_eq!(out.verdict, TC_ACT_REDIRECT);
+    let nat_port = out.parsed6().sport();
+    let reply = from_outside(zero(53, nat_port)).bytes();
+    let back = dp.from_uplink(&reply)?;
+    assert_eq!(
+        back.verdict, TC_ACT_OK,
+        "to the host's address: the kernel's"
+    );
+    assert_eq!(back.frame, reply, "untranslated");
+    assert_eq!(dp.counter(stat::DROP_MALFORMED)?, before + 2);
+    Ok(())
+}
+
 #[test]
 fn ping6_is_masqueraded_with_a_translated_echo_id() -> Result<()> {
     let dp = datapath()?;

@@ -26,7 +26,7 @@ use super::{
         NO_PREALLOC, NewFlowRequest, PORTS, PORTS6, SNAT_PORTS, SNAT_PORTS6, SNAT_SHARES,
         SNAT_SHARES6, SUBNETS, SUBNETS6, Scratch,
     },
-    parse::{self, Header, Packet, Parsed},
+    parse::{self, Header, L4, Packet, Parsed},
     verdict::Verdict,
 };
 
@@ -118,6 +118,9 @@ pub trait Family: 'static {
     /// IPv6's neighbour discovery, which speaks from link-local addresses,
     /// and the RA guard.
     fn screen_from_container<C: Ctx>(ctx: &C, pkt: &Packet<Self::Addr>) -> Option<Verdict>;
+    /// A UDP datagram whose checksum is 0: "none" over IPv4, invalid over
+    /// IPv6 (RFC 8200, 8.1), where it is never translated.
+    fn udp_csum_missing<C: Ctx>(ctx: &C, pkt: &Packet<Self::Addr>) -> bool;
     /// Multicast and link-local destinations (IPv6): the bridge's and the
     /// kernel's, never translated.
     fn is_link_scope(addr: Self::Addr) -> bool;
@@ -281,6 +284,10 @@ impl Family for V4 {
         None
     }
     #[inline(always)]
+    fn udp_csum_missing<C: Ctx>(_ctx: &C, _pkt: &Packet<u32>) -> bool {
+        false
+    }
+    #[inline(always)]
     fn is_link_scope(_addr: u32) -> bool {
         false
     }
@@ -427,6 +434,11 @@ impl Family for V6 {
     }
     #[inline(always)]
     fn screen_from_container<C: Ctx>(ctx: &C, pkt: &Packet<Ip6>) -> Option<Verdict> {
+        // NAT's incremental update would turn the 0 into a checksum that
+        // looks computed and is wrong; the receiver drops it anyway.
+        if Self::udp_csum_missing(ctx, pkt) {
+            return Some(Verdict::drop(stat::DROP_MALFORMED));
+        }
         if pkt.key.proto == IPPROTO_ICMPV6 {
             if is_router_message(pkt.icmp_type) {
                 return Some(Verdict::drop(stat::DROP_ROUTER_MESSAGE));
@@ -473,6 +485,10 @@ impl Family for V6 {
         } else {
             Verdict::drop(stat::DROP_SPOOFED)
         })
+    }
+    #[inline(always)]
+    fn udp_csum_missing<C: Ctx>(ctx: &C, pkt: &Packet<Ip6>) -> bool {
+        pkt.l4_kind == L4::Udp && ctx.load::<[u8; 2]>(pkt.l4 + UDP_CSUM_OFF) == Ok([0, 0])
     }
     #[inline(always)]
     fn routed(cfg: &Config) -> bool {
@@ -631,6 +647,9 @@ fn behind_extensions<C: Ctx>(ctx: &C, pkt: &Packet<Ip6>) -> Behind {
     }
     Behind::Unseen
 }
+
+/// Offset of the checksum in the UDP header.
+const UDP_CSUM_OFF: usize = 6;
 
 /// fe80::/10.
 #[inline(always)]

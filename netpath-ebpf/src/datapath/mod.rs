@@ -479,6 +479,16 @@ fn from_uplink_verdict<F: Family, C: UplinkHook>(ctx: &mut C, cfg: &Config) -> V
     if let Some(verdict) = screen_uplink::<F>(cfg, pkt) {
         return verdict;
     }
+    if F::udp_csum_missing(ctx, pkt) {
+        // Invalid over IPv6, never translated: to the host it is the
+        // kernel's (a tunnel of its own may accept it, RFC 6935), toward a
+        // container dropped.
+        return if networks::is_container_network::<F>(pkt.key.daddr) {
+            Verdict::drop(stat::DROP_MALFORMED)
+        } else {
+            Verdict::pass(stat::PASS_NOT_OURS)
+        };
+    }
     if let Some(verdict) = ctx.cannot_translate::<F>(pkt) {
         return verdict;
     }
