@@ -788,6 +788,10 @@ pub mod stat {
     /// IPv6 with extension headers the datapath does not translate, that
     /// would otherwise leave or arrive untranslated.
     pub const DROP_EXTENSION_HEADER: u32 = 45;
+    /// Neighbour discovery from a container claiming another address or
+    /// MAC: an advertisement for an address not its own, a link-layer
+    /// address option not its MAC (the IPv6 twin of `DROP_SPOOFED_ARP`).
+    pub const DROP_SPOOFED_ND: u32 = 46;
     pub const STATS_LEN: u32 = 48;
 
     /// Names for output, indexed like the counters; empty = unused slot.
@@ -838,7 +842,7 @@ pub mod stat {
         "xdp_pass_fallback",
         "drop_router_message",
         "drop_extension_header",
-        "",
+        "drop_spoofed_nd",
         "",
     ];
 }

@@ -432,6 +432,19 @@ impl Lab {
         Some((word.split('/').next()?.to_string(), tentative))
     }
 
+    /// The link-local IPv6 address of `eth0` in container `name`, which its
+    /// neighbour discovery speaks from.
+    pub fn container_link_local(&self, name: &str) -> Option<String> {
+        let mut cmd = self.container(name).command("ip");
+        cmd.args(["-6", "-o", "addr", "show", "dev", "eth0", "scope", "link"]);
+        let out = run_timeout(&mut cmd, Duration::from_secs(10));
+        let word = out
+            .stdout
+            .split_whitespace()
+            .find(|w| w.starts_with("fe80:"))?;
+        Some(word.split('/').next()?.to_string())
+    }
+
     /// Records a netns name (e.g. `np-web`) to delete on drop if it exists.
     pub fn record_netns(&self, name: impl Into<String>) {
         let name = name.into();

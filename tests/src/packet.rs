@@ -291,6 +291,21 @@ impl L4 {
             body,
         }
     }
+
+    /// ICMPv6 neighbour advertisement (RFC 4861, 4.4) for `target`, with
+    /// the override flag (the receiver replaces what it knew) and the
+    /// target link-layer address option `mac`.
+    pub fn neighbour_advertisement(target: Ipv6Addr, mac: [u8; 6]) -> Self {
+        let mut body = target.octets().to_vec();
+        body.extend_from_slice(&[2, 1]);
+        body.extend_from_slice(&mac);
+        Self::Icmp {
+            icmp_type: 136,
+            code: 0,
+            rest: [0x20, 0, 0, 0],
+            body,
+        }
+    }
 }
 
 /// An Ethernet frame carrying IPv4 (`Frame`, `A` = `Ipv4Addr`) or IPv6

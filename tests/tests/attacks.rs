@@ -4,7 +4,7 @@
 //! that the datapath counts what it refused, and that legitimate traffic
 //! keeps flowing. Every frame stays between the test's own namespaces.
 use std::io::{BufRead, BufReader, Write};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Stdio};
 use std::time::{Duration, Instant};
@@ -457,6 +457,89 @@ fn a_container_cannot_lie_in_arp_fragments_other_protocols_or_tags() {
         "{neigh}"
     );
     ping(lab.container(&b), Lab::REMOTE_IP).expect_ok("b gets out");
+}
+
+/// The IPv6 twin of the ARP lie (issue 14): neighbour discovery from a
+/// container claiming b's address (an advertisement with the override
+/// flag, from its link-local address to all nodes and from its global
+/// address to the gateway) or naming b's MAC as its own (a solicitation's
+/// source link-layer address option). Each would repoint a neighbour entry
+/// of the host: b's traffic to a, or a's to b. All are dropped
+/// (`drop_spoofed_nd`), and b stays reachable.
+#[test]
+fn a_container_cannot_lie_in_neighbour_discovery() {
+    let (lab, a) = lab_with_container("tc", &[]);
+    let b = lab.container_name("b");
+    lab.container_add_ok(&b, &[]);
+    let ip6_of = |name: &str| -> Ipv6Addr {
+        let (addr, _) = lab.container_ip6(name).expect("an IPv6 address");
+        addr.parse().expect("an IPv6 address")
+    };
+    let (a6, b6) = (ip6_of(&a), ip6_of(&b));
+    let a_link_local: Ipv6Addr = lab
+        .container_link_local(&a)
+        .expect("a has a link-local address")
+        .parse()
+        .expect("an IPv6 address");
+    let gateway6: Ipv6Addr = lab.netpath_json(&["status"])["gateway6"]
+        .as_str()
+        .expect("status has gateway6")
+        .parse()
+        .expect("an IPv6 address");
+    let b_mac = mac_of(lab.container(&b), "eth0").expect("b's MAC");
+    let from_a = Wire::container(&lab, &a);
+    // The host knows b: an advertisement overrides only what it knows.
+    ping(&lab.host, &b6.to_string()).expect_ok("the host reaches b");
+
+    let all_nodes = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+    let g = gateway6.octets();
+    let solicited_node = Ipv6Addr::from([
+        0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, g[13], g[14], g[15],
+    ]);
+    let nd = |src, dst, dst_mac, l4| {
+        let mut frame = Frame::new(src, dst, l4).macs(from_a.src_mac, dst_mac);
+        frame.ttl = 255;
+        frame.bytes()
+    };
+    let before = counter(&lab, "drop_spoofed_nd");
+    from_a.send(&[
+        nd(
+            a_link_local,
+            all_nodes,
+            [0x33, 0x33, 0, 0, 0, 1],
+            L4::neighbour_advertisement(b6, from_a.src_mac),
+        ),
+        nd(
+            a6,
+            gateway6,
+            from_a.dst_mac,
+            L4::neighbour_advertisement(b6, from_a.src_mac),
+        ),
+        nd(
+            a_link_local,
+            solicited_node,
+            [0x33, 0x33, 0xff, g[13], g[14], g[15]],
+            L4::neighbour_solicitation(gateway6, Some(b_mac)),
+        ),
+    ]);
+    lab.wait_counter("drop_spoofed_nd", before + 3);
+    for (addr, liar_mac, what) in [
+        (b6, from_a.src_mac, "b's address points at a"),
+        (a_link_local, b_mac, "a's link-local address points at b"),
+    ] {
+        let neigh = lab
+            .host
+            .exec(&["ip", "-6", "neigh", "show", &addr.to_string()]);
+        assert!(
+            !neigh.stdout.contains(&mac_text(&liar_mac)),
+            "the host's neighbour entry for {what}: {neigh}"
+        );
+    }
+
+    // b keeps its address and its traffic; a still resolves its gateway.
+    ping(&lab.host, &b6.to_string()).expect_ok("the host reaches b");
+    ping(lab.container(&a), &b6.to_string()).expect_ok("a reaches b");
+    ping(lab.container(&b), Lab::OUTSIDE_IP6).expect_ok("b gets out");
 }
 
 /// Issue 10, item 5, the VLAN half: a tagged frame from a container is

@@ -266,17 +266,9 @@ fn a_container_cannot_spoof_its_ipv6_source_or_advertise_itself_as_router(accel:
     };
     let own_mac = mac_in(lab.container(a).exec("ip", &["-o", "link", "show", "eth0"]));
     let bridge_mac = mac_in(lab.host.exec(&["ip", "-o", "link", "show", &lab.bridge()]));
-    let own_ll = lab.container(a).exec(
-        "ip",
-        &["-6", "-o", "addr", "show", "dev", "eth0", "scope", "link"],
-    );
-    let own_ll = own_ll
-        .stdout
-        .split_whitespace()
-        .find(|w| w.starts_with("fe80:"))
-        .and_then(|w| w.split('/').next())
-        .expect("a link-local address")
-        .to_owned();
+    let own_ll = lab
+        .container_link_local(a)
+        .expect("a has a link-local address");
     // The outside listens on the datagram's port: nothing may arrive.
     let listener = Server::udp_echo(&lab.outside, "::", 9999);
     let spoofed_before = counter(&lab, "drop_spoofed_source");

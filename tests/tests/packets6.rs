@@ -140,6 +140,47 @@ fn masquerade_udp6_fixes_the_checksum_both_ways() -> Result<()> {
     Ok(())
 }
 
+/// RFC 8200, 8.1: over IPv6 a UDP checksum of 0 makes a datagram invalid
+/// (IPv4's "no checksum" is in packets.rs), and NAT's incremental update
+/// would turn the 0 into a wrong checksum that looks computed. Such a
+/// datagram is never translated: a container's is dropped, and one from
+/// outside toward a container too (`DROP_MALFORMED`); one to the host's
+/// address, a reply to a masqueraded flow among them, goes to the kernel
+/// untouched, which drops it unless a tunnel of its own takes it.
+#[test]
+fn ipv6_udp_with_checksum_zero_is_never_translated() -> Result<()> {
+    let dp = datapath()?;
+    let zero = |sport, dport| L4::Udp {
+        sport,
+        dport,
+        zero_csum: true,
+    };
+    let before = dp.counter(stat::DROP_MALFORMED)?;
+    let out = dp.from_container(&from_c1(zero(5353, 53)).bytes())?;
+    assert_eq!(out.verdict, TC_ACT_SHOT, "a container's");
+    assert_eq!(dp.counter(stat::DROP_MALFORMED)?, before + 1);
+    assert_eq!(dp.counter(stat::FLOW_CREATED)?, 0, "it opened no flow");
+
+    let toward_c1 = Frame::new(OUTSIDE_IP6, C1_IP6, zero(53, 5353)).macs(OUTSIDE_MAC, HOST_MAC);
+    let out = dp.from_uplink(&toward_c1.bytes())?;
+    assert_eq!(out.verdict, TC_ACT_SHOT, "from outside toward a container");
+    assert_eq!(dp.counter(stat::DROP_MALFORMED)?, before + 2);
+
+    // A masqueraded flow, and a reply in it with checksum 0.
+    let out = dp.from_container(&from_c1(udp(5353, 53)).bytes())?;
+    assert_eq!(out.verdict, TC_ACT_REDIRECT);
+    let nat_port = out.parsed6().sport();
+    let reply = from_outside(zero(53, nat_port)).bytes();
+    let back = dp.from_uplink(&reply)?;
+    assert_eq!(
+        back.verdict, TC_ACT_OK,
+        "to the host's address: the kernel's"
+    );
+    assert_eq!(back.frame, reply, "untranslated");
+    assert_eq!(dp.counter(stat::DROP_MALFORMED)?, before + 2);
+    Ok(())
+}
+
 #[test]
 fn ping6_is_masqueraded_with_a_translated_echo_id() -> Result<()> {
     let dp = datapath()?;
@@ -392,6 +433,171 @@ fn router_advertisements_and_redirects_from_a_container_are_dropped() -> Result<
         assert_eq!(out.frame, bytes, "untouched");
     }
     assert_eq!(dp.counter(stat::DROP_ROUTER_MESSAGE)?, before + 4);
+    Ok(())
+}
+
+/// Neighbour discovery from a container speaks for itself, the IPv6 twin
+/// of ARP's check: an advertisement for another address (C2's, the
+/// gateway's) or with a MAC not C1's, and a solicitation naming another
+/// MAC, are dropped (`DROP_SPOOFED_ND`) from whichever source, as is one
+/// hidden behind an extension header or too many options. C1's own
+/// advertisements, solicitations with its MAC and duplicate address
+/// detection pass untouched: the kernel's.
+#[test]
+fn neighbour_discovery_from_a_container_must_speak_for_itself() -> Result<()> {
+    let dp = datapath()?;
+    let other_mac = [0x02, 0xde, 0xad, 0, 0, 1];
+    let all_nodes_mac = [0x33, 0x33, 0, 0, 0, 1];
+    let solicited_node = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff00, 1);
+    let solicited_node_mac = [0x33, 0x33, 0xff, 0, 0, 1];
+    let nd = |src, dst, dst_mac, l4| {
+        let mut frame = Frame::new(src, dst, l4).macs(C1_MAC, dst_mac);
+        frame.ttl = 255;
+        frame
+    };
+    let advertisement = |target| L4::neighbour_advertisement(target, C1_MAC);
+    // A solicitation for the gateway with `options` after the target.
+    let solicitation_with = |options: &[u8]| {
+        let mut body = GATEWAY_IP6.octets().to_vec();
+        body.extend_from_slice(options);
+        L4::Icmp {
+            icmp_type: 135,
+            code: 0,
+            rest: [0; 4],
+            body,
+        }
+    };
+    let nonce = [14, 1, 1, 2, 3, 4, 5, 6];
+    let mut hidden_lla = [nonce; 4].concat();
+    hidden_lla[24..].copy_from_slice(&[1, 1, 0x02, 0xde, 0xad, 0, 0, 1]);
+    let mut behind_hop_by_hop = nd(
+        C1_LINK_LOCAL,
+        ALL_NODES,
+        all_nodes_mac,
+        advertisement(C2_IP6),
+    );
+    behind_hop_by_hop.options = HOP_BY_HOP_ROUTER_ALERT.to_vec();
+
+    let before = dp.counter(stat::DROP_SPOOFED_ND)?;
+    let spoofed = [
+        (
+            nd(
+                C1_LINK_LOCAL,
+                ALL_NODES,
+                all_nodes_mac,
+                advertisement(C2_IP6),
+            ),
+            "an advertisement for C2's address",
+        ),
+        (
+            nd(C1_IP6, GATEWAY_IP6, GATEWAY_MAC, advertisement(C2_IP6)),
+            "the same from C1's global address to the gateway",
+        ),
+        (
+            nd(C1_IP6, ALL_NODES, all_nodes_mac, advertisement(GATEWAY_IP6)),
+            "an advertisement for the gateway's address",
+        ),
+        (
+            nd(
+                C1_LINK_LOCAL,
+                ALL_NODES,
+                all_nodes_mac,
+                L4::neighbour_advertisement(C1_IP6, other_mac),
+            ),
+            "an advertisement for its address with another MAC",
+        ),
+        (
+            nd(
+                C1_LINK_LOCAL,
+                solicited_node,
+                solicited_node_mac,
+                L4::neighbour_solicitation(GATEWAY_IP6, Some(other_mac)),
+            ),
+            "a solicitation naming another MAC",
+        ),
+        (
+            nd(
+                C1_IP6,
+                GATEWAY_IP6,
+                GATEWAY_MAC,
+                L4::neighbour_solicitation(GATEWAY_IP6, Some(other_mac)),
+            ),
+            "the same from C1's global address to the gateway",
+        ),
+        (
+            nd(
+                C1_LINK_LOCAL,
+                solicited_node,
+                solicited_node_mac,
+                solicitation_with(&hidden_lla),
+            ),
+            "another MAC behind three options",
+        ),
+        (
+            behind_hop_by_hop,
+            "an advertisement behind hop-by-hop options",
+        ),
+    ];
+    for (frame, what) in &spoofed {
+        let out = dp.from_container(&frame.bytes())?;
+        assert_eq!(out.verdict, TC_ACT_SHOT, "{what}");
+    }
+    assert_eq!(
+        dp.counter(stat::DROP_SPOOFED_ND)?,
+        before + spoofed.len() as u64
+    );
+
+    for (frame, what) in [
+        (
+            nd(
+                C1_LINK_LOCAL,
+                ALL_NODES,
+                all_nodes_mac,
+                advertisement(C1_IP6),
+            ),
+            "an advertisement for its own address",
+        ),
+        (
+            nd(C1_IP6, GATEWAY_IP6, GATEWAY_MAC, advertisement(C1_IP6)),
+            "the same from its global address to the gateway",
+        ),
+        (
+            nd(
+                C1_LINK_LOCAL,
+                ALL_NODES,
+                all_nodes_mac,
+                advertisement(C1_LINK_LOCAL),
+            ),
+            "an advertisement for its link-local address",
+        ),
+        (
+            nd(
+                C1_LINK_LOCAL,
+                solicited_node,
+                solicited_node_mac,
+                L4::neighbour_solicitation(GATEWAY_IP6, Some(C1_MAC)),
+            ),
+            "a solicitation with its MAC",
+        ),
+        (
+            nd(
+                Ipv6Addr::UNSPECIFIED,
+                solicited_node,
+                solicited_node_mac,
+                solicitation_with(&nonce),
+            ),
+            "duplicate address detection (with a nonce)",
+        ),
+    ] {
+        let bytes = frame.bytes();
+        let out = dp.from_container(&bytes)?;
+        assert_eq!(out.verdict, TC_ACT_OK, "{what}");
+        assert_eq!(out.frame, bytes, "{what}: untouched");
+    }
+    assert_eq!(
+        dp.counter(stat::DROP_SPOOFED_ND)?,
+        before + spoofed.len() as u64
+    );
     Ok(())
 }
 

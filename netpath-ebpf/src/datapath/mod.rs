@@ -362,7 +362,7 @@ fn arp_from_container(ctx: &TcContext) -> Verdict {
     if sha != smac {
         return Verdict::drop(stat::DROP_SPOOFED_ARP);
     }
-    if spa != 0 && endpoint_on_this_veth::<V4>(ctx, spa, &smac).is_none() {
+    if spa != 0 && endpoint_on_this_veth::<V4, _>(ctx, spa, &smac).is_none() {
         aya_log_ebpf::debug!(
             ctx,
             "drop: spoofed source {:i} in ARP from ifindex {}",
@@ -478,6 +478,16 @@ fn from_uplink_verdict<F: Family, C: UplinkHook>(ctx: &mut C, cfg: &Config) -> V
     let pkt = keep::<F>(&mut parsed, Kept::Packet);
     if let Some(verdict) = screen_uplink::<F>(cfg, pkt) {
         return verdict;
+    }
+    if F::udp_csum_missing(ctx, pkt) {
+        // Invalid over IPv6, never translated: to the host it is the
+        // kernel's (a tunnel of its own may accept it, RFC 6935), toward a
+        // container dropped.
+        return if networks::is_container_network::<F>(pkt.key.daddr) {
+            Verdict::drop(stat::DROP_MALFORMED)
+        } else {
+            Verdict::pass(stat::PASS_NOT_OURS)
+        };
     }
     if let Some(verdict) = ctx.cannot_translate::<F>(pkt) {
         return verdict;
@@ -742,19 +752,19 @@ pub fn xdp_pass(_ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn source_network<F: Family>(ctx: &TcContext, saddr: F::Addr) -> Option<Net> {
     let smac = ctx.load::<[u8; 6]>(6).ok()?;
-    let ep = endpoint_on_this_veth::<F>(ctx, saddr, &smac)?;
+    let ep = endpoint_on_this_veth::<F, _>(ctx, saddr, &smac)?;
     networks::by_id(ep.network_id)
 }
 
 /// The endpoint `addr` if it is the one on this veth with MAC `mac`.
 #[inline(always)]
-fn endpoint_on_this_veth<F: Family>(
-    ctx: &TcContext,
+fn endpoint_on_this_veth<F: Family, C: ctx::Packet>(
+    ctx: &C,
     addr: F::Addr,
     mac: &[u8; 6],
 ) -> Option<Endpoint> {
     let ep = *unsafe { F::endpoints().get(addr) }?;
-    (ep.ifindex == unsafe { (*ctx.skb.skb).ifindex } && ep.mac == *mac).then_some(ep)
+    (ep.ifindex == ctx.ifindex() && ep.mac == *mac).then_some(ep)
 }
 
 /// What [`new_flow`] asks of the slow path besides the packet.

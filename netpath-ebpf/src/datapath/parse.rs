@@ -21,6 +21,10 @@ const ICMPV6_PARAM_PROBLEM: u8 = 4;
 /// one tries to become the others' router (RA guard, RFC 6105).
 pub const ICMPV6_ROUTER_ADVERTISEMENT: u8 = 134;
 pub const ICMPV6_REDIRECT: u8 = 137;
+/// Neighbour discovery messages a host sends.
+pub const ICMPV6_ROUTER_SOLICITATION: u8 = 133;
+pub const ICMPV6_NEIGHBOUR_SOLICITATION: u8 = 135;
+pub const ICMPV6_NEIGHBOUR_ADVERTISEMENT: u8 = 136;
 /// IPv6's fragment header; the other extension headers are below.
 const IPV6_FRAGMENT: u8 = 44;
 /// The extension headers a router message may hide behind (length in
