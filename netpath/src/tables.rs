@@ -147,12 +147,12 @@ where
     // Counted, but gone from the map (an LRU map evicts): written anew.
     changes.extend(counted.keys().filter(|key| !present.contains(*key)));
     for key in changes {
-        let now = match map.get(&key, 0) {
-            Ok(now) => now,
-            Err(MapError::KeyNotFound) => 0,
+        let (now, want) = match map.get(&key, 0) {
+            Ok(now) => (now, want(&key, now)),
+            // Evicted: what the walk counted.
+            Err(MapError::KeyNotFound) => (0, counted.get(&key).copied().unwrap_or(0)),
             Err(e) => return Err(map_err(name)(e)),
         };
-        let want = want(&key, now);
         let done = match want {
             _ if want == now => continue,
             0 => map.remove(&key),
@@ -350,7 +350,9 @@ impl<A: Addr> FlowTally<A> {
         }
         // The original source of an SNAT flow is always a container. One
         // that finished during the walk still counts here: the datapath
-        // took it out of its count then.
+        // took it out of its count then. (One finished before that saw a
+        // packet since counts once too many until the next pass: too high,
+        // never too low.)
         if open || (!newer && entry.last_seen_ns >= self.walk_start_ns) {
             let share = SnatShareKey {
                 container: key.saddr,
