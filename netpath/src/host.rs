@@ -16,8 +16,11 @@ use std::{collections::BTreeSet, fs::File, os::unix::fs::MetadataExt};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
+use netpath_common::{Addr, PortKey, PortTarget};
+
 use crate::{
     directories::{self, Instance},
+    publish::is_routed_entry,
     state::{self, State},
     sysctl::{self, SysctlError},
     tables::Tables,
@@ -107,14 +110,20 @@ pub fn format_ports(set: &PortSet) -> String {
 pub fn claims(state: &State, tables: Option<&Tables>) -> PortSet {
     let (min, max) = state.snat_ports;
     let mut set: PortSet = (min..=max).collect();
-    // Both families' ports: a port published on IPv6 only is reserved too.
+    // Both families' ports: a port published on IPv6 only is reserved too
+    // (routed entries bind no host port).
     if let Some(Ok(ports)) = tables.map(Tables::ports::<u32>) {
-        set.extend(ports.iter().map(|(key, _)| key.host_port()));
+        set.extend(ports.iter().filter_map(host_port_of));
     }
     if let Some(Ok(ports)) = tables.map(Tables::ports::<netpath_common::Ip6>) {
-        set.extend(ports.iter().map(|(key, _)| key.host_port()));
+        set.extend(ports.iter().filter_map(host_port_of));
     }
     set
+}
+
+/// The host port a published port binds, if any.
+fn host_port_of<A: Addr>((key, target): &(PortKey<A>, PortTarget<A>)) -> Option<u16> {
+    (!is_routed_entry(key, target)).then(|| u16::from_be(key.host_port))
 }
 
 /// The inode of our network namespace: which instances share the host.

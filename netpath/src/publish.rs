@@ -389,6 +389,62 @@ fn clashes<A: netpath_common::Addr>(existing: &[PortKey<A>], key: &PortKey<A>) -
     })
 }
 
+/// Routed IPv6 (`--ipv6-mode routed`): as in Docker's routed mode, a
+/// published container port is also reachable on the container's own
+/// address, which the upstream routes to the host, and its other ports are
+/// not. Such a port is a `PORTS6` entry keyed by the container's address
+/// and port, leading to itself; [`sync_routed`] keeps them in step with the
+/// mappings. They bind no host port.
+pub fn is_routed_entry<A: netpath_common::Addr>(key: &PortKey<A>, target: &PortTarget<A>) -> bool {
+    key.host_ip == target.container_ip
+}
+
+/// Adds the routed entries the IPv6 mappings call for and removes those no
+/// mapping calls for any more (see [`is_routed_entry`]); nothing unless
+/// IPv6 is routed.
+fn sync_routed(tables: &mut Tables) -> Result<()> {
+    if !tables.config()?.ipv6_routed() {
+        return Ok(());
+    }
+    let ports = tables.ports::<Ip6>()?;
+    let wanted: std::collections::HashSet<PortKey<Ip6>> = ports
+        .iter()
+        .filter(|(key, target)| !is_routed_entry(key, target))
+        .map(|(key, target)| PortKey {
+            host_ip: target.container_ip,
+            host_port: target.container_port,
+            proto: key.proto,
+            _pad: 0,
+        })
+        .collect();
+    let stale: Vec<PortKey<Ip6>> = ports
+        .iter()
+        .filter(|(key, target)| is_routed_entry(key, target) && !wanted.contains(key))
+        .map(|(key, _)| *key)
+        .collect();
+    tables.unpublish(&stale)?;
+    for key in wanted {
+        let target = PortTarget {
+            container_ip: key.host_ip,
+            container_port: key.host_port,
+            flags: 0,
+        };
+        // Ok(false): there already.
+        tables.publish(&key, &target)?;
+    }
+    Ok(())
+}
+
+/// A family's published keys that bind host ports (routed entries don't).
+fn host_keys<A: Family>(tables: &Tables) -> Result<Vec<PortKey<A>>> {
+    Ok(tables
+        .ports::<A>()?
+        .into_iter()
+        .filter(|(key, target)| !is_routed_entry(key, target))
+        .map(|(key, _)| key)
+        .collect())
+}
+
 /// Publishes `mappings` to the container at `target`, all or nothing,
 /// open to all or (with `allow` not empty) to those sources only. A
 /// mapping on every address goes on both families when the container has
@@ -438,8 +494,8 @@ pub fn publish_locked(
     let sockets = host_sockets();
     let config = tables.config()?;
     let (min, max) = (config.snat_port_min, config.snat_port_max);
-    let existing: Vec<PortKey> = tables.ports()?.into_iter().map(|(k, _)| k).collect();
-    let existing6: Vec<PortKey<Ip6>> = tables.ports()?.into_iter().map(|(k, _)| k).collect();
+    let existing: Vec<PortKey> = host_keys(tables)?;
+    let existing6: Vec<PortKey<Ip6>> = host_keys(tables)?;
     for m in mappings {
         if (min..=max).contains(&m.host.port) {
             return Err(PublishError::InSnatRange(m.host.port, min, max));
@@ -461,9 +517,12 @@ pub fn publish_locked(
         return Err(PublishError::Taken(host.to_string()));
     }
     insert_all(tables, &v4, allow)?;
-    if let Err(e) = insert_all(tables, &v6, &[]) {
+    if let Err(e) = insert_all(tables, &v6, &[]).and_then(|()| sync_routed(tables)) {
         let keys: Vec<PortKey> = v4.iter().map(|p| p.key).collect();
+        let keys6: Vec<PortKey<Ip6>> = v6.iter().map(|p| p.key).collect();
         let _ = tables.unpublish(&keys);
+        let _ = tables.unpublish(&keys6);
+        let _ = sync_routed(tables);
         return Err(e);
     }
     Ok(())
@@ -545,8 +604,8 @@ fn unpublish(tables: &mut Tables, hosts: &[HostPort]) -> Result<()> {
 pub fn remove(instance: &Instance, tables: &mut Tables, spec: &str) -> Result<Vec<HostPort>> {
     let hosts = parse_host_side(spec)?;
     let _lock = InstanceLock::acquire(instance)?.ok_or_else(|| instance.not_up())?;
-    let existing: Vec<PortKey> = tables.ports()?.into_iter().map(|(k, _)| k).collect();
-    let existing6: Vec<PortKey<Ip6>> = tables.ports()?.into_iter().map(|(k, _)| k).collect();
+    let existing: Vec<PortKey> = host_keys(tables)?;
+    let existing6: Vec<PortKey<Ip6>> = host_keys(tables)?;
     for host in &hosts {
         let published = host.key().is_some_and(|k| existing.contains(&k))
             || host.key6().is_some_and(|k| existing6.contains(&k));
@@ -555,6 +614,7 @@ pub fn remove(instance: &Instance, tables: &mut Tables, spec: &str) -> Result<Ve
         }
     }
     unpublish(tables, &hosts)?;
+    sync_routed(tables)?;
     let state = state::load(instance)?.ok_or_else(|| instance.not_up())?;
     reserve_published(instance, tables, state)?;
     Ok(hosts)
@@ -618,6 +678,9 @@ pub fn list(instance: &Instance, tables: &Tables) -> Result<Vec<Published>> {
         let Some(proto) = k.proto().filter(|p| publishable(*p)) else {
             continue;
         };
+        if is_routed_entry(&k, &t) {
+            continue;
+        }
         let ip6 = t.container_ip();
         let container = owner(&|c| c.ip6 == Some(ip6));
         let both = out.iter_mut().find(|p| {

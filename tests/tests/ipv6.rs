@@ -14,7 +14,9 @@ use netpath_common::{
     CONFIG_FLAG_IPV6, CONFIG_FLAG_IPV6_ROUTED, Config, Endpoint, Ip6, LAYOUT_VERSION, Network,
     names,
 };
-use netpath_tests::{Lab, NeighbourInstance, Netns, Server, http_source, ping, unique_name, url};
+use netpath_tests::{
+    Lab, NeighbourInstance, Netns, Server, curl, http_source, ping, unique_name, url,
+};
 use serde_json::Value;
 
 const FORWARDING6: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
@@ -475,7 +477,8 @@ fn host_ip6_is_the_uplinks_stable_global_address_or_none() {
 
 netpath_tests::with_each_accel!(
     containers_reach_the_gateway_each_other_and_the_outside_over_ipv6,
-    routed_mode_keeps_the_containers_ipv6_address_outside
+    routed_mode_keeps_the_containers_ipv6_address_outside,
+    routed_mode_reaches_published_container_ports_on_the_containers_address
 );
 
 /// The address part of a server's "ip:port" record.
@@ -533,4 +536,57 @@ fn routed_mode_keeps_the_containers_ipv6_address_outside(accel: &str) {
     let seen = http_source(lab.container(&a), &url(Lab::REMOTE_IP6, outside.port()))
         .expect("a reaches the outside over IPv6");
     assert_eq!(source_ip(&seen), a6, "{seen}");
+}
+
+/// Routed mode, as Docker's: a published container port is also reachable
+/// on the container's own (routed) address, the client's address intact;
+/// its other ports are not, nor that one once unpublished. The routed port
+/// binds no host port and `publish ls` shows the one mapping.
+fn routed_mode_reaches_published_container_ports_on_the_containers_address(accel: &str) {
+    let lab = Lab::new();
+    let prefix = "2001:db8:78::/64";
+    lab.up_ok(&[
+        "--accel",
+        accel,
+        "--ipv6-mode",
+        "routed",
+        "--subnet6",
+        prefix,
+    ]);
+    lab.outside
+        .ip(&["-6", "route", "add", prefix, "via", Lab::HOST_IP6]);
+    let a = lab.container_name("a");
+    lab.container_add_ok(&a, &[]);
+    let (a6, _) = lab.container_ip6(&a).expect("a has IPv6");
+    let _web = Server::http(lab.container(&a), "::", 8000);
+    let _other = Server::http(lab.container(&a), "::", 8001);
+    // A refused connection is dropped unanswered: a short wait is enough.
+    let unreachable =
+        |port: u16| !curl(&lab.outside, &["--max-time", "2", &url(&a6, port)]).success();
+
+    let refused = lab.counter("drop_unsolicited").unwrap_or(0);
+    assert!(unreachable(8000), "an unpublished port is reachable");
+    lab.wait_counter("drop_unsolicited", refused + 1);
+
+    lab.netpath(&["publish", "add", &a, "8080:8000"])
+        .expect_ok("publish");
+    let seen = http_source(&lab.outside, &url(&a6, 8000))
+        .expect("the outside reaches the published port on a's address");
+    assert_eq!(source_ip(&seen), Lab::OUTSIDE_IP6, "{seen}");
+    let seen =
+        http_source(&lab.outside, &url(Lab::HOST_IP6, 8080)).expect("and on the host's port");
+    assert_eq!(source_ip(&seen), Lab::OUTSIDE_IP6, "{seen}");
+    assert!(unreachable(8001), "a port a did not publish is reachable");
+
+    let ls = lab.netpath_json(&["publish", "ls"]);
+    assert_eq!(ls.as_array().map(Vec::len), Some(1), "{ls}");
+    let reserved = lab
+        .host
+        .exec(&["cat", "/proc/sys/net/ipv4/ip_local_reserved_ports"]);
+    assert!(reserved.stdout.contains("8080"), "{reserved}");
+    assert!(!reserved.stdout.contains("8000"), "{reserved}");
+
+    lab.netpath(&["publish", "rm", "8080"])
+        .expect_ok("publish rm");
+    assert!(unreachable(8000), "an unpublished port is still reachable");
 }
