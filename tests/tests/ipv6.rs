@@ -514,10 +514,11 @@ fn containers_reach_the_gateway_each_other_and_the_outside_over_ipv6(accel: &str
     assert_eq!(source_ip(&seen), Lab::HOST_IP6, "{seen}");
 }
 
-/// Needs the IPv6 datapath (the lead's part of issue 14).
-fn routed_mode_keeps_the_containers_ipv6_address_outside(accel: &str) {
+/// A lab up in routed IPv6 mode on `prefix`, which the outside routes to
+/// the host as an upstream router would, with one container: its name and
+/// IPv6 address.
+fn routed_lab(accel: &str, prefix: &str) -> (Lab, String, String) {
     let lab = Lab::new();
-    let prefix = "2001:db8:77::/64";
     lab.up_ok(&[
         "--accel",
         accel,
@@ -526,12 +527,17 @@ fn routed_mode_keeps_the_containers_ipv6_address_outside(accel: &str) {
         "--subnet6",
         prefix,
     ]);
-    // The outside routes the prefix to the host, as an upstream router would.
     lab.outside
         .ip(&["-6", "route", "add", prefix, "via", Lab::HOST_IP6]);
     let a = lab.container_name("a");
     lab.container_add_ok(&a, &[]);
     let (a6, _) = lab.container_ip6(&a).expect("a has IPv6");
+    (lab, a, a6)
+}
+
+/// Needs the IPv6 datapath (the lead's part of issue 14).
+fn routed_mode_keeps_the_containers_ipv6_address_outside(accel: &str) {
+    let (lab, a, a6) = routed_lab(accel, "2001:db8:77::/64");
     let outside = Server::http(&lab.outside, "::", 0);
     let seen = http_source(lab.container(&a), &url(Lab::REMOTE_IP6, outside.port()))
         .expect("a reaches the outside over IPv6");
@@ -543,21 +549,7 @@ fn routed_mode_keeps_the_containers_ipv6_address_outside(accel: &str) {
 /// its other ports are not, nor that one once unpublished. The routed port
 /// binds no host port and `publish ls` shows the one mapping.
 fn routed_mode_reaches_published_container_ports_on_the_containers_address(accel: &str) {
-    let lab = Lab::new();
-    let prefix = "2001:db8:78::/64";
-    lab.up_ok(&[
-        "--accel",
-        accel,
-        "--ipv6-mode",
-        "routed",
-        "--subnet6",
-        prefix,
-    ]);
-    lab.outside
-        .ip(&["-6", "route", "add", prefix, "via", Lab::HOST_IP6]);
-    let a = lab.container_name("a");
-    lab.container_add_ok(&a, &[]);
-    let (a6, _) = lab.container_ip6(&a).expect("a has IPv6");
+    let (lab, a, a6) = routed_lab(accel, "2001:db8:78::/64");
     let _web = Server::http(lab.container(&a), "::", 8000);
     let _other = Server::http(lab.container(&a), "::", 8001);
     // A refused connection is dropped unanswered: a short wait is enough.
