@@ -21,7 +21,7 @@ use crate::{
     datapath::Datapath,
     directories::Instance,
     ebpf_log,
-    flows::{FlowView, datapath_clock_tick, monotonic_ns, thread_cpu_ns},
+    flows::{FlowView, datapath_clock_ns, monotonic_ns, thread_cpu_ns},
     metrics::{self, Retired},
     state::State,
     tables::{Family, FlowTally, Tables, TablesError},
@@ -121,8 +121,10 @@ impl<A: Family> FamilyCollector<A> {
     ) -> Result<usize, TablesError> {
         let started = std::time::Instant::now();
         let now = monotonic_ns();
-        self.tally.clear(config, datapath_clock_tick());
+        self.tally.clear(config);
+        let read_from = datapath_clock_ns();
         tables.read_counts(&mut self.tally)?;
+        self.tally.counts_read(read_from, datapath_clock_ns());
         self.candidates.clear();
         self.replies.clear();
         let mut walked = 0;

@@ -27,22 +27,13 @@ pub fn monotonic_coarse_ns() -> u64 {
     clock_ns(libc::CLOCK_MONOTONIC_COARSE)
 }
 
-/// A time on the clock the datapath stamps flows with (its `now_ns`) such
-/// that every stamp from now on is at least this and every earlier one
-/// below it: with the precise clock, now; with the coarse one, the start of
-/// the next tick, waited for (a few ms at most), else a flow stamped in
-/// this tick could be from before or after.
-pub fn datapath_clock_tick() -> u64 {
-    if crate::datapath::has_coarse_clock() == 0 {
-        return monotonic_ns();
-    }
-    let this_tick = monotonic_coarse_ns();
-    loop {
-        let now = monotonic_coarse_ns();
-        if now != this_tick {
-            return now;
-        }
-        std::thread::yield_now();
+/// Now, on the clock the datapath stamps flows with (its `now_ns`: the
+/// coarse clock where the kernel has it).
+pub fn datapath_clock_ns() -> u64 {
+    if crate::datapath::has_coarse_clock() != 0 {
+        monotonic_coarse_ns()
+    } else {
+        monotonic_ns()
     }
 }
 

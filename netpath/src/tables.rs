@@ -273,16 +273,19 @@ fn for_each_entry<K: aya::Pod, V: aya::Pod>(
 /// the conntrack table ([`Tables::write_tally`] writes it). Kept across GC
 /// passes: clearing keeps the allocations.
 ///
-/// The datapath keeps counting during the walk. Flows it opens meanwhile
-/// (created since the walk began) and TCP flows it finishes meanwhile are
-/// left to its own counts: the walk counts the flows older than itself,
-/// and the write adds what the datapath counted since `walk_start_ns`
-/// (see `reconciled`).
+/// The datapath keeps counting during the walk. Its counts are read as the
+/// walk begins; flows it opens after that read and TCP flows it finishes
+/// after it are left to its own counts: the walk counts the flows older
+/// than the read, and the write adds what the datapath counted since (see
+/// `reconciled`). Where a flow's time stamp can't tell before from after
+/// (the same clock tick, or the agent preempted during the read), the flow
+/// is judged the way that counts too high until the next pass, never too
+/// low.
 pub struct FlowTally<A: Addr = u32> {
-    /// When the walk began, on the datapath's clock (see
-    /// `flows::datapath_clock_tick`): the datapath's counts were read right
-    /// after.
-    walk_start_ns: u64,
+    /// The datapath's clock just before and just after the counts were
+    /// read.
+    read_from_ns: u64,
+    read_until_ns: u64,
     /// Open flows per original source (see `recount`).
     sources: std::collections::HashMap<A, u32>,
     /// SNAT ports taken per destination.
@@ -300,7 +303,8 @@ pub struct FlowTally<A: Addr = u32> {
 impl<A: Addr> Default for FlowTally<A> {
     fn default() -> Self {
         Self {
-            walk_start_ns: 0,
+            read_from_ns: 0,
+            read_until_ns: 0,
             sources: Default::default(),
             pools: Default::default(),
             shares: Default::default(),
@@ -313,11 +317,10 @@ impl<A: Addr> Default for FlowTally<A> {
 }
 
 impl<A: Addr> FlowTally<A> {
-    /// Starts a new count for the SNAT range of `cfg`, of a walk that
-    /// begins at `walk_start_ns` (then read the datapath's counts with
-    /// [`Tables::read_counts`]).
-    pub fn clear(&mut self, cfg: &Config, walk_start_ns: u64) {
-        self.walk_start_ns = walk_start_ns;
+    /// Starts a new count for the SNAT range of `cfg` (then read the
+    /// datapath's counts with [`Tables::read_counts`] and say when with
+    /// [`FlowTally::counts_read`]).
+    pub fn clear(&mut self, cfg: &Config) {
         self.sources.clear();
         self.pools.clear();
         self.shares.clear();
@@ -326,10 +329,17 @@ impl<A: Addr> FlowTally<A> {
             (u32::from(cfg.snat_port_max).saturating_sub(self.snat_min) + 1).min(SNAT_POOL_PORTS);
     }
 
+    /// When the datapath's counts were read: between `from_ns` and
+    /// `until_ns` on its clock.
+    pub fn counts_read(&mut self, from_ns: u64, until_ns: u64) {
+        self.read_from_ns = from_ns;
+        self.read_until_ns = until_ns;
+    }
+
     /// Counts one flow that stays.
     pub fn add(&mut self, key: &FlowKey<A>, entry: &FlowEntry<A>) {
-        // Opened during the walk: the datapath's count has it already.
-        let newer = entry.created_ns >= self.walk_start_ns;
+        // Opened after the read: the datapath's count has it already.
+        let newer = entry.created_ns > self.read_until_ns;
         let open = !newer && !finished(key, entry);
         if open {
             *self.sources.entry(key.saddr).or_default() += 1;
@@ -349,11 +359,11 @@ impl<A: Addr> FlowTally<A> {
                 .mark_used(offset);
         }
         // The original source of an SNAT flow is always a container. One
-        // that finished during the walk still counts here: the datapath
-        // took it out of its count then. (One finished before that saw a
-        // packet since counts once too many until the next pass: too high,
-        // never too low.)
-        if open || (!newer && entry.last_seen_ns >= self.walk_start_ns) {
+        // that may have finished after the read still counts here: the
+        // datapath took it out of its count then. (One finished before
+        // that saw a packet since counts once too many until the next
+        // pass.)
+        if open || (!newer && entry.last_seen_ns >= self.read_from_ns) {
             let share = SnatShareKey {
                 container: key.saddr,
                 destination,

@@ -4,7 +4,7 @@
 //! written plainly (a lost update only delays a transition by one packet).
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use aya_ebpf::bindings::BPF_NOEXIST;
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32};
 use netpath_common::{
     Addr, Config, DIR_ORIGINAL, DIR_REPLY, EVENT_CLOSED, EVENT_OPENED, FLOW_FIN_ORIGINAL,
     FLOW_FIN_REPLY, FLOW_REPLY_SEQ_KNOWN, FLOW_SEEN_REPLY, FlowEntry, FlowEvent, FlowKey,
@@ -216,7 +216,7 @@ pub fn create<F: Family>(
         };
     }
     count(stat::FLOW_CREATED);
-    remember_unassured::<F>(orig);
+    remember_candidate::<F>(orig);
     emit(EVENT_OPENED, orig, entry);
     match F::conntrack().get_ptr_mut(orig) {
         Some(entry) => Ok(Flow {
@@ -255,13 +255,15 @@ fn unassured<A: Addr>(orig: &FlowKey<A>, entry: &FlowEntry<A>) -> bool {
     orig.proto == IPPROTO_TCP && entry.tcp_state != tcp_state::ESTABLISHED
 }
 
-/// Notes a new flow as a candidate for [`early_drop`]. New flows are all
-/// unassured; most become assured within a round trip and are skipped when
-/// probed. The cursor is advanced without an atomic (5.10 has no fetching
-/// one): racing CPUs may write the same slot, which only loses a hint, and a
-/// torn key finds no flow.
+/// Notes a flow as a candidate for [`early_drop`]: a new flow (most become
+/// assured within a round trip and are skipped when probed) and a TCP
+/// connection that just finished (what nf_conntrack's early drop also
+/// takes: a table full of closed connections must give way). The cursor is
+/// advanced without an atomic (5.10 has no fetching one): racing CPUs may
+/// write the same slot, which only loses a hint, and a torn key finds no
+/// flow.
 #[inline(always)]
-fn remember_unassured<F: Family>(orig: &FlowKey<F::Addr>) {
+fn remember_candidate<F: Family>(orig: &FlowKey<F::Addr>) {
     let Some(next) = F::ct_recent_next().get_ptr_mut(0) else {
         return;
     };
@@ -277,19 +279,32 @@ fn remember_unassured<F: Family>(orig: &FlowKey<F::Addr>) {
     }
 }
 
-/// How many of the most recent flows [`early_drop`] looks at.
+/// How many of the most recent candidates [`early_drop`] looks at first.
+const EARLY_DROP_NEWEST: u32 = 4;
+/// How many candidates in all: the rest at random among those written.
 const EARLY_DROP_PROBES: u32 = 8;
 
-/// nf_conntrack's early_drop: removes one unassured flow (both its keys) so
-/// that a new flow fits into a full table, newest first. A flood of forged
-/// first packets is what fills the ring of recent flows, and its unanswered
-/// or half-open flows are what goes; established flows stay. Returns
+/// nf_conntrack's early_drop: removes one unassured or closing flow (both
+/// its keys) so that a new flow fits into a full table. The newest
+/// candidates first: a flood of forged first packets is what fills the ring
+/// of candidates, and its unanswered or half-open flows are what goes. Then
+/// some at random: a few established connections opened last must not
+/// shield a table full of closed ones. Established flows stay. Returns
 /// whether a flow was removed. Callers try it at most once per packet.
 #[inline(always)]
 pub fn early_drop<F: Family>() -> bool {
     let newest = F::ct_recent_next().get(0).copied().unwrap_or(0);
-    for i in 1..=EARLY_DROP_PROBES {
-        if drop_if_unassured::<F>(newest.wrapping_sub(i) % CT_RECENT_SLOTS) {
+    let written = newest.min(CT_RECENT_SLOTS);
+    for i in 0..EARLY_DROP_PROBES {
+        let back = if i < EARLY_DROP_NEWEST {
+            i + 1
+        } else {
+            // SAFETY: a helper without arguments. (`checked_rem`: no panic
+            // path for the verifier to refuse.)
+            let random = unsafe { bpf_get_prandom_u32() };
+            1 + random.checked_rem(written).unwrap_or(0)
+        };
+        if drop_if_unassured::<F>(newest.wrapping_sub(back) % CT_RECENT_SLOTS) {
             count(stat::CT_EARLY_DROP);
             return true;
         }
@@ -555,6 +570,7 @@ unsafe fn advance_tcp<F: Family>(flow: &Flow<F::Addr>, pkt: &Packet<F::Addr>) {
                 (false, true) => {
                     emit(EVENT_CLOSED, flow.orig(), &*entry);
                     count_snat_share::<F>(flow, -1);
+                    remember_candidate::<F>(flow.orig());
                 }
                 (true, false) => count_snat_share::<F>(flow, 1),
                 _ => {}

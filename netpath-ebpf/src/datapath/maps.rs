@@ -93,10 +93,10 @@ pub static SOCK_REVNAT: LruHashMap<SockRevNatKey, SockRevNatValue, 65536> = LruH
 /// Slots of `CT_RECENT`.
 pub const CT_RECENT_SLOTS: u32 = 1024;
 
-/// The most recently created flows (original tuples), a ring written at
-/// `CT_RECENT_NEXT`: the candidates a full table gives up for a new flow
-/// (see `conntrack::early_drop`). Neither is pinned: hints a reload may
-/// lose.
+/// The most recently created and finished flows (original tuples), a ring
+/// written at `CT_RECENT_NEXT`: the candidates a full table gives up for a
+/// new flow (see `conntrack::early_drop`). Neither is pinned: hints a
+/// reload may lose.
 #[btf_map]
 pub static CT_RECENT: Array<FlowKey, { CT_RECENT_SLOTS as usize }> = Array::new();
 
