@@ -1,3 +1,4 @@
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::Mutex;
@@ -323,7 +324,7 @@ impl Lab {
         let path = Path::new("/run/netpath")
             .join(&self.instance)
             .join("agent.pid");
-        std::fs::read_to_string(&path)
+        fs::read_to_string(&path)
             .expect("agent pid file")
             .trim()
             .parse()
@@ -331,23 +332,36 @@ impl Lab {
     }
 
     /// SIGKILLs the instance's agent and waits until it is gone (its pidfd
-    /// becomes readable); returns its pid.
+    /// becomes readable); returns its pid. Its supervisor (`up --detach`)
+    /// starts it again.
     #[track_caller]
     pub fn kill_agent(&self) -> i32 {
         let pid = self.agent_pid();
-        // SAFETY: plain syscalls on a pid read from netpath's own pid file.
-        unsafe {
-            let fd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as i32;
-            assert!(fd >= 0, "pidfd_open: {}", std::io::Error::last_os_error());
-            assert_eq!(libc::kill(pid, libc::SIGKILL), 0);
-            let mut pfd = libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            assert_eq!(libc::poll(&mut pfd, 1, 10_000), 1, "agent did not die");
-            libc::close(fd);
-        }
+        kill_and_wait(pid, "agent");
+        pid
+    }
+
+    /// SIGKILLs the supervisor of `up --detach`, then the agent, so nothing
+    /// starts the agent again (as after both crashed); returns the agent's
+    /// pid.
+    #[track_caller]
+    pub fn kill_agent_and_supervisor(&self) -> i32 {
+        let pid = self.agent_pid();
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).expect("the agent's stat");
+        // After the command's ")" come the state, then the parent's pid.
+        let supervisor: i32 = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|ppid| ppid.parse().ok())
+            .unwrap_or_else(|| panic!("no parent pid in {stat:?}"));
+        let comm = fs::read_to_string(format!("/proc/{supervisor}/comm")).unwrap_or_default();
+        assert_eq!(
+            comm.trim(),
+            "netpath",
+            "the agent's parent {supervisor} is not its supervisor"
+        );
+        kill_and_wait(supervisor, "supervisor");
+        kill_and_wait(pid, "agent");
         pid
     }
 
@@ -364,7 +378,7 @@ impl Lab {
 
     /// The agent's log, `/run/netpath/<instance>/agent.log` ("" if none).
     pub fn agent_log(&self) -> String {
-        std::fs::read_to_string(
+        fs::read_to_string(
             Path::new("/run/netpath")
                 .join(&self.instance)
                 .join("agent.log"),
@@ -549,7 +563,7 @@ impl Drop for NeighbourInstance<'_> {
     fn drop(&mut self) {
         let _ = self.netpath(&["down"]);
         for p in leftover_paths(&self.name) {
-            let _ = std::fs::remove_dir_all(p);
+            let _ = fs::remove_dir_all(p);
         }
     }
 }
@@ -600,8 +614,31 @@ impl Drop for Lab {
         for p in leftover_paths(&self.instance) {
             if p.exists() {
                 eprintln!("warning: removing leftover {}", p.display());
-                let _ = std::fs::remove_dir_all(&p);
+                let _ = fs::remove_dir_all(&p);
             }
         }
+    }
+}
+
+/// SIGKILLs `pid`, a process of the test's own, and waits until it is gone
+/// (its pidfd becomes readable).
+#[track_caller]
+fn kill_and_wait(pid: i32, what: &str) {
+    // SAFETY: plain syscalls on a pid of the test's own instance.
+    unsafe {
+        let fd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as i32;
+        assert!(
+            fd >= 0,
+            "pidfd_open {what}: {}",
+            std::io::Error::last_os_error()
+        );
+        assert_eq!(libc::kill(pid, libc::SIGKILL), 0);
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        assert_eq!(libc::poll(&mut pfd, 1, 10_000), 1, "{what} did not die");
+        libc::close(fd);
     }
 }

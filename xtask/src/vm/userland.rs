@@ -160,33 +160,44 @@ pub fn base_image() -> Result<Image> {
     Ok(img)
 }
 
-/// The per-run part: netpath and netpath-cni in /usr/bin, the test
-/// binaries and `/init` running them.
-pub fn tests_image(
-    binaries: &[PathBuf],
-    tests: &[TestBinary],
-    test_args: &[String],
-    per_test_timeout_s: u64,
-) -> Result<Image> {
+/// The per-run part: netpath and netpath-cni in /usr/bin and the test
+/// binaries in /tests, shared by every kernel.
+pub fn tests_image(binaries: &[PathBuf], tests: &[TestBinary]) -> Result<Image> {
     let mut img = Image::default();
     for bin in binaries {
         let name = bin.file_name().context("binary without a file name")?;
         img.file_at(&Path::new("/usr/bin").join(name), bin)?;
     }
+    for t in tests {
+        img.file_at(Path::new(&test_path(t)), &t.path)
+            .with_context(|| format!("adding test binary {}", t.path.display()))?;
+    }
+    Ok(img)
+}
+
+/// One kernel's `/init`, running the test binaries of its plan (see
+/// `plan`); the archive it is in comes last, after [`tests_image`]'s.
+pub fn init_image(
+    tests: &[&TestBinary],
+    test_args: &[String],
+    per_test_timeout_s: u64,
+) -> Result<Image> {
     let mut runs = String::new();
     for t in tests {
-        let dest = format!("/tests/{}", t.name);
-        img.file_at(Path::new(&dest), &t.path)
-            .with_context(|| format!("adding test binary {}", t.path.display()))?;
-        runs.push_str(&format!("run_test {} {dest}\n", t.name));
+        runs.push_str(&format!("run_test {} {}\n", t.name, test_path(t)));
     }
     let args: Vec<String> = test_args.iter().map(|a| shell_quote(a)).collect();
     let init = INIT
         .replace("@TEST_ARGS@", &args.join(" "))
         .replace("@TEST_TIMEOUT@", &per_test_timeout_s.to_string())
         .replace("@RUN_TESTS@", &runs);
+    let mut img = Image::default();
     img.bytes("/init", init, 0o755)?;
     Ok(img)
+}
+
+fn test_path(t: &TestBinary) -> String {
+    format!("/tests/{}", t.name)
 }
 
 fn shell_quote(s: &str) -> String {
