@@ -12,7 +12,7 @@ use netpath_common::{
 };
 
 use super::{
-    family::Family,
+    family::{Family, V4, V6},
     maps::{CT_RECENT_SLOTS, EVENTS, config, count, now_ns, scratch},
     parse::{L4, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     snat_ports,
@@ -293,6 +293,29 @@ const EARLY_DROP_PROBES: u32 = 8;
 /// whether a flow was removed. Callers try it at most once per packet.
 #[inline(always)]
 pub fn early_drop<F: Family>() -> bool {
+    F::early_drop()
+}
+
+/// [`early_drop`] for IPv4 as a global BPF function: the verifier walks it
+/// once, on its own, not once for every way the new-flow program reaches
+/// it. Before 6.3 the inlined probe loop was most of the new-flow programs'
+/// verification: under TCG on 6.1 they took 6.2 s each, 2.6 s (IPv4) and
+/// 1.5 s (IPv6) with early drop global.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn netpath_early_drop4() -> u32 {
+    u32::from(probe_for_early_drop::<V4>())
+}
+
+/// [`netpath_early_drop4`] for IPv6.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn netpath_early_drop6() -> u32 {
+    u32::from(probe_for_early_drop::<V6>())
+}
+
+#[inline(always)]
+fn probe_for_early_drop<F: Family>() -> bool {
     let newest = F::ct_recent_next().get(0).copied().unwrap_or(0);
     let written = newest.min(CT_RECENT_SLOTS);
     for i in 0..EARLY_DROP_PROBES {

@@ -16,7 +16,7 @@ use netpath_common::{
 };
 
 use super::{
-    Kept, KeptKey, allow,
+    Kept, KeptKey, allow, conntrack,
     csum::{self, RewriteResult},
     ctx::Packet as Ctx,
     fragments,
@@ -66,6 +66,8 @@ pub trait Family: 'static {
     fn ct_reply() -> &'static HashMap<FlowKey<Self::Addr>, FlowKey<Self::Addr>, FLOWS_MAX>;
     fn ct_recent() -> &'static Array<FlowKey<Self::Addr>, { CT_RECENT_SLOTS as usize }>;
     fn ct_recent_next() -> &'static Array<u32, 1>;
+    /// [`conntrack::early_drop`] for this family, as a global BPF function.
+    fn early_drop() -> bool;
     fn flow_counts() -> &'static LruHashMap<Self::Addr, u32, FLOWS_MAX>;
     fn snat_ports()
     -> &'static HashMap<SnatDestination<Self::Addr>, SnatPortPool, SNAT_POOLS_MAX, NO_PREALLOC>;
@@ -193,6 +195,10 @@ impl Family for V4 {
     #[inline(always)]
     fn ct_recent_next() -> &'static Array<u32, 1> {
         &CT_RECENT_NEXT
+    }
+    #[inline(always)]
+    fn early_drop() -> bool {
+        conntrack::netpath_early_drop4() != 0
     }
     #[inline(always)]
     fn flow_counts() -> &'static LruHashMap<u32, u32, FLOWS_MAX> {
@@ -340,6 +346,10 @@ impl Family for V6 {
     #[inline(always)]
     fn ct_recent_next() -> &'static Array<u32, 1> {
         &CT_RECENT_NEXT6
+    }
+    #[inline(always)]
+    fn early_drop() -> bool {
+        conntrack::netpath_early_drop6() != 0
     }
     #[inline(always)]
     fn flow_counts() -> &'static LruHashMap<Ip6, u32, FLOWS_MAX> {
