@@ -84,8 +84,9 @@ pub fn vm_test(kernel: &str, extra_test_args: &[String]) -> Result<()> {
     fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
     let smoke = env::var_os("NETPATH_VM_SMOKE").is_some();
     // Three TCG VMs share the machine's two cores; with the plan (see
-    // `plan`) each should end within 45 minutes. 60 leaves CI's whole run
-    // (test and bench stages about 15 minutes) under its 90 even when one hangs.
+    // `plan`) they ended in 23 to 29 minutes (dry run of 2026-12-02). 60
+    // leaves CI's whole run (test and bench stages about 12 minutes) under
+    // its 90 even when one hangs.
     let vm_timeout = Duration::from_secs(env_u64("NETPATH_VM_TIMEOUT", 3600)?);
     let test_timeout = env_u64("NETPATH_VM_TEST_TIMEOUT", 900)?;
     let memory = u32::try_from(env_u64("NETPATH_VM_MEMORY", 1536)?)?;

@@ -1,11 +1,9 @@
 //! Which test binaries each kernel runs when the whole matrix runs.
 //!
-//! Under TCG each `netpath up` costs seconds of verifier time, and 5.10's
-//! and 6.1's verifiers take far longer over the new-flow programs than
-//! 6.12's (on 6.1: 241 k and 281 k instructions processed, 6.2 s each, three
-//! quarters of a load; on the host's 6.18: 69 k and 80 k). The whole suite
-//! on all three kernels took more than CI's 90 minutes on two cores, so
-//! `--kernel all` shares it out:
+//! Under TCG each `netpath up` costs seconds of verifier time, more on
+//! 5.10 and 6.1 than on 6.12 (see docs/kernels.md), and every test pays
+//! for one. The whole suite on all three kernels took more than CI's 90
+//! minutes on two cores, so `--kernel all` shares it out:
 //!
 //! - every kernel runs the unit tests and the packet programs byte for byte
 //!   ([`EVERY_KERNEL`]);
